@@ -1,0 +1,342 @@
+//! Messages that cross NATS, encoded as MessagePack maps with named fields.
+//!
+//! The public API (`EmbedRequest` in, `EmbedChunk` or `ErrorReply` out) is documented in
+//! `docs/protocol.md`; any language's msgpack library reads and writes it. `TokenBatch` is
+//! internal: the tokenizer workers send it to the GPU workers.
+
+use serde::{Deserialize, Serialize};
+
+/// Whether a text is a search query (gets the instruction template) or a document (taken as is).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InputType {
+    /// Formatted as `Instruct: {instruction}\nQuery:{text}`.
+    Query,
+    /// Embedded as written. `passage` is accepted as a synonym.
+    #[default]
+    #[serde(alias = "passage")]
+    Document,
+}
+
+/// A public embedding request, published on the request subject with a reply subject.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EmbedRequest {
+    /// Caller's id, echoed in every reply so replies can be matched to requests.
+    pub id: String,
+    /// The texts to embed; replies cover them in this order (by `offset`).
+    pub input: Vec<String>,
+    /// Query or document; documents by default.
+    #[serde(default)]
+    pub input_type: InputType,
+    /// Task description for queries; the configured default task when absent.
+    #[serde(default)]
+    pub instruction: Option<String>,
+    /// Matryoshka output size (1..=hidden); the full hidden size when absent.
+    #[serde(default)]
+    pub dimensions: Option<u32>,
+    /// Cut inputs longer than the token limit (keeping the final `<|endoftext|>`) instead of
+    /// rejecting them. The worker's configured default applies when absent.
+    #[serde(default)]
+    pub truncate: Option<bool>,
+    /// Unix time in milliseconds after which the caller no longer wants the answer; every
+    /// stage drops work past it and answers `deadline_exceeded`.
+    #[serde(default)]
+    pub deadline_ms: Option<u64>,
+}
+
+/// One slice of the answer to an `EmbedRequest`: items `offset..offset + count` of `total`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EmbedChunk {
+    /// The request's id.
+    pub id: String,
+    /// Index of the first item of this chunk in the request's `input`.
+    pub offset: u32,
+    /// Number of items in this chunk.
+    pub count: u32,
+    /// Number of items in the whole request: the caller is done when it holds `total`.
+    pub total: u32,
+    /// Length of each vector.
+    pub dims: u32,
+    /// `count * dims` little-endian f32 values, row after row.
+    #[serde(with = "serde_bytes")]
+    pub embeddings: Vec<u8>,
+    /// Tokens the model read for each item (template and `<|endoftext|>` included).
+    pub tokens: Vec<u32>,
+}
+
+impl EmbedChunk {
+    /// Decodes `embeddings` into one vector per item. Fails when the byte length does not
+    /// match `count * dims`.
+    pub fn vectors(&self) -> Result<Vec<Vec<f32>>, WireError> {
+        let dims = self.dims as usize;
+        let expected = self.count as usize * dims * 4;
+        if self.embeddings.len() != expected || self.tokens.len() != self.count as usize {
+            return Err(WireError::Inconsistent(format!(
+                "chunk of {} items x {dims} dims needs {expected} bytes and {} token counts, \
+                 got {} bytes and {} token counts",
+                self.count,
+                self.count,
+                self.embeddings.len(),
+                self.tokens.len()
+            )));
+        }
+        Ok(self
+            .embeddings
+            .chunks_exact(dims.max(1) * 4)
+            .take(self.count as usize)
+            .map(|row| {
+                row.chunks_exact(4)
+                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                    .collect()
+            })
+            .collect())
+    }
+}
+
+/// Packs vectors as little-endian f32 bytes, row after row (the `embeddings` field).
+pub fn f32_le_bytes<'a>(rows: impl IntoIterator<Item = &'a [f32]>) -> Vec<u8> {
+    rows.into_iter()
+        .flat_map(|row| row.iter().flat_map(|v| v.to_le_bytes()))
+        .collect()
+}
+
+/// Machine-readable reason of a failed request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The request is malformed or a field is out of range.
+    InvalidRequest,
+    /// An input has more tokens than allowed and truncation is off.
+    TooManyTokens,
+    /// The request's deadline passed before the work was done.
+    DeadlineExceeded,
+    /// The stage is at capacity; retry later.
+    Overloaded,
+    /// A worker failed while computing; the request may be retried.
+    Internal,
+}
+
+/// Code and human-readable message of a failure.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// What kind of failure.
+    pub code: ErrorCode,
+    /// What went wrong, for a person.
+    pub message: String,
+}
+
+/// The only reply to a request that failed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErrorReply {
+    /// The request's id, when one could be read from it.
+    #[serde(default)]
+    pub id: Option<String>,
+    /// What went wrong.
+    pub error: ErrorBody,
+}
+
+impl ErrorReply {
+    /// Builds an error reply.
+    pub fn new(id: Option<String>, code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            id,
+            error: ErrorBody {
+                code,
+                message: message.into(),
+            },
+        }
+    }
+}
+
+/// Any message a requester can receive on its reply subject.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum EmbedReply {
+    /// A slice of the answer.
+    Chunk(EmbedChunk),
+    /// The request failed.
+    Error(ErrorReply),
+}
+
+/// Work for the GPU workers: sequences of one or more requests, packed without padding.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TokenBatch {
+    /// All token ids, sequence after sequence.
+    pub token_ids: Vec<u32>,
+    /// One entry per sequence, in the order of `token_ids`.
+    pub items: Vec<BatchItem>,
+}
+
+impl TokenBatch {
+    /// Total tokens in the batch.
+    pub fn num_tokens(&self) -> usize {
+        self.token_ids.len()
+    }
+
+    /// Checks that the items' lengths add up to the token buffer and that each is non-empty.
+    pub fn validate(&self) -> Result<(), WireError> {
+        let sum: u64 = self.items.iter().map(|item| u64::from(item.len)).sum();
+        if sum != self.token_ids.len() as u64 {
+            return Err(WireError::Inconsistent(format!(
+                "items cover {sum} tokens but the batch holds {}",
+                self.token_ids.len()
+            )));
+        }
+        if let Some(item) = self.items.iter().find(|item| item.len == 0) {
+            return Err(WireError::Inconsistent(format!(
+                "item {} of request {} has no tokens",
+                item.index, item.request_id
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// One sequence of a `TokenBatch` and where its vector goes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BatchItem {
+    /// Id of the request the sequence belongs to.
+    pub request_id: String,
+    /// Reply subject of that request.
+    pub reply_to: String,
+    /// Position of the text in the request's `input`.
+    pub index: u32,
+    /// Number of texts in the request.
+    pub total: u32,
+    /// Number of tokens of this sequence in `token_ids`.
+    pub len: u32,
+    /// Requested output size (0 = the model's hidden size).
+    pub dims: u32,
+    /// Unix time in milliseconds after which the work is dropped (0 = none).
+    pub deadline_ms: u64,
+}
+
+/// Failure to read or write a wire message.
+#[derive(Debug, thiserror::Error)]
+pub enum WireError {
+    /// The bytes are not a valid MessagePack message of the expected shape.
+    #[error("cannot decode message: {0}")]
+    Decode(#[from] rmp_serde::decode::Error),
+    /// The message could not be encoded.
+    #[error("cannot encode message: {0}")]
+    Encode(#[from] rmp_serde::encode::Error),
+    /// The message decodes but its fields disagree with each other.
+    #[error("inconsistent message: {0}")]
+    Inconsistent(String),
+}
+
+/// Encodes a message as a MessagePack map with named fields.
+pub fn encode<T: Serialize>(message: &T) -> Result<Vec<u8>, WireError> {
+    Ok(rmp_serde::to_vec_named(message)?)
+}
+
+/// Decodes a MessagePack message.
+pub fn decode<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, WireError> {
+    Ok(rmp_serde::from_slice(bytes)?)
+}
+
+/// Current Unix time in milliseconds.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_round_trips_with_named_fields() {
+        let request = EmbedRequest {
+            id: "r1".into(),
+            input: vec!["hello".into(), String::new()],
+            input_type: InputType::Query,
+            instruction: Some("task".into()),
+            dimensions: Some(16),
+            truncate: Some(true),
+            deadline_ms: None,
+        };
+        let bytes = encode(&request).unwrap();
+        let as_json: serde_json::Value = rmp_serde::from_slice(&bytes).unwrap();
+        assert_eq!(as_json["input_type"], "query");
+        assert_eq!(as_json["input"][0], "hello");
+        assert_eq!(decode::<EmbedRequest>(&bytes).unwrap(), request);
+    }
+
+    #[test]
+    fn minimal_request_takes_defaults_and_passage_means_document() {
+        let json = serde_json::json!({"id": "x", "input": ["a"], "input_type": "passage"});
+        let bytes = rmp_serde::to_vec_named(&json).unwrap();
+        let request: EmbedRequest = decode(&bytes).unwrap();
+        assert_eq!(request.input_type, InputType::Document);
+        assert_eq!(request.dimensions, None);
+    }
+
+    #[test]
+    fn reply_decodes_as_chunk_or_error() {
+        let chunk = EmbedChunk {
+            id: "a".into(),
+            offset: 0,
+            count: 2,
+            total: 2,
+            dims: 2,
+            embeddings: f32_le_bytes([&[1.0f32, 2.0][..], &[3.0, 4.0][..]]),
+            tokens: vec![3, 4],
+        };
+        let reply: EmbedReply = decode(&encode(&chunk).unwrap()).unwrap();
+        let EmbedReply::Chunk(decoded) = reply else {
+            panic!("expected a chunk")
+        };
+        assert_eq!(
+            decoded.vectors().unwrap(),
+            vec![vec![1.0, 2.0], vec![3.0, 4.0]]
+        );
+
+        let error = ErrorReply::new(Some("a".into()), ErrorCode::TooManyTokens, "too long");
+        let reply: EmbedReply = decode(&encode(&error).unwrap()).unwrap();
+        assert_eq!(reply, EmbedReply::Error(error));
+    }
+
+    #[test]
+    fn chunk_with_wrong_byte_count_is_rejected() {
+        let chunk = EmbedChunk {
+            id: "a".into(),
+            offset: 0,
+            count: 2,
+            total: 2,
+            dims: 2,
+            embeddings: vec![0; 12],
+            tokens: vec![1, 1],
+        };
+        assert!(chunk.vectors().is_err());
+    }
+
+    #[test]
+    fn batch_validation_checks_lengths() {
+        let item = |len| BatchItem {
+            request_id: "r".into(),
+            reply_to: "_INBOX.1".into(),
+            index: 0,
+            total: 1,
+            len,
+            dims: 0,
+            deadline_ms: 0,
+        };
+        let good = TokenBatch {
+            token_ids: vec![1, 2, 3],
+            items: vec![item(1), item(2)],
+        };
+        assert!(good.validate().is_ok());
+        let short = TokenBatch {
+            token_ids: vec![1, 2],
+            items: vec![item(1), item(2)],
+        };
+        assert!(short.validate().is_err());
+        let empty_item = TokenBatch {
+            token_ids: vec![1],
+            items: vec![item(1), item(0)],
+        };
+        assert!(empty_item.validate().is_err());
+    }
+}

@@ -1,0 +1,353 @@
+//! The CPU backend: every op in f32 on the host, using every core. It is the exact reference
+//! (matches transformers in float32) and the twin each CUDA kernel is tested against.
+//!
+//! # Layout
+//! One file per op, each a plain function on slices: [`embed`], [`rms_norm`],
+//! [`qk_norm_rope`], [`attention`], [`silu_mul`], [`linear`], [`pool`]. This module binds
+//! them to [`Ops`], checking shapes.
+
+pub mod attention;
+pub mod embed;
+pub mod linear;
+pub mod pool;
+pub mod qk_norm_rope;
+pub mod rms_norm;
+pub mod silu_mul;
+
+use crate::model::weights::TensorView;
+use crate::ops::{AttentionShape, BatchLayout, OpError, OpResult, Ops, Queries};
+use embed::EmbeddingTable;
+use qk_norm_rope::RopeTable;
+
+/// A row-major f32 matrix on the host.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CpuTensor {
+    /// Number of rows.
+    pub rows: usize,
+    /// Number of columns.
+    pub cols: usize,
+    /// `rows * cols` values.
+    pub data: Vec<f32>,
+}
+
+impl CpuTensor {
+    /// Wraps `data` as a `(rows, cols)` matrix.
+    pub fn new(rows: usize, cols: usize, data: Vec<f32>) -> OpResult<Self> {
+        if data.len() != rows * cols {
+            return Err(shape_error(
+                "tensor",
+                format!("{} values cannot form ({rows}, {cols})", data.len()),
+            ));
+        }
+        Ok(Self { rows, cols, data })
+    }
+
+    fn zeros(rows: usize, cols: usize) -> Self {
+        Self {
+            rows,
+            cols,
+            data: vec![0.0; rows * cols],
+        }
+    }
+}
+
+/// A weight matrix `(out, in)` converted to f32 once at load.
+#[derive(Debug)]
+pub struct CpuMatrix {
+    /// Output features.
+    pub rows: usize,
+    /// Input features.
+    pub cols: usize,
+    /// Row-major values.
+    pub data: Vec<f32>,
+}
+
+/// The host layout of a batch plus its rotary tables.
+pub struct CpuLayout {
+    layout: BatchLayout,
+    /// Rotary tables up to the longest sequence, built on first use.
+    rope: std::sync::OnceLock<RopeTable>,
+}
+
+/// The f32 CPU backend.
+#[derive(Debug, Default)]
+pub struct CpuBackend;
+
+fn shape_error(op: &'static str, detail: String) -> OpError {
+    OpError::Shape { op, detail }
+}
+
+fn check_cols(op: &'static str, what: &str, found: usize, expected: usize) -> OpResult<()> {
+    if found != expected {
+        return Err(shape_error(
+            op,
+            format!("{what} has {found} columns, expected {expected}"),
+        ));
+    }
+    Ok(())
+}
+
+/// Dot product in eight independent lanes, so the compiler vectorizes it.
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut lanes = [0.0f32; 8];
+    let (a_chunks, b_chunks) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = a_chunks
+        .remainder()
+        .iter()
+        .zip(b_chunks.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (ca, cb) in a_chunks.zip(b_chunks) {
+        for i in 0..8 {
+            lanes[i] += ca[i] * cb[i];
+        }
+    }
+    lanes.iter().sum::<f32>() + tail
+}
+
+impl Ops for CpuBackend {
+    type Tensor = CpuTensor;
+    type Matrix = CpuMatrix;
+    type Vector = Vec<f32>;
+    type Table = EmbeddingTable;
+    type Layout = CpuLayout;
+
+    fn name(&self) -> String {
+        "cpu-f32".into()
+    }
+
+    fn matrix(&self, parts: &[TensorView<'_>]) -> OpResult<CpuMatrix> {
+        let cols = parts
+            .first()
+            .map_or(0, |p| p.shape.get(1).copied().unwrap_or(0));
+        let mut data = Vec::new();
+        let mut rows = 0;
+        for part in parts {
+            if part.shape.len() != 2 || part.shape[1] != cols {
+                return Err(OpError::Weight(format!(
+                    "`{}` has shape {:?}, expected (_, {cols})",
+                    part.name, part.shape
+                )));
+            }
+            rows += part.shape[0];
+            data.reserve(part.len());
+            data.extend(part.to_f32());
+        }
+        Ok(CpuMatrix { rows, cols, data })
+    }
+
+    fn vector(&self, view: TensorView<'_>) -> OpResult<Vec<f32>> {
+        Ok(view.to_f32())
+    }
+
+    fn table(&self, view: TensorView<'_>) -> OpResult<EmbeddingTable> {
+        let [rows, cols] = view.shape[..] else {
+            return Err(OpError::Weight(format!(
+                "`{}` has shape {:?}, expected (vocab, hidden)",
+                view.name, view.shape
+            )));
+        };
+        Ok(EmbeddingTable {
+            dtype: view.dtype,
+            rows,
+            cols,
+            bytes: view.data.to_vec(),
+        })
+    }
+
+    fn layout(&self, layout: &BatchLayout) -> OpResult<CpuLayout> {
+        Ok(CpuLayout {
+            layout: layout.clone(),
+            rope: std::sync::OnceLock::new(),
+        })
+    }
+
+    fn embed(&self, table: &EmbeddingTable, token_ids: &[u32]) -> OpResult<CpuTensor> {
+        if let Some(bad) = token_ids.iter().find(|&&id| id as usize >= table.rows) {
+            return Err(shape_error(
+                "embed",
+                format!("token id {bad} outside the table of {} rows", table.rows),
+            ));
+        }
+        let mut out = CpuTensor::zeros(token_ids.len(), table.cols);
+        embed::embed(table, token_ids, &mut out.data);
+        Ok(out)
+    }
+
+    fn rms_norm(&self, x: &CpuTensor, weight: &Vec<f32>, eps: f32) -> OpResult<CpuTensor> {
+        check_cols("rms_norm", "x", x.cols, weight.len())?;
+        let mut out = CpuTensor::zeros(x.rows, x.cols);
+        rms_norm::rms_norm(&x.data, weight, eps, &mut out.data);
+        Ok(out)
+    }
+
+    fn add_rms_norm(
+        &self,
+        residual: &mut CpuTensor,
+        delta: &CpuTensor,
+        weight: &Vec<f32>,
+        eps: f32,
+    ) -> OpResult<CpuTensor> {
+        self.check_same("add_rms_norm", residual, delta)?;
+        check_cols("add_rms_norm", "residual", residual.cols, weight.len())?;
+        let mut out = CpuTensor::zeros(residual.rows, residual.cols);
+        rms_norm::add_rms_norm(&mut residual.data, &delta.data, weight, eps, &mut out.data);
+        Ok(out)
+    }
+
+    fn add(&self, residual: &mut CpuTensor, delta: &CpuTensor) -> OpResult<()> {
+        self.check_same("add", residual, delta)?;
+        for (r, d) in residual.data.iter_mut().zip(&delta.data) {
+            *r += d;
+        }
+        Ok(())
+    }
+
+    fn linear(&self, x: &CpuTensor, w: &CpuMatrix) -> OpResult<CpuTensor> {
+        check_cols("linear", "x", x.cols, w.cols)?;
+        let mut out = CpuTensor::zeros(x.rows, w.rows);
+        linear::linear(&x.data, &w.data, x.rows, w.cols, w.rows, &mut out.data);
+        Ok(out)
+    }
+
+    fn qk_norm_rope(
+        &self,
+        qkv: &mut CpuTensor,
+        q_norm: &Vec<f32>,
+        k_norm: &Vec<f32>,
+        layout: &CpuLayout,
+        shape: AttentionShape,
+        eps: f32,
+        rope_theta: f32,
+    ) -> OpResult<()> {
+        check_cols("qk_norm_rope", "qkv", qkv.cols, shape.qkv_width())?;
+        check_cols("qk_norm_rope", "q_norm", q_norm.len(), shape.head_dim)?;
+        check_cols("qk_norm_rope", "k_norm", k_norm.len(), shape.head_dim)?;
+        if qkv.rows != layout.layout.num_rows() {
+            return Err(shape_error(
+                "qk_norm_rope",
+                format!(
+                    "{} rows for a layout of {}",
+                    qkv.rows,
+                    layout.layout.num_rows()
+                ),
+            ));
+        }
+        let table = layout
+            .rope
+            .get_or_init(|| RopeTable::new(layout.layout.max_len(), shape.head_dim, rope_theta));
+        qk_norm_rope::qk_norm_rope(
+            &mut qkv.data,
+            q_norm,
+            k_norm,
+            &layout.layout.positions,
+            shape,
+            eps,
+            table,
+        );
+        Ok(())
+    }
+
+    fn attention(
+        &self,
+        q: &CpuTensor,
+        kv: &CpuTensor,
+        layout: &CpuLayout,
+        queries: Queries,
+        shape: AttentionShape,
+    ) -> OpResult<CpuTensor> {
+        check_cols("attention", "q", q.cols, shape.qkv_width())?;
+        check_cols("attention", "kv", kv.cols, shape.qkv_width())?;
+        let cu_k = &layout.layout.cu_seqlens;
+        let last_only;
+        let cu_q = match queries {
+            Queries::All => cu_k,
+            Queries::LastOnly => {
+                last_only = layout.layout.cu_last_rows();
+                &last_only
+            }
+        };
+        let (q_rows, k_rows) = (*cu_q.last().unwrap_or(&0), *cu_k.last().unwrap_or(&0));
+        if q.rows != q_rows as usize || kv.rows != k_rows as usize {
+            return Err(shape_error(
+                "attention",
+                format!(
+                    "q has {} rows and kv {} for a layout of {q_rows} and {k_rows}",
+                    q.rows, kv.rows
+                ),
+            ));
+        }
+        let data = attention::attention(&q.data, &kv.data, cu_q, cu_k, shape);
+        CpuTensor::new(q.rows, shape.q_width(), data)
+    }
+
+    fn silu_mul(&self, gate_up: &CpuTensor) -> OpResult<CpuTensor> {
+        if gate_up.cols % 2 != 0 {
+            return Err(shape_error(
+                "silu_mul",
+                format!("gate|up has an odd width {}", gate_up.cols),
+            ));
+        }
+        let n = gate_up.cols / 2;
+        let mut out = CpuTensor::zeros(gate_up.rows, n);
+        silu_mul::silu_mul(&gate_up.data, n, &mut out.data);
+        Ok(out)
+    }
+
+    fn last_rows(&self, x: &CpuTensor, layout: &CpuLayout) -> OpResult<CpuTensor> {
+        if x.rows != layout.layout.num_rows() {
+            return Err(shape_error(
+                "last_rows",
+                format!(
+                    "{} rows for a layout of {}",
+                    x.rows,
+                    layout.layout.num_rows()
+                ),
+            ));
+        }
+        let mut data = Vec::with_capacity(layout.layout.num_seqs() * x.cols);
+        for &row in &layout.layout.last_rows {
+            data.extend_from_slice(&x.data[row as usize * x.cols..][..x.cols]);
+        }
+        CpuTensor::new(layout.layout.num_seqs(), x.cols, data)
+    }
+
+    fn pool(
+        &self,
+        last: &CpuTensor,
+        norm: &Vec<f32>,
+        eps: f32,
+        dims: &[usize],
+    ) -> OpResult<Vec<Vec<f32>>> {
+        check_cols("pool", "last", last.cols, norm.len())?;
+        if dims.len() != last.rows || dims.iter().any(|&d| d == 0 || d > last.cols) {
+            return Err(shape_error(
+                "pool",
+                format!(
+                    "output sizes {dims:?} for {} rows of {}",
+                    last.rows, last.cols
+                ),
+            ));
+        }
+        Ok(pool::pool(&last.data, norm, eps, dims))
+    }
+
+    fn to_host(&self, x: &CpuTensor) -> OpResult<Vec<f32>> {
+        Ok(x.data.clone())
+    }
+}
+
+impl CpuBackend {
+    fn check_same(&self, op: &'static str, a: &CpuTensor, b: &CpuTensor) -> OpResult<()> {
+        if (a.rows, a.cols) != (b.rows, b.cols) {
+            return Err(shape_error(
+                op,
+                format!(
+                    "({}, {}) and ({}, {}) differ",
+                    a.rows, a.cols, b.rows, b.cols
+                ),
+            ));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,249 @@
+//! The Qwen3 decoder as an embedding model, written once over [`Ops`].
+//!
+//! Reads top to bottom: the weights of a decoder layer, loading (every shape checked against
+//! the config), then the forward pass over a packed batch ending in last-token pooling.
+
+use super::ModelError;
+use super::config::Qwen3Config;
+use super::weights::Weights;
+use crate::ops::{AttentionShape, BatchLayout, Ops, Queries};
+
+/// Weights of one decoder layer, in the backend's format.
+struct DecoderLayer<B: Ops> {
+    input_layernorm: B::Vector,
+    /// q_proj, k_proj and v_proj stacked: `((H + 2 * KV) * D, hidden)`.
+    qkv_proj: B::Matrix,
+    q_norm: B::Vector,
+    k_norm: B::Vector,
+    o_proj: B::Matrix,
+    post_attention_layernorm: B::Vector,
+    /// gate_proj and up_proj stacked: `(2 * intermediate, hidden)`.
+    gate_up_proj: B::Matrix,
+    down_proj: B::Matrix,
+}
+
+/// A loaded Qwen3 embedding model on backend `B`.
+pub struct Qwen3<B: Ops> {
+    config: Qwen3Config,
+    embed_tokens: B::Table,
+    layers: Vec<DecoderLayer<B>>,
+    norm: B::Vector,
+}
+
+/// Intermediate activations a traced forward pass reports (for parity tests).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TracePoint {
+    /// Token embeddings `(T, hidden)`.
+    Embeddings,
+    /// Input of the attention after `input_layernorm`.
+    InputNorm(usize),
+    /// Fused q|k|v projection, before the head norms.
+    QkvProj(usize),
+    /// Fused q|k|v after q/k norms and rotary embedding.
+    QkRope(usize),
+    /// Attention output, heads concatenated, before `o_proj`.
+    Attention(usize),
+    /// `o_proj` output.
+    OProj(usize),
+    /// Input of the MLP after `post_attention_layernorm`.
+    PostAttentionNorm(usize),
+    /// MLP output.
+    Mlp(usize),
+    /// Residual stream after the layer (last rows only in the final layer).
+    AfterLayer(usize),
+}
+
+/// Receives intermediate activations of a traced forward pass.
+pub type Tracer<'t, B> = dyn FnMut(TracePoint, &<B as Ops>::Tensor) + 't;
+
+impl<B: Ops> Qwen3<B> {
+    /// Loads every weight from `weights`, checking each shape against `config`, converting
+    /// to the backend's format once (q|k|v and gate|up fused).
+    pub fn load(backend: &B, weights: &Weights, config: Qwen3Config) -> Result<Self, ModelError> {
+        if let Some(bias) = weights
+            .names()
+            .into_iter()
+            .find(|n| n.ends_with("_proj.bias"))
+        {
+            return Err(ModelError::Unsupported(format!(
+                "tensor `{bias}`: biases in projections are not supported"
+            )));
+        }
+        let c = &config;
+        let (hidden, head_dim) = (c.hidden_size, c.head_dim);
+        let q_out = c.num_attention_heads * head_dim;
+        let kv_out = c.num_key_value_heads * head_dim;
+        let embed_tokens =
+            backend.table(weights.get("embed_tokens.weight", &[c.vocab_size, hidden])?)?;
+        let mut layers = Vec::with_capacity(c.num_hidden_layers);
+        for i in 0..c.num_hidden_layers {
+            let get =
+                |name: &str, shape: &[usize]| weights.get(&format!("layers.{i}.{name}"), shape);
+            layers.push(DecoderLayer {
+                input_layernorm: backend.vector(get("input_layernorm.weight", &[hidden])?)?,
+                qkv_proj: backend.matrix(&[
+                    get("self_attn.q_proj.weight", &[q_out, hidden])?,
+                    get("self_attn.k_proj.weight", &[kv_out, hidden])?,
+                    get("self_attn.v_proj.weight", &[kv_out, hidden])?,
+                ])?,
+                q_norm: backend.vector(get("self_attn.q_norm.weight", &[head_dim])?)?,
+                k_norm: backend.vector(get("self_attn.k_norm.weight", &[head_dim])?)?,
+                o_proj: backend.matrix(&[get("self_attn.o_proj.weight", &[hidden, q_out])?])?,
+                post_attention_layernorm: backend
+                    .vector(get("post_attention_layernorm.weight", &[hidden])?)?,
+                gate_up_proj: backend.matrix(&[
+                    get("mlp.gate_proj.weight", &[c.intermediate_size, hidden])?,
+                    get("mlp.up_proj.weight", &[c.intermediate_size, hidden])?,
+                ])?,
+                down_proj: backend
+                    .matrix(&[get("mlp.down_proj.weight", &[hidden, c.intermediate_size])?])?,
+            });
+        }
+        let norm = backend.vector(weights.get("norm.weight", &[hidden])?)?;
+        Ok(Self {
+            config,
+            embed_tokens,
+            layers,
+            norm,
+        })
+    }
+
+    /// The model's configuration.
+    pub fn config(&self) -> &Qwen3Config {
+        &self.config
+    }
+
+    fn attention_shape(&self) -> AttentionShape {
+        AttentionShape {
+            num_heads: self.config.num_attention_heads,
+            num_kv_heads: self.config.num_key_value_heads,
+            head_dim: self.config.head_dim,
+        }
+    }
+
+    /// Checks a batch before any work: token ids in the vocabulary, lengths within the
+    /// model's positions, one output size in `1..=hidden` per sequence.
+    fn check_input(
+        &self,
+        token_ids: &[u32],
+        layout: &BatchLayout,
+        dims: &[usize],
+    ) -> Result<(), ModelError> {
+        let c = &self.config;
+        if layout.num_rows() != token_ids.len() || dims.len() != layout.num_seqs() {
+            return Err(ModelError::Input(format!(
+                "layout of {} rows and {} sequences does not match {} tokens and {} output sizes",
+                layout.num_rows(),
+                layout.num_seqs(),
+                token_ids.len(),
+                dims.len()
+            )));
+        }
+        if let Some(bad) = token_ids.iter().find(|&&id| id as usize >= c.vocab_size) {
+            return Err(ModelError::Input(format!(
+                "token id {bad} is outside the vocabulary of {} tokens",
+                c.vocab_size
+            )));
+        }
+        if layout.max_len() > c.max_position_embeddings {
+            return Err(ModelError::Input(format!(
+                "a sequence of {} tokens exceeds the model's {} positions",
+                layout.max_len(),
+                c.max_position_embeddings
+            )));
+        }
+        if let Some(bad) = dims.iter().find(|&&d| d == 0 || d > c.hidden_size) {
+            return Err(ModelError::Input(format!(
+                "dimensions {bad} is outside 1..={}",
+                c.hidden_size
+            )));
+        }
+        Ok(())
+    }
+
+    /// Embeds a packed batch: one L2-normalized vector per sequence, sequence `s` truncated
+    /// to `dims[s]` values before normalization (Matryoshka).
+    pub fn embed(
+        &self,
+        backend: &B,
+        token_ids: &[u32],
+        layout: &BatchLayout,
+        dims: &[usize],
+    ) -> Result<Vec<Vec<f32>>, ModelError> {
+        self.forward(backend, token_ids, layout, dims, &mut |_, _| {})
+    }
+
+    /// [`Self::embed`], reporting intermediate activations to `trace`.
+    pub fn forward(
+        &self,
+        backend: &B,
+        token_ids: &[u32],
+        layout: &BatchLayout,
+        dims: &[usize],
+        trace: &mut Tracer<'_, B>,
+    ) -> Result<Vec<Vec<f32>>, ModelError> {
+        self.check_input(token_ids, layout, dims)?;
+        let c = &self.config;
+        let eps = c.rms_norm_eps;
+        let shape = self.attention_shape();
+        let device_layout = backend.layout(layout)?;
+
+        // 1. Token embeddings: (T,) -> (T, hidden).
+        let mut x = backend.embed(&self.embed_tokens, token_ids)?;
+        trace(TracePoint::Embeddings, &x);
+        let first = self
+            .layers
+            .first()
+            .expect("config validation requires layers; this is a bug");
+        let mut h = backend.rms_norm(&x, &first.input_layernorm, eps)?;
+
+        for (i, layer) in self.layers.iter().enumerate() {
+            let is_last = i + 1 == self.layers.len();
+            trace(TracePoint::InputNorm(i), &h);
+            // 2. Fused projection: (T, hidden) -> (T, (H + 2 KV) * D).
+            let mut qkv = backend.linear(&h, &layer.qkv_proj)?;
+            trace(TracePoint::QkvProj(i), &qkv);
+            // 3. Per-head RMSNorm of q and k, then rotary embedding, in place.
+            backend.qk_norm_rope(
+                &mut qkv,
+                &layer.q_norm,
+                &layer.k_norm,
+                &device_layout,
+                shape,
+                eps,
+                c.rope_theta,
+            )?;
+            trace(TracePoint::QkRope(i), &qkv);
+            // 4. Causal GQA inside each sequence: (T, H * D). Only the pooled (last) token
+            //    matters after the final layer, so there it alone is queried, and the
+            //    residual stream shrinks to those rows: (S, H * D).
+            let attn = if is_last {
+                let q_last = backend.last_rows(&qkv, &device_layout)?;
+                x = backend.last_rows(&x, &device_layout)?;
+                backend.attention(&q_last, &qkv, &device_layout, Queries::LastOnly, shape)?
+            } else {
+                backend.attention(&qkv, &qkv, &device_layout, Queries::All, shape)?
+            };
+            trace(TracePoint::Attention(i), &attn);
+            // 5. Output projection and residual, fused with the MLP's input norm.
+            let o = backend.linear(&attn, &layer.o_proj)?;
+            trace(TracePoint::OProj(i), &o);
+            let h_mlp = backend.add_rms_norm(&mut x, &o, &layer.post_attention_layernorm, eps)?;
+            trace(TracePoint::PostAttentionNorm(i), &h_mlp);
+            // 6. SwiGLU MLP: (rows, hidden) -> (rows, 2 I) -> (rows, I) -> (rows, hidden).
+            let gate_up = backend.linear(&h_mlp, &layer.gate_up_proj)?;
+            let act = backend.silu_mul(&gate_up)?;
+            let mlp = backend.linear(&act, &layer.down_proj)?;
+            trace(TracePoint::Mlp(i), &mlp);
+            // 7. Residual, fused with the next layer's input norm.
+            match self.layers.get(i + 1) {
+                Some(next) => h = backend.add_rms_norm(&mut x, &mlp, &next.input_layernorm, eps)?,
+                None => backend.add(&mut x, &mlp)?,
+            }
+            trace(TracePoint::AfterLayer(i), &x);
+        }
+
+        // 8. Final norm on the last tokens, Matryoshka truncation, L2 normalization.
+        Ok(backend.pool(&x, &self.norm, eps, dims)?)
+    }
+}
