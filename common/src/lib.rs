@@ -2,10 +2,14 @@
 //!
 //! # Layout
 //! - [`wire`]: the MessagePack messages that cross NATS (public requests and replies,
-//!   internal token batches).
+//!   internal token batches, worker status).
 //! - [`subjects`]: NATS subject names under a configurable prefix.
+//! - [`config`]: layered configuration files, profiles and environment variables.
+//! - [`nats`]: connection settings (servers, credentials, TLS).
 //! - [`telemetry`]: logging set-up for the binaries.
 
+pub mod config;
+pub mod nats;
 pub mod subjects;
 pub mod telemetry;
 pub mod wire;

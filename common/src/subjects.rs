@@ -35,6 +35,11 @@ impl Subjects {
         format!("{}.batches", self.prefix)
     }
 
+    /// Status requests: every worker answers with a `WorkerStatus` (scatter-gather).
+    pub fn status(&self) -> String {
+        format!("{}.status", self.prefix)
+    }
+
     /// Name of the JetStream stream holding the batches.
     pub fn batch_stream(&self) -> String {
         format!(
@@ -59,6 +64,7 @@ mod tests {
         let subjects = Subjects::new("prod.embed");
         assert_eq!(subjects.requests(), "prod.embed.requests");
         assert_eq!(subjects.batches(), "prod.embed.batches");
+        assert_eq!(subjects.status(), "prod.embed.status");
         assert_eq!(subjects.batch_stream(), "PROD_EMBED_BATCHES");
         assert_eq!(Subjects::default().requests(), "embed.requests");
     }

@@ -2,7 +2,8 @@
 //!
 //! The public API (`EmbedRequest` in, `EmbedChunk` or `ErrorReply` out) is documented in
 //! `docs/protocol.md`; any language's msgpack library reads and writes it. `TokenBatch` is
-//! internal: the tokenizer workers send it to the GPU workers.
+//! internal: the tokenizer workers send it to the GPU workers. `WorkerStatus` answers the
+//! status subject.
 
 use serde::{Deserialize, Serialize};
 
@@ -211,6 +212,54 @@ pub struct BatchItem {
     pub deadline_ms: u64,
 }
 
+/// Which stage a worker serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WorkerKind {
+    /// Tokenizes and batches requests.
+    Tokenizer,
+    /// Runs the model on batches.
+    Gpu,
+}
+
+/// A worker's answer on the status subject: who it is, what it serves, how busy it is.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkerStatus {
+    /// Unique id of the worker process.
+    pub worker_id: String,
+    /// The stage it serves.
+    pub kind: WorkerKind,
+    /// Served model name (as clients pass it in `model`).
+    pub model: String,
+    /// Whether the model (or tokenizer) is loaded and work is accepted.
+    pub loaded: bool,
+    /// Compute backend (`cpu-f32`, `cuda-bf16`); tokenizer workers leave it empty.
+    #[serde(default)]
+    pub backend: Option<String>,
+    /// Device description (name, compute capability, threads).
+    #[serde(default)]
+    pub device: Option<String>,
+    /// Device memory in use by this worker, bytes.
+    #[serde(default)]
+    pub device_memory_used: Option<u64>,
+    /// Device memory in total, bytes.
+    #[serde(default)]
+    pub device_memory_total: Option<u64>,
+    /// Model output size (GPU workers) for validating `dimensions`.
+    #[serde(default)]
+    pub hidden_size: Option<u32>,
+    /// Batches processed (GPU) or emitted (tokenizer) since start.
+    pub batches: u64,
+    /// Sequences processed since start.
+    pub sequences: u64,
+    /// Tokens processed since start.
+    pub tokens: u64,
+    /// Work in hand now (batches for GPU workers, sequences waiting for tokenizer workers).
+    pub in_flight: u64,
+    /// Unix time in milliseconds when the worker started.
+    pub started_ms: u64,
+}
+
 /// Failure to read or write a wire message.
 #[derive(Debug, thiserror::Error)]
 pub enum WireError {
@@ -233,6 +282,11 @@ pub fn encode<T: Serialize>(message: &T) -> Result<Vec<u8>, WireError> {
 /// Decodes a MessagePack message.
 pub fn decode<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, WireError> {
     Ok(rmp_serde::from_slice(bytes)?)
+}
+
+/// Whether a deadline (`deadline_ms`, 0 = none) has passed at `now_ms`.
+pub fn deadline_passed(deadline_ms: u64, now_ms: u64) -> bool {
+    deadline_ms != 0 && now_ms > deadline_ms
 }
 
 /// Current Unix time in milliseconds.

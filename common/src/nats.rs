@@ -1,0 +1,157 @@
+//! Connecting to NATS with the deployment's servers, credentials and TLS.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// How to reach and authenticate to the NATS servers (`[nats]` in the configuration).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NatsConfig {
+    /// Server URLs, comma-separated (several URLs let clients fail over in a cluster).
+    pub url: String,
+    /// Subject prefix of this deployment (`embed` gives `embed.requests`).
+    pub subject_prefix: String,
+    /// User name, with `password`.
+    pub user: Option<String>,
+    /// Password, with `user`.
+    pub password: Option<String>,
+    /// Authentication token.
+    pub token: Option<String>,
+    /// NKey seed (`SU...`).
+    pub nkey: Option<String>,
+    /// `.creds` file (JWT and NKey seed).
+    pub creds_file: Option<PathBuf>,
+    /// CA certificate (PEM) to verify the servers with; implies TLS.
+    pub tls_ca_file: Option<PathBuf>,
+    /// Client certificate (PEM) for mutual TLS, with `tls_key_file`.
+    pub tls_cert_file: Option<PathBuf>,
+    /// Client key (PEM) for mutual TLS, with `tls_cert_file`.
+    pub tls_key_file: Option<PathBuf>,
+    /// Require TLS even without certificates configured.
+    pub tls_required: bool,
+    /// Seconds to wait for the first connection.
+    pub connect_timeout_s: f64,
+}
+
+impl Default for NatsConfig {
+    fn default() -> Self {
+        Self {
+            url: "nats://127.0.0.1:4222".into(),
+            subject_prefix: crate::subjects::DEFAULT_PREFIX.into(),
+            user: None,
+            password: None,
+            token: None,
+            nkey: None,
+            creds_file: None,
+            tls_ca_file: None,
+            tls_cert_file: None,
+            tls_key_file: None,
+            tls_required: false,
+            connect_timeout_s: 5.0,
+        }
+    }
+}
+
+/// Connection could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// The settings contradict each other.
+    #[error("invalid NATS settings: {0}")]
+    Settings(String),
+    /// The credentials file could not be read.
+    #[error("cannot read NATS credentials {path}: {source}")]
+    Credentials {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// No server answered.
+    #[error("cannot connect to NATS at {url}: {source}")]
+    Connect {
+        /// The URLs tried.
+        url: String,
+        /// The client's error.
+        source: async_nats::ConnectError,
+    },
+}
+
+impl NatsConfig {
+    /// The subjects of this deployment.
+    pub fn subjects(&self) -> crate::subjects::Subjects {
+        crate::subjects::Subjects::new(self.subject_prefix.clone())
+    }
+
+    /// Client options with authentication and TLS applied; `name` identifies the client in
+    /// the server's monitoring.
+    pub async fn options(&self, name: &str) -> Result<async_nats::ConnectOptions, ConnectError> {
+        let mut options = match (
+            &self.user,
+            &self.password,
+            &self.token,
+            &self.nkey,
+            &self.creds_file,
+        ) {
+            (Some(user), Some(password), None, None, None) => {
+                async_nats::ConnectOptions::with_user_and_password(user.clone(), password.clone())
+            }
+            (None, None, Some(token), None, None) => {
+                async_nats::ConnectOptions::with_token(token.clone())
+            }
+            (None, None, None, Some(seed), None) => {
+                async_nats::ConnectOptions::with_nkey(seed.clone())
+            }
+            (None, None, None, None, Some(path)) => {
+                async_nats::ConnectOptions::with_credentials_file(path.clone())
+                    .await
+                    .map_err(|source| ConnectError::Credentials {
+                        path: path.clone(),
+                        source,
+                    })?
+            }
+            (None, None, None, None, None) => async_nats::ConnectOptions::new(),
+            _ => {
+                return Err(ConnectError::Settings(
+                    "give exactly one of user+password, token, nkey or creds_file".into(),
+                ));
+            }
+        };
+        if let Some(ca) = &self.tls_ca_file {
+            options = options.add_root_certificates(ca.clone()).require_tls(true);
+        }
+        match (&self.tls_cert_file, &self.tls_key_file) {
+            (Some(cert), Some(key)) => {
+                options = options
+                    .add_client_certificate(cert.clone(), key.clone())
+                    .require_tls(true);
+            }
+            (None, None) => {}
+            _ => {
+                return Err(ConnectError::Settings(
+                    "tls_cert_file and tls_key_file go together".into(),
+                ));
+            }
+        }
+        if self.tls_required {
+            options = options.require_tls(true);
+        }
+        Ok(options
+            .name(name)
+            .connection_timeout(Duration::from_secs_f64(self.connect_timeout_s.max(0.1)))
+            .retry_on_initial_connect())
+    }
+
+    /// Connects (retrying in the background until the first connection succeeds).
+    pub async fn connect(&self, name: &str) -> Result<async_nats::Client, ConnectError> {
+        let options = self.options(name).await?;
+        options
+            .connect(self.url.as_str())
+            .await
+            .map_err(|source| ConnectError::Connect {
+                url: self.url.clone(),
+                source,
+            })
+    }
+}

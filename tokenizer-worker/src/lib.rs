@@ -1,0 +1,12 @@
+//! Tokenizer worker: turns embedding requests into packed token batches for the GPU workers.
+//!
+//! # Layout
+//!
+//! * [`tokenize`]: the Qwen3-Embedding query template, tokenization with exactly one final
+//!   `<|endoftext|>`, and truncation ([`tokenize::TextTokenizer`]).
+//! * [`batcher`]: pure, I/O-free packing of the sequences of concurrent requests into
+//!   [`common::wire::TokenBatch`]es by token budget, with a maximum wait and deadline expiry
+//!   ([`batcher::Batcher`]).
+
+pub mod batcher;
+pub mod tokenize;

@@ -1,0 +1,270 @@
+//! Query template, tokenization and truncation for Qwen3-Embedding.
+//!
+//! Every sequence the model reads ends with `<|endoftext|>` (the pooling token). The published
+//! Qwen3-Embedding `tokenizer.json` appends it in its post-processor; older copies (and the
+//! base Qwen3 tokenizer) append nothing. [`TextTokenizer`] finds out which at load time and
+//! appends exactly one `<|endoftext|>` when the post-processor does not. The decision is made
+//! once, from the post-processor, never from the last id of a given text: the text
+//! `"<|endoftext|>"` itself encodes to `[151643, 151643]` (the added token, then the appended
+//! one), as transformers does.
+
+use std::borrow::Cow;
+use std::path::{Path, PathBuf};
+
+use common::wire::InputType;
+use tokenizers::Tokenizer;
+
+/// The token every sequence ends with and whose hidden state is pooled.
+pub const END_OF_TEXT: &str = "<|endoftext|>";
+
+/// Task description used for queries that carry no instruction of their own.
+pub const DEFAULT_INSTRUCTION: &str =
+    "Given a web search query, retrieve relevant passages that answer the query";
+
+/// Token limit the official Qwen3-Embedding code truncates at.
+pub const DEFAULT_MAX_LENGTH: usize = 8192;
+
+/// Text encoded at load time to find out whether the post-processor appends `<|endoftext|>`.
+const PROBE_TEXT: &str = "a";
+
+/// Failure to load a tokenizer or to encode a text.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenizeError {
+    /// `tokenizer.json` could not be read or parsed.
+    #[error("cannot load tokenizer from {path}: {source}")]
+    Load {
+        /// The file that was read.
+        path: PathBuf,
+        /// Why it failed.
+        #[source]
+        source: tokenizers::Error,
+    },
+    /// The vocabulary has no `<|endoftext|>` token, so sequences cannot be terminated.
+    #[error("tokenizer has no {END_OF_TEXT} token")]
+    MissingEndOfText,
+    /// The tokenizer library failed on a text.
+    #[error("tokenizer failed: {0}")]
+    Tokenizer(#[source] tokenizers::Error),
+    /// The text has more tokens than allowed and truncation is off.
+    #[error("input has {tokens} tokens, more than the limit of {max} tokens")]
+    TooLong {
+        /// Tokens of the whole sequence, `<|endoftext|>` included.
+        tokens: usize,
+        /// The configured limit.
+        max: usize,
+    },
+    /// The options are out of range.
+    #[error("invalid tokenizer options: {0}")]
+    InvalidOptions(String),
+}
+
+/// How texts are formatted and how long they may be.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenizerOptions {
+    /// Task description for queries that carry none; [`DEFAULT_INSTRUCTION`] by default.
+    pub default_instruction: String,
+    /// Most tokens per sequence, `<|endoftext|>` included; at least 2 (one token of text and
+    /// the final `<|endoftext|>`). The caller's configuration keeps it within the model's
+    /// `max_position_embeddings`. [`DEFAULT_MAX_LENGTH`] by default.
+    pub max_length: usize,
+}
+
+impl Default for TokenizerOptions {
+    fn default() -> Self {
+        Self {
+            default_instruction: DEFAULT_INSTRUCTION.to_owned(),
+            max_length: DEFAULT_MAX_LENGTH,
+        }
+    }
+}
+
+impl TokenizerOptions {
+    /// Checks the ranges that do not depend on the model.
+    pub fn validate(&self) -> Result<(), TokenizeError> {
+        if self.max_length < 2 {
+            return Err(TokenizeError::InvalidOptions(format!(
+                "max_length must be at least 2 (one token and {END_OF_TEXT}), got {}",
+                self.max_length
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// A Qwen3-Embedding tokenizer: applies the query template, tokenizes, makes sure the sequence
+/// ends with exactly one appended `<|endoftext|>`, and enforces the token limit.
+///
+/// It is `Send + Sync` and every method takes `&self`: share one behind an `Arc` across a pool
+/// of blocking threads.
+#[derive(Debug, Clone)]
+pub struct TextTokenizer {
+    /// The Hugging Face tokenizer, with its own truncation and padding switched off.
+    inner: Tokenizer,
+    /// Id of `<|endoftext|>` (151643 in Qwen3).
+    eot_id: u32,
+    /// Whether the post-processor appends `<|endoftext|>` (Qwen3-Embedding) or not (base
+    /// Qwen3 and older copies), detected once at load.
+    post_processor_appends_eot: bool,
+    /// Validated options.
+    options: TokenizerOptions,
+}
+
+impl TextTokenizer {
+    /// Loads `tokenizer.json` from `path`.
+    pub fn from_file(path: &Path, options: TokenizerOptions) -> Result<Self, TokenizeError> {
+        let inner = Tokenizer::from_file(path).map_err(|source| TokenizeError::Load {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::new(inner, options)
+    }
+
+    /// Wraps an already loaded tokenizer. Its own truncation and padding settings are
+    /// switched off: the limit is enforced here, keeping the final `<|endoftext|>`.
+    pub fn new(mut inner: Tokenizer, options: TokenizerOptions) -> Result<Self, TokenizeError> {
+        options.validate()?;
+        inner
+            .with_truncation(None)
+            .map_err(TokenizeError::Tokenizer)?;
+        inner.with_padding(None);
+        let eot_id = inner
+            .token_to_id(END_OF_TEXT)
+            .ok_or(TokenizeError::MissingEndOfText)?;
+        let with_special = inner
+            .encode_fast(PROBE_TEXT, true)
+            .map_err(TokenizeError::Tokenizer)?;
+        let without_special = inner
+            .encode_fast(PROBE_TEXT, false)
+            .map_err(TokenizeError::Tokenizer)?;
+        let post_processor_appends_eot = with_special.get_ids().last() == Some(&eot_id)
+            && without_special.get_ids().last() != Some(&eot_id);
+        Ok(Self {
+            inner,
+            eot_id,
+            post_processor_appends_eot,
+            options,
+        })
+    }
+
+    /// Id of `<|endoftext|>`, the last token of every sequence.
+    pub fn eot_id(&self) -> u32 {
+        self.eot_id
+    }
+
+    /// Most tokens per sequence, `<|endoftext|>` included.
+    pub fn max_length(&self) -> usize {
+        self.options.max_length
+    }
+
+    /// Task description used for queries without an instruction.
+    pub fn default_instruction(&self) -> &str {
+        &self.options.default_instruction
+    }
+
+    /// Whether the tokenizer's post-processor appends `<|endoftext|>` itself (the published
+    /// Qwen3-Embedding tokenizer does; base Qwen3 copies do not, and then it is appended here).
+    pub fn post_processor_appends_eot(&self) -> bool {
+        self.post_processor_appends_eot
+    }
+
+    /// The text the tokenizer reads: `Instruct: {instruction}\nQuery:{text}` for queries (no
+    /// space after `Query:`; the default instruction when `instruction` is `None`), the text
+    /// itself for documents.
+    pub fn format<'a>(
+        &self,
+        text: &'a str,
+        kind: InputType,
+        instruction: Option<&str>,
+    ) -> Cow<'a, str> {
+        match kind {
+            InputType::Document => Cow::Borrowed(text),
+            InputType::Query => {
+                let instruction = instruction.unwrap_or(&self.options.default_instruction);
+                Cow::Owned(format!("Instruct: {instruction}\nQuery:{text}"))
+            }
+        }
+    }
+
+    /// Formats and tokenizes one text; the ids end with exactly one appended `<|endoftext|>`.
+    ///
+    /// When the sequence is longer than [`max_length`](Self::max_length): with `truncate` the
+    /// first `max_length - 1` tokens and the final `<|endoftext|>` are kept, without it the
+    /// result is [`TokenizeError::TooLong`].
+    pub fn encode(
+        &self,
+        text: &str,
+        kind: InputType,
+        instruction: Option<&str>,
+        truncate: bool,
+    ) -> Result<Vec<u32>, TokenizeError> {
+        let formatted = self.format(text, kind, instruction);
+        // `encode_fast` skips the offsets, which are not needed; the ids are the same.
+        let encoding = self
+            .inner
+            .encode_fast(formatted.as_ref(), true)
+            .map_err(TokenizeError::Tokenizer)?;
+        let ids = encoding.get_ids();
+        let body = if self.post_processor_appends_eot {
+            // The post-processor's `<|endoftext|>` is the last id; it is put back below.
+            &ids[..ids.len().saturating_sub(1)]
+        } else {
+            ids
+        };
+        let max = self.options.max_length;
+        let tokens = body.len() + 1;
+        let keep = if tokens <= max {
+            body.len()
+        } else if truncate {
+            max - 1
+        } else {
+            return Err(TokenizeError::TooLong { tokens, max });
+        };
+        let mut out = Vec::with_capacity(keep + 1);
+        out.extend_from_slice(&body[..keep]);
+        out.push(self.eot_id);
+        Ok(out)
+    }
+
+    /// Encodes several texts of one request (same kind, instruction and truncation), one
+    /// result per text, in order. Runs on the calling thread: parallelism is the caller's
+    /// thread pool's business.
+    pub fn encode_batch<S: AsRef<str>>(
+        &self,
+        texts: &[S],
+        kind: InputType,
+        instruction: Option<&str>,
+        truncate: bool,
+    ) -> Vec<Result<Vec<u32>, TokenizeError>> {
+        texts
+            .iter()
+            .map(|text| self.encode(text.as_ref(), kind, instruction, truncate))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn assert_send_sync<T: Send + Sync>() {}
+
+    #[test]
+    fn text_tokenizer_is_send_and_sync() {
+        assert_send_sync::<TextTokenizer>();
+        assert_send_sync::<TokenizeError>();
+    }
+
+    #[test]
+    fn options_below_two_tokens_are_rejected() {
+        let options = TokenizerOptions {
+            max_length: 1,
+            ..TokenizerOptions::default()
+        };
+        let err = options
+            .validate()
+            .expect_err("max_length 1 must be rejected");
+        assert!(err.to_string().contains("got 1"), "{err}");
+        assert!(TokenizerOptions::default().validate().is_ok());
+        assert_eq!(TokenizerOptions::default().max_length, 8192);
+    }
+}

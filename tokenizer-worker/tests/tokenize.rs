@@ -1,0 +1,364 @@
+//! Tokenization against the qwen3-tiny golden cases (ids from the Python `tokenizers` library
+//! and transformers), with and without a post-processor that appends `<|endoftext|>`.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use common::wire::InputType;
+use serde_json::Value;
+use tokenizer_worker::tokenize::{
+    DEFAULT_INSTRUCTION, TextTokenizer, TokenizeError, TokenizerOptions,
+};
+
+const FIXTURE: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../shared/fixtures/qwen3-tiny"
+);
+const RERANKER_FIXTURE: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../shared/fixtures/qwen3-tiny-reranker"
+);
+const EOT: u32 = 151643;
+
+struct Case {
+    id: String,
+    text: String,
+    kind: InputType,
+    instruction: Option<String>,
+    formatted: String,
+    input_ids: Vec<u32>,
+}
+
+fn cases() -> &'static [Case] {
+    static CASES: OnceLock<Vec<Case>> = OnceLock::new();
+    CASES.get_or_init(|| {
+        let path = Path::new(FIXTURE).join("golden.json");
+        let text = std::fs::read_to_string(&path).expect("read golden.json");
+        let golden: Value = serde_json::from_str(&text).expect("parse golden.json");
+        let cases: Vec<Case> = golden["cases"]
+            .as_array()
+            .expect("cases")
+            .iter()
+            .map(|case| Case {
+                id: case["id"].as_str().expect("id").to_owned(),
+                text: case["text"].as_str().expect("text").to_owned(),
+                kind: if case["is_query"].as_bool().expect("is_query") {
+                    InputType::Query
+                } else {
+                    InputType::Document
+                },
+                instruction: case["instruction"].as_str().map(str::to_owned),
+                formatted: case["formatted"].as_str().expect("formatted").to_owned(),
+                input_ids: case["input_ids"]
+                    .as_array()
+                    .expect("input_ids")
+                    .iter()
+                    .map(|id| u32::try_from(id.as_u64().expect("id")).expect("u32 id"))
+                    .collect(),
+            })
+            .collect();
+        assert_eq!(cases.len(), 17, "the fixture has 17 cases");
+        cases
+    })
+}
+
+fn case(id: &str) -> &'static Case {
+    cases()
+        .iter()
+        .find(|case| case.id == id)
+        .unwrap_or_else(|| panic!("no case {id}"))
+}
+
+/// The fixture tokenizer (its post-processor appends `<|endoftext|>`), default options.
+fn tokenizer() -> &'static TextTokenizer {
+    static TOKENIZER: OnceLock<TextTokenizer> = OnceLock::new();
+    TOKENIZER.get_or_init(|| with_options(TokenizerOptions::default()))
+}
+
+fn with_options(options: TokenizerOptions) -> TextTokenizer {
+    TextTokenizer::from_file(&Path::new(FIXTURE).join("tokenizer.json"), options)
+        .expect("load fixture tokenizer")
+}
+
+fn fixture_json() -> Value {
+    let text = std::fs::read_to_string(Path::new(FIXTURE).join("tokenizer.json"))
+        .expect("read tokenizer.json");
+    serde_json::from_str(&text).expect("parse tokenizer.json")
+}
+
+/// A temporary file that is removed when dropped.
+struct TempFile(PathBuf);
+
+impl TempFile {
+    fn json(tag: &str, value: &Value) -> Self {
+        static COUNTER: AtomicUsize = AtomicUsize::new(0);
+        let path = std::env::temp_dir().join(format!(
+            "tokenizer-worker-test-{tag}-{}-{}.json",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::write(&path, serde_json::to_vec(value).expect("serialize")).expect("write");
+        Self(path)
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// The fixture tokenizer with its post-processor removed, as older copies are.
+fn base_tokenizer(options: TokenizerOptions) -> TextTokenizer {
+    let mut json = fixture_json();
+    json["post_processor"] = Value::Null;
+    let file = TempFile::json("no-post-processor", &json);
+    TextTokenizer::from_file(&file.0, options).expect("load base tokenizer")
+}
+
+fn assert_golden(tokenizer: &TextTokenizer, what: &str) {
+    for case in cases() {
+        let ids = tokenizer
+            .encode(&case.text, case.kind, case.instruction.as_deref(), false)
+            .unwrap_or_else(|err| panic!("{what}: case {}: {err}", case.id));
+        assert_eq!(ids, case.input_ids, "{what}: case {}", case.id);
+    }
+}
+
+#[test]
+fn every_golden_case_formats_exactly() {
+    let tokenizer = tokenizer();
+    for case in cases() {
+        let formatted = tokenizer.format(&case.text, case.kind, case.instruction.as_deref());
+        assert_eq!(formatted, case.formatted, "case {}", case.id);
+    }
+}
+
+#[test]
+fn query_without_instruction_uses_the_default_and_documents_are_untouched() {
+    let tokenizer = tokenizer();
+    let web = case("query_web_1");
+    assert_eq!(web.instruction.as_deref(), Some(DEFAULT_INSTRUCTION));
+    assert_eq!(tokenizer.default_instruction(), DEFAULT_INSTRUCTION);
+    assert_eq!(
+        tokenizer.format(&web.text, InputType::Query, None),
+        web.formatted
+    );
+    assert_eq!(
+        tokenizer
+            .encode(&web.text, InputType::Query, None, false)
+            .expect("encode"),
+        web.input_ids
+    );
+    let formatted = tokenizer.format("x", InputType::Query, Some("task"));
+    assert_eq!(formatted, "Instruct: task\nQuery:x");
+    let doc = tokenizer.format("Query: y", InputType::Document, Some("ignored"));
+    assert!(matches!(doc, std::borrow::Cow::Borrowed("Query: y")));
+}
+
+#[test]
+fn custom_default_instruction_is_used() {
+    let tokenizer = with_options(TokenizerOptions {
+        default_instruction:
+            "Given a question, retrieve Wikipedia passages that answer the question".into(),
+        ..TokenizerOptions::default()
+    });
+    let custom = case("query_custom_task");
+    let ids = tokenizer
+        .encode(&custom.text, InputType::Query, None, false)
+        .expect("encode");
+    assert_eq!(ids, custom.input_ids);
+}
+
+#[test]
+fn every_golden_case_encodes_exactly() {
+    let tokenizer = tokenizer();
+    assert!(tokenizer.post_processor_appends_eot());
+    assert_eq!(tokenizer.eot_id(), EOT);
+    assert_eq!(tokenizer.max_length(), 8192);
+    assert_golden(tokenizer, "embedding tokenizer");
+}
+
+#[test]
+fn literal_endoftext_and_empty_text() {
+    let tokenizer = tokenizer();
+    let ids = tokenizer
+        .encode("<|endoftext|>", InputType::Document, None, false)
+        .expect("encode");
+    assert_eq!(ids, vec![EOT, EOT]);
+    let ids = tokenizer
+        .encode("", InputType::Document, None, false)
+        .expect("encode");
+    assert_eq!(ids, vec![EOT]);
+}
+
+#[test]
+fn tokenizer_without_post_processor_gives_the_same_ids() {
+    let tokenizer = base_tokenizer(TokenizerOptions::default());
+    assert!(!tokenizer.post_processor_appends_eot());
+    assert_eq!(tokenizer.eot_id(), EOT);
+    assert_golden(&tokenizer, "no post-processor");
+}
+
+#[test]
+fn reranker_base_tokenizer_gives_the_same_ids() {
+    let path = Path::new(RERANKER_FIXTURE).join("tokenizer.json");
+    let tokenizer =
+        TextTokenizer::from_file(&path, TokenizerOptions::default()).expect("load reranker");
+    assert!(!tokenizer.post_processor_appends_eot());
+    assert_golden(&tokenizer, "reranker tokenizer");
+}
+
+#[test]
+fn truncation_keeps_the_first_tokens_and_the_final_endoftext() {
+    let long = case("long_2000");
+    assert_eq!(long.input_ids.len(), 2011);
+    let options = TokenizerOptions {
+        max_length: 100,
+        ..TokenizerOptions::default()
+    };
+    let mut expected = long.input_ids[..99].to_vec();
+    expected.push(EOT);
+    for tokenizer in [with_options(options.clone()), base_tokenizer(options)] {
+        let ids = tokenizer
+            .encode(&long.text, long.kind, None, true)
+            .expect("truncated");
+        assert_eq!(ids, expected);
+        // Short texts are untouched by truncation.
+        let short = case("en_short");
+        let ids = tokenizer
+            .encode(&short.text, short.kind, None, true)
+            .expect("short");
+        assert_eq!(ids, short.input_ids);
+    }
+}
+
+#[test]
+fn limit_is_inclusive_and_too_long_names_both_lengths() {
+    let long = case("long_600");
+    let tokens = long.input_ids.len();
+    let exact = with_options(TokenizerOptions {
+        max_length: tokens,
+        ..TokenizerOptions::default()
+    });
+    let ids = exact
+        .encode(&long.text, long.kind, None, false)
+        .expect("fits exactly");
+    assert_eq!(ids, long.input_ids);
+
+    let short = with_options(TokenizerOptions {
+        max_length: tokens - 1,
+        ..TokenizerOptions::default()
+    });
+    let err = short
+        .encode(&long.text, long.kind, None, false)
+        .expect_err("one token too many");
+    assert!(
+        matches!(err, TokenizeError::TooLong { tokens: t, max: m } if t == tokens && m == tokens - 1),
+        "{err:?}"
+    );
+    let message = err.to_string();
+    assert!(message.contains(&tokens.to_string()), "{message}");
+    assert!(message.contains(&(tokens - 1).to_string()), "{message}");
+}
+
+#[test]
+fn smallest_limit_keeps_one_token_and_endoftext() {
+    let tokenizer = with_options(TokenizerOptions {
+        max_length: 2,
+        ..TokenizerOptions::default()
+    });
+    let literal = case("literal_endoftext");
+    let ids = tokenizer
+        .encode(&literal.text, literal.kind, None, false)
+        .expect("two tokens fit");
+    assert_eq!(ids, vec![EOT, EOT]);
+    let short = case("en_short");
+    let ids = tokenizer
+        .encode(&short.text, short.kind, None, true)
+        .expect("truncated");
+    assert_eq!(ids, vec![short.input_ids[0], EOT]);
+}
+
+#[test]
+fn encode_batch_reports_each_text() {
+    let tokenizer = with_options(TokenizerOptions {
+        max_length: 20,
+        ..TokenizerOptions::default()
+    });
+    let texts = [case("en_short").text.as_str(), &case("long_600").text, ""];
+    let results = tokenizer.encode_batch(&texts, InputType::Document, None, false);
+    assert_eq!(results.len(), 3);
+    assert_eq!(
+        results[0].as_ref().expect("short"),
+        &case("en_short").input_ids
+    );
+    assert!(matches!(
+        results[1],
+        Err(TokenizeError::TooLong {
+            tokens: 610,
+            max: 20
+        })
+    ));
+    assert_eq!(results[2].as_ref().expect("empty"), &vec![EOT]);
+}
+
+#[test]
+fn concurrent_use_from_threads_gives_the_golden_ids() {
+    let tokenizer = tokenizer();
+    std::thread::scope(|scope| {
+        for chunk in cases().chunks(5) {
+            scope.spawn(move || {
+                for case in chunk {
+                    let ids = tokenizer
+                        .encode(&case.text, case.kind, case.instruction.as_deref(), false)
+                        .expect("encode");
+                    assert_eq!(ids, case.input_ids, "case {}", case.id);
+                }
+            });
+        }
+    });
+}
+
+#[test]
+fn load_errors_name_the_problem() {
+    let missing = Path::new(FIXTURE).join("no-such-tokenizer.json");
+    let err =
+        TextTokenizer::from_file(&missing, TokenizerOptions::default()).expect_err("missing file");
+    assert!(err.to_string().contains("no-such-tokenizer.json"), "{err}");
+
+    let mut json = fixture_json();
+    json["post_processor"] = Value::Null;
+    let added = json["added_tokens"].as_array_mut().expect("added_tokens");
+    added.retain(|token| token["content"] != "<|endoftext|>");
+    let file = TempFile::json("no-endoftext", &json);
+    let err = TextTokenizer::from_file(&file.0, TokenizerOptions::default())
+        .expect_err("no <|endoftext|>");
+    assert!(matches!(err, TokenizeError::MissingEndOfText), "{err:?}");
+
+    let err = TextTokenizer::from_file(
+        &Path::new(FIXTURE).join("tokenizer.json"),
+        TokenizerOptions {
+            max_length: 1,
+            ..TokenizerOptions::default()
+        },
+    )
+    .expect_err("max_length 1");
+    assert!(matches!(err, TokenizeError::InvalidOptions(_)), "{err:?}");
+}
+
+#[test]
+fn truncation_and_padding_in_the_file_are_ignored() {
+    let mut json = fixture_json();
+    json["truncation"] = serde_json::json!({
+        "direction": "Right", "max_length": 5, "strategy": "LongestFirst", "stride": 0
+    });
+    json["padding"] = serde_json::json!({
+        "strategy": {"Fixed": 64}, "direction": "Left", "pad_to_multiple_of": null,
+        "pad_id": 151643, "pad_type_id": 0, "pad_token": "<|endoftext|>"
+    });
+    let file = TempFile::json("truncation-padding", &json);
+    let tokenizer = TextTokenizer::from_file(&file.0, TokenizerOptions::default()).expect("load");
+    assert_golden(&tokenizer, "file with truncation and padding");
+}
