@@ -6,10 +6,14 @@
 //! - [`subjects`]: NATS subject names under a configurable prefix.
 //! - [`config`]: layered configuration files, profiles and environment variables.
 //! - [`nats`]: connection settings (servers, credentials, TLS).
+//! - [`queue`]: the JetStream work queue of token batches.
 //! - [`telemetry`]: logging set-up for the binaries.
+//! - [`shutdown`]: Ctrl-C / SIGTERM handling.
 
 pub mod config;
 pub mod nats;
+pub mod queue;
+pub mod shutdown;
 pub mod subjects;
 pub mod telemetry;
 pub mod wire;

@@ -5,7 +5,17 @@
 //!   once over [`ops::Ops`].
 //! - [`ops`]: the backend contract (ops over a packed variable-length batch).
 //! - [`cpu`]: the f32 CPU backend, exact against transformers.
+//! - [`cuda`]: the CUDA backend (bf16 weights, f32 residual stream, NVRTC-compiled kernels).
+//! - [`engine`]: a loaded model on its backend, owned by the device thread.
+//! - [`service`]: the NATS service: work queue in, vectors to each request's reply subject.
+//! - [`config`]: the worker's settings.
+//! - [`bench`]: the `bench` subcommand.
 
+pub mod bench;
+pub mod config;
 pub mod cpu;
+pub mod cuda;
+pub mod engine;
 pub mod model;
 pub mod ops;
+pub mod service;

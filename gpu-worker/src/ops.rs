@@ -154,6 +154,15 @@ pub trait Ops {
     /// Short name for logs and `/debug` (`cpu-f32`, `cuda-bf16`).
     fn name(&self) -> String;
 
+    /// What the backend runs on, for status reports. Backends with device memory override it.
+    fn device_info(&self) -> DeviceInfo {
+        DeviceInfo {
+            description: self.name(),
+            memory_used: None,
+            memory_total: None,
+        }
+    }
+
     /// Stacks `parts` (each `(out_i, in)`, same `in`) along the output dimension into one
     /// matrix, converting to the backend's weight format (fuses q|k|v and gate|up).
     fn matrix(&self, parts: &[TensorView<'_>]) -> OpResult<Self::Matrix>;
@@ -223,6 +232,17 @@ pub trait Ops {
     ) -> OpResult<Vec<Vec<f32>>>;
     /// Copies a tensor to the host as f32, row-major (for traces and tests).
     fn to_host(&self, x: &Self::Tensor) -> OpResult<Vec<f32>>;
+}
+
+/// A backend's device, as reported to operators.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceInfo {
+    /// Name and capabilities (e.g. `NVIDIA H100 80GB HBM3, sm_90` or `cpu, 2 threads`).
+    pub description: String,
+    /// Device memory this process uses, bytes.
+    pub memory_used: Option<u64>,
+    /// Device memory in total, bytes.
+    pub memory_total: Option<u64>,
 }
 
 /// Which rows of each sequence the attention computes.

@@ -7,6 +7,10 @@
 //! * [`batcher`]: pure, I/O-free packing of the sequences of concurrent requests into
 //!   [`common::wire::TokenBatch`]es by token budget, with a maximum wait and deadline expiry
 //!   ([`batcher::Batcher`]).
+//! * [`config`]: the worker's settings.
+//! * [`service`]: the NATS service: request subject in, JetStream batches out.
 
 pub mod batcher;
+pub mod config;
+pub mod service;
 pub mod tokenize;

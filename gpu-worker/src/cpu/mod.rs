@@ -15,7 +15,7 @@ pub mod rms_norm;
 pub mod silu_mul;
 
 use crate::model::weights::TensorView;
-use crate::ops::{AttentionShape, BatchLayout, OpError, OpResult, Ops, Queries};
+use crate::ops::{AttentionShape, BatchLayout, DeviceInfo, OpError, OpResult, Ops, Queries};
 use embed::EmbeddingTable;
 use qk_norm_rope::RopeTable;
 
@@ -114,6 +114,14 @@ impl Ops for CpuBackend {
 
     fn name(&self) -> String {
         "cpu-f32".into()
+    }
+
+    fn device_info(&self) -> DeviceInfo {
+        DeviceInfo {
+            description: format!("cpu, {} threads", rayon::current_num_threads()),
+            memory_used: None,
+            memory_total: None,
+        }
     }
 
     fn matrix(&self, parts: &[TensorView<'_>]) -> OpResult<CpuMatrix> {

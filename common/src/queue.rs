@@ -1,0 +1,101 @@
+//! The JetStream work queue that carries token batches from tokenizer workers to GPU
+//! workers. Both stages create it with the same settings (whoever starts first wins;
+//! identical settings make the second call a no-op).
+//!
+//! Work-queue retention deletes a batch once a GPU worker acks it; an unacked batch (the
+//! worker died) is redelivered after `ack_wait`. GPU workers pull only when they have
+//! capacity, so a busy worker never receives work it cannot start.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer::pull, stream};
+use serde::Deserialize;
+
+use crate::subjects::Subjects;
+
+/// Durable consumer shared by all GPU workers of a deployment.
+pub const GPU_CONSUMER: &str = "gpu-workers";
+
+/// Where the stream keeps batches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Storage {
+    /// In server memory: fastest; batches in the queue are lost if the server restarts.
+    Memory,
+    /// On the server's disk: survives a server restart.
+    File,
+}
+
+/// Work queue settings (`[queue]` in the configuration).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct QueueConfig {
+    /// Batch storage on the server.
+    pub storage: Storage,
+    /// Seconds before an unacknowledged batch is redelivered to another GPU worker; workers
+    /// send progress acks while computing, so this bounds only how long a dead worker's batch
+    /// waits.
+    pub ack_wait_s: f64,
+    /// Seconds a batch may wait in the queue before the server drops it (its requests have
+    /// timed out long before).
+    pub max_age_s: f64,
+    /// Deliveries of one batch before it is given up (a batch that crashes workers).
+    pub max_deliver: i64,
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        Self {
+            storage: Storage::Memory,
+            ack_wait_s: 10.0,
+            max_age_s: 300.0,
+            max_deliver: 5,
+        }
+    }
+}
+
+/// The queue could not be created or reached.
+#[derive(Debug, thiserror::Error)]
+#[error("JetStream work queue: {0}")]
+pub struct QueueError(String);
+
+/// Creates (or finds) the batch stream.
+pub async fn batch_stream(
+    js: &jetstream::Context,
+    subjects: &Subjects,
+    config: &QueueConfig,
+) -> Result<stream::Stream, QueueError> {
+    js.get_or_create_stream(stream::Config {
+        name: subjects.batch_stream(),
+        subjects: vec![subjects.batches()],
+        retention: stream::RetentionPolicy::WorkQueue,
+        storage: match config.storage {
+            Storage::Memory => stream::StorageType::Memory,
+            Storage::File => stream::StorageType::File,
+        },
+        max_age: Duration::from_secs_f64(config.max_age_s.max(1.0)),
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| QueueError(format!("stream {}: {e}", subjects.batch_stream())))
+}
+
+/// Creates (or finds) the GPU workers' durable pull consumer on the batch stream.
+pub async fn gpu_consumer(
+    stream: &stream::Stream,
+    config: &QueueConfig,
+) -> Result<jetstream::consumer::PullConsumer, QueueError> {
+    stream
+        .get_or_create_consumer(
+            GPU_CONSUMER,
+            pull::Config {
+                durable_name: Some(GPU_CONSUMER.into()),
+                ack_policy: jetstream::consumer::AckPolicy::Explicit,
+                ack_wait: Duration::from_secs_f64(config.ack_wait_s.max(1.0)),
+                max_deliver: config.max_deliver,
+                ..Default::default()
+            },
+        )
+        .await
+        .map_err(|e| QueueError(format!("consumer {GPU_CONSUMER}: {e}")))
+}

@@ -1,0 +1,39 @@
+//! Settings of a GPU worker (`[gpu]` in the configuration files).
+
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+use crate::engine::BackendChoice;
+
+/// Everything a GPU worker needs besides the NATS connection and the work queue.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GpuWorkerConfig {
+    /// Model directory in Hugging Face layout.
+    pub model_dir: PathBuf,
+    /// Served model name, reported in status answers.
+    pub model_name: String,
+    /// Backend that runs the model.
+    pub backend: BackendChoice,
+    /// CUDA device ordinal.
+    pub device: usize,
+    /// Share of the device's memory this worker may use (Ray Serve's fractional `num_gpus`:
+    /// two workers with 0.5 share one card).
+    pub gpu_memory_fraction: f64,
+    /// Batches held at once: one computing plus the ones staged behind it.
+    pub max_batches_in_hand: usize,
+}
+
+impl Default for GpuWorkerConfig {
+    fn default() -> Self {
+        Self {
+            model_dir: PathBuf::from("models/Qwen3-Embedding-0.6B"),
+            model_name: "Qwen/Qwen3-Embedding-0.6B".into(),
+            backend: BackendChoice::Auto,
+            device: 0,
+            gpu_memory_fraction: 0.9,
+            max_batches_in_hand: 2,
+        }
+    }
+}

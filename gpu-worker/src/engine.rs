@@ -1,0 +1,197 @@
+//! A loaded model on its backend, owned by one device thread.
+//!
+//! The device thread loads the model and then serves jobs from a bounded channel of one, so
+//! the service can stage the next batch while the current one runs, and nothing else ever
+//! touches the device.
+
+use std::path::{Path, PathBuf};
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::cpu::CpuBackend;
+use crate::model::qwen3::Qwen3;
+use crate::model::{self, ModelError};
+use crate::ops::{BatchLayout, DeviceInfo, OpError, Ops};
+
+/// Which backend runs the model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendChoice {
+    /// The f32 CPU backend (exact).
+    Cpu,
+    /// The CUDA backend (bf16).
+    Cuda,
+    /// CUDA when a device is present, else the CPU.
+    #[default]
+    Auto,
+}
+
+/// A model ready to embed packed batches.
+pub trait Embedder {
+    /// Embeds sequences of `lengths` packed in `token_ids`; sequence `s` gets `dims[s]` values.
+    fn embed(
+        &self,
+        token_ids: &[u32],
+        lengths: &[usize],
+        dims: &[usize],
+    ) -> Result<Vec<Vec<f32>>, ModelError>;
+    /// Backend name (`cpu-f32`).
+    fn backend(&self) -> String;
+    /// The device and its memory.
+    fn device_info(&self) -> DeviceInfo;
+    /// Width of the model's output vectors.
+    fn hidden_size(&self) -> usize;
+}
+
+/// A Qwen3 model loaded on backend `B`.
+pub struct Loaded<B: Ops> {
+    backend: B,
+    model: Qwen3<B>,
+}
+
+impl<B: Ops> Loaded<B> {
+    /// Loads the model directory `dir` onto `backend`.
+    pub fn new(backend: B, dir: &Path) -> Result<Self, ModelError> {
+        let model = model::load(dir, &backend)?;
+        Ok(Self { backend, model })
+    }
+}
+
+impl<B: Ops> Embedder for Loaded<B> {
+    fn embed(
+        &self,
+        token_ids: &[u32],
+        lengths: &[usize],
+        dims: &[usize],
+    ) -> Result<Vec<Vec<f32>>, ModelError> {
+        let layout = BatchLayout::from_lengths(lengths)?;
+        self.model.embed(&self.backend, token_ids, &layout, dims)
+    }
+
+    fn backend(&self) -> String {
+        self.backend.name()
+    }
+
+    fn device_info(&self) -> DeviceInfo {
+        self.backend.device_info()
+    }
+
+    fn hidden_size(&self) -> usize {
+        self.model.config().hidden_size
+    }
+}
+
+/// Loads `dir` on the chosen backend.
+pub fn load(dir: &Path, choice: BackendChoice) -> Result<Box<dyn Embedder>, ModelError> {
+    match choice {
+        BackendChoice::Cpu | BackendChoice::Auto => Ok(Box::new(Loaded::new(CpuBackend, dir)?)),
+        BackendChoice::Cuda => Err(ModelError::Unsupported(
+            "the CUDA backend is not built into this worker yet; use --backend cpu".into(),
+        )),
+    }
+}
+
+/// One batch for the device thread.
+pub struct Job {
+    /// Packed token ids.
+    pub token_ids: Vec<u32>,
+    /// Length of each sequence.
+    pub lengths: Vec<usize>,
+    /// Output size of each sequence.
+    pub dims: Vec<usize>,
+    /// Where the vectors (or the error) go.
+    pub reply: oneshot::Sender<Result<Vec<Vec<f32>>, ModelError>>,
+}
+
+/// What the device thread reports once the model is loaded.
+#[derive(Debug, Clone)]
+pub struct EngineInfo {
+    /// Backend name.
+    pub backend: String,
+    /// Device and memory.
+    pub device: DeviceInfo,
+    /// Output width.
+    pub hidden_size: usize,
+}
+
+/// Handle to the device thread; cheap to clone.
+#[derive(Clone)]
+pub struct DeviceHandle {
+    jobs: mpsc::Sender<Job>,
+    info: EngineInfo,
+}
+
+impl DeviceHandle {
+    /// Starts the device thread, loads the model on it, and returns once it is ready (or
+    /// failed to load).
+    pub async fn start(dir: PathBuf, choice: BackendChoice) -> Result<Self, ModelError> {
+        let (jobs_tx, mut jobs_rx) = mpsc::channel::<Job>(1);
+        let (ready_tx, ready_rx) = oneshot::channel();
+        std::thread::Builder::new()
+            .name("device".into())
+            .spawn(move || {
+                let embedder = match load(&dir, choice) {
+                    Ok(embedder) => embedder,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                        return;
+                    }
+                };
+                let info = EngineInfo {
+                    backend: embedder.backend(),
+                    device: embedder.device_info(),
+                    hidden_size: embedder.hidden_size(),
+                };
+                if ready_tx.send(Ok(info)).is_err() {
+                    return;
+                }
+                while let Some(job) = jobs_rx.blocking_recv() {
+                    let result = embedder.embed(&job.token_ids, &job.lengths, &job.dims);
+                    let _ = job.reply.send(result);
+                }
+            })
+            .map_err(|source| ModelError::Io {
+                path: PathBuf::from("<device thread>"),
+                source,
+            })?;
+        let info = ready_rx.await.map_err(|_| {
+            ModelError::Op(OpError::Device(
+                "the device thread died while loading".into(),
+            ))
+        })??;
+        Ok(Self {
+            jobs: jobs_tx,
+            info,
+        })
+    }
+
+    /// What runs the model.
+    pub fn info(&self) -> &EngineInfo {
+        &self.info
+    }
+
+    /// Runs one batch on the device thread (waits while another batch is staged).
+    pub async fn embed(
+        &self,
+        token_ids: Vec<u32>,
+        lengths: Vec<usize>,
+        dims: Vec<usize>,
+    ) -> Result<Vec<Vec<f32>>, ModelError> {
+        let (reply, result) = oneshot::channel();
+        let job = Job {
+            token_ids,
+            lengths,
+            dims,
+            reply,
+        };
+        self.jobs
+            .send(job)
+            .await
+            .map_err(|_| ModelError::Op(OpError::Device("the device thread has stopped".into())))?;
+        result.await.map_err(|_| {
+            ModelError::Op(OpError::Device(
+                "the device thread dropped the batch".into(),
+            ))
+        })?
+    }
+}

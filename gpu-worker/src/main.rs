@@ -1,0 +1,81 @@
+//! `gpu-worker`: serves embedding batches from the NATS work queue, or benchmarks the model.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use common::config::ConfigSource;
+use common::nats::NatsConfig;
+use common::queue::QueueConfig;
+use common::telemetry::{self, LogFormat};
+use gpu_worker::bench::{self, BenchArgs};
+use gpu_worker::config::GpuWorkerConfig;
+use gpu_worker::engine::BackendChoice;
+
+/// Command-line flags; each overrides the configuration files and environment.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    source: ConfigSource,
+    /// Model directory in Hugging Face layout.
+    #[arg(long, env = "QWEN3_EMBED_MODEL_DIR")]
+    model_dir: Option<PathBuf>,
+    /// Served model name (reported to the gateway).
+    #[arg(long)]
+    model_name: Option<String>,
+    /// Backend that runs the model.
+    #[arg(long, value_enum)]
+    backend: Option<BackendChoice>,
+    /// CUDA device ordinal.
+    #[arg(long)]
+    device: Option<usize>,
+    /// NATS server URL(s), comma-separated.
+    #[arg(long, env = "NATS_URL")]
+    nats_url: Option<String>,
+    /// Log line format.
+    #[arg(long, value_enum, default_value_t)]
+    log_format: LogFormat,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Time the forward pass on synthetic batches and print one JSON line.
+    Bench(BenchArgs),
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    telemetry::init(args.log_format);
+    if let Some(Command::Bench(bench_args)) = &args.command {
+        let report = bench::run(bench_args)?;
+        println!("{}", serde_json::to_string(&report)?);
+        return Ok(());
+    }
+    let mut config: GpuWorkerConfig = args.source.load("gpu")?;
+    let mut nats: NatsConfig = args.source.load("nats")?;
+    let queue: QueueConfig = args.source.load("queue")?;
+    if let Some(dir) = args.model_dir {
+        config.model_dir = dir;
+    }
+    if let Some(name) = args.model_name {
+        config.model_name = name;
+    }
+    if let Some(backend) = args.backend {
+        config.backend = backend;
+    }
+    if let Some(device) = args.device {
+        config.device = device;
+    }
+    if let Some(url) = args.nats_url {
+        nats.url = url;
+    }
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(gpu_worker::service::run(
+        config,
+        nats,
+        queue,
+        common::shutdown::signal(),
+    ))
+}

@@ -1,0 +1,414 @@
+//! The GPU worker's NATS service: pulls token batches from the JetStream work queue only
+//! when it has capacity, runs them on the device thread, publishes each request's vectors as
+//! `EmbedChunk`s to its reply subject, and acks the batch after publishing.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use async_nats::jetstream::{self, AckKind, consumer::PullConsumer};
+use common::nats::NatsConfig;
+use common::queue::{QueueConfig, batch_stream, gpu_consumer};
+use common::wire::{
+    self, BatchItem, EmbedChunk, ErrorCode, ErrorReply, TokenBatch, WorkerKind, WorkerStatus,
+};
+use futures::StreamExt;
+use tokio::sync::Semaphore;
+
+use crate::config::GpuWorkerConfig;
+use crate::engine::DeviceHandle;
+use crate::model::ModelError;
+use crate::ops::OpError;
+
+/// How long one pull waits for a batch before asking again.
+const PULL_EXPIRES: Duration = Duration::from_secs(1);
+
+/// Room left in a message for everything but the vectors.
+const CHUNK_OVERHEAD: usize = 1024;
+
+/// Counters reported on the status subject.
+#[derive(Default)]
+struct Counters {
+    batches: AtomicU64,
+    sequences: AtomicU64,
+    tokens: AtomicU64,
+    in_flight: AtomicU64,
+}
+
+/// What every batch task needs.
+struct Shared {
+    client: async_nats::Client,
+    device: DeviceHandle,
+    counters: Counters,
+    ack_wait: Duration,
+    max_payload: usize,
+}
+
+/// Runs a GPU worker until `shutdown` resolves, then stops pulling, finishes (and acks) the
+/// batches in hand, and returns.
+pub async fn run(
+    config: GpuWorkerConfig,
+    nats: NatsConfig,
+    queue: QueueConfig,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let device = DeviceHandle::start(config.model_dir.clone(), config.backend).await?;
+    let info = device.info().clone();
+    tracing::info!(
+        model = %config.model_name,
+        backend = %info.backend,
+        device = %info.device.description,
+        "model loaded"
+    );
+    let client = nats.connect("gpu-worker").await?;
+    let subjects = nats.subjects();
+    let js = jetstream::new(client.clone());
+    let stream = batch_stream(&js, &subjects, &queue).await?;
+    let consumer = gpu_consumer(&stream, &queue).await?;
+    let shared = Arc::new(Shared {
+        client: client.clone(),
+        device,
+        counters: Counters::default(),
+        ack_wait: Duration::from_secs_f64(queue.ack_wait_s.max(1.0)),
+        max_payload: client.server_info().max_payload,
+    });
+    let status = WorkerStatus {
+        worker_id: format!("gpu-{}", wire::now_ms() ^ u64::from(std::process::id())),
+        kind: WorkerKind::Gpu,
+        model: config.model_name.clone(),
+        loaded: true,
+        backend: Some(info.backend.clone()),
+        device: Some(info.device.description.clone()),
+        device_memory_used: info.device.memory_used,
+        device_memory_total: info.device.memory_total,
+        hidden_size: Some(info.hidden_size as u32),
+        batches: 0,
+        sequences: 0,
+        tokens: 0,
+        in_flight: 0,
+        started_ms: wire::now_ms(),
+    };
+    let status_task = tokio::spawn(answer_status(
+        client.subscribe(subjects.status()).await?,
+        Arc::clone(&shared),
+        status,
+    ));
+    let _service = register_service(&client, &config, &info.backend).await;
+
+    let capacity = Arc::new(Semaphore::new(config.max_batches_in_hand.max(1)));
+    tokio::pin!(shutdown);
+    loop {
+        let permit = tokio::select! {
+            () = &mut shutdown => break,
+            permit = Arc::clone(&capacity).acquire_owned() => permit?,
+        };
+        let message = tokio::select! {
+            () = &mut shutdown => break,
+            message = pull_one(&consumer) => message,
+        };
+        match message {
+            Ok(Some(message)) => {
+                let shared = Arc::clone(&shared);
+                tokio::spawn(async move {
+                    process(&shared, message).await;
+                    drop(permit);
+                });
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "pulling a batch failed; retrying");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+
+    tracing::info!("gpu worker draining");
+    let all = u32::try_from(config.max_batches_in_hand.max(1)).unwrap_or(u32::MAX);
+    let _all_done = capacity.acquire_many(all).await;
+    status_task.abort();
+    client.flush().await.ok();
+    tracing::info!("gpu worker stopped");
+    Ok(())
+}
+
+/// Asks the queue for one batch, waiting up to [`PULL_EXPIRES`].
+async fn pull_one(consumer: &PullConsumer) -> anyhow::Result<Option<jetstream::Message>> {
+    let mut batch = consumer
+        .fetch()
+        .max_messages(1)
+        .expires(PULL_EXPIRES)
+        .messages()
+        .await?;
+    match batch.next().await {
+        Some(Ok(message)) => Ok(Some(message)),
+        Some(Err(e)) => Err(anyhow::anyhow!(e)),
+        None => Ok(None),
+    }
+}
+
+/// Runs one batch: drops expired items, computes, publishes chunks, acks.
+async fn process(shared: &Shared, message: jetstream::Message) {
+    let batch: TokenBatch = match wire::decode(&message.payload)
+        .map_err(anyhow::Error::from)
+        .and_then(|b: TokenBatch| {
+            b.validate()?;
+            Ok(b)
+        }) {
+        Ok(batch) => batch,
+        Err(e) => {
+            tracing::error!(error = %e, "undecodable batch dropped");
+            ack(&message, AckKind::Term).await;
+            return;
+        }
+    };
+    shared.counters.in_flight.fetch_add(1, Ordering::Relaxed);
+    let live = drop_expired(shared, batch);
+    if !live.items.is_empty() {
+        let progress = keep_alive(&message, shared.ack_wait);
+        let result = run_batch(shared, &live).await;
+        progress.abort();
+        match result {
+            Ok(vectors) => publish_chunks(shared, &live.items, &vectors).await,
+            Err(e) => fail_batch(shared, &live.items, &e),
+        }
+    }
+    shared.counters.in_flight.fetch_sub(1, Ordering::Relaxed);
+    ack(&message, AckKind::Ack).await;
+}
+
+async fn run_batch(shared: &Shared, batch: &TokenBatch) -> Result<Vec<Vec<f32>>, ModelError> {
+    let hidden = shared.device.info().hidden_size;
+    let lengths = batch.items.iter().map(|item| item.len as usize).collect();
+    let dims = batch
+        .items
+        .iter()
+        .map(|item| {
+            if item.dims == 0 {
+                hidden
+            } else {
+                item.dims as usize
+            }
+        })
+        .collect();
+    let vectors = shared
+        .device
+        .embed(batch.token_ids.clone(), lengths, dims)
+        .await?;
+    let c = &shared.counters;
+    c.batches.fetch_add(1, Ordering::Relaxed);
+    c.sequences
+        .fetch_add(batch.items.len() as u64, Ordering::Relaxed);
+    c.tokens
+        .fetch_add(batch.num_tokens() as u64, Ordering::Relaxed);
+    Ok(vectors)
+}
+
+/// Removes items whose deadline passed (answering their requests once) and returns the rest.
+fn drop_expired(shared: &Shared, batch: TokenBatch) -> TokenBatch {
+    let now = wire::now_ms();
+    if !batch
+        .items
+        .iter()
+        .any(|item| wire::deadline_passed(item.deadline_ms, now))
+    {
+        return batch;
+    }
+    let mut live = TokenBatch {
+        token_ids: Vec::with_capacity(batch.token_ids.len()),
+        items: Vec::with_capacity(batch.items.len()),
+    };
+    let mut answered = HashSet::new();
+    let mut start = 0;
+    for item in batch.items {
+        let end = start + item.len as usize;
+        if wire::deadline_passed(item.deadline_ms, now) {
+            if answered.insert(item.request_id.clone()) {
+                let error = ErrorReply::new(
+                    Some(item.request_id.clone()),
+                    ErrorCode::DeadlineExceeded,
+                    "the request's deadline passed before a GPU worker reached it",
+                );
+                send(&shared.client, &item.reply_to, &error);
+            }
+        } else {
+            live.token_ids
+                .extend_from_slice(&batch.token_ids[start..end]);
+            live.items.push(item);
+        }
+        start = end;
+    }
+    live
+}
+
+/// Tells the queue the batch is still being worked on, every third of `ack_wait`.
+fn keep_alive(message: &jetstream::Message, ack_wait: Duration) -> tokio::task::JoinHandle<()> {
+    let (client, reply) = (message.context.clone(), message.reply.clone());
+    tokio::spawn(async move {
+        let Some(reply) = reply else { return };
+        let mut tick = tokio::time::interval(ack_wait / 3);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            if let Err(e) = client
+                .publish(reply.clone(), AckKind::Progress.into())
+                .await
+            {
+                tracing::warn!(error = %e, "progress ack not sent");
+            }
+        }
+    })
+}
+
+/// The items of one request inside a batch.
+struct RequestItems<'a> {
+    reply_to: &'a str,
+    total: u32,
+    /// `(index in the request, position in the batch)`.
+    members: Vec<(u32, usize)>,
+}
+
+/// Publishes every request's vectors, one chunk per contiguous run of indices that fits in
+/// a message.
+async fn publish_chunks(shared: &Shared, items: &[BatchItem], vectors: &[Vec<f32>]) {
+    let mut by_request: BTreeMap<&str, RequestItems<'_>> = BTreeMap::new();
+    for (position, item) in items.iter().enumerate() {
+        by_request
+            .entry(&item.request_id)
+            .or_insert_with(|| RequestItems {
+                reply_to: &item.reply_to,
+                total: item.total,
+                members: Vec::new(),
+            })
+            .members
+            .push((item.index, position));
+    }
+    for (id, mut request) in by_request {
+        request.members.sort_unstable();
+        let dims = vectors[request.members[0].1].len();
+        let per_chunk =
+            ((shared.max_payload.saturating_sub(CHUNK_OVERHEAD)) / (dims * 4 + 8)).max(1);
+        let (reply_to, total) = (request.reply_to, request.total);
+        let mut run: Vec<(u32, usize)> = Vec::new();
+        for &member in &request.members {
+            let contiguous = run.last().is_none_or(|&(last, _)| last + 1 == member.0);
+            if !contiguous || run.len() == per_chunk {
+                send_chunk(shared, id, reply_to, total, &run, items, vectors).await;
+                run.clear();
+            }
+            run.push(member);
+        }
+        send_chunk(shared, id, reply_to, total, &run, items, vectors).await;
+    }
+}
+
+async fn send_chunk(
+    shared: &Shared,
+    id: &str,
+    reply_to: &str,
+    total: u32,
+    run: &[(u32, usize)],
+    items: &[BatchItem],
+    vectors: &[Vec<f32>],
+) {
+    let Some(&(offset, first)) = run.first() else {
+        return;
+    };
+    let chunk = EmbedChunk {
+        id: id.to_string(),
+        offset,
+        count: run.len() as u32,
+        total,
+        dims: vectors[first].len() as u32,
+        embeddings: wire::f32_le_bytes(run.iter().map(|&(_, p)| vectors[p].as_slice())),
+        tokens: run.iter().map(|&(_, p)| items[p].len).collect(),
+    };
+    match wire::encode(&chunk) {
+        Ok(bytes) => {
+            if let Err(e) = shared
+                .client
+                .publish(reply_to.to_string(), bytes.into())
+                .await
+            {
+                tracing::warn!(error = %e, id, "chunk not sent");
+            }
+        }
+        Err(e) => tracing::error!(error = %e, "chunk does not encode; this is a bug"),
+    }
+}
+
+/// Answers every request of a failed batch with the error.
+fn fail_batch(shared: &Shared, items: &[BatchItem], error: &ModelError) {
+    let code = match error {
+        ModelError::Input(_) => ErrorCode::InvalidRequest,
+        ModelError::Op(OpError::OutOfMemory(_)) => ErrorCode::Overloaded,
+        _ => ErrorCode::Internal,
+    };
+    tracing::error!(%error, sequences = items.len(), "batch failed");
+    let mut answered = HashSet::new();
+    for item in items {
+        if answered.insert(&item.request_id) {
+            let reply = ErrorReply::new(Some(item.request_id.clone()), code, error.to_string());
+            send(&shared.client, &item.reply_to, &reply);
+        }
+    }
+}
+
+fn send(client: &async_nats::Client, reply_to: &str, reply: &ErrorReply) {
+    let Ok(bytes) = wire::encode(reply) else {
+        tracing::error!("error reply does not encode; this is a bug");
+        return;
+    };
+    let (client, reply_to) = (client.clone(), reply_to.to_string());
+    tokio::spawn(async move {
+        if let Err(e) = client.publish(reply_to, bytes.into()).await {
+            tracing::warn!(error = %e, "error reply not sent");
+        }
+    });
+}
+
+async fn ack(message: &jetstream::Message, kind: AckKind) {
+    if let Err(e) = message.ack_with(kind).await {
+        tracing::warn!(error = %e, "ack not sent; the batch may be redelivered");
+    }
+}
+
+/// Answers status requests with the current counters.
+async fn answer_status(
+    mut requests: async_nats::Subscriber,
+    shared: Arc<Shared>,
+    mut status: WorkerStatus,
+) {
+    while let Some(message) = requests.next().await {
+        let Some(reply) = message.reply else { continue };
+        let c = &shared.counters;
+        status.batches = c.batches.load(Ordering::Relaxed);
+        status.sequences = c.sequences.load(Ordering::Relaxed);
+        status.tokens = c.tokens.load(Ordering::Relaxed);
+        status.in_flight = c.in_flight.load(Ordering::Relaxed);
+        if let Ok(bytes) = wire::encode(&status)
+            && let Err(e) = shared.client.publish(reply, bytes.into()).await
+        {
+            tracing::warn!(error = %e, "status answer not sent");
+        }
+    }
+}
+
+/// Registers the worker as a NATS micro service so operators can list workers.
+async fn register_service(
+    client: &async_nats::Client,
+    config: &GpuWorkerConfig,
+    backend: &str,
+) -> Option<async_nats::service::Service> {
+    use async_nats::service::ServiceExt;
+    client
+        .service_builder()
+        .description(format!(
+            "Qwen3 embedding model {} on {backend}",
+            config.model_name
+        ))
+        .start("qwen3-embed-gpu", env!("CARGO_PKG_VERSION"))
+        .await
+        .inspect_err(|e| tracing::warn!(error = %e, "could not register the micro service"))
+        .ok()
+}

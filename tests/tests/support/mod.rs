@@ -1,0 +1,169 @@
+//! The pipeline's worker stages, started in-process against a real nats-server.
+
+#![allow(dead_code)]
+
+use std::path::Path;
+use std::time::Duration;
+
+use common::nats::NatsConfig;
+use common::queue::QueueConfig;
+use common::wire::{self, EmbedReply, EmbedRequest};
+use e2e_tests::NatsServer;
+use futures::StreamExt;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// A stage running in this process, stopped through its shutdown channel.
+pub struct Stage {
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+impl Stage {
+    /// Asks the stage to drain and waits for it to return.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        self.task.await?
+    }
+}
+
+fn shutdown_pair() -> (oneshot::Sender<()>, impl std::future::Future<Output = ()>) {
+    let (tx, rx) = oneshot::channel::<()>();
+    (tx, async move {
+        let _ = rx.await;
+    })
+}
+
+/// NATS settings for a test server.
+pub fn nats_config(server: &NatsServer) -> NatsConfig {
+    NatsConfig {
+        url: server.url(),
+        ..NatsConfig::default()
+    }
+}
+
+/// Starts a tokenizer worker on `model_dir`.
+pub fn start_tokenizer(server: &NatsServer, model_dir: &Path) -> Stage {
+    let config = tokenizer_worker::config::TokenizerWorkerConfig {
+        model_dir: model_dir.to_path_buf(),
+        model_name: "qwen3-tiny".into(),
+        max_wait_ms: 1,
+        ..Default::default()
+    };
+    let (stop, shutdown) = shutdown_pair();
+    let nats = nats_config(server);
+    let task = tokio::spawn(tokenizer_worker::service::run(
+        config,
+        nats,
+        QueueConfig::default(),
+        shutdown,
+    ));
+    Stage {
+        stop: Some(stop),
+        task,
+    }
+}
+
+/// Starts a CPU GPU-worker on `model_dir`.
+pub fn start_gpu(server: &NatsServer, model_dir: &Path) -> Stage {
+    let config = gpu_worker::config::GpuWorkerConfig {
+        model_dir: model_dir.to_path_buf(),
+        model_name: "qwen3-tiny".into(),
+        backend: gpu_worker::engine::BackendChoice::Cpu,
+        ..Default::default()
+    };
+    let (stop, shutdown) = shutdown_pair();
+    let nats = nats_config(server);
+    let task = tokio::spawn(gpu_worker::service::run(
+        config,
+        nats,
+        QueueConfig::default(),
+        shutdown,
+    ));
+    Stage {
+        stop: Some(stop),
+        task,
+    }
+}
+
+/// Sends a request on the public NATS API and collects its replies: the vectors in input
+/// order with their token counts, or the error reply.
+pub async fn embed_over_nats(
+    client: &async_nats::Client,
+    request: &EmbedRequest,
+) -> Result<(Vec<Vec<f32>>, Vec<u32>), wire::ErrorReply> {
+    let inbox = client.new_inbox();
+    let mut replies = client.subscribe(inbox.clone()).await.expect("subscribe");
+    client
+        .publish_with_reply(
+            "embed.requests",
+            inbox,
+            wire::encode(request).expect("encode").into(),
+        )
+        .await
+        .expect("publish");
+    let total = request.input.len();
+    let mut vectors = vec![None; total];
+    let mut tokens = vec![0; total];
+    let mut held = 0;
+    // An empty request still gets one (error) reply.
+    while held < total.max(1) {
+        let message = tokio::time::timeout(Duration::from_secs(30), replies.next())
+            .await
+            .expect("a reply within 30 s")
+            .expect("subscription open");
+        match wire::decode::<EmbedReply>(&message.payload).expect("reply decodes") {
+            EmbedReply::Chunk(chunk) => {
+                assert_eq!(chunk.id, request.id);
+                assert_eq!(chunk.total as usize, total);
+                for (k, vector) in chunk
+                    .vectors()
+                    .expect("consistent chunk")
+                    .into_iter()
+                    .enumerate()
+                {
+                    let index = chunk.offset as usize + k;
+                    assert!(vectors[index].is_none(), "item {index} answered twice");
+                    vectors[index] = Some(vector);
+                    tokens[index] = chunk.tokens[k];
+                    held += 1;
+                }
+            }
+            EmbedReply::Error(error) => return Err(error),
+        }
+    }
+    Ok((
+        vectors.into_iter().map(|v| v.expect("all held")).collect(),
+        tokens,
+    ))
+}
+
+/// Waits until a status request is answered by at least one worker of each kind.
+pub async fn wait_for_workers(client: &async_nats::Client) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let inbox = client.new_inbox();
+        let mut answers = client.subscribe(inbox.clone()).await.expect("subscribe");
+        client
+            .publish_with_reply("embed.status", inbox, Vec::new().into())
+            .await
+            .expect("publish");
+        let mut kinds = std::collections::HashSet::new();
+        while let Ok(Some(message)) =
+            tokio::time::timeout(Duration::from_millis(200), answers.next()).await
+        {
+            if let Ok(status) = wire::decode::<wire::WorkerStatus>(&message.payload) {
+                kinds.insert(status.kind);
+            }
+        }
+        if kinds.len() == 2 {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "workers did not come up"
+        );
+    }
+}

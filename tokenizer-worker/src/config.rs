@@ -1,0 +1,53 @@
+//! Settings of a tokenizer worker (`[tokenizer]` in the configuration files).
+
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+use crate::tokenize::{DEFAULT_INSTRUCTION, DEFAULT_MAX_LENGTH};
+
+/// Everything a tokenizer worker needs besides the NATS connection.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TokenizerWorkerConfig {
+    /// Model directory holding `tokenizer.json` and `config.json`.
+    pub model_dir: PathBuf,
+    /// Served model name, reported in status answers.
+    pub model_name: String,
+    /// Task description for queries without an instruction of their own.
+    pub default_instruction: String,
+    /// Most tokens of one input, `<|endoftext|>` included (the official code uses 8192; the
+    /// model accepts up to its `max_position_embeddings`).
+    pub max_length: usize,
+    /// Whether inputs over `max_length` are cut (keeping the final `<|endoftext|>`) when the
+    /// request does not say; otherwise they are rejected with `too_many_tokens`.
+    pub truncate: bool,
+    /// Token budget of one batch sent to the GPU workers (replaces Ray Serve's `batch_size`:
+    /// sequences sorted by length, no padding). Must be at least `max_length`.
+    pub max_batch_tokens: usize,
+    /// Most sequences in one batch.
+    pub max_batch_seqs: usize,
+    /// Milliseconds a sequence may wait for others to fill its batch; 0 sends at once.
+    pub max_wait_ms: u64,
+    /// Threads that tokenize (0 = one per core).
+    pub threads: usize,
+    /// Tokens waiting to be batched beyond which new requests are refused with `overloaded`.
+    pub max_pending_tokens: usize,
+}
+
+impl Default for TokenizerWorkerConfig {
+    fn default() -> Self {
+        Self {
+            model_dir: PathBuf::from("models/Qwen3-Embedding-0.6B"),
+            model_name: "Qwen/Qwen3-Embedding-0.6B".into(),
+            default_instruction: DEFAULT_INSTRUCTION.into(),
+            max_length: DEFAULT_MAX_LENGTH,
+            truncate: false,
+            max_batch_tokens: 16384,
+            max_batch_seqs: 256,
+            max_wait_ms: 2,
+            threads: 0,
+            max_pending_tokens: 1 << 20,
+        }
+    }
+}

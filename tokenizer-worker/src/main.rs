@@ -1,0 +1,60 @@
+//! `tokenizer-worker`: tokenizes embedding requests from NATS and queues packed batches.
+
+use std::path::PathBuf;
+
+use clap::Parser;
+use common::config::ConfigSource;
+use common::nats::NatsConfig;
+use common::queue::QueueConfig;
+use common::telemetry::{self, LogFormat};
+use tokenizer_worker::config::TokenizerWorkerConfig;
+
+/// Command-line flags; each overrides the configuration files and environment.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    #[command(flatten)]
+    source: ConfigSource,
+    /// Model directory with `tokenizer.json` and `config.json`.
+    #[arg(long, env = "QWEN3_EMBED_MODEL_DIR")]
+    model_dir: Option<PathBuf>,
+    /// Served model name (reported to the gateway).
+    #[arg(long)]
+    model_name: Option<String>,
+    /// NATS server URL(s), comma-separated.
+    #[arg(long, env = "NATS_URL")]
+    nats_url: Option<String>,
+    /// Tokenizer threads (0 = one per core).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Log line format.
+    #[arg(long, value_enum, default_value_t)]
+    log_format: LogFormat,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    telemetry::init(args.log_format);
+    let mut config: TokenizerWorkerConfig = args.source.load("tokenizer")?;
+    let mut nats: NatsConfig = args.source.load("nats")?;
+    let queue: QueueConfig = args.source.load("queue")?;
+    if let Some(dir) = args.model_dir {
+        config.model_dir = dir;
+    }
+    if let Some(name) = args.model_name {
+        config.model_name = name;
+    }
+    if let Some(url) = args.nats_url {
+        nats.url = url;
+    }
+    if let Some(threads) = args.threads {
+        config.threads = threads;
+    }
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(tokenizer_worker::service::run(
+        config,
+        nats,
+        queue,
+        common::shutdown::signal(),
+    ))
+}

@@ -1,0 +1,499 @@
+//! The tokenizer worker's NATS service: takes `EmbedRequest`s from the request subject (queue
+//! group, so workers share the load), tokenizes them on a bounded pool of blocking threads,
+//! packs the sequences of concurrent requests into `TokenBatch`es and publishes those to the
+//! JetStream work queue. Bad input is answered with an `ErrorReply` at once.
+//!
+//! One task (the loop in [`run`]) owns the batcher; tokenization results reach it over a
+//! channel, so no lock is held around batching.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use async_nats::jetstream;
+use bytes::Bytes;
+use common::nats::NatsConfig;
+use common::queue::{QueueConfig, batch_stream};
+use common::subjects::{Subjects, TOKENIZER_QUEUE_GROUP};
+use common::wire::{
+    self, BatchItem, EmbedRequest, ErrorCode, ErrorReply, InputType, TokenBatch, WorkerKind,
+    WorkerStatus,
+};
+use futures::StreamExt;
+use tokio::sync::{Semaphore, mpsc};
+use tokio::task::JoinSet;
+
+use crate::batcher::{Batcher, BatcherConfig, PendingSequence};
+use crate::config::TokenizerWorkerConfig;
+use crate::tokenize::{TextTokenizer, TokenizeError, TokenizerOptions};
+
+/// How often pending sequences are checked for passed deadlines.
+const EXPIRY_SWEEP: Duration = Duration::from_millis(50);
+
+/// Limits of the served model that requests are checked against.
+#[derive(Debug, Clone, Copy, serde::Deserialize)]
+struct ModelLimits {
+    hidden_size: u32,
+    #[serde(default = "default_max_positions")]
+    max_position_embeddings: usize,
+}
+
+fn default_max_positions() -> usize {
+    32768
+}
+
+fn read_model_limits(dir: &Path) -> anyhow::Result<ModelLimits> {
+    let path = dir.join("config.json");
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("{} lacks hidden_size", path.display()))
+}
+
+/// A request whose texts were all tokenized, or the error to answer it with.
+struct Tokenized {
+    reply_to: String,
+    id: String,
+    result: Result<Vec<PendingSequence>, ErrorReply>,
+}
+
+/// Runs a tokenizer worker until `shutdown` resolves, then drains: stops taking requests,
+/// finishes tokenizing what it took, sends every pending batch, and returns.
+pub async fn run(
+    config: TokenizerWorkerConfig,
+    nats: NatsConfig,
+    queue: QueueConfig,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let limits = read_model_limits(&config.model_dir)?;
+    anyhow::ensure!(
+        config.max_length <= limits.max_position_embeddings,
+        "max_length {} exceeds the model's {} positions",
+        config.max_length,
+        limits.max_position_embeddings
+    );
+    anyhow::ensure!(
+        config.max_batch_tokens >= config.max_length,
+        "max_batch_tokens {} must be at least max_length {}",
+        config.max_batch_tokens,
+        config.max_length
+    );
+    let tokenizer = Arc::new(TextTokenizer::from_file(
+        &config.model_dir.join("tokenizer.json"),
+        TokenizerOptions {
+            default_instruction: config.default_instruction.clone(),
+            max_length: config.max_length,
+        },
+    )?);
+    let mut batcher = Batcher::new(BatcherConfig {
+        max_batch_tokens: config.max_batch_tokens,
+        max_batch_seqs: config.max_batch_seqs,
+        max_wait: Duration::from_millis(config.max_wait_ms),
+    })?;
+
+    let client = nats.connect("tokenizer-worker").await?;
+    let subjects = nats.subjects();
+    let js = jetstream::new(client.clone());
+    batch_stream(&js, &subjects, &queue).await?;
+    let mut requests = client
+        .queue_subscribe(subjects.requests(), TOKENIZER_QUEUE_GROUP.into())
+        .await?;
+    let mut status_requests = client.subscribe(subjects.status()).await?;
+    let _service = register_service(&client, &config).await;
+
+    let threads = if config.threads == 0 {
+        std::thread::available_parallelism().map_or(2, |n| n.get())
+    } else {
+        config.threads
+    };
+    let pool = Arc::new(Semaphore::new(threads));
+    let (done_tx, mut done_rx) = mpsc::channel::<Tokenized>(1024);
+    let mut state = State {
+        client: client.clone(),
+        js,
+        subjects,
+        limits,
+        tokenizer,
+        truncate_default: config.truncate,
+        max_pending_tokens: config.max_pending_tokens,
+        status: WorkerStatus {
+            worker_id: format!(
+                "tokenizer-{}",
+                wire::now_ms() ^ u64::from(std::process::id())
+            ),
+            kind: WorkerKind::Tokenizer,
+            model: config.model_name.clone(),
+            loaded: true,
+            backend: None,
+            device: Some(format!("cpu ({threads} tokenizer threads)")),
+            device_memory_used: None,
+            device_memory_total: None,
+            hidden_size: Some(limits.hidden_size),
+            batches: 0,
+            sequences: 0,
+            tokens: 0,
+            in_flight: 0,
+            started_ms: wire::now_ms(),
+        },
+        tokenizing: 0,
+        publishes: JoinSet::new(),
+    };
+    tracing::info!(
+        model = %config.model_name,
+        requests = %state.subjects.requests(),
+        threads,
+        "tokenizer worker ready"
+    );
+
+    tokio::pin!(shutdown);
+    loop {
+        let wake = batcher
+            .next_flush_at()
+            .map_or(Instant::now() + EXPIRY_SWEEP, |at| {
+                at.min(Instant::now() + EXPIRY_SWEEP)
+            });
+        tokio::select! {
+            biased;
+            () = &mut shutdown => break,
+            Some(done) = done_rx.recv() => {
+                state.tokenizing -= 1;
+                state.accept(done, &mut batcher);
+                state.publish_ready(&mut batcher, false);
+            }
+            Some(message) = requests.next() => {
+                state.take_request(message, &pool, &done_tx, &batcher);
+            }
+            Some(message) = status_requests.next() => state.answer_status(message, &batcher).await,
+            () = tokio::time::sleep_until(wake.into()) => {
+                state.expire(&mut batcher);
+                state.publish_ready(&mut batcher, false);
+            }
+        }
+    }
+
+    tracing::info!("tokenizer worker draining");
+    requests.unsubscribe().await.ok();
+    while state.tokenizing > 0 {
+        let Some(done) = done_rx.recv().await else {
+            break;
+        };
+        state.tokenizing -= 1;
+        state.accept(done, &mut batcher);
+    }
+    state.publish_ready(&mut batcher, true);
+    while state.publishes.join_next().await.is_some() {}
+    client.flush().await.ok();
+    tracing::info!("tokenizer worker stopped");
+    Ok(())
+}
+
+/// Registers the worker as a NATS micro service so operators can list workers
+/// (`nats micro ls`). Discovery by the gateway uses the status subject instead, which every
+/// worker answers (service endpoints are load-balanced, so only one would).
+async fn register_service(
+    client: &async_nats::Client,
+    config: &TokenizerWorkerConfig,
+) -> Option<async_nats::service::Service> {
+    use async_nats::service::ServiceExt;
+    client
+        .service_builder()
+        .description(format!(
+            "Qwen3 embedding tokenizer for {}",
+            config.model_name
+        ))
+        .start("qwen3-embed-tokenizer", env!("CARGO_PKG_VERSION"))
+        .await
+        .inspect_err(|e| tracing::warn!(error = %e, "could not register the micro service"))
+        .ok()
+}
+
+/// What the service loop owns besides the batcher.
+struct State {
+    client: async_nats::Client,
+    js: jetstream::Context,
+    subjects: Subjects,
+    limits: ModelLimits,
+    tokenizer: Arc<TextTokenizer>,
+    truncate_default: bool,
+    max_pending_tokens: usize,
+    /// Counters reported on the status subject.
+    status: WorkerStatus,
+    /// Requests handed to the tokenizer pool and not yet back.
+    tokenizing: usize,
+    /// Batches being published to the work queue (awaited at shutdown).
+    publishes: JoinSet<()>,
+}
+
+impl State {
+    /// Decodes and checks a request, then hands it to the tokenizer pool.
+    fn take_request(
+        &mut self,
+        message: async_nats::Message,
+        pool: &Arc<Semaphore>,
+        done_tx: &mpsc::Sender<Tokenized>,
+        batcher: &Batcher,
+    ) {
+        let Some(reply_to) = message.reply.map(|r| r.to_string()) else {
+            tracing::warn!(subject = %message.subject, "request without a reply subject dropped");
+            return;
+        };
+        let request = match self.check(&message.payload) {
+            Ok(request) => request,
+            Err(error) => {
+                self.send_error(&reply_to, &error);
+                return;
+            }
+        };
+        if batcher.pending_tokens() > self.max_pending_tokens {
+            let error = ErrorReply::new(
+                Some(request.id),
+                ErrorCode::Overloaded,
+                "tokenizer worker has too much work queued; retry later",
+            );
+            self.send_error(&reply_to, &error);
+            return;
+        }
+        self.tokenizing += 1;
+        let tokenizer = Arc::clone(&self.tokenizer);
+        let truncate = request.truncate.unwrap_or(self.truncate_default);
+        let (pool, done_tx) = (Arc::clone(pool), done_tx.clone());
+        tokio::spawn(async move {
+            let _permit = pool.acquire_owned().await;
+            let id = request.id.clone();
+            let reply = reply_to.clone();
+            let result = tokio::task::spawn_blocking(move || {
+                tokenize(&tokenizer, request, &reply, truncate)
+            })
+            .await
+            .unwrap_or_else(|e| {
+                let message = format!("tokenizer thread failed: {e}");
+                Err(ErrorReply::new(
+                    Some(id.clone()),
+                    ErrorCode::Internal,
+                    message,
+                ))
+            });
+            let _ = done_tx
+                .send(Tokenized {
+                    reply_to,
+                    id,
+                    result,
+                })
+                .await;
+        });
+    }
+
+    /// Decodes a request and checks what can be checked without tokenizing.
+    fn check(&self, payload: &Bytes) -> Result<EmbedRequest, ErrorReply> {
+        let request: EmbedRequest = wire::decode(payload).map_err(|e| {
+            let id = wire::decode::<IdOnly>(payload).ok().map(|only| only.id);
+            ErrorReply::new(
+                id,
+                ErrorCode::InvalidRequest,
+                format!("malformed request: {e}"),
+            )
+        })?;
+        let fail = |message: String| {
+            Err(ErrorReply::new(
+                Some(request.id.clone()),
+                ErrorCode::InvalidRequest,
+                message,
+            ))
+        };
+        if request.input.is_empty() {
+            return fail("`input` must hold at least one text".into());
+        }
+        if request.input.len() > u32::MAX as usize {
+            return fail("`input` holds too many texts".into());
+        }
+        if let Some(dims) = request.dimensions
+            && !(1..=self.limits.hidden_size).contains(&dims)
+        {
+            return fail(format!(
+                "`dimensions` must be between 1 and {} for this model, got {dims}",
+                self.limits.hidden_size
+            ));
+        }
+        if wire::deadline_passed(request.deadline_ms.unwrap_or(0), wire::now_ms()) {
+            return Err(ErrorReply::new(
+                Some(request.id),
+                ErrorCode::DeadlineExceeded,
+                "the request's deadline passed before it was tokenized",
+            ));
+        }
+        Ok(request)
+    }
+
+    /// Queues a tokenized request's sequences, or answers its error.
+    fn accept(&mut self, done: Tokenized, batcher: &mut Batcher) {
+        match done.result {
+            Ok(sequences) => {
+                let now = Instant::now();
+                for seq in sequences {
+                    if let Err(e) = batcher.push(seq, now) {
+                        let error = ErrorReply::new(
+                            Some(done.id.clone()),
+                            ErrorCode::Internal,
+                            e.to_string(),
+                        );
+                        self.send_error(&done.reply_to, &error);
+                        return;
+                    }
+                }
+            }
+            Err(error) => self.send_error(&done.reply_to, &error),
+        }
+    }
+
+    /// Answers requests whose deadline passed while their sequences waited.
+    fn expire(&mut self, batcher: &mut Batcher) {
+        let mut answered = std::collections::HashSet::new();
+        for item in batcher.remove_expired(wire::now_ms()) {
+            if answered.insert(item.request_id.clone()) {
+                let error = ErrorReply::new(
+                    Some(item.request_id),
+                    ErrorCode::DeadlineExceeded,
+                    "the request's deadline passed while it waited for a batch",
+                );
+                self.send_error(&item.reply_to, &error);
+            }
+        }
+    }
+
+    /// Publishes full (or, with `all`, every pending) batch to the work queue.
+    fn publish_ready(&mut self, batcher: &mut Batcher, all: bool) {
+        let batches = if all {
+            batcher.drain()
+        } else {
+            batcher.pop_ready(Instant::now())
+        };
+        for batch in batches {
+            self.status.batches += 1;
+            self.status.sequences += batch.items.len() as u64;
+            self.status.tokens += batch.num_tokens() as u64;
+            let (js, client, subject) = (
+                self.js.clone(),
+                self.client.clone(),
+                self.subjects.batches(),
+            );
+            self.publishes
+                .spawn(async move { publish_batch(js, client, subject, batch).await });
+        }
+        while self.publishes.try_join_next().is_some() {}
+    }
+
+    async fn answer_status(&mut self, message: async_nats::Message, batcher: &Batcher) {
+        let Some(reply) = message.reply else { return };
+        self.status.in_flight = (batcher.pending_seqs() + self.tokenizing) as u64;
+        match wire::encode(&self.status) {
+            Ok(bytes) => {
+                if let Err(e) = self.client.publish(reply, bytes.into()).await {
+                    tracing::warn!(error = %e, "status answer not sent");
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "status does not encode; this is a bug"),
+        }
+    }
+
+    fn send_error(&self, reply_to: &str, error: &ErrorReply) {
+        send_error(&self.client, reply_to, error);
+    }
+}
+
+/// Just the id of a request that failed to decode as a whole.
+#[derive(serde::Deserialize)]
+struct IdOnly {
+    id: String,
+}
+
+/// Tokenizes every text of a request (on a blocking thread). The first text that fails
+/// fails the whole request, naming its index.
+fn tokenize(
+    tokenizer: &TextTokenizer,
+    request: EmbedRequest,
+    reply_to: &str,
+    truncate: bool,
+) -> Result<Vec<PendingSequence>, ErrorReply> {
+    let instruction = match request.input_type {
+        InputType::Query => request.instruction.as_deref(),
+        InputType::Document => None,
+    };
+    let total = request.input.len() as u32;
+    request
+        .input
+        .iter()
+        .enumerate()
+        .map(|(index, text)| {
+            let ids = tokenizer
+                .encode(text, request.input_type, instruction, truncate)
+                .map_err(|e| {
+                    let code = match e {
+                        TokenizeError::TooLong { .. } => ErrorCode::TooManyTokens,
+                        _ => ErrorCode::InvalidRequest,
+                    };
+                    ErrorReply::new(
+                        Some(request.id.clone()),
+                        code,
+                        format!("input {index}: {e}"),
+                    )
+                })?;
+            let item = BatchItem {
+                request_id: request.id.clone(),
+                reply_to: reply_to.to_string(),
+                index: index as u32,
+                total,
+                len: ids.len() as u32,
+                dims: request.dimensions.unwrap_or(0),
+                deadline_ms: request.deadline_ms.unwrap_or(0),
+            };
+            PendingSequence::new(item, ids).map_err(|e| {
+                ErrorReply::new(Some(request.id.clone()), ErrorCode::Internal, e.to_string())
+            })
+        })
+        .collect()
+}
+
+/// Publishes a batch and waits for the server's acknowledgment; on failure, every request
+/// in the batch is answered with an error (the gateway may retry them).
+async fn publish_batch(
+    js: jetstream::Context,
+    client: async_nats::Client,
+    subject: String,
+    batch: TokenBatch,
+) {
+    let failure = match wire::encode(&batch) {
+        Ok(bytes) => match js.publish(subject, bytes.into()).await {
+            Ok(ack) => ack.await.err().map(|e| e.to_string()),
+            Err(e) => Some(e.to_string()),
+        },
+        Err(e) => Some(e.to_string()),
+    };
+    if let Some(reason) = failure {
+        tracing::error!(%reason, sequences = batch.items.len(), "batch not queued");
+        let mut answered = std::collections::HashSet::new();
+        for item in batch.items {
+            if answered.insert(item.request_id.clone()) {
+                let error = ErrorReply::new(
+                    Some(item.request_id),
+                    ErrorCode::Overloaded,
+                    format!("the work queue did not take the batch: {reason}"),
+                );
+                send_error(&client, &item.reply_to, &error);
+            }
+        }
+    }
+}
+
+fn send_error(client: &async_nats::Client, reply_to: &str, error: &ErrorReply) {
+    tracing::debug!(id = ?error.id, code = ?error.error.code, message = %error.error.message, "request refused");
+    let Ok(bytes) = wire::encode(error) else {
+        tracing::error!("error reply does not encode; this is a bug");
+        return;
+    };
+    let (client, reply_to) = (client.clone(), reply_to.to_string());
+    tokio::spawn(async move {
+        if let Err(e) = client.publish(reply_to, bytes.into()).await {
+            tracing::warn!(error = %e, "error reply not sent");
+        }
+    });
+}
