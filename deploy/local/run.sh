@@ -1,0 +1,140 @@
+#!/usr/bin/env bash
+# Runs the whole stack in the foreground: nats-server (unless --nats-url), tokenizer
+# workers, GPU workers and the gateway. Builds what is missing, waits until /health answers
+# 200, prints the URL, and stops every process it started on Ctrl-C or SIGTERM.
+#
+#   deploy/local/run.sh --model DIR_OR_HUB_ID [--port N] [--backend cpu|cuda|auto]
+#                       [--tokenizer-workers N] [--gpu-workers N] [--profile dev|production]
+#                       [--nats-url URL]
+set -euo pipefail
+repo=$(cd "$(dirname "$0")/../.." && pwd)
+cd "$repo"
+
+model="Qwen/Qwen3-Embedding-0.6B"
+port=4008
+backend=auto
+profile=dev
+nats_url=""
+tokenizer_workers=""
+gpu_workers=""
+
+usage() { sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; }
+while (($#)); do
+  case "$1" in
+    --model) model=$2; shift 2 ;;
+    --port) port=$2; shift 2 ;;
+    --backend) backend=$2; shift 2 ;;
+    --tokenizer-workers) tokenizer_workers=$2; shift 2 ;;
+    --gpu-workers) gpu_workers=$2; shift 2 ;;
+    --profile) profile=$2; shift 2 ;;
+    --nats-url) nats_url=$2; shift 2 ;;
+    -h|--help) usage; exit 0 ;;
+    *) echo "run.sh: unknown argument $1" >&2; usage >&2; exit 2 ;;
+  esac
+done
+
+config_dir="$repo/deploy/config"
+[[ -f "$config_dir/$profile.toml" ]] || { echo "run.sh: no profile $config_dir/$profile.toml" >&2; exit 2; }
+
+# Replica counts: flags, else the profile's [replicas], else default.toml's.
+replicas() { # key
+  local value
+  value=$(awk -v key="$1" '/^\[/{s=$0} s=="[replicas]" && $1==key {print $3}' "$config_dir/$profile.toml")
+  [[ -n "$value" ]] || value=$(awk -v key="$1" '/^\[/{s=$0} s=="[replicas]" && $1==key {print $3}' "$config_dir/default.toml")
+  echo "${value:-1}"
+}
+tokenizer_workers=${tokenizer_workers:-$(replicas tokenizer_workers)}
+gpu_workers=${gpu_workers:-$(replicas gpu_workers)}
+
+# The model: a directory, or a Hugging Face id found in (or downloaded to) the usual cache.
+resolve_model() {
+  if [[ -d "$model" ]]; then
+    (cd "$model" && pwd)
+    return
+  fi
+  local cache="${HF_HOME:-$HOME/.cache/huggingface}/hub/models--${model//\//--}/snapshots"
+  local snapshot
+  snapshot=$(ls -d "$cache"/*/ 2>/dev/null | head -n 1 || true)
+  if [[ -n "$snapshot" && -f "$snapshot/config.json" ]]; then
+    echo "${snapshot%/}"
+    return
+  fi
+  echo "run.sh: $model is not a directory; downloading it from the Hugging Face Hub" >&2
+  [[ -x .venv/bin/python ]] || python3 -m venv .venv
+  .venv/bin/pip install --quiet --disable-pip-version-check huggingface_hub >&2 || true
+  if ! .venv/bin/python - "$model" <<'PY'
+import sys
+try:
+    from huggingface_hub import snapshot_download
+    print(snapshot_download(sys.argv[1], allow_patterns=["*.json", "*.safetensors", "*.txt"]))
+except Exception as e:  # offline, unknown id, no permission
+    print(f"run.sh: cannot download {sys.argv[1]}: {e}", file=sys.stderr)
+    sys.exit(1)
+PY
+  then
+    echo "run.sh: no model. Offline? Pass --model with a local directory in Hugging Face layout." >&2
+    exit 1
+  fi
+}
+model_dir=$(resolve_model | tail -n 1)
+model_name=$model
+[[ -d "$model" ]] && model_name=$(basename "$model_dir")
+
+deploy/local/setup.sh >/dev/null
+bins=(gateway tokenizer-worker gpu-worker)
+for bin in "${bins[@]}"; do
+  if [[ ! -x "target/release/$bin" || -n "$(find . -path ./target -prune -o -name '*.rs' -newer "target/release/$bin" -print -quit)" ]]; then
+    echo "run.sh: building release binaries"
+    cargo build --release --bin gateway --bin tokenizer-worker --bin gpu-worker
+    break
+  fi
+done
+
+pids=()
+stop_all() {
+  trap - INT TERM EXIT
+  echo "run.sh: stopping"
+  # Workers first (they drain), then the gateway, then the server.
+  for ((i = ${#pids[@]} - 1; i >= 0; i--)); do kill -TERM "${pids[$i]}" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+}
+trap stop_all INT TERM EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+if [[ -z "$nats_url" ]]; then
+  nats_port=$(free_port)
+  nats_store=$(mktemp -d)
+  .venv/bin/nats-server -a 127.0.0.1 -p "$nats_port" -js -sd "$nats_store" &
+  pids+=($!)
+  nats_url="nats://127.0.0.1:$nats_port"
+  for _ in $(seq 100); do (echo >"/dev/tcp/127.0.0.1/$nats_port") 2>/dev/null && break; sleep 0.1; done
+fi
+
+export QWEN3_EMBED_CONFIG_DIR="$config_dir" QWEN3_EMBED_PROFILE="$profile" NATS_URL="$nats_url"
+for _ in $(seq "$gpu_workers"); do
+  target/release/gpu-worker --model-dir "$model_dir" --model-name "$model_name" --backend "$backend" &
+  pids+=($!)
+done
+for _ in $(seq "$tokenizer_workers"); do
+  target/release/tokenizer-worker --model-dir "$model_dir" --model-name "$model_name" &
+  pids+=($!)
+done
+target/release/gateway --port "$port" --model "$model_name" &
+pids+=($!)
+
+url="http://127.0.0.1:$port"
+for _ in $(seq 600); do
+  if python3 -c "import urllib.request,sys; sys.exit(0 if urllib.request.urlopen('$url/health', timeout=1).status == 200 else 1)" 2>/dev/null; then
+    echo "run.sh: ready at $url  (OpenAI API: $url/v1/embeddings, seed API: $url/api/v1/embedding/api)"
+    echo "run.sh: $tokenizer_workers tokenizer worker(s), $gpu_workers GPU worker(s), backend $backend, NATS $nats_url; Ctrl-C stops"
+    wait -n "${pids[@]}" || true
+    echo "run.sh: a process exited; stopping the stack" >&2
+    exit 1
+  fi
+  for pid in "${pids[@]}"; do
+    kill -0 "$pid" 2>/dev/null || { echo "run.sh: process $pid exited during start-up" >&2; exit 1; }
+  done
+  sleep 0.5
+done
+echo "run.sh: the stack did not become healthy within 5 minutes" >&2
+exit 1

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Runs every check and test of the workspace on a fresh machine (Rust toolchain present):
+# installs nats-server and NVRTC into the repository, compiles every CUDA kernel with NVRTC
+# (no GPU needed), then formatting, lints and the whole test suite. GPU tests print
+# "skipped: no CUDA device" where there is none.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+deploy/local/setup.sh
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
+deploy/local/check-kernels.sh
+cargo test --workspace --locked
