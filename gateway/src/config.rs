@@ -1,0 +1,159 @@
+//! The gateway's typed configuration (`[gateway]` in the configuration files).
+
+use std::time::Duration;
+
+use common::nats::NatsConfig;
+use common::wire::InputType;
+use serde::Deserialize;
+
+/// Model name served when none is configured.
+pub const DEFAULT_MODEL: &str = "Qwen/Qwen3-Embedding-0.6B";
+
+/// Everything the gateway needs to serve; `[gateway]` in the configuration files, with
+/// `nats` read from `[nats]` by the binary.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GatewayConfig {
+    /// Address to listen on (Ray Serve `http_options.host`).
+    pub host: String,
+    /// Port to listen on; 0 picks a free one (Ray Serve `http_options.port`, 4008 in the seed).
+    pub port: u16,
+    /// Prefix of the seed-compatible routes (Ray Serve `root_path`, `/api/v1` in the seed).
+    /// The OpenAI routes (`/v1/...`) and `/health`, `/metrics` are served without it.
+    pub root_path: String,
+    /// Model name clients pass in `model` and that `/v1/models` lists.
+    pub model: String,
+    /// Requests in flight at once; beyond it requests are refused at once with 429 and
+    /// `Retry-After` instead of queueing (Ray Serve `max_concurrent_queries`, 100 by
+    /// default there; kept at 100 here).
+    pub max_concurrent_queries: usize,
+    /// Seconds a request may take end to end; the deadline travels with the work to every
+    /// stage, and the client gets 504 when it passes (Ray Serve `request_timeout_s`).
+    pub request_timeout_s: f64,
+    /// Finished vectors kept in the LRU cache, keyed by text and options; 0 disables it
+    /// (the seed's `lru_cache(maxsize=1000)`).
+    pub cache_size: u64,
+    /// Largest request body accepted, bytes (413 beyond).
+    pub max_body_bytes: usize,
+    /// Most texts in one request (400 beyond).
+    pub max_inputs_per_request: usize,
+    /// Most characters in one text (400 beyond); bounds the tokenizer's work per text.
+    pub max_input_chars: usize,
+    /// `input_type` of OpenAI requests that do not name one (the seed route uses `is_query`).
+    pub default_input_type: InputType,
+    /// Whether over-long inputs are cut instead of rejected; unset leaves the tokenizer
+    /// workers' own default.
+    pub truncate: Option<bool>,
+    /// How long a worker discovery waits for status answers, milliseconds (every worker
+    /// answers; their number is unknown, so the gateway always waits this long).
+    pub status_wait_ms: u64,
+    /// How long a discovery result is reused, milliseconds, so `/health` under load does not
+    /// flood NATS.
+    pub status_cache_ms: u64,
+    /// NATS connection and subject prefix (`[nats]`, set by the binary).
+    #[serde(skip)]
+    pub nats: NatsConfig,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        Self {
+            host: "0.0.0.0".into(),
+            port: 4008,
+            root_path: "/api/v1".into(),
+            model: DEFAULT_MODEL.into(),
+            max_concurrent_queries: 100,
+            request_timeout_s: 30.0,
+            cache_size: 1000,
+            max_body_bytes: 2 * 1024 * 1024,
+            max_inputs_per_request: 2048,
+            max_input_chars: 200_000,
+            default_input_type: InputType::Document,
+            truncate: None,
+            status_wait_ms: 200,
+            status_cache_ms: 1000,
+            nats: NatsConfig::default(),
+        }
+    }
+}
+
+impl GatewayConfig {
+    /// The request deadline as a duration (at least 1 ms).
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.request_timeout_s.max(0.001))
+    }
+
+    /// `root_path` without a trailing slash, with a leading one (empty when it is `/`).
+    pub fn route_prefix(&self) -> String {
+        let trimmed = self.root_path.trim_matches('/');
+        if trimmed.is_empty() {
+            String::new()
+        } else {
+            format!("/{trimmed}")
+        }
+    }
+
+    /// Rejects settings the gateway cannot serve with.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.max_concurrent_queries >= 1,
+            "max_concurrent_queries must be at least 1"
+        );
+        anyhow::ensure!(
+            self.request_timeout_s.is_finite() && self.request_timeout_s > 0.0,
+            "request_timeout_s must be a positive number of seconds"
+        );
+        anyhow::ensure!(
+            self.max_inputs_per_request >= 1,
+            "max_inputs_per_request must be at least 1"
+        );
+        anyhow::ensure!(
+            self.max_body_bytes >= 1,
+            "max_body_bytes must be at least 1"
+        );
+        anyhow::ensure!(!self.model.is_empty(), "model must not be empty");
+        anyhow::ensure!(
+            self.root_path
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "/-._~".contains(c)),
+            "root_path may hold only letters, digits and / - . _ ~"
+        );
+        anyhow::ensure!(
+            self.route_prefix() != "/v1",
+            "root_path /v1 would collide with the OpenAI routes"
+        );
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_the_seed() {
+        let config = GatewayConfig::default();
+        assert_eq!(config.port, 4008);
+        assert_eq!(config.route_prefix(), "/api/v1");
+        assert_eq!(config.max_concurrent_queries, 100);
+        assert_eq!(config.cache_size, 1000);
+        assert!(config.validate().is_ok());
+    }
+
+    #[test]
+    fn root_path_is_normalised() {
+        let mut config = GatewayConfig {
+            root_path: "api/v2/".into(),
+            ..GatewayConfig::default()
+        };
+        assert_eq!(config.route_prefix(), "/api/v2");
+        config.root_path = "/".into();
+        assert_eq!(config.route_prefix(), "");
+        assert!(config.validate().is_ok());
+        config.root_path = "/api/{id}".into();
+        assert!(config.validate().is_err());
+        config.root_path = "/api".into();
+        config.request_timeout_s = 0.0;
+        assert!(config.validate().is_err());
+    }
+}

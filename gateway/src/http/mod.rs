@@ -1,0 +1,118 @@
+//! The HTTP side: shared state, the router, request metrics, and one module per endpoint
+//! family.
+
+pub mod debug;
+pub mod embeddings;
+pub mod error;
+pub mod extract;
+pub mod health;
+pub mod seed;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::{Method, Uri, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use common::wire::WorkerKind;
+use tower_http::trace::{DefaultOnFailure, TraceLayer};
+use tracing::Level;
+
+use crate::config::GatewayConfig;
+use crate::metrics::{Gauges, Metrics};
+use crate::service::EmbedService;
+use crate::upstream::discovery::Discovery;
+
+use self::error::ApiError;
+
+/// What every handler shares: configuration, the embedding service, discovery, metrics.
+pub struct Shared {
+    /// The configuration the gateway started with.
+    pub config: GatewayConfig,
+    /// Admission, cache and upstream requests.
+    pub service: EmbedService,
+    /// Worker discovery for health, debug and metrics.
+    pub discovery: Arc<Discovery>,
+    /// This gateway's metrics.
+    pub metrics: Metrics,
+    /// Unix time in seconds when the gateway started (`created` of the model).
+    pub started_s: u64,
+}
+
+/// Handler state: cheap to clone.
+pub type AppState = Arc<Shared>;
+
+/// All routes: OpenAI (`/v1/...`), seed (`{root_path}/embedding/api`), health, debug and
+/// metrics (at the root and under `root_path`).
+pub fn router(state: AppState) -> Router {
+    let prefix = state.config.route_prefix();
+    let mut app = Router::new()
+        .route("/v1/embeddings", post(embeddings::create))
+        .route("/v1/models", get(embeddings::models))
+        .route("/health", get(health::health))
+        .route("/debug", get(debug::debug))
+        .route("/metrics", get(prometheus))
+        .route(&format!("{prefix}/embedding/api"), post(seed::embed));
+    if !prefix.is_empty() {
+        app = app
+            .route(&format!("{prefix}/health"), get(health::health))
+            .route(&format!("{prefix}/debug"), get(debug::debug));
+    }
+    app.fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(state.clone(), track))
+        .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
+        // Failures are logged once, by `ApiError`; health probes answering 503 are not errors.
+        .layer(TraceLayer::new_for_http().on_failure(DefaultOnFailure::new().level(Level::DEBUG)))
+        .with_state(state)
+}
+
+/// Counts every answered request by route template and status, with its latency.
+async fn track(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_string(), |path| path.as_str().to_string());
+    let started = Instant::now();
+    let response = next.run(request).await;
+    state.metrics.http_request(
+        &route,
+        response.status().as_u16(),
+        started.elapsed().as_secs_f64(),
+    );
+    response
+}
+
+/// `GET /metrics`: the Prometheus text format, with gauges refreshed first.
+async fn prometheus(State(state): State<AppState>) -> Response {
+    let snapshot = state.discovery.workers().await;
+    state.metrics.set_gauges(Gauges {
+        in_flight: state.service.admission.active(),
+        cache_entries: state.service.cache.len(),
+        queue_depth: snapshot.queue_depth(),
+        tokenizer_workers: snapshot.loaded(WorkerKind::Tokenizer),
+        gpu_workers: snapshot.loaded(WorkerKind::Gpu),
+    });
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        state.metrics.render(),
+    )
+        .into_response()
+}
+
+async fn not_found(method: Method, uri: Uri) -> ApiError {
+    ApiError::RouteNotFound {
+        method: method.to_string(),
+        path: uri.path().to_string(),
+    }
+}
+
+async fn method_not_allowed(method: Method) -> ApiError {
+    ApiError::MethodNotAllowed(method.to_string())
+}

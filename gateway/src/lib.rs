@@ -1,0 +1,178 @@
+//! The gateway: HTTP front door of the Qwen3 embedding pipeline. It validates requests,
+//! admits at most `max_concurrent_queries` at once, answers what its LRU cache holds and
+//! publishes the rest as one `EmbedRequest` on NATS, then assembles the workers' chunks.
+//!
+//! # Layout
+//! - [`config`]: [`GatewayConfig`], the `[gateway]` section.
+//! - [`http`]: the router and one module per endpoint family: [`http::embeddings`]
+//!   (OpenAI `/v1/embeddings`, `/v1/models`), [`http::seed`] (the seed's
+//!   `{root_path}/embedding/api`), [`http::health`], [`http::debug`]; [`http::extract`]
+//!   reads JSON bodies field by field and [`http::error`] maps every failure to a status
+//!   and an OpenAI-style body in one place.
+//! - [`service`]: one request from validation to vectors (limits, admission, cache,
+//!   upstream).
+//! - [`admission`]: the in-flight limit; [`cache`]: the vector LRU; [`metrics`]: this
+//!   gateway's Prometheus recorder.
+//! - [`upstream`]: the NATS side: one wildcard inbox and a map of pending requests
+//!   ([`upstream::assembly`] puts chunks together), and worker discovery
+//!   ([`upstream::discovery`]).
+//!
+//! [`run`] serves on a listener until a shutdown future resolves; [`spawn`] binds and runs
+//! it in the background for tests.
+
+pub mod admission;
+pub mod cache;
+pub mod config;
+pub mod http;
+pub mod metrics;
+pub mod service;
+pub mod upstream;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+pub use crate::config::GatewayConfig;
+use crate::http::Shared;
+use crate::metrics::Metrics;
+use crate::service::EmbedService;
+use crate::upstream::Upstream;
+use crate::upstream::discovery::Discovery;
+
+/// How often histogram samples are drained into their buckets.
+const METRICS_UPKEEP: Duration = Duration::from_secs(5);
+
+/// Serves `config` on `listener` until `shutdown` resolves, then stops accepting, lets
+/// in-flight requests finish (each within its deadline), and drains the NATS connection.
+pub async fn run(
+    config: GatewayConfig,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    config.validate()?;
+    let client = config
+        .nats
+        .connect("gateway")
+        .await
+        .context("connecting to NATS")?;
+    let subjects = config.nats.subjects();
+    let upstream = Upstream::start(client.clone(), &subjects)
+        .await
+        .context("subscribing to the reply inbox")?;
+    let discovery = Arc::new(Discovery::new(
+        client.clone(),
+        &subjects,
+        Duration::from_millis(config.status_wait_ms),
+        Duration::from_millis(config.status_cache_ms),
+    ));
+    let metrics = Metrics::new();
+    let service = EmbedService::new(&config, upstream, discovery.clone(), metrics.clone());
+    let state = Arc::new(Shared {
+        started_s: common::wire::now_ms() / 1000,
+        config,
+        service,
+        discovery: discovery.clone(),
+        metrics: metrics.clone(),
+    });
+
+    // Learn the workers (and the model's hidden size) before the first health check.
+    let patience = Duration::from_secs_f64(state.config.nats.connect_timeout_s.clamp(0.1, 60.0));
+    let warm_up = tokio::spawn(async move { discovery.warm_up(patience).await });
+    let upkeep = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(METRICS_UPKEEP);
+        loop {
+            tick.tick().await;
+            metrics.run_upkeep();
+        }
+    });
+
+    tracing::info!(
+        addr = %listener.local_addr()?,
+        gateway_id = state.service.upstream.gateway_id(),
+        subject = subjects.requests(),
+        "gateway listening"
+    );
+    let served = axum::serve(listener, http::router(state.clone()))
+        .with_graceful_shutdown(shutdown)
+        .await;
+    tracing::info!("gateway stopped accepting; in-flight requests finished");
+    warm_up.abort();
+    upkeep.abort();
+    state.service.upstream.close();
+    if let Err(e) = client.drain().await {
+        tracing::warn!("draining the NATS connection failed: {e}");
+    }
+    served.context("serving HTTP")
+}
+
+/// A gateway running in the background (for tests and embedding in other programs).
+pub struct RunningGateway {
+    /// The bound address.
+    addr: SocketAddr,
+    /// Resolves the shutdown future given to [`run`].
+    stop: Option<oneshot::Sender<()>>,
+    /// The task running [`run`].
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+/// Binds `config.host:config.port` (port 0 picks a free one) and runs the gateway in a
+/// background task.
+pub async fn spawn(config: GatewayConfig) -> anyhow::Result<RunningGateway> {
+    config.validate()?;
+    let listener = TcpListener::bind((config.host.as_str(), config.port))
+        .await
+        .with_context(|| format!("binding {}:{}", config.host, config.port))?;
+    let addr = listener.local_addr()?;
+    let (stop, stopped) = oneshot::channel::<()>();
+    let shutdown = async move {
+        // A dropped sender also means stop.
+        let _ = stopped.await;
+    };
+    let task = tokio::spawn(run(config, listener, shutdown));
+    Ok(RunningGateway {
+        addr,
+        stop: Some(stop),
+        task,
+    })
+}
+
+impl RunningGateway {
+    /// The address the gateway listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Base URL (`http://127.0.0.1:PORT` when bound to every interface).
+    pub fn url(&self) -> String {
+        let mut addr = self.addr;
+        if addr.ip().is_unspecified() {
+            addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+        }
+        format!("http://{addr}")
+    }
+
+    /// Starts a graceful shutdown without waiting for it.
+    pub fn begin_shutdown(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+
+    /// Waits until the gateway has stopped (after [`Self::begin_shutdown`]), returning what
+    /// [`run`] returned.
+    pub async fn wait(self) -> anyhow::Result<()> {
+        self.task.await.context("the gateway task panicked")?
+    }
+
+    /// Shuts down gracefully and waits for the end.
+    pub async fn shutdown(mut self) -> anyhow::Result<()> {
+        self.begin_shutdown();
+        self.wait().await
+    }
+}

@@ -1,0 +1,93 @@
+//! The gateway binary: reads `[gateway]` and `[nats]`, applies flags, serves until Ctrl-C
+//! or SIGTERM.
+
+use anyhow::Context;
+use clap::Parser;
+use common::config::ConfigSource;
+use common::nats::NatsConfig;
+use common::telemetry::{self, LogFormat};
+use gateway::GatewayConfig;
+
+/// HTTP gateway of the Qwen3 embedding service (OpenAI and seed APIs over NATS).
+///
+/// Every setting can also come from the configuration files or from
+/// `QWEN3_EMBED__GATEWAY__{KEY}` / `QWEN3_EMBED__NATS__{KEY}`; flags win.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Args {
+    #[command(flatten)]
+    source: ConfigSource,
+    /// Address to listen on (configuration default 0.0.0.0).
+    #[arg(long)]
+    host: Option<String>,
+    /// Port to listen on (configuration default 4008; 0 picks a free one).
+    #[arg(long)]
+    port: Option<u16>,
+    /// NATS server URLs, comma-separated.
+    #[arg(long, env = "NATS_URL")]
+    nats_url: Option<String>,
+    /// Served model name, as clients pass it in `model` (default Qwen/Qwen3-Embedding-0.6B).
+    #[arg(long)]
+    model: Option<String>,
+    /// Log line format.
+    #[arg(
+        long,
+        value_enum,
+        env = "QWEN3_EMBED_LOG_FORMAT",
+        default_value = "text"
+    )]
+    log_format: LogFormat,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    telemetry::init(args.log_format);
+    let mut config: GatewayConfig = args.source.load("gateway")?;
+    config.nats = args.source.load::<NatsConfig>("nats")?;
+    if let Some(host) = args.host {
+        config.host = host;
+    }
+    if let Some(port) = args.port {
+        config.port = port;
+    }
+    if let Some(url) = args.nats_url {
+        config.nats.url = url;
+    }
+    if let Some(model) = args.model {
+        config.model = model;
+    }
+    let listener = tokio::net::TcpListener::bind((config.host.as_str(), config.port))
+        .await
+        .with_context(|| format!("binding {}:{}", config.host, config.port))?;
+    gateway::run(config, listener, shutdown_signal()).await
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!("cannot listen for Ctrl-C: {e}");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(e) => {
+                tracing::error!("cannot listen for SIGTERM: {e}");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = terminate => {}
+    }
+    tracing::info!("shutdown signal received");
+}

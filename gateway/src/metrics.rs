@@ -1,0 +1,220 @@
+//! Prometheus metrics of one gateway.
+//!
+//! Each gateway owns its recorder (no global one is installed), so several gateways in one
+//! process (tests) keep separate counts; everything is recorded through
+//! `metrics::with_local_recorder`.
+//!
+//! | name | kind | labels |
+//! |---|---|---|
+//! | `embed_http_requests_total` | counter | `route`, `status` |
+//! | `embed_http_request_duration_seconds` | histogram | `route` |
+//! | `embed_http_requests_in_flight` | gauge | |
+//! | `embed_http_requests_rejected_total` | counter | `reason` |
+//! | `embed_items_total` | counter | |
+//! | `embed_tokens_total` | counter | |
+//! | `embed_cache_hits_total`, `embed_cache_misses_total` | counter | |
+//! | `embed_cache_entries` | gauge | |
+//! | `embed_queue_depth` | gauge | |
+//! | `embed_workers` | gauge | `kind` |
+//! | `embed_upstream_errors_total` | counter | `code` |
+
+use std::sync::Arc;
+
+use metrics::{
+    Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram,
+};
+use metrics_exporter_prometheus::{
+    Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
+};
+
+/// Latency buckets, seconds: embedding requests take milliseconds to tens of seconds.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
+
+/// Handle to this gateway's metrics; cheap to clone.
+#[derive(Clone)]
+pub struct Metrics {
+    /// Where values are recorded.
+    recorder: Arc<PrometheusRecorder>,
+    /// Renders the text exposition format.
+    handle: PrometheusHandle,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// A fresh recorder with every metric described.
+    pub fn new() -> Self {
+        let recorder = PrometheusBuilder::new()
+            .set_buckets_for_metric(
+                Matcher::Full("embed_http_request_duration_seconds".into()),
+                LATENCY_BUCKETS,
+            )
+            .map(PrometheusBuilder::build_recorder)
+            .unwrap_or_else(|_| PrometheusBuilder::new().build_recorder());
+        let handle = recorder.handle();
+        let metrics = Self {
+            recorder: Arc::new(recorder),
+            handle,
+        };
+        metrics.with(describe);
+        metrics
+    }
+
+    fn with<T>(&self, f: impl FnOnce() -> T) -> T {
+        metrics::with_local_recorder(self.recorder.as_ref(), f)
+    }
+
+    /// One HTTP request finished on `route` with `status` after `seconds`.
+    pub fn http_request(&self, route: &str, status: u16, seconds: f64) {
+        self.with(|| {
+            let route = route.to_string();
+            counter!("embed_http_requests_total", "route" => route.clone(), "status" => status.to_string())
+                .increment(1);
+            histogram!("embed_http_request_duration_seconds", "route" => route).record(seconds);
+        });
+    }
+
+    /// A request was refused for `reason` (`overloaded`).
+    pub fn rejected(&self, reason: &'static str) {
+        self.with(|| {
+            counter!("embed_http_requests_rejected_total", "reason" => reason).increment(1)
+        });
+    }
+
+    /// The model embedded `items` texts of `tokens` tokens (cache hits not included).
+    pub fn embedded(&self, items: u64, tokens: u64) {
+        self.with(|| {
+            counter!("embed_items_total").increment(items);
+            counter!("embed_tokens_total").increment(tokens);
+        });
+    }
+
+    /// Cache lookups of one request.
+    pub fn cache_lookups(&self, hits: u64, misses: u64) {
+        self.with(|| {
+            counter!("embed_cache_hits_total").increment(hits);
+            counter!("embed_cache_misses_total").increment(misses);
+        });
+    }
+
+    /// A worker answered with error `code`, or the gateway gave up (`timeout`,
+    /// `no_responders`, ...).
+    pub fn upstream_error(&self, code: &'static str) {
+        self.with(|| counter!("embed_upstream_errors_total", "code" => code).increment(1));
+    }
+
+    /// Gauges read at scrape time.
+    pub fn set_gauges(&self, gauges: Gauges) {
+        self.with(|| {
+            gauge!("embed_http_requests_in_flight").set(gauges.in_flight as f64);
+            gauge!("embed_cache_entries").set(gauges.cache_entries as f64);
+            gauge!("embed_queue_depth").set(gauges.queue_depth as f64);
+            gauge!("embed_workers", "kind" => "tokenizer").set(gauges.tokenizer_workers as f64);
+            gauge!("embed_workers", "kind" => "gpu").set(gauges.gpu_workers as f64);
+        });
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        self.handle.render()
+    }
+
+    /// Drains histogram samples so memory stays bounded between scrapes.
+    pub fn run_upkeep(&self) {
+        self.handle.run_upkeep();
+    }
+}
+
+/// Point-in-time values set as gauges before each scrape.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Gauges {
+    /// Requests admitted and not finished.
+    pub in_flight: usize,
+    /// Vectors in the cache.
+    pub cache_entries: u64,
+    /// Sequences waiting in tokenizer workers.
+    pub queue_depth: u64,
+    /// Loaded tokenizer workers.
+    pub tokenizer_workers: usize,
+    /// Loaded GPU workers.
+    pub gpu_workers: usize,
+}
+
+fn describe() {
+    describe_counter!(
+        "embed_http_requests_total",
+        "HTTP requests answered, by route and status."
+    );
+    describe_histogram!(
+        "embed_http_request_duration_seconds",
+        Unit::Seconds,
+        "Time from request to response, by route."
+    );
+    describe_gauge!(
+        "embed_http_requests_in_flight",
+        "Embedding requests admitted and not yet answered."
+    );
+    describe_counter!(
+        "embed_http_requests_rejected_total",
+        "Requests refused by admission control, by reason."
+    );
+    describe_counter!(
+        "embed_items_total",
+        "Texts embedded by the model (cache hits excluded)."
+    );
+    describe_counter!(
+        "embed_tokens_total",
+        "Tokens embedded by the model (cache hits excluded); tokens/s is its rate."
+    );
+    describe_counter!(
+        "embed_cache_hits_total",
+        "Texts answered from the vector cache."
+    );
+    describe_counter!(
+        "embed_cache_misses_total",
+        "Texts looked up in the cache and not found."
+    );
+    describe_gauge!("embed_cache_entries", "Vectors held in the cache.");
+    describe_gauge!(
+        "embed_queue_depth",
+        "Sequences waiting in tokenizer workers (sum of their in_flight)."
+    );
+    describe_gauge!(
+        "embed_workers",
+        "Loaded workers that answered discovery, by kind."
+    );
+    describe_counter!(
+        "embed_upstream_errors_total",
+        "Requests that failed upstream, by error code."
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn two_gateways_keep_separate_counts() {
+        let a = Metrics::new();
+        let b = Metrics::new();
+        a.http_request("/v1/embeddings", 200, 0.02);
+        a.embedded(3, 42);
+        let text = a.render();
+        assert!(
+            text.contains(r#"embed_http_requests_total{route="/v1/embeddings",status="200"} 1"#),
+            "{text}"
+        );
+        assert!(text.contains("embed_tokens_total 42"), "{text}");
+        assert!(
+            text.contains("embed_http_request_duration_seconds_bucket"),
+            "{text}"
+        );
+        assert!(!b.render().contains("embed_tokens_total 42"));
+    }
+}

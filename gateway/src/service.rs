@@ -1,0 +1,228 @@
+//! One embedding request from validation to vectors: limits, admission, cache, upstream.
+//! Both HTTP APIs (seed and OpenAI) turn their bodies into an [`EmbedJob`] and call
+//! [`EmbedService::embed`].
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::wire::{self, EmbedRequest, InputType};
+use tokio::time::Instant;
+
+use crate::admission::Admission;
+use crate::cache::{CacheKey, VectorCache};
+use crate::config::GatewayConfig;
+use crate::http::error::ApiError;
+use crate::metrics::Metrics;
+use crate::upstream::assembly::Embedded;
+use crate::upstream::discovery::Discovery;
+use crate::upstream::{Upstream, UpstreamError};
+
+/// What to embed, as both APIs describe it.
+#[derive(Debug, Clone)]
+pub struct EmbedJob {
+    /// The texts, in answer order (empty and whitespace-only texts are valid).
+    pub texts: Vec<String>,
+    /// Query (instruction applied) or document.
+    pub input_type: InputType,
+    /// Task description for queries; the worker's default when `None`.
+    pub instruction: Option<String>,
+    /// Requested output size.
+    pub dimensions: Option<u32>,
+    /// Truncate over-long inputs; the worker's default when `None`.
+    pub truncate: Option<bool>,
+}
+
+/// Limits checked before a request is admitted.
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    max_inputs: usize,
+    max_chars: usize,
+}
+
+/// Turns jobs into vectors; one per gateway, shared by handlers.
+pub struct EmbedService {
+    /// Request limits from the configuration.
+    limits: Limits,
+    /// End-to-end deadline of a request.
+    timeout: Duration,
+    /// In-flight limit.
+    pub admission: Admission,
+    /// Finished vectors.
+    pub cache: VectorCache,
+    /// The request subject.
+    pub upstream: Upstream,
+    /// Worker discovery (for the hidden size bound on `dimensions`).
+    pub discovery: Arc<Discovery>,
+    /// Where counts go.
+    metrics: Metrics,
+}
+
+impl EmbedService {
+    /// A service with `config`'s limits over `upstream`.
+    pub fn new(
+        config: &GatewayConfig,
+        upstream: Upstream,
+        discovery: Arc<Discovery>,
+        metrics: Metrics,
+    ) -> Self {
+        Self {
+            limits: Limits {
+                max_inputs: config.max_inputs_per_request,
+                max_chars: config.max_input_chars,
+            },
+            timeout: config.request_timeout(),
+            admission: Admission::new(config.max_concurrent_queries),
+            cache: VectorCache::new(config.cache_size),
+            upstream,
+            discovery,
+            metrics,
+        }
+    }
+
+    /// Validates `job`, admits it, answers what the cache holds and asks the workers for
+    /// the rest; the vectors come back in input order.
+    pub async fn embed(&self, job: EmbedJob) -> Result<Vec<Arc<Embedded>>, ApiError> {
+        self.check(&job)?;
+        let Some(_admitted) = self.admission.try_admit() else {
+            self.metrics.rejected("overloaded");
+            return Err(ApiError::Overloaded {
+                limit: self.admission.limit(),
+            });
+        };
+        let deadline = Instant::now() + self.timeout;
+        let deadline_ms = wire::now_ms() + self.timeout.as_millis() as u64;
+
+        let total = job.texts.len();
+        let mut answers: Vec<Option<Arc<Embedded>>> = vec![None; total];
+        // Inputs the cache could not answer: their position and cache key.
+        let mut misses: Vec<(usize, Option<CacheKey>)> = Vec::new();
+        let mut miss_texts: Vec<String> = Vec::new();
+        for (index, text) in job.texts.into_iter().enumerate() {
+            let key = self.cache.is_enabled().then(|| CacheKey {
+                text: text.clone(),
+                input_type: job.input_type,
+                instruction: job.instruction.clone(),
+                dimensions: job.dimensions,
+                truncate: job.truncate,
+            });
+            if let Some(hit) = key.as_ref().and_then(|key| self.cache.get(key)) {
+                answers[index] = Some(hit);
+                continue;
+            }
+            misses.push((index, key));
+            miss_texts.push(text);
+        }
+        if self.cache.is_enabled() {
+            let misses = misses.len() as u64;
+            self.metrics.cache_lookups(total as u64 - misses, misses);
+        }
+
+        if !miss_texts.is_empty() {
+            let request = EmbedRequest {
+                id: String::new(),
+                input: miss_texts,
+                input_type: job.input_type,
+                instruction: job.instruction,
+                dimensions: job.dimensions,
+                truncate: job.truncate,
+                deadline_ms: Some(deadline_ms),
+            };
+            let fresh = self
+                .upstream
+                .embed(request, deadline)
+                .await
+                .map_err(|e| self.upstream_error(e))?;
+            let tokens: u64 = fresh.iter().map(|item| u64::from(item.tokens)).sum();
+            self.metrics.embedded(fresh.len() as u64, tokens);
+            for ((index, key), item) in misses.into_iter().zip(fresh) {
+                let item = Arc::new(item);
+                if let Some(key) = key {
+                    self.cache.insert(key, item.clone());
+                }
+                answers[index] = Some(item);
+            }
+        }
+        Ok(answers
+            .into_iter()
+            .map(|answer| {
+                answer.expect("every input is a cache hit or in the complete answer; this is a bug")
+            })
+            .collect())
+    }
+
+    /// Limits that do not need a worker: input count, text length, `dimensions`.
+    fn check(&self, job: &EmbedJob) -> Result<(), ApiError> {
+        if job.texts.is_empty() {
+            return Err(ApiError::field("input", "input must not be empty"));
+        }
+        if job.texts.len() > self.limits.max_inputs {
+            return Err(ApiError::field(
+                "input",
+                format!(
+                    "input has {} texts; at most {} are allowed per request",
+                    job.texts.len(),
+                    self.limits.max_inputs
+                ),
+            ));
+        }
+        for (index, text) in job.texts.iter().enumerate() {
+            // Characters are never more than bytes: count only texts that could be over.
+            if text.len() > self.limits.max_chars {
+                let chars = text.chars().count();
+                if chars > self.limits.max_chars {
+                    return Err(ApiError::field(
+                        format!("input[{index}]"),
+                        format!(
+                            "input[{index}] has {chars} characters; at most {} are allowed",
+                            self.limits.max_chars
+                        ),
+                    ));
+                }
+            }
+        }
+        if let (Some(dimensions), Some(hidden)) =
+            (job.dimensions, self.discovery.known_hidden_size())
+        {
+            if dimensions > hidden {
+                return Err(ApiError::field(
+                    "dimensions",
+                    format!("dimensions is {dimensions}; the model's largest is {hidden}"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Maps an upstream failure to the client's error, counting it.
+    fn upstream_error(&self, error: UpstreamError) -> ApiError {
+        let (code, api) = match error {
+            UpstreamError::NoResponders => ("no_responders", ApiError::NoWorkers),
+            UpstreamError::NotConnected(state) => {
+                ("not_connected", ApiError::BusUnavailable(state))
+            }
+            UpstreamError::Publish(problem) => ("publish", ApiError::BusUnavailable(problem)),
+            UpstreamError::Closed => (
+                "closed",
+                ApiError::BusUnavailable("reply subscription closed".into()),
+            ),
+            UpstreamError::PayloadTooLarge { size, limit } => (
+                "payload_too_large",
+                ApiError::BusPayloadTooLarge { size, limit },
+            ),
+            UpstreamError::Timeout => ("timeout", ApiError::Timeout(self.timeout.as_secs_f64())),
+            UpstreamError::BadReply(problem) => ("bad_reply", ApiError::BadReply(problem)),
+            UpstreamError::Worker(reply) => {
+                let code = match reply.error.code {
+                    wire::ErrorCode::InvalidRequest => "invalid_request",
+                    wire::ErrorCode::TooManyTokens => "too_many_tokens",
+                    wire::ErrorCode::DeadlineExceeded => "deadline_exceeded",
+                    wire::ErrorCode::Overloaded => "overloaded",
+                    wire::ErrorCode::Internal => "internal",
+                };
+                (code, ApiError::Upstream(reply))
+            }
+        };
+        self.metrics.upstream_error(code);
+        api
+    }
+}

@@ -1,0 +1,283 @@
+//! The NATS side: publishing requests, assembling their replies, discovering workers.
+//!
+//! The gateway holds ONE wildcard subscription, `{inbox}.>`, and gives each request the
+//! reply subject `{inbox}.{n}`. A reader task routes every reply by `n` to the request's
+//! entry in the pending map; the entry assembles chunks and hands the finished answer (or
+//! the error) to the waiting handler through a oneshot channel. Entries leave the map when
+//! answered, timed out or abandoned (the handler's future dropped), so late replies find
+//! nothing and are ignored.
+
+pub mod assembly;
+pub mod discovery;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use async_nats::connection::State;
+use async_nats::{Client, Message, StatusCode};
+use common::subjects::Subjects;
+use common::wire::{self, EmbedReply, EmbedRequest, ErrorReply};
+use futures::StreamExt;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use self::assembly::{Assembly, Embedded};
+
+/// Why an upstream request produced no embeddings.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    /// Nobody subscribes to the request subject.
+    #[error("no tokenizer worker is listening")]
+    NoResponders,
+    /// The client is not connected to any server.
+    #[error("not connected to NATS ({0})")]
+    NotConnected(String),
+    /// The encoded request is larger than the server's `max_payload`.
+    #[error("request of {size} bytes exceeds max_payload {limit}")]
+    PayloadTooLarge {
+        /// Encoded size.
+        size: usize,
+        /// The server's limit.
+        limit: usize,
+    },
+    /// Publishing failed.
+    #[error("cannot publish the request: {0}")]
+    Publish(String),
+    /// The deadline passed before the answer was complete.
+    #[error("deadline passed")]
+    Timeout,
+    /// A worker answered with an error.
+    #[error("worker error: {}", .0.error.message)]
+    Worker(ErrorReply),
+    /// A reply did not follow the protocol.
+    #[error("invalid reply: {0}")]
+    BadReply(String),
+    /// The reply reader stopped (the gateway is shutting down or lost its subscription).
+    #[error("reply subscription closed")]
+    Closed,
+}
+
+/// What a waiting request receives.
+type Outcome = Result<Vec<Embedded>, UpstreamError>;
+
+/// A request waiting for its replies.
+struct Pending {
+    /// The request's id, checked against each reply's.
+    id: String,
+    /// The items received so far.
+    assembly: Assembly,
+    /// Where the finished answer goes.
+    done: oneshot::Sender<Outcome>,
+}
+
+type PendingMap = Arc<Mutex<HashMap<u64, Pending>>>;
+
+/// Locks the pending map; a panic while it was held cannot leave it inconsistent (every
+/// operation is a single insert or remove), so poisoning is ignored.
+fn lock(map: &PendingMap) -> MutexGuard<'_, HashMap<u64, Pending>> {
+    map.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Client of the tokenizer workers' request subject: one per gateway, shared by handlers.
+pub struct Upstream {
+    /// The connection.
+    client: Client,
+    /// Subject requests are published on.
+    requests_subject: String,
+    /// This gateway's inbox; reply subjects are `{inbox}.{n}`.
+    inbox: String,
+    /// Unique id of this gateway, prefix of request ids.
+    gateway_id: String,
+    /// Sequence number of the next request.
+    next: AtomicU64,
+    /// Requests waiting for replies, by sequence number.
+    pending: PendingMap,
+    /// Task routing replies to `pending`.
+    reader: JoinHandle<()>,
+}
+
+impl Upstream {
+    /// Subscribes to this gateway's inbox and starts routing replies.
+    pub async fn start(client: Client, subjects: &Subjects) -> anyhow::Result<Self> {
+        let inbox = client.new_inbox();
+        let gateway_id = inbox.rsplit('.').next().unwrap_or("gateway").to_string();
+        let subscriber = client.subscribe(format!("{inbox}.>")).await?;
+        let pending = PendingMap::default();
+        let reader = tokio::spawn(read_replies(subscriber, inbox.clone(), pending.clone()));
+        Ok(Self {
+            client,
+            requests_subject: subjects.requests(),
+            inbox,
+            gateway_id,
+            next: AtomicU64::new(0),
+            pending,
+            reader,
+        })
+    }
+
+    /// Unique id of this gateway (also the last token of its inbox).
+    pub fn gateway_id(&self) -> &str {
+        &self.gateway_id
+    }
+
+    /// Requests waiting for replies now.
+    pub fn pending(&self) -> usize {
+        lock(&self.pending).len()
+    }
+
+    /// Publishes `request` (its `id` is replaced by a unique one) and waits until its answer
+    /// is complete, a worker reports an error, or `deadline` passes.
+    pub async fn embed(&self, mut request: EmbedRequest, deadline: Instant) -> Outcome {
+        let state = self.client.connection_state();
+        if state != State::Connected {
+            return Err(UpstreamError::NotConnected(state.to_string()));
+        }
+        if self.reader.is_finished() {
+            // Nobody would route the replies: fail now rather than at the deadline.
+            return Err(UpstreamError::Closed);
+        }
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        request.id = format!("{}-{n}", self.gateway_id);
+        let payload = wire::encode(&request).map_err(|e| UpstreamError::Publish(e.to_string()))?;
+        let limit = self.client.server_info().max_payload;
+        if limit > 0 && payload.len() > limit {
+            return Err(UpstreamError::PayloadTooLarge {
+                size: payload.len(),
+                limit,
+            });
+        }
+        let (done, answer) = oneshot::channel();
+        let entry = Pending {
+            id: request.id.clone(),
+            assembly: Assembly::new(request.input.len()),
+            done,
+        };
+        lock(&self.pending).insert(n, entry);
+        // From here on the entry leaves the map however this future ends.
+        let _entry = PendingEntry {
+            map: &self.pending,
+            n,
+        };
+        let reply_to = format!("{}.{n}", self.inbox);
+        let size = payload.len();
+        self.client
+            .publish_with_reply(self.requests_subject.clone(), reply_to, payload.into())
+            .await
+            .map_err(|e| match e.kind() {
+                async_nats::PublishErrorKind::MaxPayloadExceeded => {
+                    UpstreamError::PayloadTooLarge { size, limit }
+                }
+                _ => UpstreamError::Publish(e.to_string()),
+            })?;
+        match tokio::time::timeout_at(deadline, answer).await {
+            Ok(Ok(outcome)) => outcome,
+            Ok(Err(_dropped)) => Err(UpstreamError::Closed),
+            Err(_elapsed) => Err(UpstreamError::Timeout),
+        }
+    }
+
+    /// Stops routing replies: every waiting request gets `Closed`.
+    pub fn close(&self) {
+        self.reader.abort();
+        lock(&self.pending).clear();
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
+}
+
+/// Removes a request's pending entry when its waiter finishes or is dropped.
+struct PendingEntry<'a> {
+    map: &'a PendingMap,
+    n: u64,
+}
+
+impl Drop for PendingEntry<'_> {
+    fn drop(&mut self) {
+        lock(self.map).remove(&self.n);
+    }
+}
+
+/// Routes every message on the inbox to its pending request until the subscription ends.
+async fn read_replies(mut subscriber: async_nats::Subscriber, inbox: String, pending: PendingMap) {
+    let prefix = format!("{inbox}.");
+    while let Some(message) = subscriber.next().await {
+        let Some(n) = message
+            .subject
+            .strip_prefix(prefix.as_str())
+            .and_then(|tail| tail.parse::<u64>().ok())
+        else {
+            tracing::debug!(subject = %message.subject, "ignoring message on an unexpected inbox subject");
+            continue;
+        };
+        route(&pending, n, message);
+    }
+    tracing::debug!("reply subscription ended");
+    lock(&pending).clear();
+}
+
+/// Applies one reply to request `n`, completing it when the answer is whole or failed.
+fn route(pending: &PendingMap, n: u64, message: Message) {
+    if message.status == Some(StatusCode::NO_RESPONDERS) {
+        finish(pending, n, Err(UpstreamError::NoResponders));
+        return;
+    }
+    let reply = match wire::decode::<EmbedReply>(&message.payload) {
+        Ok(reply) => reply,
+        Err(e) => {
+            let status = message.status.map(|s| s.to_string());
+            tracing::warn!(n, ?status, "undecodable reply: {e}");
+            finish(pending, n, Err(UpstreamError::BadReply(e.to_string())));
+            return;
+        }
+    };
+    let mut map = lock(pending);
+    let Some(entry) = map.get_mut(&n) else {
+        tracing::debug!(n, "reply for an unknown or finished request ignored");
+        return;
+    };
+    let reply_id = match &reply {
+        EmbedReply::Chunk(chunk) => Some(chunk.id.as_str()),
+        EmbedReply::Error(error) => error.id.as_deref(),
+    };
+    if reply_id.is_some_and(|id| id != entry.id) {
+        tracing::debug!(n, ?reply_id, expected = %entry.id, "reply for another request id ignored");
+        return;
+    }
+    let outcome = match reply {
+        EmbedReply::Error(error) => Err(UpstreamError::Worker(error)),
+        EmbedReply::Chunk(chunk) => match entry.assembly.add(&chunk) {
+            Ok(false) => return,
+            Ok(true) => Ok(()),
+            Err(problem) => Err(UpstreamError::BadReply(problem)),
+        },
+    };
+    let entry = map
+        .remove(&n)
+        .expect("the entry was found above under the same lock; this is a bug");
+    drop(map);
+    let outcome = outcome.and_then(|()| {
+        entry
+            .assembly
+            .finish()
+            .ok_or_else(|| UpstreamError::BadReply("complete answer with missing items".into()))
+    });
+    // The waiter may have given up in the meantime; nothing to do then.
+    let _ = entry.done.send(outcome);
+}
+
+/// Completes request `n` (if still waiting) with `outcome`.
+fn finish(pending: &PendingMap, n: u64, outcome: Outcome) {
+    let entry = lock(pending).remove(&n);
+    match entry {
+        Some(entry) => {
+            let _ = entry.done.send(outcome);
+        }
+        None => tracing::debug!(n, "reply for an unknown or finished request ignored"),
+    }
+}
