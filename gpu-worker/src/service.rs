@@ -51,7 +51,7 @@ pub async fn run(
     config: GpuWorkerConfig,
     nats: NatsConfig,
     queue: QueueConfig,
-    shutdown: impl std::future::Future<Output = ()>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let device = DeviceHandle::start(config.model_dir.clone(), config.backend).await?;
     let info = device.info().clone();
@@ -97,17 +97,19 @@ pub async fn run(
     let _service = register_service(&client, &config, &info.backend).await;
 
     let capacity = Arc::new(Semaphore::new(config.max_batches_in_hand.max(1)));
-    tokio::pin!(shutdown);
-    loop {
+    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    while !*stop_rx.borrow() {
         let permit = tokio::select! {
-            () = &mut shutdown => break,
+            _ = stop_rx.changed() => break,
             permit = Arc::clone(&capacity).acquire_owned() => permit?,
         };
-        let message = tokio::select! {
-            () = &mut shutdown => break,
-            message = pull_one(&consumer) => message,
-        };
-        match message {
+        // A pull is never abandoned half-way (the server would hand its batch to nobody
+        // until `ack_wait` passed); it ends within PULL_EXPIRES, and what it brings is served.
+        match pull_one(&consumer).await {
             Ok(Some(message)) => {
                 let shared = Arc::clone(&shared);
                 tokio::spawn(async move {

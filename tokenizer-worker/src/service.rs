@@ -172,7 +172,14 @@ pub async fn run(
     }
 
     tracing::info!("tokenizer worker draining");
-    requests.unsubscribe().await.ok();
+    // Drain (not unsubscribe): requests the server already routed here are still read and
+    // served; new ones go to the other workers of the queue group.
+    if let Err(e) = requests.drain().await {
+        tracing::warn!(error = %e, "draining the request subscription failed");
+    }
+    while let Some(message) = requests.next().await {
+        state.take_request(message, &pool, &done_tx, &batcher);
+    }
     while state.tokenizing > 0 {
         let Some(done) = done_rx.recv().await else {
             break;

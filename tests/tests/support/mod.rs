@@ -140,24 +140,34 @@ pub async fn embed_over_nats(
     ))
 }
 
-/// Waits until a status request is answered by at least one worker of each kind.
+/// Every worker's answer to one status request (gathered for 200 ms).
+pub async fn worker_statuses(client: &async_nats::Client) -> Vec<wire::WorkerStatus> {
+    let inbox = client.new_inbox();
+    let mut answers = client.subscribe(inbox.clone()).await.expect("subscribe");
+    client
+        .publish_with_reply("embed.status", inbox, Vec::new().into())
+        .await
+        .expect("publish");
+    let mut statuses = Vec::new();
+    while let Ok(Some(message)) =
+        tokio::time::timeout(Duration::from_millis(200), answers.next()).await
+    {
+        if let Ok(status) = wire::decode::<wire::WorkerStatus>(&message.payload) {
+            statuses.push(status);
+        }
+    }
+    statuses
+}
+
+/// Waits until at least one worker of each kind answers the status subject.
 pub async fn wait_for_workers(client: &async_nats::Client) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
-        let inbox = client.new_inbox();
-        let mut answers = client.subscribe(inbox.clone()).await.expect("subscribe");
-        client
-            .publish_with_reply("embed.status", inbox, Vec::new().into())
+        let kinds: std::collections::HashSet<_> = worker_statuses(client)
             .await
-            .expect("publish");
-        let mut kinds = std::collections::HashSet::new();
-        while let Ok(Some(message)) =
-            tokio::time::timeout(Duration::from_millis(200), answers.next()).await
-        {
-            if let Ok(status) = wire::decode::<wire::WorkerStatus>(&message.payload) {
-                kinds.insert(status.kind);
-            }
-        }
+            .into_iter()
+            .map(|s| s.kind)
+            .collect();
         if kinds.len() == 2 {
             return;
         }
