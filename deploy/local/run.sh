@@ -81,9 +81,10 @@ model_name=$model
 [[ -d "$model" ]] && model_name=$(basename "$model_dir")
 
 deploy/local/setup.sh >/dev/null
+bin_dir="${CARGO_TARGET_DIR:-$repo/target}/release"
 bins=(gateway tokenizer-worker gpu-worker)
 for bin in "${bins[@]}"; do
-  if [[ ! -x "target/release/$bin" || -n "$(find . -path ./target -prune -o -name '*.rs' -newer "target/release/$bin" -print -quit)" ]]; then
+  if [[ ! -x "$bin_dir/$bin" || -n "$(find . -path ./target -prune -o -name '*.rs' -newer "$bin_dir/$bin" -print -quit)" ]]; then
     echo "run.sh: building release binaries"
     cargo build --release --bin gateway --bin tokenizer-worker --bin gpu-worker
     break
@@ -112,14 +113,14 @@ fi
 
 export QWEN3_EMBED_CONFIG_DIR="$config_dir" QWEN3_EMBED_PROFILE="$profile" NATS_URL="$nats_url"
 for _ in $(seq "$gpu_workers"); do
-  target/release/gpu-worker --model-dir "$model_dir" --model-name "$model_name" --backend "$backend" &
+  "$bin_dir/gpu-worker" --model-dir "$model_dir" --model-name "$model_name" --backend "$backend" &
   pids+=($!)
 done
 for _ in $(seq "$tokenizer_workers"); do
-  target/release/tokenizer-worker --model-dir "$model_dir" --model-name "$model_name" &
+  "$bin_dir/tokenizer-worker" --model-dir "$model_dir" --model-name "$model_name" &
   pids+=($!)
 done
-target/release/gateway --port "$port" --model "$model_name" &
+"$bin_dir/gateway" --port "$port" --model "$model_name" &
 pids+=($!)
 
 url="http://127.0.0.1:$port"

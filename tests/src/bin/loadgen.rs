@@ -49,7 +49,7 @@ const STREAM_BULK_DOCS: u64 = 2 << 32;
 
 /// Closed-loop load generator for HTTP embedding endpoints (loopback only by default).
 #[derive(Debug, Parser)]
-#[command(version, about)]
+#[command(version)]
 struct Args {
     /// Base URL of the target; the API's route is appended.
     #[arg(long, default_value = "http://127.0.0.1:8080")]

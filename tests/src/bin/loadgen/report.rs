@@ -198,6 +198,7 @@ impl Sink {
     pub fn finish(&mut self) -> Result<()> {
         let mut table = self.table();
         let mut sources: Vec<&str> = self.rows.iter().map(|r| r.tokens_source).collect();
+        sources.sort_unstable();
         sources.dedup();
         writeln!(table, "tokens/s from: {}", sources.join(", "))?;
         for r in &self.rows {
