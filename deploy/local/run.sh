@@ -95,11 +95,22 @@ pids=()
 stop_all() {
   trap - INT TERM EXIT
   echo "run.sh: stopping"
-  # Workers first (they drain), then the gateway, then the server.
-  for ((i = ${#pids[@]} - 1; i >= 0; i--)); do kill -TERM "${pids[$i]}" 2>/dev/null || true; done
+  # The gateway and the workers first (they drain through NATS), then the server.
+  local stages=("${pids[@]:$has_nats}")
+  ((${#stages[@]})) && kill -TERM "${stages[@]}" 2>/dev/null || true
+  for _ in $(seq 100); do
+    local alive=0
+    for pid in "${stages[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
+    ((alive)) || break
+    sleep 0.1
+  done
+  ((${#stages[@]})) && kill -KILL "${stages[@]}" 2>/dev/null || true
+  ((has_nats)) && kill -TERM "${pids[0]}" 2>/dev/null || true
   wait 2>/dev/null || true
 }
-trap stop_all INT TERM EXIT
+has_nats=0
+trap "stop_all; exit 0" INT TERM
+trap stop_all EXIT
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 if [[ -z "$nats_url" ]]; then
@@ -107,6 +118,7 @@ if [[ -z "$nats_url" ]]; then
   nats_store=$(mktemp -d)
   .venv/bin/nats-server -a 127.0.0.1 -p "$nats_port" -js -sd "$nats_store" &
   pids+=($!)
+  has_nats=1
   nats_url="nats://127.0.0.1:$nats_port"
   for _ in $(seq 100); do (echo >"/dev/tcp/127.0.0.1/$nats_port") 2>/dev/null && break; sleep 0.1; done
 fi

@@ -11,3 +11,6 @@ cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 deploy/local/check-kernels.sh
 cargo test --workspace --locked
+# The GPU tests again, uncaptured, so their "skipped: no CUDA device" lines show where there is
+# no GPU (cargo hides the output of passing tests).
+cargo test -p gpu-worker --locked --test cuda_parity --test cuda_model -- --nocapture 2>&1 | grep -E "skipped|test result"

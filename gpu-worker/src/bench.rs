@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use crate::engine::{self, BackendChoice};
+use crate::engine::{self, BackendChoice, EngineOptions};
 
 /// Compute precision of the forward pass.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
@@ -38,6 +38,12 @@ pub struct BenchArgs {
     /// Timed iterations (after one untimed warm-up).
     #[arg(long, default_value_t = 5)]
     pub iters: usize,
+    /// CUDA device ordinal.
+    #[arg(long, default_value_t = 0)]
+    pub device: usize,
+    /// Share of the device's memory the benchmark may take.
+    #[arg(long, default_value_t = 0.9)]
+    pub gpu_memory_fraction: f64,
     /// Seed of the synthetic token ids.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -76,7 +82,15 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<BenchReport> {
         args.batch > 0 && args.seq_len > 0 && args.iters > 0,
         "--batch, --seq-len and --iters must be positive"
     );
-    let embedder = engine::load(&args.model, args.backend)?;
+    let embedder = engine::load(
+        &args.model,
+        &EngineOptions {
+            backend: args.backend,
+            device: args.device,
+            gpu_memory_fraction: args.gpu_memory_fraction,
+            max_batch_tokens: Some(args.batch * args.seq_len),
+        },
+    )?;
     // Token ids from a small linear congruential generator: reproducible, no model bias.
     let mut state = args
         .seed

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
-use crate::engine::BackendChoice;
+use crate::engine::{BackendChoice, EngineOptions};
 
 /// Everything a GPU worker needs besides the NATS connection and the work queue.
 #[derive(Debug, Clone, Deserialize)]
@@ -23,6 +23,21 @@ pub struct GpuWorkerConfig {
     pub gpu_memory_fraction: f64,
     /// Batches held at once: one computing plus the ones staged behind it.
     pub max_batches_in_hand: usize,
+    /// Largest batch in tokens this worker must accept (at least the tokenizer workers'
+    /// `max_batch_tokens`); with CUDA, start-up fails when the memory share cannot hold it.
+    pub max_batch_tokens: usize,
+}
+
+impl GpuWorkerConfig {
+    /// How the engine places the model.
+    pub fn engine_options(&self) -> EngineOptions {
+        EngineOptions {
+            backend: self.backend,
+            device: self.device,
+            gpu_memory_fraction: self.gpu_memory_fraction,
+            max_batch_tokens: Some(self.max_batch_tokens),
+        }
+    }
 }
 
 impl Default for GpuWorkerConfig {
@@ -34,6 +49,7 @@ impl Default for GpuWorkerConfig {
             device: 0,
             gpu_memory_fraction: 0.9,
             max_batches_in_hand: 2,
+            max_batch_tokens: 16384,
         }
     }
 }

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::cpu::CpuBackend;
+use crate::cuda::{self, CudaBackend, CudaOptions};
 use crate::model::qwen3::Qwen3;
 use crate::model::{self, ModelError};
 use crate::ops::{BatchLayout, DeviceInfo, OpError, Ops};
@@ -81,14 +82,60 @@ impl<B: Ops> Embedder for Loaded<B> {
     }
 }
 
-/// Loads `dir` on the chosen backend.
-pub fn load(dir: &Path, choice: BackendChoice) -> Result<Box<dyn Embedder>, ModelError> {
-    match choice {
-        BackendChoice::Cpu | BackendChoice::Auto => Ok(Box::new(Loaded::new(CpuBackend, dir)?)),
-        BackendChoice::Cuda => Err(ModelError::Unsupported(
-            "the CUDA backend is not built into this worker yet; use --backend cpu".into(),
-        )),
+/// How to place the model.
+#[derive(Debug, Clone)]
+pub struct EngineOptions {
+    /// Which backend runs the model.
+    pub backend: BackendChoice,
+    /// CUDA device ordinal.
+    pub device: usize,
+    /// Share of the device's memory the worker may take (CUDA).
+    pub gpu_memory_fraction: f64,
+    /// Largest batch in tokens the worker must accept; refused at start when the memory
+    /// share cannot hold it (CUDA). `None`: whatever the share leaves.
+    pub max_batch_tokens: Option<usize>,
+}
+
+impl EngineOptions {
+    /// CPU placement.
+    pub fn cpu() -> Self {
+        Self {
+            backend: BackendChoice::Cpu,
+            device: 0,
+            gpu_memory_fraction: 1.0,
+            max_batch_tokens: None,
+        }
     }
+}
+
+/// Loads `dir` on the chosen backend (`auto`: CUDA when a device is present).
+pub fn load(dir: &Path, options: &EngineOptions) -> Result<Box<dyn Embedder>, ModelError> {
+    let use_cuda = match options.backend {
+        BackendChoice::Cpu => false,
+        BackendChoice::Cuda => true,
+        BackendChoice::Auto => cuda::is_available(),
+    };
+    if !use_cuda {
+        return Ok(Box::new(Loaded::new(CpuBackend, dir)?));
+    }
+    let cuda_error = |e: cuda::CudaError| ModelError::Op(OpError::Device(e.to_string()));
+    let backend = CudaBackend::new(
+        options.device,
+        CudaOptions {
+            gpu_memory_fraction: options.gpu_memory_fraction,
+        },
+    )
+    .map_err(cuda_error)?;
+    let loaded = Loaded::new(backend, dir)?;
+    let plan = loaded
+        .backend
+        .plan_memory(loaded.model.config(), options.max_batch_tokens)
+        .map_err(cuda_error)?;
+    tracing::info!(
+        max_batch_tokens = plan.max_batch_tokens,
+        "device memory planned"
+    );
+    Ok(Box::new(loaded))
 }
 
 /// One batch for the device thread.
@@ -124,13 +171,13 @@ pub struct DeviceHandle {
 impl DeviceHandle {
     /// Starts the device thread, loads the model on it, and returns once it is ready (or
     /// failed to load).
-    pub async fn start(dir: PathBuf, choice: BackendChoice) -> Result<Self, ModelError> {
+    pub async fn start(dir: PathBuf, options: EngineOptions) -> Result<Self, ModelError> {
         let (jobs_tx, mut jobs_rx) = mpsc::channel::<Job>(1);
         let (ready_tx, ready_rx) = oneshot::channel();
         std::thread::Builder::new()
             .name("device".into())
             .spawn(move || {
-                let embedder = match load(&dir, choice) {
+                let embedder = match load(&dir, &options) {
                     Ok(embedder) => embedder,
                     Err(e) => {
                         let _ = ready_tx.send(Err(e));

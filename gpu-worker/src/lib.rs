@@ -9,7 +9,7 @@
 //! - [`engine`]: a loaded model on its backend, owned by the device thread.
 //! - [`service`]: the NATS service: work queue in, vectors to each request's reply subject.
 //! - [`config`]: the worker's settings.
-//! - [`bench`]: the `bench` subcommand.
+//! - [`mod@bench`]: the `bench` subcommand.
 
 pub mod bench;
 pub mod config;

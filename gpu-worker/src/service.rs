@@ -24,6 +24,9 @@ use crate::ops::OpError;
 /// How long one pull waits for a batch before asking again.
 const PULL_EXPIRES: Duration = Duration::from_secs(1);
 
+/// How long shutdown waits to flush replies to the server.
+const SHUTDOWN_FLUSH: Duration = Duration::from_secs(2);
+
 /// Room left in a message for everything but the vectors.
 const CHUNK_OVERHEAD: usize = 1024;
 
@@ -53,7 +56,7 @@ pub async fn run(
     queue: QueueConfig,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let device = DeviceHandle::start(config.model_dir.clone(), config.backend).await?;
+    let device = DeviceHandle::start(config.model_dir.clone(), config.engine_options()).await?;
     let info = device.info().clone();
     tracing::info!(
         model = %config.model_name,
@@ -129,24 +132,41 @@ pub async fn run(
     let all = u32::try_from(config.max_batches_in_hand.max(1)).unwrap_or(u32::MAX);
     let _all_done = capacity.acquire_many(all).await;
     status_task.abort();
-    client.flush().await.ok();
+    // Bounded: with the server gone, a flush would wait for a reconnection forever.
+    if tokio::time::timeout(SHUTDOWN_FLUSH, client.flush())
+        .await
+        .is_err()
+    {
+        tracing::warn!("NATS unreachable at shutdown; unsent replies are lost");
+    }
     tracing::info!("gpu worker stopped");
     Ok(())
 }
 
 /// Asks the queue for one batch, waiting up to [`PULL_EXPIRES`].
 async fn pull_one(consumer: &PullConsumer) -> anyhow::Result<Option<jetstream::Message>> {
-    let mut batch = consumer
-        .fetch()
-        .max_messages(1)
-        .expires(PULL_EXPIRES)
-        .messages()
-        .await?;
-    match batch.next().await {
-        Some(Ok(message)) => Ok(Some(message)),
-        Some(Err(e)) => Err(anyhow::anyhow!(e)),
-        None => Ok(None),
-    }
+    let pull = async {
+        let mut batch = consumer
+            .fetch()
+            .max_messages(1)
+            .expires(PULL_EXPIRES)
+            .messages()
+            .await?;
+        match batch.next().await {
+            Some(Ok(message)) => Ok(Some(message)),
+            Some(Err(e)) => Err(anyhow::anyhow!(e)),
+            None => Ok(None),
+        }
+    };
+    // Bounded, so a lost server cannot hold the loop (and shutdown) forever.
+    tokio::time::timeout(PULL_EXPIRES * 3, pull)
+        .await
+        .unwrap_or_else(|_| {
+            Err(anyhow::anyhow!(
+                "no answer to a pull within {:?}",
+                PULL_EXPIRES * 3
+            ))
+        })
 }
 
 /// Runs one batch: drops expired items, computes, publishes chunks, acks.

@@ -45,7 +45,7 @@ impl Default for TokenizerWorkerConfig {
             truncate: false,
             max_batch_tokens: 16384,
             max_batch_seqs: 256,
-            max_wait_ms: 2,
+            max_wait_ms: 0,
             threads: 0,
             max_pending_tokens: 1 << 20,
         }

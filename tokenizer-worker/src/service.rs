@@ -28,6 +28,9 @@ use crate::batcher::{Batcher, BatcherConfig, PendingSequence};
 use crate::config::TokenizerWorkerConfig;
 use crate::tokenize::{TextTokenizer, TokenizeError, TokenizerOptions};
 
+/// How long shutdown waits to flush batches and replies to the server.
+const SHUTDOWN_FLUSH: Duration = Duration::from_secs(2);
+
 /// How often pending sequences are checked for passed deadlines.
 const EXPIRY_SWEEP: Duration = Duration::from_millis(50);
 
@@ -189,7 +192,13 @@ pub async fn run(
     }
     state.publish_ready(&mut batcher, true);
     while state.publishes.join_next().await.is_some() {}
-    client.flush().await.ok();
+    // Bounded: with the server gone, a flush would wait for a reconnection forever.
+    if tokio::time::timeout(SHUTDOWN_FLUSH, client.flush())
+        .await
+        .is_err()
+    {
+        tracing::warn!("NATS unreachable at shutdown; unsent replies are lost");
+    }
     tracing::info!("tokenizer worker stopped");
     Ok(())
 }

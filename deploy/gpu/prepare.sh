@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Prepares gpu-bundle/ (ignored by git) for a GPU machine, which has no Rust toolchain and no
+# network: release binary and test executables of gpu-worker (stripped), the qwen3-tiny
+# fixture, make-random-qwen3.py, the kernel sources, and the scripts that run there
+# (check.sh, torch_bench.py). Run it here, then on the GPU machine, from the repository root
+# with gpu-bundle carried along:  bash gpu-bundle/check.sh
+set -euo pipefail
+
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+cd "$root"
+shared=$(cd "$root/../shared" && pwd)
+bundle=gpu-bundle
+limit_mib=48   # the device tool carries at most 64 MiB with the whole working tree
+
+cargo build --release -p gpu-worker
+# Test executables, as cargo names them (target/release/deps/<test>-<hash>).
+executables=$(cargo test --release -p gpu-worker --no-run --message-format=json |
+    python3 -c '
+import json, sys
+for line in sys.stdin:
+    message = json.loads(line)
+    target = message.get("target", {})
+    if message.get("executable") and target.get("name", "").startswith("cuda_") and "test" in target.get("kind", []):
+        print(target["name"], message["executable"])
+')
+
+rm -rf "$bundle"
+mkdir -p "$bundle/bin" "$bundle/tests" "$bundle/fixture" "$bundle/tools" "$bundle/kernels"
+if [[ -x target/release/gpu-worker ]]; then
+    cp target/release/gpu-worker "$bundle/bin/"
+else
+    echo "prepare: target/release/gpu-worker was not built; check.sh will skip the benchmark" >&2
+fi
+while read -r name path; do
+    cp "$path" "$bundle/tests/$name"
+done <<<"$executables"
+for test in cuda_parity cuda_model cuda_kernels_compile; do
+    [[ -x "$bundle/tests/$test" ]] || { echo "prepare: test executable $test missing" >&2; exit 1; }
+done
+strip "$bundle"/bin/* "$bundle"/tests/* 2>/dev/null || true
+
+# The tokenizer stays behind: the benchmarks use random token ids.
+cp "$shared"/fixtures/qwen3-tiny/{config.json,golden.json,model.safetensors} "$bundle/fixture/"
+cp "$shared/tools/make-random-qwen3.py" "$bundle/tools/"
+cp gpu-worker/kernels/* "$bundle/kernels/"
+cp deploy/gpu/check.sh deploy/gpu/torch_bench.py "$bundle/"
+chmod +x "$bundle/check.sh"
+
+size_mib=$(du -sm "$bundle" | cut -f1)
+echo "prepare: $bundle is ${size_mib} MiB:"
+du -sh "$bundle"/* | sed 's/^/  /'
+if ((size_mib > limit_mib)); then
+    echo "prepare: $bundle is over ${limit_mib} MiB" >&2
+    exit 1
+fi

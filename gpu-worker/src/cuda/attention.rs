@@ -1,0 +1,148 @@
+//! Launcher of `kernels/attention.cu` (CPU twin: `cpu/attention.rs`).
+
+use half::bf16;
+
+use cudarc::driver::{LaunchConfig, PushKernelArg};
+
+use super::tensor::TensorData;
+use super::{CudaBackend, CudaLayout, CudaTensor, check_cols, check_rows, int, shape_error};
+use crate::ops::{AttentionShape, OpResult, Queries};
+
+/// Query rows per block: `ROWS` in `kernels/attention.cu` (4 warps of 16 rows).
+pub(super) const ROWS_PER_TILE: u32 = 64;
+
+/// Threads per block: 4 warps.
+const THREADS: u32 = 128;
+
+/// The attention tiles of a batch whose query rows are grouped by `cu_q`: a
+/// `(sequence, first row)` pair for every `ROWS_PER_TILE` query rows of every sequence.
+pub(super) fn tiles(cu_q: &[u32]) -> Vec<u32> {
+    cu_q.windows(2)
+        .enumerate()
+        .flat_map(|(seq, w)| {
+            (0..w[1] - w[0])
+                .step_by(ROWS_PER_TILE as usize)
+                .flat_map(move |first| [seq as u32, first])
+        })
+        .collect()
+}
+
+/// Causal GQA of the q heads of `q` over the k/v heads of `kv` (both bf16 fused q|k|v),
+/// into `(q rows, num_heads * head_dim)` bf16.
+pub(super) fn attention(
+    gpu: &CudaBackend,
+    q: &CudaTensor,
+    kv: &CudaTensor,
+    layout: &CudaLayout,
+    queries: Queries,
+    shape: AttentionShape,
+) -> OpResult<CudaTensor> {
+    const OP: &str = "attention";
+    let AttentionShape {
+        num_heads,
+        num_kv_heads,
+        head_dim,
+    } = shape;
+    if num_kv_heads == 0 || num_heads % num_kv_heads != 0 || num_heads > u16::MAX as usize {
+        return Err(shape_error(
+            OP,
+            format!("{num_heads} query heads cannot share {num_kv_heads} kv heads"),
+        ));
+    }
+    let Some((_, kernel)) = gpu
+        .kernels
+        .attention
+        .iter()
+        .find(|(width, _)| head_dim <= *width)
+        .filter(|_| head_dim > 0 && head_dim % 2 == 0)
+    else {
+        return Err(shape_error(
+            OP,
+            format!("head_dim {head_dim} must be even and at most 256"),
+        ));
+    };
+    check_cols(OP, "q", q.cols, shape.qkv_width())?;
+    check_cols(OP, "kv", kv.cols, shape.qkv_width())?;
+    let (cu_q, tiles, q_rows) = match queries {
+        Queries::All => (
+            &layout.cu_seqlens,
+            &layout.tiles_all,
+            layout.host.num_rows(),
+        ),
+        Queries::LastOnly => (
+            &layout.cu_last_rows,
+            &layout.tiles_last,
+            layout.host.num_seqs(),
+        ),
+    };
+    check_rows(OP, "q", q.rows, q_rows)?;
+    check_rows(OP, "kv", kv.rows, layout.host.num_rows())?;
+    let q_data = q.bf16(OP, "q")?;
+    let kv_data = kv.bf16(OP, "kv")?;
+
+    let stride = int(OP, "qkv width", shape.qkv_width())?;
+    let k_offset = int(OP, "k offset", num_heads * head_dim)?;
+    let v_offset = int(OP, "v offset", (num_heads + num_kv_heads) * head_dim)?;
+    let out_stride = int(OP, "output width", shape.q_width())?;
+    let head_dim_arg = int(OP, "head_dim", head_dim)?;
+    let group = int(OP, "group", num_heads / num_kv_heads)?;
+    let scale = shape.scale();
+    let config = LaunchConfig {
+        grid_dim: (
+            int(OP, "tiles", tiles.len() / 2)? as u32,
+            num_heads as u32,
+            1,
+        ),
+        block_dim: (THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    let mut out = gpu.alloc::<bf16>(OP, q_rows * shape.q_width())?;
+    // SAFETY: attention_dN(const bf16* q, const bf16* kv, bf16* out, const unsigned* cu_q,
+    // const unsigned* cu_k, const unsigned* tiles, int q_stride, int kv_stride, int k_offset,
+    // int v_offset, int out_stride, int head_dim, int group, float scale). q and kv hold
+    // (rows, qkv width) rows as grouped by cu_q and the layout's cu_seqlens (checked), every
+    // sequence has at least as many keys as queries (both prefix sums come from one layout),
+    // the tiles cover exactly the query rows, head_dim is even and at most the kernel's
+    // width, every offset and stride is even (so the kernel's 4-byte loads are aligned), and
+    // out holds (q rows, num_heads * head_dim). Grid: one block per (tile, query head).
+    unsafe {
+        gpu.stream
+            .launch_builder(kernel)
+            .arg(q_data)
+            .arg(kv_data)
+            .arg(&mut out)
+            .arg(cu_q)
+            .arg(&layout.cu_seqlens)
+            .arg(tiles)
+            .arg(&stride)
+            .arg(&stride)
+            .arg(&k_offset)
+            .arg(&v_offset)
+            .arg(&out_stride)
+            .arg(&head_dim_arg)
+            .arg(&group)
+            .arg(&scale)
+            .launch(config)
+    }?;
+    Ok(CudaTensor {
+        rows: q_rows,
+        cols: shape.q_width(),
+        data: TensorData::Bf16(out),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tiles_cover_every_query_row_once() {
+        // Sequences of 1, 64, 65 and 130 rows.
+        let cu = [0, 1, 65, 130, 260];
+        assert_eq!(
+            tiles(&cu),
+            vec![0, 0, 1, 0, 2, 0, 2, 64, 3, 0, 3, 64, 3, 128]
+        );
+        assert_eq!(tiles(&[0, 1, 2, 3]), vec![0, 0, 1, 0, 2, 0]);
+    }
+}

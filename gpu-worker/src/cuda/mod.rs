@@ -1,0 +1,480 @@
+//! The CUDA backend: bf16 weights resident on one device, matrix products through cuBLAS, and
+//! one NVRTC-compiled kernel per op (`kernels/<op>.cu`, each with a CPU twin in `cpu/`).
+//!
+//! # Layout
+//! - [`compile`]: NVRTC compilation of `kernels/*.cu`, usable without a GPU.
+//! - [`memory`]: the memory plan (`gpu_memory_fraction` -> batch token budget).
+//! - `device`: start-up errors, library checks, cuBLAS set-up, the memory pool.
+//! - `tensor`, `layout`, `kernels`: device tensors, uploaded batch layouts, loaded kernels.
+//! - One launcher per kernel, checking shapes before it launches: `embed`, `rms_norm`,
+//!   `add`, `linear` (cuBLAS), `qk_norm_rope`, `attention`, `silu_mul`, `last_rows`, `pool`.
+//!
+//! # Numerics
+//! The residual stream is f32: embeddings widen exactly from bf16, and every layer's output
+//! is added in f32, so the stream carries no bf16 rounding from layer to layer. Everything a
+//! matrix product reads or writes is bf16 (inputs rounded once by the norm that produces
+//! them); products accumulate in f32 (`CUBLAS_COMPUTE_32F`, split-K reductions in f32 too).
+//! Norms, RoPE, softmax and SwiGLU compute in f32 and round once on output. Pooling is f32.
+//!
+//! # Batch invariance
+//! Every kernel computes a row (or an attention tile of one sequence) with a fixed order of
+//! operations, whatever else is in the batch. cuBLAS may pick another algorithm for another
+//! row count, which can move a product's result by an ulp; `tests/cuda_parity.rs` bounds the
+//! effect.
+//!
+//! # Run-time needs
+//! `libcuda.so.1` (the driver), `libnvrtc.so.13` and `libcublas.so.13` on the library path;
+//! no CUDA headers (see [`compile`]). Compute capability 8.0 or newer.
+
+pub mod compile;
+pub mod memory;
+
+mod add;
+mod attention;
+mod device;
+mod embed;
+mod kernels;
+mod last_rows;
+mod layout;
+mod linear;
+mod pool;
+mod qk_norm_rope;
+mod rms_norm;
+mod silu_mul;
+mod tensor;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+use cudarc::cublas::CudaBlas;
+use cudarc::driver::{CudaContext, CudaSlice, CudaStream, DeviceRepr, LaunchConfig};
+use half::bf16;
+
+use crate::model::config::Qwen3Config;
+use crate::model::weights::TensorView;
+use crate::ops::{AttentionShape, BatchLayout, DeviceInfo, OpError, OpResult, Ops, Queries};
+use compile::Target;
+pub use device::{CudaDeviceInfo, CudaError, is_available};
+use kernels::Kernels;
+pub use layout::CudaLayout;
+use memory::{MemoryPlan, OVERHEAD_BYTES};
+use tensor::TensorData;
+pub use tensor::{ActDtype, CudaMatrix, CudaTable, CudaTensor, CudaVector};
+
+/// cuBLAS workspace, owned by the backend so that its memory is counted (32 MiB is what
+/// NVIDIA recommends for Hopper).
+const CUBLAS_WORKSPACE_BYTES: usize = 32 << 20;
+
+/// Settings of the CUDA backend.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CudaOptions {
+    /// Share of the device's total memory this worker may hold, in `(0, 1]`: CUDA context,
+    /// weights and activations together (see [`memory`]).
+    pub gpu_memory_fraction: f64,
+}
+
+impl Default for CudaOptions {
+    fn default() -> Self {
+        Self {
+            gpu_memory_fraction: 0.9,
+        }
+    }
+}
+
+/// The CUDA backend on one device. Owned by the device thread: ops run in order on one
+/// stream, and only the host copies of `to_host` and `pool` wait for the device.
+pub struct CudaBackend {
+    ctx: Arc<CudaContext>,
+    /// The one stream every kernel, copy and product runs on.
+    stream: Arc<CudaStream>,
+    blas: CudaBlas,
+    /// cuBLAS workspace set on `blas`; held so it lives as long as the handle.
+    _workspace: CudaSlice<u8>,
+    kernels: Kernels,
+    device: CudaDeviceInfo,
+    target: Target,
+    gpu_memory_fraction: f64,
+    /// `gpu_memory_fraction x total memory`.
+    share_bytes: u64,
+    /// Bytes of weights uploaded so far.
+    weight_bytes: AtomicU64,
+    /// The memory plan's token budget; 0 until [`CudaBackend::plan_memory`] runs.
+    max_batch_tokens: AtomicUsize,
+}
+
+impl CudaBackend {
+    /// Opens device `device_ordinal`, compiles every kernel for its exact architecture and
+    /// sets up cuBLAS. Fails with a clear error (never panics) when a library or the device is
+    /// missing.
+    pub fn new(device_ordinal: usize, options: CudaOptions) -> Result<Self, CudaError> {
+        if let Some(missing) = device::missing_library() {
+            return Err(missing);
+        }
+        let no_device = |detail: String| CudaError::NoDevice {
+            ordinal: device_ordinal,
+            detail,
+        };
+        let count = CudaContext::device_count().map_err(|e| no_device(e.to_string()))?;
+        if device_ordinal >= count.max(0) as usize {
+            return Err(no_device(format!("the driver sees {count} device(s)")));
+        }
+        let ctx = CudaContext::new(device_ordinal)?;
+        let (major, minor) = ctx.compute_capability()?;
+        let (major, minor) = (major as u32, minor as u32);
+        let device = CudaDeviceInfo {
+            ordinal: device_ordinal,
+            name: ctx.name()?,
+            total_memory: ctx.total_mem()? as u64,
+            compute_capability: (major, minor),
+        };
+        if major < 8 {
+            return Err(CudaError::Unsupported {
+                name: device.name,
+                major,
+                minor,
+            });
+        }
+        let share_bytes = memory::share_bytes(options.gpu_memory_fraction, device.total_memory)
+            .map_err(CudaError::Memory)?;
+        let target = Target::for_device(major, minor, &compile::supported_archs()?)?;
+        let kernels = Kernels::load(&ctx, compile::compile_all_kernels(target, &[])?)?;
+        if ctx.has_async_alloc() {
+            device::keep_freed_memory_pooled(&ctx, share_bytes)?;
+        }
+
+        let stream = ctx.default_stream();
+        let (blas, workspace) = device::cublas(&stream, CUBLAS_WORKSPACE_BYTES)?;
+
+        Ok(Self {
+            ctx,
+            stream,
+            blas,
+            _workspace: workspace,
+            kernels,
+            device,
+            target,
+            gpu_memory_fraction: options.gpu_memory_fraction,
+            share_bytes,
+            weight_bytes: AtomicU64::new(0),
+            max_batch_tokens: AtomicUsize::new(0),
+        })
+    }
+
+    /// The device.
+    pub fn device(&self) -> &CudaDeviceInfo {
+        &self.device
+    }
+
+    /// What the kernels were compiled for (`sm_90`).
+    pub fn target(&self) -> Target {
+        self.target
+    }
+
+    /// Device memory this process holds, bytes: everything allocated through the device's
+    /// memory pool (weights, activations, freed blocks kept for reuse), not the CUDA context
+    /// itself. On a device without memory pools, the device's used memory as a whole.
+    pub fn memory_used(&self) -> OpResult<u64> {
+        if !self.ctx.has_async_alloc() {
+            let (free, total) = self.ctx.mem_get_info()?;
+            return Ok((total - free) as u64);
+        }
+        Ok(device::pool_reserved_bytes(&self.ctx)?)
+    }
+
+    /// Sizes the batch token budget once the model is loaded (see [`memory`]): `requested`
+    /// (the batcher's budget) must fit the share, or without it the budget is all the share
+    /// leaves. From then on a larger batch is refused with `OpError::OutOfMemory`.
+    pub fn plan_memory(
+        &self,
+        config: &Qwen3Config,
+        requested: Option<usize>,
+    ) -> Result<MemoryPlan, CudaError> {
+        let (free, _) = self.ctx.mem_get_info()?;
+        let plan = MemoryPlan::new(
+            self.gpu_memory_fraction,
+            self.device.total_memory,
+            self.weight_bytes.load(Ordering::Relaxed),
+            memory::activation_bytes_per_token(config),
+            free as u64,
+            requested,
+        )
+        .map_err(CudaError::Memory)?;
+        self.max_batch_tokens
+            .store(plan.max_batch_tokens, Ordering::Relaxed);
+        Ok(plan)
+    }
+
+    /// The planned batch token budget, once [`Self::plan_memory`] has run.
+    pub fn max_batch_tokens(&self) -> Option<usize> {
+        match self.max_batch_tokens.load(Ordering::Relaxed) {
+            0 => None,
+            tokens => Some(tokens),
+        }
+    }
+
+    /// Uploads a host matrix as an activation of `dtype` (rounded to nearest for bf16).
+    pub fn upload_tensor(
+        &self,
+        rows: usize,
+        cols: usize,
+        values: &[f32],
+        dtype: ActDtype,
+    ) -> OpResult<CudaTensor> {
+        if values.len() != rows * cols {
+            return Err(shape_error(
+                "upload",
+                format!("{} values cannot form ({rows}, {cols})", values.len()),
+            ));
+        }
+        let data = match dtype {
+            ActDtype::F32 => TensorData::F32(self.upload("upload", values)?),
+            ActDtype::Bf16 => {
+                let rounded: Vec<bf16> = values.iter().map(|&v| bf16::from_f32(v)).collect();
+                TensorData::Bf16(self.upload("upload", &rounded)?)
+            }
+        };
+        Ok(CudaTensor { rows, cols, data })
+    }
+
+    /// Copies host values to a new device buffer.
+    fn upload<T: DeviceRepr>(&self, op: &'static str, values: &[T]) -> OpResult<CudaSlice<T>> {
+        if values.is_empty() {
+            return Err(shape_error(op, "empty tensors are not supported".into()));
+        }
+        Ok(self.stream.clone_htod(values)?)
+    }
+
+    /// A new device buffer of `len` elements, to be filled by a kernel or a product.
+    fn alloc<T: DeviceRepr>(&self, op: &'static str, len: usize) -> OpResult<CudaSlice<T>> {
+        if len == 0 {
+            return Err(shape_error(op, "empty tensors are not supported".into()));
+        }
+        // SAFETY: the memory is uninitialized; every caller hands it to a kernel or product
+        // that writes each element before anything reads it.
+        Ok(unsafe { self.stream.alloc(len) }?)
+    }
+
+    /// Uploads a weight, counting it against the memory share.
+    fn upload_weight<T: DeviceRepr>(&self, name: &str, values: &[T]) -> OpResult<CudaSlice<T>> {
+        let bytes = std::mem::size_of_val(values) as u64;
+        let limit = self.share_bytes.saturating_sub(OVERHEAD_BYTES);
+        let total = self.weight_bytes.load(Ordering::Relaxed) + bytes;
+        if total > limit {
+            const GIB: f64 = (1u64 << 30) as f64;
+            return Err(OpError::OutOfMemory(format!(
+                "weight `{name}` brings the weights to {:.2} GiB, over the {:.2} GiB left of the \
+                 {:.2} GiB share (gpu_memory_fraction {}) after {:.2} GiB of overhead",
+                total as f64 / GIB,
+                limit as f64 / GIB,
+                self.share_bytes as f64 / GIB,
+                self.gpu_memory_fraction,
+                OVERHEAD_BYTES as f64 / GIB,
+            )));
+        }
+        let data = self.upload("weight", values)?;
+        self.weight_bytes.fetch_add(bytes, Ordering::Relaxed);
+        Ok(data)
+    }
+}
+
+fn shape_error(op: &'static str, detail: String) -> OpError {
+    OpError::Shape { op, detail }
+}
+
+fn check_cols(op: &'static str, what: &str, found: usize, expected: usize) -> OpResult<()> {
+    if found != expected {
+        return Err(shape_error(
+            op,
+            format!("{what} has {found} columns, expected {expected}"),
+        ));
+    }
+    Ok(())
+}
+
+fn check_rows(op: &'static str, what: &str, found: usize, expected: usize) -> OpResult<()> {
+    if found != expected {
+        return Err(shape_error(
+            op,
+            format!("{what} has {found} rows, expected {expected}"),
+        ));
+    }
+    Ok(())
+}
+
+/// A size as the `int` a kernel takes.
+fn int(op: &'static str, what: &str, value: usize) -> OpResult<i32> {
+    i32::try_from(value).map_err(|_| shape_error(op, format!("{what} = {value} exceeds i32")))
+}
+
+/// One block per row for the row-wise kernels: a warp multiple of threads, up to 256, so
+/// narrow rows do not leave most of a block idle.
+fn per_row(op: &'static str, rows: usize, cols: usize) -> OpResult<LaunchConfig> {
+    let grid = u32::try_from(int(op, "rows", rows)?).expect("i32 fits u32; this is a bug");
+    let threads = (cols.div_ceil(32) * 32).clamp(32, 256) as u32;
+    Ok(LaunchConfig {
+        grid_dim: (grid, 1, 1),
+        block_dim: (threads, 1, 1),
+        shared_mem_bytes: 0,
+    })
+}
+
+impl Ops for CudaBackend {
+    type Tensor = CudaTensor;
+    type Matrix = CudaMatrix;
+    type Vector = CudaVector;
+    type Table = CudaTable;
+    type Layout = CudaLayout;
+
+    fn name(&self) -> String {
+        "cuda-bf16".into()
+    }
+
+    fn device_info(&self) -> DeviceInfo {
+        let (major, minor) = self.device.compute_capability;
+        DeviceInfo {
+            description: format!(
+                "{} (cuda:{}, compute capability {major}.{minor}, kernels {})",
+                self.device.name, self.device.ordinal, self.target
+            ),
+            memory_used: self.memory_used().ok(),
+            memory_total: Some(self.device.total_memory),
+        }
+    }
+
+    fn matrix(&self, parts: &[TensorView<'_>]) -> OpResult<CudaMatrix> {
+        let Some(first) = parts.first() else {
+            return Err(OpError::Weight("a matrix needs at least one part".into()));
+        };
+        let cols = first.shape.get(1).copied().unwrap_or(0);
+        let mut rows = 0;
+        let mut values = Vec::new();
+        for part in parts {
+            if part.shape.len() != 2 || part.shape[1] != cols {
+                return Err(OpError::Weight(format!(
+                    "`{}` has shape {:?}, expected (_, {cols})",
+                    part.name, part.shape
+                )));
+            }
+            rows += part.shape[0];
+            values.extend(tensor::to_bf16(part));
+        }
+        let data = self.upload_weight(&first.name, &values)?;
+        Ok(CudaMatrix { rows, cols, data })
+    }
+
+    fn vector(&self, view: TensorView<'_>) -> OpResult<CudaVector> {
+        let data = self.upload_weight(&view.name, &view.to_f32())?;
+        Ok(CudaVector { data })
+    }
+
+    fn table(&self, view: TensorView<'_>) -> OpResult<CudaTable> {
+        let [rows, cols] = view.shape[..] else {
+            return Err(OpError::Weight(format!(
+                "`{}` has shape {:?}, expected (vocab, hidden)",
+                view.name, view.shape
+            )));
+        };
+        let data = self.upload_weight(&view.name, &tensor::to_bf16(&view))?;
+        Ok(CudaTable { rows, cols, data })
+    }
+
+    fn layout(&self, layout: &BatchLayout) -> OpResult<CudaLayout> {
+        if let Some(budget) = self.max_batch_tokens()
+            && layout.num_rows() > budget
+        {
+            return Err(OpError::OutOfMemory(format!(
+                "a batch of {} tokens exceeds the memory plan's {budget} tokens \
+                 (gpu_memory_fraction {})",
+                layout.num_rows(),
+                self.gpu_memory_fraction
+            )));
+        }
+        CudaLayout::new(self, layout)
+    }
+
+    fn embed(&self, table: &CudaTable, token_ids: &[u32]) -> OpResult<CudaTensor> {
+        embed::embed(self, table, token_ids)
+    }
+
+    fn rms_norm(&self, x: &CudaTensor, weight: &CudaVector, eps: f32) -> OpResult<CudaTensor> {
+        rms_norm::rms_norm(self, x, weight, eps)
+    }
+
+    fn add_rms_norm(
+        &self,
+        residual: &mut CudaTensor,
+        delta: &CudaTensor,
+        weight: &CudaVector,
+        eps: f32,
+    ) -> OpResult<CudaTensor> {
+        rms_norm::add_rms_norm(self, residual, delta, weight, eps)
+    }
+
+    fn add(&self, residual: &mut CudaTensor, delta: &CudaTensor) -> OpResult<()> {
+        add::add(self, residual, delta)
+    }
+
+    fn linear(&self, x: &CudaTensor, w: &CudaMatrix) -> OpResult<CudaTensor> {
+        linear::linear(self, x, w)
+    }
+
+    fn qk_norm_rope(
+        &self,
+        qkv: &mut CudaTensor,
+        q_norm: &CudaVector,
+        k_norm: &CudaVector,
+        layout: &CudaLayout,
+        shape: AttentionShape,
+        eps: f32,
+        rope_theta: f32,
+    ) -> OpResult<()> {
+        let norms = qk_norm_rope::Norms {
+            q_norm,
+            k_norm,
+            eps,
+            rope_theta,
+        };
+        qk_norm_rope::qk_norm_rope(self, qkv, &norms, layout, shape)
+    }
+
+    fn attention(
+        &self,
+        q: &CudaTensor,
+        kv: &CudaTensor,
+        layout: &CudaLayout,
+        queries: Queries,
+        shape: AttentionShape,
+    ) -> OpResult<CudaTensor> {
+        attention::attention(self, q, kv, layout, queries, shape)
+    }
+
+    fn silu_mul(&self, gate_up: &CudaTensor) -> OpResult<CudaTensor> {
+        silu_mul::silu_mul(self, gate_up)
+    }
+
+    fn last_rows(&self, x: &CudaTensor, layout: &CudaLayout) -> OpResult<CudaTensor> {
+        last_rows::last_rows(self, x, layout)
+    }
+
+    fn pool(
+        &self,
+        last: &CudaTensor,
+        norm: &CudaVector,
+        eps: f32,
+        dims: &[usize],
+    ) -> OpResult<Vec<Vec<f32>>> {
+        pool::pool(self, last, norm, eps, dims)
+    }
+
+    fn to_host(&self, x: &CudaTensor) -> OpResult<Vec<f32>> {
+        Ok(match &x.data {
+            TensorData::F32(data) => self.stream.clone_dtoh(data)?,
+            TensorData::Bf16(data) => self
+                .stream
+                .clone_dtoh(data)?
+                .into_iter()
+                .map(f32::from)
+                .collect(),
+        })
+    }
+}

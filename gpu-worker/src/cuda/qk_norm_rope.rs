@@ -1,0 +1,76 @@
+//! Launcher of `kernels/qk_norm_rope.cu` (CPU twin: `cpu/qk_norm_rope.rs`).
+
+use cudarc::driver::{LaunchConfig, PushKernelArg};
+
+use super::{
+    CudaBackend, CudaLayout, CudaTensor, CudaVector, check_cols, check_rows, int, shape_error,
+};
+use crate::ops::{AttentionShape, OpResult};
+
+/// Widest head the kernel's rotary tables hold.
+const MAX_HEAD_DIM: usize = 256;
+
+/// Threads per row: 4 warps, each normalizing and rotating every 4th head.
+const THREADS: u32 = 128;
+
+/// The weights and constants of the q/k norms and the rotary embedding.
+pub(super) struct Norms<'a> {
+    pub q_norm: &'a CudaVector,
+    pub k_norm: &'a CudaVector,
+    pub eps: f32,
+    pub rope_theta: f32,
+}
+
+/// In place on the bf16 fused q|k|v tensor: per-head RMSNorm of q and k, then RoPE at each
+/// row's position.
+pub(super) fn qk_norm_rope(
+    gpu: &CudaBackend,
+    qkv: &mut CudaTensor,
+    norms: &Norms<'_>,
+    layout: &CudaLayout,
+    shape: AttentionShape,
+) -> OpResult<()> {
+    const OP: &str = "qk_norm_rope";
+    let d = shape.head_dim;
+    if d == 0 || d % 2 != 0 || d > MAX_HEAD_DIM {
+        return Err(shape_error(
+            OP,
+            format!("head_dim {d} must be even and at most {MAX_HEAD_DIM}"),
+        ));
+    }
+    check_cols(OP, "qkv", qkv.cols, shape.qkv_width())?;
+    check_cols(OP, "q_norm", norms.q_norm.len(), d)?;
+    check_cols(OP, "k_norm", norms.k_norm.len(), d)?;
+    check_rows(OP, "qkv", qkv.rows, layout.host.num_rows())?;
+    let row_stride = int(OP, "qkv width", qkv.cols)?;
+    let num_q_heads = int(OP, "num_heads", shape.num_heads)?;
+    let num_k_heads = int(OP, "num_kv_heads", shape.num_kv_heads)?;
+    let head_dim = int(OP, "head_dim", d)?;
+    let config = LaunchConfig {
+        grid_dim: (int(OP, "rows", qkv.rows)? as u32, 1, 1),
+        block_dim: (THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    let data = qkv.bf16_mut(OP, "qkv")?;
+    // SAFETY: qk_norm_rope(bf16* qkv, const unsigned* positions, const float* q_norm, const
+    // float* k_norm, int row_stride, int num_q_heads, int num_k_heads, int head_dim, float
+    // eps, float theta): qkv holds (rows, row_stride) with q and k heads at its start,
+    // positions one per row, both norms head_dim values, head_dim even and <= 256 (checked);
+    // one block per row.
+    unsafe {
+        gpu.stream
+            .launch_builder(&gpu.kernels.qk_norm_rope)
+            .arg(data)
+            .arg(&layout.positions)
+            .arg(&norms.q_norm.data)
+            .arg(&norms.k_norm.data)
+            .arg(&row_stride)
+            .arg(&num_q_heads)
+            .arg(&num_k_heads)
+            .arg(&head_dim)
+            .arg(&norms.eps)
+            .arg(&norms.rope_theta)
+            .launch(config)
+    }?;
+    Ok(())
+}

@@ -1,0 +1,297 @@
+//! The CUDA backend running the whole model on the qwen3-tiny fixture: transformers' golden
+//! vectors, the CPU backend layer by layer, batch-composition invariance, and memory limits
+//! that refuse work instead of crashing. Without a CUDA device every test prints
+//! `skipped: no CUDA device` and returns. The fixture is read from `QWEN3_TINY_DIR`, else
+//! from `../shared/fixtures/qwen3-tiny`.
+
+use std::path::PathBuf;
+
+use gpu_worker::cpu::CpuBackend;
+use gpu_worker::cuda::{CudaBackend, CudaOptions};
+use gpu_worker::model::ModelError;
+use gpu_worker::model::qwen3::{Qwen3, TracePoint};
+use gpu_worker::ops::{BatchLayout, OpError, Ops};
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use serde_json::Value;
+
+/// The backend on device 0, or `None` (after saying so) without a device.
+fn gpu() -> Option<CudaBackend> {
+    if !gpu_worker::cuda::is_available() {
+        eprintln!("skipped: no CUDA device");
+        return None;
+    }
+    Some(
+        CudaBackend::new(0, CudaOptions::default())
+            .unwrap_or_else(|e| panic!("a CUDA device is present but the backend fails: {e}")),
+    )
+}
+
+fn fixture_dir() -> PathBuf {
+    std::env::var_os("QWEN3_TINY_DIR").map_or_else(
+        || {
+            PathBuf::from(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../../shared/fixtures/qwen3-tiny"
+            ))
+        },
+        PathBuf::from,
+    )
+}
+
+fn golden() -> Value {
+    let path = fixture_dir().join("golden.json");
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e} (set QWEN3_TINY_DIR)", path.display()));
+    serde_json::from_str(&text).expect("golden.json parses")
+}
+
+fn floats(value: &Value) -> Vec<f32> {
+    value
+        .as_array()
+        .expect("array")
+        .iter()
+        .flat_map(|v| match v {
+            Value::Array(_) => floats(v),
+            _ => vec![v.as_f64().expect("number") as f32],
+        })
+        .collect()
+}
+
+fn ids(value: &Value) -> Vec<u32> {
+    value
+        .as_array()
+        .expect("array")
+        .iter()
+        .map(|v| v.as_u64().expect("id") as u32)
+        .collect()
+}
+
+fn cosine(a: &[f32], b: &[f32]) -> f32 {
+    let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+    let norm = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    dot / (norm(a) * norm(b))
+}
+
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+fn load(gpu: &CudaBackend) -> Qwen3<CudaBackend> {
+    gpu_worker::model::load(&fixture_dir(), gpu).expect("fixture loads on the GPU")
+}
+
+fn embed_one(
+    gpu: &CudaBackend,
+    model: &Qwen3<CudaBackend>,
+    input_ids: &[u32],
+    dims: usize,
+) -> Vec<f32> {
+    let layout = BatchLayout::from_lengths(&[input_ids.len()]).unwrap();
+    model
+        .embed(gpu, input_ids, &layout, &[dims])
+        .unwrap()
+        .remove(0)
+}
+
+/// bf16 products keep an embedding within cosine 0.999 of transformers' f32 one. A NumPy
+/// model of this backend's rounding points gives at worst 0.999993 on the fixture.
+const MIN_COSINE: f32 = 0.999;
+/// The same model gives at most 1.7e-3 per component (unit vectors of 32 values).
+const MAX_ABS_DIFF: f32 = 5e-3;
+
+#[test]
+fn every_case_matches_transformers() {
+    let Some(gpu) = gpu() else { return };
+    let golden = golden();
+    let model = load(&gpu);
+    let hidden = model.config().hidden_size;
+    let cases = golden["cases"].as_array().unwrap();
+    assert!(cases.len() >= 17);
+    let mut worst = (f32::INFINITY, String::new());
+    for case in cases {
+        let got = embed_one(&gpu, &model, &ids(&case["input_ids"]), hidden);
+        let want = floats(&case["embedding"]);
+        let (cos, diff) = (cosine(&got, &want), max_abs_diff(&got, &want));
+        eprintln!(
+            "case {}: cosine {cos:.6}, max abs diff {diff:.3e}",
+            case["id"]
+        );
+        assert!(cos >= MIN_COSINE, "case {}: cosine {cos}", case["id"]);
+        assert!(
+            diff <= MAX_ABS_DIFF,
+            "case {}: max abs diff {diff}",
+            case["id"]
+        );
+        if cos < worst.0 {
+            worst = (cos, case["id"].to_string());
+        }
+    }
+    eprintln!("lowest cosine {:.6} (case {})", worst.0, worst.1);
+    for example in golden["mrl"].as_array().unwrap() {
+        let case = cases.iter().find(|c| c["id"] == example["id"]).unwrap();
+        let dim = example["dim"].as_u64().unwrap() as usize;
+        let got = embed_one(&gpu, &model, &ids(&case["input_ids"]), dim);
+        let cos = cosine(&got, &floats(&example["embedding"]));
+        eprintln!("mrl {} dim {dim}: cosine {cos:.6}", example["id"]);
+        assert!(cos >= MIN_COSINE, "mrl {}: cosine {cos}", example["id"]);
+    }
+}
+
+/// Every traced activation of the trace case, GPU against CPU: the first op to drift
+/// stands out in the printed errors.
+#[test]
+fn trace_follows_the_cpu_layer_by_layer() {
+    let Some(gpu) = gpu() else { return };
+    let golden = golden();
+    let input_ids = ids(&golden["trace"]["input_ids"]);
+    let layout = BatchLayout::from_lengths(&[input_ids.len()]).unwrap();
+    let cpu_model = gpu_worker::model::load(&fixture_dir(), &CpuBackend).unwrap();
+    let hidden = cpu_model.config().hidden_size;
+    let mut want: Vec<(TracePoint, Vec<f32>)> = Vec::new();
+    cpu_model
+        .forward(
+            &CpuBackend,
+            &input_ids,
+            &layout,
+            &[hidden],
+            &mut |point, x| want.push((point, x.data.clone())),
+        )
+        .unwrap();
+    let model = load(&gpu);
+    let mut got: Vec<(TracePoint, Vec<f32>)> = Vec::new();
+    model
+        .forward(&gpu, &input_ids, &layout, &[hidden], &mut |point, x| {
+            got.push((point, gpu.to_host(x).unwrap()))
+        })
+        .unwrap();
+    assert_eq!(got.len(), want.len());
+    for ((point, g), (want_point, w)) in got.iter().zip(&want) {
+        assert_eq!(point, want_point);
+        let scale = w.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        let relative = max_abs_diff(g, w) / scale.max(1e-6);
+        eprintln!(
+            "{point:?}: max abs diff {:.3e} (relative to max {relative:.3e})",
+            max_abs_diff(g, w)
+        );
+        assert!(relative < 5e-2, "{point:?} drifts: {relative}");
+    }
+}
+
+#[test]
+fn batch_composition_barely_changes_vectors() {
+    let Some(gpu) = gpu() else { return };
+    let golden = golden();
+    let model = load(&gpu);
+    let hidden = model.config().hidden_size;
+    let cases: Vec<Vec<u32>> = golden["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| ids(&c["input_ids"]))
+        .collect();
+    let alone: Vec<Vec<f32>> = cases
+        .iter()
+        .map(|ids| embed_one(&gpu, &model, ids, hidden))
+        .collect();
+
+    let mut rng = StdRng::seed_from_u64(11);
+    let mut worst = 0.0f32;
+    for _round in 0..4 {
+        let mut order: Vec<usize> = (0..cases.len()).collect();
+        order.shuffle(&mut rng);
+        let mut rest = &order[..];
+        while !rest.is_empty() {
+            let take = rng.random_range(1..=rest.len().min(6));
+            let (group, tail) = rest.split_at(take);
+            rest = tail;
+            let lengths: Vec<usize> = group.iter().map(|&i| cases[i].len()).collect();
+            let packed: Vec<u32> = group.iter().flat_map(|&i| cases[i].clone()).collect();
+            let layout = BatchLayout::from_lengths(&lengths).unwrap();
+            let out = model
+                .embed(&gpu, &packed, &layout, &vec![hidden; group.len()])
+                .unwrap();
+            for (&i, got) in group.iter().zip(&out) {
+                let diff = max_abs_diff(got, &alone[i]);
+                worst = worst.max(diff);
+                assert!(
+                    diff <= 5e-3 && cosine(got, &alone[i]) >= 0.9999,
+                    "case {i} in batch {group:?}: diff {diff}"
+                );
+            }
+        }
+    }
+    // Our kernels are batch-invariant by construction; only cuBLAS's choice of algorithm by
+    // row count can move a bit. 0 means bit-identical vectors.
+    eprintln!("largest change from batching: {worst:.3e}");
+}
+
+#[test]
+fn memory_limits_are_errors_not_crashes() {
+    let Some(gpu) = gpu() else { return };
+    let model = load(&gpu);
+    // A budget the batcher asks for is kept; one token more is refused before any work.
+    let plan = gpu.plan_memory(model.config(), Some(64)).unwrap();
+    eprintln!("{plan:?}");
+    assert_eq!(gpu.max_batch_tokens(), Some(64));
+    let ids = vec![100u32; 65];
+    let layout = BatchLayout::from_lengths(&[40, 25]).unwrap();
+    let err = model.embed(&gpu, &ids, &layout, &[16, 16]).unwrap_err();
+    assert!(
+        matches!(err, ModelError::Op(OpError::OutOfMemory(_))),
+        "{err}"
+    );
+    let layout = BatchLayout::from_lengths(&[40, 24]).unwrap();
+    assert!(model.embed(&gpu, &ids[..64], &layout, &[16, 16]).is_ok());
+    // A budget larger than the whole device is a start-up error.
+    assert!(
+        gpu.plan_memory(model.config(), Some(usize::MAX / 2))
+            .is_err()
+    );
+
+    // A share smaller than the overhead leaves no room for weights: the load fails with the
+    // numbers, not a crash.
+    let half_gib = (1u64 << 29) as f64 / gpu.device().total_memory as f64;
+    let tiny = CudaBackend::new(
+        0,
+        CudaOptions {
+            gpu_memory_fraction: half_gib,
+        },
+    );
+    match tiny {
+        Ok(tiny) => {
+            let err = gpu_worker::model::load(&fixture_dir(), &tiny)
+                .err()
+                .expect("weights over the share are refused");
+            eprintln!("{err}");
+            assert!(
+                matches!(err, ModelError::Op(OpError::OutOfMemory(_))),
+                "{err}"
+            );
+        }
+        Err(e) => eprintln!("{e}"),
+    }
+    assert!(
+        CudaBackend::new(
+            0,
+            CudaOptions {
+                gpu_memory_fraction: 0.0
+            }
+        )
+        .is_err()
+    );
+}
+
+#[test]
+fn device_is_described() {
+    let Some(gpu) = gpu() else { return };
+    let info = gpu.device_info();
+    eprintln!("{info:?}");
+    assert!(info.memory_total.is_some_and(|t| t > 0));
+    assert!(info.memory_used.is_some());
+    assert_eq!(gpu.name(), "cuda-bf16");
+}

@@ -1,0 +1,483 @@
+//! The CUDA backend against its CPU twins: every op on fresh seeded random inputs (sizes that
+//! are not multiples of the block sizes, several sequence lengths, last-row-only attention,
+//! head widths 2 to 256). The whole model is tested in `cuda_model.rs`.
+//!
+//! Inputs of bf16 tensors are rounded to bf16 first, so both backends see the same values;
+//! results are compared with `|got - want| <= atol + rtol * |want|` and the first mismatches
+//! are printed. Without a CUDA device every test prints `skipped: no CUDA device` and returns.
+
+use gpu_worker::cpu::{CpuBackend, CpuTensor};
+use gpu_worker::cuda::{ActDtype, CudaBackend, CudaOptions, CudaTensor};
+use gpu_worker::model::weights::{Dtype, TensorView};
+use gpu_worker::ops::{AttentionShape, BatchLayout, Ops, Queries};
+use half::bf16;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+// ---------------------------------------------------------------------------------------
+// Helpers
+// ---------------------------------------------------------------------------------------
+
+/// The backend on device 0, or `None` (after saying so) without a device.
+fn gpu() -> Option<CudaBackend> {
+    if !gpu_worker::cuda::is_available() {
+        eprintln!("skipped: no CUDA device");
+        return None;
+    }
+    Some(
+        CudaBackend::new(0, CudaOptions::default())
+            .unwrap_or_else(|e| panic!("a CUDA device is present but the backend fails: {e}")),
+    )
+}
+
+/// Comparison tolerance: `atol + rtol * |want|`.
+#[derive(Debug, Clone, Copy)]
+struct Tolerance {
+    atol: f32,
+    rtol: f32,
+}
+
+/// One bf16 rounding of the output (relative 2^-9) plus f32 reordering, with margin.
+const BF16: Tolerance = Tolerance {
+    atol: 1e-2,
+    rtol: 1e-2,
+};
+/// f32 arithmetic in another order.
+const F32: Tolerance = Tolerance {
+    atol: 1e-5,
+    rtol: 1e-4,
+};
+/// The same f32 operations: bit-identical.
+const EXACT: Tolerance = Tolerance {
+    atol: 0.0,
+    rtol: 0.0,
+};
+
+/// Fails, printing the first mismatches, unless every value is within `tol` (NaN never is).
+fn assert_close(what: &str, got: &[f32], want: &[f32], tol: Tolerance) {
+    assert_eq!(got.len(), want.len(), "{what}: lengths differ");
+    let mut max_error = 0.0f32;
+    let mut bad = Vec::new();
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        let error = (g - w).abs();
+        if error.is_nan() || error > tol.atol + tol.rtol * w.abs() {
+            bad.push(i);
+        }
+        if error > max_error {
+            max_error = error;
+        }
+    }
+    eprintln!(
+        "{what}: max abs error {max_error:.3e} over {} values",
+        got.len()
+    );
+    if !bad.is_empty() {
+        for &i in bad.iter().take(10) {
+            eprintln!("  {what}[{i}]: got {} want {}", got[i], want[i]);
+        }
+        panic!(
+            "{what}: {} of {} values outside {tol:?}",
+            bad.len(),
+            got.len()
+        );
+    }
+}
+
+fn uniform(rng: &mut StdRng, n: usize, scale: f32) -> Vec<f32> {
+    (0..n).map(|_| rng.random_range(-scale..scale)).collect()
+}
+
+fn round_bf16(values: Vec<f32>) -> Vec<f32> {
+    values
+        .into_iter()
+        .map(|v| bf16::from_f32(v).to_f32())
+        .collect()
+}
+
+/// A weight stored as bf16 bytes, as checkpoints hold it.
+struct Weight {
+    shape: Vec<usize>,
+    bytes: Vec<u8>,
+}
+
+impl Weight {
+    fn new(shape: &[usize], values: &[f32]) -> Self {
+        Self {
+            shape: shape.to_vec(),
+            bytes: values
+                .iter()
+                .flat_map(|&v| bf16::from_f32(v).to_le_bytes())
+                .collect(),
+        }
+    }
+
+    /// Norm weights near 1, as in the fixture.
+    fn norm(rng: &mut StdRng, n: usize) -> Self {
+        let values: Vec<f32> = uniform(rng, n, 0.2).into_iter().map(|v| 1.0 + v).collect();
+        Self::new(&[n], &values)
+    }
+
+    fn view(&self) -> TensorView<'_> {
+        TensorView {
+            name: "test.weight".into(),
+            dtype: Dtype::Bf16,
+            shape: self.shape.clone(),
+            data: &self.bytes,
+        }
+    }
+}
+
+/// The same host matrix on both backends.
+fn both(
+    gpu: &CudaBackend,
+    rows: usize,
+    cols: usize,
+    values: Vec<f32>,
+    dtype: ActDtype,
+) -> (CpuTensor, CudaTensor) {
+    let values = match dtype {
+        ActDtype::Bf16 => round_bf16(values),
+        ActDtype::F32 => values,
+    };
+    let device = gpu.upload_tensor(rows, cols, &values, dtype).unwrap();
+    (CpuTensor::new(rows, cols, values).unwrap(), device)
+}
+
+/// Random sequence lengths, including ones at and around the attention tile of 64 rows.
+const LENGTHS: &[usize] = &[1, 3, 64, 65, 130, 17];
+
+// ---------------------------------------------------------------------------------------
+// Ops
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn embed_matches_cpu() {
+    let Some(gpu) = gpu() else { return };
+    let mut rng = StdRng::seed_from_u64(1);
+    for (vocab, hidden, rows) in [(1000, 32, 1), (1000, 100, 7), (5000, 1024, 300)] {
+        let table = Weight::new(&[vocab, hidden], &uniform(&mut rng, vocab * hidden, 1.0));
+        let mut ids: Vec<u32> = (0..rows)
+            .map(|_| rng.random_range(0..vocab as u32))
+            .collect();
+        ids[0] = vocab as u32 - 1;
+        let want = CpuBackend
+            .embed(&CpuBackend.table(table.view()).unwrap(), &ids)
+            .unwrap();
+        let device_table = gpu.table(table.view()).unwrap();
+        let got = gpu.embed(&device_table, &ids).unwrap();
+        assert_eq!(got.dtype(), ActDtype::F32);
+        let what = format!("embed {rows}x{hidden}");
+        assert_close(&what, &gpu.to_host(&got).unwrap(), &want.data, EXACT);
+        assert!(gpu.embed(&device_table, &[vocab as u32]).is_err());
+    }
+}
+
+#[test]
+fn rms_norm_matches_cpu() {
+    let Some(gpu) = gpu() else { return };
+    let mut rng = StdRng::seed_from_u64(2);
+    for (rows, cols, scale) in [
+        (1, 16, 1.0),
+        (3, 100, 0.05),
+        (37, 1024, 1.0),
+        (5, 1000, 30.0),
+    ] {
+        let weight = Weight::norm(&mut rng, cols);
+        let (x_cpu, x_gpu) = both(
+            &gpu,
+            rows,
+            cols,
+            uniform(&mut rng, rows * cols, scale),
+            ActDtype::F32,
+        );
+        let want = CpuBackend
+            .rms_norm(&x_cpu, &CpuBackend.vector(weight.view()).unwrap(), 1e-6)
+            .unwrap();
+        let got = gpu
+            .rms_norm(&x_gpu, &gpu.vector(weight.view()).unwrap(), 1e-6)
+            .unwrap();
+        let what = format!("rms_norm {rows}x{cols}");
+        assert_close(&what, &gpu.to_host(&got).unwrap(), &want.data, BF16);
+    }
+}
+
+#[test]
+fn add_rms_norm_and_add_match_cpu() {
+    let Some(gpu) = gpu() else { return };
+    let mut rng = StdRng::seed_from_u64(3);
+    for (rows, cols) in [(1, 32), (9, 100), (33, 1024)] {
+        let weight = Weight::norm(&mut rng, cols);
+        let residual = uniform(&mut rng, rows * cols, 0.1);
+        let delta = uniform(&mut rng, rows * cols, 0.1);
+        let (mut res_cpu, mut res_gpu) = both(&gpu, rows, cols, residual, ActDtype::F32);
+        let (delta_cpu, delta_gpu) = both(&gpu, rows, cols, delta, ActDtype::Bf16);
+        let (w_cpu, w_gpu) = (
+            CpuBackend.vector(weight.view()).unwrap(),
+            gpu.vector(weight.view()).unwrap(),
+        );
+        let want = CpuBackend
+            .add_rms_norm(&mut res_cpu, &delta_cpu, &w_cpu, 1e-6)
+            .unwrap();
+        let got = gpu
+            .add_rms_norm(&mut res_gpu, &delta_gpu, &w_gpu, 1e-6)
+            .unwrap();
+        let what = format!("add_rms_norm {rows}x{cols}");
+        assert_close(&what, &gpu.to_host(&got).unwrap(), &want.data, BF16);
+        let what = format!("add_rms_norm residual {rows}x{cols}");
+        assert_close(&what, &gpu.to_host(&res_gpu).unwrap(), &res_cpu.data, EXACT);
+
+        CpuBackend.add(&mut res_cpu, &delta_cpu).unwrap();
+        gpu.add(&mut res_gpu, &delta_gpu).unwrap();
+        let what = format!("add {rows}x{cols}");
+        assert_close(&what, &gpu.to_host(&res_gpu).unwrap(), &res_cpu.data, EXACT);
+    }
+}
+
+#[test]
+fn linear_matches_cpu() {
+    let Some(gpu) = gpu() else { return };
+    let mut rng = StdRng::seed_from_u64(4);
+    for (rows, k, n) in [(1, 32, 64), (5, 96, 40), (130, 1000, 300), (67, 1024, 4096)] {
+        let weights = [
+            Weight::new(&[n / 2, k], &uniform(&mut rng, n / 2 * k, 0.05)),
+            Weight::new(&[n - n / 2, k], &uniform(&mut rng, (n - n / 2) * k, 0.05)),
+        ];
+        let views: Vec<TensorView<'_>> = weights.iter().map(Weight::view).collect();
+        let (x_cpu, x_gpu) = both(
+            &gpu,
+            rows,
+            k,
+            uniform(&mut rng, rows * k, 1.0),
+            ActDtype::Bf16,
+        );
+        let want = CpuBackend
+            .linear(&x_cpu, &CpuBackend.matrix(&views).unwrap())
+            .unwrap();
+        let got = gpu.linear(&x_gpu, &gpu.matrix(&views).unwrap()).unwrap();
+        let what = format!("linear {rows}x{k} @ ({n}x{k})^T");
+        assert_close(&what, &gpu.to_host(&got).unwrap(), &want.data, BF16);
+    }
+}
+
+#[test]
+fn silu_mul_matches_cpu() {
+    let Some(gpu) = gpu() else { return };
+    let mut rng = StdRng::seed_from_u64(5);
+    for (rows, n) in [(1, 1), (33, 50), (7, 3072)] {
+        let (x_cpu, x_gpu) = both(
+            &gpu,
+            rows,
+            2 * n,
+            uniform(&mut rng, rows * 2 * n, 8.0),
+            ActDtype::Bf16,
+        );
+        let want = CpuBackend.silu_mul(&x_cpu).unwrap();
+        let got = gpu.silu_mul(&x_gpu).unwrap();
+        let what = format!("silu_mul {rows}x{n}");
+        assert_close(&what, &gpu.to_host(&got).unwrap(), &want.data, BF16);
+    }
+}
+
+/// A fused q|k|v tensor of random bf16 values for `lengths`, on both backends.
+fn random_qkv(
+    gpu: &CudaBackend,
+    rng: &mut StdRng,
+    lengths: &[usize],
+    shape: AttentionShape,
+) -> (BatchLayout, CpuTensor, CudaTensor) {
+    let layout = BatchLayout::from_lengths(lengths).unwrap();
+    let rows = layout.num_rows();
+    let width = shape.qkv_width();
+    let (cpu, device) = both(
+        gpu,
+        rows,
+        width,
+        uniform(rng, rows * width, 1.0),
+        ActDtype::Bf16,
+    );
+    (layout, cpu, device)
+}
+
+fn shape(num_heads: usize, num_kv_heads: usize, head_dim: usize) -> AttentionShape {
+    AttentionShape {
+        num_heads,
+        num_kv_heads,
+        head_dim,
+    }
+}
+
+#[test]
+fn qk_norm_rope_matches_cpu() {
+    let Some(gpu) = gpu() else { return };
+    let mut rng = StdRng::seed_from_u64(6);
+    let cases: [(AttentionShape, &[usize]); 5] = [
+        (shape(4, 2, 16), LENGTHS),
+        (shape(16, 8, 128), &[1, 5, 64, 130, 3000]),
+        (shape(3, 1, 40), LENGTHS),
+        (shape(2, 1, 256), &[70, 2]),
+        (shape(2, 2, 2), &[9]),
+    ];
+    for (shape, lengths) in cases {
+        let (layout, mut qkv_cpu, mut qkv_gpu) = random_qkv(&gpu, &mut rng, lengths, shape);
+        let q_norm = Weight::norm(&mut rng, shape.head_dim);
+        let k_norm = Weight::norm(&mut rng, shape.head_dim);
+        let (theta, eps) = (1e6, 1e-6);
+        CpuBackend
+            .qk_norm_rope(
+                &mut qkv_cpu,
+                &CpuBackend.vector(q_norm.view()).unwrap(),
+                &CpuBackend.vector(k_norm.view()).unwrap(),
+                &CpuBackend.layout(&layout).unwrap(),
+                shape,
+                eps,
+                theta,
+            )
+            .unwrap();
+        gpu.qk_norm_rope(
+            &mut qkv_gpu,
+            &gpu.vector(q_norm.view()).unwrap(),
+            &gpu.vector(k_norm.view()).unwrap(),
+            &gpu.layout(&layout).unwrap(),
+            shape,
+            eps,
+            theta,
+        )
+        .unwrap();
+        let what = format!("qk_norm_rope {shape:?} lengths {lengths:?}");
+        assert_close(&what, &gpu.to_host(&qkv_gpu).unwrap(), &qkv_cpu.data, BF16);
+    }
+}
+
+#[test]
+fn attention_matches_cpu() {
+    let Some(gpu) = gpu() else { return };
+    let mut rng = StdRng::seed_from_u64(7);
+    let cases: [(AttentionShape, &[usize]); 7] = [
+        // The fixture's geometry and the real one (Qwen3-Embedding-0.6B).
+        (shape(4, 2, 16), LENGTHS),
+        (shape(16, 8, 128), &[1, 3, 64, 65, 130, 700]),
+        // No grouping; 16-byte loads at head_dim 64.
+        (shape(8, 8, 64), &[200, 1, 63]),
+        // Head widths padded inside the kernel: 40 -> 64 (16-byte loads), 20 -> 32 (pairs).
+        (shape(4, 2, 40), LENGTHS),
+        (shape(6, 3, 20), LENGTHS),
+        // The widest head, with 32-key tiles; and 96 -> 128.
+        (shape(2, 1, 256), &[1, 31, 33, 100]),
+        (shape(4, 1, 96), &[129, 2]),
+    ];
+    for (shape, lengths) in cases {
+        let (layout, qkv_cpu, qkv_gpu) = random_qkv(&gpu, &mut rng, lengths, shape);
+        let (cpu_layout, gpu_layout) = (
+            CpuBackend.layout(&layout).unwrap(),
+            gpu.layout(&layout).unwrap(),
+        );
+        let want = CpuBackend
+            .attention(&qkv_cpu, &qkv_cpu, &cpu_layout, Queries::All, shape)
+            .unwrap();
+        let got = gpu
+            .attention(&qkv_gpu, &qkv_gpu, &gpu_layout, Queries::All, shape)
+            .unwrap();
+        let what = format!("attention {shape:?} lengths {lengths:?}");
+        assert_close(&what, &gpu.to_host(&got).unwrap(), &want.data, BF16);
+
+        let q_cpu = CpuBackend.last_rows(&qkv_cpu, &cpu_layout).unwrap();
+        let q_gpu = gpu.last_rows(&qkv_gpu, &gpu_layout).unwrap();
+        let want = CpuBackend
+            .attention(&q_cpu, &qkv_cpu, &cpu_layout, Queries::LastOnly, shape)
+            .unwrap();
+        let got = gpu
+            .attention(&q_gpu, &qkv_gpu, &gpu_layout, Queries::LastOnly, shape)
+            .unwrap();
+        let what = format!("attention last rows {shape:?} lengths {lengths:?}");
+        assert_close(&what, &gpu.to_host(&got).unwrap(), &want.data, BF16);
+    }
+}
+
+#[test]
+fn last_rows_match_cpu() {
+    let Some(gpu) = gpu() else { return };
+    let mut rng = StdRng::seed_from_u64(8);
+    let layout = BatchLayout::from_lengths(LENGTHS).unwrap();
+    let (cpu_layout, gpu_layout) = (
+        CpuBackend.layout(&layout).unwrap(),
+        gpu.layout(&layout).unwrap(),
+    );
+    for dtype in [ActDtype::F32, ActDtype::Bf16] {
+        let cols = 100;
+        let rows = layout.num_rows();
+        let (x_cpu, x_gpu) = both(&gpu, rows, cols, uniform(&mut rng, rows * cols, 1.0), dtype);
+        let want = CpuBackend.last_rows(&x_cpu, &cpu_layout).unwrap();
+        let got = gpu.last_rows(&x_gpu, &gpu_layout).unwrap();
+        assert_eq!(got.dtype(), dtype);
+        let what = format!("last_rows {dtype:?}");
+        assert_close(&what, &gpu.to_host(&got).unwrap(), &want.data, EXACT);
+    }
+}
+
+#[test]
+fn pool_matches_cpu() {
+    let Some(gpu) = gpu() else { return };
+    let mut rng = StdRng::seed_from_u64(9);
+    for cols in [32, 100, 1024] {
+        let rows = 6;
+        let weight = Weight::norm(&mut rng, cols);
+        let dims: Vec<usize> = [1, cols, cols / 2, 16.min(cols), 3, cols - 1].to_vec();
+        let (x_cpu, x_gpu) = both(
+            &gpu,
+            rows,
+            cols,
+            uniform(&mut rng, rows * cols, 0.1),
+            ActDtype::F32,
+        );
+        let want = CpuBackend
+            .pool(
+                &x_cpu,
+                &CpuBackend.vector(weight.view()).unwrap(),
+                1e-6,
+                &dims,
+            )
+            .unwrap();
+        let got = gpu
+            .pool(&x_gpu, &gpu.vector(weight.view()).unwrap(), 1e-6, &dims)
+            .unwrap();
+        for (row, (g, w)) in got.iter().zip(&want).enumerate() {
+            assert_close(&format!("pool {cols} row {row}"), g, w, F32);
+        }
+    }
+}
+
+#[test]
+fn bad_operands_are_errors_not_panics() {
+    let Some(gpu) = gpu() else { return };
+    let mut rng = StdRng::seed_from_u64(10);
+    let weight = gpu.vector(Weight::norm(&mut rng, 8).view()).unwrap();
+    let x_bf16 = gpu.upload_tensor(2, 8, &[0.5; 16], ActDtype::Bf16).unwrap();
+    let mut x_f32 = gpu.upload_tensor(2, 8, &[0.5; 16], ActDtype::F32).unwrap();
+    assert!(
+        gpu.rms_norm(&x_bf16, &weight, 1e-6).is_err(),
+        "bf16 residual"
+    );
+    assert!(gpu.silu_mul(&x_f32).is_err(), "f32 gate|up");
+    let f32_delta = gpu.upload_tensor(2, 8, &[0.5; 16], ActDtype::F32).unwrap();
+    assert!(gpu.add(&mut x_f32, &f32_delta).is_err(), "f32 delta");
+    let wide = gpu
+        .upload_tensor(1, 16, &[0.5; 16], ActDtype::Bf16)
+        .unwrap();
+    assert!(gpu.add(&mut x_f32, &wide).is_err(), "shapes differ");
+    let layout = gpu
+        .layout(&BatchLayout::from_lengths(&[2]).unwrap())
+        .unwrap();
+    let odd = shape(2, 1, 3);
+    let qkv = gpu
+        .upload_tensor(2, 12, &[0.5; 24], ActDtype::Bf16)
+        .unwrap();
+    assert!(
+        gpu.attention(&qkv, &qkv, &layout, Queries::All, odd)
+            .is_err(),
+        "odd head_dim"
+    );
+    assert!(
+        gpu.upload_tensor(0, 8, &[], ActDtype::F32).is_err(),
+        "empty"
+    );
+}
