@@ -1,11 +1,26 @@
 //! Causal grouped-query attention over a packed variable-length batch (CPU twin of
-//! `kernels/attention.cu`). Softmax in f32, one query row at a time: memory is one score
-//! row per thread, never a `T x T` matrix.
+//! `kernels/attention.cu`). Each task is one block of query rows of one head of one sequence:
+//! scores `Q K^T` and output `P V` go through the GEMM, softmax in f32 in between. Memory is
+//! one `rows x keys` score block per task, never a `T x T` matrix for the whole batch.
 
+use gemm::Parallelism;
 use rayon::prelude::*;
 
-use super::dot;
 use crate::ops::AttentionShape;
+
+/// Query rows per task: large enough for the GEMM to run at speed, small enough that a
+/// score block of a 32k-token sequence stays at 16 MiB.
+const QUERY_BLOCK: usize = 128;
+
+/// One unit of work: query rows `rows` (absolute row indices in `q`) of head `head`, in a
+/// sequence whose keys start at row `k_start` of `kv`; row `r` sees `visible0 + (r - rows.start)`
+/// keys.
+struct Task {
+    head: usize,
+    rows: std::ops::Range<usize>,
+    k_start: usize,
+    visible0: usize,
+}
 
 /// Attention of the q heads of `q` (rows grouped by `cu_q`) over the k/v heads of `kv`
 /// (rows grouped by `cu_k`), both fused q|k|v tensors `shape.qkv_width()` wide. Causal,
@@ -18,54 +33,131 @@ pub fn attention(
     cu_k: &[u32],
     shape: AttentionShape,
 ) -> Vec<f32> {
+    let out_width = shape.q_width();
+    let d = shape.head_dim;
+    let q_rows = q.len() / shape.qkv_width();
+    let mut tasks = Vec::new();
+    for s in 0..cu_q.len() - 1 {
+        let (q_start, q_end) = (cu_q[s] as usize, cu_q[s + 1] as usize);
+        let (k_start, k_len) = (cu_k[s] as usize, (cu_k[s + 1] - cu_k[s]) as usize);
+        for head in 0..shape.num_heads {
+            for block in (q_start..q_end).step_by(QUERY_BLOCK) {
+                let rows = block..(block + QUERY_BLOCK).min(q_end);
+                // Keys visible to the block's first row.
+                let visible0 = k_len - (q_end - q_start) + (block - q_start) + 1;
+                tasks.push(Task {
+                    head,
+                    rows,
+                    k_start,
+                    visible0,
+                });
+            }
+        }
+    }
+    let blocks: Vec<(Task, Vec<f32>)> = tasks
+        .into_par_iter()
+        .map(|task| {
+            let block = attend(q, kv, &task, shape);
+            (task, block)
+        })
+        .collect();
+    let mut out = vec![0.0; q_rows * out_width];
+    for (task, block) in blocks {
+        for (r, values) in task.rows.clone().zip(block.chunks_exact(d)) {
+            out[r * out_width + task.head * d..][..d].copy_from_slice(values);
+        }
+    }
+    out
+}
+
+/// One task's output, `(rows, head_dim)`.
+fn attend(q: &[f32], kv: &[f32], task: &Task, shape: AttentionShape) -> Vec<f32> {
     let width = shape.qkv_width();
     let d = shape.head_dim;
-    let out_width = shape.q_width();
-    let group = shape.num_heads / shape.num_kv_heads;
-    let k_offset = shape.num_heads * d;
-    let v_offset = k_offset + shape.num_kv_heads * d;
-    let scale = shape.scale();
-    let q_rows = q.len() / width;
-    let mut out = vec![0.0; q_rows * out_width];
+    let kv_head = task.head / (shape.num_heads / shape.num_kv_heads);
+    let k_col = shape.num_heads * d + kv_head * d;
+    let v_col = (shape.num_heads + shape.num_kv_heads) * d + kv_head * d;
+    let rows = task.rows.len();
+    let keys = task.visible0 + rows - 1;
+    let q_at = task.rows.start * width + task.head * d;
+    let k_at = task.k_start * width + k_col;
+    let v_at = task.k_start * width + v_col;
+    assert!(
+        q_at + (rows - 1) * width + d <= q.len()
+            && v_at.max(k_at) + (keys - 1) * width + d <= kv.len(),
+        "attention operands checked by the caller; this is a bug"
+    );
 
-    // Which sequence each query row belongs to.
-    let seq_of_row: Vec<usize> = (0..cu_q.len() - 1)
-        .flat_map(|s| std::iter::repeat_n(s, (cu_q[s + 1] - cu_q[s]) as usize))
-        .collect();
+    // 1. Scores: (rows, d) @ (keys, d)^T * scale -> (rows, keys).
+    let mut scores = vec![0.0f32; rows * keys];
+    // SAFETY: the assert above keeps every element read inside `q` and `kv`: q rows are
+    // `width` apart with `d` contiguous values, k rows likewise (read transposed: column
+    // stride `width`, row stride 1). `scores` is a fresh (rows, keys) row-major buffer.
+    unsafe {
+        gemm::gemm(
+            rows,
+            keys,
+            d,
+            scores.as_mut_ptr(),
+            1,
+            keys as isize,
+            false,
+            q.as_ptr().add(q_at),
+            1,
+            width as isize,
+            kv.as_ptr().add(k_at),
+            width as isize,
+            1,
+            0.0,
+            shape.scale(),
+            false,
+            false,
+            false,
+            Parallelism::None,
+        );
+    }
 
-    out.par_chunks_exact_mut(out_width)
-        .enumerate()
-        .for_each(|(row, out_row)| {
-            let s = seq_of_row[row];
-            let (q_start, q_len) = (cu_q[s] as usize, (cu_q[s + 1] - cu_q[s]) as usize);
-            let (k_start, k_len) = (cu_k[s] as usize, (cu_k[s + 1] - cu_k[s]) as usize);
-            let visible = k_len - q_len + (row - q_start) + 1;
-            let q_row = &q[row * width..][..width];
-            let mut scores = vec![0.0f32; visible];
-            for h in 0..shape.num_heads {
-                let kv_head = h / group;
-                let q_head = &q_row[h * d..][..d];
-                let mut max = f32::NEG_INFINITY;
-                for (j, score) in scores.iter_mut().enumerate() {
-                    let k_row = &kv[(k_start + j) * width + k_offset + kv_head * d..][..d];
-                    *score = dot(q_head, k_row) * scale;
-                    max = max.max(*score);
-                }
-                let mut sum = 0.0;
-                for score in scores.iter_mut() {
-                    *score = (*score - max).exp();
-                    sum += *score;
-                }
-                let acc = &mut out_row[h * d..][..d];
-                for (j, &p) in scores.iter().enumerate() {
-                    let v_row = &kv[(k_start + j) * width + v_offset + kv_head * d..][..d];
-                    for (a, &v) in acc.iter_mut().zip(v_row) {
-                        *a += p * v;
-                    }
-                }
-                let inv = 1.0 / sum;
-                acc.iter_mut().for_each(|a| *a *= inv);
-            }
-        });
+    // 2. Causal softmax per row, in f32; masked keys get probability 0.
+    for (r, row) in scores.chunks_exact_mut(keys).enumerate() {
+        let visible = task.visible0 + r;
+        let (seen, masked) = row.split_at_mut(visible);
+        let max = seen.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let mut sum = 0.0;
+        for p in seen.iter_mut() {
+            *p = (*p - max).exp();
+            sum += *p;
+        }
+        let inv = 1.0 / sum;
+        seen.iter_mut().for_each(|p| *p *= inv);
+        masked.fill(0.0);
+    }
+
+    // 3. Output: (rows, keys) @ (keys, d) -> (rows, d).
+    let mut out = vec![0.0f32; rows * d];
+    // SAFETY: as above for v rows (`width` apart, `d` contiguous); `scores` is (rows, keys)
+    // row-major and `out` a fresh (rows, d) row-major buffer.
+    unsafe {
+        gemm::gemm(
+            rows,
+            d,
+            keys,
+            out.as_mut_ptr(),
+            1,
+            d as isize,
+            false,
+            scores.as_ptr(),
+            1,
+            keys as isize,
+            kv.as_ptr().add(v_at),
+            1,
+            width as isize,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            Parallelism::None,
+        );
+    }
     out
 }
