@@ -17,6 +17,13 @@
 //! | `embed_queue_depth` | gauge | |
 //! | `embed_workers` | gauge | `kind` |
 //! | `embed_upstream_errors_total` | counter | `code` |
+//! | `embed_worker_batches_total`, `embed_worker_sequences_total`, `embed_worker_tokens_total` | counter | `kind` |
+//! | `embed_worker_device_memory_used_bytes` | gauge | |
+//!
+//! The `embed_worker_*` counters are the sums over the workers discovery found, as they
+//! report them: the mean GPU batch size is `rate(embed_worker_sequences_total{kind="gpu"})`
+//! over `rate(embed_worker_batches_total{kind="gpu"})` (in tokens, the same with
+//! `embed_worker_tokens_total`), and the model's tokens/s is the rate of the tokens counter.
 
 use std::sync::Arc;
 
@@ -117,6 +124,15 @@ impl Metrics {
             gauge!("embed_queue_depth").set(gauges.queue_depth as f64);
             gauge!("embed_workers", "kind" => "tokenizer").set(gauges.tokenizer_workers as f64);
             gauge!("embed_workers", "kind" => "gpu").set(gauges.gpu_workers as f64);
+            for (kind, totals) in [
+                ("tokenizer", gauges.tokenizer_totals),
+                ("gpu", gauges.gpu_totals),
+            ] {
+                counter!("embed_worker_batches_total", "kind" => kind).absolute(totals.batches);
+                counter!("embed_worker_sequences_total", "kind" => kind).absolute(totals.sequences);
+                counter!("embed_worker_tokens_total", "kind" => kind).absolute(totals.tokens);
+            }
+            gauge!("embed_worker_device_memory_used_bytes").set(gauges.device_memory_used as f64);
         });
     }
 
@@ -144,6 +160,23 @@ pub struct Gauges {
     pub tokenizer_workers: usize,
     /// Loaded GPU workers.
     pub gpu_workers: usize,
+    /// Work done by the tokenizer workers (batches emitted).
+    pub tokenizer_totals: WorkerTotals,
+    /// Work done by the GPU workers (batches computed).
+    pub gpu_totals: WorkerTotals,
+    /// Device memory the GPU workers use, bytes.
+    pub device_memory_used: u64,
+}
+
+/// Counters summed over the workers of one kind.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct WorkerTotals {
+    /// Batches.
+    pub batches: u64,
+    /// Sequences in those batches.
+    pub sequences: u64,
+    /// Tokens in those batches.
+    pub tokens: u64,
 }
 
 fn describe() {
@@ -188,6 +221,22 @@ fn describe() {
     describe_gauge!(
         "embed_workers",
         "Loaded workers that answered discovery, by kind."
+    );
+    describe_counter!(
+        "embed_worker_batches_total",
+        "Batches emitted (tokenizer) or computed (gpu), summed over the workers found."
+    );
+    describe_counter!(
+        "embed_worker_sequences_total",
+        "Sequences in those batches; divided by the batch rate, the mean batch size."
+    );
+    describe_counter!(
+        "embed_worker_tokens_total",
+        "Tokens in those batches; its rate is the model's tokens/s."
+    );
+    describe_gauge!(
+        "embed_worker_device_memory_used_bytes",
+        "Device memory used by the GPU workers found."
     );
     describe_counter!(
         "embed_upstream_errors_total",

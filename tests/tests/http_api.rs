@@ -200,6 +200,22 @@ async fn golden_vectors_through_seed_and_openai_routes() {
         .await
         .unwrap();
     assert!(metrics.contains("embed_http_requests_total"), "{metrics}");
+    // Worker counters come from discovery (cached for status_cache_ms): wait for a fresh one.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let metrics = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let gpu_sequences: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("embed_worker_sequences_total{kind=\"gpu\"} "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no GPU sequence counter in {metrics}"));
+    assert!(gpu_sequences >= cases.len() as f64, "{gpu_sequences}");
 
     gateway.shutdown().await.unwrap();
     gpu.stop().await.unwrap();

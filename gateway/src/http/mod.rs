@@ -17,12 +17,12 @@ use axum::http::{Method, Uri, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use common::wire::WorkerKind;
+use common::wire::{WorkerKind, WorkerStatus};
 use tower_http::trace::{DefaultOnFailure, TraceLayer};
 use tracing::Level;
 
 use crate::config::GatewayConfig;
-use crate::metrics::{Gauges, Metrics};
+use crate::metrics::{Gauges, Metrics, WorkerTotals};
 use crate::service::EmbedService;
 use crate::upstream::discovery::Discovery;
 
@@ -95,6 +95,13 @@ async fn prometheus(State(state): State<AppState>) -> Response {
         queue_depth: snapshot.queue_depth(),
         tokenizer_workers: snapshot.loaded(WorkerKind::Tokenizer),
         gpu_workers: snapshot.loaded(WorkerKind::Gpu),
+        tokenizer_totals: totals(&snapshot.workers, WorkerKind::Tokenizer),
+        gpu_totals: totals(&snapshot.workers, WorkerKind::Gpu),
+        device_memory_used: snapshot
+            .workers
+            .iter()
+            .filter_map(|w| w.device_memory_used)
+            .sum(),
     });
     (
         [(
@@ -104,6 +111,18 @@ async fn prometheus(State(state): State<AppState>) -> Response {
         state.metrics.render(),
     )
         .into_response()
+}
+
+/// Sums the work counters of the workers of one kind.
+fn totals(workers: &[WorkerStatus], kind: WorkerKind) -> WorkerTotals {
+    workers
+        .iter()
+        .filter(|w| w.kind == kind)
+        .fold(WorkerTotals::default(), |t, w| WorkerTotals {
+            batches: t.batches + w.batches,
+            sequences: t.sequences + w.sequences,
+            tokens: t.tokens + w.tokens,
+        })
 }
 
 async fn not_found(method: Method, uri: Uri) -> ApiError {
