@@ -23,6 +23,9 @@ pub struct GpuWorkerConfig {
     pub gpu_memory_fraction: f64,
     /// Batches held at once: one computing plus the ones staged behind it.
     pub max_batches_in_hand: usize,
+    /// Queued batches taken in one pull and merged into one forward pass (within
+    /// `max_batch_tokens`): small batches of concurrent requests share the model's work.
+    pub merge_batches: usize,
     /// Largest batch in tokens this worker must accept (at least the tokenizer workers'
     /// `max_batch_tokens`); with CUDA, start-up fails when the memory share cannot hold it.
     pub max_batch_tokens: usize,
@@ -49,6 +52,7 @@ impl Default for GpuWorkerConfig {
             device: 0,
             gpu_memory_fraction: 0.9,
             max_batches_in_hand: 2,
+            merge_batches: 16,
             max_batch_tokens: 16384,
         }
     }

@@ -46,6 +46,8 @@ struct Shared {
     counters: Counters,
     ack_wait: Duration,
     max_payload: usize,
+    /// Token budget of one merged forward pass.
+    max_batch_tokens: usize,
 }
 
 /// Runs a GPU worker until `shutdown` resolves, then stops pulling, finishes (and acks) the
@@ -75,6 +77,7 @@ pub async fn run(
         counters: Counters::default(),
         ack_wait: Duration::from_secs_f64(queue.ack_wait_s.max(1.0)),
         max_payload: client.server_info().max_payload,
+        max_batch_tokens: config.max_batch_tokens,
     });
     let status = WorkerStatus {
         worker_id: format!("gpu-{}", wire::now_ms() ^ u64::from(std::process::id())),
@@ -100,6 +103,7 @@ pub async fn run(
     let _service = register_service(&client, &config, &info.backend).await;
 
     let capacity = Arc::new(Semaphore::new(config.max_batches_in_hand.max(1)));
+    let merge_limit = config.merge_batches.max(1);
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         shutdown.await;
@@ -110,19 +114,19 @@ pub async fn run(
             _ = stop_rx.changed() => break,
             permit = Arc::clone(&capacity).acquire_owned() => permit?,
         };
-        // A pull is never abandoned half-way (the server would hand its batch to nobody
+        // A pull is never abandoned half-way (the server would hand its batches to nobody
         // until `ack_wait` passed); it ends within PULL_EXPIRES, and what it brings is served.
-        match pull_one(&consumer).await {
-            Ok(Some(message)) => {
+        match pull(&consumer, merge_limit).await {
+            Ok(messages) if messages.is_empty() => {}
+            Ok(messages) => {
                 let shared = Arc::clone(&shared);
                 tokio::spawn(async move {
-                    process(&shared, message).await;
+                    process(&shared, messages).await;
                     drop(permit);
                 });
             }
-            Ok(None) => {}
             Err(e) => {
-                tracing::warn!(error = %e, "pulling a batch failed; retrying");
+                tracing::warn!(error = %e, "pulling batches failed; retrying");
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
         }
@@ -143,20 +147,22 @@ pub async fn run(
     Ok(())
 }
 
-/// Asks the queue for one batch, waiting up to [`PULL_EXPIRES`].
-async fn pull_one(consumer: &PullConsumer) -> anyhow::Result<Option<jetstream::Message>> {
+/// Asks the queue for up to `limit` batches: it waits up to [`PULL_EXPIRES`] for the first
+/// and takes whatever else is already queued, so a busy queue yields big merged batches
+/// and an idle one no delay.
+async fn pull(consumer: &PullConsumer, limit: usize) -> anyhow::Result<Vec<jetstream::Message>> {
     let pull = async {
         let mut batch = consumer
             .fetch()
-            .max_messages(1)
+            .max_messages(limit)
             .expires(PULL_EXPIRES)
             .messages()
             .await?;
-        match batch.next().await {
-            Some(Ok(message)) => Ok(Some(message)),
-            Some(Err(e)) => Err(anyhow::anyhow!(e)),
-            None => Ok(None),
+        let mut messages = Vec::new();
+        while let Some(message) = batch.next().await {
+            messages.push(message.map_err(|e| anyhow::anyhow!(e))?);
         }
+        Ok(messages)
     };
     // Bounded, so a lost server cannot hold the loop (and shutdown) forever.
     tokio::time::timeout(PULL_EXPIRES * 3, pull)
@@ -169,34 +175,77 @@ async fn pull_one(consumer: &PullConsumer) -> anyhow::Result<Option<jetstream::M
         })
 }
 
-/// Runs one batch: drops expired items, computes, publishes chunks, acks.
-async fn process(shared: &Shared, message: jetstream::Message) {
-    let batch: TokenBatch = match wire::decode(&message.payload)
-        .map_err(anyhow::Error::from)
-        .and_then(|b: TokenBatch| {
-            b.validate()?;
-            Ok(b)
-        }) {
-        Ok(batch) => batch,
-        Err(e) => {
-            tracing::error!(error = %e, "undecodable batch dropped");
-            ack(&message, AckKind::Term).await;
-            return;
-        }
-    };
-    shared.counters.in_flight.fetch_add(1, Ordering::Relaxed);
-    let live = drop_expired(shared, batch);
-    if !live.items.is_empty() {
-        let progress = keep_alive(&message, shared.ack_wait);
-        let result = run_batch(shared, &live).await;
-        progress.abort();
-        match result {
-            Ok(vectors) => publish_chunks(shared, &live.items, &vectors).await,
-            Err(e) => fail_batch(shared, &live.items, &e),
+/// Runs the pulled batches, merged into as few forward passes as the token budget allows:
+/// drops expired items, computes, publishes chunks, then acks each batch.
+async fn process(shared: &Shared, messages: Vec<jetstream::Message>) {
+    let mut decoded = Vec::with_capacity(messages.len());
+    for message in messages {
+        match wire::decode::<TokenBatch>(&message.payload)
+            .map_err(anyhow::Error::from)
+            .and_then(|b| {
+                b.validate()?;
+                Ok(b)
+            }) {
+            Ok(batch) => decoded.push((message, batch)),
+            Err(e) => {
+                tracing::error!(error = %e, "undecodable batch dropped");
+                ack(&message, AckKind::Term).await;
+            }
         }
     }
-    shared.counters.in_flight.fetch_sub(1, Ordering::Relaxed);
-    ack(&message, AckKind::Ack).await;
+    for group in merge_by_budget(decoded, shared.max_batch_tokens) {
+        let (messages, batches): (Vec<_>, Vec<_>) = group.into_iter().unzip();
+        shared.counters.in_flight.fetch_add(1, Ordering::Relaxed);
+        let live = drop_expired(shared, concat(batches));
+        if !live.items.is_empty() {
+            let progress = keep_alive(&messages, shared.ack_wait);
+            let result = run_batch(shared, &live).await;
+            progress.abort();
+            match result {
+                Ok(vectors) => publish_chunks(shared, &live.items, &vectors).await,
+                Err(e) => fail_batch(shared, &live.items, &e),
+            }
+        }
+        shared.counters.in_flight.fetch_sub(1, Ordering::Relaxed);
+        for message in &messages {
+            ack(message, AckKind::Ack).await;
+        }
+    }
+}
+
+/// Groups batches, in order, so each group's tokens stay within `budget` (a batch larger
+/// than the budget forms a group alone, and the device refuses it if it cannot fit).
+fn merge_by_budget<T>(batches: Vec<(T, TokenBatch)>, budget: usize) -> Vec<Vec<(T, TokenBatch)>> {
+    let mut groups: Vec<Vec<(T, TokenBatch)>> = Vec::new();
+    let mut tokens = 0;
+    for (tag, batch) in batches {
+        let n = batch.num_tokens();
+        match groups.last_mut() {
+            Some(group) if tokens + n <= budget => {
+                tokens += n;
+                group.push((tag, batch));
+            }
+            _ => {
+                tokens = n;
+                groups.push(vec![(tag, batch)]);
+            }
+        }
+    }
+    groups
+}
+
+/// One batch holding the sequences of `batches`, in order.
+fn concat(batches: Vec<TokenBatch>) -> TokenBatch {
+    let mut iter = batches.into_iter();
+    let mut merged = iter.next().unwrap_or(TokenBatch {
+        token_ids: Vec::new(),
+        items: Vec::new(),
+    });
+    for batch in iter {
+        merged.token_ids.extend(batch.token_ids);
+        merged.items.extend(batch.items);
+    }
+    merged
 }
 
 async fn run_batch(shared: &Shared, batch: &TokenBatch) -> Result<Vec<Vec<f32>>, ModelError> {
@@ -263,20 +312,24 @@ fn drop_expired(shared: &Shared, batch: TokenBatch) -> TokenBatch {
     live
 }
 
-/// Tells the queue the batch is still being worked on, every third of `ack_wait`.
-fn keep_alive(message: &jetstream::Message, ack_wait: Duration) -> tokio::task::JoinHandle<()> {
-    let (client, reply) = (message.context.clone(), message.reply.clone());
+/// Tells the queue the batches are still being worked on, every third of `ack_wait`.
+fn keep_alive(messages: &[jetstream::Message], ack_wait: Duration) -> tokio::task::JoinHandle<()> {
+    let targets: Vec<_> = messages
+        .iter()
+        .filter_map(|m| m.reply.clone().map(|reply| (m.context.clone(), reply)))
+        .collect();
     tokio::spawn(async move {
-        let Some(reply) = reply else { return };
         let mut tick = tokio::time::interval(ack_wait / 3);
         tick.tick().await;
         loop {
             tick.tick().await;
-            if let Err(e) = client
-                .publish(reply.clone(), AckKind::Progress.into())
-                .await
-            {
-                tracing::warn!(error = %e, "progress ack not sent");
+            for (client, reply) in &targets {
+                if let Err(e) = client
+                    .publish(reply.clone(), AckKind::Progress.into())
+                    .await
+                {
+                    tracing::warn!(error = %e, "progress ack not sent");
+                }
             }
         }
     })
@@ -433,4 +486,57 @@ async fn register_service(
         .await
         .inspect_err(|e| tracing::warn!(error = %e, "could not register the micro service"))
         .ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn batch(tokens: usize) -> TokenBatch {
+        TokenBatch {
+            token_ids: vec![1; tokens],
+            items: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn batches_merge_in_order_within_the_budget() {
+        let batches = vec![
+            (0, batch(3)),
+            (1, batch(4)),
+            (2, batch(5)),
+            (3, batch(20)),
+            (4, batch(1)),
+        ];
+        let groups: Vec<Vec<i32>> = merge_by_budget(batches, 10)
+            .into_iter()
+            .map(|g| g.into_iter().map(|(tag, _)| tag).collect())
+            .collect();
+        assert_eq!(groups, vec![vec![0, 1], vec![2], vec![3], vec![4]]);
+    }
+
+    #[test]
+    fn concatenation_keeps_sequences_in_order() {
+        let item = |request_id: &str, len| BatchItem {
+            request_id: request_id.into(),
+            reply_to: "r".into(),
+            index: 0,
+            total: 1,
+            len,
+            dims: 0,
+            deadline_ms: 0,
+        };
+        let a = TokenBatch {
+            token_ids: vec![1, 2],
+            items: vec![item("a", 2)],
+        };
+        let b = TokenBatch {
+            token_ids: vec![3],
+            items: vec![item("b", 1)],
+        };
+        let merged = concat(vec![a, b]);
+        assert_eq!(merged.token_ids, vec![1, 2, 3]);
+        assert_eq!(merged.items.len(), 2);
+        assert!(merged.validate().is_ok());
+    }
 }

@@ -4,9 +4,11 @@
 //! - [`config`]: `config.json`, both transformers layouts, validated once.
 //! - [`weights`]: memory-mapped safetensors, single file or sharded.
 //! - [`qwen3`]: the forward pass, written once for every backend.
+//! - [`rerank`]: Qwen3-Reranker scoring, the `yes`/`no` logits of each sequence's last token.
 
 pub mod config;
 pub mod qwen3;
+pub mod rerank;
 pub mod weights;
 
 use std::path::PathBuf;

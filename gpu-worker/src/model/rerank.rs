@@ -1,0 +1,244 @@
+//! Qwen3-Reranker scoring on top of the Qwen3 decoder, for every backend.
+//!
+//! A Qwen3-Reranker is a `Qwen3ForCausalLM` that reads a prompt ending in an empty assistant
+//! think block and answers `yes` or `no`. Its relevance score is the probability of `yes`
+//! against `no` at the last position:
+//!
+//! ```text
+//! h         = final_norm(residual stream of the last token after the last layer)
+//! logit_yes = h . lm_head[yes]        logit_no = h . lm_head[no]
+//! score     = softmax([logit_no, logit_yes])[1] = sigmoid(logit_yes - logit_no)
+//! ```
+//!
+//! Only the two LM-head rows are loaded (from `lm_head.weight`, or from `embed_tokens.weight`
+//! when the embeddings are tied), never the full vocabulary projection.
+//!
+//! The decoder is [`Qwen3`] unchanged: its forward pass reports the residual stream after the
+//! final layer (already reduced to each sequence's last row) through its trace hook; that
+//! `(sequences, hidden)` tensor is copied to the host, where the final RMSNorm and the two dot
+//! products run (a few thousand multiply-adds per sequence).
+
+use std::path::Path;
+
+use super::ModelError;
+use super::config::Qwen3Config;
+use super::qwen3::{Qwen3, TracePoint};
+use super::weights::Weights;
+use crate::cpu::dot;
+use crate::cpu::rms_norm::norm_row;
+use crate::ops::{BatchLayout, OpError, Ops};
+
+/// Id of the `yes` token in the Qwen3 vocabulary.
+pub const YES_TOKEN_ID: u32 = 9693;
+
+/// Id of the `no` token in the Qwen3 vocabulary.
+pub const NO_TOKEN_ID: u32 = 2152;
+
+/// The two answer tokens whose logits are compared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AnswerTokens {
+    /// Token meaning "relevant" (`yes`, [`YES_TOKEN_ID`] in Qwen3).
+    pub yes: u32,
+    /// Token meaning "not relevant" (`no`, [`NO_TOKEN_ID`] in Qwen3).
+    pub no: u32,
+}
+
+impl Default for AnswerTokens {
+    fn default() -> Self {
+        Self {
+            yes: YES_TOKEN_ID,
+            no: NO_TOKEN_ID,
+        }
+    }
+}
+
+/// The reranker's verdict on one sequence.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RerankScore {
+    /// Logit of `yes` at the last position.
+    pub logit_yes: f32,
+    /// Logit of `no` at the last position.
+    pub logit_no: f32,
+    /// Probability of `yes` against `no`: `sigmoid(logit_yes - logit_no)`, in `[0, 1]`.
+    pub score: f32,
+}
+
+impl RerankScore {
+    /// The score of two logits, `softmax([logit_no, logit_yes])[1]`, computed without
+    /// overflow for any difference.
+    pub fn from_logits(logit_yes: f32, logit_no: f32) -> Self {
+        let d = f64::from(logit_yes) - f64::from(logit_no);
+        let score = if d >= 0.0 {
+            1.0 / (1.0 + (-d).exp())
+        } else {
+            let e = d.exp();
+            e / (1.0 + e)
+        };
+        Self {
+            logit_yes,
+            logit_no,
+            score: score as f32,
+        }
+    }
+}
+
+/// A loaded Qwen3-Reranker on backend `B`: the decoder, plus the final norm and the two
+/// LM-head rows on the host.
+pub struct Reranker<B: Ops> {
+    /// The decoder, shared with the embedding path.
+    model: Qwen3<B>,
+    /// Final RMSNorm weight, `(hidden,)`: the norm is applied on the host because the
+    /// decoder's own head returns the normed state only after L2 normalization.
+    norm: Vec<f32>,
+    /// LM-head row of the `yes` token, `(hidden,)`.
+    yes_row: Vec<f32>,
+    /// LM-head row of the `no` token, `(hidden,)`.
+    no_row: Vec<f32>,
+    /// Which tokens the rows belong to.
+    tokens: AnswerTokens,
+}
+
+impl<B: Ops> Reranker<B> {
+    /// Loads a reranker directory in Hugging Face layout (`config.json` plus
+    /// `model.safetensors` or its sharded index; `Qwen3ForCausalLM` with or without the
+    /// `model.` prefix) onto `backend`, scoring with the Qwen3 `yes` / `no` tokens.
+    pub fn load(dir: &Path, backend: &B) -> Result<Self, ModelError> {
+        Self::load_with_tokens(dir, backend, AnswerTokens::default())
+    }
+
+    /// [`Self::load`] with other answer tokens (a vocabulary whose ids differ).
+    pub fn load_with_tokens(
+        dir: &Path,
+        backend: &B,
+        tokens: AnswerTokens,
+    ) -> Result<Self, ModelError> {
+        let config = Qwen3Config::from_file(&dir.join("config.json"))?;
+        let weights = Weights::open(dir)?;
+        Self::from_weights(backend, &weights, config, tokens)
+    }
+
+    /// Builds a reranker from opened weights. The LM-head rows come from `lm_head.weight` when
+    /// it is stored, else from `embed_tokens.weight` if the config ties the embeddings; an
+    /// untied checkpoint without `lm_head.weight` is refused.
+    pub fn from_weights(
+        backend: &B,
+        weights: &Weights,
+        config: Qwen3Config,
+        tokens: AnswerTokens,
+    ) -> Result<Self, ModelError> {
+        let (vocab, hidden) = (config.vocab_size, config.hidden_size);
+        for (name, id) in [("yes", tokens.yes), ("no", tokens.no)] {
+            if id as usize >= vocab {
+                return Err(ModelError::Config(format!(
+                    "the `{name}` token id {id} is outside the vocabulary of {vocab} tokens"
+                )));
+            }
+        }
+        let head_name = if weights.contains("lm_head.weight") {
+            "lm_head.weight"
+        } else if config.tie_word_embeddings {
+            "embed_tokens.weight"
+        } else {
+            return Err(ModelError::MissingTensor(
+                "lm_head.weight (tie_word_embeddings is false)".to_owned(),
+            ));
+        };
+        let head = weights.get(head_name, &[vocab, hidden])?;
+        let row = |id: u32| {
+            let mut out = vec![0.0; hidden];
+            head.row_f32(id as usize, &mut out);
+            out
+        };
+        let (yes_row, no_row) = (row(tokens.yes), row(tokens.no));
+        let norm = weights.get("norm.weight", &[hidden])?.to_f32();
+        let model = Qwen3::load(backend, weights, config)?;
+        Ok(Self {
+            model,
+            norm,
+            yes_row,
+            no_row,
+            tokens,
+        })
+    }
+
+    /// The decoder.
+    pub fn model(&self) -> &Qwen3<B> {
+        &self.model
+    }
+
+    /// The answer tokens whose logits are compared.
+    pub fn answer_tokens(&self) -> AnswerTokens {
+        self.tokens
+    }
+
+    /// Scores a packed batch of formatted prompts (see the tokenizer worker's `rerank`
+    /// module), one [`RerankScore`] per sequence, in order. A sequence's score does not
+    /// depend on the other sequences of the batch.
+    pub fn score(
+        &self,
+        backend: &B,
+        token_ids: &[u32],
+        layout: &BatchLayout,
+    ) -> Result<Vec<RerankScore>, ModelError> {
+        let c = self.model.config();
+        let (hidden, eps) = (c.hidden_size, c.rms_norm_eps);
+        let final_layer = c.num_hidden_layers.checked_sub(1).ok_or_else(|| {
+            ModelError::Config("a reranker needs at least one decoder layer".to_owned())
+        })?;
+        let seqs = layout.num_seqs();
+
+        // 1. Decoder; keep the residual stream after the final layer: (S, hidden), one row
+        //    per sequence (the final layer computes only the last rows). The pooled vectors
+        //    it also returns are not used.
+        let mut last: Option<Result<Vec<f32>, OpError>> = None;
+        self.model.forward(
+            backend,
+            token_ids,
+            layout,
+            &vec![hidden; seqs],
+            &mut |point, tensor| {
+                if point == TracePoint::AfterLayer(final_layer) {
+                    last = Some(backend.to_host(tensor));
+                }
+            },
+        )?;
+        let last = last
+            .ok_or_else(|| OpError::Device("the final layer reported no hidden state".into()))??;
+        if last.len() != seqs * hidden {
+            return Err(OpError::Shape {
+                op: "rerank",
+                detail: format!(
+                    "final hidden state has {} values, expected {seqs} sequences of {hidden}",
+                    last.len()
+                ),
+            }
+            .into());
+        }
+
+        // 2. Final RMSNorm, then the two LM-head rows: (S, hidden) -> (S, 2) -> scores.
+        let mut normed = vec![0.0; hidden];
+        Ok(last
+            .chunks_exact(hidden)
+            .map(|row| {
+                norm_row(row, &self.norm, eps, &mut normed);
+                RerankScore::from_logits(dot(&normed, &self.yes_row), dot(&normed, &self.no_row))
+            })
+            .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn score_is_the_yes_probability() {
+        let even = RerankScore::from_logits(0.5, 0.5);
+        assert_eq!(even.score, 0.5);
+        let s = RerankScore::from_logits(1.3906958, -0.47605696);
+        assert!((s.score - 0.866_082_1).abs() < 1e-6, "{s:?}");
+        assert_eq!(RerankScore::from_logits(1e30, -1e30).score, 1.0);
+        assert_eq!(RerankScore::from_logits(-1e30, 1e30).score, 0.0);
+        assert!(!RerankScore::from_logits(-200.0, 200.0).score.is_nan());
+    }
+}

@@ -1,0 +1,226 @@
+//! Qwen3-Reranker scoring on the CPU backend against transformers' float32 logits in the
+//! qwen3-tiny-reranker fixture.
+
+use std::path::PathBuf;
+
+use gpu_worker::cpu::CpuBackend;
+use gpu_worker::model::ModelError;
+use gpu_worker::model::rerank::{AnswerTokens, NO_TOKEN_ID, RerankScore, Reranker, YES_TOKEN_ID};
+use gpu_worker::ops::BatchLayout;
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use serde_json::Value;
+
+fn fixture_dir() -> PathBuf {
+    PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../shared/fixtures/qwen3-tiny-reranker"
+    ))
+}
+
+fn golden() -> Value {
+    let text = std::fs::read_to_string(fixture_dir().join("golden_rerank.json"))
+        .expect("golden_rerank.json");
+    serde_json::from_str(&text).expect("golden_rerank.json parses")
+}
+
+fn ids(value: &Value) -> Vec<u32> {
+    value
+        .as_array()
+        .expect("array")
+        .iter()
+        .map(|v| v.as_u64().expect("id") as u32)
+        .collect()
+}
+
+fn load() -> Reranker<CpuBackend> {
+    Reranker::load(&fixture_dir(), &CpuBackend).expect("fixture loads")
+}
+
+fn score_one(reranker: &Reranker<CpuBackend>, input_ids: &[u32]) -> RerankScore {
+    let layout = BatchLayout::from_lengths(&[input_ids.len()]).unwrap();
+    let mut out = reranker.score(&CpuBackend, input_ids, &layout).unwrap();
+    assert_eq!(out.len(), 1);
+    out.remove(0)
+}
+
+#[test]
+fn answer_tokens_match_the_fixture() {
+    let golden = golden();
+    assert_eq!(golden["token_ids"]["yes"], YES_TOKEN_ID);
+    assert_eq!(golden["token_ids"]["no"], NO_TOKEN_ID);
+    assert_eq!(
+        load().answer_tokens(),
+        AnswerTokens {
+            yes: YES_TOKEN_ID,
+            no: NO_TOKEN_ID
+        }
+    );
+}
+
+#[test]
+fn every_case_matches_transformers() {
+    let golden = golden();
+    let reranker = load();
+    let cases = golden["cases"].as_array().unwrap();
+    assert!(cases.len() >= 8);
+    let (mut max_logit, mut max_score) = (0.0f64, 0.0f64);
+    for case in cases {
+        let got = score_one(&reranker, &ids(&case["input_ids"]));
+        let want = |key: &str| case[key].as_f64().expect("number");
+        let d_yes = (f64::from(got.logit_yes) - want("logit_yes")).abs();
+        let d_no = (f64::from(got.logit_no) - want("logit_no")).abs();
+        let d_score = (f64::from(got.score) - want("score")).abs();
+        assert!(d_yes < 1e-4, "case {}: logit_yes diff {d_yes}", case["id"]);
+        assert!(d_no < 1e-4, "case {}: logit_no diff {d_no}", case["id"]);
+        assert!(d_score < 1e-5, "case {}: score diff {d_score}", case["id"]);
+        max_logit = max_logit.max(d_yes).max(d_no);
+        max_score = max_score.max(d_score);
+    }
+    println!("max |logit diff| {max_logit:e}, max |score diff| {max_score:e}");
+}
+
+#[test]
+fn batch_composition_does_not_change_scores() {
+    let golden = golden();
+    let reranker = load();
+    let cases: Vec<Vec<u32>> = golden["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| ids(&c["input_ids"]))
+        .collect();
+    let alone: Vec<RerankScore> = cases.iter().map(|c| score_one(&reranker, c)).collect();
+
+    // Everything in one batch, in fixture order.
+    let lengths: Vec<usize> = cases.iter().map(Vec::len).collect();
+    let layout = BatchLayout::from_lengths(&lengths).unwrap();
+    let packed: Vec<u32> = cases.concat();
+    let all = reranker.score(&CpuBackend, &packed, &layout).unwrap();
+    assert_eq!(all.len(), cases.len());
+
+    let mut batches = vec![((0..cases.len()).collect::<Vec<_>>(), all)];
+    let mut rng = StdRng::seed_from_u64(11);
+    for _round in 0..4 {
+        let mut order: Vec<usize> = (0..cases.len()).collect();
+        order.shuffle(&mut rng);
+        let mut rest = &order[..];
+        while !rest.is_empty() {
+            let take = rng.random_range(1..=rest.len().min(5));
+            let (group, tail) = rest.split_at(take);
+            rest = tail;
+            let lengths: Vec<usize> = group.iter().map(|&i| cases[i].len()).collect();
+            let packed: Vec<u32> = group.iter().flat_map(|&i| cases[i].clone()).collect();
+            let layout = BatchLayout::from_lengths(&lengths).unwrap();
+            let out = reranker.score(&CpuBackend, &packed, &layout).unwrap();
+            batches.push((group.to_vec(), out));
+        }
+    }
+    let mut max_diff = 0.0f32;
+    for (group, out) in &batches {
+        assert_eq!(group.len(), out.len());
+        for (&i, got) in group.iter().zip(out) {
+            let want = alone[i];
+            let diff = (got.logit_yes - want.logit_yes)
+                .abs()
+                .max((got.logit_no - want.logit_no).abs())
+                .max((got.score - want.score).abs());
+            assert!(diff <= 1e-6, "case {i} in batch {group:?}: diff {diff}");
+            max_diff = max_diff.max(diff);
+        }
+    }
+    println!("max diff across batch compositions {max_diff:e}");
+}
+
+#[test]
+fn bad_inputs_are_errors_not_panics() {
+    let reranker = load();
+    let vocab = reranker.model().config().vocab_size as u32;
+    let layout = BatchLayout::from_lengths(&[2]).unwrap();
+    assert!(matches!(
+        reranker.score(&CpuBackend, &[1, vocab], &layout),
+        Err(ModelError::Input(_))
+    ));
+    assert!(matches!(
+        reranker.score(&CpuBackend, &[1, 2, 3], &layout),
+        Err(ModelError::Input(_))
+    ));
+}
+
+#[test]
+fn answer_tokens_outside_the_vocabulary_are_refused() {
+    let tokens = AnswerTokens {
+        yes: YES_TOKEN_ID,
+        no: u32::MAX,
+    };
+    let err = Reranker::load_with_tokens(&fixture_dir(), &CpuBackend, tokens)
+        .err()
+        .expect("token outside the vocabulary");
+    assert!(err.to_string().contains("outside the vocabulary"), "{err}");
+}
+
+/// A stored `lm_head.weight` wins over the tied embeddings: with the `yes` and `no` rows of the
+/// embedding table swapped in it, the logits swap and the score becomes `1 - score`.
+#[test]
+fn stored_lm_head_is_preferred_over_tied_embeddings() {
+    use gpu_worker::model::config::Qwen3Config;
+    use gpu_worker::model::weights::Weights;
+
+    let dir = std::env::temp_dir().join(format!("rerank-lm-head-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let extra = dir.join("lm_head.safetensors");
+    let config = Qwen3Config::from_file(&fixture_dir().join("config.json")).unwrap();
+    let (vocab, hidden) = (config.vocab_size, config.hidden_size);
+    {
+        let fixture = Weights::open(&fixture_dir()).unwrap();
+        let embed = fixture
+            .get("embed_tokens.weight", &[vocab, hidden])
+            .unwrap();
+        let row_bytes = hidden * embed.dtype.size();
+        let mut data = embed.data.to_vec();
+        let (yes, no) = (YES_TOKEN_ID as usize, NO_TOKEN_ID as usize);
+        let yes_row = data[yes * row_bytes..(yes + 1) * row_bytes].to_vec();
+        data.copy_within(no * row_bytes..(no + 1) * row_bytes, yes * row_bytes);
+        data[no * row_bytes..(no + 1) * row_bytes].copy_from_slice(&yes_row);
+        let dtype = match embed.dtype {
+            gpu_worker::model::weights::Dtype::Bf16 => safetensors::Dtype::BF16,
+            gpu_worker::model::weights::Dtype::F16 => safetensors::Dtype::F16,
+            gpu_worker::model::weights::Dtype::F32 => safetensors::Dtype::F32,
+        };
+        let view = safetensors::tensor::TensorView::new(dtype, vec![vocab, hidden], &data).unwrap();
+        safetensors::serialize_to_file([("lm_head.weight", view)], None, &extra).unwrap();
+    }
+    let weights =
+        Weights::from_files(&[fixture_dir().join("model.safetensors"), extra.clone()]).unwrap();
+    let swapped = Reranker::from_weights(
+        &CpuBackend,
+        &weights,
+        config.clone(),
+        AnswerTokens::default(),
+    );
+    let tied = load();
+    let input_ids = ids(&golden()["cases"][0]["input_ids"]);
+    let (got, want) = (
+        score_one(&swapped.unwrap(), &input_ids),
+        score_one(&tied, &input_ids),
+    );
+    assert_eq!(got.logit_yes, want.logit_no);
+    assert_eq!(got.logit_no, want.logit_yes);
+    assert!(
+        (got.score - (1.0 - want.score)).abs() < 1e-6,
+        "{got:?} vs {want:?}"
+    );
+
+    // Untied embeddings and no stored head: refused, not silently tied.
+    let untied = Qwen3Config {
+        tie_word_embeddings: false,
+        ..config
+    };
+    let fixture = Weights::open(&fixture_dir()).unwrap();
+    let err = Reranker::from_weights(&CpuBackend, &fixture, untied, AnswerTokens::default())
+        .err()
+        .expect("no lm_head.weight");
+    assert!(matches!(err, ModelError::MissingTensor(_)), "{err}");
+    std::fs::remove_dir_all(&dir).ok();
+}
