@@ -4,6 +4,7 @@
 //!
 //! * [`tokenize`]: the Qwen3-Embedding query template, tokenization with exactly one final
 //!   `<|endoftext|>`, and truncation ([`tokenize::TextTokenizer`]).
+//! * [`rerank`]: the Qwen3-Reranker prompt, document-only truncation ([`rerank::RerankTemplate`]).
 //! * [`batcher`]: pure, I/O-free packing of the sequences of concurrent requests into
 //!   [`common::wire::TokenBatch`]es by token budget, with a maximum wait and deadline expiry
 //!   ([`batcher::Batcher`]).
@@ -12,5 +13,6 @@
 
 pub mod batcher;
 pub mod config;
+pub mod rerank;
 pub mod service;
 pub mod tokenize;
