@@ -67,24 +67,31 @@ pub struct EmbedChunk {
 
 impl EmbedChunk {
     /// Decodes `embeddings` into one vector per item. Fails when the byte length does not
-    /// match `count * dims`.
+    /// match `count * dims`, when the token counts are not one per item, or when a non-empty
+    /// chunk claims zero-length vectors.
     pub fn vectors(&self) -> Result<Vec<Vec<f32>>, WireError> {
         let dims = self.dims as usize;
-        let expected = self.count as usize * dims * 4;
-        if self.embeddings.len() != expected || self.tokens.len() != self.count as usize {
+        // u128: a hostile `count * dims * 4` must not overflow (it would panic or wrap).
+        let expected = u128::from(self.count) * u128::from(self.dims) * 4;
+        let consistent = self.embeddings.len() as u128 == expected
+            && self.tokens.len() == self.count as usize
+            && (dims > 0 || self.count == 0);
+        if !consistent {
             return Err(WireError::Inconsistent(format!(
-                "chunk of {} items x {dims} dims needs {expected} bytes and {} token counts, \
-                 got {} bytes and {} token counts",
+                "chunk of {} items x {dims} dims needs {expected} bytes and {} token counts \
+                 (and dims > 0), got {} bytes and {} token counts",
                 self.count,
                 self.count,
                 self.embeddings.len(),
                 self.tokens.len()
             )));
         }
+        if dims == 0 {
+            return Ok(Vec::new());
+        }
         Ok(self
             .embeddings
-            .chunks_exact(dims.max(1) * 4)
-            .take(self.count as usize)
+            .chunks_exact(dims * 4)
             .map(|row| {
                 row.chunks_exact(4)
                     .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
