@@ -6,7 +6,8 @@ use std::time::Duration;
 use serde::Deserialize;
 
 /// How to reach and authenticate to the NATS servers (`[nats]` in the configuration).
-#[derive(Debug, Clone, Deserialize)]
+/// Its `Debug` output redacts the password, token and NKey seed.
+#[derive(Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct NatsConfig {
     /// Server URLs, comma-separated (several URLs let clients fail over in a cluster).
@@ -33,6 +34,26 @@ pub struct NatsConfig {
     pub tls_required: bool,
     /// Seconds to wait for the first connection.
     pub connect_timeout_s: f64,
+}
+
+impl std::fmt::Debug for NatsConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let redacted = |secret: &Option<String>| secret.as_ref().map(|_| "<redacted>");
+        f.debug_struct("NatsConfig")
+            .field("url", &self.url)
+            .field("subject_prefix", &self.subject_prefix)
+            .field("user", &self.user)
+            .field("password", &redacted(&self.password))
+            .field("token", &redacted(&self.token))
+            .field("nkey", &redacted(&self.nkey))
+            .field("creds_file", &self.creds_file)
+            .field("tls_ca_file", &self.tls_ca_file)
+            .field("tls_cert_file", &self.tls_cert_file)
+            .field("tls_key_file", &self.tls_key_file)
+            .field("tls_required", &self.tls_required)
+            .field("connect_timeout_s", &self.connect_timeout_s)
+            .finish()
+    }
 }
 
 impl Default for NatsConfig {
@@ -153,5 +174,43 @@ impl NatsConfig {
                 url: self.url.clone(),
                 source,
             })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_output_redacts_secrets() {
+        let config = NatsConfig {
+            user: Some("embed".into()),
+            password: Some("hunter2".into()),
+            token: Some("tok-123".into()),
+            nkey: Some("SUAB".into()),
+            ..NatsConfig::default()
+        };
+        let shown = format!("{config:?}");
+        assert!(
+            shown.contains("embed") && shown.contains("<redacted>"),
+            "{shown}"
+        );
+        for secret in ["hunter2", "tok-123", "SUAB"] {
+            assert!(!shown.contains(secret), "{secret} leaked: {shown}");
+        }
+    }
+
+    #[tokio::test]
+    async fn contradictory_credentials_are_refused() {
+        let config = NatsConfig {
+            token: Some("t".into()),
+            user: Some("u".into()),
+            password: Some("p".into()),
+            ..NatsConfig::default()
+        };
+        assert!(matches!(
+            config.options("x").await,
+            Err(ConnectError::Settings(_))
+        ));
     }
 }

@@ -1,10 +1,13 @@
 //! The gateway's typed configuration (`[gateway]` in the configuration files).
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use common::nats::NatsConfig;
 use common::wire::InputType;
 use serde::Deserialize;
+
+use crate::api_keys::{ApiKeys, ApiKeysError};
 
 /// Model name served when none is configured.
 pub const DEFAULT_MODEL: &str = "Qwen/Qwen3-Embedding-0.6B";
@@ -50,6 +53,14 @@ pub struct GatewayConfig {
     /// How long a discovery result is reused, milliseconds, so `/health` under load does not
     /// flood NATS.
     pub status_cache_ms: u64,
+    /// File of API keys, one per line (blank lines and `#` comments skipped), read once at
+    /// start. When any key is configured (here or in `api_keys`), every route but `/health`
+    /// requires `Authorization: Bearer <key>`, `/metrics` and `/debug` included.
+    pub api_keys_file: Option<PathBuf>,
+    /// API keys given directly (the binary reads them from `QWEN3_EMBED_API_KEYS`), merged
+    /// with the file's; never read from configuration files, and redacted in `Debug`.
+    #[serde(skip)]
+    pub api_keys: ApiKeys,
     /// NATS connection and subject prefix (`[nats]`, set by the binary).
     #[serde(skip)]
     pub nats: NatsConfig,
@@ -72,6 +83,8 @@ impl Default for GatewayConfig {
             truncate: None,
             status_wait_ms: 200,
             status_cache_ms: 1000,
+            api_keys_file: None,
+            api_keys: ApiKeys::default(),
             nats: NatsConfig::default(),
         }
     }
@@ -91,6 +104,16 @@ impl GatewayConfig {
         } else {
             format!("/{trimmed}")
         }
+    }
+
+    /// Every configured API key: `api_keys` and those of `api_keys_file` (read now; an
+    /// error when it cannot be read or holds no key). Empty means authentication is off.
+    pub fn load_api_keys(&self) -> Result<ApiKeys, ApiKeysError> {
+        let mut keys = self.api_keys.clone();
+        if let Some(path) = &self.api_keys_file {
+            keys = keys.merged(ApiKeys::from_file(path)?);
+        }
+        Ok(keys)
     }
 
     /// Rejects settings the gateway cannot serve with.

@@ -3,10 +3,12 @@
 //! publishes the rest as one `EmbedRequest` on NATS, then assembles the workers' chunks.
 //!
 //! # Layout
-//! - [`config`]: [`GatewayConfig`], the `[gateway]` section.
+//! - [`config`]: [`GatewayConfig`], the `[gateway]` section; [`api_keys`]: the bearer
+//!   tokens clients authenticate with, kept as digests.
 //! - [`http`]: the router and one module per endpoint family: [`http::embeddings`]
 //!   (OpenAI `/v1/embeddings`, `/v1/models`), [`http::seed`] (the seed's
-//!   `{root_path}/embedding/api`), [`http::health`], [`http::debug`]; [`http::extract`]
+//!   `{root_path}/embedding/api`), [`http::health`], [`http::debug`]; [`http::auth`]
+//!   checks API keys on every route but health; [`http::extract`]
 //!   reads JSON bodies field by field and [`http::error`] maps every failure to a status
 //!   and an OpenAI-style body in one place.
 //! - [`service`]: one request from validation to vectors (limits, admission, cache,
@@ -21,6 +23,7 @@
 //! it in the background for tests.
 
 pub mod admission;
+pub mod api_keys;
 pub mod cache;
 pub mod config;
 pub mod http;
@@ -56,6 +59,15 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     config.validate()?;
+    let api_keys = config.load_api_keys()?;
+    if api_keys.is_empty() {
+        tracing::info!("no API key configured: every route is open to any client");
+    } else {
+        tracing::info!(
+            keys = api_keys.len(),
+            "API keys required on every route but /health"
+        );
+    }
     let client = config
         .nats
         .connect("gateway")
@@ -79,6 +91,7 @@ pub async fn run(
         service,
         discovery: discovery.clone(),
         metrics: metrics.clone(),
+        api_keys,
     });
 
     // Learn the workers (and the model's hidden size) before the first health check.
@@ -125,6 +138,8 @@ pub struct RunningGateway {
 /// background task.
 pub async fn spawn(config: GatewayConfig) -> anyhow::Result<RunningGateway> {
     config.validate()?;
+    // Unreadable or empty key files fail here rather than in the background task.
+    config.load_api_keys()?;
     let listener = TcpListener::bind((config.host.as_str(), config.port))
         .await
         .with_context(|| format!("binding {}:{}", config.host, config.port))?;

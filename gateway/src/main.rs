@@ -1,5 +1,5 @@
-//! The gateway binary: reads `[gateway]` and `[nats]`, applies flags, serves until Ctrl-C
-//! or SIGTERM.
+//! The gateway binary: reads `[gateway]` and `[nats]`, applies flags and API keys from the
+//! environment, serves until Ctrl-C or SIGTERM.
 
 use anyhow::Context;
 use clap::Parser;
@@ -7,11 +7,14 @@ use common::config::ConfigSource;
 use common::nats::NatsConfig;
 use common::telemetry::{self, LogFormat};
 use gateway::GatewayConfig;
+use gateway::api_keys::{API_KEYS_ENV, ApiKeys};
 
 /// HTTP gateway of the Qwen3 embedding service (OpenAI and seed APIs over NATS).
 ///
 /// Every setting can also come from the configuration files or from
-/// `QWEN3_EMBED__GATEWAY__{KEY}` / `QWEN3_EMBED__NATS__{KEY}`; flags win.
+/// `QWEN3_EMBED__GATEWAY__{KEY}` / `QWEN3_EMBED__NATS__{KEY}`; flags win. API keys also
+/// come from `QWEN3_EMBED_API_KEYS` (comma-separated), never from a flag, so they do not
+/// show in process listings.
 #[derive(Debug, Parser)]
 #[command(version)]
 struct Args {
@@ -29,6 +32,10 @@ struct Args {
     /// Served model name, as clients pass it in `model` (default Qwen/Qwen3-Embedding-0.6B).
     #[arg(long)]
     model: Option<String>,
+    /// File of API keys, one per line (`#` comments); when any key is configured, every
+    /// route but /health requires `Authorization: Bearer <key>` (`[gateway] api_keys_file`).
+    #[arg(long)]
+    api_keys_file: Option<std::path::PathBuf>,
     /// Log line format.
     #[arg(
         long,
@@ -56,6 +63,15 @@ async fn main() -> anyhow::Result<()> {
     }
     if let Some(model) = args.model {
         config.model = model;
+    }
+    if let Some(path) = args.api_keys_file {
+        config.api_keys_file = Some(path);
+    }
+    if let Some(list) = std::env::var_os(API_KEYS_ENV) {
+        let list = list
+            .into_string()
+            .map_err(|_| anyhow::anyhow!("{API_KEYS_ENV} is not valid UTF-8"))?;
+        config.api_keys = ApiKeys::from_list(&list, API_KEYS_ENV)?;
     }
     let listener = tokio::net::TcpListener::bind((config.host.as_str(), config.port))
         .await

@@ -46,6 +46,12 @@ pub enum ApiError {
         /// The name served.
         served: String,
     },
+    /// API keys are configured and the request carries none.
+    #[error("missing API key; send it as `Authorization: Bearer <key>`")]
+    MissingApiKey,
+    /// The request's bearer token is not a configured API key.
+    #[error("invalid API key")]
+    InvalidApiKey,
     /// No route matches the path.
     #[error("no route for {method} {path}")]
     RouteNotFound {
@@ -131,6 +137,9 @@ impl ApiError {
                 "model_not_found",
                 Some("model"),
             ),
+            Self::MissingApiKey | Self::InvalidApiKey => {
+                (StatusCode::UNAUTHORIZED, INVALID, "invalid_api_key", None)
+            }
             Self::RouteNotFound { .. } => (StatusCode::NOT_FOUND, INVALID, "not_found", None),
             Self::MethodNotAllowed(_) => (
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -228,6 +237,11 @@ impl IntoResponse for ApiError {
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
+        if status == StatusCode::UNAUTHORIZED {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
         response
     }
 }
@@ -253,6 +267,15 @@ mod tests {
             status(ErrorCode::Internal),
             StatusCode::INTERNAL_SERVER_ERROR
         );
+    }
+
+    #[test]
+    fn unauthorized_asks_for_a_bearer_token() {
+        for error in [ApiError::MissingApiKey, ApiError::InvalidApiKey] {
+            let response = error.into_response();
+            assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+            assert_eq!(response.headers()[header::WWW_AUTHENTICATE], "Bearer");
+        }
     }
 
     #[test]

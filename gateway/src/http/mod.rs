@@ -1,6 +1,7 @@
 //! The HTTP side: shared state, the router, request metrics, and one module per endpoint
 //! family.
 
+pub mod auth;
 pub mod debug;
 pub mod embeddings;
 pub mod error;
@@ -21,6 +22,7 @@ use common::wire::{WorkerKind, WorkerStatus};
 use tower_http::trace::{DefaultOnFailure, TraceLayer};
 use tracing::Level;
 
+use crate::api_keys::ApiKeys;
 use crate::config::GatewayConfig;
 use crate::metrics::{Gauges, Metrics, WorkerTotals};
 use crate::service::EmbedService;
@@ -40,13 +42,17 @@ pub struct Shared {
     pub metrics: Metrics,
     /// Unix time in seconds when the gateway started (`created` of the model).
     pub started_s: u64,
+    /// Every configured API key (`api_keys` and `api_keys_file`); empty when
+    /// authentication is off.
+    pub api_keys: ApiKeys,
 }
 
 /// Handler state: cheap to clone.
 pub type AppState = Arc<Shared>;
 
 /// All routes: OpenAI (`/v1/...`), seed (`{root_path}/embedding/api`), health, debug and
-/// metrics (at the root and under `root_path`).
+/// metrics (at the root and under `root_path`). With API keys configured, all but health
+/// require one (see [`auth`]); refusals are counted by `track` like any answer.
 pub fn router(state: AppState) -> Router {
     let prefix = state.config.route_prefix();
     let mut app = Router::new()
@@ -63,6 +69,10 @@ pub fn router(state: AppState) -> Router {
     }
     app.fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_api_key,
+        ))
         .layer(middleware::from_fn_with_state(state.clone(), track))
         .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
         // Failures are logged once, by `ApiError`; health probes answering 503 are not errors.

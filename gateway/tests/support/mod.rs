@@ -36,11 +36,22 @@ pub struct Harness {
     pub http: reqwest::Client,
     /// The deployment's subjects.
     pub subjects: Subjects,
+    /// API key the harness itself uses (waiting for the gateway) when keys are configured.
+    pub api_key: Option<String>,
 }
 
 impl Harness {
     /// Starts a server and a gateway whose configuration `tweak` adjusts.
     pub async fn start(tweak: impl FnOnce(&mut GatewayConfig)) -> Self {
+        Self::start_with_key(None, tweak).await
+    }
+
+    /// Like [`Self::start`], for a gateway that requires API keys: the harness presents
+    /// `api_key` while waiting for the gateway to serve.
+    pub async fn start_with_key(
+        api_key: Option<&str>,
+        tweak: impl FnOnce(&mut GatewayConfig),
+    ) -> Self {
         let nats = NatsServer::start();
         let mut config = GatewayConfig {
             host: "127.0.0.1".into(),
@@ -64,6 +75,7 @@ impl Harness {
             client,
             http,
             subjects,
+            api_key: api_key.map(str::to_string),
         };
         harness.wait_until_serving().await;
         harness
@@ -72,7 +84,11 @@ impl Harness {
     /// Waits until the gateway answers HTTP and is connected to NATS.
     async fn wait_until_serving(&self) {
         for _ in 0..200 {
-            if let Ok(response) = self.http.get(self.url("/debug")).send().await {
+            let mut request = self.http.get(self.url("/debug"));
+            if let Some(key) = &self.api_key {
+                request = request.bearer_auth(key);
+            }
+            if let Ok(response) = request.send().await {
                 let body: serde_json::Value = response.json().await.unwrap_or_default();
                 if body["discovery"]["error"].is_null() {
                     return;

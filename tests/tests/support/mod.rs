@@ -177,3 +177,45 @@ pub async fn wait_for_workers(client: &async_nats::Client) {
         );
     }
 }
+
+/// Starts a tokenizer worker on `model_dir` connecting with `nats` (credentials, TLS).
+pub fn start_tokenizer_with(nats: NatsConfig, model_dir: &Path) -> Stage {
+    let config = tokenizer_worker::config::TokenizerWorkerConfig {
+        model_dir: model_dir.to_path_buf(),
+        model_name: "qwen3-tiny".into(),
+        max_wait_ms: 1,
+        ..Default::default()
+    };
+    let (stop, shutdown) = shutdown_pair();
+    let task = tokio::spawn(tokenizer_worker::service::run(
+        config,
+        nats,
+        QueueConfig::default(),
+        shutdown,
+    ));
+    Stage {
+        stop: Some(stop),
+        task,
+    }
+}
+
+/// Starts a CPU GPU-worker on `model_dir` connecting with `nats` (credentials, TLS).
+pub fn start_gpu_with(nats: NatsConfig, model_dir: &Path) -> Stage {
+    let config = gpu_worker::config::GpuWorkerConfig {
+        model_dir: model_dir.to_path_buf(),
+        model_name: "qwen3-tiny".into(),
+        backend: gpu_worker::engine::BackendChoice::Cpu,
+        ..Default::default()
+    };
+    let (stop, shutdown) = shutdown_pair();
+    let task = tokio::spawn(gpu_worker::service::run(
+        config,
+        nats,
+        QueueConfig::default(),
+        shutdown,
+    ));
+    Stage {
+        stop: Some(stop),
+        task,
+    }
+}
