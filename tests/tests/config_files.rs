@@ -21,8 +21,16 @@ fn default_and_profiles_load_for_every_binary() {
         gateway.validate().unwrap();
         assert_eq!(gateway.port, 4008);
         assert_eq!(gateway.root_path, "/api/v1");
-        let _: tokenizer_worker::config::TokenizerWorkerConfig = source.load("tokenizer").unwrap();
-        let _: gpu_worker::config::GpuWorkerConfig = source.load("gpu").unwrap();
+        let tokenizer: tokenizer_worker::config::TokenizerWorkerConfig =
+            source.load("tokenizer").unwrap();
+        let gpu: gpu_worker::config::GpuWorkerConfig = source.load("gpu").unwrap();
+        // A GPU worker refuses batches over its own budget: it must hold the tokenizers'.
+        assert!(
+            gpu.max_batch_tokens >= tokenizer.max_batch_tokens,
+            "profile {profile:?}: gpu.max_batch_tokens {} < tokenizer.max_batch_tokens {}",
+            gpu.max_batch_tokens,
+            tokenizer.max_batch_tokens
+        );
         let nats: NatsConfig = source.load("nats").unwrap();
         assert_eq!(nats.subject_prefix, "embed");
         let _: QueueConfig = source.load("queue").unwrap();

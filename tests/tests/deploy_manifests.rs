@@ -1,0 +1,1140 @@
+//! The deployment files (deploy/containers, deploy/compose*.yaml, deploy/k8s, deploy/systemd,
+//! deploy/grafana, docs/operations.md) agree with the code: ports, probe routes, image
+//! names, environment variables, the production configuration, the JetStream stream and
+//! consumer names, and metric names. Everything is read as text or parsed statically; no
+//! container engine or cluster is needed.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use e2e_tests::repo_root;
+use serde::Deserialize;
+use serde_yaml_ng::Value;
+
+// ---------------------------------------------------------------------------------------
+// Reading the code and the shipped configuration.
+// ---------------------------------------------------------------------------------------
+
+fn read(path: impl AsRef<Path>) -> String {
+    let path = repo_root().join(path);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// Files under `dir` (recursively) whose name satisfies `keep`, sorted.
+fn files_under(dir: &Path, keep: &dyn Fn(&Path) -> bool) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if keep(&path) {
+                out.push(path);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+fn default_toml() -> toml::Table {
+    read("deploy/config/default.toml")
+        .parse()
+        .expect("deploy/config/default.toml parses")
+}
+
+/// The gateway port of deploy/config/default.toml.
+fn gateway_port() -> u64 {
+    let port = default_toml()["gateway"]["port"]
+        .as_integer()
+        .expect("[gateway] port is an integer");
+    u64::try_from(port).expect("a positive port")
+}
+
+/// Every source file of the binaries and the shared crate, concatenated, plus
+/// docs/configuration.md: where every environment variable the binaries read is named.
+fn sources_and_config_doc() -> String {
+    let mut text = read("docs/configuration.md");
+    for krate in ["common", "gateway", "tokenizer-worker", "gpu-worker"] {
+        for file in files_under(&repo_root().join(krate).join("src"), &|p| {
+            p.extension().is_some_and(|e| e == "rs")
+        }) {
+            text.push_str(&std::fs::read_to_string(file).unwrap());
+        }
+    }
+    text
+}
+
+/// The first string literal after `marker` in `text`.
+fn literal_after<'a>(text: &'a str, marker: &str) -> &'a str {
+    let rest = &text[text
+        .find(marker)
+        .unwrap_or_else(|| panic!("`{marker}` not found"))
+        + marker.len()..];
+    let start = rest.find('"').expect("a string literal") + 1;
+    let end = start + rest[start..].find('"').expect("a closed literal");
+    &rest[start..end]
+}
+
+/// The JetStream stream of the default subject prefix, as common/src/subjects.rs derives it.
+fn batch_stream_name() -> String {
+    let subjects = read("common/src/subjects.rs");
+    let prefix = literal_after(&subjects, "pub const DEFAULT_PREFIX: &str =");
+    let configured = default_toml()["nats"]["subject_prefix"]
+        .as_str()
+        .expect("[nats] subject_prefix")
+        .to_string();
+    assert_eq!(prefix, configured, "default.toml and the code disagree");
+    assert!(
+        subjects.contains(r#""{}_BATCHES","#) && subjects.contains(".to_uppercase()"),
+        "batch_stream() no longer derives PREFIX_BATCHES; update this test and the KEDA trigger"
+    );
+    format!("{}_BATCHES", prefix.to_uppercase())
+}
+
+/// The durable consumer of the GPU workers (common/src/queue.rs).
+fn gpu_consumer_name() -> String {
+    literal_after(
+        &read("common/src/queue.rs"),
+        "pub const GPU_CONSUMER: &str =",
+    )
+    .to_string()
+}
+
+/// The paths the gateway serves (gateway/src/http/mod.rs, `{prefix}` = the root_path).
+fn gateway_routes() -> BTreeSet<String> {
+    let router = read("gateway/src/http/mod.rs");
+    let root_path = default_toml()["gateway"]["root_path"]
+        .as_str()
+        .expect("[gateway] root_path")
+        .to_string();
+    let mut routes = BTreeSet::new();
+    for piece in router.split(".route(").skip(1) {
+        if let Some(rest) = piece.strip_prefix('"') {
+            routes.insert(rest[..rest.find('"').unwrap()].to_string());
+        } else if let Some(rest) = piece.strip_prefix("&format!(\"{prefix}") {
+            routes.insert(format!("{root_path}{}", &rest[..rest.find('"').unwrap()]));
+        }
+    }
+    assert!(routes.contains("/health"), "routes parsed: {routes:?}");
+    routes
+}
+
+/// Metric name -> label names, from the `counter!`/`gauge!`/`histogram!` calls of
+/// gateway/src/metrics.rs.
+fn gateway_metrics() -> BTreeMap<String, BTreeSet<String>> {
+    let source = read("gateway/src/metrics.rs");
+    let mut metrics: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for kind in ["counter!(", "gauge!(", "histogram!("] {
+        for piece in source.split(kind).skip(1) {
+            let Some(call) = piece.strip_prefix('"') else {
+                continue;
+            };
+            let end = [".increment(", ".absolute(", ".set(", ".record(", ";"]
+                .iter()
+                .filter_map(|m| call.find(m))
+                .min()
+                .unwrap_or(call.len());
+            let call = &call[..end];
+            let name = &call[..call.find('"').unwrap()];
+            let labels = metrics.entry(name.to_string()).or_default();
+            // `"label" => value`: every piece before a `" =>` ends with a label literal.
+            let pieces: Vec<&str> = call.split("\" =>").collect();
+            for piece in &pieces[..pieces.len() - 1] {
+                let start = piece.rfind('"').expect("a label literal");
+                labels.insert(piece[start + 1..].to_string());
+            }
+        }
+    }
+    assert!(
+        metrics.contains_key("embed_http_request_duration_seconds"),
+        "parsed {metrics:?}"
+    );
+    assert_eq!(
+        metrics["embed_http_requests_total"],
+        BTreeSet::from(["route".to_string(), "status".to_string()]),
+        "label parsing is off"
+    );
+    metrics
+}
+
+/// Panics unless `name` is an environment variable the binaries read (or the dynamic
+/// loader's, for the CUDA libraries). `QWEN3_EMBED__SECTION__KEY` must name a real key.
+fn check_env_name(name: &str, known: &str, defaults: &toml::Table, context: &str) {
+    if let Some(rest) = name.strip_prefix("QWEN3_EMBED__") {
+        let (section, key) = rest
+            .split_once("__")
+            .unwrap_or_else(|| panic!("{context}: {name} is not QWEN3_EMBED__SECTION__KEY"));
+        let (section, key) = (section.to_lowercase(), key.to_lowercase());
+        let in_defaults = defaults.get(&section).and_then(|s| s.get(&key)).is_some();
+        let documented = read("docs/configuration.md").contains(&format!("| `{key}`"));
+        assert!(
+            in_defaults || documented,
+            "{context}: {name} names [{section}] {key}, which no configuration has"
+        );
+        return;
+    }
+    if name == "LD_LIBRARY_PATH" {
+        return;
+    }
+    let word = |i: usize| {
+        let before = known[..i].chars().next_back();
+        let after = known[i + name.len()..].chars().next();
+        !before.is_some_and(|c| c.is_alphanumeric() || c == '_')
+            && !after.is_some_and(|c| c.is_alphanumeric() || c == '_')
+    };
+    assert!(
+        known.match_indices(name).any(|(i, _)| word(i)),
+        "{context}: environment variable {name} is read by no binary (not in */src or docs/configuration.md)"
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// Dockerfiles.
+// ---------------------------------------------------------------------------------------
+
+/// One build stage of a Dockerfile.
+#[derive(Debug, Default, Clone)]
+struct Stage {
+    name: String,
+    from: String,
+    /// Instructions (keyword upper-cased, continuation lines joined), own stage only.
+    instructions: Vec<(String, String)>,
+}
+
+impl Stage {
+    fn get(&self, keyword: &str) -> Vec<&str> {
+        self.instructions
+            .iter()
+            .filter(|(k, _)| k == keyword)
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+}
+
+fn parse_dockerfile(text: &str) -> Vec<Stage> {
+    let mut args = BTreeMap::new();
+    let mut stages: Vec<Stage> = Vec::new();
+    let mut logical = String::new();
+    for line in text.lines() {
+        let trimmed = line.trim();
+        if trimmed.starts_with('#') || (trimmed.is_empty() && logical.is_empty()) {
+            continue;
+        }
+        if let Some(head) = trimmed.strip_suffix('\\') {
+            logical.push_str(head);
+            logical.push(' ');
+            continue;
+        }
+        logical.push_str(trimmed);
+        let instruction = std::mem::take(&mut logical);
+        let (keyword, rest) = instruction
+            .split_once(char::is_whitespace)
+            .unwrap_or((&instruction, ""));
+        let (keyword, rest) = (keyword.to_uppercase(), rest.trim().to_string());
+        if keyword == "ARG" && stages.is_empty() {
+            if let Some((k, v)) = rest.split_once('=') {
+                args.insert(k.to_string(), v.to_string());
+            }
+        } else if keyword == "FROM" {
+            let mut from = rest.clone();
+            for (k, v) in &args {
+                from = from.replace(&format!("${{{k}}}"), v);
+            }
+            let mut words = from.split_whitespace();
+            let image = words.next().unwrap_or_default().to_string();
+            let name = match (words.next(), words.next()) {
+                (Some(a), Some(n)) if a.eq_ignore_ascii_case("as") => n.to_string(),
+                _ => String::new(),
+            };
+            stages.push(Stage {
+                name,
+                from: image,
+                instructions: Vec::new(),
+            });
+        } else {
+            stages
+                .last_mut()
+                .expect("an instruction before FROM")
+                .instructions
+                .push((keyword, rest));
+        }
+    }
+    stages
+}
+
+/// The JSON-array form of an ENTRYPOINT/CMD/HEALTHCHECK CMD.
+fn exec_form(value: &str) -> Vec<String> {
+    serde_json::from_str(value).unwrap_or_else(|e| panic!("not exec form: {value}: {e}"))
+}
+
+/// Where an image is built: Dockerfile (relative to the repository root) and stage.
+#[derive(Debug, Clone)]
+struct ImageSource {
+    dockerfile: String,
+    target: String,
+    /// The binary its ENTRYPOINT runs.
+    binary: String,
+}
+
+/// Image name -> its Dockerfile and stage, from the `io.qwen3-embed.image` labels.
+fn dockerfile_images() -> BTreeMap<String, ImageSource> {
+    let dir = repo_root().join("deploy/containers");
+    let dockerfiles = files_under(&dir, &|p| p.extension().is_some_and(|e| e == "Dockerfile"));
+    assert!(dockerfiles.len() >= 2, "a CPU and a CUDA Dockerfile");
+    let mut images = BTreeMap::new();
+    for path in dockerfiles {
+        let relative = path
+            .strip_prefix(repo_root())
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let stages = parse_dockerfile(&text);
+        let all: Vec<&(String, String)> = stages.iter().flat_map(|s| &s.instructions).collect();
+        let build = all
+            .iter()
+            .find(|(k, v)| k == "RUN" && v.contains("cargo build"))
+            .unwrap_or_else(|| panic!("{relative}: no cargo build"));
+        assert!(
+            build.1.contains("--release") && build.1.contains("--locked"),
+            "{relative}: cargo build --release --locked"
+        );
+        for stage in &stages {
+            let Some(label) = stage
+                .get("LABEL")
+                .iter()
+                .find_map(|l| l.split("io.qwen3-embed.image=\"").nth(1))
+                .map(|l| l[..l.find('"').unwrap()].to_string())
+            else {
+                continue;
+            };
+            assert!(!stage.name.is_empty(), "{relative}: labelled stage unnamed");
+            // USER: numeric, in this stage or the stage it is built FROM.
+            let mut chain = vec![stage];
+            while let Some(parent) = stages.iter().find(|s| s.name == chain.last().unwrap().from) {
+                chain.push(parent);
+            }
+            let user = chain
+                .iter()
+                .find_map(|s| s.get("USER").last().copied())
+                .unwrap_or_else(|| panic!("{relative} {}: no USER", stage.name));
+            assert!(
+                user.split(':')
+                    .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+                    && !user.starts_with('0'),
+                "{relative} {}: USER {user} is not a numeric non-root id",
+                stage.name
+            );
+            let entrypoint = stage
+                .get("ENTRYPOINT")
+                .last()
+                .map(|e| exec_form(e))
+                .unwrap_or_else(|| panic!("{relative} {}: no ENTRYPOINT", stage.name));
+            let binary = entrypoint[0]
+                .rsplit('/')
+                .next()
+                .unwrap_or_default()
+                .to_string();
+            assert!(
+                ["gateway", "tokenizer-worker", "gpu-worker"].contains(&binary.as_str()),
+                "{relative} {}: ENTRYPOINT runs {binary}",
+                stage.name
+            );
+            assert!(
+                all.iter().any(|(k, v)| k == "COPY"
+                    && v.contains(&format!("/{binary} "))
+                    && v.contains(&format!("/usr/local/bin/{binary}"))),
+                "{relative} {}: {binary} is not copied from the builder",
+                stage.name
+            );
+            if binary == "gateway" {
+                let port = gateway_port().to_string();
+                assert_eq!(stage.get("EXPOSE"), vec![port.as_str()], "{relative}");
+                let check = stage
+                    .get("HEALTHCHECK")
+                    .last()
+                    .copied()
+                    .unwrap_or_else(|| panic!("{relative}: gateway has no HEALTHCHECK"));
+                let url = format!("127.0.0.1:{port}/health");
+                assert!(check.contains(&url), "{relative}: HEALTHCHECK {check}");
+            }
+            if label.ends_with("-cuda") {
+                assert!(
+                    stage.from.starts_with("nvidia/cuda:13.") && stage.from.contains("-runtime-"),
+                    "{relative}: the CUDA image needs nvidia/cuda:13.x-runtime-* (NVRTC + cuBLAS); got {}",
+                    stage.from
+                );
+                assert_eq!(
+                    entrypoint[1..],
+                    ["--backend".to_string(), "cuda".to_string()]
+                );
+            }
+            let previous = images.insert(
+                label.clone(),
+                ImageSource {
+                    dockerfile: relative.clone(),
+                    target: stage.name.clone(),
+                    binary,
+                },
+            );
+            assert!(previous.is_none(), "image {label} declared twice");
+        }
+        let ignore = format!("{}.dockerignore", path.display());
+        let ignore = std::fs::read_to_string(&ignore).unwrap_or_else(|e| panic!("{ignore}: {e}"));
+        for excluded in ["target", ".venv*", ".git"] {
+            assert!(
+                ignore.lines().any(|l| l.trim() == excluded),
+                "{relative}.dockerignore misses {excluded}"
+            );
+        }
+    }
+    for name in [
+        "qwen3-embed/gateway",
+        "qwen3-embed/tokenizer-worker",
+        "qwen3-embed/gpu-worker-cpu",
+        "qwen3-embed/gpu-worker-cuda",
+    ] {
+        assert!(images.contains_key(name), "no Dockerfile builds {name}");
+    }
+    images
+}
+
+/// `repo/name:tag` or `repo/name:${VAR:-tag}` -> `repo/name`.
+fn image_repository(image: &str) -> &str {
+    let slash = image.rfind('/').map_or(0, |i| i + 1);
+    image[slash..]
+        .find(':')
+        .map_or(image, |colon| &image[..slash + colon])
+}
+
+#[test]
+fn dockerfiles_build_each_binary_as_a_numbered_non_root_user() {
+    let images = dockerfile_images();
+    assert_eq!(images["qwen3-embed/gateway"].binary, "gateway");
+    assert_eq!(images["qwen3-embed/gpu-worker-cuda"].binary, "gpu-worker");
+}
+
+#[test]
+fn dockerfile_parser_sees_a_missing_user() {
+    let stages = parse_dockerfile("ARG X=1\nFROM a:${X} AS b\nRUN x \\\n  y\nUSER 10\n");
+    assert_eq!(stages[0].from, "a:1");
+    assert_eq!(stages[0].get("RUN"), vec!["x  y"]);
+    assert_eq!(
+        image_repository("qwen3-embed/gateway:${IMAGE_TAG:-latest}"),
+        "qwen3-embed/gateway"
+    );
+    assert_eq!(
+        image_repository("localhost:5000/x/y:1"),
+        "localhost:5000/x/y"
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// Compose.
+// ---------------------------------------------------------------------------------------
+
+fn yaml_file(path: &Path) -> Vec<Value> {
+    let text = std::fs::read_to_string(path).unwrap();
+    serde_yaml_ng::Deserializer::from_str(&text)
+        .map(|doc| {
+            let mut value =
+                Value::deserialize(doc).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            value
+                .apply_merge()
+                .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            value
+        })
+        .filter(|v| !v.is_null())
+        .collect()
+}
+
+fn yaml_str(value: &Value) -> String {
+    match value {
+        Value::String(s) => s.clone(),
+        Value::Number(n) => n.to_string(),
+        Value::Bool(b) => b.to_string(),
+        other => panic!("not a scalar: {other:?}"),
+    }
+}
+
+fn strings(value: &Value) -> Vec<String> {
+    value
+        .as_sequence()
+        .map(|s| s.iter().map(yaml_str).collect())
+        .unwrap_or_default()
+}
+
+/// The value of `--device` in a worker's arguments.
+fn device_arg(args: &[String]) -> Option<u64> {
+    args.iter()
+        .position(|a| a == "--device")
+        .and_then(|i| args.get(i + 1))
+        .map(|d| d.parse().expect("--device takes an integer"))
+}
+
+/// A profile's effective value of `[section] key`: environment override, else the profile
+/// file, else default.toml.
+fn effective(env: &BTreeMap<String, String>, profile: &str, section: &str, key: &str) -> f64 {
+    let var = format!(
+        "QWEN3_EMBED__{}__{}",
+        section.to_uppercase(),
+        key.to_uppercase()
+    );
+    if let Some(value) = env.get(&var) {
+        return value.parse().unwrap();
+    }
+    let number = |table: &toml::Table| {
+        table
+            .get(section)
+            .and_then(|s| s.get(key))
+            .and_then(|v| v.as_float().or(v.as_integer().map(|i| i as f64)))
+    };
+    let profile: toml::Table = read(format!("deploy/config/{profile}.toml"))
+        .parse()
+        .unwrap();
+    number(&profile)
+        .or_else(|| number(&default_toml()))
+        .unwrap_or_else(|| panic!("[{section}] {key} is in no configuration file"))
+}
+
+#[test]
+fn compose_files_agree_with_the_code() {
+    let images = dockerfile_images();
+    let known = sources_and_config_doc();
+    let defaults = default_toml();
+    let port = gateway_port();
+    let files = files_under(&repo_root().join("deploy"), &|p| {
+        let name = p.file_name().unwrap().to_string_lossy();
+        p.parent() == Some(&repo_root().join("deploy"))
+            && name.starts_with("compose")
+            && name.ends_with(".yaml")
+    });
+    let names: Vec<String> = files
+        .iter()
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    for layout in [
+        "compose.yaml",
+        "compose.multi-gpu.yaml",
+        "compose.high-load.yaml",
+    ] {
+        assert!(names.iter().any(|n| n == layout), "missing deploy/{layout}");
+    }
+    for (path, file) in files.iter().zip(&names) {
+        let doc = yaml_file(path).remove(0);
+        let services = doc["services"].as_mapping().expect("services");
+        let nats = &doc["services"]["nats"];
+        let nats_image = yaml_str(&nats["image"]);
+        assert!(
+            nats_image.starts_with("nats:"),
+            "{file}: official nats image"
+        );
+        let nats_args = strings(&nats["command"]);
+        assert!(
+            nats_args.iter().any(|a| a == "-js" || a == "--jetstream"),
+            "{file}: NATS without JetStream"
+        );
+        let mut gpu_devices = Vec::new();
+        let mut tokenizer_batch = 0.0_f64;
+        let mut gpu_batches = Vec::new();
+        for (name, service) in services {
+            let name = yaml_str(name);
+            let context = format!("{file} service {name}");
+            if name == "nats" {
+                continue;
+            }
+            let image = yaml_str(&service["image"]);
+            let repository = image_repository(&image);
+            let source = images
+                .get(repository)
+                .unwrap_or_else(|| panic!("{context}: image {image} is built by no Dockerfile"));
+            if let Some(build) = service.get("build") {
+                assert_eq!(yaml_str(&build["context"]), "..", "{context}");
+                assert_eq!(
+                    yaml_str(&build["dockerfile"]),
+                    source.dockerfile,
+                    "{context}"
+                );
+                assert_eq!(yaml_str(&build["target"]), source.target, "{context}");
+            }
+            let env: BTreeMap<String, String> = service["environment"]
+                .as_mapping()
+                .unwrap_or_else(|| panic!("{context}: environment is a map"))
+                .iter()
+                .map(|(k, v)| (yaml_str(k), yaml_str(v)))
+                .collect();
+            for name in env.keys() {
+                check_env_name(name, &known, &defaults, &context);
+            }
+            assert_eq!(env["NATS_URL"], "nats://nats:4222", "{context}");
+            let profile = env["QWEN3_EMBED_PROFILE"].clone();
+            let volumes = service["volumes"].as_sequence().expect("volumes");
+            let target_of = |target: &str| {
+                volumes
+                    .iter()
+                    .find(|v| v["target"].as_str() == Some(target))
+                    .unwrap_or_else(|| panic!("{context}: nothing mounted at {target}"))
+            };
+            let config = target_of(&env["QWEN3_EMBED_CONFIG_DIR"]);
+            assert_eq!(yaml_str(&config["source"]), "./config", "{context}");
+            assert_eq!(config["read_only"].as_bool(), Some(true), "{context}");
+            assert!(
+                repo_root()
+                    .join("deploy/config")
+                    .join(format!("{profile}.toml"))
+                    .exists(),
+                "{context}: profile {profile}"
+            );
+            let args = strings(&service["command"]);
+            match source.binary.as_str() {
+                "gateway" => {
+                    let ports = strings(&service["ports"]);
+                    assert!(
+                        ports.iter().any(|p| p.ends_with(&format!(":{port}"))),
+                        "{context}: ports {ports:?} do not publish {port}"
+                    );
+                }
+                binary => {
+                    // Workers read the model from /models/model (the images' QWEN3_EMBED_MODEL_DIR).
+                    let model = target_of("/models/model");
+                    assert_eq!(model["read_only"].as_bool(), Some(true), "{context}");
+                    let replicas = service["deploy"]["replicas"].as_u64().unwrap_or(1);
+                    if binary == "tokenizer-worker" {
+                        tokenizer_batch =
+                            effective(&env, &profile, "tokenizer", "max_batch_tokens");
+                    } else if repository.ends_with("-cuda") {
+                        let devices = &service["deploy"]["resources"]["reservations"]["devices"];
+                        assert!(
+                            devices
+                                .as_sequence()
+                                .is_some_and(|d| d.iter().any(|d| d["driver"] == "nvidia")),
+                            "{context}: no nvidia GPU reservation"
+                        );
+                        let device =
+                            device_arg(&args).unwrap_or_else(|| panic!("{context}: --device"));
+                        let fraction = effective(&env, &profile, "gpu", "gpu_memory_fraction");
+                        for _ in 0..replicas {
+                            gpu_devices.push((device, fraction));
+                        }
+                        gpu_batches.push(effective(&env, &profile, "gpu", "max_batch_tokens"));
+                    } else {
+                        gpu_batches.push(effective(&env, &profile, "gpu", "max_batch_tokens"));
+                    }
+                }
+            }
+        }
+        assert!(tokenizer_batch > 0.0, "{file}: no tokenizer worker");
+        assert!(!gpu_batches.is_empty(), "{file}: no GPU worker");
+        for batch in &gpu_batches {
+            assert!(
+                *batch >= tokenizer_batch,
+                "{file}: GPU workers accept {batch}-token batches, tokenizers send {tokenizer_batch}"
+            );
+        }
+        // Memory shares of the workers on one card must fit it.
+        let mut per_card: BTreeMap<u64, f64> = BTreeMap::new();
+        for (device, fraction) in &gpu_devices {
+            *per_card.entry(*device).or_default() += fraction;
+        }
+        for (device, total) in &per_card {
+            assert!(
+                *total <= 1.0,
+                "{file}: GPU {device} is given {total} of its memory"
+            );
+        }
+        match file.as_str() {
+            "compose.yaml" => {
+                assert_eq!(gpu_devices, vec![(0, 0.45), (0, 0.45)], "{file}");
+            }
+            "compose.multi-gpu.yaml" => {
+                assert!(gpu_devices.len() >= 2, "{file}");
+                assert_eq!(
+                    per_card.len(),
+                    gpu_devices.len(),
+                    "{file}: one worker per GPU"
+                );
+            }
+            "compose.high-load.yaml" => {
+                assert!(
+                    per_card.len() >= 2 && gpu_devices.len() > per_card.len(),
+                    "{file}"
+                );
+            }
+            _ => {}
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Kubernetes.
+// ---------------------------------------------------------------------------------------
+
+/// Every document of deploy/k8s/*.yaml, with its file name.
+fn k8s_documents() -> Vec<(String, Value)> {
+    let dir = repo_root().join("deploy/k8s");
+    let mut docs = Vec::new();
+    for path in files_under(&dir, &|p| p.extension().is_some_and(|e| e == "yaml")) {
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        for doc in yaml_file(&path) {
+            docs.push((name.clone(), doc));
+        }
+    }
+    docs
+}
+
+fn find<'a>(docs: &'a [(String, Value)], kind: &str, name: &str) -> &'a Value {
+    docs.iter()
+        .map(|(_, d)| d)
+        .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("no {kind} {name} in deploy/k8s"))
+}
+
+#[test]
+fn k8s_manifests_agree_with_the_code() {
+    let images = dockerfile_images();
+    let known = sources_and_config_doc();
+    let defaults = default_toml();
+    let port = gateway_port();
+    let routes = gateway_routes();
+    let docs = k8s_documents();
+
+    // The ConfigMap is default.toml + production.toml, verbatim, and parses.
+    let config = find(&docs, "ConfigMap", "qwen3-embed-config");
+    for file in ["default.toml", "production.toml"] {
+        let shipped = read(format!("deploy/config/{file}"));
+        let data = yaml_str(&config["data"][file]);
+        assert_eq!(
+            data.trim(),
+            shipped.trim(),
+            "ConfigMap {file} drifted from deploy/config: run deploy/k8s/sync-configmap.sh"
+        );
+        let _: toml::Table = data.parse().unwrap();
+    }
+    let production: toml::Table = yaml_str(&config["data"]["production.toml"])
+        .parse()
+        .unwrap();
+    assert_eq!(production["queue"]["storage"].as_str(), Some("file"));
+    assert_eq!(
+        production["gpu"]["gpu_memory_fraction"].as_float(),
+        Some(0.45)
+    );
+    assert_eq!(
+        production["gateway"]["max_concurrent_queries"].as_integer(),
+        Some(200)
+    );
+
+    let mut deployments = BTreeMap::new();
+    for (file, doc) in docs.iter().filter(|(_, d)| d["kind"] == "Deployment") {
+        let name = yaml_str(&doc["metadata"]["name"]);
+        let context = format!("{file} Deployment {name}");
+        let pod = &doc["spec"]["template"]["spec"];
+        let labels = &doc["spec"]["template"]["metadata"]["labels"];
+        assert_eq!(&doc["spec"]["selector"]["matchLabels"], labels, "{context}");
+        assert_eq!(
+            pod["securityContext"]["runAsNonRoot"].as_bool(),
+            Some(true),
+            "{context}"
+        );
+        let containers = pod["containers"].as_sequence().expect("containers");
+        assert_eq!(containers.len(), 1, "{context}");
+        let container = &containers[0];
+        let image = yaml_str(&container["image"]);
+        let source = images
+            .get(image_repository(&image))
+            .unwrap_or_else(|| panic!("{context}: image {image} is built by no Dockerfile"));
+        assert_ne!(
+            source.target, "gpu-worker-cpu",
+            "{context}: the CPU worker in k8s"
+        );
+        let env: BTreeMap<String, String> = container["env"]
+            .as_sequence()
+            .expect("env")
+            .iter()
+            .map(|e| (yaml_str(&e["name"]), yaml_str(&e["value"])))
+            .collect();
+        for name in env.keys() {
+            check_env_name(name, &known, &defaults, &context);
+        }
+        assert_eq!(env["QWEN3_EMBED_PROFILE"], "production", "{context}");
+        assert!(env["NATS_URL"].starts_with("nats://nats."), "{context}");
+        let mounts = container["volumeMounts"]
+            .as_sequence()
+            .expect("volumeMounts");
+        let mount_of = |path: &str| {
+            mounts
+                .iter()
+                .find(|m| path.starts_with(m["mountPath"].as_str().unwrap()))
+                .unwrap_or_else(|| panic!("{context}: nothing mounted for {path}"))
+        };
+        let volume_of = |mount: &Value| {
+            pod["volumes"]
+                .as_sequence()
+                .unwrap()
+                .iter()
+                .find(|v| v["name"] == mount["name"])
+                .unwrap_or_else(|| panic!("{context}: no volume {:?}", mount["name"]))
+                .clone()
+        };
+        let config_mount = mount_of(&env["QWEN3_EMBED_CONFIG_DIR"]);
+        assert_eq!(config_mount["readOnly"].as_bool(), Some(true), "{context}");
+        assert_eq!(
+            volume_of(config_mount)["configMap"]["name"],
+            "qwen3-embed-config",
+            "{context}"
+        );
+        if source.binary != "gateway" {
+            let model = mount_of(&env["QWEN3_EMBED_MODEL_DIR"]);
+            assert_eq!(model["readOnly"].as_bool(), Some(true), "{context}");
+            assert!(
+                volume_of(model)["persistentVolumeClaim"].is_mapping(),
+                "{context}"
+            );
+        }
+        // Probes: HTTP ones only on the gateway, on a route it serves, on its port.
+        for probe in ["startupProbe", "readinessProbe", "livenessProbe"] {
+            let Some(get) = container.get(probe).and_then(|p| p.get("httpGet")) else {
+                continue;
+            };
+            assert_eq!(source.binary, "gateway", "{context}: workers serve no HTTP");
+            let path = yaml_str(&get["path"]);
+            assert!(
+                routes.contains(&path),
+                "{context}: {probe} {path} is not served"
+            );
+            assert!(path.ends_with("/health"), "{context}: {probe} {path}");
+            assert_eq!(get["port"].as_u64(), Some(port), "{context}: {probe} port");
+        }
+        if source.binary == "gateway" {
+            assert!(
+                container["readinessProbe"]["httpGet"].is_mapping(),
+                "{context}"
+            );
+            let ports = container["ports"].as_sequence().expect("ports");
+            assert_eq!(ports[0]["containerPort"].as_u64(), Some(port), "{context}");
+        }
+        if image.contains("gpu-worker-cuda") {
+            assert_eq!(
+                container["resources"]["limits"]["nvidia.com/gpu"].as_u64(),
+                Some(1),
+                "{context}"
+            );
+            let args = strings(&container["args"]);
+            assert_eq!(device_arg(&args), Some(0), "{context}: the pod's only GPU");
+            let tokenizer_batch = production["tokenizer"]["max_batch_tokens"]
+                .as_integer()
+                .unwrap();
+            let gpu_batch: i64 = env["QWEN3_EMBED__GPU__MAX_BATCH_TOKENS"].parse().unwrap();
+            assert!(gpu_batch >= tokenizer_batch, "{context}: max_batch_tokens");
+        }
+        deployments.insert(source.binary.clone(), (name, labels.clone()));
+    }
+    for binary in ["gateway", "tokenizer-worker", "gpu-worker"] {
+        assert!(
+            deployments.contains_key(binary),
+            "no Deployment runs {binary}"
+        );
+    }
+
+    // The gateway Service reaches the gateway pods on 4008.
+    let (gateway, gateway_labels) = &deployments["gateway"];
+    let service = find(&docs, "Service", gateway);
+    assert_eq!(&service["spec"]["selector"], gateway_labels);
+    let service_port = &service["spec"]["ports"][0];
+    assert_eq!(service_port["targetPort"].as_u64(), Some(port));
+
+    // KEDA scales the GPU workers on the code's stream and consumer.
+    let (gpu, _) = &deployments["gpu-worker"];
+    let scaled = docs
+        .iter()
+        .map(|(_, d)| d)
+        .find(|d| d["kind"] == "ScaledObject")
+        .expect("a KEDA ScaledObject");
+    assert_eq!(scaled["apiVersion"], "keda.sh/v1alpha1");
+    assert_eq!(
+        &scaled["spec"]["scaleTargetRef"]["name"],
+        &Value::from(gpu.as_str())
+    );
+    let trigger = &scaled["spec"]["triggers"][0];
+    assert_eq!(trigger["type"], "nats-jetstream");
+    let meta = &trigger["metadata"];
+    assert_eq!(yaml_str(&meta["stream"]), batch_stream_name());
+    assert_eq!(yaml_str(&meta["consumer"]), gpu_consumer_name());
+    assert_eq!(meta["account"], "$G");
+    assert!(yaml_str(&meta["natsServerMonitoringEndpoint"]).ends_with(":8222"));
+
+    // The HPA scales the tokenizer workers on CPU.
+    let (tokenizer, _) = &deployments["tokenizer-worker"];
+    let hpa = docs
+        .iter()
+        .map(|(_, d)| d)
+        .find(|d| d["kind"] == "HorizontalPodAutoscaler")
+        .expect("an HPA");
+    assert_eq!(
+        &hpa["spec"]["scaleTargetRef"]["name"],
+        &Value::from(tokenizer.as_str())
+    );
+    assert_eq!(hpa["spec"]["metrics"][0]["resource"]["name"], "cpu");
+
+    // NATS comes from the official chart with JetStream and monitoring on.
+    let values = yaml_file(&repo_root().join("deploy/k8s/nats-values.yaml")).remove(0);
+    assert_eq!(
+        values["config"]["jetstream"]["enabled"].as_bool(),
+        Some(true)
+    );
+    assert_eq!(values["config"]["monitor"]["port"].as_u64(), Some(8222));
+    assert!(read("deploy/k8s/README.md").contains("nats/nats"));
+
+    // Kustomize lists every manifest and only images the Dockerfiles build.
+    let kustomization = find_kustomization(&docs);
+    let resources = strings(&kustomization["resources"]);
+    for (file, doc) in &docs {
+        if doc.get("kind").is_some() && doc["kind"] != "Kustomization" {
+            assert!(resources.contains(file), "kustomization.yaml misses {file}");
+        }
+    }
+    for image in kustomization["images"].as_sequence().unwrap() {
+        let name = yaml_str(&image["name"]);
+        assert!(images.contains_key(&name), "kustomization image {name}");
+    }
+}
+
+fn find_kustomization(docs: &[(String, Value)]) -> &Value {
+    docs.iter()
+        .map(|(_, d)| d)
+        .find(|d| d["kind"] == "Kustomization")
+        .expect("deploy/k8s/kustomization.yaml")
+}
+
+// ---------------------------------------------------------------------------------------
+// systemd.
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn systemd_units_run_the_binaries_hardened_with_a_drain() {
+    let known = sources_and_config_doc();
+    let defaults = default_toml();
+    let dir = repo_root().join("deploy/systemd");
+    let mut env_files = BTreeSet::new();
+    let mut units = BTreeMap::new();
+    for path in files_under(&dir, &|p| p.extension().is_some_and(|e| e == "service")) {
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let mut keys: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for line in text.lines().map(str::trim) {
+            if line.starts_with('#') || line.starts_with('[') {
+                continue;
+            }
+            if let Some((k, v)) = line.split_once('=') {
+                keys.entry(k.to_string()).or_default().push(v.to_string());
+            }
+        }
+        let one = |k: &str| {
+            keys.get(k)
+                .and_then(|v| v.last())
+                .cloned()
+                .unwrap_or_else(|| panic!("{name}: no {k}="))
+        };
+        assert_eq!(one("Restart"), "on-failure", "{name}");
+        assert_eq!(one("KillSignal"), "SIGTERM", "{name}");
+        assert_eq!(one("NoNewPrivileges"), "yes", "{name}");
+        assert_eq!(one("ProtectSystem"), "strict", "{name}");
+        let user = one("User");
+        assert!(user != "root" && !user.is_empty(), "{name}: User={user}");
+        let stop: u64 = one("TimeoutStopSec").trim_end_matches('s').parse().unwrap();
+        assert!(
+            stop >= 30,
+            "{name}: TimeoutStopSec={stop} leaves no time to drain"
+        );
+        env_files.insert(one("EnvironmentFile"));
+        for assignment in keys.get("Environment").into_iter().flatten() {
+            let var = assignment.split('=').next().unwrap();
+            check_env_name(var, &known, &defaults, &name);
+        }
+        let exec = one("ExecStart");
+        let binary = exec
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .rsplit('/')
+            .next()
+            .unwrap();
+        units.insert(name, (binary.to_string(), exec));
+    }
+    let unit = |n: &str| {
+        units
+            .get(n)
+            .unwrap_or_else(|| panic!("no deploy/systemd/{n}"))
+    };
+    assert_eq!(unit("qwen3-embed-gateway.service").0, "gateway");
+    assert_eq!(
+        unit("qwen3-embed-tokenizer-worker@.service").0,
+        "tokenizer-worker"
+    );
+    let (binary, exec) = unit("qwen3-embed-gpu-worker@.service");
+    assert_eq!(binary, "gpu-worker");
+    assert!(
+        exec.contains("--device %i"),
+        "the instance is the device index"
+    );
+    // The shipped EnvironmentFile example names only variables the binaries read.
+    assert_eq!(env_files.len(), 1, "{env_files:?}");
+    let example = env_files
+        .first()
+        .unwrap()
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .to_string();
+    for line in read(format!("deploy/systemd/{example}")).lines() {
+        if line.trim().is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let var = line.split('=').next().unwrap();
+        check_env_name(var, &known, &defaults, &example);
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Grafana and the operations guide.
+// ---------------------------------------------------------------------------------------
+
+/// Every `expr` in a Grafana dashboard.
+fn exprs(value: &serde_json::Value, out: &mut Vec<String>) {
+    match value {
+        serde_json::Value::Object(map) => {
+            for (k, v) in map {
+                if k == "expr" || (k == "query" && v.as_str().is_some_and(|q| q.contains('('))) {
+                    out.push(v.as_str().unwrap().to_string());
+                } else {
+                    exprs(v, out);
+                }
+            }
+        }
+        serde_json::Value::Array(items) => items.iter().for_each(|v| exprs(v, out)),
+        _ => {}
+    }
+}
+
+/// The `embed_*` metric names in a PromQL expression, histogram suffixes removed.
+fn metric_names(expr: &str, metrics: &BTreeMap<String, BTreeSet<String>>) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut rest = expr;
+    while let Some(start) = rest.find("embed_") {
+        let tail = &rest[start..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(tail.len());
+        let name = &tail[..end];
+        let base = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|s| name.strip_suffix(s).filter(|b| metrics.contains_key(*b)))
+            .unwrap_or(name);
+        names.push(base.to_string());
+        rest = &tail[end..];
+    }
+    names
+}
+
+#[test]
+fn grafana_dashboard_uses_the_gateway_metrics() {
+    let metrics = gateway_metrics();
+    let dashboards = files_under(&repo_root().join("deploy/grafana"), &|p| {
+        p.extension().is_some_and(|e| e == "json")
+    });
+    assert!(!dashboards.is_empty(), "no dashboard in deploy/grafana");
+    let mut used = BTreeSet::new();
+    for path in dashboards {
+        let json: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let mut all = Vec::new();
+        exprs(&json, &mut all);
+        assert!(!all.is_empty(), "{}: no queries", path.display());
+        for expr in all {
+            let names = metric_names(&expr, &metrics);
+            assert!(!names.is_empty(), "{expr}: no embed_* metric");
+            let mut labels = BTreeSet::from(["le", "job", "instance"].map(String::from));
+            for name in &names {
+                let own = metrics
+                    .get(name)
+                    .unwrap_or_else(|| panic!("{expr}: {name} is not in gateway/src/metrics.rs"));
+                labels.extend(own.iter().cloned());
+            }
+            // Labels grouped by or matched on must exist on the metrics queried.
+            for piece in expr.split("by (").skip(1) {
+                for label in piece[..piece.find(')').unwrap()].split(',') {
+                    assert!(labels.contains(label.trim()), "{expr}: no label {label}");
+                }
+            }
+            for piece in expr.split('{').skip(1) {
+                for matcher in piece[..piece.find('}').unwrap()].split(',') {
+                    let label = matcher.split(['=', '!']).next().unwrap().trim();
+                    assert!(labels.contains(label), "{expr}: no label {label}");
+                }
+            }
+            used.extend(names);
+        }
+    }
+    for required in [
+        "embed_http_requests_total",
+        "embed_http_request_duration_seconds",
+        "embed_tokens_total",
+        "embed_queue_depth",
+        "embed_workers",
+        "embed_cache_hits_total",
+        "embed_cache_misses_total",
+        "embed_http_requests_in_flight",
+        "embed_http_requests_rejected_total",
+    ] {
+        assert!(
+            used.contains(required),
+            "the dashboard does not show {required}"
+        );
+    }
+}
+
+#[test]
+fn metric_name_extraction_rejects_unknown_names() {
+    let metrics = gateway_metrics();
+    let names = metric_names(
+        "rate(embed_http_request_duration_seconds_bucket[5m]) + embed_nope_total",
+        &metrics,
+    );
+    assert_eq!(
+        names,
+        ["embed_http_request_duration_seconds", "embed_nope_total"]
+    );
+    assert!(!metrics.contains_key("embed_nope_total"));
+}
+
+#[test]
+fn operations_guide_covers_layouts_metrics_and_images() {
+    let guide = read("docs/operations.md");
+    for needle in [
+        "compose.yaml",
+        "compose.multi-gpu.yaml",
+        "compose.high-load.yaml",
+        "gpu_memory_fraction",
+        "max_batch_tokens",
+        "request_timeout_s",
+        "deploy/containers/cpu.Dockerfile",
+        "deploy/containers/cuda.Dockerfile",
+        ".dockerignore",
+        "--device",
+    ] {
+        assert!(
+            guide.contains(needle),
+            "docs/operations.md does not mention {needle}"
+        );
+    }
+    for metric in gateway_metrics().keys() {
+        assert!(
+            guide.contains(metric.as_str()),
+            "docs/operations.md does not explain {metric}"
+        );
+    }
+}
