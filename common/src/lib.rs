@@ -9,6 +9,7 @@
 //! - [`queue`]: the JetStream work queue of token batches.
 //! - [`telemetry`]: logging set-up for the binaries.
 //! - [`shutdown`]: Ctrl-C / SIGTERM handling.
+//! - [`worker`]: error replies and micro-service registration shared by the workers.
 
 pub mod config;
 pub mod nats;
@@ -17,3 +18,4 @@ pub mod shutdown;
 pub mod subjects;
 pub mod telemetry;
 pub mod wire;
+pub mod worker;

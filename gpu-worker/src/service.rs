@@ -13,6 +13,7 @@ use common::queue::{QueueConfig, batch_stream, gpu_consumer};
 use common::wire::{
     self, BatchItem, EmbedChunk, ErrorCode, ErrorReply, TokenBatch, WorkerKind, WorkerStatus,
 };
+use common::worker::{register_service, send_error};
 use futures::StreamExt;
 use tokio::sync::Semaphore;
 
@@ -100,7 +101,15 @@ pub async fn run(
         Arc::clone(&shared),
         status,
     ));
-    let _service = register_service(&client, &config, &info.backend).await;
+    let _service = register_service(
+        &client,
+        "qwen3-embed-gpu",
+        format!(
+            "Qwen3 embedding model {} on {}",
+            config.model_name, info.backend
+        ),
+    )
+    .await;
 
     let capacity = Arc::new(Semaphore::new(config.max_batches_in_hand.max(1)));
     let merge_limit = config.merge_batches.max(1);
@@ -300,7 +309,7 @@ fn drop_expired(shared: &Shared, batch: TokenBatch) -> TokenBatch {
                     ErrorCode::DeadlineExceeded,
                     "the request's deadline passed before a GPU worker reached it",
                 );
-                send(&shared.client, &item.reply_to, &error);
+                send_error(&shared.client, &item.reply_to, &error);
             }
         } else {
             live.token_ids
@@ -424,22 +433,9 @@ fn fail_batch(shared: &Shared, items: &[BatchItem], error: &ModelError) {
     for item in items {
         if answered.insert(&item.request_id) {
             let reply = ErrorReply::new(Some(item.request_id.clone()), code, error.to_string());
-            send(&shared.client, &item.reply_to, &reply);
+            send_error(&shared.client, &item.reply_to, &reply);
         }
     }
-}
-
-fn send(client: &async_nats::Client, reply_to: &str, reply: &ErrorReply) {
-    let Ok(bytes) = wire::encode(reply) else {
-        tracing::error!("error reply does not encode; this is a bug");
-        return;
-    };
-    let (client, reply_to) = (client.clone(), reply_to.to_string());
-    tokio::spawn(async move {
-        if let Err(e) = client.publish(reply_to, bytes.into()).await {
-            tracing::warn!(error = %e, "error reply not sent");
-        }
-    });
 }
 
 async fn ack(message: &jetstream::Message, kind: AckKind) {
@@ -467,25 +463,6 @@ async fn answer_status(
             tracing::warn!(error = %e, "status answer not sent");
         }
     }
-}
-
-/// Registers the worker as a NATS micro service so operators can list workers.
-async fn register_service(
-    client: &async_nats::Client,
-    config: &GpuWorkerConfig,
-    backend: &str,
-) -> Option<async_nats::service::Service> {
-    use async_nats::service::ServiceExt;
-    client
-        .service_builder()
-        .description(format!(
-            "Qwen3 embedding model {} on {backend}",
-            config.model_name
-        ))
-        .start("qwen3-embed-gpu", env!("CARGO_PKG_VERSION"))
-        .await
-        .inspect_err(|e| tracing::warn!(error = %e, "could not register the micro service"))
-        .ok()
 }
 
 #[cfg(test)]

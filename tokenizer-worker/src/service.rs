@@ -20,6 +20,7 @@ use common::wire::{
     self, BatchItem, EmbedRequest, ErrorCode, ErrorReply, InputType, TokenBatch, WorkerKind,
     WorkerStatus,
 };
+use common::worker::{register_service, send_error};
 use futures::StreamExt;
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
@@ -102,7 +103,12 @@ pub async fn run(
         .queue_subscribe(subjects.requests(), TOKENIZER_QUEUE_GROUP.into())
         .await?;
     let mut status_requests = client.subscribe(subjects.status()).await?;
-    let _service = register_service(&client, &config).await;
+    let _service = register_service(
+        &client,
+        "qwen3-embed-tokenizer",
+        format!("Qwen3 embedding tokenizer for {}", config.model_name),
+    )
+    .await;
 
     let threads = if config.threads == 0 {
         std::thread::available_parallelism().map_or(2, |n| n.get())
@@ -201,26 +207,6 @@ pub async fn run(
     }
     tracing::info!("tokenizer worker stopped");
     Ok(())
-}
-
-/// Registers the worker as a NATS micro service so operators can list workers
-/// (`nats micro ls`). Discovery by the gateway uses the status subject instead, which every
-/// worker answers (service endpoints are load-balanced, so only one would).
-async fn register_service(
-    client: &async_nats::Client,
-    config: &TokenizerWorkerConfig,
-) -> Option<async_nats::service::Service> {
-    use async_nats::service::ServiceExt;
-    client
-        .service_builder()
-        .description(format!(
-            "Qwen3 embedding tokenizer for {}",
-            config.model_name
-        ))
-        .start("qwen3-embed-tokenizer", env!("CARGO_PKG_VERSION"))
-        .await
-        .inspect_err(|e| tracing::warn!(error = %e, "could not register the micro service"))
-        .ok()
 }
 
 /// What the service loop owns besides the batcher.
@@ -498,18 +484,4 @@ async fn publish_batch(
             }
         }
     }
-}
-
-fn send_error(client: &async_nats::Client, reply_to: &str, error: &ErrorReply) {
-    tracing::debug!(id = ?error.id, code = ?error.error.code, message = %error.error.message, "request refused");
-    let Ok(bytes) = wire::encode(error) else {
-        tracing::error!("error reply does not encode; this is a bug");
-        return;
-    };
-    let (client, reply_to) = (client.clone(), reply_to.to_string());
-    tokio::spawn(async move {
-        if let Err(e) = client.publish(reply_to, bytes.into()).await {
-            tracing::warn!(error = %e, "error reply not sent");
-        }
-    });
 }
