@@ -4,7 +4,7 @@
 //! `skipped: no CUDA device` and returns. The fixture is read from `QWEN3_TINY_DIR`, else
 //! from `../shared/fixtures/qwen3-tiny`.
 
-use std::path::PathBuf;
+mod fixture;
 
 use gpu_worker::cpu::CpuBackend;
 use gpu_worker::cuda::{CudaBackend, CudaOptions};
@@ -14,7 +14,6 @@ use gpu_worker::ops::{BatchLayout, OpError, Ops};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
-use serde_json::Value;
 
 /// The backend on device 0, or `None` (after saying so) without a device.
 fn gpu() -> Option<CudaBackend> {
@@ -28,61 +27,14 @@ fn gpu() -> Option<CudaBackend> {
     )
 }
 
-fn fixture_dir() -> PathBuf {
-    std::env::var_os("QWEN3_TINY_DIR").map_or_else(
-        || {
-            PathBuf::from(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/../../shared/fixtures/qwen3-tiny"
-            ))
-        },
-        PathBuf::from,
-    )
-}
-
-fn golden() -> Value {
-    let path = fixture_dir().join("golden.json");
-    let text = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("{}: {e} (set QWEN3_TINY_DIR)", path.display()));
-    serde_json::from_str(&text).expect("golden.json parses")
-}
-
-fn floats(value: &Value) -> Vec<f32> {
-    value
-        .as_array()
-        .expect("array")
-        .iter()
-        .flat_map(|v| match v {
-            Value::Array(_) => floats(v),
-            _ => vec![v.as_f64().expect("number") as f32],
-        })
-        .collect()
-}
-
-fn ids(value: &Value) -> Vec<u32> {
-    value
-        .as_array()
-        .expect("array")
-        .iter()
-        .map(|v| v.as_u64().expect("id") as u32)
-        .collect()
-}
-
 fn cosine(a: &[f32], b: &[f32]) -> f32 {
     let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
     let norm = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>().sqrt();
     dot / (norm(a) * norm(b))
 }
 
-fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
-}
-
 fn load(gpu: &CudaBackend) -> Qwen3<CudaBackend> {
-    gpu_worker::model::load(&fixture_dir(), gpu).expect("fixture loads on the GPU")
+    gpu_worker::model::load(&fixture::tiny_dir(), gpu).expect("fixture loads on the GPU")
 }
 
 fn embed_one(
@@ -107,16 +59,16 @@ const MAX_ABS_DIFF: f32 = 5e-3;
 #[test]
 fn every_case_matches_transformers() {
     let Some(gpu) = gpu() else { return };
-    let golden = golden();
+    let golden = fixture::golden();
     let model = load(&gpu);
     let hidden = model.config().hidden_size;
     let cases = golden["cases"].as_array().unwrap();
     assert!(cases.len() >= 17);
     let mut worst = (f32::INFINITY, String::new());
     for case in cases {
-        let got = embed_one(&gpu, &model, &ids(&case["input_ids"]), hidden);
-        let want = floats(&case["embedding"]);
-        let (cos, diff) = (cosine(&got, &want), max_abs_diff(&got, &want));
+        let got = embed_one(&gpu, &model, &fixture::ids(&case["input_ids"]), hidden);
+        let want = fixture::floats(&case["embedding"]);
+        let (cos, diff) = (cosine(&got, &want), fixture::max_abs_diff(&got, &want));
         eprintln!(
             "case {}: cosine {cos:.6}, max abs diff {diff:.3e}",
             case["id"]
@@ -135,8 +87,8 @@ fn every_case_matches_transformers() {
     for example in golden["mrl"].as_array().unwrap() {
         let case = cases.iter().find(|c| c["id"] == example["id"]).unwrap();
         let dim = example["dim"].as_u64().unwrap() as usize;
-        let got = embed_one(&gpu, &model, &ids(&case["input_ids"]), dim);
-        let cos = cosine(&got, &floats(&example["embedding"]));
+        let got = embed_one(&gpu, &model, &fixture::ids(&case["input_ids"]), dim);
+        let cos = cosine(&got, &fixture::floats(&example["embedding"]));
         eprintln!("mrl {} dim {dim}: cosine {cos:.6}", example["id"]);
         assert!(cos >= MIN_COSINE, "mrl {}: cosine {cos}", example["id"]);
     }
@@ -147,10 +99,10 @@ fn every_case_matches_transformers() {
 #[test]
 fn trace_follows_the_cpu_layer_by_layer() {
     let Some(gpu) = gpu() else { return };
-    let golden = golden();
-    let input_ids = ids(&golden["trace"]["input_ids"]);
+    let golden = fixture::golden();
+    let input_ids = fixture::ids(&golden["trace"]["input_ids"]);
     let layout = BatchLayout::from_lengths(&[input_ids.len()]).unwrap();
-    let cpu_model = gpu_worker::model::load(&fixture_dir(), &CpuBackend).unwrap();
+    let cpu_model = gpu_worker::model::load(&fixture::tiny_dir(), &CpuBackend).unwrap();
     let hidden = cpu_model.config().hidden_size;
     let mut want: Vec<(TracePoint, Vec<f32>)> = Vec::new();
     cpu_model
@@ -173,10 +125,10 @@ fn trace_follows_the_cpu_layer_by_layer() {
     for ((point, g), (want_point, w)) in got.iter().zip(&want) {
         assert_eq!(point, want_point);
         let scale = w.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-        let relative = max_abs_diff(g, w) / scale.max(1e-6);
+        let relative = fixture::max_abs_diff(g, w) / scale.max(1e-6);
         eprintln!(
             "{point:?}: max abs diff {:.3e} (relative to max {relative:.3e})",
-            max_abs_diff(g, w)
+            fixture::max_abs_diff(g, w)
         );
         assert!(relative < 5e-2, "{point:?} drifts: {relative}");
     }
@@ -185,14 +137,14 @@ fn trace_follows_the_cpu_layer_by_layer() {
 #[test]
 fn batch_composition_barely_changes_vectors() {
     let Some(gpu) = gpu() else { return };
-    let golden = golden();
+    let golden = fixture::golden();
     let model = load(&gpu);
     let hidden = model.config().hidden_size;
     let cases: Vec<Vec<u32>> = golden["cases"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|c| ids(&c["input_ids"]))
+        .map(|c| fixture::ids(&c["input_ids"]))
         .collect();
     let alone: Vec<Vec<f32>> = cases
         .iter()
@@ -216,7 +168,7 @@ fn batch_composition_barely_changes_vectors() {
                 .embed(&gpu, &packed, &layout, &vec![hidden; group.len()])
                 .unwrap();
             for (&i, got) in group.iter().zip(&out) {
-                let diff = max_abs_diff(got, &alone[i]);
+                let diff = fixture::max_abs_diff(got, &alone[i]);
                 worst = worst.max(diff);
                 assert!(
                     diff <= 5e-3 && cosine(got, &alone[i]) >= 0.9999,
@@ -264,7 +216,7 @@ fn memory_limits_are_errors_not_crashes() {
     );
     match tiny {
         Ok(tiny) => {
-            let err = gpu_worker::model::load(&fixture_dir(), &tiny)
+            let err = gpu_worker::model::load(&fixture::tiny_dir(), &tiny)
                 .err()
                 .expect("weights over the share are refused");
             eprintln!("{err}");

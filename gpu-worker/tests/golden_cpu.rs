@@ -1,6 +1,6 @@
 //! The CPU backend against transformers' float32 outputs in the qwen3-tiny fixture.
 
-use std::path::PathBuf;
+mod fixture;
 
 use gpu_worker::cpu::CpuBackend;
 use gpu_worker::model::qwen3::{Qwen3, TracePoint};
@@ -8,51 +8,9 @@ use gpu_worker::ops::{BatchLayout, Ops};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
-use serde_json::Value;
-
-fn fixture_dir() -> PathBuf {
-    PathBuf::from(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../shared/fixtures/qwen3-tiny"
-    ))
-}
-
-fn golden() -> Value {
-    let text = std::fs::read_to_string(fixture_dir().join("golden.json")).expect("golden.json");
-    serde_json::from_str(&text).expect("golden.json parses")
-}
-
-fn floats(value: &Value) -> Vec<f32> {
-    value
-        .as_array()
-        .expect("array")
-        .iter()
-        .flat_map(|v| match v {
-            Value::Array(_) => floats(v),
-            _ => vec![v.as_f64().expect("number") as f32],
-        })
-        .collect()
-}
-
-fn ids(value: &Value) -> Vec<u32> {
-    value
-        .as_array()
-        .expect("array")
-        .iter()
-        .map(|v| v.as_u64().expect("id") as u32)
-        .collect()
-}
-
-fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len(), "lengths differ");
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
-}
 
 fn load() -> Qwen3<CpuBackend> {
-    gpu_worker::model::load(&fixture_dir(), &CpuBackend).expect("fixture loads")
+    gpu_worker::model::load(&fixture::tiny_dir(), &CpuBackend).expect("fixture loads")
 }
 
 fn embed_one(model: &Qwen3<CpuBackend>, input_ids: &[u32], dims: usize) -> Vec<f32> {
@@ -65,41 +23,41 @@ fn embed_one(model: &Qwen3<CpuBackend>, input_ids: &[u32], dims: usize) -> Vec<f
 
 #[test]
 fn every_case_matches_transformers() {
-    let golden = golden();
+    let golden = fixture::golden();
     let model = load();
     let hidden = model.config().hidden_size;
     let cases = golden["cases"].as_array().unwrap();
     assert!(cases.len() >= 17);
     for case in cases {
-        let got = embed_one(&model, &ids(&case["input_ids"]), hidden);
-        let want = floats(&case["embedding"]);
-        let diff = max_abs_diff(&got, &want);
+        let got = embed_one(&model, &fixture::ids(&case["input_ids"]), hidden);
+        let want = fixture::floats(&case["embedding"]);
+        let diff = fixture::max_abs_diff(&got, &want);
         assert!(diff < 2e-5, "case {}: max abs diff {diff}", case["id"]);
     }
 }
 
 #[test]
 fn matryoshka_examples_match() {
-    let golden = golden();
+    let golden = fixture::golden();
     let model = load();
     let cases = golden["cases"].as_array().unwrap();
     for example in golden["mrl"].as_array().unwrap() {
         let case = cases.iter().find(|c| c["id"] == example["id"]).unwrap();
         let dim = example["dim"].as_u64().unwrap() as usize;
-        let got = embed_one(&model, &ids(&case["input_ids"]), dim);
-        let diff = max_abs_diff(&got, &floats(&example["embedding"]));
+        let got = embed_one(&model, &fixture::ids(&case["input_ids"]), dim);
+        let diff = fixture::max_abs_diff(&got, &fixture::floats(&example["embedding"]));
         assert!(diff < 2e-5, "mrl {}: max abs diff {diff}", example["id"]);
     }
 }
 
 #[test]
 fn layer_by_layer_trace_matches() {
-    let golden = golden();
+    let golden = fixture::golden();
     let trace = &golden["trace"];
     let layer0 = &trace["layer0"];
     let model = load();
     let c = model.config().clone();
-    let input_ids = ids(&trace["input_ids"]);
+    let input_ids = fixture::ids(&trace["input_ids"]);
     let t = input_ids.len();
     let (q_w, kv_w) = (
         c.num_attention_heads * c.head_dim,
@@ -116,53 +74,67 @@ fn layer_by_layer_trace_matches() {
                 .collect()
         };
         let expect = |name: &str, got: Vec<f32>, want: Vec<f32>| {
-            let diff = max_abs_diff(&got, &want);
+            let diff = fixture::max_abs_diff(&got, &want);
             assert!(diff < 1e-5, "{point:?} {name}: max abs diff {diff}");
         };
         match point {
-            TracePoint::Embeddings => {
-                expect("embed_tokens", got.to_vec(), floats(&trace["embed_tokens"]))
-            }
+            TracePoint::Embeddings => expect(
+                "embed_tokens",
+                got.to_vec(),
+                fixture::floats(&trace["embed_tokens"]),
+            ),
             TracePoint::InputNorm(0) => expect(
                 "input_layernorm",
                 got.to_vec(),
-                floats(&layer0["input_layernorm"]),
+                fixture::floats(&layer0["input_layernorm"]),
             ),
             TracePoint::QkvProj(0) => {
-                expect("q_proj", col_range(0, q_w), floats(&layer0["q_proj"]));
+                expect(
+                    "q_proj",
+                    col_range(0, q_w),
+                    fixture::floats(&layer0["q_proj"]),
+                );
                 expect(
                     "k_proj",
                     col_range(q_w, q_w + kv_w),
-                    floats(&layer0["k_proj"]),
+                    fixture::floats(&layer0["k_proj"]),
                 );
                 expect(
                     "v_proj",
                     col_range(q_w + kv_w, q_w + 2 * kv_w),
-                    floats(&layer0["v_proj"]),
+                    fixture::floats(&layer0["v_proj"]),
                 );
             }
             TracePoint::QkRope(0) => {
-                expect("q_rope", col_range(0, q_w), floats(&layer0["q_rope"]));
+                expect(
+                    "q_rope",
+                    col_range(0, q_w),
+                    fixture::floats(&layer0["q_rope"]),
+                );
                 expect(
                     "k_rope",
                     col_range(q_w, q_w + kv_w),
-                    floats(&layer0["k_rope"]),
+                    fixture::floats(&layer0["k_rope"]),
                 );
             }
             TracePoint::Attention(0) => expect(
                 "attn",
                 got.to_vec(),
-                floats(&layer0["attn_out_before_o_proj"]),
+                fixture::floats(&layer0["attn_out_before_o_proj"]),
             ),
-            TracePoint::OProj(0) => expect("o_proj", got.to_vec(), floats(&layer0["o_proj"])),
+            TracePoint::OProj(0) => {
+                expect("o_proj", got.to_vec(), fixture::floats(&layer0["o_proj"]))
+            }
             TracePoint::PostAttentionNorm(0) => expect(
                 "post_attention_layernorm",
                 got.to_vec(),
-                floats(&layer0["post_attention_layernorm"]),
+                fixture::floats(&layer0["post_attention_layernorm"]),
             ),
-            TracePoint::Mlp(0) => expect("mlp_out", got.to_vec(), floats(&layer0["mlp_out"])),
+            TracePoint::Mlp(0) => {
+                expect("mlp_out", got.to_vec(), fixture::floats(&layer0["mlp_out"]))
+            }
             TracePoint::AfterLayer(layer) => {
-                let all = floats(&trace["after_layer"][layer]);
+                let all = fixture::floats(&trace["after_layer"][layer]);
                 // The final layer keeps only the pooled (last) row.
                 let want = all[all.len() - rows * cols..].to_vec();
                 expect("after_layer", got.to_vec(), want);
@@ -184,32 +156,32 @@ fn layer_by_layer_trace_matches() {
         )
         .unwrap();
     assert_eq!(seen.len(), 10, "trace points checked: {seen:?}");
-    let diff = max_abs_diff(&embedding[0], &floats(&trace["embedding"]));
+    let diff = fixture::max_abs_diff(&embedding[0], &fixture::floats(&trace["embedding"]));
     assert!(diff < 2e-5, "trace embedding: max abs diff {diff}");
 
     // q_norm alone (the fused op hides it): the CPU head norm on the golden q_proj.
-    let q_proj = floats(&layer0["q_proj"]);
-    let q_norm_w = gpu_worker::model::weights::Weights::open(&fixture_dir())
+    let q_proj = fixture::floats(&layer0["q_proj"]);
+    let q_norm_w = gpu_worker::model::weights::Weights::open(&fixture::tiny_dir())
         .unwrap()
         .get("layers.0.self_attn.q_norm.weight", &[c.head_dim])
         .unwrap()
         .to_f32();
     let mut normed = vec![0.0; q_proj.len()];
     gpu_worker::cpu::rms_norm::rms_norm(&q_proj, &q_norm_w, c.rms_norm_eps, &mut normed);
-    let diff = max_abs_diff(&normed, &floats(&layer0["q_norm"]));
+    let diff = fixture::max_abs_diff(&normed, &fixture::floats(&layer0["q_norm"]));
     assert!(diff < 1e-5, "q_norm: max abs diff {diff}");
 }
 
 #[test]
 fn batch_composition_does_not_change_vectors() {
-    let golden = golden();
+    let golden = fixture::golden();
     let model = load();
     let hidden = model.config().hidden_size;
     let cases: Vec<Vec<u32>> = golden["cases"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|c| ids(&c["input_ids"]))
+        .map(|c| fixture::ids(&c["input_ids"]))
         .collect();
     let alone: Vec<Vec<f32>> = cases
         .iter()
@@ -232,7 +204,7 @@ fn batch_composition_does_not_change_vectors() {
                 .embed(&CpuBackend, &packed, &layout, &vec![hidden; group.len()])
                 .unwrap();
             for (&i, got) in group.iter().zip(&out) {
-                let diff = max_abs_diff(got, &alone[i]);
+                let diff = fixture::max_abs_diff(got, &alone[i]);
                 assert!(diff <= 1e-6, "case {i} in batch {group:?}: diff {diff}");
             }
         }

@@ -1,6 +1,8 @@
 //! Checkpoint loading: the layouts that must load (sharded, `model.` prefix, `lm_head`,
 //! f16/f32 storage, transformers 4.x config) and the ones that must fail with a clear error.
 
+mod fixture;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -10,13 +12,6 @@ use gpu_worker::model::{self, ModelError};
 use gpu_worker::ops::BatchLayout;
 use half::{bf16, f16};
 use safetensors::tensor::TensorView;
-
-fn fixture_dir() -> PathBuf {
-    PathBuf::from(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../shared/fixtures/qwen3-tiny"
-    ))
-}
 
 /// A scratch model directory, removed on drop.
 struct ScratchDir(PathBuf);
@@ -41,12 +36,12 @@ type Tensor = (safetensors::Dtype, Vec<usize>, Vec<u8>);
 
 /// The fixture's tensors as (name -> tensor), in their stored bf16.
 fn fixture_tensors() -> HashMap<String, Tensor> {
-    let weights = Weights::open(&fixture_dir()).unwrap();
+    let weights = Weights::open(&fixture::tiny_dir()).unwrap();
     let names: Vec<String> = weights.names().into_iter().map(String::from).collect();
     names
         .into_iter()
         .map(|name| {
-            let bytes = std::fs::read(fixture_dir().join("model.safetensors")).unwrap();
+            let bytes = std::fs::read(fixture::tiny_dir().join("model.safetensors")).unwrap();
             let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
             let view = file.tensor(&name).unwrap();
             (
@@ -89,15 +84,16 @@ fn write_safetensors(path: &Path, tensors: &HashMap<String, Tensor>) {
 
 fn copy_side_files(dir: &Path) {
     for file in ["config.json", "tokenizer.json"] {
-        std::fs::copy(fixture_dir().join(file), dir.join(file)).unwrap();
+        std::fs::copy(fixture::tiny_dir().join(file), dir.join(file)).unwrap();
     }
 }
 
 /// Embeds the `en_short` golden case and returns the max abs diff to the golden vector.
 fn diff_to_golden(dir: &Path) -> f32 {
-    let golden: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(fixture_dir().join("golden.json")).unwrap())
-            .unwrap();
+    let golden: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fixture::tiny_dir().join("golden.json")).unwrap(),
+    )
+    .unwrap();
     let case = &golden["cases"][0];
     let ids: Vec<u32> = case["input_ids"]
         .as_array()
@@ -260,7 +256,7 @@ fn broken_checkpoints_fail_with_errors_that_name_the_problem() {
 fn truncated_file_and_foreign_config_fail_cleanly() {
     let scratch = ScratchDir::new("truncated");
     copy_side_files(&scratch.0);
-    let bytes = std::fs::read(fixture_dir().join("model.safetensors")).unwrap();
+    let bytes = std::fs::read(fixture::tiny_dir().join("model.safetensors")).unwrap();
     std::fs::write(
         scratch.0.join("model.safetensors"),
         &bytes[..bytes.len() - 1000],
@@ -275,7 +271,7 @@ fn truncated_file_and_foreign_config_fail_cleanly() {
     let foreign = ScratchDir::new("foreign");
     copy_side_files(&foreign.0);
     std::fs::copy(
-        fixture_dir().join("model.safetensors"),
+        fixture::tiny_dir().join("model.safetensors"),
         foreign.0.join("model.safetensors"),
     )
     .unwrap();

@@ -1,7 +1,7 @@
 //! Qwen3-Reranker scoring on the CPU backend against transformers' float32 logits in the
 //! qwen3-tiny-reranker fixture.
 
-use std::path::PathBuf;
+mod fixture;
 
 use gpu_worker::cpu::CpuBackend;
 use gpu_worker::model::ModelError;
@@ -12,30 +12,12 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use serde_json::Value;
 
-fn fixture_dir() -> PathBuf {
-    PathBuf::from(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../shared/fixtures/qwen3-tiny-reranker"
-    ))
-}
-
 fn golden() -> Value {
-    let text = std::fs::read_to_string(fixture_dir().join("golden_rerank.json"))
-        .expect("golden_rerank.json");
-    serde_json::from_str(&text).expect("golden_rerank.json parses")
-}
-
-fn ids(value: &Value) -> Vec<u32> {
-    value
-        .as_array()
-        .expect("array")
-        .iter()
-        .map(|v| v.as_u64().expect("id") as u32)
-        .collect()
+    fixture::read_json(&fixture::reranker_dir().join("golden_rerank.json"))
 }
 
 fn load() -> Reranker<CpuBackend> {
-    Reranker::load(&fixture_dir(), &CpuBackend).expect("fixture loads")
+    Reranker::load(&fixture::reranker_dir(), &CpuBackend).expect("fixture loads")
 }
 
 fn score_one(reranker: &Reranker<CpuBackend>, input_ids: &[u32]) -> RerankScore {
@@ -67,7 +49,7 @@ fn every_case_matches_transformers() {
     assert!(cases.len() >= 8);
     let (mut max_logit, mut max_score) = (0.0f64, 0.0f64);
     for case in cases {
-        let got = score_one(&reranker, &ids(&case["input_ids"]));
+        let got = score_one(&reranker, &fixture::ids(&case["input_ids"]));
         let want = |key: &str| case[key].as_f64().expect("number");
         let d_yes = (f64::from(got.logit_yes) - want("logit_yes")).abs();
         let d_no = (f64::from(got.logit_no) - want("logit_no")).abs();
@@ -89,7 +71,7 @@ fn batch_composition_does_not_change_scores() {
         .as_array()
         .unwrap()
         .iter()
-        .map(|c| ids(&c["input_ids"]))
+        .map(|c| fixture::ids(&c["input_ids"]))
         .collect();
     let alone: Vec<RerankScore> = cases.iter().map(|c| score_one(&reranker, c)).collect();
 
@@ -154,7 +136,7 @@ fn answer_tokens_outside_the_vocabulary_are_refused() {
         yes: YES_TOKEN_ID,
         no: u32::MAX,
     };
-    let err = Reranker::load_with_tokens(&fixture_dir(), &CpuBackend, tokens)
+    let err = Reranker::load_with_tokens(&fixture::reranker_dir(), &CpuBackend, tokens)
         .err()
         .expect("token outside the vocabulary");
     assert!(err.to_string().contains("outside the vocabulary"), "{err}");
@@ -170,10 +152,10 @@ fn stored_lm_head_is_preferred_over_tied_embeddings() {
     let dir = std::env::temp_dir().join(format!("rerank-lm-head-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let extra = dir.join("lm_head.safetensors");
-    let config = Qwen3Config::from_file(&fixture_dir().join("config.json")).unwrap();
+    let config = Qwen3Config::from_file(&fixture::reranker_dir().join("config.json")).unwrap();
     let (vocab, hidden) = (config.vocab_size, config.hidden_size);
     {
-        let fixture = Weights::open(&fixture_dir()).unwrap();
+        let fixture = Weights::open(&fixture::reranker_dir()).unwrap();
         let embed = fixture
             .get("embed_tokens.weight", &[vocab, hidden])
             .unwrap();
@@ -191,8 +173,11 @@ fn stored_lm_head_is_preferred_over_tied_embeddings() {
         let view = safetensors::tensor::TensorView::new(dtype, vec![vocab, hidden], &data).unwrap();
         safetensors::serialize_to_file([("lm_head.weight", view)], None, &extra).unwrap();
     }
-    let weights =
-        Weights::from_files(&[fixture_dir().join("model.safetensors"), extra.clone()]).unwrap();
+    let weights = Weights::from_files(&[
+        fixture::reranker_dir().join("model.safetensors"),
+        extra.clone(),
+    ])
+    .unwrap();
     let swapped = Reranker::from_weights(
         &CpuBackend,
         &weights,
@@ -200,7 +185,7 @@ fn stored_lm_head_is_preferred_over_tied_embeddings() {
         AnswerTokens::default(),
     );
     let tied = load();
-    let input_ids = ids(&golden()["cases"][0]["input_ids"]);
+    let input_ids = fixture::ids(&golden()["cases"][0]["input_ids"]);
     let (got, want) = (
         score_one(&swapped.unwrap(), &input_ids),
         score_one(&tied, &input_ids),
@@ -217,7 +202,7 @@ fn stored_lm_head_is_preferred_over_tied_embeddings() {
         tie_word_embeddings: false,
         ..config
     };
-    let fixture = Weights::open(&fixture_dir()).unwrap();
+    let fixture = Weights::open(&fixture::reranker_dir()).unwrap();
     let err = Reranker::from_weights(&CpuBackend, &fixture, untied, AnswerTokens::default())
         .err()
         .expect("no lm_head.weight");

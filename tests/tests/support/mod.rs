@@ -46,46 +46,12 @@ pub fn nats_config(server: &NatsServer) -> NatsConfig {
 
 /// Starts a tokenizer worker on `model_dir`.
 pub fn start_tokenizer(server: &NatsServer, model_dir: &Path) -> Stage {
-    let config = tokenizer_worker::config::TokenizerWorkerConfig {
-        model_dir: model_dir.to_path_buf(),
-        model_name: "qwen3-tiny".into(),
-        max_wait_ms: 1,
-        ..Default::default()
-    };
-    let (stop, shutdown) = shutdown_pair();
-    let nats = nats_config(server);
-    let task = tokio::spawn(tokenizer_worker::service::run(
-        config,
-        nats,
-        QueueConfig::default(),
-        shutdown,
-    ));
-    Stage {
-        stop: Some(stop),
-        task,
-    }
+    start_tokenizer_with(nats_config(server), model_dir)
 }
 
 /// Starts a CPU GPU-worker on `model_dir`.
 pub fn start_gpu(server: &NatsServer, model_dir: &Path) -> Stage {
-    let config = gpu_worker::config::GpuWorkerConfig {
-        model_dir: model_dir.to_path_buf(),
-        model_name: "qwen3-tiny".into(),
-        backend: gpu_worker::engine::BackendChoice::Cpu,
-        ..Default::default()
-    };
-    let (stop, shutdown) = shutdown_pair();
-    let nats = nats_config(server);
-    let task = tokio::spawn(gpu_worker::service::run(
-        config,
-        nats,
-        QueueConfig::default(),
-        shutdown,
-    ));
-    Stage {
-        stop: Some(stop),
-        task,
-    }
+    start_gpu_with(nats_config(server), model_dir)
 }
 
 /// Sends a request on the public NATS API and collects its replies: the vectors in input
