@@ -10,62 +10,18 @@ use base64::Engine as _;
 use e2e_tests::{NatsServer, tiny_model_dir};
 use gateway::GatewayConfig;
 use serde_json::{Value, json};
-use support::{nats_config, start_gpu, start_tokenizer, wait_for_workers};
+use support::{
+    floats, gateway_config, golden, max_abs_diff, nats_config, start_gpu, start_tokenizer,
+    wait_for_worker_counts, wait_for_workers, wait_healthy,
+};
 
-fn golden() -> Value {
-    let text = std::fs::read_to_string(tiny_model_dir().join("golden.json")).expect("golden.json");
-    serde_json::from_str(&text).expect("parses")
-}
-
-fn floats(value: &Value) -> Vec<f32> {
-    value
-        .as_array()
-        .expect("array")
-        .iter()
-        .map(|v| v.as_f64().expect("number") as f32)
-        .collect()
-}
+/// How long a new gateway may take to report healthy.
+const HEALTH_PATIENCE: Duration = Duration::from_secs(20);
 
 fn assert_close(got: &[f32], want: &[f32], what: &str) {
     assert_eq!(got.len(), want.len(), "{what}: lengths differ");
-    let diff = got
-        .iter()
-        .zip(want)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0.0, f32::max);
+    let diff = max_abs_diff(got, want);
     assert!(diff < 2e-5, "{what}: max abs diff {diff}");
-}
-
-fn gateway_config(server: &NatsServer) -> GatewayConfig {
-    GatewayConfig {
-        host: "127.0.0.1".into(),
-        port: 0,
-        model: "qwen3-tiny".into(),
-        cache_size: 0,
-        nats: nats_config(server),
-        ..GatewayConfig::default()
-    }
-}
-
-/// Polls `/health` until it answers 200 (the gateway connects to NATS in the background).
-async fn wait_healthy(http: &reqwest::Client, base: &str) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let response = http
-            .get(format!("{base}/health"))
-            .send()
-            .await
-            .expect("health answers");
-        if response.status() == 200 {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "never healthy: {:?}",
-            response.text().await
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 async fn post(client: &reqwest::Client, url: &str, body: Value) -> (u16, Value) {
@@ -87,13 +43,15 @@ async fn golden_vectors_through_seed_and_openai_routes() {
     let gpu = start_gpu(&server, &model);
     let nats = async_nats::connect(server.url()).await.unwrap();
     wait_for_workers(&nats).await;
-    let gateway = gateway::spawn(gateway_config(&server)).await.unwrap();
+    let gateway = gateway::spawn(gateway_config(nats_config(&server)))
+        .await
+        .unwrap();
     let base = gateway.url();
     let http = reqwest::Client::new();
     let golden = golden();
     let cases = golden["cases"].as_array().unwrap();
 
-    wait_healthy(&http, &base).await;
+    wait_healthy(&http, &base, HEALTH_PATIENCE).await;
 
     // Seed route: one request per case, queries with their instruction.
     for case in cases {
@@ -232,16 +190,17 @@ async fn concurrent_mixed_requests_are_all_correct_while_workers_stop_gracefully
     ];
     let gpus = [start_gpu(&server, &model), start_gpu(&server, &model)];
     let nats = async_nats::connect(server.url()).await.unwrap();
-    wait_for_workers(&nats).await;
+    // Both of each must serve before one of each stops, or the stop leaves no one listening.
+    wait_for_worker_counts(&nats, 2, 2).await;
     let gateway = gateway::spawn(GatewayConfig {
         max_concurrent_queries: 1000,
-        ..gateway_config(&server)
+        ..gateway_config(nats_config(&server))
     })
     .await
     .unwrap();
     let base = gateway.url();
     let http = reqwest::Client::new();
-    wait_healthy(&http, &base).await;
+    wait_healthy(&http, &base, HEALTH_PATIENCE).await;
     let golden = golden();
     let cases: Vec<Value> = golden["cases"].as_array().unwrap().clone();
 
@@ -321,12 +280,12 @@ async fn request_past_its_deadline_in_the_queue_gets_504_and_its_work_is_dropped
     wait_for_workers(&nats).await;
     let gateway = gateway::spawn(GatewayConfig {
         request_timeout_s: 0.5,
-        ..gateway_config(&server)
+        ..gateway_config(nats_config(&server))
     })
     .await
     .unwrap();
     let http = reqwest::Client::new();
-    wait_healthy(&http, &gateway.url()).await;
+    wait_healthy(&http, &gateway.url(), HEALTH_PATIENCE).await;
     // No GPU worker: the batch waits in the work queue until the deadline passes.
     gpu.stop().await.unwrap();
     let started = Instant::now();

@@ -9,29 +9,9 @@ use common::wire::{self, EmbedReply, EmbedRequest, ErrorCode, InputType};
 use e2e_tests::{NatsServer, tiny_model_dir};
 use futures::StreamExt;
 use serde_json::Value;
-use support::{embed_over_nats, start_gpu, start_tokenizer, wait_for_workers};
-
-fn golden() -> Value {
-    let text = std::fs::read_to_string(tiny_model_dir().join("golden.json")).expect("golden.json");
-    serde_json::from_str(&text).expect("parses")
-}
-
-fn floats(value: &Value) -> Vec<f32> {
-    value
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_f64().unwrap() as f32)
-        .collect()
-}
-
-fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
-}
+use support::{
+    embed_over_nats, floats, golden, max_abs_diff, start_gpu, start_tokenizer, wait_for_workers,
+};
 
 fn request(
     id: &str,

@@ -10,23 +10,13 @@ use std::time::{Duration, Instant};
 
 use common::nats::NatsConfig;
 use e2e_tests::{NatsServer, tiny_model_dir};
-use gateway::GatewayConfig;
 use serde_json::{Value, json};
-use support::{start_gpu_with, start_tokenizer_with, wait_for_workers};
+use support::{
+    gateway_config, start_gpu_with, start_tokenizer_with, wait_for_workers, wait_healthy,
+};
 
 /// The gateway API key used alongside NATS auth (both layers at once).
 const API_KEY: &str = "sk-e2e-nats-auth";
-
-fn gateway_config(nats: NatsConfig) -> GatewayConfig {
-    GatewayConfig {
-        host: "127.0.0.1".into(),
-        port: 0,
-        model: "qwen3-tiny".into(),
-        cache_size: 0,
-        nats,
-        ..GatewayConfig::default()
-    }
-}
 
 /// The first document case of the fixture's golden vectors: its text and vector.
 fn golden_document() -> (String, Vec<f64>) {
@@ -46,27 +36,6 @@ fn golden_document() -> (String, Vec<f64>) {
         .map(|v| v.as_f64().expect("number"))
         .collect();
     (case["text"].as_str().expect("text").to_string(), vector)
-}
-
-/// Polls `/health` until it answers 200.
-async fn wait_healthy(http: &reqwest::Client, base: &str) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let response = http
-            .get(format!("{base}/health"))
-            .send()
-            .await
-            .expect("health answers");
-        if response.status() == 200 {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "never healthy: {:?}",
-            response.text().await
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// Asserts that connecting with `options` (and no retry) is refused by the server.
@@ -91,7 +60,7 @@ async fn pipeline_with_credentials(good: NatsConfig, bad: NatsConfig) {
     let gateway = gateway::spawn(config).await.expect("gateway starts");
     let base = gateway.url();
     let http = reqwest::Client::new();
-    wait_healthy(&http, &base).await;
+    wait_healthy(&http, &base, Duration::from_secs(30)).await;
 
     let (text, expected) = golden_document();
     let response = http

@@ -127,19 +127,23 @@ pub async fn worker_statuses(client: &async_nats::Client) -> Vec<wire::WorkerSta
 
 /// Waits until at least one worker of each kind answers the status subject.
 pub async fn wait_for_workers(client: &async_nats::Client) {
+    wait_for_worker_counts(client, 1, 1).await;
+}
+
+/// Waits until at least `tokenizers` tokenizer workers and `gpus` GPU workers answer the
+/// status subject (a worker answers once it has subscribed to its work).
+pub async fn wait_for_worker_counts(client: &async_nats::Client, tokenizers: usize, gpus: usize) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
-        let kinds: std::collections::HashSet<_> = worker_statuses(client)
-            .await
-            .into_iter()
-            .map(|s| s.kind)
-            .collect();
-        if kinds.len() == 2 {
+        let statuses = worker_statuses(client).await;
+        let count = |kind| statuses.iter().filter(|s| s.kind == kind).count();
+        if count(wire::WorkerKind::Tokenizer) >= tokenizers && count(wire::WorkerKind::Gpu) >= gpus
+        {
             return;
         }
         assert!(
             tokio::time::Instant::now() < deadline,
-            "workers did not come up"
+            "workers did not come up: {statuses:?}"
         );
     }
 }
@@ -183,5 +187,65 @@ pub fn start_gpu_with(nats: NatsConfig, model_dir: &Path) -> Stage {
     Stage {
         stop: Some(stop),
         task,
+    }
+}
+
+/// The embedding fixture's `golden.json`.
+pub fn golden() -> serde_json::Value {
+    let text = std::fs::read_to_string(e2e_tests::tiny_model_dir().join("golden.json"))
+        .expect("golden.json");
+    serde_json::from_str(&text).expect("golden.json parses")
+}
+
+/// A JSON array of numbers as f32.
+pub fn floats(value: &serde_json::Value) -> Vec<f32> {
+    value
+        .as_array()
+        .expect("array")
+        .iter()
+        .map(|v| v.as_f64().expect("number") as f32)
+        .collect()
+}
+
+/// Largest absolute difference of two equally long vectors.
+pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len(), "lengths differ");
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+/// A gateway for tests: loopback, a free port, the fixture's model name, no cache.
+pub fn gateway_config(nats: NatsConfig) -> gateway::GatewayConfig {
+    gateway::GatewayConfig {
+        host: "127.0.0.1".into(),
+        port: 0,
+        model: "qwen3-tiny".into(),
+        cache_size: 0,
+        nats,
+        ..gateway::GatewayConfig::default()
+    }
+}
+
+/// Polls `/health` until it answers 200 (the gateway connects to NATS in the background),
+/// for at most `patience`.
+pub async fn wait_healthy(http: &reqwest::Client, base: &str, patience: Duration) {
+    let deadline = tokio::time::Instant::now() + patience;
+    loop {
+        let response = http
+            .get(format!("{base}/health"))
+            .send()
+            .await
+            .expect("health answers");
+        if response.status() == 200 {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never healthy: {:?}",
+            response.text().await
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
