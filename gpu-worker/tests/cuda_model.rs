@@ -11,9 +11,6 @@ use gpu_worker::cuda::{CudaBackend, CudaOptions};
 use gpu_worker::model::ModelError;
 use gpu_worker::model::qwen3::{Qwen3, TracePoint};
 use gpu_worker::ops::{BatchLayout, OpError, Ops};
-use rand::rngs::StdRng;
-use rand::seq::SliceRandom;
-use rand::{Rng, SeedableRng};
 
 /// The backend on device 0, or `None` (after saying so) without a device.
 fn gpu() -> Option<CudaBackend> {
@@ -151,30 +148,19 @@ fn batch_composition_barely_changes_vectors() {
         .map(|ids| embed_one(&gpu, &model, ids, hidden))
         .collect();
 
-    let mut rng = StdRng::seed_from_u64(11);
     let mut worst = 0.0f32;
-    for _round in 0..4 {
-        let mut order: Vec<usize> = (0..cases.len()).collect();
-        order.shuffle(&mut rng);
-        let mut rest = &order[..];
-        while !rest.is_empty() {
-            let take = rng.random_range(1..=rest.len().min(6));
-            let (group, tail) = rest.split_at(take);
-            rest = tail;
-            let lengths: Vec<usize> = group.iter().map(|&i| cases[i].len()).collect();
-            let packed: Vec<u32> = group.iter().flat_map(|&i| cases[i].clone()).collect();
-            let layout = BatchLayout::from_lengths(&lengths).unwrap();
-            let out = model
-                .embed(&gpu, &packed, &layout, &vec![hidden; group.len()])
-                .unwrap();
-            for (&i, got) in group.iter().zip(&out) {
-                let diff = fixture::max_abs_diff(got, &alone[i]);
-                worst = worst.max(diff);
-                assert!(
-                    diff <= 5e-3 && cosine(got, &alone[i]) >= 0.9999,
-                    "case {i} in batch {group:?}: diff {diff}"
-                );
-            }
+    for group in fixture::random_groups(cases.len(), 4, 6, 11) {
+        let (packed, layout) = fixture::pack(&cases, &group);
+        let out = model
+            .embed(&gpu, &packed, &layout, &vec![hidden; group.len()])
+            .unwrap();
+        for (&i, got) in group.iter().zip(&out) {
+            let diff = fixture::max_abs_diff(got, &alone[i]);
+            worst = worst.max(diff);
+            assert!(
+                diff <= 5e-3 && cosine(got, &alone[i]) >= 0.9999,
+                "case {i} in batch {group:?}: diff {diff}"
+            );
         }
     }
     // Our kernels are batch-invariant by construction; only cuBLAS's choice of algorithm by

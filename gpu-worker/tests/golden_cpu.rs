@@ -5,9 +5,6 @@ mod fixture;
 use gpu_worker::cpu::CpuBackend;
 use gpu_worker::model::qwen3::{Qwen3, TracePoint};
 use gpu_worker::ops::{BatchLayout, Ops};
-use rand::rngs::StdRng;
-use rand::seq::SliceRandom;
-use rand::{Rng, SeedableRng};
 
 fn load() -> Qwen3<CpuBackend> {
     gpu_worker::model::load(&fixture::tiny_dir(), &CpuBackend).expect("fixture loads")
@@ -188,25 +185,14 @@ fn batch_composition_does_not_change_vectors() {
         .map(|ids| embed_one(&model, ids, hidden))
         .collect();
 
-    let mut rng = StdRng::seed_from_u64(7);
-    for _round in 0..4 {
-        let mut order: Vec<usize> = (0..cases.len()).collect();
-        order.shuffle(&mut rng);
-        let mut rest = &order[..];
-        while !rest.is_empty() {
-            let take = rng.random_range(1..=rest.len().min(6));
-            let (group, tail) = rest.split_at(take);
-            rest = tail;
-            let lengths: Vec<usize> = group.iter().map(|&i| cases[i].len()).collect();
-            let packed: Vec<u32> = group.iter().flat_map(|&i| cases[i].clone()).collect();
-            let layout = BatchLayout::from_lengths(&lengths).unwrap();
-            let out = model
-                .embed(&CpuBackend, &packed, &layout, &vec![hidden; group.len()])
-                .unwrap();
-            for (&i, got) in group.iter().zip(&out) {
-                let diff = fixture::max_abs_diff(got, &alone[i]);
-                assert!(diff <= 1e-6, "case {i} in batch {group:?}: diff {diff}");
-            }
+    for group in fixture::random_groups(cases.len(), 4, 6, 7) {
+        let (packed, layout) = fixture::pack(&cases, &group);
+        let out = model
+            .embed(&CpuBackend, &packed, &layout, &vec![hidden; group.len()])
+            .unwrap();
+        for (&i, got) in group.iter().zip(&out) {
+            let diff = fixture::max_abs_diff(got, &alone[i]);
+            assert!(diff <= 1e-6, "case {i} in batch {group:?}: diff {diff}");
         }
     }
 }

@@ -7,9 +7,6 @@ use gpu_worker::cpu::CpuBackend;
 use gpu_worker::model::ModelError;
 use gpu_worker::model::rerank::{AnswerTokens, NO_TOKEN_ID, RerankScore, Reranker, YES_TOKEN_ID};
 use gpu_worker::ops::BatchLayout;
-use rand::rngs::StdRng;
-use rand::seq::SliceRandom;
-use rand::{Rng, SeedableRng};
 use serde_json::Value;
 
 fn golden() -> Value {
@@ -83,21 +80,10 @@ fn batch_composition_does_not_change_scores() {
     assert_eq!(all.len(), cases.len());
 
     let mut batches = vec![((0..cases.len()).collect::<Vec<_>>(), all)];
-    let mut rng = StdRng::seed_from_u64(11);
-    for _round in 0..4 {
-        let mut order: Vec<usize> = (0..cases.len()).collect();
-        order.shuffle(&mut rng);
-        let mut rest = &order[..];
-        while !rest.is_empty() {
-            let take = rng.random_range(1..=rest.len().min(5));
-            let (group, tail) = rest.split_at(take);
-            rest = tail;
-            let lengths: Vec<usize> = group.iter().map(|&i| cases[i].len()).collect();
-            let packed: Vec<u32> = group.iter().flat_map(|&i| cases[i].clone()).collect();
-            let layout = BatchLayout::from_lengths(&lengths).unwrap();
-            let out = reranker.score(&CpuBackend, &packed, &layout).unwrap();
-            batches.push((group.to_vec(), out));
-        }
+    for group in fixture::random_groups(cases.len(), 4, 5, 11) {
+        let (packed, layout) = fixture::pack(&cases, &group);
+        let out = reranker.score(&CpuBackend, &packed, &layout).unwrap();
+        batches.push((group, out));
     }
     let mut max_diff = 0.0f32;
     for (group, out) in &batches {
