@@ -182,13 +182,12 @@ impl EmbedService {
         }
         if let (Some(dimensions), Some(hidden)) =
             (job.dimensions, self.discovery.known_hidden_size())
+            && dimensions > hidden
         {
-            if dimensions > hidden {
-                return Err(ApiError::field(
-                    "dimensions",
-                    format!("dimensions is {dimensions}; the model's largest is {hidden}"),
-                ));
-            }
+            return Err(ApiError::field(
+                "dimensions",
+                format!("dimensions is {dimensions}; the model's largest is {hidden}"),
+            ));
         }
         Ok(())
     }

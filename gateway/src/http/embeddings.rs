@@ -69,13 +69,13 @@ pub async fn create(
     JsonBody(mut fields): JsonBody,
 ) -> Result<Json<EmbeddingList>, ApiError> {
     let served = &state.config.model;
-    if let Some(model) = fields.string("model")? {
-        if !names_model(&model, served) {
-            return Err(ApiError::ModelNotFound {
-                requested: model,
-                served: served.clone(),
-            });
-        }
+    if let Some(model) = fields.string("model")?
+        && !names_model(&model, served)
+    {
+        return Err(ApiError::ModelNotFound {
+            requested: model,
+            served: served.clone(),
+        });
     }
     let job = EmbedJob {
         texts: fields.input()?,

@@ -52,13 +52,13 @@ impl Assembly {
                 "chunk covers items {start}..{end} of a request of {total}"
             ));
         }
-        if let Some(dims) = self.dims {
-            if dims != chunk.dims {
-                return Err(format!(
-                    "chunk has {} dims, earlier chunks had {dims}",
-                    chunk.dims
-                ));
-            }
+        if let Some(dims) = self.dims
+            && dims != chunk.dims
+        {
+            return Err(format!(
+                "chunk has {} dims, earlier chunks had {dims}",
+                chunk.dims
+            ));
         }
         let vectors = chunk.vectors().map_err(|e| e.to_string())?;
         self.dims = Some(chunk.dims);

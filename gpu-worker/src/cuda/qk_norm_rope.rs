@@ -32,7 +32,7 @@ pub(super) fn qk_norm_rope(
 ) -> OpResult<()> {
     const OP: &str = "qk_norm_rope";
     let d = shape.head_dim;
-    if d == 0 || d % 2 != 0 || d > MAX_HEAD_DIM {
+    if d == 0 || !d.is_multiple_of(2) || d > MAX_HEAD_DIM {
         return Err(shape_error(
             OP,
             format!("head_dim {d} must be even and at most {MAX_HEAD_DIM}"),

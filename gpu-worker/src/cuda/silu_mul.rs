@@ -10,7 +10,7 @@ use cudarc::driver::PushKernelArg;
 /// SwiGLU of a fused gate|up tensor `(rows, 2n)` into `(rows, n)`, bf16.
 pub(super) fn silu_mul(gpu: &CudaBackend, gate_up: &CudaTensor) -> OpResult<CudaTensor> {
     const OP: &str = "silu_mul";
-    if gate_up.cols % 2 != 0 {
+    if !gate_up.cols.is_multiple_of(2) {
         return Err(shape_error(
             OP,
             format!("gate|up has an odd width {}", gate_up.cols),

@@ -219,13 +219,13 @@ impl RawConfig {
                 return Err(ModelError::Config(format!("`{field}` must be positive")));
             }
         }
-        if self.num_attention_heads % num_kv != 0 {
+        if !self.num_attention_heads.is_multiple_of(num_kv) {
             return Err(ModelError::Config(format!(
                 "`num_attention_heads` ({}) must be a multiple of `num_key_value_heads` ({num_kv})",
                 self.num_attention_heads
             )));
         }
-        if head_dim % 2 != 0 {
+        if !head_dim.is_multiple_of(2) {
             return Err(ModelError::Config(format!(
                 "`head_dim` ({head_dim}) must be even for the rotary embedding"
             )));
