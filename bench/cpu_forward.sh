@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Forward-pass throughput on the CPU, ours next to PyTorch + transformers, in one run on one
-# machine: a random 0.6B-shaped model, batches of 8 x 128 and 1 x 512 tokens, f32.
-# Prints a markdown table (paste into docs/benchmarks.md) and keeps the JSON lines.
+# machine: a random 0.6B-shaped model, batches of 8 x 128 and 1 x 512 tokens, in f32 and in
+# bf16. Prints a markdown table (paste into docs/benchmarks.md) and keeps the JSON lines.
 #
-#   bench/cpu_forward.sh [MODEL_DIR] [ITERS]
+#   bench/cpu_forward.sh [MODEL_DIR] [ITERS] [DTYPES]     (DTYPES default: "f32 bf16")
 # Needs: ../shared/tools/make-random-qwen3.py (numpy) when MODEL_DIR does not exist, and
 # torch + transformers in .venv-bench (python3 -m venv .venv-bench &&
 # .venv-bench/bin/pip install torch transformers numpy safetensors).
@@ -12,6 +12,7 @@ repo=$(cd "$(dirname "$0")/.." && pwd)
 cd "$repo"
 model=${1:-/tmp/qwen3-0.6b-random}
 iters=${2:-3}
+dtypes=${3:-f32 bf16}
 python=.venv-bench/bin/python
 [[ -x $python ]] || { echo "cpu_forward.sh: create .venv-bench first (see the header)" >&2; exit 1; }
 if [[ ! -f "$model/config.json" ]]; then
@@ -21,18 +22,20 @@ export CARGO_TARGET_DIR="$repo/target/rel"
 cargo build --release -q -p gpu-worker
 ours=$CARGO_TARGET_DIR/release/gpu-worker
 log=$(mktemp)
-for shape in "8 128" "1 512"; do
-  read -r batch seq <<<"$shape"
-  # Alternate the systems so drift in machine speed hits both alike.
-  $ours bench --model "$model" --backend cpu --dtype f32 --batch "$batch" --seq-len "$seq" --iters "$iters" | tee -a "$log"
-  $python bench/torch_forward.py --model "$model" --dtype f32 --batch "$batch" --seq-len "$seq" --iters "$iters" 2>/dev/null | tee -a "$log"
+for dtype in $dtypes; do
+  for shape in "8 128" "1 512"; do
+    read -r batch seq <<<"$shape"
+    # Alternate the systems so drift in machine speed hits both alike.
+    $ours bench --model "$model" --backend cpu --dtype "$dtype" --batch "$batch" --seq-len "$seq" --iters "$iters" | tee -a "$log"
+    $python bench/torch_forward.py --model "$model" --dtype "$dtype" --batch "$batch" --seq-len "$seq" --iters "$iters" 2>/dev/null | tee -a "$log"
+  done
 done
 echo
-echo "| shape | ours f32 tokens/s | PyTorch f32 tokens/s | ratio |"
-echo "|---|---|---|---|"
+echo "| dtype | shape | ours tokens/s | PyTorch tokens/s | ratio |"
+echo "|---|---|---|---|---|"
 $python - "$log" <<'PY'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")]
 for ours, torch in zip(rows[0::2], rows[1::2]):
-    print(f"| {ours['batch']} x {ours['seq_len']} | {ours['tokens_per_s']:.1f} | {torch['tokens_per_s']:.1f} | {ours['tokens_per_s'] / torch['tokens_per_s']:.2f}x |")
+    print(f"| {ours['dtype']} | {ours['batch']} x {ours['seq_len']} | {ours['tokens_per_s']:.1f} | {torch['tokens_per_s']:.1f} | {ours['tokens_per_s'] / torch['tokens_per_s']:.2f}x |")
 PY

@@ -5,17 +5,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use crate::engine::{self, BackendChoice, EngineOptions};
-
-/// Compute precision of the forward pass.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum Dtype {
-    /// f32 everywhere (the exact CPU mode).
-    F32,
-    /// bf16 weights and products, f32 accumulation.
-    Bf16,
-}
+use crate::engine::{self, BackendChoice, Dtype, EngineOptions};
 
 /// Settings of a benchmark run.
 #[derive(Debug, Clone, clap::Args)]
@@ -26,8 +16,8 @@ pub struct BenchArgs {
     /// Backend to measure.
     #[arg(long, value_enum, default_value_t = BackendChoice::Cpu)]
     pub backend: BackendChoice,
-    /// Compute precision.
-    #[arg(long, value_enum, default_value_t = Dtype::F32)]
+    /// Compute precision (auto: f32 on the CPU, bf16 with CUDA).
+    #[arg(long, value_enum, default_value_t = Dtype::Auto)]
     pub dtype: Dtype,
     /// Sequences per batch.
     #[arg(long, default_value_t = 8)]
@@ -75,10 +65,6 @@ pub struct BenchReport {
 /// Loads the model and times `iters` forward passes over a synthetic batch.
 pub fn run(args: &BenchArgs) -> anyhow::Result<BenchReport> {
     anyhow::ensure!(
-        args.dtype == Dtype::F32 || args.backend == BackendChoice::Cuda,
-        "--dtype bf16 on the CPU is not available yet; use --dtype f32"
-    );
-    anyhow::ensure!(
         args.batch > 0 && args.seq_len > 0 && args.iters > 0,
         "--batch, --seq-len and --iters must be positive"
     );
@@ -86,6 +72,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<BenchReport> {
         &args.model,
         &EngineOptions {
             backend: args.backend,
+            dtype: args.dtype,
             device: args.device,
             gpu_memory_fraction: args.gpu_memory_fraction,
             max_batch_tokens: Some(args.batch * args.seq_len),

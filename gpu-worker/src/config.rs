@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
-use crate::engine::{BackendChoice, EngineOptions};
+use crate::engine::{BackendChoice, Dtype, EngineOptions};
 
 /// Everything a GPU worker needs besides the NATS connection and the work queue.
 #[derive(Debug, Clone, Deserialize)]
@@ -16,6 +16,9 @@ pub struct GpuWorkerConfig {
     pub model_name: String,
     /// Backend that runs the model.
     pub backend: BackendChoice,
+    /// Precision of the forward pass: `auto` (f32 on the CPU, bf16 with CUDA), `f32` (CPU
+    /// only, the exact reference) or `bf16` (CPU: half the weight memory, avx512_bf16).
+    pub dtype: Dtype,
     /// CUDA device ordinal.
     pub device: usize,
     /// Share of the device's memory this worker may use (Ray Serve's fractional `num_gpus`:
@@ -36,6 +39,7 @@ impl GpuWorkerConfig {
     pub fn engine_options(&self) -> EngineOptions {
         EngineOptions {
             backend: self.backend,
+            dtype: self.dtype,
             device: self.device,
             gpu_memory_fraction: self.gpu_memory_fraction,
             max_batch_tokens: Some(self.max_batch_tokens),
@@ -49,6 +53,7 @@ impl Default for GpuWorkerConfig {
             model_dir: PathBuf::from("models/Qwen3-Embedding-0.6B"),
             model_name: "Qwen/Qwen3-Embedding-0.6B".into(),
             backend: BackendChoice::Auto,
+            dtype: Dtype::Auto,
             device: 0,
             gpu_memory_fraction: 0.9,
             max_batches_in_hand: 2,

@@ -27,6 +27,30 @@ pub enum BackendChoice {
     Auto,
 }
 
+/// Precision of the forward pass.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    serde::Deserialize,
+    serde::Serialize,
+    clap::ValueEnum,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Dtype {
+    /// The backend's natural precision: f32 on the CPU, bf16 with CUDA.
+    #[default]
+    Auto,
+    /// f32 everywhere (the exact CPU mode; not offered by the CUDA backend).
+    F32,
+    /// bf16 weights and products, f32 accumulation (CPU: the avx512_bf16 instructions when
+    /// present, a portable loop otherwise).
+    Bf16,
+}
+
 /// A model ready to embed packed batches.
 pub trait Embedder {
     /// Embeds sequences of `lengths` packed in `token_ids`; sequence `s` gets `dims[s]` values.
@@ -89,6 +113,8 @@ pub struct EngineOptions {
     pub backend: BackendChoice,
     /// CUDA device ordinal.
     pub device: usize,
+    /// Precision of the forward pass.
+    pub dtype: Dtype,
     /// Share of the device's memory the worker may take (CUDA).
     pub gpu_memory_fraction: f64,
     /// Largest batch in tokens the worker must accept; refused at start when the memory
@@ -101,6 +127,7 @@ impl EngineOptions {
     pub fn cpu() -> Self {
         Self {
             backend: BackendChoice::Cpu,
+            dtype: Dtype::F32,
             device: 0,
             gpu_memory_fraction: 1.0,
             max_batch_tokens: None,
@@ -116,7 +143,16 @@ pub fn load(dir: &Path, options: &EngineOptions) -> Result<Box<dyn Embedder>, Mo
         BackendChoice::Auto => cuda::is_available(),
     };
     if !use_cuda {
-        return Ok(Box::new(Loaded::new(CpuBackend, dir)?));
+        let backend = match options.dtype {
+            Dtype::Auto | Dtype::F32 => CpuBackend::F32,
+            Dtype::Bf16 => CpuBackend::bf16(),
+        };
+        return Ok(Box::new(Loaded::new(backend, dir)?));
+    }
+    if options.dtype == Dtype::F32 {
+        return Err(ModelError::Op(OpError::Device(
+            "the CUDA backend computes in bf16; set dtype to bf16 or auto".into(),
+        )));
     }
     let cuda_error = |e: cuda::CudaError| ModelError::Op(OpError::Device(e.to_string()));
     let backend = CudaBackend::new(

@@ -9,7 +9,7 @@ use common::queue::QueueConfig;
 use common::telemetry::{self, LogFormat};
 use gpu_worker::bench::{self, BenchArgs};
 use gpu_worker::config::GpuWorkerConfig;
-use gpu_worker::engine::BackendChoice;
+use gpu_worker::engine::{BackendChoice, Dtype};
 
 /// Command-line flags; each overrides the configuration files and environment.
 #[derive(Debug, Parser)]
@@ -28,6 +28,10 @@ struct Args {
     /// Backend that runs the model.
     #[arg(long, value_enum)]
     backend: Option<BackendChoice>,
+    /// Precision of the forward pass (auto: f32 on the CPU, bf16 with CUDA; bf16 on the CPU
+    /// halves the weights' memory and runs on avx512_bf16 where the CPU has it).
+    #[arg(long, value_enum)]
+    dtype: Option<Dtype>,
     /// CUDA device ordinal.
     #[arg(long)]
     device: Option<usize>,
@@ -64,6 +68,9 @@ fn main() -> anyhow::Result<()> {
     }
     if let Some(backend) = args.backend {
         config.backend = backend;
+    }
+    if let Some(dtype) = args.dtype {
+        config.dtype = dtype;
     }
     if let Some(device) = args.device {
         config.device = device;

@@ -24,12 +24,6 @@ fn gpu() -> Option<CudaBackend> {
     )
 }
 
-fn cosine(a: &[f32], b: &[f32]) -> f32 {
-    let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
-    let norm = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>().sqrt();
-    dot / (norm(a) * norm(b))
-}
-
 fn load(gpu: &CudaBackend) -> Qwen3<CudaBackend> {
     gpu_worker::model::load(&fixture::tiny_dir(), gpu).expect("fixture loads on the GPU")
 }
@@ -65,7 +59,10 @@ fn every_case_matches_transformers() {
     for case in cases {
         let got = embed_one(&gpu, &model, &fixture::ids(&case["input_ids"]), hidden);
         let want = fixture::floats(&case["embedding"]);
-        let (cos, diff) = (cosine(&got, &want), fixture::max_abs_diff(&got, &want));
+        let (cos, diff) = (
+            fixture::cosine(&got, &want),
+            fixture::max_abs_diff(&got, &want),
+        );
         eprintln!(
             "case {}: cosine {cos:.6}, max abs diff {diff:.3e}",
             case["id"]
@@ -85,7 +82,7 @@ fn every_case_matches_transformers() {
         let case = cases.iter().find(|c| c["id"] == example["id"]).unwrap();
         let dim = example["dim"].as_u64().unwrap() as usize;
         let got = embed_one(&gpu, &model, &fixture::ids(&case["input_ids"]), dim);
-        let cos = cosine(&got, &fixture::floats(&example["embedding"]));
+        let cos = fixture::cosine(&got, &fixture::floats(&example["embedding"]));
         eprintln!("mrl {} dim {dim}: cosine {cos:.6}", example["id"]);
         assert!(cos >= MIN_COSINE, "mrl {}: cosine {cos}", example["id"]);
     }
@@ -99,12 +96,12 @@ fn trace_follows_the_cpu_layer_by_layer() {
     let golden = fixture::golden();
     let input_ids = fixture::ids(&golden["trace"]["input_ids"]);
     let layout = BatchLayout::from_lengths(&[input_ids.len()]).unwrap();
-    let cpu_model = gpu_worker::model::load(&fixture::tiny_dir(), &CpuBackend).unwrap();
+    let cpu_model = gpu_worker::model::load(&fixture::tiny_dir(), &CpuBackend::F32).unwrap();
     let hidden = cpu_model.config().hidden_size;
     let mut want: Vec<(TracePoint, Vec<f32>)> = Vec::new();
     cpu_model
         .forward(
-            &CpuBackend,
+            &CpuBackend::F32,
             &input_ids,
             &layout,
             &[hidden],
@@ -158,7 +155,7 @@ fn batch_composition_barely_changes_vectors() {
             let diff = fixture::max_abs_diff(got, &alone[i]);
             worst = worst.max(diff);
             assert!(
-                diff <= 5e-3 && cosine(got, &alone[i]) >= 0.9999,
+                diff <= 5e-3 && fixture::cosine(got, &alone[i]) >= 0.9999,
                 "case {i} in batch {group:?}: diff {diff}"
             );
         }

@@ -160,8 +160,8 @@ fn embed_matches_cpu() {
             .map(|_| rng.random_range(0..vocab as u32))
             .collect();
         ids[0] = vocab as u32 - 1;
-        let want = CpuBackend
-            .embed(&CpuBackend.table(table.view()).unwrap(), &ids)
+        let want = CpuBackend::F32
+            .embed(&CpuBackend::F32.table(table.view()).unwrap(), &ids)
             .unwrap();
         let device_table = gpu.table(table.view()).unwrap();
         let got = gpu.embed(&device_table, &ids).unwrap();
@@ -190,8 +190,12 @@ fn rms_norm_matches_cpu() {
             uniform(&mut rng, rows * cols, scale),
             ActDtype::F32,
         );
-        let want = CpuBackend
-            .rms_norm(&x_cpu, &CpuBackend.vector(weight.view()).unwrap(), 1e-6)
+        let want = CpuBackend::F32
+            .rms_norm(
+                &x_cpu,
+                &CpuBackend::F32.vector(weight.view()).unwrap(),
+                1e-6,
+            )
             .unwrap();
         let got = gpu
             .rms_norm(&x_gpu, &gpu.vector(weight.view()).unwrap(), 1e-6)
@@ -212,10 +216,10 @@ fn add_rms_norm_and_add_match_cpu() {
         let (mut res_cpu, mut res_gpu) = both(&gpu, rows, cols, residual, ActDtype::F32);
         let (delta_cpu, delta_gpu) = both(&gpu, rows, cols, delta, ActDtype::Bf16);
         let (w_cpu, w_gpu) = (
-            CpuBackend.vector(weight.view()).unwrap(),
+            CpuBackend::F32.vector(weight.view()).unwrap(),
             gpu.vector(weight.view()).unwrap(),
         );
-        let want = CpuBackend
+        let want = CpuBackend::F32
             .add_rms_norm(&mut res_cpu, &delta_cpu, &w_cpu, 1e-6)
             .unwrap();
         let got = gpu
@@ -226,7 +230,7 @@ fn add_rms_norm_and_add_match_cpu() {
         let what = format!("add_rms_norm residual {rows}x{cols}");
         assert_close(&what, &gpu.to_host(&res_gpu).unwrap(), &res_cpu.data, EXACT);
 
-        CpuBackend.add(&mut res_cpu, &delta_cpu).unwrap();
+        CpuBackend::F32.add(&mut res_cpu, &delta_cpu).unwrap();
         gpu.add(&mut res_gpu, &delta_gpu).unwrap();
         let what = format!("add {rows}x{cols}");
         assert_close(&what, &gpu.to_host(&res_gpu).unwrap(), &res_cpu.data, EXACT);
@@ -250,8 +254,8 @@ fn linear_matches_cpu() {
             uniform(&mut rng, rows * k, 1.0),
             ActDtype::Bf16,
         );
-        let want = CpuBackend
-            .linear(&x_cpu, &CpuBackend.matrix(&views).unwrap())
+        let want = CpuBackend::F32
+            .linear(&x_cpu, &CpuBackend::F32.matrix(&views).unwrap())
             .unwrap();
         let got = gpu.linear(&x_gpu, &gpu.matrix(&views).unwrap()).unwrap();
         let what = format!("linear {rows}x{k} @ ({n}x{k})^T");
@@ -271,7 +275,7 @@ fn silu_mul_matches_cpu() {
             uniform(&mut rng, rows * 2 * n, 8.0),
             ActDtype::Bf16,
         );
-        let want = CpuBackend.silu_mul(&x_cpu).unwrap();
+        let want = CpuBackend::F32.silu_mul(&x_cpu).unwrap();
         let got = gpu.silu_mul(&x_gpu).unwrap();
         let what = format!("silu_mul {rows}x{n}");
         assert_close(&what, &gpu.to_host(&got).unwrap(), &want.data, BF16);
@@ -322,12 +326,12 @@ fn qk_norm_rope_matches_cpu() {
         let q_norm = Weight::norm(&mut rng, shape.head_dim);
         let k_norm = Weight::norm(&mut rng, shape.head_dim);
         let (theta, eps) = (1e6, 1e-6);
-        CpuBackend
+        CpuBackend::F32
             .qk_norm_rope(
                 &mut qkv_cpu,
-                &CpuBackend.vector(q_norm.view()).unwrap(),
-                &CpuBackend.vector(k_norm.view()).unwrap(),
-                &CpuBackend.layout(&layout).unwrap(),
+                &CpuBackend::F32.vector(q_norm.view()).unwrap(),
+                &CpuBackend::F32.vector(k_norm.view()).unwrap(),
+                &CpuBackend::F32.layout(&layout).unwrap(),
                 shape,
                 eps,
                 theta,
@@ -368,10 +372,10 @@ fn attention_matches_cpu() {
     for (shape, lengths) in cases {
         let (layout, qkv_cpu, qkv_gpu) = random_qkv(&gpu, &mut rng, lengths, shape);
         let (cpu_layout, gpu_layout) = (
-            CpuBackend.layout(&layout).unwrap(),
+            CpuBackend::F32.layout(&layout).unwrap(),
             gpu.layout(&layout).unwrap(),
         );
-        let want = CpuBackend
+        let want = CpuBackend::F32
             .attention(&qkv_cpu, &qkv_cpu, &cpu_layout, Queries::All, shape)
             .unwrap();
         let got = gpu
@@ -380,9 +384,9 @@ fn attention_matches_cpu() {
         let what = format!("attention {shape:?} lengths {lengths:?}");
         assert_close(&what, &gpu.to_host(&got).unwrap(), &want.data, BF16);
 
-        let q_cpu = CpuBackend.last_rows(&qkv_cpu, &cpu_layout).unwrap();
+        let q_cpu = CpuBackend::F32.last_rows(&qkv_cpu, &cpu_layout).unwrap();
         let q_gpu = gpu.last_rows(&qkv_gpu, &gpu_layout).unwrap();
-        let want = CpuBackend
+        let want = CpuBackend::F32
             .attention(&q_cpu, &qkv_cpu, &cpu_layout, Queries::LastOnly, shape)
             .unwrap();
         let got = gpu
@@ -399,14 +403,14 @@ fn last_rows_match_cpu() {
     let mut rng = StdRng::seed_from_u64(8);
     let layout = BatchLayout::from_lengths(LENGTHS).unwrap();
     let (cpu_layout, gpu_layout) = (
-        CpuBackend.layout(&layout).unwrap(),
+        CpuBackend::F32.layout(&layout).unwrap(),
         gpu.layout(&layout).unwrap(),
     );
     for dtype in [ActDtype::F32, ActDtype::Bf16] {
         let cols = 100;
         let rows = layout.num_rows();
         let (x_cpu, x_gpu) = both(&gpu, rows, cols, uniform(&mut rng, rows * cols, 1.0), dtype);
-        let want = CpuBackend.last_rows(&x_cpu, &cpu_layout).unwrap();
+        let want = CpuBackend::F32.last_rows(&x_cpu, &cpu_layout).unwrap();
         let got = gpu.last_rows(&x_gpu, &gpu_layout).unwrap();
         assert_eq!(got.dtype(), dtype);
         let what = format!("last_rows {dtype:?}");
@@ -429,10 +433,10 @@ fn pool_matches_cpu() {
             uniform(&mut rng, rows * cols, 0.1),
             ActDtype::F32,
         );
-        let want = CpuBackend
+        let want = CpuBackend::F32
             .pool(
                 &x_cpu,
-                &CpuBackend.vector(weight.view()).unwrap(),
+                &CpuBackend::F32.vector(weight.view()).unwrap(),
                 1e-6,
                 &dims,
             )

@@ -7,13 +7,13 @@ use gpu_worker::model::qwen3::{Qwen3, TracePoint};
 use gpu_worker::ops::{BatchLayout, Ops};
 
 fn load() -> Qwen3<CpuBackend> {
-    gpu_worker::model::load(&fixture::tiny_dir(), &CpuBackend).expect("fixture loads")
+    gpu_worker::model::load(&fixture::tiny_dir(), &CpuBackend::F32).expect("fixture loads")
 }
 
 fn embed_one(model: &Qwen3<CpuBackend>, input_ids: &[u32], dims: usize) -> Vec<f32> {
     let layout = BatchLayout::from_lengths(&[input_ids.len()]).unwrap();
     let mut out = model
-        .embed(&CpuBackend, input_ids, &layout, &[dims])
+        .embed(&CpuBackend::F32, input_ids, &layout, &[dims])
         .unwrap();
     out.remove(0)
 }
@@ -142,12 +142,12 @@ fn layer_by_layer_trace_matches() {
     };
     let embedding = model
         .forward(
-            &CpuBackend,
+            &CpuBackend::F32,
             &input_ids,
             &layout,
             &[c.hidden_size],
             &mut |point, tensor| {
-                let host = CpuBackend.to_host(tensor).unwrap();
+                let host = CpuBackend::F32.to_host(tensor).unwrap();
                 check(point, &host, tensor.cols);
             },
         )
@@ -188,7 +188,12 @@ fn batch_composition_does_not_change_vectors() {
     for group in fixture::random_groups(cases.len(), 4, 6, 7) {
         let (packed, layout) = fixture::pack(&cases, &group);
         let out = model
-            .embed(&CpuBackend, &packed, &layout, &vec![hidden; group.len()])
+            .embed(
+                &CpuBackend::F32,
+                &packed,
+                &layout,
+                &vec![hidden; group.len()],
+            )
             .unwrap();
         for (&i, got) in group.iter().zip(&out) {
             let diff = fixture::max_abs_diff(got, &alone[i]);
@@ -204,14 +209,22 @@ fn bad_inputs_are_errors_not_panics() {
     let vocab = model.config().vocab_size as u32;
     assert!(
         model
-            .embed(&CpuBackend, &[1, vocab], &layout, &[32])
+            .embed(&CpuBackend::F32, &[1, vocab], &layout, &[32])
             .is_err()
     );
-    assert!(model.embed(&CpuBackend, &[1, 2], &layout, &[0]).is_err());
-    assert!(model.embed(&CpuBackend, &[1, 2], &layout, &[33]).is_err());
     assert!(
         model
-            .embed(&CpuBackend, &[1, 2, 3], &layout, &[32])
+            .embed(&CpuBackend::F32, &[1, 2], &layout, &[0])
+            .is_err()
+    );
+    assert!(
+        model
+            .embed(&CpuBackend::F32, &[1, 2], &layout, &[33])
+            .is_err()
+    );
+    assert!(
+        model
+            .embed(&CpuBackend::F32, &[1, 2, 3], &layout, &[32])
             .is_err()
     );
 }

@@ -107,10 +107,10 @@ fn diff_to_golden(dir: &Path) -> f32 {
         .iter()
         .map(|v| v.as_f64().unwrap() as f32)
         .collect();
-    let model = model::load(dir, &CpuBackend).unwrap();
+    let model = model::load(dir, &CpuBackend::F32).unwrap();
     let layout = BatchLayout::from_lengths(&[ids.len()]).unwrap();
     let got = model
-        .embed(&CpuBackend, &ids, &layout, &[want.len()])
+        .embed(&CpuBackend::F32, &ids, &layout, &[want.len()])
         .unwrap();
     got[0]
         .iter()
@@ -208,7 +208,7 @@ fn load_error(name: &str, edit: impl FnOnce(&mut HashMap<String, Tensor>)) -> St
     let mut tensors = fixture_tensors();
     edit(&mut tensors);
     write_safetensors(&scratch.0.join("model.safetensors"), &tensors);
-    match model::load(&scratch.0, &CpuBackend) {
+    match model::load(&scratch.0, &CpuBackend::F32) {
         Ok(_) => panic!("{name}: the broken checkpoint loaded"),
         Err(e) => e.to_string(),
     }
@@ -262,7 +262,7 @@ fn truncated_file_and_foreign_config_fail_cleanly() {
         &bytes[..bytes.len() - 1000],
     )
     .unwrap();
-    let error = model::load(&scratch.0, &CpuBackend)
+    let error = model::load(&scratch.0, &CpuBackend::F32)
         .err()
         .expect("truncated file refused");
     assert!(matches!(error, ModelError::Safetensors { .. }), "{error}");
@@ -281,14 +281,14 @@ fn truncated_file_and_foreign_config_fail_cleanly() {
     config["architectures"] = serde_json::json!(["LlamaForCausalLM"]);
     config["model_type"] = "llama".into();
     std::fs::write(foreign.0.join("config.json"), config.to_string()).unwrap();
-    let error = model::load(&foreign.0, &CpuBackend)
+    let error = model::load(&foreign.0, &CpuBackend::F32)
         .err()
         .expect("foreign architecture refused");
     assert!(error.to_string().contains("LlamaForCausalLM"), "{error}");
 
     let empty = ScratchDir::new("empty");
     copy_side_files(&empty.0);
-    let error = model::load(&empty.0, &CpuBackend)
+    let error = model::load(&empty.0, &CpuBackend::F32)
         .err()
         .expect("no weights refused");
     assert!(error.to_string().contains("model.safetensors"), "{error}");

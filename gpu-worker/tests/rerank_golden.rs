@@ -14,12 +14,14 @@ fn golden() -> Value {
 }
 
 fn load() -> Reranker<CpuBackend> {
-    Reranker::load(&fixture::reranker_dir(), &CpuBackend).expect("fixture loads")
+    Reranker::load(&fixture::reranker_dir(), &CpuBackend::F32).expect("fixture loads")
 }
 
 fn score_one(reranker: &Reranker<CpuBackend>, input_ids: &[u32]) -> RerankScore {
     let layout = BatchLayout::from_lengths(&[input_ids.len()]).unwrap();
-    let mut out = reranker.score(&CpuBackend, input_ids, &layout).unwrap();
+    let mut out = reranker
+        .score(&CpuBackend::F32, input_ids, &layout)
+        .unwrap();
     assert_eq!(out.len(), 1);
     out.remove(0)
 }
@@ -76,13 +78,13 @@ fn batch_composition_does_not_change_scores() {
     let lengths: Vec<usize> = cases.iter().map(Vec::len).collect();
     let layout = BatchLayout::from_lengths(&lengths).unwrap();
     let packed: Vec<u32> = cases.concat();
-    let all = reranker.score(&CpuBackend, &packed, &layout).unwrap();
+    let all = reranker.score(&CpuBackend::F32, &packed, &layout).unwrap();
     assert_eq!(all.len(), cases.len());
 
     let mut batches = vec![((0..cases.len()).collect::<Vec<_>>(), all)];
     for group in fixture::random_groups(cases.len(), 4, 5, 11) {
         let (packed, layout) = fixture::pack(&cases, &group);
-        let out = reranker.score(&CpuBackend, &packed, &layout).unwrap();
+        let out = reranker.score(&CpuBackend::F32, &packed, &layout).unwrap();
         batches.push((group, out));
     }
     let mut max_diff = 0.0f32;
@@ -107,11 +109,11 @@ fn bad_inputs_are_errors_not_panics() {
     let vocab = reranker.model().config().vocab_size as u32;
     let layout = BatchLayout::from_lengths(&[2]).unwrap();
     assert!(matches!(
-        reranker.score(&CpuBackend, &[1, vocab], &layout),
+        reranker.score(&CpuBackend::F32, &[1, vocab], &layout),
         Err(ModelError::Input(_))
     ));
     assert!(matches!(
-        reranker.score(&CpuBackend, &[1, 2, 3], &layout),
+        reranker.score(&CpuBackend::F32, &[1, 2, 3], &layout),
         Err(ModelError::Input(_))
     ));
 }
@@ -122,7 +124,7 @@ fn answer_tokens_outside_the_vocabulary_are_refused() {
         yes: YES_TOKEN_ID,
         no: u32::MAX,
     };
-    let err = Reranker::load_with_tokens(&fixture::reranker_dir(), &CpuBackend, tokens)
+    let err = Reranker::load_with_tokens(&fixture::reranker_dir(), &CpuBackend::F32, tokens)
         .err()
         .expect("token outside the vocabulary");
     assert!(err.to_string().contains("outside the vocabulary"), "{err}");
@@ -165,7 +167,7 @@ fn stored_lm_head_is_preferred_over_tied_embeddings() {
     ])
     .unwrap();
     let swapped = Reranker::from_weights(
-        &CpuBackend,
+        &CpuBackend::F32,
         &weights,
         config.clone(),
         AnswerTokens::default(),
@@ -189,7 +191,7 @@ fn stored_lm_head_is_preferred_over_tied_embeddings() {
         ..config
     };
     let fixture = Weights::open(&fixture::reranker_dir()).unwrap();
-    let err = Reranker::from_weights(&CpuBackend, &fixture, untied, AnswerTokens::default())
+    let err = Reranker::from_weights(&CpuBackend::F32, &fixture, untied, AnswerTokens::default())
         .err()
         .expect("no lm_head.weight");
     assert!(matches!(err, ModelError::MissingTensor(_)), "{err}");

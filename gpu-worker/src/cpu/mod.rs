@@ -1,14 +1,17 @@
-//! The CPU backend: every op in f32 on the host, using every core. It is the exact reference
-//! (matches transformers in float32) and the twin each CUDA kernel is tested against.
+//! The CPU backend: every op on the host, using every core. In f32 ([`CpuBackend::F32`]) it
+//! is the exact reference (matches transformers in float32) and the twin each CUDA kernel is
+//! tested against; in bf16 ([`CpuBackend::BF16`]) the weights stay bf16 and the matrix
+//! products run on the CPU's bf16 dot-product instructions, everything else still in f32.
 //!
 //! # Layout
 //! One file per op, each a plain function on slices: [`embed`], [`rms_norm`],
-//! [`qk_norm_rope`], [`attention`], [`silu_mul`], [`linear`], [`pool`]. This module binds
-//! them to [`Ops`], checking shapes.
+//! [`qk_norm_rope`], [`attention`], [`silu_mul`], [`linear`] (f32) and [`linear_bf16`],
+//! [`pool`]. This module binds them to [`Ops`], checking shapes.
 
 pub mod attention;
 pub mod embed;
 pub mod linear;
+pub mod linear_bf16;
 pub mod pool;
 pub mod qk_norm_rope;
 pub mod rms_norm;
@@ -17,6 +20,7 @@ pub mod silu_mul;
 use crate::model::weights::TensorView;
 use crate::ops::{AttentionShape, BatchLayout, DeviceInfo, OpError, OpResult, Ops, Queries};
 use embed::EmbeddingTable;
+use linear_bf16::{Kernel, PackedBf16};
 use qk_norm_rope::RopeTable;
 
 /// A row-major f32 matrix on the host.
@@ -51,15 +55,24 @@ impl CpuTensor {
     }
 }
 
-/// A weight matrix `(out, in)` converted to f32 once at load.
+/// A weight matrix `(out, in)`, converted once at load to the backend's precision.
 #[derive(Debug)]
 pub struct CpuMatrix {
     /// Output features.
     pub rows: usize,
     /// Input features.
     pub cols: usize,
-    /// Row-major values.
-    pub data: Vec<f32>,
+    /// The values.
+    pub values: MatrixValues,
+}
+
+/// The stored values of a [`CpuMatrix`].
+#[derive(Debug)]
+pub enum MatrixValues {
+    /// Row-major f32.
+    F32(Vec<f32>),
+    /// bf16, packed for [`linear_bf16::linear_bf16`].
+    Bf16(PackedBf16),
 }
 
 /// The host layout of a batch plus its rotary tables.
@@ -69,9 +82,56 @@ pub struct CpuLayout {
     rope: std::sync::OnceLock<RopeTable>,
 }
 
-/// The f32 CPU backend.
-#[derive(Debug, Default)]
-pub struct CpuBackend;
+/// Precision of the CPU backend's matrix products.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CpuPrecision {
+    /// f32 weights and products: the exact reference.
+    F32,
+    /// bf16 weights and bf16-rounded activations, f32 accumulation.
+    Bf16,
+}
+
+/// The CPU backend.
+#[derive(Debug, Clone, Copy)]
+pub struct CpuBackend {
+    /// What the matrix products compute in.
+    precision: CpuPrecision,
+    /// The bf16 product kernel this CPU runs (detected once at construction).
+    bf16_kernel: Kernel,
+}
+
+impl CpuBackend {
+    /// The exact f32 backend.
+    pub const F32: Self = Self {
+        precision: CpuPrecision::F32,
+        bf16_kernel: Kernel::Portable,
+    };
+
+    /// The bf16 backend, with the fastest bf16 kernel this CPU runs.
+    pub fn bf16() -> Self {
+        Self::with_kernel(Kernel::detect())
+    }
+
+    /// The bf16 backend on a chosen kernel (tests use it to run the portable kernel on
+    /// CPUs that have the fast one).
+    pub fn with_kernel(bf16_kernel: Kernel) -> Self {
+        Self {
+            precision: CpuPrecision::Bf16,
+            bf16_kernel,
+        }
+    }
+
+    /// What the matrix products compute in.
+    pub fn precision(&self) -> CpuPrecision {
+        self.precision
+    }
+}
+
+impl Default for CpuBackend {
+    fn default() -> Self {
+        Self::F32
+    }
+}
 
 fn shape_error(op: &'static str, detail: String) -> OpError {
     OpError::Shape { op, detail }
@@ -113,12 +173,20 @@ impl Ops for CpuBackend {
     type Layout = CpuLayout;
 
     fn name(&self) -> String {
-        "cpu-f32".into()
+        match self.precision {
+            CpuPrecision::F32 => "cpu-f32".into(),
+            CpuPrecision::Bf16 => "cpu-bf16".into(),
+        }
     }
 
     fn device_info(&self) -> DeviceInfo {
+        let products = match (self.precision, self.bf16_kernel) {
+            (CpuPrecision::F32, _) => "f32 products",
+            (CpuPrecision::Bf16, Kernel::Avx512Bf16) => "bf16 products on avx512_bf16",
+            (CpuPrecision::Bf16, Kernel::Portable) => "bf16 products, portable (no avx512_bf16)",
+        };
         DeviceInfo {
-            description: format!("cpu, {} threads", rayon::current_num_threads()),
+            description: format!("cpu, {} threads, {products}", rayon::current_num_threads()),
             memory_used: None,
             memory_total: None,
         }
@@ -128,8 +196,6 @@ impl Ops for CpuBackend {
         let cols = parts
             .first()
             .map_or(0, |p| p.shape.get(1).copied().unwrap_or(0));
-        let mut data = Vec::new();
-        let mut rows = 0;
         for part in parts {
             if part.shape.len() != 2 || part.shape[1] != cols {
                 return Err(OpError::Weight(format!(
@@ -137,11 +203,29 @@ impl Ops for CpuBackend {
                     part.name, part.shape
                 )));
             }
-            rows += part.shape[0];
-            data.reserve(part.len());
-            data.extend(part.to_f32());
         }
-        Ok(CpuMatrix { rows, cols, data })
+        let rows = parts.iter().map(|p| p.shape[0]).sum();
+        let values = match self.precision {
+            CpuPrecision::F32 => {
+                MatrixValues::F32(parts.iter().flat_map(|part| part.to_f32()).collect())
+            }
+            CpuPrecision::Bf16 => {
+                // Row `r` of the stacked matrix: find its part, convert that row.
+                let starts: Vec<usize> = parts
+                    .iter()
+                    .scan(0, |start, p| {
+                        let s = *start;
+                        *start += p.shape[0];
+                        Some(s)
+                    })
+                    .collect();
+                MatrixValues::Bf16(PackedBf16::pack(rows, cols, |r, out| {
+                    let i = starts.partition_point(|&s| s <= r) - 1;
+                    parts[i].row_f32(r - starts[i], out);
+                }))
+            }
+        };
+        Ok(CpuMatrix { rows, cols, values })
     }
 
     fn vector(&self, view: TensorView<'_>) -> OpResult<Vec<f32>> {
@@ -214,7 +298,14 @@ impl Ops for CpuBackend {
     fn linear(&self, x: &CpuTensor, w: &CpuMatrix) -> OpResult<CpuTensor> {
         check_cols("linear", "x", x.cols, w.cols)?;
         let mut out = CpuTensor::zeros(x.rows, w.rows);
-        linear::linear(&x.data, &w.data, x.rows, w.cols, w.rows, &mut out.data);
+        match &w.values {
+            MatrixValues::F32(data) => {
+                linear::linear(&x.data, data, x.rows, w.cols, w.rows, &mut out.data)
+            }
+            MatrixValues::Bf16(packed) => {
+                linear_bf16::linear_bf16(&x.data, packed, x.rows, &mut out.data, self.bf16_kernel)
+            }
+        }
         Ok(out)
     }
 
@@ -290,7 +381,7 @@ impl Ops for CpuBackend {
     }
 
     fn silu_mul(&self, gate_up: &CpuTensor) -> OpResult<CpuTensor> {
-        if gate_up.cols % 2 != 0 {
+        if !gate_up.cols.is_multiple_of(2) {
             return Err(shape_error(
                 "silu_mul",
                 format!("gate|up has an odd width {}", gate_up.cols),

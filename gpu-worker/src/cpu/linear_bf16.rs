@@ -1,0 +1,390 @@
+//! `x @ w^T` with bf16 weights: activations rounded to bf16, products through the CPU's
+//! bf16 dot-product instruction (`vdpbf16ps`, AVX-512 BF16), f32 accumulation. The
+//! bf16 twin of [`super::linear`]; used by the CPU backend's bf16 mode.
+//!
+//! # Layout
+//! `vdpbf16ps` multiplies pairs of bf16 values that sit in one 32-bit lane and adds both
+//! products to that lane's f32 accumulator. So weights are packed once at load into panels
+//! of [`PANEL`] output columns: for each pair of input features `(2q, 2q + 1)`, one 32-bit
+//! word per column holding `w[col][2q]` (low half) and `w[col][2q + 1]` (high half). One
+//! panel step is two 512-bit loads; each activation pair is one 32-bit broadcast. A tile of
+//! [`TILE_ROWS`] rows by one panel keeps its 24 accumulators in registers for the whole
+//! reduction. Panels are split across threads; a panel (at most a few hundred KiB) stays in
+//! the core's L2 while every row block streams past it.
+//!
+//! Without AVX-512 BF16 the same packed data goes through a portable loop with the same
+//! arithmetic (exact bf16 products, f32 sums), only slower.
+
+use half::bf16;
+use rayon::prelude::*;
+
+/// Output columns per packed panel (two 512-bit registers of f32).
+pub const PANEL: usize = 32;
+
+/// Rows per register tile: 12 rows x 2 registers = 24 accumulators of the 32 registers.
+pub const TILE_ROWS: usize = 12;
+
+/// A weight matrix `(n, k)` packed for [`linear_bf16`].
+#[derive(Debug)]
+pub struct PackedBf16 {
+    /// Output features.
+    pub n: usize,
+    /// Input features.
+    pub k: usize,
+    /// `ceil(k / 2)`: the reduction runs over pairs (an odd `k` is padded with a zero).
+    k_pairs: usize,
+    /// `ceil(n / PANEL)` panels of `k_pairs * PANEL` words (columns past `n` are zero).
+    words: Vec<u32>,
+}
+
+/// Packs two bf16 values into the word layout `vdpbf16ps` reads: `lo` in bits 0..16.
+fn pair(lo: bf16, hi: bf16) -> u32 {
+    u32::from(lo.to_bits()) | (u32::from(hi.to_bits()) << 16)
+}
+
+impl PackedBf16 {
+    /// Packs `n` rows of `k` values, row `r` read by `row(r, out)` as f32 (values already
+    /// in bf16 round trip exactly; others round to nearest even).
+    pub fn pack(n: usize, k: usize, mut row: impl FnMut(usize, &mut [f32])) -> Self {
+        let k_pairs = k.div_ceil(2);
+        let panels = n.div_ceil(PANEL);
+        let mut words = vec![0u32; panels * k_pairs * PANEL];
+        let mut values = vec![0.0f32; 2 * k_pairs];
+        for r in 0..n {
+            row(r, &mut values[..k]);
+            let (panel, col) = (r / PANEL, r % PANEL);
+            let base = panel * k_pairs * PANEL + col;
+            for (q, two) in values.chunks_exact(2).enumerate() {
+                words[base + q * PANEL] = pair(bf16::from_f32(two[0]), bf16::from_f32(two[1]));
+            }
+        }
+        Self {
+            n,
+            k,
+            k_pairs,
+            words,
+        }
+    }
+
+    fn panel(&self, p: usize) -> &[u32] {
+        &self.words[p * self.k_pairs * PANEL..][..self.k_pairs * PANEL]
+    }
+}
+
+/// Whether this CPU has the bf16 dot-product instruction (checked once, cached by std).
+pub fn has_avx512_bf16() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512bf16")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Which implementation runs the products.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kernel {
+    /// `vdpbf16ps` register tiles.
+    Avx512Bf16,
+    /// The portable loop (same arithmetic).
+    Portable,
+}
+
+impl Kernel {
+    /// The fastest kernel this CPU runs.
+    pub fn detect() -> Self {
+        if has_avx512_bf16() {
+            Self::Avx512Bf16
+        } else {
+            Self::Portable
+        }
+    }
+}
+
+/// Activations `(rows, k)` rounded to bf16 and paired like the weights.
+fn pack_rows(x: &[f32], rows: usize, k: usize, k_pairs: usize) -> Vec<u32> {
+    let mut words = vec![0u32; rows * k_pairs];
+    words
+        .par_chunks_exact_mut(k_pairs.max(1))
+        .zip(x.par_chunks_exact(k.max(1)))
+        .for_each(|(out, row)| {
+            let (pairs, odd) = row.split_at(k - k % 2);
+            for (word, two) in out.iter_mut().zip(pairs.chunks_exact(2)) {
+                *word = pair(bf16::from_f32(two[0]), bf16::from_f32(two[1]));
+            }
+            if let [last] = odd {
+                out[k_pairs - 1] = pair(bf16::from_f32(*last), bf16::ZERO);
+            }
+        });
+    words
+}
+
+/// The output matrix, written by panel tasks that each own a disjoint set of columns.
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+// SAFETY: every task writes only the columns of its own panel (disjoint from every other
+// task's), and the buffer outlives the parallel loop that borrows it.
+unsafe impl Send for OutPtr {}
+// SAFETY: as above: shared only to hand each task its own disjoint columns.
+unsafe impl Sync for OutPtr {}
+
+impl OutPtr {
+    /// The address of element `offset` (a method, so closures capture the whole wrapper).
+    fn at(self, offset: usize) -> *mut f32 {
+        self.0.wrapping_add(offset)
+    }
+}
+
+/// `out (rows, n) = bf16(x) (rows, k) @ w^T` with f32 accumulation.
+pub fn linear_bf16(x: &[f32], w: &PackedBf16, rows: usize, out: &mut [f32], kernel: Kernel) {
+    assert!(
+        x.len() == rows * w.k && out.len() == rows * w.n,
+        "linear_bf16 operands checked by the caller; this is a bug"
+    );
+    if rows == 0 || w.n == 0 {
+        return;
+    }
+    let a = pack_rows(x, rows, w.k, w.k_pairs);
+    let n = w.n;
+    let out_ptr = OutPtr(out.as_mut_ptr());
+    (0..n.div_ceil(PANEL)).into_par_iter().for_each(|p| {
+        let cols = (n - p * PANEL).min(PANEL);
+        let panel = w.panel(p);
+        let mut tile = [0.0f32; TILE_ROWS * PANEL];
+        for r0 in (0..rows).step_by(TILE_ROWS) {
+            let tile_rows = (rows - r0).min(TILE_ROWS);
+            let a_rows = &a[r0 * w.k_pairs..(r0 + tile_rows) * w.k_pairs];
+            run_tile(kernel, a_rows, tile_rows, panel, w.k_pairs, &mut tile);
+            for (r, values) in tile.chunks_exact(PANEL).take(tile_rows).enumerate() {
+                // SAFETY: row `r0 + r` < rows and columns `p * PANEL .. p * PANEL + cols`
+                // < n lie inside `out` (rows * n, length checked above); no other task
+                // writes panel `p`'s columns, and `out` is borrowed mutably for the whole
+                // parallel loop.
+                unsafe {
+                    let dst = out_ptr.at((r0 + r) * n + p * PANEL);
+                    std::ptr::copy_nonoverlapping(values.as_ptr(), dst, cols);
+                }
+            }
+        }
+    });
+}
+
+/// Fills `tile` (`tile_rows x PANEL`, row stride `PANEL`) with one tile of products.
+fn run_tile(
+    kernel: Kernel,
+    a: &[u32],
+    tile_rows: usize,
+    panel: &[u32],
+    k_pairs: usize,
+    tile: &mut [f32; TILE_ROWS * PANEL],
+) {
+    match kernel {
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx512Bf16 => {
+            assert!(
+                has_avx512_bf16(),
+                "Avx512Bf16 chosen without CPU support; this is a bug"
+            );
+            // SAFETY: the CPU supports avx512f + avx512bf16 (asserted above); slice
+            // lengths are `tile_rows * k_pairs` and `k_pairs * PANEL` by construction.
+            unsafe { avx512::tile(a, tile_rows, panel, k_pairs, tile) }
+        }
+        _ => portable_tile(a, tile_rows, panel, k_pairs, tile),
+    }
+}
+
+/// Splits a packed word into its two bf16 values as f32 (exact).
+fn unpair(word: u32) -> (f32, f32) {
+    (
+        f32::from_bits(word << 16),
+        f32::from_bits(word & 0xffff_0000),
+    )
+}
+
+/// The portable tile: exact bf16 products, f32 sums, one pair at a time.
+fn portable_tile(
+    a: &[u32],
+    tile_rows: usize,
+    panel: &[u32],
+    k_pairs: usize,
+    tile: &mut [f32; TILE_ROWS * PANEL],
+) {
+    for (r, acc) in tile.chunks_exact_mut(PANEL).take(tile_rows).enumerate() {
+        acc.fill(0.0);
+        for (q, &a_word) in a[r * k_pairs..][..k_pairs].iter().enumerate() {
+            let (a0, a1) = unpair(a_word);
+            for (sum, &w_word) in acc.iter_mut().zip(&panel[q * PANEL..][..PANEL]) {
+                let (w0, w1) = unpair(w_word);
+                *sum += a0 * w0 + a1 * w1;
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    use super::{PANEL, TILE_ROWS};
+
+    /// Reinterprets 16 words as 32 bf16 values (the same 512 bits).
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    fn as_bf16_pairs(v: __m512i) -> __m512bh {
+        // SAFETY: both are plain 512-bit vectors; every bit pattern is a valid value of each.
+        unsafe { std::mem::transmute::<__m512i, __m512bh>(v) }
+    }
+
+    /// Register tile of `R` rows: `2 R` accumulators, two panel loads and one broadcast
+    /// per pair of input features.
+    ///
+    /// # Safety
+    /// The CPU must support avx512f and avx512bf16; `a` holds `R * k_pairs` words and
+    /// `panel` `k_pairs * PANEL`.
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    unsafe fn tile_of<const R: usize>(
+        a: &[u32],
+        panel: &[u32],
+        k_pairs: usize,
+        tile: &mut [f32; TILE_ROWS * PANEL],
+    ) {
+        debug_assert!(a.len() >= R * k_pairs && panel.len() >= k_pairs * PANEL);
+        let mut acc = [[_mm512_setzero_ps(); 2]; R];
+        let (a_ptr, w_ptr) = (a.as_ptr(), panel.as_ptr());
+        for q in 0..k_pairs {
+            // SAFETY: `q < k_pairs`, so words `q * PANEL .. q * PANEL + 32` are inside
+            // `panel`, and word `r * k_pairs + q` (r < R) is inside `a` (caller's contract).
+            unsafe {
+                let w0 = _mm512_loadu_si512(w_ptr.add(q * PANEL).cast());
+                let w1 = _mm512_loadu_si512(w_ptr.add(q * PANEL + 16).cast());
+                let (w0, w1) = (as_bf16_pairs(w0), as_bf16_pairs(w1));
+                for (r, acc) in acc.iter_mut().enumerate() {
+                    let x = _mm512_set1_epi32(*a_ptr.add(r * k_pairs + q) as i32);
+                    let x = as_bf16_pairs(x);
+                    acc[0] = _mm512_dpbf16_ps(acc[0], x, w0);
+                    acc[1] = _mm512_dpbf16_ps(acc[1], x, w1);
+                }
+            }
+        }
+        for (r, acc) in acc.iter().enumerate() {
+            // SAFETY: row `r < R <= TILE_ROWS` of `tile` spans `PANEL` = 32 floats.
+            unsafe {
+                let dst = tile.as_mut_ptr().add(r * PANEL);
+                _mm512_storeu_ps(dst, acc[0]);
+                _mm512_storeu_ps(dst.add(16), acc[1]);
+            }
+        }
+    }
+
+    /// Dispatches a tile of `tile_rows` (1..=TILE_ROWS) rows to its register shape.
+    ///
+    /// # Safety
+    /// As [`tile_of`], for `R = tile_rows`.
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    pub(super) unsafe fn tile(
+        a: &[u32],
+        tile_rows: usize,
+        panel: &[u32],
+        k_pairs: usize,
+        tile: &mut [f32; TILE_ROWS * PANEL],
+    ) {
+        // SAFETY: forwarded contract; each arm's `R` equals `tile_rows`.
+        unsafe {
+            match tile_rows {
+                12 => tile_of::<12>(a, panel, k_pairs, tile),
+                11 => tile_of::<11>(a, panel, k_pairs, tile),
+                10 => tile_of::<10>(a, panel, k_pairs, tile),
+                9 => tile_of::<9>(a, panel, k_pairs, tile),
+                8 => tile_of::<8>(a, panel, k_pairs, tile),
+                7 => tile_of::<7>(a, panel, k_pairs, tile),
+                6 => tile_of::<6>(a, panel, k_pairs, tile),
+                5 => tile_of::<5>(a, panel, k_pairs, tile),
+                4 => tile_of::<4>(a, panel, k_pairs, tile),
+                3 => tile_of::<3>(a, panel, k_pairs, tile),
+                2 => tile_of::<2>(a, panel, k_pairs, tile),
+                1 => tile_of::<1>(a, panel, k_pairs, tile),
+                _ => unreachable!("tile of {tile_rows} rows; this is a bug"),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+
+    use super::*;
+
+    /// The product in f64 over the bf16-rounded operands: what both kernels approximate
+    /// with f32 sums.
+    fn reference(x: &[f32], w: &[f32], rows: usize, k: usize, n: usize) -> Vec<f32> {
+        let round = |v: f32| f64::from(bf16::from_f32(v).to_f32());
+        let mut out = vec![0.0; rows * n];
+        for r in 0..rows {
+            for c in 0..n {
+                let sum: f64 = (0..k)
+                    .map(|i| round(x[r * k + i]) * round(w[c * k + i]))
+                    .sum();
+                out[r * n + c] = sum as f32;
+            }
+        }
+        out
+    }
+
+    fn check(rows: usize, k: usize, n: usize, kernel: Kernel, seed: u64) {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let x: Vec<f32> = (0..rows * k).map(|_| rng.random_range(-1.0..1.0)).collect();
+        let w: Vec<f32> = (0..n * k).map(|_| rng.random_range(-1.0..1.0)).collect();
+        let packed = PackedBf16::pack(n, k, |r, out| out.copy_from_slice(&w[r * k..][..k]));
+        let mut got = vec![f32::NAN; rows * n];
+        linear_bf16(&x, &packed, rows, &mut got, kernel);
+        let want = reference(&x, &w, rows, k, n);
+        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+            // f32 sums of k products of magnitude <= 1: error grows like sqrt(k) ulps.
+            let tol = 1e-5 * (k as f32).sqrt() * (1.0 + w.abs());
+            assert!(
+                (g - w).abs() <= tol,
+                "{kernel:?} {rows}x{k}x{n}: element {i}: got {g}, want {w}"
+            );
+        }
+    }
+
+    /// Shapes that are not multiples of the tile, the panel or the pair width.
+    const SHAPES: [(usize, usize, usize); 6] = [
+        (1, 2, 1),
+        (5, 7, 33),
+        (12, 64, 32),
+        (13, 130, 70),
+        (37, 255, 96),
+        (25, 1024, 40),
+    ];
+
+    #[test]
+    fn portable_kernel_matches_reference() {
+        for (i, &(rows, k, n)) in SHAPES.iter().enumerate() {
+            check(rows, k, n, Kernel::Portable, i as u64);
+        }
+    }
+
+    #[test]
+    fn avx512_kernel_matches_reference() {
+        if Kernel::detect() != Kernel::Avx512Bf16 {
+            println!("skipped: this CPU has no avx512_bf16");
+            return;
+        }
+        for (i, &(rows, k, n)) in SHAPES.iter().enumerate() {
+            check(rows, k, n, Kernel::Avx512Bf16, 100 + i as u64);
+        }
+    }
+
+    #[test]
+    fn packing_rounds_to_nearest_even() {
+        let packed = PackedBf16::pack(1, 3, |_, out| out.copy_from_slice(&[1.0, 1.0 + 1e-3, -2.5]));
+        let (a, b) = unpair(packed.words[0]);
+        let (c, pad) = unpair(packed.words[PANEL]);
+        assert_eq!((a, b, c, pad), (1.0, 1.0, -2.5, 0.0));
+    }
+}
