@@ -144,7 +144,8 @@ impl Checkpoint {
         let io = |source| CliError::io("write the progress file", path, source);
         let temporary = path.with_extension("json.tmp");
         let mut file = File::create(&temporary).map_err(io)?;
-        let bytes = serde_json::to_vec_pretty(self).expect("a checkpoint serializes; this is a bug");
+        let bytes =
+            serde_json::to_vec_pretty(self).expect("a checkpoint serializes; this is a bug");
         file.write_all(&bytes).map_err(io)?;
         file.sync_all().map_err(io)?;
         std::fs::rename(&temporary, path).map_err(io)?;

@@ -58,7 +58,12 @@ pub struct JsonlReader {
 
 impl JsonlReader {
     /// Opens `path` and positions it at `offset`, which starts line `next_line` (1-based).
-    pub fn open(path: &Path, fields: Fields, offset: u64, next_line: u64) -> Result<Self, CliError> {
+    pub fn open(
+        path: &Path,
+        fields: Fields,
+        offset: u64,
+        next_line: u64,
+    ) -> Result<Self, CliError> {
         let io = |source| CliError::io("read the input", path, source);
         let mut file = File::open(path).map_err(io)?;
         let len = file.metadata().map_err(io)?.len();
@@ -159,8 +164,7 @@ fn trim_newline(bytes: &[u8]) -> &[u8] {
 
 /// Extracts the id and the text of one line, or says what is wrong with it.
 fn parse_line(bytes: &[u8], fields: &Fields) -> Result<(Option<Value>, String), String> {
-    let value: Value =
-        serde_json::from_slice(bytes).map_err(|e| format!("not valid JSON: {e}"))?;
+    let value: Value = serde_json::from_slice(bytes).map_err(|e| format!("not valid JSON: {e}"))?;
     let Value::Object(mut object) = value else {
         return Err(format!("expected a JSON object, found {}", kind(&value)));
     };
@@ -226,7 +230,10 @@ mod tests {
         );
         let cases: [(&[u8], &str); 5] = [
             (br#"{"body": "hi", "doc": 1}"#, "field `text` is missing"),
-            (br#"{"text": 3, "doc": 1}"#, "field `text` must be a string, found a number"),
+            (
+                br#"{"text": 3, "doc": 1}"#,
+                "field `text` must be a string, found a number",
+            ),
             (br#"{"text": "hi"}"#, "field `doc` is missing"),
             (br#"[1, 2]"#, "expected a JSON object, found an array"),
             (b"{\"text\": \"hi", "not valid JSON"),

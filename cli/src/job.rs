@@ -7,7 +7,7 @@ use std::time::Duration;
 use futures::{StreamExt, stream};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::backend::Embedder;
+use crate::backend::{Embedder, Transport};
 use crate::checkpoint::{Checkpoint, JobSettings, progress_path};
 use crate::error::CliError;
 use crate::input::{self, Fields, JsonlReader, Record};
@@ -46,7 +46,9 @@ pub async fn run(options: &Options) -> Result<Summary, CliError> {
     checkpoint.save(&progress)?;
 
     let remaining = input::count_records(&options.input, checkpoint.input_offset)?;
-    let todo = options.limit.map_or(remaining, |limit| limit.min(remaining));
+    let todo = options
+        .limit
+        .map_or(remaining, |limit| limit.min(remaining));
     let bar = progress_bar(options, checkpoint.rows, todo);
     let embedder = Embedder::connect(options).await?;
     let backoff = Backoff {
@@ -89,7 +91,9 @@ pub async fn run(options: &Options) -> Result<Summary, CliError> {
             Some(Ok((batch, vectors))) => {
                 writer.append(&batch, &vectors)?;
                 let bytes = writer.sync()?;
-                let last = batch.last().expect("batches are never empty; this is a bug");
+                let last = batch
+                    .last()
+                    .expect("batches are never empty; this is a bug");
                 checkpoint.advance(writer.rows(), writer.dims(), bytes, last);
                 checkpoint.save(&progress)?;
                 embedded += batch.len() as u64;
@@ -118,6 +122,7 @@ fn validate(options: &Options) -> Result<(), CliError> {
     if options.text_field.is_empty() {
         return invalid("--text-field must not be empty");
     }
+    Transport::of(&options.url)?;
     if same_file(&options.input, &options.output) {
         return invalid("the output must not be the input");
     }
@@ -132,7 +137,8 @@ fn same_file(a: &Path, b: &Path) -> bool {
 }
 
 /// The checkpoint to continue from: the progress file's when it matches, a fresh one with
-/// `--restart` or for a new output; an error when an output exists without progress.
+/// `--restart` or for a new (or empty) output; an error when a non-empty output exists
+/// without progress.
 fn resume_or_start(
     options: &Options,
     settings: JobSettings,
@@ -151,11 +157,14 @@ fn resume_or_start(
             checkpoint.check_resumable(&settings)?;
             Ok(checkpoint)
         }
-        None if options.output.exists() => Err(CliError::Resume(format!(
-            "{} exists but has no progress file ({}); pass --restart to overwrite it",
-            options.output.display(),
-            progress.display()
-        ))),
+        // An empty output is what a run that died before its first checkpoint leaves.
+        None if std::fs::metadata(&options.output).is_ok_and(|m| m.len() > 0) => {
+            Err(CliError::Resume(format!(
+                "{} exists but has no progress file ({}); pass --restart to overwrite it",
+                options.output.display(),
+                progress.display()
+            )))
+        }
         None => Ok(Checkpoint::fresh(settings)),
     }
 }

@@ -98,12 +98,11 @@ pub enum Format {
 impl Options {
     /// The output format: `--format`, else the output's extension.
     pub fn format(&self) -> Format {
-        self.format.unwrap_or_else(|| {
-            match self.output.extension().and_then(|e| e.to_str()) {
+        self.format
+            .unwrap_or_else(|| match self.output.extension().and_then(|e| e.to_str()) {
                 Some(ext) if ext.eq_ignore_ascii_case("npy") => Format::Npy,
                 _ => Format::Jsonl,
-            }
-        })
+            })
     }
 
     /// The per-request timeout.

@@ -29,7 +29,12 @@ impl Backoff {
     /// to a quarter more; `jitter` in `[0, 1)` spreads concurrent requests so they do not
     /// all come back at the same instant (the exponential wait is scaled by
     /// `0.5 + jitter / 2`, the hint by `1 + jitter / 4`).
-    pub fn delay(&self, retry: u32, retry_after: Option<Duration>, jitter: f64) -> Option<Duration> {
+    pub fn delay(
+        &self,
+        retry: u32,
+        retry_after: Option<Duration>,
+        jitter: f64,
+    ) -> Option<Duration> {
         if retry >= self.retries {
             return None;
         }
@@ -72,7 +77,10 @@ mod tests {
                 .chain([None])
                 .collect::<Vec<_>>()
         );
-        assert_eq!(backoff.delay(1, None, 0.0), Some(Duration::from_millis(100)));
+        assert_eq!(
+            backoff.delay(1, None, 0.0),
+            Some(Duration::from_millis(100))
+        );
         assert_eq!(backoff.delay(30, None, 0.0), None);
     }
 

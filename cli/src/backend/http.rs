@@ -37,7 +37,11 @@ struct EmbeddingItem {
 
 impl HttpEmbedder {
     /// A client of the gateway at `url` (its root, or its `/v1` OpenAI base URL).
-    pub fn new(url: &str, api_key: Option<String>, settings: EmbedSettings) -> Result<Self, CliError> {
+    pub fn new(
+        url: &str,
+        api_key: Option<String>,
+        settings: EmbedSettings,
+    ) -> Result<Self, CliError> {
         let client = reqwest::Client::builder()
             .timeout(settings.timeout)
             .build()
@@ -141,7 +145,11 @@ fn decode(bytes: &[u8], texts: usize) -> Result<Vec<Vec<f32>>, String> {
             .decode(&item.embedding)
             .map_err(|e| format!("item {}: bad base64: {e}", item.index))?;
         if raw.len() % 4 != 0 {
-            return Err(format!("item {}: {} bytes is not whole f32s", item.index, raw.len()));
+            return Err(format!(
+                "item {}: {} bytes is not whole f32s",
+                item.index,
+                raw.len()
+            ));
         }
         let vector = raw
             .chunks_exact(4)
@@ -149,7 +157,12 @@ fn decode(bytes: &[u8], texts: usize) -> Result<Vec<Vec<f32>>, String> {
             .collect();
         match vectors.get_mut(item.index) {
             Some(slot @ None) => *slot = Some(vector),
-            _ => return Err(format!("item index {} out of range or repeated", item.index)),
+            _ => {
+                return Err(format!(
+                    "item index {} out of range or repeated",
+                    item.index
+                ));
+            }
         }
     }
     vectors
@@ -195,11 +208,21 @@ mod tests {
             {"index": 0, "embedding": b64(&[1.0, 2.0])},
         ]});
         let bytes = serde_json::to_vec(&body).unwrap();
-        assert_eq!(decode(&bytes, 2).unwrap(), vec![vec![1.0, 2.0], vec![3.0, 4.0]]);
-        assert!(decode(&bytes, 3).unwrap_err().contains("no vector for item 2"));
+        assert_eq!(
+            decode(&bytes, 2).unwrap(),
+            vec![vec![1.0, 2.0], vec![3.0, 4.0]]
+        );
+        assert!(
+            decode(&bytes, 3)
+                .unwrap_err()
+                .contains("no vector for item 2")
+        );
         assert!(decode(&bytes, 1).unwrap_err().contains("out of range"));
         assert!(decode(b"{}", 1).is_err());
-        assert_eq!(error_message(br#"{"error": {"message": "bad key"}}"#), "bad key");
+        assert_eq!(
+            error_message(br#"{"error": {"message": "bad key"}}"#),
+            "bad key"
+        );
         assert_eq!(error_message(b"plain"), "plain");
     }
 }

@@ -58,6 +58,32 @@ pub enum Failure {
     Fatal(String),
 }
 
+/// How a URL reaches the service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// `http://` or `https://`: the gateway.
+    Http,
+    /// `nats://`, `tls://`, `ws://` or `wss://`: the NATS API.
+    Nats,
+}
+
+impl Transport {
+    /// The transport `url`'s scheme names, or an error naming the accepted ones.
+    pub fn of(url: &str) -> Result<Self, CliError> {
+        let scheme = url
+            .trim()
+            .split_once("://")
+            .map(|(scheme, _)| scheme.to_ascii_lowercase());
+        match scheme.as_deref() {
+            Some("http" | "https") => Ok(Self::Http),
+            Some("nats" | "tls" | "ws" | "wss") => Ok(Self::Nats),
+            _ => Err(CliError::Options(format!(
+                "--url {url}: expected http://, https://, nats:// or tls://"
+            ))),
+        }
+    }
+}
+
 /// A connected client of the service.
 pub enum Embedder {
     /// The gateway's `POST /v1/embeddings`.
@@ -71,19 +97,15 @@ impl Embedder {
     pub async fn connect(options: &Options) -> Result<Self, CliError> {
         let settings = EmbedSettings::from_options(options);
         let url = options.url.trim();
-        let scheme = url.split_once("://").map(|(scheme, _)| scheme.to_ascii_lowercase());
-        match scheme.as_deref() {
-            Some("http" | "https") => Ok(Self::Http(http::HttpEmbedder::new(
+        match Transport::of(url)? {
+            Transport::Http => Ok(Self::Http(http::HttpEmbedder::new(
                 url,
                 options.api_key.clone(),
                 settings,
             )?)),
-            Some("nats" | "tls" | "ws" | "wss") => Ok(Self::Nats(
+            Transport::Nats => Ok(Self::Nats(
                 nats::NatsEmbedder::connect(url, options, settings).await?,
             )),
-            _ => Err(CliError::Options(format!(
-                "--url {url}: expected http://, https://, nats:// or tls://"
-            ))),
         }
     }
 
@@ -98,7 +120,11 @@ impl Embedder {
     /// Embeds `texts`, retrying transient failures per `backoff`; the error says why the
     /// last attempt failed. Checks that every text got a vector and that all vectors have
     /// the same, non-zero length.
-    pub async fn embed(&self, texts: &[String], backoff: &Backoff) -> Result<Vec<Vec<f32>>, String> {
+    pub async fn embed(
+        &self,
+        texts: &[String],
+        backoff: &Backoff,
+    ) -> Result<Vec<Vec<f32>>, String> {
         let mut retry = 0;
         loop {
             let failure = match self.attempt(texts).await {

@@ -25,7 +25,11 @@ pub struct NatsEmbedder {
 
 impl NatsEmbedder {
     /// Connects to the servers at `url` with the options' credentials.
-    pub async fn connect(url: &str, options: &Options, settings: EmbedSettings) -> Result<Self, CliError> {
+    pub async fn connect(
+        url: &str,
+        options: &Options,
+        settings: EmbedSettings,
+    ) -> Result<Self, CliError> {
         let config = NatsConfig {
             url: url.to_string(),
             subject_prefix: options.subject_prefix.clone(),
@@ -89,7 +93,10 @@ impl NatsEmbedder {
                     return Err(retry("the connection closed".into()));
                 };
                 if message.status == Some(async_nats::StatusCode::NO_RESPONDERS) {
-                    return Err(retry(format!("no tokenizer worker listens on {}", self.subject)));
+                    return Err(retry(format!(
+                        "no tokenizer worker listens on {}",
+                        self.subject
+                    )));
                 }
                 let reply = wire::decode::<EmbedReply>(&message.payload)
                     .map_err(|e| Failure::Fatal(format!("unreadable reply: {e}")))?;

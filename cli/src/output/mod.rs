@@ -36,7 +36,13 @@ pub struct Writer {
 impl Writer {
     /// Opens `path` holding `rows` rows of `dims` values in its first `len` bytes, cutting
     /// anything after them. `len` 0 starts a new file.
-    pub fn open(path: &Path, format: Format, rows: u64, dims: Option<u32>, len: u64) -> Result<Self, CliError> {
+    pub fn open(
+        path: &Path,
+        format: Format,
+        rows: u64,
+        dims: Option<u32>,
+        len: u64,
+    ) -> Result<Self, CliError> {
         let io = |source| CliError::io("open the output", path, source);
         let mut file = OpenOptions::new()
             .read(true)
@@ -113,7 +119,9 @@ impl Writer {
         let io = |source| CliError::io("write the output", &self.path, source);
         self.file.flush().map_err(io)?;
         if self.format == Format::Npy && self.len > 0 {
-            let dims = self.dims.expect("a .npy with bytes has a row length; this is a bug");
+            let dims = self
+                .dims
+                .expect("a .npy with bytes has a row length; this is a bug");
             let file = self.file.get_mut();
             file.seek(SeekFrom::Start(0)).map_err(io)?;
             file.write_all(&npy::header(self.rows, u64::from(dims)))
@@ -209,7 +217,10 @@ mod tests {
         assert!(text.ends_with('\n'));
         assert_eq!(parse_jsonl_row(&text), Some((json!("a"), vector.to_vec())));
         let by_line = String::from_utf8(jsonl_row(&record(4, None), &vector)).unwrap();
-        assert!(by_line.starts_with(r#"{"line":4,"embedding":[0.1,"#), "{by_line}");
+        assert!(
+            by_line.starts_with(r#"{"line":4,"embedding":[0.1,"#),
+            "{by_line}"
+        );
         assert_eq!(parse_jsonl_row(&by_line), Some((json!(4), vector.to_vec())));
     }
 
@@ -218,12 +229,17 @@ mod tests {
         let path = temp("writer.npy");
         let mut writer = Writer::open(&path, Format::Npy, 0, None, 0).unwrap();
         writer
-            .append(&[record(1, None), record(2, None)], &[vec![1.0, 2.0], vec![3.0, 4.0]])
+            .append(
+                &[record(1, None), record(2, None)],
+                &[vec![1.0, 2.0], vec![3.0, 4.0]],
+            )
             .unwrap();
         let len = writer.sync().unwrap();
         assert_eq!(len, (npy::HEADER_LEN + 16) as u64);
         // A batch written but never checkpointed, cut mid-row.
-        writer.append(&[record(3, None)], &[vec![5.0, 6.0]]).unwrap();
+        writer
+            .append(&[record(3, None)], &[vec![5.0, 6.0]])
+            .unwrap();
         writer.file.flush().unwrap();
         drop(writer);
         let mut bytes = std::fs::read(&path).unwrap();
@@ -231,7 +247,9 @@ mod tests {
         std::fs::write(&path, &bytes).unwrap();
 
         let mut resumed = Writer::open(&path, Format::Npy, 2, Some(2), len).unwrap();
-        resumed.append(&[record(3, None)], &[vec![5.0, 6.0]]).unwrap();
+        resumed
+            .append(&[record(3, None)], &[vec![5.0, 6.0]])
+            .unwrap();
         assert!(resumed.append(&[record(4, None)], &[vec![1.0]]).is_err());
         resumed.sync().unwrap();
         let bytes = std::fs::read(&path).unwrap();

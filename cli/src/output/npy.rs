@@ -37,7 +37,10 @@ pub fn parse_header(bytes: &[u8]) -> Result<(u64, u64, usize), String> {
         .and_then(|d| std::str::from_utf8(d).ok())
         .ok_or("truncated .npy header")?;
     if !dict.contains("'descr': '<f4'") || !dict.contains("'fortran_order': False") {
-        return Err(format!("not a little-endian float32 C-order matrix: {}", dict.trim()));
+        return Err(format!(
+            "not a little-endian float32 C-order matrix: {}",
+            dict.trim()
+        ));
     }
     let shape = dict
         .split_once("'shape': (")
@@ -71,7 +74,11 @@ mod tests {
         let dict = b"{'descr': '<f4', 'fortran_order': False, 'shape': (3, 4), }";
         let bytes = header(3, 4);
         assert_eq!(&bytes[10..10 + dict.len()], dict.as_slice());
-        assert!(bytes[10 + dict.len()..HEADER_LEN - 1].iter().all(|&b| b == b' '));
+        assert!(
+            bytes[10 + dict.len()..HEADER_LEN - 1]
+                .iter()
+                .all(|&b| b == b' ')
+        );
     }
 
     #[test]
