@@ -23,6 +23,7 @@ checkpoint.
 """
 import argparse
 import os
+import shutil
 import signal
 import tempfile
 import threading
@@ -162,12 +163,13 @@ def main():
 
     # A private local cluster: its own temp dir, no dashboard, a small object store (only
     # requests and vectors pass through it). ray.shutdown() stops every process it started.
+    ray_dir = tempfile.mkdtemp(prefix="ray-peer-")
     ray.init(
         num_cpus=args.cpus,
         num_gpus=gpus,
         include_dashboard=False,
         object_store_memory=256 * 1024 * 1024,
-        _temp_dir=tempfile.mkdtemp(prefix="ray-peer-"),
+        _temp_dir=ray_dir,
         log_to_driver=False,
     )
     stop = threading.Event()
@@ -181,6 +183,7 @@ def main():
     finally:
         serve.shutdown()
         ray.shutdown()
+        shutil.rmtree(ray_dir, ignore_errors=True)
 
 
 if __name__ == "__main__":
