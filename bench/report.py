@@ -34,12 +34,18 @@ def load_runs(results):
                 run["model"] = MODELS.get(model, model)
                 runs.append(run)
     order = list(SYSTEMS)
-    runs.sort(key=lambda r: (order.index(r["system"]) if r["system"] in order else 99, r["workload"], r["concurrency"]))
+    runs.sort(key=lambda r: (r["workload"] != "online", order.index(r["system"]) if r["system"] in order else 99,
+                             r["concurrency"]))
     return runs
 
 
 def fmt(x, digits=1):
-    return f"{x:,.{digits}f}" if x is not None else ""
+    """x with `digits` decimals, more below 10 so small rates keep 3 significant digits."""
+    if x is None:
+        return ""
+    if 0 < abs(x) < 10:
+        digits = max(digits, 2 - int(f"{abs(x):e}".split("e")[1]))
+    return f"{x:,.{digits}f}"
 
 
 def golden_table(results, systems):
@@ -52,12 +58,13 @@ def golden_table(results, systems):
         record = json.loads(path.read_text())
         summary = record.get("summary") or {}
         if record["passed"]:
-            verdict = f"pass ({summary.get('checked')} checks)"
             deviations = summary.get("known_deviations") or []
+            verdict = f"pass ({summary.get('checked', 0) - len(deviations)} checks)"
             if deviations:
-                cases = sorted({d.split(" ")[0] for d in deviations})
-                verdict += (f"; known deviation, not counted: {summary.get('known_deviation_reason')} "
-                            f"({', '.join(cases)}: {'; '.join(deviations[:2])})")
+                cases = ", ".join(sorted({d.split(" ")[0] for d in deviations}))
+                cosines = ", ".join(sorted({d.split("cosine ")[1].split(",")[0] for d in deviations}))
+                verdict += (f"; not counted, {len(deviations)} known deviations ({cases}: cosine {cosines}): "
+                            f"{summary.get('known_deviation_reason')}")
         else:
             first = [l.strip() for l in (record.get("detail") or record.get("reason") or "").splitlines() if l.strip()]
             reason = "; ".join(first[1:4] if len(first) > 1 else first)[:300].replace("|", "\\|")
@@ -155,6 +162,9 @@ def section(results, meta, runs, png_rel):
         "",
     ]
     out += runs_table(runs) if runs else ["No timed runs."]
+    notes = [path.read_text().strip() for path in sorted(results.glob("start-failed-*.txt"))]
+    if notes:
+        out += ["", "Not timed:"] + [f"- {note}" for note in notes]
     if png_rel:
         out += ["", f"![p50 latency against throughput, online workload]({png_rel})"]
     out += ["", END]

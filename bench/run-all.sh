@@ -3,7 +3,8 @@
 # Infinity) in turn on this machine, then docs/benchmarks.md's generated section and
 # docs/img/latency-throughput.png.
 #
-#   bench/run-all.sh [--quick] [--systems ours,ray,infinity] [--results DIR] [--no-report]
+#   bench/run-all.sh [--quick] [--systems ours,ray,infinity] [--bulk-docs N] [--results DIR]
+#                    [--no-report]
 #
 # For each system: serve the tiny model, check its vectors against the fixture's golden
 # (bench/peers/check_golden.py; a system that fails is not timed), run the online workload
@@ -11,6 +12,10 @@
 # and run the bulk workload (2000 documents, 32 per request, concurrency 8). Every system
 # serves the same directories, written in the published Qwen3-Embedding layout
 # (bench/peers/st_layout.py) under $BENCH_MODELS (default /tmp/bench-models).
+# A 32-document request of the 0.6B model takes about a minute on 2 CPUs, so the bulk runs
+# raise every system's request timeout to 20 minutes (ours and the seed default to 30-60 s).
+# A server has $BENCH_START_TIMEOUT seconds (default 1800) to answer /health: Infinity runs
+# a warm-up of 32 x 513 tokens before it listens, minutes on 2 CPUs with the 0.6B model.
 # --quick: seconds-long runs and a few documents, to check the scripts, not to measure.
 # Needs: bench/peers/setup.sh (run here when the venvs are missing), the Rust toolchain.
 set -euo pipefail
@@ -18,12 +23,14 @@ repo=$(cd "$(dirname "$0")/.." && pwd)
 cd "$repo"
 
 quick=0
+bulk_docs=""
 systems=ours,ray,infinity
 results=""
 report=1
 while (($#)); do
   case "$1" in
     --quick) quick=1; shift ;;
+    --bulk-docs) bulk_docs=$2; shift 2 ;;
     --systems) systems=$2; shift 2 ;;
     --results) results=$2; shift 2 ;;
     --no-report) report=0; shift ;;
@@ -34,15 +41,18 @@ done
 
 if ((quick)); then
   online=(--concurrency 1,8 --duration 2 --warmup 1)
-  bulk=(--docs 16 --batch 8 --concurrency 2 --warmup 0)
+  bulk=(--docs "${bulk_docs:-16}" --batch 8 --concurrency 2 --warmup 0)
 else
   online=(--concurrency 1,8,32,128 --duration 20 --warmup 3)
-  bulk=(--docs 2000 --batch 32 --concurrency 8 --warmup 10)
+  # No bulk warm-up: its requests would take minutes; one-time costs are lost in ~45 minutes.
+  bulk=(--docs "${bulk_docs:-2000}" --batch 32 --concurrency 8 --warmup 0)
 fi
+bulk_timeout_s=1200
 results=${results:-$repo/target/bench-results/$(date -u +%Y%m%dT%H%M%SZ)}
 mkdir -p "$results"
 models_dir=${BENCH_MODELS:-/tmp/bench-models}
 random_model=${BENCH_RANDOM_MODEL:-/tmp/qwen3-0.6b-random}
+start_timeout=${BENCH_START_TIMEOUT:-1800}
 log() { echo "run-all.sh: $*" >&2; }
 
 # --- what the run needs: venvs, binaries, model directories ---------------------------------
@@ -104,12 +114,15 @@ start_server() {
   case "$system" in
     ours)
       api=seed
-      setsid deploy/local/run.sh --model "$model" --port "$port" --profile production --backend cpu \
+      # One tokenizer and one compute worker on 2 CPUs, like the peers' one replica / engine.
+      # shellcheck disable=SC2086
+      QWEN3_EMBED__GATEWAY__REQUEST_TIMEOUT_S=$bulk_timeout_s setsid deploy/local/run.sh --model "$model" \
+        --port "$port" ${OURS_FLAGS:---profile production --backend cpu --tokenizer-workers 1 --gpu-workers 1} \
         >"$logfile" 2>&1 &
       ;;
     ray)
       api=seed
-      setsid bench/peers/serve-ray.sh "$model" "$port" >"$logfile" 2>&1 &
+      setsid bench/peers/serve-ray.sh "$model" "$port" --request-timeout-s "$bulk_timeout_s" >"$logfile" 2>&1 &
       ;;
     infinity)
       api=infinity
@@ -122,17 +135,21 @@ start_server() {
   esac
   server_pid=$!
   log "$system: serving $(basename "$model") on port $port (log: $logfile)"
-  local started=$SECONDS deadline=$((SECONDS + 600))
+  local started=$SECONDS deadline=$((SECONDS + start_timeout))
   until curl -fsS --max-time 2 -o /dev/null "http://127.0.0.1:$port/health" 2>/dev/null; do
     if ! alive "$server_pid"; then
       log "$system exited during start-up; the end of its log:"
       tail -n 30 "$logfile" >&2
+      echo "$system exited during start-up with $(basename "$model") (log: $(basename "$logfile"))" \
+        >"$results/start-failed-$system-$(basename "$model").txt"
       server_pid=""
       return 1
     fi
     if ((SECONDS > deadline)); then
-      log "$system not healthy after 10 minutes; the end of its log:"
+      log "$system not healthy after $start_timeout s; the end of its log:"
       tail -n 30 "$logfile" >&2
+      echo "$system not healthy within $start_timeout s with $(basename "$model") (log: $(basename "$logfile"))" \
+        >"$results/start-failed-$system-$(basename "$model").txt"
       stop_server
       return 1
     fi
@@ -175,7 +192,7 @@ PY
     continue
   fi
   "$loadgen" --api "$api" --url "http://127.0.0.1:$port" --label "$system" --workload bulk \
-    "${bulk[@]}" --timeout 600 --out "$results/$system-0.6b-bulk.jsonl" || log "$system: bulk run failed"
+    "${bulk[@]}" --timeout "$bulk_timeout_s" --out "$results/$system-0.6b-bulk.jsonl" || log "$system: bulk run failed"
   stop_server
 done
 

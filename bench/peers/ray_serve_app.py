@@ -20,6 +20,7 @@ last-token pooling and normalization): bench/peers/st_layout.py writes one from 
 checkpoint.
 
     python bench/peers/ray_serve_app.py --model DIR --port 8000 [--profile dev|production]
+        [--request-timeout-s S] [--cpus N]
 """
 import argparse
 import os
@@ -149,13 +150,16 @@ def main():
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--profile", choices=sorted(PROFILES), default="dev")
     parser.add_argument("--cpus", type=int, default=os.cpu_count(), help="CPUs Ray may use (default: all)")
+    parser.add_argument("--request-timeout-s", type=float, help="HTTP request timeout (default: the profile's)")
     args = parser.parse_args()
 
     import ray
     import torch
     from ray import serve
 
-    settings = PROFILES[args.profile]
+    settings = dict(PROFILES[args.profile])
+    if args.request_timeout_s:
+        settings["timeout_s"] = args.request_timeout_s
     gpus = torch.cuda.device_count()
     cpus_per_replica = max(1, args.cpus // settings["replicas"])
     gpus_per_replica = settings["gpu_fraction"] if gpus else 0
