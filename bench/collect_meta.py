@@ -85,6 +85,7 @@ def main():
             "infinity": venv_versions(".venv-infinity", PACKAGES[".venv-infinity"]),
         },
         "loadgen": {"online": args.online, "bulk": args.bulk},
+        "flags": {k: os.environ[k] for k in ("OURS_FLAGS", "RAY_FLAGS", "INFINITY_FLAGS") if os.environ.get(k)},
         "models": args.models,
         "python": platform.python_version(),
     }

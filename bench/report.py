@@ -137,7 +137,7 @@ def section(results, meta, runs, png_rel):
         "",
         "Systems, each serving the same model directories (published Qwen3-Embedding layout, written by "
         "`bench/peers/st_layout.py`) with its own defaults:",
-        f"- **ours**: `deploy/local/run.sh --profile production --backend cpu`, git {versions['ours']['git']} "
+        f"- **ours**: `deploy/local/run.sh --profile production --backend cpu --tokenizer-workers 1 --gpu-workers 1`, git {versions['ours']['git']} "
         f"({versions['ours'].get('rustc') or 'rustc ?'}); seed API.",
         f"- **ray** (the seed's stack): `bench/peers/serve-ray.sh` = `bench/peers/ray_serve_app.py`, dev profile "
         f"(1 replica, all CPUs, max 100 in flight, LRU cache); ray {ray.get('ray')}, sentence-transformers "
@@ -145,6 +145,10 @@ def section(results, meta, runs, png_rel):
         f"- **infinity**: `bench/peers/serve-infinity.sh` = `infinity_emb v2 --model-id DIR`; infinity-emb "
         f"{inf.get('infinity-emb')}, sentence-transformers {inf.get('sentence-transformers')}, transformers "
         f"{inf.get('transformers')}, torch {inf.get('torch')}; OpenAI-shaped `/embeddings`.",
+    ]
+    if meta.get("flags"):
+        out += ["", "Flags changed for this run: " + ", ".join(f"`{k}={v}`" for k, v in meta["flags"].items()) + "."]
+    out += [
         "",
         "Vectors first: each system's answers for the fixture's golden cases (alone and batched) against "
         "transformers float32 (`bench/peers/check_golden.py`, cosine >= 0.999). A system that fails is not timed.",

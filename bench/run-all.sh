@@ -17,6 +17,8 @@
 # A server has $BENCH_START_TIMEOUT seconds (default 1800) to answer /health: Infinity runs
 # a warm-up of 32 x 513 tokens before it listens, minutes on 2 CPUs with the 0.6B model.
 # --quick: seconds-long runs and a few documents, to check the scripts, not to measure.
+# OURS_FLAGS, RAY_FLAGS, INFINITY_FLAGS: flags instead of (ours) or added to (peers) each
+# server's defaults, e.g. RAY_FLAGS="--cpus 1" (the report lists them).
 # Needs: bench/peers/setup.sh (run here when the venvs are missing), the Rust toolchain.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -34,7 +36,7 @@ while (($#)); do
     --systems) systems=$2; shift 2 ;;
     --results) results=$2; shift 2 ;;
     --no-report) report=0; shift ;;
-    -h|--help) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) awk 'NR > 1 && !/^#/ { exit } NR > 1' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "run-all.sh: unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -122,14 +124,17 @@ start_server() {
       ;;
     ray)
       api=seed
-      setsid bench/peers/serve-ray.sh "$model" "$port" --request-timeout-s "$bulk_timeout_s" >"$logfile" 2>&1 &
+      # shellcheck disable=SC2086
+      setsid bench/peers/serve-ray.sh "$model" "$port" --request-timeout-s "$bulk_timeout_s" ${RAY_FLAGS:-} \
+        >"$logfile" 2>&1 &
       ;;
     infinity)
       api=infinity
       # Measured, not assumed: these two golden texts end in whitespace, which Infinity strips
       # from every input (its API schema has strip_whitespace=True). Reported, not failed.
       golden_args=(--known-deviation "leading_trailing_spaces,code_snippet:Infinity strips leading and trailing whitespace from every input")
-      setsid bench/peers/serve-infinity.sh "$model" "$port" >"$logfile" 2>&1 &
+      # shellcheck disable=SC2086
+      setsid bench/peers/serve-infinity.sh "$model" "$port" ${INFINITY_FLAGS:-} >"$logfile" 2>&1 &
       ;;
     *) log "unknown system $system"; exit 2 ;;
   esac
