@@ -162,7 +162,8 @@ def section(results, meta, runs, png_rel):
         f"32-512 tokens (`{meta['loadgen']['bulk']}`) on the random 0.6B-shaped model, which measures compute. "
         "Seed-API queries carry `is_query: true`, so ours and ray also embed the instruction template (about 20 "
         "more tokens per query, not counted in their tokens/s); Infinity gets the bare query. Tokens/s marked ≈ are estimated by loadgen "
-        "(words × 1.3; the seed API reports no usage), the others are the server's `usage.total_tokens`.",
+        "(words × 1.3; the seed API reports no usage), the others are the server's `usage.total_tokens`: across "
+        "systems compare requests/s and texts/s (every system gets the same texts).",
         "",
     ]
     out += runs_table(runs) if runs else ["No timed runs."]
