@@ -161,9 +161,9 @@ def section(results, meta, runs, png_rel):
         f"(`{meta['loadgen']['online']}`) on qwen3-tiny, which measures the serving path; bulk = documents of "
         f"32-512 tokens (`{meta['loadgen']['bulk']}`) on the random 0.6B-shaped model, which measures compute. "
         "Seed-API queries carry `is_query: true`, so ours and ray also embed the instruction template (about 20 "
-        "more tokens per query, not counted in their tokens/s); Infinity gets the bare query. Tokens/s marked ≈ are estimated by loadgen "
-        "(words × 1.3; the seed API reports no usage), the others are the server's `usage.total_tokens`: across "
-        "systems compare requests/s and texts/s (every system gets the same texts).",
+        "more tokens per query, not counted in tokens/s); Infinity gets the bare query. Tokens/s are loadgen's "
+        "estimate (words × 1.3) for every system, marked ≈: the seed API reports no usage, and Infinity's "
+        "`usage.total_tokens` is a character count.",
         "",
     ]
     out += runs_table(runs) if runs else ["No timed runs."]

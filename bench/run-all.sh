@@ -189,14 +189,14 @@ PY
     stop_server
     continue
   fi
-  "$loadgen" --api "$api" --url "http://127.0.0.1:$port" --label "$system" --workload online \
+  "$loadgen" --api "$api" --url "http://127.0.0.1:$port" --label "$system" --estimate-tokens --workload online \
     "${online[@]}" --out "$results/$system-tiny-online.jsonl" || log "$system: online run failed"
   stop_server
 
   if ! start_server "$system" "$big"; then
     continue
   fi
-  "$loadgen" --api "$api" --url "http://127.0.0.1:$port" --label "$system" --workload bulk \
+  "$loadgen" --api "$api" --url "http://127.0.0.1:$port" --label "$system" --estimate-tokens --workload bulk \
     "${bulk[@]}" --timeout "$bulk_timeout_s" --out "$results/$system-0.6b-bulk.jsonl" || log "$system: bulk run failed"
   stop_server
 done
