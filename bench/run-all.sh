@@ -147,7 +147,7 @@ start_server() {
       tail -n 30 "$logfile" >&2
       echo "$system exited during start-up with $(basename "$model") (log: $(basename "$logfile"))" \
         >"$results/start-failed-$system-$(basename "$model").txt"
-      server_pid=""
+      stop_server
       return 1
     fi
     if ((SECONDS > deadline)); then
