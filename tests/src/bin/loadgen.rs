@@ -121,6 +121,11 @@ struct Args {
     #[arg(long, default_value = "60", value_parser = parse_secs)]
     timeout: Duration,
 
+    /// Count tokens as words * 1.3 even when answers report usage (servers count usage
+    /// differently: compare them on one measure).
+    #[arg(long)]
+    estimate_tokens: bool,
+
     /// Allow a target that is not on this machine.
     #[arg(long)]
     allow_remote: bool,
@@ -220,7 +225,7 @@ async fn run(args: Args) -> Result<()> {
     let endpoint = args.endpoint()?;
     let levels = args.levels();
     let max_level = levels.iter().copied().max().unwrap_or(1);
-    let target = Target::new(
+    let mut target = Target::new(
         args.api,
         endpoint.clone(),
         max_level,
@@ -228,6 +233,7 @@ async fn run(args: Args) -> Result<()> {
         args.allow_remote,
     )
     .await?;
+    target.estimate_tokens = args.estimate_tokens;
     preflight(&target, &args).await?;
     let mut sink = Sink::new(args.json, args.out.as_deref(), &args.system(&endpoint))?;
     match args.workload {

@@ -23,6 +23,8 @@ pub struct Target {
     pub url: Url,
     /// The API shape.
     pub api: Api,
+    /// Count tokens as estimated from the texts even when answers report usage.
+    pub estimate_tokens: bool,
 }
 
 impl Target {
@@ -55,7 +57,12 @@ impl Target {
             }
         }
         let client = builder.build().context("building the HTTP client")?;
-        Ok(Self { client, url, api })
+        Ok(Self {
+            client,
+            url,
+            api,
+            estimate_tokens: false,
+        })
     }
 
     /// Sends one prepared request and checks the answer holds its vectors.
@@ -250,7 +257,12 @@ async fn worker(shared: Arc<Shared>) -> Stats {
             continue;
         }
         match outcome {
-            Ok(answer) => stats.record_ok(ended - started, &answer, req.est_tokens),
+            Ok(mut answer) => {
+                if shared.target.estimate_tokens {
+                    answer.usage_tokens = None;
+                }
+                stats.record_ok(ended - started, &answer, req.est_tokens);
+            }
             Err(failure) => stats.record_error(failure),
         }
         stats.last_end = Some(ended);
