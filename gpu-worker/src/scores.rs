@@ -35,6 +35,16 @@ pub async fn publish_scores(
     }
 }
 
+/// The documents of one request inside a batch.
+struct RequestDocuments<'a> {
+    /// Where the request's replies go.
+    reply_to: &'a str,
+    /// Documents in the whole request.
+    total: u32,
+    /// `(index in the request, position in the batch)`.
+    members: Vec<(u32, usize)>,
+}
+
 /// The chunks to send, with their reply subjects: per request, documents sorted by index,
 /// split where indices are not contiguous or a chunk holds `per_chunk` documents.
 fn chunks<'a>(
@@ -42,17 +52,25 @@ fn chunks<'a>(
     scores: &[RerankScore],
     per_chunk: usize,
 ) -> Vec<(&'a str, RerankChunk)> {
-    // request id -> (reply subject, total, [(index, position in the batch)])
-    let mut by_request: BTreeMap<&str, (&str, u32, Vec<(u32, usize)>)> = BTreeMap::new();
+    let mut by_request: BTreeMap<&str, RequestDocuments<'_>> = BTreeMap::new();
     for (position, item) in items.iter().enumerate() {
         by_request
             .entry(item.request_id.as_str())
-            .or_insert_with(|| (item.reply_to.as_str(), item.total, Vec::new()))
-            .2
+            .or_insert_with(|| RequestDocuments {
+                reply_to: &item.reply_to,
+                total: item.total,
+                members: Vec::new(),
+            })
+            .members
             .push((item.index, position));
     }
     let mut out = Vec::new();
-    for (id, (reply_to, total, mut members)) in by_request {
+    for (id, request) in by_request {
+        let RequestDocuments {
+            reply_to,
+            total,
+            mut members,
+        } = request;
         members.sort_unstable();
         let mut run: Vec<(u32, usize)> = Vec::new();
         let mut flush = |run: &mut Vec<(u32, usize)>| {
