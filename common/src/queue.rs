@@ -11,10 +11,13 @@ use std::time::Duration;
 use async_nats::jetstream::{self, consumer::pull, stream};
 use serde::Deserialize;
 
-use crate::subjects::Subjects;
+use crate::subjects::{Subjects, Task};
 
 /// Durable consumer shared by all GPU workers of a deployment.
 pub const GPU_CONSUMER: &str = "gpu-workers";
+
+/// Durable consumer shared by all rerank GPU workers of a deployment (on its own stream).
+pub const RERANK_CONSUMER: &str = "rerank-workers";
 
 /// Where the stream keeps batches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -59,15 +62,27 @@ impl Default for QueueConfig {
 #[error("JetStream work queue: {0}")]
 pub struct QueueError(String);
 
-/// Creates (or finds) the batch stream.
+/// Creates (or finds) the embedding batch stream.
 pub async fn batch_stream(
     js: &jetstream::Context,
     subjects: &Subjects,
     config: &QueueConfig,
 ) -> Result<stream::Stream, QueueError> {
+    batch_stream_for(js, subjects, Task::Embed, config).await
+}
+
+/// Creates (or finds) the batch stream of `task` (each task has its own stream, so
+/// embedding and rerank workers never pull each other's work).
+pub async fn batch_stream_for(
+    js: &jetstream::Context,
+    subjects: &Subjects,
+    task: Task,
+    config: &QueueConfig,
+) -> Result<stream::Stream, QueueError> {
+    let name = subjects.batch_stream_for(task);
     js.get_or_create_stream(stream::Config {
-        name: subjects.batch_stream(),
-        subjects: vec![subjects.batches()],
+        name: name.clone(),
+        subjects: vec![subjects.batches_for(task)],
         retention: stream::RetentionPolicy::WorkQueue,
         storage: match config.storage {
             Storage::Memory => stream::StorageType::Memory,
@@ -77,7 +92,7 @@ pub async fn batch_stream(
         ..Default::default()
     })
     .await
-    .map_err(|e| QueueError(format!("stream {}: {e}", subjects.batch_stream())))
+    .map_err(|e| QueueError(format!("stream {name}: {e}")))
 }
 
 /// Creates (or finds) the GPU workers' durable pull consumer on the batch stream.
@@ -85,11 +100,24 @@ pub async fn gpu_consumer(
     stream: &stream::Stream,
     config: &QueueConfig,
 ) -> Result<jetstream::consumer::PullConsumer, QueueError> {
+    gpu_consumer_for(stream, Task::Embed, config).await
+}
+
+/// Creates (or finds) the durable pull consumer of `task`'s GPU workers on its stream.
+pub async fn gpu_consumer_for(
+    stream: &stream::Stream,
+    task: Task,
+    config: &QueueConfig,
+) -> Result<jetstream::consumer::PullConsumer, QueueError> {
+    let name = match task {
+        Task::Embed => GPU_CONSUMER,
+        Task::Rerank => RERANK_CONSUMER,
+    };
     stream
         .get_or_create_consumer(
-            GPU_CONSUMER,
+            name,
             pull::Config {
-                durable_name: Some(GPU_CONSUMER.into()),
+                durable_name: Some(name.into()),
                 ack_policy: jetstream::consumer::AckPolicy::Explicit,
                 ack_wait: Duration::from_secs_f64(config.ack_wait_s.max(1.0)),
                 max_deliver: config.max_deliver,
@@ -97,5 +125,5 @@ pub async fn gpu_consumer(
             },
         )
         .await
-        .map_err(|e| QueueError(format!("consumer {GPU_CONSUMER}: {e}")))
+        .map_err(|e| QueueError(format!("consumer {name}: {e}")))
 }

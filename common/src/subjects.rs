@@ -6,6 +6,31 @@ pub const DEFAULT_PREFIX: &str = "embed";
 /// Queue group the tokenizer workers share on the request subject.
 pub const TOKENIZER_QUEUE_GROUP: &str = "tokenizers";
 
+/// Queue group the rerank tokenizer workers share on the rerank subject.
+pub const RERANK_TOKENIZER_QUEUE_GROUP: &str = "rerank-tokenizers";
+
+/// What a worker serves: embeddings or reranking. Each task has its own request subject,
+/// batch stream and worker pools, so the two scale independently.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Task {
+    /// Qwen3-Embedding: `EmbedRequest`s in, vectors out.
+    #[default]
+    Embed,
+    /// Qwen3-Reranker: `RerankRequest`s in, one relevance score per document out.
+    Rerank,
+}
+
+impl Task {
+    /// The task's name (`embed`, `rerank`), for logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Embed => "embed",
+            Self::Rerank => "rerank",
+        }
+    }
+}
+
 /// The subjects of one deployment, derived from its prefix.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Subjects {
@@ -35,6 +60,41 @@ impl Subjects {
         format!("{}.batches", self.prefix)
     }
 
+    /// Public rerank requests (`RerankRequest`), served by the rerank tokenizer workers.
+    pub fn rerank(&self) -> String {
+        format!("{}.rerank", self.prefix)
+    }
+
+    /// Internal packed batches of formatted (query, document) pairs, consumed by the rerank
+    /// GPU workers.
+    pub fn rerank_batches(&self) -> String {
+        format!("{}.rerank.batches", self.prefix)
+    }
+
+    /// The request subject of `task`.
+    pub fn requests_for(&self, task: Task) -> String {
+        match task {
+            Task::Embed => self.requests(),
+            Task::Rerank => self.rerank(),
+        }
+    }
+
+    /// The batch subject of `task`.
+    pub fn batches_for(&self, task: Task) -> String {
+        match task {
+            Task::Embed => self.batches(),
+            Task::Rerank => self.rerank_batches(),
+        }
+    }
+
+    /// Name of the JetStream stream holding the batches of `task`.
+    pub fn batch_stream_for(&self, task: Task) -> String {
+        match task {
+            Task::Embed => self.batch_stream(),
+            Task::Rerank => format!("{}_RERANK_BATCHES", self.stream_stem()),
+        }
+    }
+
     /// Status requests: every worker answers with a `WorkerStatus` (scatter-gather).
     pub fn status(&self) -> String {
         format!("{}.status", self.prefix)
@@ -42,10 +102,12 @@ impl Subjects {
 
     /// Name of the JetStream stream holding the batches.
     pub fn batch_stream(&self) -> String {
-        format!(
-            "{}_BATCHES",
-            self.prefix.to_uppercase().replace(['.', '-'], "_")
-        )
+        format!("{}_BATCHES", self.stream_stem())
+    }
+
+    /// The prefix as a stream name stem (`prod.embed` gives `PROD_EMBED`).
+    fn stream_stem(&self) -> String {
+        self.prefix.to_uppercase().replace(['.', '-'], "_")
     }
 }
 
@@ -67,5 +129,13 @@ mod tests {
         assert_eq!(subjects.status(), "prod.embed.status");
         assert_eq!(subjects.batch_stream(), "PROD_EMBED_BATCHES");
         assert_eq!(Subjects::default().requests(), "embed.requests");
+        assert_eq!(subjects.rerank(), "prod.embed.rerank");
+        assert_eq!(subjects.rerank_batches(), "prod.embed.rerank.batches");
+        assert_eq!(
+            subjects.batch_stream_for(Task::Rerank),
+            "PROD_EMBED_RERANK_BATCHES"
+        );
+        assert_eq!(subjects.batches_for(Task::Embed), subjects.batches());
+        assert_eq!(subjects.requests_for(Task::Rerank), subjects.rerank());
     }
 }

@@ -1,11 +1,14 @@
 //! Messages that cross NATS, encoded as MessagePack maps with named fields.
 //!
-//! The public API (`EmbedRequest` in, `EmbedChunk` or `ErrorReply` out) is documented in
-//! `docs/protocol.md`; any language's msgpack library reads and writes it. `TokenBatch` is
-//! internal: the tokenizer workers send it to the GPU workers. `WorkerStatus` answers the
-//! status subject.
+//! The public API (`EmbedRequest` in, `EmbedChunk` or `ErrorReply` out; `RerankRequest` in,
+//! `RerankChunk` or `ErrorReply` out) is documented in `docs/protocol.md`; any language's
+//! msgpack library reads and writes it. `TokenBatch` is internal: the tokenizer workers send
+//! it to the GPU workers (rerank batches hold formatted pairs, with `dims` 0). `WorkerStatus`
+//! answers the status subject.
 
 use serde::{Deserialize, Serialize};
+
+use crate::subjects::Task;
 
 /// Whether a text is a search query (gets the instruction template) or a document (taken as is).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
@@ -99,6 +102,81 @@ impl EmbedChunk {
             })
             .collect())
     }
+}
+
+/// A public rerank request, published on the rerank subject with a reply subject: score each
+/// document's relevance to the query.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RerankRequest {
+    /// Caller's id, echoed in every reply.
+    pub id: String,
+    /// The query every document is judged against (an empty string is valid).
+    pub query: String,
+    /// The documents to score; replies cover them in this order (by `offset`).
+    pub documents: Vec<String>,
+    /// Task description in the reranker prompt; the worker's default when absent.
+    #[serde(default)]
+    pub instruction: Option<String>,
+    /// Shorten documents (never the query) that make a pair longer than the token limit
+    /// instead of failing; the worker's setting when absent.
+    #[serde(default)]
+    pub truncate: Option<bool>,
+    /// Unix time in milliseconds after which the answer is useless.
+    #[serde(default)]
+    pub deadline_ms: Option<u64>,
+}
+
+/// One slice of the answer to a `RerankRequest`: documents `offset..offset + count` of
+/// `total`, one value per document in each list.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RerankChunk {
+    /// The request's id.
+    pub id: String,
+    /// Index of the first document of this chunk in the request's `documents`.
+    pub offset: u32,
+    /// Number of documents in this chunk.
+    pub count: u32,
+    /// Number of documents in the whole request: the caller is done when it holds `total`.
+    pub total: u32,
+    /// Relevance of each document, the probability of `yes` against `no`, in `[0, 1]`.
+    pub scores: Vec<f32>,
+    /// Logit of `yes` at the last position, per document.
+    pub logit_yes: Vec<f32>,
+    /// Logit of `no` at the last position, per document.
+    pub logit_no: Vec<f32>,
+    /// Tokens the model read per pair (the whole prompt).
+    pub tokens: Vec<u32>,
+}
+
+impl RerankChunk {
+    /// Checks that every list holds one value per document.
+    pub fn validate(&self) -> Result<(), WireError> {
+        let count = self.count as usize;
+        let lengths = [
+            self.scores.len(),
+            self.logit_yes.len(),
+            self.logit_no.len(),
+            self.tokens.len(),
+        ];
+        if lengths.iter().any(|&len| len != count) {
+            return Err(WireError::Inconsistent(format!(
+                "rerank chunk of {count} documents holds {} scores, {} yes logits, {} no logits \
+                 and {} token counts",
+                lengths[0], lengths[1], lengths[2], lengths[3]
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Any message a rerank requester can receive on its reply subject.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum RerankReply {
+    /// A slice of the answer.
+    Chunk(RerankChunk),
+    /// The request failed.
+    Error(ErrorReply),
 }
 
 /// Packs vectors as little-endian f32 bytes, row after row (the `embeddings` field).
@@ -223,10 +301,34 @@ pub struct BatchItem {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum WorkerKind {
-    /// Tokenizes and batches requests.
+    /// Tokenizes and batches embedding requests.
     Tokenizer,
-    /// Runs the model on batches.
+    /// Runs the embedding model on batches.
     Gpu,
+    /// Formats, tokenizes and batches (query, document) pairs of rerank requests.
+    #[serde(rename = "rerank_tokenizer")]
+    RerankTokenizer,
+    /// Runs the reranker on batches of pairs.
+    #[serde(rename = "rerank_gpu")]
+    RerankGpu,
+}
+
+impl WorkerKind {
+    /// The tokenizer stage of `task`.
+    pub fn tokenizer(task: Task) -> Self {
+        match task {
+            Task::Embed => Self::Tokenizer,
+            Task::Rerank => Self::RerankTokenizer,
+        }
+    }
+
+    /// The model stage of `task`.
+    pub fn gpu(task: Task) -> Self {
+        match task {
+            Task::Embed => Self::Gpu,
+            Task::Rerank => Self::RerankGpu,
+        }
+    }
 }
 
 /// A worker's answer on the status subject: who it is, what it serves, how busy it is.
@@ -357,6 +459,48 @@ mod tests {
         let error = ErrorReply::new(Some("a".into()), ErrorCode::TooManyTokens, "too long");
         let reply: EmbedReply = decode(&encode(&error).unwrap()).unwrap();
         assert_eq!(reply, EmbedReply::Error(error));
+    }
+
+    #[test]
+    fn rerank_messages_round_trip_and_chunks_are_checked() {
+        let json = serde_json::json!({"id": "q", "query": "", "documents": ["a", ""]});
+        let request: RerankRequest = decode(&rmp_serde::to_vec_named(&json).unwrap()).unwrap();
+        assert_eq!(request.documents, ["a", ""]);
+        assert_eq!(request.instruction, None);
+        assert_eq!(
+            decode::<RerankRequest>(&encode(&request).unwrap()).unwrap(),
+            request
+        );
+
+        let chunk = RerankChunk {
+            id: "q".into(),
+            offset: 0,
+            count: 2,
+            total: 2,
+            scores: vec![0.5, 0.25],
+            logit_yes: vec![0.0, -1.0],
+            logit_no: vec![0.0, 0.1],
+            tokens: vec![9, 10],
+        };
+        assert!(chunk.validate().is_ok());
+        let reply: RerankReply = decode(&encode(&chunk).unwrap()).unwrap();
+        assert_eq!(reply, RerankReply::Chunk(chunk.clone()));
+        let error = ErrorReply::new(Some("q".into()), ErrorCode::InvalidRequest, "no");
+        let reply: RerankReply = decode(&encode(&error).unwrap()).unwrap();
+        assert_eq!(reply, RerankReply::Error(error));
+        let short = RerankChunk {
+            tokens: vec![9],
+            ..chunk
+        };
+        assert!(short.validate().is_err());
+
+        let kind: WorkerKind = decode(&encode(&WorkerKind::RerankGpu).unwrap()).unwrap();
+        assert_eq!(kind, WorkerKind::gpu(Task::Rerank));
+        assert_eq!(
+            rmp_serde::from_slice::<String>(&encode(&WorkerKind::RerankTokenizer).unwrap())
+                .unwrap(),
+            "rerank_tokenizer"
+        );
     }
 
     #[test]

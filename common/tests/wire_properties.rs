@@ -8,8 +8,8 @@
 //! `PROPTEST_RNG_SEED` or `PROPTEST_CASES` to explore further. See `docs/fuzzing.md`.
 
 use common::wire::{
-    BatchItem, EmbedChunk, EmbedReply, EmbedRequest, ErrorCode, ErrorReply, InputType, TokenBatch,
-    WireError, WorkerKind, WorkerStatus, decode, encode, f32_le_bytes,
+    BatchItem, EmbedChunk, EmbedReply, EmbedRequest, ErrorCode, ErrorReply, InputType, RerankReply,
+    RerankRequest, TokenBatch, WireError, WorkerKind, WorkerStatus, decode, encode, f32_le_bytes,
 };
 use proptest::prelude::*;
 use proptest::test_runner::RngSeed;
@@ -63,12 +63,17 @@ fn check_all_decoders(bytes: &[u8]) -> Result<(), TestCaseError> {
     check_decoder::<TokenBatch>(bytes)?;
     check_decoder::<WorkerStatus>(bytes)?;
     check_decoder::<ErrorReply>(bytes)?;
+    check_decoder::<RerankRequest>(bytes)?;
+    check_decoder::<RerankReply>(bytes)?;
     // The checks behind a decoded message must not panic either.
     if let Ok(batch) = decode::<TokenBatch>(bytes) {
         let _ = batch.validate();
     }
     if let Ok(EmbedReply::Chunk(chunk)) = decode::<EmbedReply>(bytes) {
         let _ = chunk.vectors();
+    }
+    if let Ok(RerankReply::Chunk(chunk)) = decode::<RerankReply>(bytes) {
+        let _ = chunk.validate();
     }
     Ok(())
 }
@@ -252,7 +257,12 @@ fn worker_status() -> impl Strategy<Value = WorkerStatus> {
     (
         (
             ".{0,16}",
-            prop_oneof![Just(WorkerKind::Tokenizer), Just(WorkerKind::Gpu)],
+            prop_oneof![
+                Just(WorkerKind::Tokenizer),
+                Just(WorkerKind::Gpu),
+                Just(WorkerKind::RerankTokenizer),
+                Just(WorkerKind::RerankGpu),
+            ],
             ".{0,16}",
         ),
         any::<bool>(),

@@ -5,7 +5,9 @@
 #
 #   deploy/local/run.sh --model DIR_OR_HUB_ID [--port N] [--backend cpu|cuda|auto]
 #                       [--tokenizer-workers N] [--gpu-workers N] [--profile dev|production]
-#                       [--nats-url URL]
+#                       [--nats-url URL] [--rerank-model DIR_OR_HUB_ID]
+#   --rerank-model also starts a rerank tokenizer worker and a rerank GPU worker (as many as
+#   --tokenizer-workers / --gpu-workers) for POST /v1/rerank and /rerank.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$repo"
@@ -17,8 +19,9 @@ profile=dev
 nats_url=""
 tokenizer_workers=""
 gpu_workers=""
+rerank_model=""
 
-usage() { sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; }
 while (($#)); do
   case "$1" in
     --model) model=$2; shift 2 ;;
@@ -28,6 +31,7 @@ while (($#)); do
     --gpu-workers) gpu_workers=$2; shift 2 ;;
     --profile) profile=$2; shift 2 ;;
     --nats-url) nats_url=$2; shift 2 ;;
+    --rerank-model) rerank_model=$2; shift 2 ;;
     -h|--help) usage; exit 0 ;;
     *) echo "run.sh: unknown argument $1" >&2; usage >&2; exit 2 ;;
   esac
@@ -46,8 +50,9 @@ replicas() { # key
 tokenizer_workers=${tokenizer_workers:-$(replicas tokenizer_workers)}
 gpu_workers=${gpu_workers:-$(replicas gpu_workers)}
 
-# The model: a directory, or a Hugging Face id found in (or downloaded to) the usual cache.
-resolve_model() {
+# A model: a directory, or a Hugging Face id found in (or downloaded to) the usual cache.
+resolve_model() { # DIR_OR_HUB_ID
+  local model=$1
   if [[ -d "$model" ]]; then
     (cd "$model" && pwd)
     return
@@ -66,9 +71,16 @@ resolve_model() {
   fi
   .venv/bin/python deploy/local/download_model.py "$model"
 }
-model_dir=$(resolve_model | tail -n 1)
+model_dir=$(resolve_model "$model" | tail -n 1)
 model_name=$model
 [[ -d "$model" ]] && model_name=$(basename "$model_dir")
+rerank_dir=""
+rerank_name=""
+if [[ -n "$rerank_model" ]]; then
+  rerank_dir=$(resolve_model "$rerank_model" | tail -n 1)
+  rerank_name=$rerank_model
+  [[ -d "$rerank_model" ]] && rerank_name=$(basename "$rerank_dir")
+fi
 
 deploy/local/setup.sh >/dev/null
 bin_dir="${CARGO_TARGET_DIR:-$repo/target}/release"
@@ -122,7 +134,20 @@ for _ in $(seq "$tokenizer_workers"); do
   "$bin_dir/tokenizer-worker" --model-dir "$model_dir" --model-name "$model_name" &
   pids+=($!)
 done
-"$bin_dir/gateway" --port "$port" --model "$model_name" &
+gateway_args=(--port "$port" --model "$model_name")
+if [[ -n "$rerank_dir" ]]; then
+  # The reranker's own pools: rerank GPU workers pull only the rerank stream.
+  for _ in $(seq "$gpu_workers"); do
+    "$bin_dir/gpu-worker" --task rerank --model-dir "$rerank_dir" --model-name "$rerank_name" --backend "$backend" &
+    pids+=($!)
+  done
+  for _ in $(seq "$tokenizer_workers"); do
+    "$bin_dir/tokenizer-worker" --task rerank --model-dir "$rerank_dir" --model-name "$rerank_name" &
+    pids+=($!)
+  done
+  gateway_args+=(--rerank-model "$rerank_name")
+fi
+"$bin_dir/gateway" "${gateway_args[@]}" &
 pids+=($!)
 
 url="http://127.0.0.1:$port"
@@ -130,6 +155,7 @@ for _ in $(seq 600); do
   if python3 -c "import urllib.request,sys; sys.exit(0 if urllib.request.urlopen('$url/health', timeout=1).status == 200 else 1)" 2>/dev/null; then
     echo "run.sh: ready at $url  (OpenAI API: $url/v1/embeddings, seed API: $url/api/v1/embedding/api)"
     echo "run.sh: $tokenizer_workers tokenizer worker(s), $gpu_workers GPU worker(s), backend $backend, NATS $nats_url; Ctrl-C stops"
+    [[ -n "$rerank_dir" ]] && echo "run.sh: reranker $rerank_name: $url/v1/rerank, $url/rerank"
     wait -n "${pids[@]}" || true
     echo "run.sh: a process exited; stopping the stack" >&2
     exit 1

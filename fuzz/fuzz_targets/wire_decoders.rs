@@ -1,10 +1,12 @@
 //! Feeds arbitrary bytes to every wire decoder a worker runs on NATS payloads, then to the
-//! consistency checks behind them (`TokenBatch::validate`, `EmbedChunk::vectors`). Any panic,
-//! overflow (with `-a`/`--debug-assertions`), stack overflow or sanitizer report is a bug.
+//! consistency checks behind them (`TokenBatch::validate`, `EmbedChunk::vectors`,
+//! `RerankChunk::validate`). Any panic, overflow (with `-a`/`--debug-assertions`), stack
+//! overflow or sanitizer report is a bug.
 #![no_main]
 
 use common::wire::{
-    EmbedChunk, EmbedReply, EmbedRequest, ErrorReply, TokenBatch, WorkerStatus, decode,
+    EmbedChunk, EmbedReply, EmbedRequest, ErrorReply, RerankReply, RerankRequest, TokenBatch,
+    WorkerStatus, decode,
 };
 use libfuzzer_sys::fuzz_target;
 
@@ -21,5 +23,9 @@ fuzz_target!(|bytes: &[u8]| {
     }
     if let Ok(EmbedReply::Chunk(chunk)) = decode::<EmbedReply>(bytes) {
         let _ = chunk.vectors();
+    }
+    let _ = decode::<RerankRequest>(bytes);
+    if let Ok(RerankReply::Chunk(chunk)) = decode::<RerankReply>(bytes) {
+        let _ = chunk.validate();
     }
 });

@@ -12,6 +12,9 @@ use crate::api_keys::{ApiKeys, ApiKeysError};
 /// Model name served when none is configured.
 pub const DEFAULT_MODEL: &str = "Qwen/Qwen3-Embedding-0.6B";
 
+/// Reranker name served when none is configured.
+pub const DEFAULT_RERANK_MODEL: &str = "Qwen/Qwen3-Reranker-0.6B";
+
 /// Everything the gateway needs to serve; `[gateway]` in the configuration files, with
 /// `nats` read from `[nats]` by the binary.
 #[derive(Debug, Clone, Deserialize)]
@@ -26,6 +29,9 @@ pub struct GatewayConfig {
     pub root_path: String,
     /// Model name clients pass in `model` and that `/v1/models` lists.
     pub model: String,
+    /// Reranker name: the `model` of rerank answers, and the only one rerank requests may
+    /// name (the rerank workers serve it).
+    pub rerank_model: String,
     /// Requests in flight at once; beyond it requests are refused at once with 429 and
     /// `Retry-After` instead of queueing (Ray Serve `max_concurrent_queries`, 100 by
     /// default there; kept at 100 here).
@@ -73,6 +79,7 @@ impl Default for GatewayConfig {
             port: 4008,
             root_path: "/api/v1".into(),
             model: DEFAULT_MODEL.into(),
+            rerank_model: DEFAULT_RERANK_MODEL.into(),
             max_concurrent_queries: 100,
             request_timeout_s: 30.0,
             cache_size: 1000,

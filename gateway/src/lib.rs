@@ -7,12 +7,13 @@
 //!   tokens clients authenticate with, kept as digests.
 //! - [`http`]: the router and one module per endpoint family: [`http::embeddings`]
 //!   (OpenAI `/v1/embeddings`, `/v1/models`), [`http::seed`] (the seed's
-//!   `{root_path}/embedding/api`), [`http::health`], [`http::debug`]; [`http::auth`]
+//!   `{root_path}/embedding/api`), [`http::rerank`] (`/v1/rerank` for Cohere and Jina
+//!   clients, TEI's `/rerank`), [`http::health`], [`http::debug`]; [`http::auth`]
 //!   checks API keys on every route but health; [`http::extract`]
 //!   reads JSON bodies field by field and [`http::error`] maps every failure to a status
 //!   and an OpenAI-style body in one place.
-//! - [`service`]: one request from validation to vectors (limits, admission, cache,
-//!   upstream).
+//! - [`service`]: one request from validation to vectors or scores (limits, admission,
+//!   cache, upstream).
 //! - [`admission`]: the in-flight limit; [`cache`]: the vector LRU; [`metrics`]: this
 //!   gateway's Prometheus recorder.
 //! - [`upstream`]: the NATS side: one wildcard inbox and a map of pending requests

@@ -32,6 +32,10 @@ struct Args {
     /// Served model name, as clients pass it in `model` (default Qwen/Qwen3-Embedding-0.6B).
     #[arg(long)]
     model: Option<String>,
+    /// Served reranker name, as rerank clients pass it in `model` (default
+    /// Qwen/Qwen3-Reranker-0.6B).
+    #[arg(long)]
+    rerank_model: Option<String>,
     /// File of API keys, one per line (`#` comments); when any key is configured, every
     /// route but /health requires `Authorization: Bearer <key>` (`[gateway] api_keys_file`).
     #[arg(long)]
@@ -63,6 +67,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if let Some(model) = args.model {
         config.model = model;
+    }
+    if let Some(model) = args.rerank_model {
+        config.rerank_model = model;
     }
     if let Some(path) = args.api_keys_file {
         config.api_keys_file = Some(path);

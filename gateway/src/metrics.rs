@@ -12,10 +12,11 @@
 //! | `embed_http_requests_rejected_total` | counter | `reason` |
 //! | `embed_items_total` | counter | |
 //! | `embed_tokens_total` | counter | |
+//! | `embed_rerank_documents_total`, `embed_rerank_tokens_total` | counter | |
 //! | `embed_cache_hits_total`, `embed_cache_misses_total` | counter | |
 //! | `embed_cache_entries` | gauge | |
 //! | `embed_queue_depth` | gauge | |
-//! | `embed_workers` | gauge | `kind` |
+//! | `embed_workers` | gauge | `kind` (`tokenizer`, `gpu`, `rerank_tokenizer`, `rerank_gpu`) |
 //! | `embed_upstream_errors_total` | counter | `code` |
 //! | `embed_worker_batches_total`, `embed_worker_sequences_total`, `embed_worker_tokens_total` | counter | `kind` |
 //! | `embed_worker_device_memory_used_bytes` | gauge | |
@@ -102,6 +103,14 @@ impl Metrics {
         });
     }
 
+    /// The reranker scored `documents` pairs of `tokens` tokens.
+    pub fn reranked(&self, documents: u64, tokens: u64) {
+        self.with(|| {
+            counter!("embed_rerank_documents_total").increment(documents);
+            counter!("embed_rerank_tokens_total").increment(tokens);
+        });
+    }
+
     /// Cache lookups of one request.
     pub fn cache_lookups(&self, hits: u64, misses: u64) {
         self.with(|| {
@@ -124,9 +133,14 @@ impl Metrics {
             gauge!("embed_queue_depth").set(gauges.queue_depth as f64);
             gauge!("embed_workers", "kind" => "tokenizer").set(gauges.tokenizer_workers as f64);
             gauge!("embed_workers", "kind" => "gpu").set(gauges.gpu_workers as f64);
+            gauge!("embed_workers", "kind" => "rerank_tokenizer")
+                .set(gauges.rerank_tokenizer_workers as f64);
+            gauge!("embed_workers", "kind" => "rerank_gpu").set(gauges.rerank_gpu_workers as f64);
             for (kind, totals) in [
                 ("tokenizer", gauges.tokenizer_totals),
                 ("gpu", gauges.gpu_totals),
+                ("rerank_tokenizer", gauges.rerank_tokenizer_totals),
+                ("rerank_gpu", gauges.rerank_gpu_totals),
             ] {
                 counter!("embed_worker_batches_total", "kind" => kind).absolute(totals.batches);
                 counter!("embed_worker_sequences_total", "kind" => kind).absolute(totals.sequences);
@@ -164,6 +178,14 @@ pub struct Gauges {
     pub tokenizer_totals: WorkerTotals,
     /// Work done by the GPU workers (batches computed).
     pub gpu_totals: WorkerTotals,
+    /// Loaded rerank tokenizer workers.
+    pub rerank_tokenizer_workers: usize,
+    /// Loaded rerank GPU workers.
+    pub rerank_gpu_workers: usize,
+    /// Work done by the rerank tokenizer workers.
+    pub rerank_tokenizer_totals: WorkerTotals,
+    /// Work done by the rerank GPU workers.
+    pub rerank_gpu_totals: WorkerTotals,
     /// Device memory the GPU workers use, bytes.
     pub device_memory_used: u64,
 }
@@ -204,6 +226,14 @@ fn describe() {
     describe_counter!(
         "embed_tokens_total",
         "Tokens embedded by the model (cache hits excluded); tokens/s is its rate."
+    );
+    describe_counter!(
+        "embed_rerank_documents_total",
+        "Documents scored by the reranker."
+    );
+    describe_counter!(
+        "embed_rerank_tokens_total",
+        "Tokens of the reranker prompts scored (template, query and document)."
     );
     describe_counter!(
         "embed_cache_hits_total",

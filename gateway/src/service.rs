@@ -1,11 +1,13 @@
 //! One embedding request from validation to vectors: limits, admission, cache, upstream.
 //! Both HTTP APIs (seed and OpenAI) turn their bodies into an [`EmbedJob`] and call
-//! [`EmbedService::embed`].
+//! [`EmbedService::embed`]. Both rerank APIs (Cohere/Jina and TEI) turn theirs into a
+//! [`RerankJob`] and call [`EmbedService::rerank`]: the same limits, admission and deadline,
+//! no cache.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::wire::{self, EmbedRequest, InputType};
+use common::wire::{self, EmbedRequest, InputType, RerankRequest};
 use tokio::time::Instant;
 
 use crate::admission::Admission;
@@ -13,7 +15,7 @@ use crate::cache::{CacheKey, VectorCache};
 use crate::config::GatewayConfig;
 use crate::http::error::ApiError;
 use crate::metrics::Metrics;
-use crate::upstream::assembly::Embedded;
+use crate::upstream::assembly::{Embedded, Scored};
 use crate::upstream::discovery::Discovery;
 use crate::upstream::{Upstream, UpstreamError};
 
@@ -29,6 +31,21 @@ pub struct EmbedJob {
     /// Requested output size.
     pub dimensions: Option<u32>,
     /// Truncate over-long inputs; the worker's default when `None`.
+    pub truncate: Option<bool>,
+}
+
+/// What to rerank, as both rerank APIs describe it.
+#[derive(Debug, Clone)]
+pub struct RerankJob {
+    /// The query every document is judged against (may be empty).
+    pub query: String,
+    /// The documents, in answer order (empty texts are valid).
+    pub documents: Vec<String>,
+    /// Name of the documents field in the API (`documents`, `texts`), for error messages.
+    pub documents_field: &'static str,
+    /// Task description in the prompt; the worker's default when `None`.
+    pub instruction: Option<String>,
+    /// Shorten over-long documents; the worker's default when `None`.
     pub truncate: Option<bool>,
 }
 
@@ -148,6 +165,83 @@ impl EmbedService {
                 answer.expect("every input is a cache hit or in the complete answer; this is a bug")
             })
             .collect())
+    }
+
+    /// Validates `job`, admits it and asks the rerank workers for one score per document,
+    /// in document order.
+    pub async fn rerank(&self, job: RerankJob) -> Result<Vec<Scored>, ApiError> {
+        self.check_rerank(&job)?;
+        let Some(_admitted) = self.admission.try_admit() else {
+            self.metrics.rejected("overloaded");
+            return Err(ApiError::Overloaded {
+                limit: self.admission.limit(),
+            });
+        };
+        let deadline = Instant::now() + self.timeout;
+        let request = RerankRequest {
+            id: String::new(),
+            query: job.query,
+            documents: job.documents,
+            instruction: job.instruction,
+            truncate: job.truncate,
+            deadline_ms: Some(wire::now_ms() + self.timeout.as_millis() as u64),
+        };
+        let scored = self
+            .upstream
+            .rerank(request, deadline)
+            .await
+            .map_err(|e| match e {
+                UpstreamError::NoResponders => {
+                    self.metrics.upstream_error("no_responders");
+                    ApiError::NoRerankWorkers
+                }
+                other => self.upstream_error(other),
+            })?;
+        let tokens: u64 = scored.iter().map(|s| u64::from(s.tokens)).sum();
+        self.metrics.reranked(scored.len() as u64, tokens);
+        Ok(scored)
+    }
+
+    /// Limits of a rerank request: document count, query and document length.
+    fn check_rerank(&self, job: &RerankJob) -> Result<(), ApiError> {
+        let field = job.documents_field;
+        if job.documents.is_empty() {
+            return Err(ApiError::field(
+                field,
+                format!("{field} must hold at least one document"),
+            ));
+        }
+        if job.documents.len() > self.limits.max_inputs {
+            return Err(ApiError::field(
+                field,
+                format!(
+                    "{field} has {} documents; at most {} are allowed per request",
+                    job.documents.len(),
+                    self.limits.max_inputs
+                ),
+            ));
+        }
+        let texts = std::iter::once(("query".to_string(), &job.query)).chain(
+            job.documents
+                .iter()
+                .enumerate()
+                .map(|(index, text)| (format!("{field}[{index}]"), text)),
+        );
+        for (param, text) in texts {
+            if text.len() > self.limits.max_chars {
+                let chars = text.chars().count();
+                if chars > self.limits.max_chars {
+                    return Err(ApiError::field(
+                        param.clone(),
+                        format!(
+                            "{param} has {chars} characters; at most {} are allowed",
+                            self.limits.max_chars
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Limits that do not need a worker: input count, text length, `dimensions`.

@@ -80,6 +80,14 @@ async fn requests_without_a_key_are_refused_on_every_route_but_health() {
         .post_json("/api/v1/embedding/api", json!({"text": ["hello"]}))
         .await;
     assert_unauthorized(response, "POST seed route").await;
+    let response = harness
+        .post_json("/v1/rerank", json!({"query": "q", "documents": ["d"]}))
+        .await;
+    assert_unauthorized(response, "POST /v1/rerank").await;
+    let response = harness
+        .post_json("/rerank", json!({"query": "q", "texts": ["d"]}))
+        .await;
+    assert_unauthorized(response, "POST /rerank").await;
     // Health is checked but nothing else is: a POST to it needs a key too.
     let response = harness.post_json("/health", json!({})).await;
     assert_unauthorized(response, "POST /health").await;

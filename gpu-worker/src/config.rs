@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 
+use common::subjects::Task;
 use serde::Deserialize;
 
 use crate::engine::{BackendChoice, Dtype, EngineOptions};
@@ -10,6 +11,9 @@ use crate::engine::{BackendChoice, Dtype, EngineOptions};
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct GpuWorkerConfig {
+    /// What this worker serves: `embed` (an embedding model) or `rerank` (a Qwen3-Reranker
+    /// in `model_dir`, pulling from the rerank stream only).
+    pub task: Task,
     /// Model directory in Hugging Face layout.
     pub model_dir: PathBuf,
     /// Served model name, reported in status answers.
@@ -50,6 +54,7 @@ impl GpuWorkerConfig {
 impl Default for GpuWorkerConfig {
     fn default() -> Self {
         Self {
+            task: Task::Embed,
             model_dir: PathBuf::from("models/Qwen3-Embedding-0.6B"),
             model_name: "Qwen/Qwen3-Embedding-0.6B".into(),
             backend: BackendChoice::Auto,

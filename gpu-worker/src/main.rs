@@ -6,6 +6,7 @@ use clap::{Parser, Subcommand};
 use common::config::ConfigSource;
 use common::nats::NatsConfig;
 use common::queue::QueueConfig;
+use common::subjects::Task;
 use common::telemetry::{self, LogFormat};
 use gpu_worker::bench::{self, BenchArgs};
 use gpu_worker::config::GpuWorkerConfig;
@@ -19,6 +20,10 @@ struct Args {
     command: Option<Command>,
     #[command(flatten)]
     source: ConfigSource,
+    /// What to serve: `embed` (an embedding model) or `rerank` (a Qwen3-Reranker, pulling
+    /// rerank batches only); each task has its own stream and worker pool.
+    #[arg(long, value_enum, env = "QWEN3_EMBED_TASK")]
+    task: Option<Task>,
     /// Model directory in Hugging Face layout.
     #[arg(long, env = "QWEN3_EMBED_MODEL_DIR")]
     model_dir: Option<PathBuf>,
@@ -60,6 +65,9 @@ fn main() -> anyhow::Result<()> {
     let mut config: GpuWorkerConfig = args.source.load("gpu")?;
     let mut nats: NatsConfig = args.source.load("nats")?;
     let queue: QueueConfig = args.source.load("queue")?;
+    if let Some(task) = args.task {
+        config.task = task;
+    }
     if let Some(dir) = args.model_dir {
         config.model_dir = dir;
     }

@@ -1,6 +1,8 @@
 //! The GPU worker's NATS service: pulls token batches from the JetStream work queue only
 //! when it has capacity, runs them on the device thread, publishes each request's vectors as
-//! `EmbedChunk`s to its reply subject, and acks the batch after publishing.
+//! `EmbedChunk`s to its reply subject, and acks the batch after publishing. Started with
+//! `task = rerank`, it loads a reranker, pulls from the rerank stream only, and publishes
+//! `RerankChunk`s ([`crate::scores`]).
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
@@ -9,7 +11,8 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, AckKind, consumer::PullConsumer};
 use common::nats::NatsConfig;
-use common::queue::{QueueConfig, batch_stream, gpu_consumer};
+use common::queue::{QueueConfig, batch_stream_for, gpu_consumer_for};
+use common::subjects::Task;
 use common::wire::{
     self, BatchItem, EmbedChunk, ErrorCode, ErrorReply, TokenBatch, WorkerKind, WorkerStatus,
 };
@@ -20,6 +23,7 @@ use tokio::sync::Semaphore;
 use crate::config::GpuWorkerConfig;
 use crate::engine::DeviceHandle;
 use crate::model::ModelError;
+use crate::model::rerank::RerankScore;
 use crate::ops::OpError;
 
 /// How long one pull waits for a batch before asking again.
@@ -49,6 +53,16 @@ struct Shared {
     max_payload: usize,
     /// Token budget of one merged forward pass.
     max_batch_tokens: usize,
+    /// Embeddings or rerank scores.
+    task: Task,
+}
+
+/// What the model computed for a batch.
+enum Output {
+    /// One vector per sequence.
+    Vectors(Vec<Vec<f32>>),
+    /// One rerank score per sequence.
+    Scores(Vec<RerankScore>),
 }
 
 /// Runs a GPU worker until `shutdown` resolves, then stops pulling, finishes (and acks) the
@@ -59,9 +73,12 @@ pub async fn run(
     queue: QueueConfig,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let device = DeviceHandle::start(config.model_dir.clone(), config.engine_options()).await?;
+    let task = config.task;
+    let device =
+        DeviceHandle::start_for(config.model_dir.clone(), config.engine_options(), task).await?;
     let info = device.info().clone();
     tracing::info!(
+        task = task.as_str(),
         model = %config.model_name,
         backend = %info.backend,
         device = %info.device.description,
@@ -70,8 +87,9 @@ pub async fn run(
     let client = nats.connect("gpu-worker").await?;
     let subjects = nats.subjects();
     let js = jetstream::new(client.clone());
-    let stream = batch_stream(&js, &subjects, &queue).await?;
-    let consumer = gpu_consumer(&stream, &queue).await?;
+    let stream = batch_stream_for(&js, &subjects, task, &queue).await?;
+    let consumer = gpu_consumer_for(&stream, task, &queue).await?;
+    tracing::info!(batches = %subjects.batches_for(task), "pulling batches");
     let shared = Arc::new(Shared {
         client: client.clone(),
         device,
@@ -79,10 +97,11 @@ pub async fn run(
         ack_wait: Duration::from_secs_f64(queue.ack_wait_s.max(1.0)),
         max_payload: client.server_info().max_payload,
         max_batch_tokens: config.max_batch_tokens,
+        task,
     });
     let status = WorkerStatus {
         worker_id: format!("gpu-{}", wire::now_ms() ^ u64::from(std::process::id())),
-        kind: WorkerKind::Gpu,
+        kind: WorkerKind::gpu(task),
         model: config.model_name.clone(),
         loaded: true,
         backend: Some(info.backend.clone()),
@@ -101,13 +120,14 @@ pub async fn run(
         Arc::clone(&shared),
         status,
     ));
+    let (service_name, what) = match task {
+        Task::Embed => ("qwen3-embed-gpu", "embedding model"),
+        Task::Rerank => ("qwen3-embed-rerank-gpu", "reranker"),
+    };
     let _service = register_service(
         &client,
-        "qwen3-embed-gpu",
-        format!(
-            "Qwen3 embedding model {} on {}",
-            config.model_name, info.backend
-        ),
+        service_name,
+        format!("Qwen3 {what} {} on {}", config.model_name, info.backend),
     )
     .await;
 
@@ -211,7 +231,18 @@ async fn process(shared: &Shared, messages: Vec<jetstream::Message>) {
             let result = run_batch(shared, &live).await;
             progress.abort();
             match result {
-                Ok(vectors) => publish_chunks(shared, &live.items, &vectors).await,
+                Ok(Output::Vectors(vectors)) => {
+                    publish_chunks(shared, &live.items, &vectors).await;
+                }
+                Ok(Output::Scores(scores)) => {
+                    crate::scores::publish_scores(
+                        &shared.client,
+                        shared.max_payload,
+                        &live.items,
+                        &scores,
+                    )
+                    .await;
+                }
                 Err(e) => fail_batch(shared, &live.items, &e),
             }
         }
@@ -257,31 +288,42 @@ fn concat(batches: Vec<TokenBatch>) -> TokenBatch {
     merged
 }
 
-async fn run_batch(shared: &Shared, batch: &TokenBatch) -> Result<Vec<Vec<f32>>, ModelError> {
+async fn run_batch(shared: &Shared, batch: &TokenBatch) -> Result<Output, ModelError> {
     let hidden = shared.device.info().hidden_size;
     let lengths = batch.items.iter().map(|item| item.len as usize).collect();
-    let dims = batch
-        .items
-        .iter()
-        .map(|item| {
-            if item.dims == 0 {
-                hidden
-            } else {
-                item.dims as usize
-            }
-        })
-        .collect();
-    let vectors = shared
-        .device
-        .embed(batch.token_ids.clone(), lengths, dims)
-        .await?;
+    let output = match shared.task {
+        Task::Embed => {
+            let dims = batch
+                .items
+                .iter()
+                .map(|item| {
+                    if item.dims == 0 {
+                        hidden
+                    } else {
+                        item.dims as usize
+                    }
+                })
+                .collect();
+            let vectors = shared
+                .device
+                .embed(batch.token_ids.clone(), lengths, dims)
+                .await?;
+            Output::Vectors(vectors)
+        }
+        Task::Rerank => Output::Scores(
+            shared
+                .device
+                .score(batch.token_ids.clone(), lengths)
+                .await?,
+        ),
+    };
     let c = &shared.counters;
     c.batches.fetch_add(1, Ordering::Relaxed);
     c.sequences
         .fetch_add(batch.items.len() as u64, Ordering::Relaxed);
     c.tokens
         .fetch_add(batch.num_tokens() as u64, Ordering::Relaxed);
-    Ok(vectors)
+    Ok(output)
 }
 
 /// Removes items whose deadline passed (answering their requests once) and returns the rest.

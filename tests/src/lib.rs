@@ -29,6 +29,11 @@ pub fn tiny_model_dir() -> PathBuf {
     fixtures_dir().join("qwen3-tiny")
 }
 
+/// The tiny reranker directory (weights, tokenizer, `golden_rerank.json`).
+pub fn tiny_reranker_dir() -> PathBuf {
+    fixtures_dir().join("qwen3-tiny-reranker")
+}
+
 /// The `nats-server` binary to run.
 pub fn nats_server_binary() -> PathBuf {
     if let Some(path) = std::env::var_os("NATS_SERVER") {

@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 
+use common::subjects::Task;
 use serde::Deserialize;
 
 use crate::tokenize::{DEFAULT_INSTRUCTION, DEFAULT_MAX_LENGTH};
@@ -10,6 +11,10 @@ use crate::tokenize::{DEFAULT_INSTRUCTION, DEFAULT_MAX_LENGTH};
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TokenizerWorkerConfig {
+    /// What this worker serves: `embed` (embedding requests, the Qwen3-Embedding template) or
+    /// `rerank` (rerank requests, the Qwen3-Reranker prompt; `model_dir` is then the
+    /// reranker's). Each task has its own subject, queue group and batch stream.
+    pub task: Task,
     /// Model directory holding `tokenizer.json` and `config.json`.
     pub model_dir: PathBuf,
     /// Served model name, reported in status answers.
@@ -38,6 +43,7 @@ pub struct TokenizerWorkerConfig {
 impl Default for TokenizerWorkerConfig {
     fn default() -> Self {
         Self {
+            task: Task::Embed,
             model_dir: PathBuf::from("models/Qwen3-Embedding-0.6B"),
             model_name: "Qwen/Qwen3-Embedding-0.6B".into(),
             default_instruction: DEFAULT_INSTRUCTION.into(),

@@ -5,14 +5,17 @@
 //! * [`tokenize`]: the Qwen3-Embedding query template, tokenization with exactly one final
 //!   `<|endoftext|>`, and truncation ([`tokenize::TextTokenizer`]).
 //! * [`rerank`]: the Qwen3-Reranker prompt, document-only truncation ([`rerank::RerankTemplate`]).
+//! * [`pairs`]: rerank requests checked and turned into one prompt sequence per document.
 //! * [`batcher`]: pure, I/O-free packing of the sequences of concurrent requests into
 //!   [`common::wire::TokenBatch`]es by token budget, with a maximum wait and deadline expiry
 //!   ([`batcher::Batcher`]).
 //! * [`config`]: the worker's settings.
-//! * [`service`]: the NATS service: request subject in, JetStream batches out.
+//! * [`service`]: the NATS service: request subject in, JetStream batches out; started with
+//!   `task = rerank` it serves the rerank subject and queues pairs on the rerank stream.
 
 pub mod batcher;
 pub mod config;
+pub mod pairs;
 pub mod rerank;
 pub mod service;
 pub mod tokenize;

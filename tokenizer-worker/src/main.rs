@@ -6,6 +6,7 @@ use clap::Parser;
 use common::config::ConfigSource;
 use common::nats::NatsConfig;
 use common::queue::QueueConfig;
+use common::subjects::Task;
 use common::telemetry::{self, LogFormat};
 use tokenizer_worker::config::TokenizerWorkerConfig;
 
@@ -15,6 +16,10 @@ use tokenizer_worker::config::TokenizerWorkerConfig;
 struct Args {
     #[command(flatten)]
     source: ConfigSource,
+    /// What to serve: `embed` (embedding requests) or `rerank` (rerank requests, with the
+    /// reranker's model directory); each has its own subject and batch stream.
+    #[arg(long, value_enum, env = "QWEN3_EMBED_TASK")]
+    task: Option<Task>,
     /// Model directory with `tokenizer.json` and `config.json`.
     #[arg(long, env = "QWEN3_EMBED_MODEL_DIR")]
     model_dir: Option<PathBuf>,
@@ -38,6 +43,9 @@ fn main() -> anyhow::Result<()> {
     let mut config: TokenizerWorkerConfig = args.source.load("tokenizer")?;
     let mut nats: NatsConfig = args.source.load("nats")?;
     let queue: QueueConfig = args.source.load("queue")?;
+    if let Some(task) = args.task {
+        config.task = task;
+    }
     if let Some(dir) = args.model_dir {
         config.model_dir = dir;
     }

@@ -3,6 +3,11 @@
 //! packs the sequences of concurrent requests into `TokenBatch`es and publishes those to the
 //! JetStream work queue. Bad input is answered with an `ErrorReply` at once.
 //!
+//! Started with `task = rerank`, the same loop serves `RerankRequest`s from the rerank subject
+//! (its own queue group): each (query, document) pair becomes one reranker prompt
+//! ([`crate::pairs`]), and the batches go to the rerank stream, pulled only by rerank GPU
+//! workers.
+//!
 //! One task (the loop in [`run`]) owns the batcher; tokenization results reach it over a
 //! channel, so no lock is held around batching.
 
@@ -14,11 +19,11 @@ use anyhow::Context as _;
 use async_nats::jetstream;
 use bytes::Bytes;
 use common::nats::NatsConfig;
-use common::queue::{QueueConfig, batch_stream};
-use common::subjects::{Subjects, TOKENIZER_QUEUE_GROUP};
+use common::queue::{QueueConfig, batch_stream_for};
+use common::subjects::{RERANK_TOKENIZER_QUEUE_GROUP, Subjects, TOKENIZER_QUEUE_GROUP, Task};
 use common::wire::{
-    self, BatchItem, EmbedRequest, ErrorCode, ErrorReply, InputType, TokenBatch, WorkerKind,
-    WorkerStatus,
+    self, BatchItem, EmbedRequest, ErrorCode, ErrorReply, InputType, RerankRequest, TokenBatch,
+    WorkerKind, WorkerStatus,
 };
 use common::worker::{register_service, send_error};
 use futures::StreamExt;
@@ -27,6 +32,8 @@ use tokio::task::JoinSet;
 
 use crate::batcher::{Batcher, BatcherConfig, PendingSequence};
 use crate::config::TokenizerWorkerConfig;
+use crate::pairs;
+use crate::rerank::{RerankOptions, RerankTemplate};
 use crate::tokenize::{TextTokenizer, TokenizeError, TokenizerOptions};
 
 /// How long shutdown waits to flush batches and replies to the server.
@@ -52,6 +59,47 @@ fn read_model_limits(dir: &Path) -> anyhow::Result<ModelLimits> {
     let text = std::fs::read_to_string(&path)
         .with_context(|| format!("cannot read {}", path.display()))?;
     serde_json::from_str(&text).with_context(|| format!("{} lacks hidden_size", path.display()))
+}
+
+/// What turns this worker's requests into sequences: the task's tokenizer and limits.
+#[derive(Clone)]
+enum Frontend {
+    /// Embedding requests, the Qwen3-Embedding template.
+    Embed {
+        /// The embedding tokenizer.
+        tokenizer: Arc<TextTokenizer>,
+        /// Bounds `dimensions`.
+        limits: ModelLimits,
+    },
+    /// Rerank requests, the Qwen3-Reranker prompt.
+    Rerank {
+        /// The reranker prompt builder.
+        template: Arc<RerankTemplate>,
+    },
+}
+
+/// A decoded request that passed the checks, ready for the tokenizer pool.
+enum Checked {
+    /// An embedding request.
+    Embed(EmbedRequest),
+    /// A rerank request.
+    Rerank(RerankRequest),
+}
+
+impl Checked {
+    fn id(&self) -> &str {
+        match self {
+            Self::Embed(request) => &request.id,
+            Self::Rerank(request) => &request.id,
+        }
+    }
+
+    fn truncate(&self) -> Option<bool> {
+        match self {
+            Self::Embed(request) => request.truncate,
+            Self::Rerank(request) => request.truncate,
+        }
+    }
 }
 
 /// A request whose texts were all tokenized, or the error to answer it with.
@@ -82,13 +130,29 @@ pub async fn run(
         config.max_batch_tokens,
         config.max_length
     );
-    let tokenizer = Arc::new(TextTokenizer::from_file(
-        &config.model_dir.join("tokenizer.json"),
-        TokenizerOptions {
-            default_instruction: config.default_instruction.clone(),
-            max_length: config.max_length,
+    let task = config.task;
+    let tokenizer_file = config.model_dir.join("tokenizer.json");
+    let frontend = match task {
+        Task::Embed => Frontend::Embed {
+            tokenizer: Arc::new(TextTokenizer::from_file(
+                &tokenizer_file,
+                TokenizerOptions {
+                    default_instruction: config.default_instruction.clone(),
+                    max_length: config.max_length,
+                },
+            )?),
+            limits,
         },
-    )?);
+        Task::Rerank => Frontend::Rerank {
+            template: Arc::new(RerankTemplate::from_file(
+                &tokenizer_file,
+                RerankOptions {
+                    default_instruction: config.default_instruction.clone(),
+                    max_length: config.max_length,
+                },
+            )?),
+        },
+    };
     let mut batcher = Batcher::new(BatcherConfig {
         max_batch_tokens: config.max_batch_tokens,
         max_batch_seqs: config.max_batch_seqs,
@@ -98,15 +162,23 @@ pub async fn run(
     let client = nats.connect("tokenizer-worker").await?;
     let subjects = nats.subjects();
     let js = jetstream::new(client.clone());
-    batch_stream(&js, &subjects, &queue).await?;
+    batch_stream_for(&js, &subjects, task, &queue).await?;
+    let (queue_group, service_name) = match task {
+        Task::Embed => (TOKENIZER_QUEUE_GROUP, "qwen3-embed-tokenizer"),
+        Task::Rerank => (RERANK_TOKENIZER_QUEUE_GROUP, "qwen3-embed-rerank-tokenizer"),
+    };
     let mut requests = client
-        .queue_subscribe(subjects.requests(), TOKENIZER_QUEUE_GROUP.into())
+        .queue_subscribe(subjects.requests_for(task), queue_group.into())
         .await?;
     let mut status_requests = client.subscribe(subjects.status()).await?;
     let _service = register_service(
         &client,
-        "qwen3-embed-tokenizer",
-        format!("Qwen3 embedding tokenizer for {}", config.model_name),
+        service_name,
+        format!(
+            "Qwen3 {} tokenizer for {}",
+            task.as_str(),
+            config.model_name
+        ),
     )
     .await;
 
@@ -121,8 +193,8 @@ pub async fn run(
         client: client.clone(),
         js,
         subjects,
-        limits,
-        tokenizer,
+        task,
+        frontend,
         truncate_default: config.truncate,
         max_pending_tokens: config.max_pending_tokens,
         status: WorkerStatus {
@@ -130,7 +202,7 @@ pub async fn run(
                 "tokenizer-{}",
                 wire::now_ms() ^ u64::from(std::process::id())
             ),
-            kind: WorkerKind::Tokenizer,
+            kind: WorkerKind::tokenizer(task),
             model: config.model_name.clone(),
             loaded: true,
             backend: None,
@@ -148,8 +220,10 @@ pub async fn run(
         publishes: JoinSet::new(),
     };
     tracing::info!(
+        task = task.as_str(),
         model = %config.model_name,
-        requests = %state.subjects.requests(),
+        requests = %state.subjects.requests_for(task),
+        batches = %state.subjects.batches_for(task),
         threads,
         "tokenizer worker ready"
     );
@@ -214,8 +288,10 @@ struct State {
     client: async_nats::Client,
     js: jetstream::Context,
     subjects: Subjects,
-    limits: ModelLimits,
-    tokenizer: Arc<TextTokenizer>,
+    /// What this worker serves (picks the batch subject).
+    task: Task,
+    /// The task's tokenizer and limits.
+    frontend: Frontend,
     truncate_default: bool,
     max_pending_tokens: usize,
     /// Counters reported on the status subject.
@@ -248,7 +324,7 @@ impl State {
         };
         if batcher.pending_tokens() > self.max_pending_tokens {
             let error = ErrorReply::new(
-                Some(request.id),
+                Some(request.id().to_string()),
                 ErrorCode::Overloaded,
                 "tokenizer worker has too much work queued; retry later",
             );
@@ -256,15 +332,25 @@ impl State {
             return;
         }
         self.tokenizing += 1;
-        let tokenizer = Arc::clone(&self.tokenizer);
-        let truncate = request.truncate.unwrap_or(self.truncate_default);
+        let frontend = self.frontend.clone();
+        let truncate = request.truncate().unwrap_or(self.truncate_default);
         let (pool, done_tx) = (Arc::clone(pool), done_tx.clone());
         tokio::spawn(async move {
             let _permit = pool.acquire_owned().await;
-            let id = request.id.clone();
+            let id = request.id().to_string();
             let reply = reply_to.clone();
-            let result = tokio::task::spawn_blocking(move || {
-                tokenize(&tokenizer, request, &reply, truncate)
+            let result = tokio::task::spawn_blocking(move || match (&frontend, request) {
+                (Frontend::Embed { tokenizer, .. }, Checked::Embed(request)) => {
+                    tokenize(tokenizer, request, &reply, truncate)
+                }
+                (Frontend::Rerank { template }, Checked::Rerank(request)) => {
+                    pairs::tokenize(template, request, &reply, truncate)
+                }
+                (_, request) => Err(ErrorReply::new(
+                    Some(request.id().to_string()),
+                    ErrorCode::Internal,
+                    "request decoded for another task; this is a bug",
+                )),
             })
             .await
             .unwrap_or_else(|e| {
@@ -285,45 +371,15 @@ impl State {
         });
     }
 
-    /// Decodes a request and checks what can be checked without tokenizing.
-    fn check(&self, payload: &Bytes) -> Result<EmbedRequest, ErrorReply> {
-        let request: EmbedRequest = wire::decode(payload).map_err(|e| {
-            let id = wire::decode::<IdOnly>(payload).ok().map(|only| only.id);
-            ErrorReply::new(
-                id,
-                ErrorCode::InvalidRequest,
-                format!("malformed request: {e}"),
-            )
-        })?;
-        let fail = |message: String| {
-            Err(ErrorReply::new(
-                Some(request.id.clone()),
-                ErrorCode::InvalidRequest,
-                message,
-            ))
-        };
-        if request.input.is_empty() {
-            return fail("`input` must hold at least one text".into());
+    /// Decodes a request of this worker's task and checks what can be checked without
+    /// tokenizing.
+    fn check(&self, payload: &Bytes) -> Result<Checked, ErrorReply> {
+        match &self.frontend {
+            Frontend::Embed { limits, .. } => {
+                check_embed(decode(payload)?, limits).map(Checked::Embed)
+            }
+            Frontend::Rerank { .. } => pairs::check(decode(payload)?).map(Checked::Rerank),
         }
-        if request.input.len() > u32::MAX as usize {
-            return fail("`input` holds too many texts".into());
-        }
-        if let Some(dims) = request.dimensions
-            && !(1..=self.limits.hidden_size).contains(&dims)
-        {
-            return fail(format!(
-                "`dimensions` must be between 1 and {} for this model, got {dims}",
-                self.limits.hidden_size
-            ));
-        }
-        if wire::deadline_passed(request.deadline_ms.unwrap_or(0), wire::now_ms()) {
-            return Err(ErrorReply::new(
-                Some(request.id),
-                ErrorCode::DeadlineExceeded,
-                "the request's deadline passed before it was tokenized",
-            ));
-        }
-        Ok(request)
     }
 
     /// Queues a tokenized request's sequences, or answers its error.
@@ -376,7 +432,7 @@ impl State {
             let (js, client, subject) = (
                 self.js.clone(),
                 self.client.clone(),
-                self.subjects.batches(),
+                self.subjects.batches_for(self.task),
             );
             self.publishes
                 .spawn(async move { publish_batch(js, client, subject, batch).await });
@@ -400,6 +456,51 @@ impl State {
     fn send_error(&self, reply_to: &str, error: &ErrorReply) {
         send_error(&self.client, reply_to, error);
     }
+}
+
+/// Decodes a request, answering a malformed one with its id when that much can be read.
+fn decode<T: serde::de::DeserializeOwned>(payload: &Bytes) -> Result<T, ErrorReply> {
+    wire::decode(payload).map_err(|e| {
+        let id = wire::decode::<IdOnly>(payload).ok().map(|only| only.id);
+        ErrorReply::new(
+            id,
+            ErrorCode::InvalidRequest,
+            format!("malformed request: {e}"),
+        )
+    })
+}
+
+/// Checks what can be checked of an embedding request without tokenizing.
+fn check_embed(request: EmbedRequest, limits: &ModelLimits) -> Result<EmbedRequest, ErrorReply> {
+    let fail = |message: String| {
+        Err(ErrorReply::new(
+            Some(request.id.clone()),
+            ErrorCode::InvalidRequest,
+            message,
+        ))
+    };
+    if request.input.is_empty() {
+        return fail("`input` must hold at least one text".into());
+    }
+    if request.input.len() > u32::MAX as usize {
+        return fail("`input` holds too many texts".into());
+    }
+    if let Some(dims) = request.dimensions
+        && !(1..=limits.hidden_size).contains(&dims)
+    {
+        return fail(format!(
+            "`dimensions` must be between 1 and {} for this model, got {dims}",
+            limits.hidden_size
+        ));
+    }
+    if wire::deadline_passed(request.deadline_ms.unwrap_or(0), wire::now_ms()) {
+        return Err(ErrorReply::new(
+            Some(request.id),
+            ErrorCode::DeadlineExceeded,
+            "the request's deadline passed before it was tokenized",
+        ));
+    }
+    Ok(request)
 }
 
 /// Just the id of a request that failed to decode as a whole.

@@ -131,7 +131,7 @@ pub async fn models(State(state): State<AppState>) -> Json<serde_json::Value> {
 
 /// Whether a client's `model` names the served one: the full name, or the name without
 /// its organisation (`Qwen3-Embedding-0.6B`).
-fn names_model(requested: &str, served: &str) -> bool {
+pub(crate) fn names_model(requested: &str, served: &str) -> bool {
     requested == served
         || served
             .rsplit_once('/')

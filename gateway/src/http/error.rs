@@ -72,6 +72,11 @@ pub enum ApiError {
     /// Nobody listens on the request subject.
     #[error("no tokenizer worker is available to serve the request")]
     NoWorkers,
+    /// Nobody listens on the rerank subject.
+    #[error(
+        "no rerank worker is available to serve the request (start workers with --task rerank)"
+    )]
+    NoRerankWorkers,
     /// The gateway is not connected to NATS.
     #[error("the gateway is not connected to the message bus ({0})")]
     BusUnavailable(String),
@@ -153,7 +158,9 @@ impl ApiError {
                 "overloaded",
                 None,
             ),
-            Self::NoWorkers => (StatusCode::SERVICE_UNAVAILABLE, SERVER, "no_workers", None),
+            Self::NoWorkers | Self::NoRerankWorkers => {
+                (StatusCode::SERVICE_UNAVAILABLE, SERVER, "no_workers", None)
+            }
             Self::BusUnavailable(_) => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 SERVER,

@@ -135,6 +135,65 @@ impl Fields {
         }
     }
 
+    /// A required string field (an empty string is valid).
+    pub fn required_string(&mut self, name: &str) -> Result<String, ApiError> {
+        self.string(name)?
+            .ok_or_else(|| ApiError::field(name, format!("{name} is required")))
+    }
+
+    /// A required list of texts: strings, or objects with a string `text` (as Cohere and
+    /// Jina clients send documents). An empty list passes here; the service refuses it.
+    pub fn texts(&mut self, name: &str) -> Result<Vec<String>, ApiError> {
+        let items = match self.take(name) {
+            None => return Err(ApiError::field(name, format!("{name} is required"))),
+            Some(Value::Array(items)) => items,
+            Some(other) => {
+                return Err(ApiError::field(
+                    name,
+                    format!("{name} must be a list of strings, got {}", kind(&other)),
+                ));
+            }
+        };
+        items
+            .into_iter()
+            .enumerate()
+            .map(|(index, item)| match item {
+                Value::String(text) => Ok(text),
+                Value::Object(mut object) => match object.remove("text") {
+                    Some(Value::String(text)) => Ok(text),
+                    _ => Err(ApiError::field(
+                        format!("{name}[{index}]"),
+                        format!(
+                            "{name}[{index}] must be a string or an object with a string `text`"
+                        ),
+                    )),
+                },
+                other => Err(ApiError::field(
+                    format!("{name}[{index}]"),
+                    format!("{name}[{index}] must be a string, got {}", kind(&other)),
+                )),
+            })
+            .collect()
+    }
+
+    /// An optional integer field of at least 1.
+    pub fn positive_integer(&mut self, name: &str) -> Result<Option<usize>, ApiError> {
+        match self.take(name) {
+            None => Ok(None),
+            Some(Value::Number(number)) => match number.as_u64() {
+                Some(value) if value >= 1 => Ok(Some(usize::try_from(value).unwrap_or(usize::MAX))),
+                _ => Err(ApiError::field(
+                    name,
+                    format!("{name} must be an integer of at least 1, got {number}"),
+                )),
+            },
+            Some(other) => Err(ApiError::field(
+                name,
+                format!("{name} must be an integer, got {}", kind(&other)),
+            )),
+        }
+    }
+
     /// The optional `dimensions`: an integer of at least 1 (the upper bound is the model's).
     pub fn dimensions(&mut self) -> Result<Option<u32>, ApiError> {
         let name = "dimensions";
@@ -228,6 +287,45 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn texts_take_strings_or_text_objects_and_name_bad_items() {
+        assert_eq!(
+            fields(json!({"documents": ["a", {"text": "b"}, ""]}))
+                .texts("documents")
+                .unwrap(),
+            ["a", "b", ""]
+        );
+        let error = fields(json!({"documents": ["a", 3]}))
+            .texts("documents")
+            .unwrap_err();
+        assert!(
+            matches!(error, ApiError::InvalidField { ref param, .. } if param == "documents[1]")
+        );
+        assert!(
+            fields(json!({"documents": "a"}))
+                .texts("documents")
+                .is_err()
+        );
+        assert!(fields(json!({})).texts("documents").is_err());
+        assert!(
+            fields(json!({"top_n": 0}))
+                .positive_integer("top_n")
+                .is_err()
+        );
+        assert!(
+            fields(json!({"top_n": 1.5}))
+                .positive_integer("top_n")
+                .is_err()
+        );
+        assert_eq!(
+            fields(json!({"top_n": 3}))
+                .positive_integer("top_n")
+                .unwrap(),
+            Some(3)
+        );
+        assert!(fields(json!({})).required_string("query").is_err());
     }
 
     #[test]

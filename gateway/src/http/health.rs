@@ -23,6 +23,11 @@ pub struct Health {
     pub tokenizer_workers: usize,
     /// Loaded GPU workers that answered.
     pub gpu_workers: usize,
+    /// Loaded rerank tokenizer workers that answered (rerank is optional: health does not
+    /// depend on them).
+    pub rerank_tokenizer_workers: usize,
+    /// Loaded rerank GPU workers that answered.
+    pub rerank_gpu_workers: usize,
     /// Unix time in seconds of the discovery behind this answer.
     pub timestamp: f64,
     /// Why the gateway cannot serve, when it cannot.
@@ -59,6 +64,8 @@ pub async fn health(State(state): State<AppState>) -> Response {
         model_loaded: gpu_workers > 0,
         tokenizer_workers,
         gpu_workers,
+        rerank_tokenizer_workers: snapshot.loaded(WorkerKind::RerankTokenizer),
+        rerank_gpu_workers: snapshot.loaded(WorkerKind::RerankGpu),
         timestamp: snapshot.taken_ms as f64 / 1000.0,
         reason,
     };

@@ -7,6 +7,7 @@ pub mod embeddings;
 pub mod error;
 pub mod extract;
 pub mod health;
+pub mod rerank;
 pub mod seed;
 
 use std::sync::Arc;
@@ -50,14 +51,16 @@ pub struct Shared {
 /// Handler state: cheap to clone.
 pub type AppState = Arc<Shared>;
 
-/// All routes: OpenAI (`/v1/...`), seed (`{root_path}/embedding/api`), health, debug and
-/// metrics (at the root and under `root_path`). With API keys configured, all but health
+/// All routes: OpenAI (`/v1/...`), seed (`{root_path}/embedding/api`), rerank (`/v1/rerank`
+/// and TEI's `/rerank`), health, debug and metrics (at the root and under `root_path`). With API keys configured, all but health
 /// require one (see [`auth`]); refusals are counted by `track` like any answer.
 pub fn router(state: AppState) -> Router {
     let prefix = state.config.route_prefix();
     let mut app = Router::new()
         .route("/v1/embeddings", post(embeddings::create))
         .route("/v1/models", get(embeddings::models))
+        .route("/v1/rerank", post(rerank::rerank))
+        .route("/rerank", post(rerank::tei_rerank))
         .route("/health", get(health::health))
         .route("/debug", get(debug::debug))
         .route("/metrics", get(prometheus))
@@ -107,6 +110,10 @@ async fn prometheus(State(state): State<AppState>) -> Response {
         gpu_workers: snapshot.loaded(WorkerKind::Gpu),
         tokenizer_totals: totals(&snapshot.workers, WorkerKind::Tokenizer),
         gpu_totals: totals(&snapshot.workers, WorkerKind::Gpu),
+        rerank_tokenizer_workers: snapshot.loaded(WorkerKind::RerankTokenizer),
+        rerank_gpu_workers: snapshot.loaded(WorkerKind::RerankGpu),
+        rerank_tokenizer_totals: totals(&snapshot.workers, WorkerKind::RerankTokenizer),
+        rerank_gpu_totals: totals(&snapshot.workers, WorkerKind::RerankGpu),
         device_memory_used: snapshot
             .workers
             .iter()

@@ -1,7 +1,8 @@
-//! Putting one request's answer together from its chunks, which may arrive in any order.
-//! Pure logic: no I/O, unit-tested here.
+//! Putting one request's answer together from its chunks, which may arrive in any order:
+//! vectors of an embedding request ([`Assembly`]), scores of a rerank request
+//! ([`ScoreAssembly`]). Pure logic: no I/O, unit-tested here.
 
-use common::wire::EmbedChunk;
+use common::wire::{EmbedChunk, RerankChunk};
 
 /// One finished embedding and the tokens the model read for it.
 #[derive(Debug, Clone, PartialEq)]
@@ -86,6 +87,76 @@ impl Assembly {
     }
 }
 
+/// One scored document of a rerank request.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Scored {
+    /// Relevance, the probability of `yes` against `no`.
+    pub score: f32,
+    /// Logit of `yes` at the last position.
+    pub logit_yes: f32,
+    /// Logit of `no` at the last position.
+    pub logit_no: f32,
+    /// Tokens the model read for the pair (the whole prompt).
+    pub tokens: u32,
+}
+
+/// The documents of one rerank request scored so far.
+#[derive(Debug)]
+pub struct ScoreAssembly {
+    /// One slot per document, filled as chunks arrive.
+    slots: Vec<Option<Scored>>,
+    /// Slots filled; the request is done when it reaches `slots.len()`.
+    filled: usize,
+}
+
+impl ScoreAssembly {
+    /// An empty assembly for a request of `total` documents.
+    pub fn new(total: usize) -> Self {
+        Self {
+            slots: vec![None; total],
+            filled: 0,
+        }
+    }
+
+    /// Adds a chunk; returns whether every document is now scored. A chunk that contradicts
+    /// the request (other total, out-of-range documents, lists of the wrong length) is an
+    /// error; one repeating documents already held replaces them without counting twice.
+    pub fn add(&mut self, chunk: &RerankChunk) -> Result<bool, String> {
+        let total = self.slots.len();
+        if chunk.total as usize != total {
+            return Err(format!(
+                "chunk says the request has {} documents, it has {total}",
+                chunk.total
+            ));
+        }
+        chunk.validate().map_err(|e| e.to_string())?;
+        let start = chunk.offset as usize;
+        let end = start + chunk.count as usize;
+        if end > total {
+            return Err(format!(
+                "chunk covers documents {start}..{end} of a request of {total}"
+            ));
+        }
+        for (k, slot) in self.slots[start..end].iter_mut().enumerate() {
+            if slot.is_none() {
+                self.filled += 1;
+            }
+            *slot = Some(Scored {
+                score: chunk.scores[k],
+                logit_yes: chunk.logit_yes[k],
+                logit_no: chunk.logit_no[k],
+                tokens: chunk.tokens[k],
+            });
+        }
+        Ok(self.filled == total)
+    }
+
+    /// The scores in document order; `None` while some are missing.
+    pub fn finish(self) -> Option<Vec<Scored>> {
+        self.slots.into_iter().collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -142,5 +213,33 @@ mod tests {
         other_dims.dims = 1;
         other_dims.embeddings.truncate(4);
         assert!(assembly.add(&other_dims).is_err());
+    }
+
+    fn score_chunk(offset: u32, scores: &[f32], total: u32) -> RerankChunk {
+        RerankChunk {
+            id: "r".into(),
+            offset,
+            count: scores.len() as u32,
+            total,
+            scores: scores.to_vec(),
+            logit_yes: scores.to_vec(),
+            logit_no: vec![0.0; scores.len()],
+            tokens: vec![7; scores.len()],
+        }
+    }
+
+    #[test]
+    fn score_chunks_assemble_in_document_order_and_contradictions_fail() {
+        let mut assembly = ScoreAssembly::new(3);
+        assert_eq!(assembly.add(&score_chunk(2, &[0.3], 3)), Ok(false));
+        assert_eq!(assembly.add(&score_chunk(2, &[0.3], 3)), Ok(false));
+        assert!(assembly.add(&score_chunk(2, &[0.3, 0.4], 3)).is_err());
+        assert!(assembly.add(&score_chunk(0, &[0.3], 4)).is_err());
+        let mut short = score_chunk(0, &[0.1, 0.2], 3);
+        short.tokens.pop();
+        assert!(assembly.add(&short).is_err());
+        assert_eq!(assembly.add(&score_chunk(0, &[0.1, 0.2], 3)), Ok(true));
+        let scores: Vec<f32> = assembly.finish().unwrap().iter().map(|s| s.score).collect();
+        assert_eq!(scores, [0.1, 0.2, 0.3]);
     }
 }

@@ -1,4 +1,5 @@
-//! The NATS side: publishing requests, assembling their replies, discovering workers.
+//! The NATS side: publishing requests (embedding requests on `{prefix}.requests`, rerank
+//! requests on `{prefix}.rerank`), assembling their replies, discovering workers.
 //!
 //! The gateway holds ONE wildcard subscription, `{inbox}.>`, and gives each request the
 //! reply subject `{inbox}.{n}`. A reader task routes every reply by `n` to the request's
@@ -17,19 +18,19 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use async_nats::connection::State;
 use async_nats::{Client, Message, StatusCode};
 use common::subjects::Subjects;
-use common::wire::{self, EmbedReply, EmbedRequest, ErrorReply};
+use common::wire::{self, EmbedReply, EmbedRequest, ErrorReply, RerankReply, RerankRequest};
 use futures::StreamExt;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use self::assembly::{Assembly, Embedded};
+use self::assembly::{Assembly, Embedded, ScoreAssembly, Scored};
 
 /// Why an upstream request produced no embeddings.
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
     /// Nobody subscribes to the request subject.
-    #[error("no tokenizer worker is listening")]
+    #[error("no tokenizer worker is listening on the request subject")]
     NoResponders,
     /// The client is not connected to any server.
     #[error("not connected to NATS ({0})")]
@@ -60,16 +61,68 @@ pub enum UpstreamError {
 }
 
 /// What a waiting request receives.
-type Outcome = Result<Vec<Embedded>, UpstreamError>;
+type Outcome<T> = Result<T, UpstreamError>;
 
 /// A request waiting for its replies.
 struct Pending {
     /// The request's id, checked against each reply's.
     id: String,
-    /// The items received so far.
-    assembly: Assembly,
-    /// Where the finished answer goes.
-    done: oneshot::Sender<Outcome>,
+    /// The items received so far and where the finished answer goes.
+    collector: Collector,
+}
+
+/// The answer being put together, by request kind.
+enum Collector {
+    /// Vectors of an embedding request.
+    Embed {
+        /// The items received so far.
+        assembly: Assembly,
+        /// Where the finished answer goes.
+        done: oneshot::Sender<Outcome<Vec<Embedded>>>,
+    },
+    /// Scores of a rerank request.
+    Rerank {
+        /// The documents scored so far.
+        assembly: ScoreAssembly,
+        /// Where the finished answer goes.
+        done: oneshot::Sender<Outcome<Vec<Scored>>>,
+    },
+}
+
+impl Collector {
+    /// Sends the finished answer (or `error`) to the waiter, if it still waits.
+    fn complete(self, error: Option<UpstreamError>) {
+        let incomplete = || UpstreamError::BadReply("complete answer with missing items".into());
+        // The waiter may have given up in the meantime; nothing to do then.
+        match self {
+            Self::Embed { assembly, done } => {
+                let outcome = match error {
+                    Some(error) => Err(error),
+                    None => assembly.finish().ok_or_else(incomplete),
+                };
+                let _ = done.send(outcome);
+            }
+            Self::Rerank { assembly, done } => {
+                let outcome = match error {
+                    Some(error) => Err(error),
+                    None => assembly.finish().ok_or_else(incomplete),
+                };
+                let _ = done.send(outcome);
+            }
+        }
+    }
+}
+
+/// What one reply did to its request.
+enum Step {
+    /// Not for this request (another id): ignored.
+    Ignore,
+    /// Added; more items are due.
+    More,
+    /// The answer is complete.
+    Done,
+    /// The request failed.
+    Fail(UpstreamError),
 }
 
 type PendingMap = Arc<Mutex<HashMap<u64, Pending>>>;
@@ -84,8 +137,10 @@ fn lock(map: &PendingMap) -> MutexGuard<'_, HashMap<u64, Pending>> {
 pub struct Upstream {
     /// The connection.
     client: Client,
-    /// Subject requests are published on.
+    /// Subject embedding requests are published on.
     requests_subject: String,
+    /// Subject rerank requests are published on.
+    rerank_subject: String,
     /// This gateway's inbox; reply subjects are `{inbox}.{n}`.
     inbox: String,
     /// Unique id of this gateway, prefix of request ids.
@@ -109,6 +164,7 @@ impl Upstream {
         Ok(Self {
             client,
             requests_subject: subjects.requests(),
+            rerank_subject: subjects.rerank(),
             inbox,
             gateway_id,
             next: AtomicU64::new(0),
@@ -129,7 +185,44 @@ impl Upstream {
 
     /// Publishes `request` (its `id` is replaced by a unique one) and waits until its answer
     /// is complete, a worker reports an error, or `deadline` passes.
-    pub async fn embed(&self, mut request: EmbedRequest, deadline: Instant) -> Outcome {
+    pub async fn embed(
+        &self,
+        mut request: EmbedRequest,
+        deadline: Instant,
+    ) -> Outcome<Vec<Embedded>> {
+        let n = self.begin()?;
+        request.id = format!("{}-{n}", self.gateway_id);
+        let payload = self.encode(&request)?;
+        let (done, answer) = oneshot::channel();
+        let collector = Collector::Embed {
+            assembly: Assembly::new(request.input.len()),
+            done,
+        };
+        self.exchange(n, request.id, collector, payload, answer, deadline)
+            .await
+    }
+
+    /// Publishes a rerank `request` on the rerank subject (its `id` replaced by a unique
+    /// one) and waits for every document's score, a worker's error, or `deadline`.
+    pub async fn rerank(
+        &self,
+        mut request: RerankRequest,
+        deadline: Instant,
+    ) -> Outcome<Vec<Scored>> {
+        let n = self.begin()?;
+        request.id = format!("{}-{n}", self.gateway_id);
+        let payload = self.encode(&request)?;
+        let (done, answer) = oneshot::channel();
+        let collector = Collector::Rerank {
+            assembly: ScoreAssembly::new(request.documents.len()),
+            done,
+        };
+        self.exchange(n, request.id, collector, payload, answer, deadline)
+            .await
+    }
+
+    /// Checks that a request can be sent now and numbers it.
+    fn begin(&self) -> Result<u64, UpstreamError> {
         let state = self.client.connection_state();
         if state != State::Connected {
             return Err(UpstreamError::NotConnected(state.to_string()));
@@ -138,9 +231,12 @@ impl Upstream {
             // Nobody would route the replies: fail now rather than at the deadline.
             return Err(UpstreamError::Closed);
         }
-        let n = self.next.fetch_add(1, Ordering::Relaxed);
-        request.id = format!("{}-{n}", self.gateway_id);
-        let payload = wire::encode(&request).map_err(|e| UpstreamError::Publish(e.to_string()))?;
+        Ok(self.next.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// Encodes a request, refusing one larger than the server's `max_payload`.
+    fn encode<T: serde::Serialize>(&self, request: &T) -> Result<Vec<u8>, UpstreamError> {
+        let payload = wire::encode(request).map_err(|e| UpstreamError::Publish(e.to_string()))?;
         let limit = self.client.server_info().max_payload;
         if limit > 0 && payload.len() > limit {
             return Err(UpstreamError::PayloadTooLarge {
@@ -148,13 +244,25 @@ impl Upstream {
                 limit,
             });
         }
-        let (done, answer) = oneshot::channel();
-        let entry = Pending {
-            id: request.id.clone(),
-            assembly: Assembly::new(request.input.len()),
-            done,
+        Ok(payload)
+    }
+
+    /// Registers request `n`, publishes it on its kind's subject and waits for its answer.
+    async fn exchange<T>(
+        &self,
+        n: u64,
+        id: String,
+        collector: Collector,
+        payload: Vec<u8>,
+        answer: oneshot::Receiver<Outcome<T>>,
+        deadline: Instant,
+    ) -> Outcome<T> {
+        let limit = self.client.server_info().max_payload;
+        let subject = match collector {
+            Collector::Embed { .. } => self.requests_subject.clone(),
+            Collector::Rerank { .. } => self.rerank_subject.clone(),
         };
-        lock(&self.pending).insert(n, entry);
+        lock(&self.pending).insert(n, Pending { id, collector });
         // From here on the entry leaves the map however this future ends.
         let _entry = PendingEntry {
             map: &self.pending,
@@ -163,7 +271,7 @@ impl Upstream {
         let reply_to = format!("{}.{n}", self.inbox);
         let size = payload.len();
         self.client
-            .publish_with_reply(self.requests_subject.clone(), reply_to, payload.into())
+            .publish_with_reply(subject, reply_to, payload.into())
             .await
             .map_err(|e| match e.kind() {
                 async_nats::PublishErrorKind::MaxPayloadExceeded => {
@@ -224,60 +332,99 @@ async fn read_replies(mut subscriber: async_nats::Subscriber, inbox: String, pen
 /// Applies one reply to request `n`, completing it when the answer is whole or failed.
 fn route(pending: &PendingMap, n: u64, message: Message) {
     if message.status == Some(StatusCode::NO_RESPONDERS) {
-        finish(pending, n, Err(UpstreamError::NoResponders));
+        finish(pending, n, UpstreamError::NoResponders);
         return;
     }
-    let reply = match wire::decode::<EmbedReply>(&message.payload) {
-        Ok(reply) => reply,
-        Err(e) => {
-            let status = message.status.map(|s| s.to_string());
-            tracing::warn!(n, ?status, "undecodable reply: {e}");
-            finish(pending, n, Err(UpstreamError::BadReply(e.to_string())));
-            return;
-        }
-    };
     let mut map = lock(pending);
     let Some(entry) = map.get_mut(&n) else {
         tracing::debug!(n, "reply for an unknown or finished request ignored");
         return;
     };
-    let reply_id = match &reply {
-        EmbedReply::Chunk(chunk) => Some(chunk.id.as_str()),
-        EmbedReply::Error(error) => error.id.as_deref(),
+    let step = match &mut entry.collector {
+        Collector::Embed { assembly, .. } => apply_embed(&entry.id, assembly, &message),
+        Collector::Rerank { assembly, .. } => apply_rerank(&entry.id, assembly, &message),
     };
-    if reply_id.is_some_and(|id| id != entry.id) {
-        tracing::debug!(n, ?reply_id, expected = %entry.id, "reply for another request id ignored");
-        return;
-    }
-    let outcome = match reply {
-        EmbedReply::Error(error) => Err(UpstreamError::Worker(error)),
-        EmbedReply::Chunk(chunk) => match entry.assembly.add(&chunk) {
-            Ok(false) => return,
-            Ok(true) => Ok(()),
-            Err(problem) => Err(UpstreamError::BadReply(problem)),
-        },
+    let error = match step {
+        Step::Ignore | Step::More => return,
+        Step::Done => None,
+        Step::Fail(error) => Some(error),
     };
     let entry = map
         .remove(&n)
         .expect("the entry was found above under the same lock; this is a bug");
     drop(map);
-    let outcome = outcome.and_then(|()| {
-        entry
-            .assembly
-            .finish()
-            .ok_or_else(|| UpstreamError::BadReply("complete answer with missing items".into()))
-    });
-    // The waiter may have given up in the meantime; nothing to do then.
-    let _ = entry.done.send(outcome);
+    entry.collector.complete(error);
 }
 
-/// Completes request `n` (if still waiting) with `outcome`.
-fn finish(pending: &PendingMap, n: u64, outcome: Outcome) {
+/// Decodes a reply of type `R`, turning a decoding failure into a failed step.
+fn decode_reply<R: serde::de::DeserializeOwned>(message: &Message) -> Result<R, Step> {
+    wire::decode::<R>(&message.payload).map_err(|e| {
+        let status = message.status.map(|s| s.to_string());
+        tracing::warn!(subject = %message.subject, ?status, "undecodable reply: {e}");
+        Step::Fail(UpstreamError::BadReply(e.to_string()))
+    })
+}
+
+/// Whether a reply carrying `reply_id` belongs to the request `id`.
+fn is_for(id: &str, reply_id: Option<&str>) -> bool {
+    if reply_id.is_some_and(|reply_id| reply_id != id) {
+        tracing::debug!(?reply_id, expected = %id, "reply for another request id ignored");
+        return false;
+    }
+    true
+}
+
+/// Applies an embedding reply to its assembly.
+fn apply_embed(id: &str, assembly: &mut Assembly, message: &Message) -> Step {
+    let reply = match decode_reply::<EmbedReply>(message) {
+        Ok(reply) => reply,
+        Err(step) => return step,
+    };
+    let reply_id = match &reply {
+        EmbedReply::Chunk(chunk) => Some(chunk.id.as_str()),
+        EmbedReply::Error(error) => error.id.as_deref(),
+    };
+    if !is_for(id, reply_id) {
+        return Step::Ignore;
+    }
+    match reply {
+        EmbedReply::Error(error) => Step::Fail(UpstreamError::Worker(error)),
+        EmbedReply::Chunk(chunk) => match assembly.add(&chunk) {
+            Ok(false) => Step::More,
+            Ok(true) => Step::Done,
+            Err(problem) => Step::Fail(UpstreamError::BadReply(problem)),
+        },
+    }
+}
+
+/// Applies a rerank reply to its assembly.
+fn apply_rerank(id: &str, assembly: &mut ScoreAssembly, message: &Message) -> Step {
+    let reply = match decode_reply::<RerankReply>(message) {
+        Ok(reply) => reply,
+        Err(step) => return step,
+    };
+    let reply_id = match &reply {
+        RerankReply::Chunk(chunk) => Some(chunk.id.as_str()),
+        RerankReply::Error(error) => error.id.as_deref(),
+    };
+    if !is_for(id, reply_id) {
+        return Step::Ignore;
+    }
+    match reply {
+        RerankReply::Error(error) => Step::Fail(UpstreamError::Worker(error)),
+        RerankReply::Chunk(chunk) => match assembly.add(&chunk) {
+            Ok(false) => Step::More,
+            Ok(true) => Step::Done,
+            Err(problem) => Step::Fail(UpstreamError::BadReply(problem)),
+        },
+    }
+}
+
+/// Fails request `n` (if still waiting) with `error`.
+fn finish(pending: &PendingMap, n: u64, error: UpstreamError) {
     let entry = lock(pending).remove(&n);
     match entry {
-        Some(entry) => {
-            let _ = entry.done.send(outcome);
-        }
+        Some(entry) => entry.collector.complete(Some(error)),
         None => tracing::debug!(n, "reply for an unknown or finished request ignored"),
     }
 }

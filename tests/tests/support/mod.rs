@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use common::nats::NatsConfig;
 use common::queue::QueueConfig;
-use common::wire::{self, EmbedReply, EmbedRequest};
+use common::subjects::Task;
+use common::wire::{self, EmbedReply, EmbedRequest, RerankReply, RerankRequest, WorkerKind};
 use e2e_tests::NatsServer;
 use futures::StreamExt;
 use tokio::sync::oneshot;
@@ -106,6 +107,84 @@ pub async fn embed_over_nats(
     ))
 }
 
+/// One document's answer over the rerank subject.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RerankAnswer {
+    /// Probability of `yes` against `no`.
+    pub score: f32,
+    /// Logit of `yes`.
+    pub logit_yes: f32,
+    /// Logit of `no`.
+    pub logit_no: f32,
+    /// Tokens of the prompt.
+    pub tokens: u32,
+}
+
+/// Sends a request on the public rerank subject and collects its chunks: one answer per
+/// document in document order, or the error reply.
+pub async fn rerank_over_nats(
+    client: &async_nats::Client,
+    request: &RerankRequest,
+) -> Result<Vec<RerankAnswer>, wire::ErrorReply> {
+    let inbox = client.new_inbox();
+    let mut replies = client.subscribe(inbox.clone()).await.expect("subscribe");
+    client
+        .publish_with_reply(
+            "embed.rerank",
+            inbox,
+            wire::encode(request).expect("encode").into(),
+        )
+        .await
+        .expect("publish");
+    let total = request.documents.len();
+    let mut answers: Vec<Option<RerankAnswer>> = vec![None; total];
+    let mut held = 0;
+    while held < total.max(1) {
+        let message = tokio::time::timeout(Duration::from_secs(30), replies.next())
+            .await
+            .expect("a reply within 30 s")
+            .expect("subscription open");
+        match wire::decode::<RerankReply>(&message.payload).expect("reply decodes") {
+            RerankReply::Chunk(chunk) => {
+                assert_eq!(chunk.id, request.id);
+                assert_eq!(chunk.total as usize, total);
+                chunk.validate().expect("consistent chunk");
+                for k in 0..chunk.count as usize {
+                    let index = chunk.offset as usize + k;
+                    assert!(answers[index].is_none(), "document {index} answered twice");
+                    answers[index] = Some(RerankAnswer {
+                        score: chunk.scores[k],
+                        logit_yes: chunk.logit_yes[k],
+                        logit_no: chunk.logit_no[k],
+                        tokens: chunk.tokens[k],
+                    });
+                    held += 1;
+                }
+            }
+            RerankReply::Error(error) => return Err(error),
+        }
+    }
+    Ok(answers.into_iter().map(|a| a.expect("all held")).collect())
+}
+
+/// Waits until at least `count` workers of each listed kind answer the status subject.
+pub async fn wait_for_kinds(client: &async_nats::Client, kinds: &[(WorkerKind, usize)]) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let statuses = worker_statuses(client).await;
+        let ready = kinds
+            .iter()
+            .all(|&(kind, count)| statuses.iter().filter(|s| s.kind == kind).count() >= count);
+        if ready {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "workers did not come up: {statuses:?}"
+        );
+    }
+}
+
 /// Every worker's answer to one status request (gathered for 200 ms).
 pub async fn worker_statuses(client: &async_nats::Client) -> Vec<wire::WorkerStatus> {
     let inbox = client.new_inbox();
@@ -150,7 +229,23 @@ pub async fn wait_for_worker_counts(client: &async_nats::Client, tokenizers: usi
 
 /// Starts a tokenizer worker on `model_dir` connecting with `nats` (credentials, TLS).
 pub fn start_tokenizer_with(nats: NatsConfig, model_dir: &Path) -> Stage {
+    start_tokenizer_for(nats, model_dir, Task::Embed)
+}
+
+/// Starts a rerank tokenizer worker (`task = rerank`) on the reranker `model_dir`.
+pub fn start_rerank_tokenizer(server: &NatsServer, model_dir: &Path) -> Stage {
+    start_tokenizer_for(nats_config(server), model_dir, Task::Rerank)
+}
+
+/// Starts a CPU rerank GPU-worker (`task = rerank`) on the reranker `model_dir`.
+pub fn start_rerank_gpu(server: &NatsServer, model_dir: &Path) -> Stage {
+    start_gpu_for(nats_config(server), model_dir, Task::Rerank)
+}
+
+/// Starts a tokenizer worker for `task`.
+fn start_tokenizer_for(nats: NatsConfig, model_dir: &Path, task: Task) -> Stage {
     let config = tokenizer_worker::config::TokenizerWorkerConfig {
+        task,
         model_dir: model_dir.to_path_buf(),
         model_name: "qwen3-tiny".into(),
         max_wait_ms: 1,
@@ -171,7 +266,13 @@ pub fn start_tokenizer_with(nats: NatsConfig, model_dir: &Path) -> Stage {
 
 /// Starts a CPU GPU-worker on `model_dir` connecting with `nats` (credentials, TLS).
 pub fn start_gpu_with(nats: NatsConfig, model_dir: &Path) -> Stage {
+    start_gpu_for(nats, model_dir, Task::Embed)
+}
+
+/// Starts a CPU GPU-worker for `task`.
+fn start_gpu_for(nats: NatsConfig, model_dir: &Path, task: Task) -> Stage {
     let config = gpu_worker::config::GpuWorkerConfig {
+        task,
         model_dir: model_dir.to_path_buf(),
         model_name: "qwen3-tiny".into(),
         backend: gpu_worker::engine::BackendChoice::Cpu,
@@ -195,6 +296,13 @@ pub fn golden() -> serde_json::Value {
     let text = std::fs::read_to_string(e2e_tests::tiny_model_dir().join("golden.json"))
         .expect("golden.json");
     serde_json::from_str(&text).expect("golden.json parses")
+}
+
+/// The reranker fixture's `golden_rerank.json`.
+pub fn golden_rerank() -> serde_json::Value {
+    let text = std::fs::read_to_string(e2e_tests::tiny_reranker_dir().join("golden_rerank.json"))
+        .expect("golden_rerank.json");
+    serde_json::from_str(&text).expect("golden_rerank.json parses")
 }
 
 /// A JSON array of numbers as f32.

@@ -1,0 +1,104 @@
+//! Rerank requests: what is checked before tokenizing, and the turning of a
+//! [`RerankRequest`] into one [`PendingSequence`] per document, each the reranker prompt of
+//! the (query, document) pair ([`RerankTemplate`]).
+
+use common::wire::{self, BatchItem, ErrorCode, ErrorReply, RerankRequest};
+
+use crate::batcher::PendingSequence;
+use crate::rerank::{RerankTemplate, RerankTemplateError};
+
+/// Checks a decoded rerank request: at least one document, a count that fits the wire, a
+/// deadline not yet passed.
+pub fn check(request: RerankRequest) -> Result<RerankRequest, ErrorReply> {
+    let fail = |code, message: &str| Err(ErrorReply::new(Some(request.id.clone()), code, message));
+    if request.documents.is_empty() {
+        return fail(
+            ErrorCode::InvalidRequest,
+            "`documents` must hold at least one document",
+        );
+    }
+    if request.documents.len() > u32::MAX as usize {
+        return fail(
+            ErrorCode::InvalidRequest,
+            "`documents` holds too many texts",
+        );
+    }
+    if wire::deadline_passed(request.deadline_ms.unwrap_or(0), wire::now_ms()) {
+        return fail(
+            ErrorCode::DeadlineExceeded,
+            "the request's deadline passed before it was tokenized",
+        );
+    }
+    Ok(request)
+}
+
+/// Formats and tokenizes every (query, document) pair of a request (on a blocking thread).
+/// The first pair that fails fails the whole request, naming the document's index.
+pub fn tokenize(
+    template: &RerankTemplate,
+    request: RerankRequest,
+    reply_to: &str,
+    truncate: bool,
+) -> Result<Vec<PendingSequence>, ErrorReply> {
+    let total = request.documents.len() as u32;
+    let instruction = request.instruction.as_deref();
+    request
+        .documents
+        .iter()
+        .enumerate()
+        .map(|(index, document)| {
+            let encoding = template
+                .encode(&request.query, document, instruction, truncate)
+                .map_err(|e| {
+                    let code = match e {
+                        RerankTemplateError::TooLong { .. }
+                        | RerankTemplateError::QueryTooLong { .. } => ErrorCode::TooManyTokens,
+                        _ => ErrorCode::InvalidRequest,
+                    };
+                    ErrorReply::new(
+                        Some(request.id.clone()),
+                        code,
+                        format!("document {index}: {e}"),
+                    )
+                })?;
+            let item = BatchItem {
+                request_id: request.id.clone(),
+                reply_to: reply_to.to_string(),
+                index: index as u32,
+                total,
+                len: encoding.ids.len() as u32,
+                dims: 0,
+                deadline_ms: request.deadline_ms.unwrap_or(0),
+            };
+            PendingSequence::new(item, encoding.ids).map_err(|e| {
+                ErrorReply::new(Some(request.id.clone()), ErrorCode::Internal, e.to_string())
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(documents: Vec<String>, deadline_ms: Option<u64>) -> RerankRequest {
+        RerankRequest {
+            id: "r".into(),
+            query: "q".into(),
+            documents,
+            instruction: None,
+            truncate: None,
+            deadline_ms,
+        }
+    }
+
+    #[test]
+    fn empty_documents_and_passed_deadlines_are_refused() {
+        let error = check(request(Vec::new(), None)).unwrap_err();
+        assert_eq!(error.error.code, ErrorCode::InvalidRequest);
+        assert_eq!(error.id.as_deref(), Some("r"));
+        let error = check(request(vec!["d".into()], Some(1))).unwrap_err();
+        assert_eq!(error.error.code, ErrorCode::DeadlineExceeded);
+        assert!(check(request(vec![String::new()], None)).is_ok());
+    }
+}
