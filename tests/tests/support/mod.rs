@@ -148,14 +148,27 @@ pub async fn wait_for_worker_counts(client: &async_nats::Client, tokenizers: usi
     }
 }
 
-/// Starts a tokenizer worker on `model_dir` connecting with `nats` (credentials, TLS).
-pub fn start_tokenizer_with(nats: NatsConfig, model_dir: &Path) -> Stage {
-    let config = tokenizer_worker::config::TokenizerWorkerConfig {
+/// The tokenizer worker settings of the tests: `model_dir`, named `qwen3-tiny`, batches
+/// sent after 1 ms.
+pub fn tokenizer_config(model_dir: &Path) -> tokenizer_worker::config::TokenizerWorkerConfig {
+    tokenizer_worker::config::TokenizerWorkerConfig {
         model_dir: model_dir.to_path_buf(),
         model_name: "qwen3-tiny".into(),
         max_wait_ms: 1,
         ..Default::default()
-    };
+    }
+}
+
+/// Starts a tokenizer worker on `model_dir` connecting with `nats` (credentials, TLS).
+pub fn start_tokenizer_with(nats: NatsConfig, model_dir: &Path) -> Stage {
+    start_tokenizer_configured(tokenizer_config(model_dir), nats)
+}
+
+/// Starts a tokenizer worker with `config` (limits, truncation) connecting with `nats`.
+pub fn start_tokenizer_configured(
+    config: tokenizer_worker::config::TokenizerWorkerConfig,
+    nats: NatsConfig,
+) -> Stage {
     let (stop, shutdown) = shutdown_pair();
     let task = tokio::spawn(tokenizer_worker::service::run(
         config,
