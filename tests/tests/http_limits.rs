@@ -127,12 +127,8 @@ async fn each_limit_answers_a_clear_4xx() {
     assert_eq!(answer["error"]["param"], "input[1]");
 
     // Tokens per input (truncation off): 400 too_many_tokens naming the limit.
-    let (status, answer) = post_raw(
-        &http,
-        &url,
-        json!({"input": ["a", words(40)]}).to_string(),
-    )
-    .await;
+    let (status, answer) =
+        post_raw(&http, &url, json!({"input": ["a", words(40)]}).to_string()).await;
     assert_error(
         &answer,
         status,

@@ -241,12 +241,19 @@ async fn clients_without_a_client_certificate_or_the_ca_are_refused() {
     let mut answers = 0;
     while Instant::now() < until {
         if let Ok(response) = http.get(format!("{base}/health")).send().await {
-            assert_eq!(response.status(), 503, "healthy without a client certificate");
+            assert_eq!(
+                response.status(),
+                503,
+                "healthy without a client certificate"
+            );
             answers += 1;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(answers > 5, "the gateway answered /health only {answers} times");
+    assert!(
+        answers > 5,
+        "the gateway answered /health only {answers} times"
+    );
     tokio::time::timeout(Duration::from_secs(10), gateway.shutdown())
         .await
         .expect("a gateway that never connected still stops")

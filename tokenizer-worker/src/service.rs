@@ -573,7 +573,10 @@ mod tests {
             .err()
             .expect("first input over the limit fails");
         assert!(
-            error.error.message.contains(&format!("(input 0 holds {})", lengths[0])),
+            error
+                .error
+                .message
+                .contains(&format!("(input 0 holds {})", lengths[0])),
             "{}",
             error.error.message
         );
