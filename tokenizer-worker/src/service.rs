@@ -557,8 +557,7 @@ mod tests {
         assert_eq!(at_limit.len(), texts.len());
 
         let error = tokenize(&tokenizer, request(&texts), "inbox", false, total - 1)
-            .err()
-            .expect("one token over the limit fails");
+            .expect_err("one token over the limit fails");
         assert_eq!(error.error.code, ErrorCode::TooManyTokens);
         assert_eq!(error.id.as_deref(), Some("r"));
         let message = &error.error.message;
@@ -570,8 +569,7 @@ mod tests {
 
         // The first input alone over the limit is named as such.
         let error = tokenize(&tokenizer, request(&texts), "inbox", false, lengths[0] - 1)
-            .err()
-            .expect("first input over the limit fails");
+            .expect_err("first input over the limit fails");
         assert!(
             error
                 .error
