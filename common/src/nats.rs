@@ -106,7 +106,8 @@ impl NatsConfig {
     }
 
     /// Client options with authentication and TLS applied; `name` identifies the client in
-    /// the server's monitoring.
+    /// the server's monitoring. Connecting with them fails at once when the server refuses
+    /// (tests check refusals this way); [`Self::connect`] adds retrying.
     pub async fn options(&self, name: &str) -> Result<async_nats::ConnectOptions, ConnectError> {
         let mut options = match (
             &self.user,
@@ -160,13 +161,12 @@ impl NatsConfig {
         }
         Ok(options
             .name(name)
-            .connection_timeout(Duration::from_secs_f64(self.connect_timeout_s.max(0.1)))
-            .retry_on_initial_connect())
+            .connection_timeout(Duration::from_secs_f64(self.connect_timeout_s.max(0.1))))
     }
 
     /// Connects (retrying in the background until the first connection succeeds).
     pub async fn connect(&self, name: &str) -> Result<async_nats::Client, ConnectError> {
-        let options = self.options(name).await?;
+        let options = self.options(name).await?.retry_on_initial_connect();
         options
             .connect(self.url.as_str())
             .await

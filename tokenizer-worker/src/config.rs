@@ -38,6 +38,10 @@ pub struct TokenizerWorkerConfig {
     pub threads: usize,
     /// Tokens waiting to be batched beyond which new requests are refused with `overloaded`.
     pub max_pending_tokens: usize,
+    /// Most tokens of all inputs of one request together (after truncation); a request
+    /// over it is rejected with `too_many_tokens`. Bounds the work one request can put on
+    /// the pipeline; must be at least `max_length`.
+    pub max_request_tokens: usize,
 }
 
 impl Default for TokenizerWorkerConfig {
@@ -54,6 +58,9 @@ impl Default for TokenizerWorkerConfig {
             max_wait_ms: 0,
             threads: 0,
             max_pending_tokens: 1 << 20,
+            // 32 inputs of 8192 tokens, or 2048 of 128: a quarter of `max_pending_tokens`,
+            // so no single request fills a worker's queue.
+            max_request_tokens: 1 << 18,
         }
     }
 }

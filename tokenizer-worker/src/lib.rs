@@ -6,6 +6,7 @@
 //!   `<|endoftext|>`, and truncation ([`tokenize::TextTokenizer`]).
 //! * [`rerank`]: the Qwen3-Reranker prompt, document-only truncation ([`rerank::RerankTemplate`]).
 //! * [`pairs`]: rerank requests checked and turned into one prompt sequence per document.
+//! * [`budget`]: the limit on the tokens of one request.
 //! * [`batcher`]: pure, I/O-free packing of the sequences of concurrent requests into
 //!   [`common::wire::TokenBatch`]es by token budget, with a maximum wait and deadline expiry
 //!   ([`batcher::Batcher`]).
@@ -14,6 +15,7 @@
 //!   `task = rerank` it serves the rerank subject and queues pairs on the rerank stream.
 
 pub mod batcher;
+pub mod budget;
 pub mod config;
 pub mod pairs;
 pub mod rerank;

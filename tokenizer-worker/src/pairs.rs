@@ -5,6 +5,7 @@
 use common::wire::{self, BatchItem, ErrorCode, ErrorReply, RerankRequest};
 
 use crate::batcher::PendingSequence;
+use crate::budget::RequestBudget;
 use crate::rerank::{RerankTemplate, RerankTemplateError};
 
 /// Checks a decoded rerank request: at least one document, a count that fits the wire, a
@@ -33,13 +34,16 @@ pub fn check(request: RerankRequest) -> Result<RerankRequest, ErrorReply> {
 }
 
 /// Formats and tokenizes every (query, document) pair of a request (on a blocking thread).
-/// The first pair that fails fails the whole request, naming the document's index.
+/// The first pair that fails fails the whole request, naming the document's index; so does
+/// the first that takes the request's total past `max_tokens`.
 pub fn tokenize(
     template: &RerankTemplate,
     request: RerankRequest,
     reply_to: &str,
     truncate: bool,
+    max_tokens: usize,
 ) -> Result<Vec<PendingSequence>, ErrorReply> {
+    let mut budget = RequestBudget::new(max_tokens, "document");
     let total = request.documents.len() as u32;
     let instruction = request.instruction.as_deref();
     request
@@ -61,6 +65,7 @@ pub fn tokenize(
                         format!("document {index}: {e}"),
                     )
                 })?;
+            budget.take(&request.id, index, encoding.ids.len())?;
             let item = BatchItem {
                 request_id: request.id.clone(),
                 reply_to: reply_to.to_string(),

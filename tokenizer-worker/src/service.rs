@@ -31,6 +31,7 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
 
 use crate::batcher::{Batcher, BatcherConfig, PendingSequence};
+use crate::budget::RequestBudget;
 use crate::config::TokenizerWorkerConfig;
 use crate::pairs;
 use crate::rerank::{RerankOptions, RerankTemplate};
@@ -130,6 +131,12 @@ pub async fn run(
         config.max_batch_tokens,
         config.max_length
     );
+    anyhow::ensure!(
+        config.max_request_tokens >= config.max_length,
+        "max_request_tokens {} must be at least max_length {}",
+        config.max_request_tokens,
+        config.max_length
+    );
     let task = config.task;
     let tokenizer_file = config.model_dir.join("tokenizer.json");
     let frontend = match task {
@@ -197,6 +204,7 @@ pub async fn run(
         frontend,
         truncate_default: config.truncate,
         max_pending_tokens: config.max_pending_tokens,
+        max_request_tokens: config.max_request_tokens,
         status: WorkerStatus {
             worker_id: format!(
                 "tokenizer-{}",
@@ -294,6 +302,8 @@ struct State {
     frontend: Frontend,
     truncate_default: bool,
     max_pending_tokens: usize,
+    /// Most tokens of one request's inputs together.
+    max_request_tokens: usize,
     /// Counters reported on the status subject.
     status: WorkerStatus,
     /// Requests handed to the tokenizer pool and not yet back.
@@ -334,6 +344,7 @@ impl State {
         self.tokenizing += 1;
         let frontend = self.frontend.clone();
         let truncate = request.truncate().unwrap_or(self.truncate_default);
+        let max_tokens = self.max_request_tokens;
         let (pool, done_tx) = (Arc::clone(pool), done_tx.clone());
         tokio::spawn(async move {
             let _permit = pool.acquire_owned().await;
@@ -341,10 +352,10 @@ impl State {
             let reply = reply_to.clone();
             let result = tokio::task::spawn_blocking(move || match (&frontend, request) {
                 (Frontend::Embed { tokenizer, .. }, Checked::Embed(request)) => {
-                    tokenize(tokenizer, request, &reply, truncate)
+                    tokenize(tokenizer, request, &reply, truncate, max_tokens)
                 }
                 (Frontend::Rerank { template }, Checked::Rerank(request)) => {
-                    pairs::tokenize(template, request, &reply, truncate)
+                    pairs::tokenize(template, request, &reply, truncate, max_tokens)
                 }
                 (_, request) => Err(ErrorReply::new(
                     Some(request.id().to_string()),
@@ -510,13 +521,16 @@ struct IdOnly {
 }
 
 /// Tokenizes every text of a request (on a blocking thread). The first text that fails
-/// fails the whole request, naming its index.
+/// fails the whole request, naming its index; so does the first text that takes the
+/// request's total past `max_tokens` (the rest are not tokenized).
 fn tokenize(
     tokenizer: &TextTokenizer,
     request: EmbedRequest,
     reply_to: &str,
     truncate: bool,
+    max_tokens: usize,
 ) -> Result<Vec<PendingSequence>, ErrorReply> {
+    let mut budget = RequestBudget::new(max_tokens, "input");
     let instruction = match request.input_type {
         InputType::Query => request.instruction.as_deref(),
         InputType::Document => None,
@@ -540,6 +554,7 @@ fn tokenize(
                         format!("input {index}: {e}"),
                     )
                 })?;
+            budget.take(&request.id, index, ids.len())?;
             let item = BatchItem {
                 request_id: request.id.clone(),
                 reply_to: reply_to.to_string(),
@@ -584,5 +599,71 @@ async fn publish_batch(
                 send_error(&client, &item.reply_to, &error);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixture_tokenizer() -> TextTokenizer {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../shared/fixtures/qwen3-tiny/tokenizer.json");
+        TextTokenizer::from_file(&path, TokenizerOptions::default()).expect("fixture tokenizer")
+    }
+
+    fn request(texts: &[&str]) -> EmbedRequest {
+        EmbedRequest {
+            id: "r".into(),
+            input: texts.iter().map(|t| t.to_string()).collect(),
+            input_type: InputType::Document,
+            instruction: None,
+            dimensions: None,
+            truncate: None,
+            deadline_ms: None,
+        }
+    }
+
+    #[test]
+    fn request_token_total_is_limited() {
+        let tokenizer = fixture_tokenizer();
+        let texts = ["one two three", "four five six seven", "eight"];
+        let lengths: Vec<usize> = texts
+            .iter()
+            .map(|t| {
+                tokenizer
+                    .encode(t, InputType::Document, None, false)
+                    .unwrap()
+                    .len()
+            })
+            .collect();
+        let total: usize = lengths.iter().sum();
+
+        let at_limit = tokenize(&tokenizer, request(&texts), "inbox", false, total)
+            .expect("a request of exactly the limit passes");
+        assert_eq!(at_limit.len(), texts.len());
+
+        let error = tokenize(&tokenizer, request(&texts), "inbox", false, total - 1)
+            .expect_err("one token over the limit fails");
+        assert_eq!(error.error.code, ErrorCode::TooManyTokens);
+        assert_eq!(error.id.as_deref(), Some("r"));
+        let message = &error.error.message;
+        assert!(
+            message.contains(&format!("{} tokens per request", total - 1))
+                && message.contains(&format!("inputs 0 to 2 hold {total}")),
+            "{message}"
+        );
+
+        // The first input alone over the limit is named as such.
+        let error = tokenize(&tokenizer, request(&texts), "inbox", false, lengths[0] - 1)
+            .expect_err("first input over the limit fails");
+        assert!(
+            error
+                .error
+                .message
+                .contains(&format!("(input 0 holds {})", lengths[0])),
+            "{}",
+            error.error.message
+        );
     }
 }

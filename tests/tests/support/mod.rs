@@ -242,15 +242,31 @@ pub fn start_rerank_gpu(server: &NatsServer, model_dir: &Path) -> Stage {
     start_gpu_for(nats_config(server), model_dir, Task::Rerank)
 }
 
-/// Starts a tokenizer worker for `task`.
-fn start_tokenizer_for(nats: NatsConfig, model_dir: &Path, task: Task) -> Stage {
-    let config = tokenizer_worker::config::TokenizerWorkerConfig {
-        task,
+/// The tokenizer worker settings of the tests: `model_dir`, named `qwen3-tiny`, batches
+/// sent after 1 ms.
+pub fn tokenizer_config(model_dir: &Path) -> tokenizer_worker::config::TokenizerWorkerConfig {
+    tokenizer_worker::config::TokenizerWorkerConfig {
         model_dir: model_dir.to_path_buf(),
         model_name: "qwen3-tiny".into(),
         max_wait_ms: 1,
         ..Default::default()
+    }
+}
+
+/// Starts a tokenizer worker for `task`.
+fn start_tokenizer_for(nats: NatsConfig, model_dir: &Path, task: Task) -> Stage {
+    let config = tokenizer_worker::config::TokenizerWorkerConfig {
+        task,
+        ..tokenizer_config(model_dir)
     };
+    start_tokenizer_configured(config, nats)
+}
+
+/// Starts a tokenizer worker with `config`, connecting with `nats`.
+pub fn start_tokenizer_configured(
+    config: tokenizer_worker::config::TokenizerWorkerConfig,
+    nats: NatsConfig,
+) -> Stage {
     let (stop, shutdown) = shutdown_pair();
     let task = tokio::spawn(tokenizer_worker::service::run(
         config,
