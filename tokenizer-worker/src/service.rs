@@ -1,10 +1,12 @@
 //! The tokenizer worker's NATS service: takes `EmbedRequest`s from the request subject (queue
 //! group, so workers share the load), tokenizes them on a bounded pool of blocking threads,
 //! packs the sequences of concurrent requests into `TokenBatch`es and publishes those to the
-//! JetStream work queue. Bad input is answered with an `ErrorReply` at once.
+//! JetStream work queue. Bad input is answered with an `ErrorReply` at once. A request that
+//! set `ack` gets a `QueuedReply` once the work queue confirmed all its sequences.
 //!
-//! One task (the loop in [`run`]) owns the batcher; tokenization results reach it over a
-//! channel, so no lock is held around batching.
+//! One task (the loop in [`run`]) owns the batcher and the acknowledgement book; tokenization
+//! results and publish confirmations reach it over a channel and a join set, so no lock is
+//! held around either.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -15,18 +17,19 @@ use async_nats::jetstream;
 use bytes::Bytes;
 use common::nats::NatsConfig;
 use common::queue::{QueueConfig, batch_stream};
-use common::subjects::{Subjects, TOKENIZER_QUEUE_GROUP};
+use common::subjects::TOKENIZER_QUEUE_GROUP;
 use common::wire::{
-    self, BatchItem, EmbedRequest, ErrorCode, ErrorReply, InputType, TokenBatch, WorkerKind,
-    WorkerStatus,
+    self, BatchItem, EmbedRequest, ErrorCode, ErrorReply, InputType, WorkerKind, WorkerStatus,
 };
-use common::worker::{register_service, send_error};
+use common::worker::{register_service, send_error, send_queued};
 use futures::StreamExt;
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
 
+use crate::acks::{Acks, RequestKey};
 use crate::batcher::{Batcher, BatcherConfig, PendingSequence};
 use crate::config::TokenizerWorkerConfig;
+use crate::publish::{Published, WorkQueue, publish_batch};
 use crate::tokenize::{TextTokenizer, TokenizeError, TokenizerOptions};
 
 /// How long shutdown waits to flush batches and replies to the server.
@@ -58,6 +61,10 @@ fn read_model_limits(dir: &Path) -> anyhow::Result<ModelLimits> {
 struct Tokenized {
     reply_to: String,
     id: String,
+    /// Whether the requester asked for a `QueuedReply`.
+    ack: bool,
+    /// Inputs of the request.
+    total: u32,
     result: Result<Vec<PendingSequence>, ErrorReply>,
 }
 
@@ -99,8 +106,9 @@ pub async fn run(
     let subjects = nats.subjects();
     let js = jetstream::new(client.clone());
     batch_stream(&js, &subjects, &queue).await?;
+    let requests_subject = subjects.requests();
     let mut requests = client
-        .queue_subscribe(subjects.requests(), TOKENIZER_QUEUE_GROUP.into())
+        .queue_subscribe(requests_subject.clone(), TOKENIZER_QUEUE_GROUP.into())
         .await?;
     let mut status_requests = client.subscribe(subjects.status()).await?;
     let _service = register_service(
@@ -119,8 +127,12 @@ pub async fn run(
     let (done_tx, mut done_rx) = mpsc::channel::<Tokenized>(1024);
     let mut state = State {
         client: client.clone(),
-        js,
-        subjects,
+        work_queue: WorkQueue {
+            js,
+            client: client.clone(),
+            subjects,
+            queue,
+        },
         limits,
         tokenizer,
         truncate_default: config.truncate,
@@ -146,10 +158,11 @@ pub async fn run(
         },
         tokenizing: 0,
         publishes: JoinSet::new(),
+        acks: Acks::default(),
     };
     tracing::info!(
         model = %config.model_name,
-        requests = %state.subjects.requests(),
+        requests = %requests_subject,
         threads,
         "tokenizer worker ready"
     );
@@ -168,6 +181,9 @@ pub async fn run(
                 state.tokenizing -= 1;
                 state.accept(done, &mut batcher);
                 state.publish_ready(&mut batcher, false);
+            }
+            Some(published) = state.publishes.join_next(), if !state.publishes.is_empty() => {
+                state.settle(published);
             }
             Some(message) = requests.next() => {
                 state.take_request(message, &pool, &done_tx, &batcher);
@@ -197,7 +213,10 @@ pub async fn run(
         state.accept(done, &mut batcher);
     }
     state.publish_ready(&mut batcher, true);
-    while state.publishes.join_next().await.is_some() {}
+    // Every batch confirmed (or its requests answered) and every acknowledgement sent.
+    while let Some(published) = state.publishes.join_next().await {
+        state.settle(published);
+    }
     // Bounded: with the server gone, a flush would wait for a reconnection forever.
     if tokio::time::timeout(SHUTDOWN_FLUSH, client.flush())
         .await
@@ -212,8 +231,8 @@ pub async fn run(
 /// What the service loop owns besides the batcher.
 struct State {
     client: async_nats::Client,
-    js: jetstream::Context,
-    subjects: Subjects,
+    /// Where batches are published.
+    work_queue: WorkQueue,
     limits: ModelLimits,
     tokenizer: Arc<TextTokenizer>,
     truncate_default: bool,
@@ -223,7 +242,9 @@ struct State {
     /// Requests handed to the tokenizer pool and not yet back.
     tokenizing: usize,
     /// Batches being published to the work queue (awaited at shutdown).
-    publishes: JoinSet<()>,
+    publishes: JoinSet<Published>,
+    /// Requests waiting for their acknowledgement.
+    acks: Acks,
 }
 
 impl State {
@@ -258,6 +279,7 @@ impl State {
         self.tokenizing += 1;
         let tokenizer = Arc::clone(&self.tokenizer);
         let truncate = request.truncate.unwrap_or(self.truncate_default);
+        let (ack, total) = (request.ack, request.input.len() as u32);
         let (pool, done_tx) = (Arc::clone(pool), done_tx.clone());
         tokio::spawn(async move {
             let _permit = pool.acquire_owned().await;
@@ -279,6 +301,8 @@ impl State {
                 .send(Tokenized {
                     reply_to,
                     id,
+                    ack,
+                    total,
                     result,
                 })
                 .await;
@@ -331,6 +355,7 @@ impl State {
         match done.result {
             Ok(sequences) => {
                 let now = Instant::now();
+                let count = sequences.len();
                 for seq in sequences {
                     if let Err(e) = batcher.push(seq, now) {
                         let error = ErrorReply::new(
@@ -342,8 +367,36 @@ impl State {
                         return;
                     }
                 }
+                if done.ack {
+                    let key = RequestKey {
+                        reply_to: done.reply_to,
+                        id: done.id,
+                    };
+                    self.acks.expect(key, count, done.total);
+                }
             }
             Err(error) => self.send_error(&done.reply_to, &error),
+        }
+    }
+
+    /// Takes note of a finished publish: acknowledges the requests it completed, or forgets
+    /// those it failed (they were answered with an error).
+    fn settle(&mut self, published: Result<Published, tokio::task::JoinError>) {
+        let published = match published {
+            Ok(published) => published,
+            Err(e) => {
+                tracing::error!(error = %e, "batch publish task failed; this is a bug");
+                return;
+            }
+        };
+        if published.queued {
+            for (reply_to, queued) in self.acks.queued(&published.items) {
+                send_queued(&self.client, &reply_to, &queued);
+            }
+        } else {
+            for item in &published.items {
+                self.acks.forget(&RequestKey::of(item));
+            }
         }
     }
 
@@ -351,6 +404,7 @@ impl State {
     fn expire(&mut self, batcher: &mut Batcher) {
         let mut answered = std::collections::HashSet::new();
         for item in batcher.remove_expired(wire::now_ms()) {
+            self.acks.forget(&RequestKey::of(&item));
             if answered.insert(item.request_id.clone()) {
                 let error = ErrorReply::new(
                     Some(item.request_id),
@@ -373,15 +427,9 @@ impl State {
             self.status.batches += 1;
             self.status.sequences += batch.items.len() as u64;
             self.status.tokens += batch.num_tokens() as u64;
-            let (js, client, subject) = (
-                self.js.clone(),
-                self.client.clone(),
-                self.subjects.batches(),
-            );
             self.publishes
-                .spawn(async move { publish_batch(js, client, subject, batch).await });
+                .spawn(publish_batch(self.work_queue.clone(), batch));
         }
-        while self.publishes.try_join_next().is_some() {}
     }
 
     async fn answer_status(&mut self, message: async_nats::Message, batcher: &Batcher) {
@@ -453,35 +501,4 @@ fn tokenize(
             })
         })
         .collect()
-}
-
-/// Publishes a batch and waits for the server's acknowledgment; on failure, every request
-/// in the batch is answered with an error (the gateway may retry them).
-async fn publish_batch(
-    js: jetstream::Context,
-    client: async_nats::Client,
-    subject: String,
-    batch: TokenBatch,
-) {
-    let failure = match wire::encode(&batch) {
-        Ok(bytes) => match js.publish(subject, bytes.into()).await {
-            Ok(ack) => ack.await.err().map(|e| e.to_string()),
-            Err(e) => Some(e.to_string()),
-        },
-        Err(e) => Some(e.to_string()),
-    };
-    if let Some(reason) = failure {
-        tracing::error!(%reason, sequences = batch.items.len(), "batch not queued");
-        let mut answered = std::collections::HashSet::new();
-        for item in batch.items {
-            if answered.insert(item.request_id.clone()) {
-                let error = ErrorReply::new(
-                    Some(item.request_id),
-                    ErrorCode::Overloaded,
-                    format!("the work queue did not take the batch: {reason}"),
-                );
-                send_error(&client, &item.reply_to, &error);
-            }
-        }
-    }
 }
