@@ -6,24 +6,36 @@
 //! the error) to the waiting handler through a oneshot channel. Entries leave the map when
 //! answered, timed out or abandoned (the handler's future dropped), so late replies find
 //! nothing and are ignored.
+//!
+//! Requests ask the tokenizer workers for an acknowledgement (`ack`); one not acknowledged in
+//! time is published again ([`resend`]). When the connection drops, the replies in flight
+//! may be lost: a waiting request gives the client a little while to reconnect, publishes
+//! again, and fails with `NotConnected` (503) when the connection does not come back.
 
 pub mod assembly;
 pub mod discovery;
+pub mod resend;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use async_nats::connection::State;
 use async_nats::{Client, Message, StatusCode};
 use common::subjects::Subjects;
 use common::wire::{self, EmbedReply, EmbedRequest, ErrorReply};
 use futures::StreamExt;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use self::assembly::{Assembly, Embedded};
+use self::resend::Resend;
+
+/// How long a waiting request gives a dropped connection to come back before it fails
+/// with `NotConnected`; a cluster client fails over to another server well within it.
+pub const RECONNECT_GRACE: Duration = Duration::from_secs(1);
 
 /// Why an upstream request produced no embeddings.
 #[derive(Debug, thiserror::Error)]
@@ -68,6 +80,8 @@ struct Pending {
     id: String,
     /// The items received so far.
     assembly: Assembly,
+    /// Whether a tokenizer worker acknowledged the latest publication.
+    acked: bool,
     /// Where the finished answer goes.
     done: oneshot::Sender<Outcome>,
 }
@@ -96,11 +110,25 @@ pub struct Upstream {
     pending: PendingMap,
     /// Task routing replies to `pending`.
     reader: JoinHandle<()>,
+    /// The connection's link: `true` while connected.
+    link: watch::Receiver<bool>,
+    /// How long to wait for a tokenizer worker's acknowledgement before publishing again;
+    /// `None` sends requests without `ack` and never again.
+    ack_timeout: Option<Duration>,
+    /// Requests published again (unacknowledged or after a reconnection), for metrics.
+    resends: AtomicU64,
 }
 
 impl Upstream {
-    /// Subscribes to this gateway's inbox and starts routing replies.
-    pub async fn start(client: Client, subjects: &Subjects) -> anyhow::Result<Self> {
+    /// Subscribes to this gateway's inbox and starts routing replies. `link` follows the
+    /// connection (see [`common::nats::NatsConfig::connect_watched`]); `ack_timeout` is how
+    /// long an unacknowledged request waits before it is published again (`None`: never).
+    pub async fn start(
+        client: Client,
+        subjects: &Subjects,
+        link: watch::Receiver<bool>,
+        ack_timeout: Option<Duration>,
+    ) -> anyhow::Result<Self> {
         let inbox = client.new_inbox();
         let gateway_id = inbox.rsplit('.').next().unwrap_or("gateway").to_string();
         let subscriber = client.subscribe(format!("{inbox}.>")).await?;
@@ -114,7 +142,15 @@ impl Upstream {
             next: AtomicU64::new(0),
             pending,
             reader,
+            link,
+            ack_timeout,
+            resends: AtomicU64::new(0),
         })
+    }
+
+    /// Requests published again since start (unacknowledged, or after a reconnection).
+    pub fn resends(&self) -> u64 {
+        self.resends.load(Ordering::Relaxed)
     }
 
     /// Unique id of this gateway (also the last token of its inbox).
@@ -128,7 +164,9 @@ impl Upstream {
     }
 
     /// Publishes `request` (its `id` is replaced by a unique one) and waits until its answer
-    /// is complete, a worker reports an error, or `deadline` passes.
+    /// is complete, a worker reports an error, or `deadline` passes. Unacknowledged, it is
+    /// published again (same id and reply subject); after a lost connection, it is published
+    /// again once reconnected, or fails with `NotConnected` after [`RECONNECT_GRACE`].
     pub async fn embed(&self, mut request: EmbedRequest, deadline: Instant) -> Outcome {
         let state = self.client.connection_state();
         if state != State::Connected {
@@ -140,6 +178,7 @@ impl Upstream {
         }
         let n = self.next.fetch_add(1, Ordering::Relaxed);
         request.id = format!("{}-{n}", self.gateway_id);
+        request.ack = self.ack_timeout.is_some();
         let payload = wire::encode(&request).map_err(|e| UpstreamError::Publish(e.to_string()))?;
         let limit = self.client.server_info().max_payload;
         if limit > 0 && payload.len() > limit {
@@ -148,10 +187,12 @@ impl Upstream {
                 limit,
             });
         }
-        let (done, answer) = oneshot::channel();
+        let payload = bytes::Bytes::from(payload);
+        let (done, mut answer) = oneshot::channel();
         let entry = Pending {
             id: request.id.clone(),
             assembly: Assembly::new(request.input.len()),
+            acked: false,
             done,
         };
         lock(&self.pending).insert(n, entry);
@@ -161,20 +202,74 @@ impl Upstream {
             n,
         };
         let reply_to = format!("{}.{n}", self.inbox);
-        let size = payload.len();
+        self.publish(&reply_to, &payload).await?;
+        let mut schedule = Resend::new(self.ack_timeout, Instant::now());
+        let mut link = self.link.clone();
+        loop {
+            let due = schedule.due();
+            tokio::select! {
+                outcome = &mut answer => return outcome.unwrap_or(Err(UpstreamError::Closed)),
+                () = tokio::time::sleep_until(deadline) => return Err(UpstreamError::Timeout),
+                () = sleep_until_some(due) => {
+                    if self.is_acked(n) {
+                        schedule.acknowledged();
+                        continue;
+                    }
+                    tracing::info!(
+                        id = %request.id,
+                        sent = schedule.times_sent(),
+                        "no tokenizer worker acknowledged the request; publishing it again"
+                    );
+                }
+                watched = async { link.wait_for(|up| !*up).await.is_ok() } => {
+                    if !watched {
+                        return Err(UpstreamError::Closed);
+                    }
+                    tracing::debug!(id = %request.id, "NATS connection lost while waiting; replies may be lost");
+                    let grace = (Instant::now() + RECONNECT_GRACE).min(deadline);
+                    let back = async { link.wait_for(|up| *up).await.is_ok() };
+                    match tokio::time::timeout_at(grace, back).await {
+                        Ok(true) => {}
+                        Ok(false) => return Err(UpstreamError::Closed),
+                        Err(_) => return Err(UpstreamError::NotConnected("disconnected".into())),
+                    }
+                    tracing::debug!(id = %request.id, "NATS connection back; publishing the request again");
+                }
+            }
+            self.set_acked(n, false);
+            self.resends.fetch_add(1, Ordering::Relaxed);
+            self.publish(&reply_to, &payload).await?;
+            schedule.sent(Instant::now());
+        }
+    }
+
+    /// Publishes the encoded request with `reply_to`.
+    async fn publish(&self, reply_to: &str, payload: &bytes::Bytes) -> Result<(), UpstreamError> {
+        let (size, limit) = (payload.len(), self.client.server_info().max_payload);
         self.client
-            .publish_with_reply(self.requests_subject.clone(), reply_to, payload.into())
+            .publish_with_reply(
+                self.requests_subject.clone(),
+                reply_to.to_string(),
+                payload.clone(),
+            )
             .await
             .map_err(|e| match e.kind() {
                 async_nats::PublishErrorKind::MaxPayloadExceeded => {
                     UpstreamError::PayloadTooLarge { size, limit }
                 }
                 _ => UpstreamError::Publish(e.to_string()),
-            })?;
-        match tokio::time::timeout_at(deadline, answer).await {
-            Ok(Ok(outcome)) => outcome,
-            Ok(Err(_dropped)) => Err(UpstreamError::Closed),
-            Err(_elapsed) => Err(UpstreamError::Timeout),
+            })
+    }
+
+    /// Whether request `n` was acknowledged since its latest publication.
+    fn is_acked(&self, n: u64) -> bool {
+        lock(&self.pending).get(&n).is_some_and(|entry| entry.acked)
+    }
+
+    /// Marks request `n` (un)acknowledged.
+    fn set_acked(&self, n: u64, acked: bool) {
+        if let Some(entry) = lock(&self.pending).get_mut(&n) {
+            entry.acked = acked;
         }
     }
 
@@ -188,6 +283,14 @@ impl Upstream {
 impl Drop for Upstream {
     fn drop(&mut self) {
         self.reader.abort();
+    }
+}
+
+/// Sleeps until `at`, or forever when there is none.
+async fn sleep_until_some(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -244,12 +347,17 @@ fn route(pending: &PendingMap, n: u64, message: Message) {
     let reply_id = match &reply {
         EmbedReply::Chunk(chunk) => Some(chunk.id.as_str()),
         EmbedReply::Error(error) => error.id.as_deref(),
+        EmbedReply::Queued(queued) => Some(queued.id.as_str()),
     };
     if reply_id.is_some_and(|id| id != entry.id) {
         tracing::debug!(n, ?reply_id, expected = %entry.id, "reply for another request id ignored");
         return;
     }
     let outcome = match reply {
+        EmbedReply::Queued(_) => {
+            entry.acked = true;
+            return;
+        }
         EmbedReply::Error(error) => Err(UpstreamError::Worker(error)),
         EmbedReply::Chunk(chunk) => match entry.assembly.add(&chunk) {
             Ok(false) => return,
