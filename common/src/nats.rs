@@ -118,6 +118,16 @@ pub enum ConnectError {
 }
 
 impl NatsConfig {
+    /// The server URLs of `url`, split at commas (the client library takes one URL per
+    /// entry; one string holding several fails to parse).
+    pub fn server_urls(&self) -> Vec<&str> {
+        self.url
+            .split(',')
+            .map(str::trim)
+            .filter(|url| !url.is_empty())
+            .collect()
+    }
+
     /// The subjects of this deployment.
     pub fn subjects(&self) -> crate::subjects::Subjects {
         crate::subjects::Subjects::new(self.subject_prefix.clone())
@@ -187,7 +197,7 @@ impl NatsConfig {
     pub async fn connect(&self, name: &str) -> Result<async_nats::Client, ConnectError> {
         let options = self.options(name).await?;
         options
-            .connect(self.url.as_str())
+            .connect(self.server_urls())
             .await
             .map_err(|source| ConnectError::Connect {
                 url: self.url.clone(),
@@ -221,7 +231,7 @@ impl NatsConfig {
             async {}
         });
         let client = options
-            .connect(self.url.as_str())
+            .connect(self.server_urls())
             .await
             .map_err(|source| ConnectError::Connect {
                 url: self.url.clone(),
@@ -261,6 +271,18 @@ mod tests {
         for secret in ["hunter2", "tok-123", "SUAB"] {
             assert!(!shown.contains(secret), "{secret} leaked: {shown}");
         }
+    }
+
+    #[test]
+    fn several_urls_are_split_at_commas() {
+        let config = NatsConfig {
+            url: "nats://a:4222, nats://b:4223,,nats://c:4224".into(),
+            ..NatsConfig::default()
+        };
+        assert_eq!(
+            config.server_urls(),
+            ["nats://a:4222", "nats://b:4223", "nats://c:4224"]
+        );
     }
 
     #[test]
