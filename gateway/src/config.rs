@@ -172,10 +172,7 @@ mod tests {
         assert_eq!(config.route_prefix(), "/api/v1");
         assert_eq!(config.max_concurrent_queries, 100);
         assert_eq!(config.cache_size, 1000);
-        assert_eq!(
-            config.tokenizer_ack_timeout(),
-            Some(Duration::from_secs(1))
-        );
+        assert_eq!(config.tokenizer_ack_timeout(), Some(Duration::from_secs(1)));
         assert!(config.validate().is_ok());
         let off = GatewayConfig {
             tokenizer_ack_timeout_ms: 0,

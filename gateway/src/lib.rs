@@ -74,9 +74,14 @@ pub async fn run(
         .await
         .context("connecting to NATS")?;
     let subjects = config.nats.subjects();
-    let upstream = Upstream::start(client.clone(), &subjects, link, config.tokenizer_ack_timeout())
-        .await
-        .context("subscribing to the reply inbox")?;
+    let upstream = Upstream::start(
+        client.clone(),
+        &subjects,
+        link,
+        config.tokenizer_ack_timeout(),
+    )
+    .await
+    .context("subscribing to the reply inbox")?;
     let discovery = Arc::new(Discovery::new(
         client.clone(),
         &subjects,

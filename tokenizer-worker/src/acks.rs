@@ -156,7 +156,10 @@ mod tests {
         assert_eq!(acks.len(), 1);
         let mut other_inbox = item("b", 1);
         other_inbox.reply_to = "_INBOX.elsewhere".into();
-        assert!(acks.queued(&[other_inbox]).is_empty(), "same id, other requester");
+        assert!(
+            acks.queued(&[other_inbox]).is_empty(),
+            "same id, other requester"
+        );
         assert_eq!(acks.queued(&[item("b", 1)]).len(), 1);
     }
 
