@@ -5,6 +5,24 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+/// Longest pause between two reconnection attempts. The client's own default grows to 4 s,
+/// which would keep a stage away for up to 4 s after its server came back; attempts are
+/// cheap (one TCP connect), so they are capped at 1 s.
+pub const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(1);
+
+/// How often [`NatsConfig::connect_watched`] checks the client's connection state.
+pub const LINK_POLL: Duration = Duration::from_millis(100);
+
+/// Pause before reconnection attempt `attempts`: none for the first, then 2, 4, 8... ms,
+/// at most [`MAX_RECONNECT_DELAY`].
+pub fn reconnect_delay(attempts: usize) -> Duration {
+    if attempts <= 1 {
+        return Duration::ZERO;
+    }
+    let exponent = u32::try_from(attempts - 1).unwrap_or(u32::MAX).min(20);
+    Duration::from_millis(1u64 << exponent).min(MAX_RECONNECT_DELAY)
+}
+
 /// How to reach and authenticate to the NATS servers (`[nats]` in the configuration).
 /// Its `Debug` output redacts the password, token and NKey seed.
 #[derive(Clone, Deserialize)]
@@ -100,6 +118,16 @@ pub enum ConnectError {
 }
 
 impl NatsConfig {
+    /// The server URLs of `url`, split at commas (the client library takes one URL per
+    /// entry; one string holding several fails to parse).
+    pub fn server_urls(&self) -> Vec<&str> {
+        self.url
+            .split(',')
+            .map(str::trim)
+            .filter(|url| !url.is_empty())
+            .collect()
+    }
+
     /// The subjects of this deployment.
     pub fn subjects(&self) -> crate::subjects::Subjects {
         crate::subjects::Subjects::new(self.subject_prefix.clone())
@@ -161,19 +189,65 @@ impl NatsConfig {
         }
         Ok(options
             .name(name)
-            .connection_timeout(Duration::from_secs_f64(self.connect_timeout_s.max(0.1))))
+            .connection_timeout(Duration::from_secs_f64(self.connect_timeout_s.max(0.1)))
+            .reconnect_delay_callback(reconnect_delay)
+            .retry_on_initial_connect())
     }
 
     /// Connects (retrying in the background until the first connection succeeds).
     pub async fn connect(&self, name: &str) -> Result<async_nats::Client, ConnectError> {
         let options = self.options(name).await?.retry_on_initial_connect();
         options
-            .connect(self.url.as_str())
+            .connect(self.server_urls())
             .await
             .map_err(|source| ConnectError::Connect {
                 url: self.url.clone(),
                 source,
             })
+    }
+
+    /// Connects like [`Self::connect`] and also returns a watch of the link: `true` while
+    /// connected, `false` from the moment the client notices a disconnection until it is
+    /// connected again. Connection events move it at once; a check of the client's state
+    /// every [`LINK_POLL`] corrects it should an event be dropped. The checking task ends
+    /// when every receiver is dropped.
+    pub async fn connect_watched(
+        &self,
+        name: &str,
+    ) -> Result<(async_nats::Client, tokio::sync::watch::Receiver<bool>), ConnectError> {
+        let (link_tx, link_rx) = tokio::sync::watch::channel(false);
+        let link_tx = std::sync::Arc::new(link_tx);
+        let on_event = std::sync::Arc::clone(&link_tx);
+        let options = self.options(name).await?.event_callback(move |event| {
+            match event {
+                async_nats::Event::Connected => {
+                    on_event.send_replace(true);
+                }
+                async_nats::Event::Disconnected => {
+                    tracing::warn!("NATS connection lost; reconnecting");
+                    on_event.send_replace(false);
+                }
+                other => tracing::debug!(event = %other, "NATS connection event"),
+            }
+            async {}
+        });
+        let client = options
+            .connect(self.server_urls())
+            .await
+            .map_err(|source| ConnectError::Connect {
+                url: self.url.clone(),
+                source,
+            })?;
+        let watched = client.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(LINK_POLL);
+            while !link_tx.is_closed() {
+                tick.tick().await;
+                let up = watched.connection_state() == async_nats::connection::State::Connected;
+                link_tx.send_if_modified(|link| std::mem::replace(link, up) != up);
+            }
+        });
+        Ok((client, link_rx))
     }
 }
 
@@ -198,6 +272,28 @@ mod tests {
         for secret in ["hunter2", "tok-123", "SUAB"] {
             assert!(!shown.contains(secret), "{secret} leaked: {shown}");
         }
+    }
+
+    #[test]
+    fn several_urls_are_split_at_commas() {
+        let config = NatsConfig {
+            url: "nats://a:4222, nats://b:4223,,nats://c:4224".into(),
+            ..NatsConfig::default()
+        };
+        assert_eq!(
+            config.server_urls(),
+            ["nats://a:4222", "nats://b:4223", "nats://c:4224"]
+        );
+    }
+
+    #[test]
+    fn reconnect_delays_grow_to_the_cap() {
+        assert_eq!(reconnect_delay(0), Duration::ZERO);
+        assert_eq!(reconnect_delay(1), Duration::ZERO);
+        assert_eq!(reconnect_delay(2), Duration::from_millis(2));
+        assert_eq!(reconnect_delay(5), Duration::from_millis(16));
+        assert_eq!(reconnect_delay(11), MAX_RECONNECT_DELAY);
+        assert_eq!(reconnect_delay(usize::MAX), MAX_RECONNECT_DELAY);
     }
 
     #[tokio::test]

@@ -44,6 +44,10 @@ pub struct QueueConfig {
     pub max_age_s: f64,
     /// Deliveries of one batch before it is given up (a batch that crashes workers).
     pub max_deliver: i64,
+    /// Copies of the stream (and its consumer) in a JetStream cluster: 1 on a single server;
+    /// 3 in a three-node cluster keeps the queue available when one node dies (R1 would
+    /// make the queue unreachable while its one node is down).
+    pub replicas: usize,
 }
 
 impl Default for QueueConfig {
@@ -53,6 +57,7 @@ impl Default for QueueConfig {
             ack_wait_s: 10.0,
             max_age_s: 300.0,
             max_deliver: 5,
+            replicas: 1,
         }
     }
 }
@@ -89,6 +94,7 @@ pub async fn batch_stream_for(
             Storage::File => stream::StorageType::File,
         },
         max_age: Duration::from_secs_f64(config.max_age_s.max(1.0)),
+        num_replicas: config.replicas.max(1),
         ..Default::default()
     })
     .await

@@ -46,6 +46,23 @@ pub struct EmbedRequest {
     /// stage drops work past it and answers `deadline_exceeded`.
     #[serde(default)]
     pub deadline_ms: Option<u64>,
+    /// Ask the tokenizer worker for a [`QueuedReply`] once every input is durably in the work
+    /// queue, so a requester can publish again when none comes (the worker that took the
+    /// request died). Off when absent; older requesters never see the extra reply.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub ack: bool,
+}
+
+/// The acknowledgement a tokenizer worker sends (when the request set `ack`) once all of a
+/// request's inputs are durably queued for the GPU workers: from then on JetStream, not the
+/// tokenizer worker, holds the work, and redelivers it if a GPU worker dies. Not sent for a
+/// request answered with an error (the error is the final reply).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QueuedReply {
+    /// The request's id.
+    pub id: String,
+    /// Inputs now queued (the length of the request's `input`).
+    pub queued: u32,
 }
 
 /// One slice of the answer to an `EmbedRequest`: items `offset..offset + count` of `total`.
@@ -242,6 +259,8 @@ pub enum EmbedReply {
     Chunk(EmbedChunk),
     /// The request failed.
     Error(ErrorReply),
+    /// The request's inputs are queued (only for requests that set `ack`); chunks follow.
+    Queued(QueuedReply),
 }
 
 /// Work for the GPU workers: sequences of one or more requests, packed without padding.
@@ -419,8 +438,17 @@ mod tests {
             dimensions: Some(16),
             truncate: Some(true),
             deadline_ms: None,
+            ack: false,
         };
         let bytes = encode(&request).unwrap();
+        let as_json: serde_json::Value = rmp_serde::from_slice(&bytes).unwrap();
+        assert!(as_json.get("ack").is_none(), "ack: false is not written");
+        let with_ack = EmbedRequest {
+            ack: true,
+            ..request.clone()
+        };
+        let acked = encode(&with_ack).unwrap();
+        assert_eq!(decode::<EmbedRequest>(&acked).unwrap(), with_ack);
         let as_json: serde_json::Value = rmp_serde::from_slice(&bytes).unwrap();
         assert_eq!(as_json["input_type"], "query");
         assert_eq!(as_json["input"][0], "hello");
@@ -459,6 +487,13 @@ mod tests {
         let error = ErrorReply::new(Some("a".into()), ErrorCode::TooManyTokens, "too long");
         let reply: EmbedReply = decode(&encode(&error).unwrap()).unwrap();
         assert_eq!(reply, EmbedReply::Error(error));
+
+        let queued = QueuedReply {
+            id: "a".into(),
+            queued: 2,
+        };
+        let reply: EmbedReply = decode(&encode(&queued).unwrap()).unwrap();
+        assert_eq!(reply, EmbedReply::Queued(queued));
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! What every worker process does on NATS besides its own work: answering a request with an
-//! error, and registering as a micro service for operators.
+//! error or an acknowledgement, and registering as a micro service for operators.
 
-use crate::wire::{self, ErrorReply};
+use crate::wire::{self, ErrorReply, QueuedReply};
 
 /// Publishes `error` to `reply_to` without waiting (the publish is buffered by the client).
 pub fn send_error(client: &async_nats::Client, reply_to: &str, error: &ErrorReply) {
@@ -11,14 +11,31 @@ pub fn send_error(client: &async_nats::Client, reply_to: &str, error: &ErrorRepl
         message = %error.error.message,
         "request refused"
     );
-    let Ok(bytes) = wire::encode(error) else {
-        tracing::error!("error reply does not encode; this is a bug");
+    send(client, reply_to, error, "error reply");
+}
+
+/// Publishes the acknowledgement `queued` to `reply_to` without waiting.
+pub fn send_queued(client: &async_nats::Client, reply_to: &str, queued: &QueuedReply) {
+    tracing::debug!(id = %queued.id, inputs = queued.queued, "request acknowledged");
+    send(client, reply_to, queued, "acknowledgement");
+}
+
+/// Encodes `message` and publishes it to `reply_to` in the background; `what` names it in
+/// log lines.
+fn send<T: serde::Serialize>(
+    client: &async_nats::Client,
+    reply_to: &str,
+    message: &T,
+    what: &'static str,
+) {
+    let Ok(bytes) = wire::encode(message) else {
+        tracing::error!("{what} does not encode; this is a bug");
         return;
     };
     let (client, reply_to) = (client.clone(), reply_to.to_string());
     tokio::spawn(async move {
         if let Err(e) = client.publish(reply_to, bytes.into()).await {
-            tracing::warn!(error = %e, "error reply not sent");
+            tracing::warn!(error = %e, "{what} not sent");
         }
     });
 }

@@ -87,6 +87,8 @@ const FIELD_NAMES: &[&str] = &[
     "dimensions",
     "truncate",
     "deadline_ms",
+    "ack",
+    "queued",
     "offset",
     "count",
     "total",
@@ -180,9 +182,10 @@ fn embed_request() -> impl Strategy<Value = EmbedRequest> {
         proptest::option::of(any::<u32>()),
         proptest::option::of(any::<bool>()),
         proptest::option::of(any::<u64>()),
+        any::<bool>(),
     )
         .prop_map(
-            |(id, input, input_type, instruction, dimensions, truncate, deadline_ms)| {
+            |(id, input, input_type, instruction, dimensions, truncate, deadline_ms, ack)| {
                 EmbedRequest {
                     id,
                     input,
@@ -191,6 +194,7 @@ fn embed_request() -> impl Strategy<Value = EmbedRequest> {
                     dimensions,
                     truncate,
                     deadline_ms,
+                    ack,
                 }
             },
         )

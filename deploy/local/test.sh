@@ -10,6 +10,8 @@ deploy/local/setup.sh
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 deploy/local/check-kernels.sh
+# The fault tests run the real binaries as child processes; cargo test does not build them.
+cargo build --workspace --bins --locked
 cargo test --workspace --locked
 # The GPU tests again, uncaptured, so their "skipped: no CUDA device" lines show where there is
 # no GPU (cargo hides the output of passing tests).

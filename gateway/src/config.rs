@@ -53,6 +53,11 @@ pub struct GatewayConfig {
     /// Whether over-long inputs are cut instead of rejected; unset leaves the tokenizer
     /// workers' own default.
     pub truncate: Option<bool>,
+    /// Milliseconds to wait for a tokenizer worker to acknowledge that a request is queued
+    /// before publishing it again (the worker that took it may have died); the wait doubles
+    /// after each resend, up to 4 times this. 0 turns acknowledgements off (for tokenizer
+    /// workers older than the acknowledgement, which would never send one).
+    pub tokenizer_ack_timeout_ms: u64,
     /// How long a worker discovery waits for status answers, milliseconds (every worker
     /// answers; their number is unknown, so the gateway always waits this long).
     pub status_wait_ms: u64,
@@ -88,6 +93,7 @@ impl Default for GatewayConfig {
             max_input_chars: 200_000,
             default_input_type: InputType::Document,
             truncate: None,
+            tokenizer_ack_timeout_ms: 1000,
             status_wait_ms: 200,
             status_cache_ms: 1000,
             api_keys_file: None,
@@ -101,6 +107,12 @@ impl GatewayConfig {
     /// The request deadline as a duration (at least 1 ms).
     pub fn request_timeout(&self) -> Duration {
         Duration::from_secs_f64(self.request_timeout_s.max(0.001))
+    }
+
+    /// How long to wait for a tokenizer worker's acknowledgement; `None` when off.
+    pub fn tokenizer_ack_timeout(&self) -> Option<Duration> {
+        (self.tokenizer_ack_timeout_ms > 0)
+            .then(|| Duration::from_millis(self.tokenizer_ack_timeout_ms))
     }
 
     /// `root_path` without a trailing slash, with a leading one (empty when it is `/`).
@@ -167,7 +179,13 @@ mod tests {
         assert_eq!(config.route_prefix(), "/api/v1");
         assert_eq!(config.max_concurrent_queries, 100);
         assert_eq!(config.cache_size, 1000);
+        assert_eq!(config.tokenizer_ack_timeout(), Some(Duration::from_secs(1)));
         assert!(config.validate().is_ok());
+        let off = GatewayConfig {
+            tokenizer_ack_timeout_ms: 0,
+            ..GatewayConfig::default()
+        };
+        assert_eq!(off.tokenizer_ack_timeout(), None);
     }
 
     #[test]

@@ -69,15 +69,20 @@ pub async fn run(
             "API keys required on every route but /health"
         );
     }
-    let client = config
+    let (client, link) = config
         .nats
-        .connect("gateway")
+        .connect_watched("gateway")
         .await
         .context("connecting to NATS")?;
     let subjects = config.nats.subjects();
-    let upstream = Upstream::start(client.clone(), &subjects)
-        .await
-        .context("subscribing to the reply inbox")?;
+    let upstream = Upstream::start(
+        client.clone(),
+        &subjects,
+        link,
+        config.tokenizer_ack_timeout(),
+    )
+    .await
+    .context("subscribing to the reply inbox")?;
     let discovery = Arc::new(Discovery::new(
         client.clone(),
         &subjects,

@@ -143,6 +143,8 @@ impl EmbedService {
                 dimensions: job.dimensions,
                 truncate: job.truncate,
                 deadline_ms: Some(deadline_ms),
+                // Set by the upstream from its configuration.
+                ack: false,
             };
             let fresh = self
                 .upstream

@@ -48,13 +48,17 @@ async fn build_router(server: &NatsServer) -> Router {
     };
     config.nats.url = server.url();
     config.validate().expect("valid test configuration");
-    let client = config.nats.connect("properties").await.expect("connects");
+    let (client, link) = config
+        .nats
+        .connect_watched("properties")
+        .await
+        .expect("connects");
     tokio::time::timeout(Duration::from_secs(10), client.flush())
         .await
         .expect("connected within 10 s")
         .expect("flush");
     let subjects = config.nats.subjects();
-    let upstream = Upstream::start(client.clone(), &subjects)
+    let upstream = Upstream::start(client.clone(), &subjects, link, None)
         .await
         .expect("reply inbox");
     let discovery = Arc::new(Discovery::new(

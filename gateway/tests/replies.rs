@@ -330,3 +330,59 @@ async fn models_lists_the_served_model() {
     let body: serde_json::Value = response.json().await.unwrap();
     assert_eq!(body["model"], "acme/embedder");
 }
+
+#[tokio::test]
+async fn unacknowledged_request_is_published_again_and_answered_once() {
+    let harness = Harness::start(|c| c.tokenizer_ack_timeout_ms = 200).await;
+    let worker = harness.fake_tokenizer(1).await;
+    // The fake worker drops the first copy of a request holding `!unacked`, unanswered and
+    // unacknowledged, as a worker killed after taking it would.
+    let texts = ["alpha", "!unacked", "gamma"];
+    let response = harness
+        .post_json("/v1/embeddings", json!({"input": texts}))
+        .await;
+    assert_eq!(response.status(), 200);
+    let body: serde_json::Value = response.json().await.unwrap();
+    let expected: Vec<Vec<f32>> = texts
+        .iter()
+        .map(|t| expected_vector(t, FAKE_DIMS))
+        .collect();
+    assert_eq!(vectors_of(&body), expected);
+    let received = worker.received.lock().unwrap().clone();
+    assert_eq!(received.len(), 2, "sent once, then once again");
+    assert!(received[0].0.ack, "the gateway asks for an acknowledgement");
+    assert_eq!(received[0], received[1], "the same id and reply subject");
+    let debug: serde_json::Value = harness
+        .http
+        .get(harness.url("/debug"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(debug["upstream_resends"], 1);
+}
+
+#[tokio::test]
+async fn acknowledged_or_unacknowledgeable_requests_are_sent_once() {
+    // Acknowledged at once, answered after 600 ms: no copy although the timeout is 100 ms.
+    let harness = Harness::start(|c| c.tokenizer_ack_timeout_ms = 100).await;
+    let worker = harness.fake_tokenizer(1).await;
+    let response = harness
+        .post_json("/v1/embeddings", json!({"input": ["!sleep:600"]}))
+        .await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(worker.requests().len(), 1);
+
+    // Acknowledgements off: requests do not ask, and are never sent again.
+    let harness = Harness::start(|c| c.tokenizer_ack_timeout_ms = 0).await;
+    let worker = harness.fake_tokenizer(1).await;
+    let response = harness
+        .post_json("/v1/embeddings", json!({"input": ["!sleep:300"]}))
+        .await;
+    assert_eq!(response.status(), 200);
+    let requests = worker.requests();
+    assert_eq!(requests.len(), 1);
+    assert!(!requests[0].ack);
+}

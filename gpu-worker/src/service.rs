@@ -88,7 +88,7 @@ pub async fn run(
     let subjects = nats.subjects();
     let js = jetstream::new(client.clone());
     let stream = batch_stream_for(&js, &subjects, task, &queue).await?;
-    let consumer = gpu_consumer_for(&stream, task, &queue).await?;
+    let mut consumer = gpu_consumer_for(&stream, task, &queue).await?;
     tracing::info!(batches = %subjects.batches_for(task), "pulling batches");
     let shared = Arc::new(Shared {
         client: client.clone(),
@@ -157,6 +157,15 @@ pub async fn run(
             Err(e) => {
                 tracing::warn!(error = %e, "pulling batches failed; retrying");
                 tokio::time::sleep(Duration::from_millis(200)).await;
+                // A restarted server may have lost a memory stream and its consumer (or a
+                // cluster moved them): find or re-create both before the next pull.
+                match batch_stream_for(&js, &subjects, task, &queue).await {
+                    Ok(stream) => match gpu_consumer_for(&stream, task, &queue).await {
+                        Ok(found) => consumer = found,
+                        Err(e) => tracing::warn!(error = %e, "work queue consumer not reachable"),
+                    },
+                    Err(e) => tracing::warn!(error = %e, "work queue stream not reachable"),
+                }
             }
         }
     }
@@ -205,17 +214,24 @@ async fn pull(consumer: &PullConsumer, limit: usize) -> anyhow::Result<Vec<jetst
 }
 
 /// Runs the pulled batches, merged into as few forward passes as the token budget allows:
-/// drops expired items, computes, publishes chunks, then acks each batch.
+/// drops expired items, computes, publishes chunks, then acks each batch. A batch that does
+/// not decode is dropped (terminated); one that decodes but is inconsistent has its requests
+/// answered with `invalid_request`. When a merged pass refuses its input (a token outside the
+/// vocabulary, say), its batches run again one by one, so only the poisoned batch's requests
+/// get the error.
 async fn process(shared: &Shared, messages: Vec<jetstream::Message>) {
     let mut decoded = Vec::with_capacity(messages.len());
     for message in messages {
-        match wire::decode::<TokenBatch>(&message.payload)
-            .map_err(anyhow::Error::from)
-            .and_then(|b| {
-                b.validate()?;
-                Ok(b)
-            }) {
-            Ok(batch) => decoded.push((message, batch)),
+        match wire::decode::<TokenBatch>(&message.payload) {
+            Ok(batch) => match batch.validate() {
+                Ok(()) => decoded.push((message, batch)),
+                Err(e) => {
+                    tracing::error!(error = %e, sequences = batch.items.len(), "inconsistent batch refused");
+                    let error = ModelError::Input(format!("malformed batch: {e}"));
+                    fail_batch(shared, &batch.items, &error);
+                    ack(&message, AckKind::Term).await;
+                }
+            },
             Err(e) => {
                 tracing::error!(error = %e, "undecodable batch dropped");
                 ack(&message, AckKind::Term).await;
@@ -224,33 +240,57 @@ async fn process(shared: &Shared, messages: Vec<jetstream::Message>) {
     }
     for group in merge_by_budget(decoded, shared.max_batch_tokens) {
         let (messages, batches): (Vec<_>, Vec<_>) = group.into_iter().unzip();
-        shared.counters.in_flight.fetch_add(1, Ordering::Relaxed);
-        let live = drop_expired(shared, concat(batches));
-        if !live.items.is_empty() {
-            let progress = keep_alive(&messages, shared.ack_wait);
-            let result = run_batch(shared, &live).await;
-            progress.abort();
-            match result {
-                Ok(Output::Vectors(vectors)) => {
-                    publish_chunks(shared, &live.items, &vectors).await;
-                }
-                Ok(Output::Scores(scores)) => {
-                    crate::scores::publish_scores(
-                        &shared.client,
-                        shared.max_payload,
-                        &live.items,
-                        &scores,
-                    )
-                    .await;
-                }
-                Err(e) => fail_batch(shared, &live.items, &e),
+        if batches.len() == 1 {
+            serve(shared, &messages, concat(batches), true).await;
+        } else if !serve(shared, &messages, concat(batches.clone()), false).await {
+            tracing::warn!(
+                batches = batches.len(),
+                "a merged pass refused its input; running its batches one by one"
+            );
+            for (message, batch) in messages.iter().zip(batches) {
+                serve(shared, std::slice::from_ref(message), batch, true).await;
             }
         }
-        shared.counters.in_flight.fetch_sub(1, Ordering::Relaxed);
         for message in &messages {
             ack(message, AckKind::Ack).await;
         }
     }
+}
+
+/// Runs one (possibly merged) batch and publishes its chunks, keeping its messages alive
+/// meanwhile. A failure is answered to every request in it, except an input error when
+/// `answer_input_errors` is false: then nothing is sent and `false` comes back (the caller
+/// runs the parts alone).
+async fn serve(
+    shared: &Shared,
+    messages: &[jetstream::Message],
+    batch: TokenBatch,
+    answer_input_errors: bool,
+) -> bool {
+    shared.counters.in_flight.fetch_add(1, Ordering::Relaxed);
+    let live = drop_expired(shared, batch);
+    let mut served = true;
+    if !live.items.is_empty() {
+        let progress = keep_alive(messages, shared.ack_wait);
+        let result = run_batch(shared, &live).await;
+        progress.abort();
+        match result {
+            Ok(Output::Vectors(vectors)) => publish_chunks(shared, &live.items, &vectors).await,
+            Ok(Output::Scores(scores)) => {
+                crate::scores::publish_scores(
+                    &shared.client,
+                    shared.max_payload,
+                    &live.items,
+                    &scores,
+                )
+                .await;
+            }
+            Err(ModelError::Input(_)) if !answer_input_errors => served = false,
+            Err(e) => fail_batch(shared, &live.items, &e),
+        }
+    }
+    shared.counters.in_flight.fetch_sub(1, Ordering::Relaxed);
+    served
 }
 
 /// Groups batches, in order, so each group's tokens stay within `budget` (a batch larger

@@ -1,7 +1,10 @@
-//! Test support: a real `nats-server` on a free port, and the fixture locations.
+//! Test support: a real `nats-server` on a free port (or a cluster of three), the fixture
+//! locations, and the pipeline's binaries as child processes ([`process`]).
 //!
 //! The server binary is `$NATS_SERVER`, else `.venv/bin/nats-server` in the repository (put
 //! there by `deploy/local/setup.sh`), else `nats-server` on `PATH`.
+
+pub mod process;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -141,5 +144,71 @@ impl Drop for NatsServer {
     fn drop(&mut self) {
         self.kill();
         let _ = std::fs::remove_dir_all(&self.store_dir);
+    }
+}
+
+/// A JetStream cluster of `nats-server`s on this machine, routed to each other on free
+/// ports; every node is killed on drop.
+pub struct NatsCluster {
+    /// The nodes, in start order.
+    pub nodes: Vec<NatsServer>,
+    /// Each node's HTTP monitoring port (`/connz`, `/jsz`).
+    monitor_ports: Vec<u16>,
+}
+
+impl NatsCluster {
+    /// Starts `size` nodes (named `n1`, `n2`, ...) with JetStream, each routed to all the
+    /// others, and waits until each accepts client connections. JetStream elects its meta
+    /// leader a little later: wait for it (e.g. by creating a stream) before relying on it.
+    pub fn start(size: usize) -> Self {
+        let cluster_ports: Vec<u16> = (0..size).map(|_| free_port()).collect();
+        let monitor_ports: Vec<u16> = (0..size).map(|_| free_port()).collect();
+        let routes = |me: usize| {
+            cluster_ports
+                .iter()
+                .enumerate()
+                .filter(|&(i, _)| i != me)
+                .map(|(_, port)| format!("nats://127.0.0.1:{port}"))
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        let nodes = (0..size)
+            .map(|i| {
+                let name = format!("n{}", i + 1);
+                let listen = format!("nats://127.0.0.1:{}", cluster_ports[i]);
+                let routes = routes(i);
+                let monitor = monitor_ports[i].to_string();
+                NatsServer::start_with_args(&[
+                    "-m",
+                    &monitor,
+                    "--server_name",
+                    &name,
+                    "--cluster_name",
+                    "qwen3-test",
+                    "--cluster",
+                    &listen,
+                    "--routes",
+                    &routes,
+                ])
+            })
+            .collect();
+        Self {
+            nodes,
+            monitor_ports,
+        }
+    }
+
+    /// The HTTP monitoring base URL of node `index`.
+    pub fn monitor_url(&self, index: usize) -> String {
+        format!("http://127.0.0.1:{}", self.monitor_ports[index])
+    }
+
+    /// Every node's client URL, comma-separated (what clients are given to fail over).
+    pub fn urls(&self) -> String {
+        self.nodes
+            .iter()
+            .map(NatsServer::url)
+            .collect::<Vec<_>>()
+            .join(",")
     }
 }

@@ -27,6 +27,7 @@ fn request(
         dimensions: None,
         truncate: None,
         deadline_ms: None,
+        ack: false,
     }
 }
 
@@ -176,6 +177,81 @@ async fn nats_api_matches_golden_and_survives_concurrency_and_bad_input() {
         .await
         .unwrap();
     assert!(max_abs_diff(&vectors[0], &floats(&case["embedding"])) < 2e-5);
+
+    gpu.stop().await.unwrap();
+    tokenizer.stop().await.unwrap();
+}
+
+/// Every message on `inbox` until `patience` passes without one.
+async fn drain_replies(
+    replies: &mut async_nats::Subscriber,
+    patience: Duration,
+) -> Vec<EmbedReply> {
+    let mut got = Vec::new();
+    while let Ok(Some(message)) = tokio::time::timeout(patience, replies.next()).await {
+        got.push(wire::decode::<EmbedReply>(&message.payload).expect("a reply decodes"));
+    }
+    got
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledgement_follows_queued_inputs_and_never_an_error() {
+    let server = NatsServer::start();
+    let model = tiny_model_dir();
+    let tokenizer = start_tokenizer(&server, &model);
+    let gpu = start_gpu(&server, &model);
+    let client = async_nats::connect(server.url()).await.unwrap();
+    wait_for_workers(&client).await;
+
+    let texts: Vec<String> = ["one", "two", "three"].map(String::from).to_vec();
+    for (ack, input, expect_queued) in [
+        (true, texts.clone(), 1),
+        (false, texts.clone(), 0),
+        (true, Vec::new(), 0),
+    ] {
+        let mut req = request("acked", input.clone(), InputType::Document, None);
+        req.ack = ack;
+        let inbox = client.new_inbox();
+        let mut replies = client.subscribe(inbox.clone()).await.unwrap();
+        client
+            .publish_with_reply("embed.requests", inbox, wire::encode(&req).unwrap().into())
+            .await
+            .unwrap();
+        let got = drain_replies(&mut replies, Duration::from_secs(2)).await;
+        let queued: Vec<_> = got
+            .iter()
+            .filter_map(|r| match r {
+                EmbedReply::Queued(q) => Some(q),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            queued.len(),
+            expect_queued,
+            "ack {ack}, {} inputs: {got:?}",
+            input.len()
+        );
+        for q in queued {
+            assert_eq!(q.id, "acked");
+            assert_eq!(q.queued as usize, input.len());
+        }
+        let items: u32 = got
+            .iter()
+            .map(|r| match r {
+                EmbedReply::Chunk(c) => c.count,
+                _ => 0,
+            })
+            .sum();
+        let errors = got
+            .iter()
+            .filter(|r| matches!(r, EmbedReply::Error(_)))
+            .count();
+        if input.is_empty() {
+            assert_eq!((items, errors), (0, 1), "{got:?}");
+        } else {
+            assert_eq!((items as usize, errors), (input.len(), 0), "{got:?}");
+        }
+    }
 
     gpu.stop().await.unwrap();
     tokenizer.stop().await.unwrap();

@@ -10,14 +10,20 @@
 //! * [`batcher`]: pure, I/O-free packing of the sequences of concurrent requests into
 //!   [`common::wire::TokenBatch`]es by token budget, with a maximum wait and deadline expiry
 //!   ([`batcher::Batcher`]).
+//! * [`acks`]: which requests asked for an acknowledgement and how much of each is queued
+//!   ([`acks::Acks`]).
+//! * [`publish`]: publishing a batch to the JetStream work queue, retrying until the server
+//!   confirms it or the requests' deadline passes.
 //! * [`config`]: the worker's settings.
 //! * [`service`]: the NATS service: request subject in, JetStream batches out; started with
 //!   `task = rerank` it serves the rerank subject and queues pairs on the rerank stream.
 
+pub mod acks;
 pub mod batcher;
 pub mod budget;
 pub mod config;
 pub mod pairs;
+pub mod publish;
 pub mod rerank;
 pub mod service;
 pub mod tokenize;

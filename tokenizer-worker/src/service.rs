@@ -1,15 +1,17 @@
 //! The tokenizer worker's NATS service: takes `EmbedRequest`s from the request subject (queue
 //! group, so workers share the load), tokenizes them on a bounded pool of blocking threads,
 //! packs the sequences of concurrent requests into `TokenBatch`es and publishes those to the
-//! JetStream work queue. Bad input is answered with an `ErrorReply` at once.
+//! JetStream work queue. Bad input is answered with an `ErrorReply` at once. A request that
+//! set `ack` gets a `QueuedReply` once the work queue confirmed all its sequences.
 //!
 //! Started with `task = rerank`, the same loop serves `RerankRequest`s from the rerank subject
 //! (its own queue group): each (query, document) pair becomes one reranker prompt
 //! ([`crate::pairs`]), and the batches go to the rerank stream, pulled only by rerank GPU
 //! workers.
 //!
-//! One task (the loop in [`run`]) owns the batcher; tokenization results reach it over a
-//! channel, so no lock is held around batching.
+//! One task (the loop in [`run`]) owns the batcher and the acknowledgement book; tokenization
+//! results and publish confirmations reach it over a channel and a join set, so no lock is
+//! held around either.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -20,20 +22,22 @@ use async_nats::jetstream;
 use bytes::Bytes;
 use common::nats::NatsConfig;
 use common::queue::{QueueConfig, batch_stream_for};
-use common::subjects::{RERANK_TOKENIZER_QUEUE_GROUP, Subjects, TOKENIZER_QUEUE_GROUP, Task};
+use common::subjects::{RERANK_TOKENIZER_QUEUE_GROUP, TOKENIZER_QUEUE_GROUP, Task};
 use common::wire::{
-    self, BatchItem, EmbedRequest, ErrorCode, ErrorReply, InputType, RerankRequest, TokenBatch,
-    WorkerKind, WorkerStatus,
+    self, BatchItem, EmbedRequest, ErrorCode, ErrorReply, InputType, RerankRequest, WorkerKind,
+    WorkerStatus,
 };
-use common::worker::{register_service, send_error};
+use common::worker::{register_service, send_error, send_queued};
 use futures::StreamExt;
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
 
+use crate::acks::{Acks, RequestKey};
 use crate::batcher::{Batcher, BatcherConfig, PendingSequence};
 use crate::budget::RequestBudget;
 use crate::config::TokenizerWorkerConfig;
 use crate::pairs;
+use crate::publish::{Published, WorkQueue, publish_batch};
 use crate::rerank::{RerankOptions, RerankTemplate};
 use crate::tokenize::{TextTokenizer, TokenizeError, TokenizerOptions};
 
@@ -101,12 +105,32 @@ impl Checked {
             Self::Rerank(request) => request.truncate,
         }
     }
+
+    /// Whether the requester asked for a `QueuedReply` (rerank requests never do).
+    fn ack(&self) -> bool {
+        match self {
+            Self::Embed(request) => request.ack,
+            Self::Rerank(_) => false,
+        }
+    }
+
+    /// Inputs (texts or documents) of the request.
+    fn len(&self) -> u32 {
+        match self {
+            Self::Embed(request) => request.input.len() as u32,
+            Self::Rerank(request) => request.documents.len() as u32,
+        }
+    }
 }
 
 /// A request whose texts were all tokenized, or the error to answer it with.
 struct Tokenized {
     reply_to: String,
     id: String,
+    /// Whether the requester asked for a `QueuedReply`.
+    ack: bool,
+    /// Inputs of the request.
+    total: u32,
     result: Result<Vec<PendingSequence>, ErrorReply>,
 }
 
@@ -198,9 +222,13 @@ pub async fn run(
     let (done_tx, mut done_rx) = mpsc::channel::<Tokenized>(1024);
     let mut state = State {
         client: client.clone(),
-        js,
-        subjects,
-        task,
+        work_queue: WorkQueue {
+            js,
+            client: client.clone(),
+            subjects,
+            task,
+            queue,
+        },
         frontend,
         truncate_default: config.truncate,
         max_pending_tokens: config.max_pending_tokens,
@@ -226,12 +254,13 @@ pub async fn run(
         },
         tokenizing: 0,
         publishes: JoinSet::new(),
+        acks: Acks::default(),
     };
     tracing::info!(
         task = task.as_str(),
         model = %config.model_name,
-        requests = %state.subjects.requests_for(task),
-        batches = %state.subjects.batches_for(task),
+        requests = %state.work_queue.subjects.requests_for(task),
+        batches = %state.work_queue.subjects.batches_for(task),
         threads,
         "tokenizer worker ready"
     );
@@ -250,6 +279,9 @@ pub async fn run(
                 state.tokenizing -= 1;
                 state.accept(done, &mut batcher);
                 state.publish_ready(&mut batcher, false);
+            }
+            Some(published) = state.publishes.join_next(), if !state.publishes.is_empty() => {
+                state.settle(published);
             }
             Some(message) = requests.next() => {
                 state.take_request(message, &pool, &done_tx, &batcher);
@@ -279,7 +311,10 @@ pub async fn run(
         state.accept(done, &mut batcher);
     }
     state.publish_ready(&mut batcher, true);
-    while state.publishes.join_next().await.is_some() {}
+    // Every batch confirmed (or its requests answered) and every acknowledgement sent.
+    while let Some(published) = state.publishes.join_next().await {
+        state.settle(published);
+    }
     // Bounded: with the server gone, a flush would wait for a reconnection forever.
     if tokio::time::timeout(SHUTDOWN_FLUSH, client.flush())
         .await
@@ -294,10 +329,8 @@ pub async fn run(
 /// What the service loop owns besides the batcher.
 struct State {
     client: async_nats::Client,
-    js: jetstream::Context,
-    subjects: Subjects,
-    /// What this worker serves (picks the batch subject).
-    task: Task,
+    /// Where batches are published (the task's stream).
+    work_queue: WorkQueue,
     /// The task's tokenizer and limits.
     frontend: Frontend,
     truncate_default: bool,
@@ -309,7 +342,9 @@ struct State {
     /// Requests handed to the tokenizer pool and not yet back.
     tokenizing: usize,
     /// Batches being published to the work queue (awaited at shutdown).
-    publishes: JoinSet<()>,
+    publishes: JoinSet<Published>,
+    /// Requests waiting for their acknowledgement.
+    acks: Acks,
 }
 
 impl State {
@@ -345,6 +380,7 @@ impl State {
         let frontend = self.frontend.clone();
         let truncate = request.truncate().unwrap_or(self.truncate_default);
         let max_tokens = self.max_request_tokens;
+        let (ack, total) = (request.ack(), request.len());
         let (pool, done_tx) = (Arc::clone(pool), done_tx.clone());
         tokio::spawn(async move {
             let _permit = pool.acquire_owned().await;
@@ -376,6 +412,8 @@ impl State {
                 .send(Tokenized {
                     reply_to,
                     id,
+                    ack,
+                    total,
                     result,
                 })
                 .await;
@@ -398,6 +436,7 @@ impl State {
         match done.result {
             Ok(sequences) => {
                 let now = Instant::now();
+                let count = sequences.len();
                 for seq in sequences {
                     if let Err(e) = batcher.push(seq, now) {
                         let error = ErrorReply::new(
@@ -409,8 +448,36 @@ impl State {
                         return;
                     }
                 }
+                if done.ack {
+                    let key = RequestKey {
+                        reply_to: done.reply_to,
+                        id: done.id,
+                    };
+                    self.acks.expect(key, count, done.total);
+                }
             }
             Err(error) => self.send_error(&done.reply_to, &error),
+        }
+    }
+
+    /// Takes note of a finished publish: acknowledges the requests it completed, or forgets
+    /// those it failed (they were answered with an error).
+    fn settle(&mut self, published: Result<Published, tokio::task::JoinError>) {
+        let published = match published {
+            Ok(published) => published,
+            Err(e) => {
+                tracing::error!(error = %e, "batch publish task failed; this is a bug");
+                return;
+            }
+        };
+        if published.queued {
+            for (reply_to, queued) in self.acks.queued(&published.items) {
+                send_queued(&self.client, &reply_to, &queued);
+            }
+        } else {
+            for item in &published.items {
+                self.acks.forget(&RequestKey::of(item));
+            }
         }
     }
 
@@ -418,6 +485,7 @@ impl State {
     fn expire(&mut self, batcher: &mut Batcher) {
         let mut answered = std::collections::HashSet::new();
         for item in batcher.remove_expired(wire::now_ms()) {
+            self.acks.forget(&RequestKey::of(&item));
             if answered.insert(item.request_id.clone()) {
                 let error = ErrorReply::new(
                     Some(item.request_id),
@@ -440,15 +508,9 @@ impl State {
             self.status.batches += 1;
             self.status.sequences += batch.items.len() as u64;
             self.status.tokens += batch.num_tokens() as u64;
-            let (js, client, subject) = (
-                self.js.clone(),
-                self.client.clone(),
-                self.subjects.batches_for(self.task),
-            );
             self.publishes
-                .spawn(async move { publish_batch(js, client, subject, batch).await });
+                .spawn(publish_batch(self.work_queue.clone(), batch));
         }
-        while self.publishes.try_join_next().is_some() {}
     }
 
     async fn answer_status(&mut self, message: async_nats::Message, batcher: &Batcher) {
@@ -570,38 +632,6 @@ fn tokenize(
         })
         .collect()
 }
-
-/// Publishes a batch and waits for the server's acknowledgment; on failure, every request
-/// in the batch is answered with an error (the gateway may retry them).
-async fn publish_batch(
-    js: jetstream::Context,
-    client: async_nats::Client,
-    subject: String,
-    batch: TokenBatch,
-) {
-    let failure = match wire::encode(&batch) {
-        Ok(bytes) => match js.publish(subject, bytes.into()).await {
-            Ok(ack) => ack.await.err().map(|e| e.to_string()),
-            Err(e) => Some(e.to_string()),
-        },
-        Err(e) => Some(e.to_string()),
-    };
-    if let Some(reason) = failure {
-        tracing::error!(%reason, sequences = batch.items.len(), "batch not queued");
-        let mut answered = std::collections::HashSet::new();
-        for item in batch.items {
-            if answered.insert(item.request_id.clone()) {
-                let error = ErrorReply::new(
-                    Some(item.request_id),
-                    ErrorCode::Overloaded,
-                    format!("the work queue did not take the batch: {reason}"),
-                );
-                send_error(&client, &item.reply_to, &error);
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -621,6 +651,7 @@ mod tests {
             dimensions: None,
             truncate: None,
             deadline_ms: None,
+            ack: false,
         }
     }
 

@@ -68,6 +68,8 @@ impl NatsEmbedder {
             dimensions: settings.dimensions,
             truncate: None,
             deadline_ms: Some(wire::now_ms() + timeout.as_millis() as u64),
+            // The job retries a whole batch on timeout instead.
+            ack: false,
         };
         let retry = |message: String| Failure::Retry {
             message,
@@ -118,7 +120,8 @@ impl NatsEmbedder {
                             }
                         }
                     }
-                    EmbedReply::Chunk(_) => continue,
+                    // Acknowledgements are never asked for (`ack: false`); ignore any.
+                    EmbedReply::Chunk(_) | EmbedReply::Queued(_) => continue,
                     EmbedReply::Error(error) => {
                         let message = format!("{:?}: {}", error.error.code, error.error.message);
                         return Err(match error.error.code {

@@ -19,6 +19,7 @@ pub async fn debug(State(state): State<AppState>) -> Json<Value> {
         "active_requests": service.admission.active(),
         "admission_limit": service.admission.limit(),
         "pending_upstream": service.upstream.pending(),
+        "upstream_resends": service.upstream.resends(),
         "api_keys": state.api_keys.len(),
         "queue_depth": snapshot.queue_depth(),
         "process": { "rss_bytes": rss_bytes().await },

@@ -7,24 +7,37 @@
 //! the error) to the waiting handler through a oneshot channel. Entries leave the map when
 //! answered, timed out or abandoned (the handler's future dropped), so late replies find
 //! nothing and are ignored.
+//!
+//! Embedding requests ask the tokenizer workers for an acknowledgement (`ack`); one not
+//! acknowledged in time is published again ([`resend`]). When the connection drops, the
+//! replies in flight may be lost: a waiting request (of either kind) gives the client a little
+//! while to reconnect, publishes again, and fails with `NotConnected` (503) when the
+//! connection does not come back.
 
 pub mod assembly;
 pub mod discovery;
+pub mod resend;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use async_nats::connection::State;
 use async_nats::{Client, Message, StatusCode};
 use common::subjects::Subjects;
 use common::wire::{self, EmbedReply, EmbedRequest, ErrorReply, RerankReply, RerankRequest};
 use futures::StreamExt;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use self::assembly::{Assembly, Embedded, ScoreAssembly, Scored};
+use self::resend::Resend;
+
+/// How long a waiting request gives a dropped connection to come back before it fails
+/// with `NotConnected`; a cluster client fails over to another server well within it.
+pub const RECONNECT_GRACE: Duration = Duration::from_secs(1);
 
 /// Why an upstream request produced no embeddings.
 #[derive(Debug, thiserror::Error)]
@@ -69,6 +82,8 @@ struct Pending {
     id: String,
     /// The items received so far and where the finished answer goes.
     collector: Collector,
+    /// Whether a tokenizer worker acknowledged the latest publication.
+    acked: bool,
 }
 
 /// The answer being put together, by request kind.
@@ -117,6 +132,8 @@ impl Collector {
 enum Step {
     /// Not for this request (another id): ignored.
     Ignore,
+    /// A tokenizer worker acknowledged the request (all of it is in the work queue).
+    Acked,
     /// Added; more items are due.
     More,
     /// The answer is complete.
@@ -151,11 +168,26 @@ pub struct Upstream {
     pending: PendingMap,
     /// Task routing replies to `pending`.
     reader: JoinHandle<()>,
+    /// The connection's link: `true` while connected.
+    link: watch::Receiver<bool>,
+    /// How long to wait for a tokenizer worker's acknowledgement of an embedding request
+    /// before publishing it again; `None` sends requests without `ack` and never again.
+    ack_timeout: Option<Duration>,
+    /// Requests published again (unacknowledged or after a reconnection), for metrics.
+    resends: AtomicU64,
 }
 
 impl Upstream {
-    /// Subscribes to this gateway's inbox and starts routing replies.
-    pub async fn start(client: Client, subjects: &Subjects) -> anyhow::Result<Self> {
+    /// Subscribes to this gateway's inbox and starts routing replies. `link` follows the
+    /// connection (see [`common::nats::NatsConfig::connect_watched`]); `ack_timeout` is how
+    /// long an unacknowledged embedding request waits before it is published again (`None`:
+    /// never).
+    pub async fn start(
+        client: Client,
+        subjects: &Subjects,
+        link: watch::Receiver<bool>,
+        ack_timeout: Option<Duration>,
+    ) -> anyhow::Result<Self> {
         let inbox = client.new_inbox();
         let gateway_id = inbox.rsplit('.').next().unwrap_or("gateway").to_string();
         let subscriber = client.subscribe(format!("{inbox}.>")).await?;
@@ -170,7 +202,15 @@ impl Upstream {
             next: AtomicU64::new(0),
             pending,
             reader,
+            link,
+            ack_timeout,
+            resends: AtomicU64::new(0),
         })
+    }
+
+    /// Requests published again since start (unacknowledged, or after a reconnection).
+    pub fn resends(&self) -> u64 {
+        self.resends.load(Ordering::Relaxed)
     }
 
     /// Unique id of this gateway (also the last token of its inbox).
@@ -184,7 +224,9 @@ impl Upstream {
     }
 
     /// Publishes `request` (its `id` is replaced by a unique one) and waits until its answer
-    /// is complete, a worker reports an error, or `deadline` passes.
+    /// is complete, a worker reports an error, or `deadline` passes. Unacknowledged, it is
+    /// published again (same id and reply subject); after a lost connection, it is published
+    /// again once reconnected, or fails with `NotConnected` after [`RECONNECT_GRACE`].
     pub async fn embed(
         &self,
         mut request: EmbedRequest,
@@ -192,18 +234,27 @@ impl Upstream {
     ) -> Outcome<Vec<Embedded>> {
         let n = self.begin()?;
         request.id = format!("{}-{n}", self.gateway_id);
+        request.ack = self.ack_timeout.is_some();
         let payload = self.encode(&request)?;
         let (done, answer) = oneshot::channel();
         let collector = Collector::Embed {
             assembly: Assembly::new(request.input.len()),
             done,
         };
-        self.exchange(n, request.id, collector, payload, answer, deadline)
-            .await
+        let exchange = Exchange {
+            n,
+            id: request.id,
+            collector,
+            payload,
+            ack_timeout: self.ack_timeout,
+        };
+        self.exchange(exchange, answer, deadline).await
     }
 
     /// Publishes a rerank `request` on the rerank subject (its `id` replaced by a unique
-    /// one) and waits for every document's score, a worker's error, or `deadline`.
+    /// one) and waits for every document's score, a worker's error, or `deadline`. Rerank
+    /// requests are not acknowledged; after a lost connection they are published again like
+    /// embedding requests.
     pub async fn rerank(
         &self,
         mut request: RerankRequest,
@@ -217,8 +268,14 @@ impl Upstream {
             assembly: ScoreAssembly::new(request.documents.len()),
             done,
         };
-        self.exchange(n, request.id, collector, payload, answer, deadline)
-            .await
+        let exchange = Exchange {
+            n,
+            id: request.id,
+            collector,
+            payload,
+            ack_timeout: None,
+        };
+        self.exchange(exchange, answer, deadline).await
     }
 
     /// Checks that a request can be sent now and numbers it.
@@ -247,42 +304,107 @@ impl Upstream {
         Ok(payload)
     }
 
-    /// Registers request `n`, publishes it on its kind's subject and waits for its answer.
+    /// Registers a request, publishes it on its kind's subject and waits for its answer,
+    /// publishing it again when unacknowledged or after a reconnection.
     async fn exchange<T>(
         &self,
-        n: u64,
-        id: String,
-        collector: Collector,
-        payload: Vec<u8>,
-        answer: oneshot::Receiver<Outcome<T>>,
+        exchange: Exchange,
+        mut answer: oneshot::Receiver<Outcome<T>>,
         deadline: Instant,
     ) -> Outcome<T> {
-        let limit = self.client.server_info().max_payload;
+        let Exchange {
+            n,
+            id,
+            collector,
+            payload,
+            ack_timeout,
+        } = exchange;
         let subject = match collector {
             Collector::Embed { .. } => self.requests_subject.clone(),
             Collector::Rerank { .. } => self.rerank_subject.clone(),
         };
-        lock(&self.pending).insert(n, Pending { id, collector });
+        let pending = Pending {
+            id: id.clone(),
+            collector,
+            acked: false,
+        };
+        lock(&self.pending).insert(n, pending);
         // From here on the entry leaves the map however this future ends.
         let _entry = PendingEntry {
             map: &self.pending,
             n,
         };
         let reply_to = format!("{}.{n}", self.inbox);
-        let size = payload.len();
+        let payload = bytes::Bytes::from(payload);
+        self.publish(&subject, &reply_to, &payload).await?;
+        let mut schedule = Resend::new(ack_timeout, Instant::now());
+        let mut link = self.link.clone();
+        loop {
+            let due = schedule.due();
+            tokio::select! {
+                outcome = &mut answer => return outcome.unwrap_or(Err(UpstreamError::Closed)),
+                () = tokio::time::sleep_until(deadline) => return Err(UpstreamError::Timeout),
+                () = sleep_until_some(due) => {
+                    if self.is_acked(n) {
+                        schedule.acknowledged();
+                        continue;
+                    }
+                    tracing::info!(
+                        %id,
+                        sent = schedule.times_sent(),
+                        "no tokenizer worker acknowledged the request; publishing it again"
+                    );
+                }
+                watched = async { link.wait_for(|up| !*up).await.is_ok() } => {
+                    if !watched {
+                        return Err(UpstreamError::Closed);
+                    }
+                    tracing::debug!(%id, "NATS connection lost while waiting; replies may be lost");
+                    let grace = (Instant::now() + RECONNECT_GRACE).min(deadline);
+                    let back = async { link.wait_for(|up| *up).await.is_ok() };
+                    match tokio::time::timeout_at(grace, back).await {
+                        Ok(true) => {}
+                        Ok(false) => return Err(UpstreamError::Closed),
+                        Err(_) => return Err(UpstreamError::NotConnected("disconnected".into())),
+                    }
+                    tracing::debug!(%id, "NATS connection back; publishing the request again");
+                }
+            }
+            self.set_acked(n, false);
+            self.resends.fetch_add(1, Ordering::Relaxed);
+            self.publish(&subject, &reply_to, &payload).await?;
+            schedule.sent(Instant::now());
+        }
+    }
+
+    /// Publishes the encoded request on `subject` with `reply_to`.
+    async fn publish(
+        &self,
+        subject: &str,
+        reply_to: &str,
+        payload: &bytes::Bytes,
+    ) -> Result<(), UpstreamError> {
+        let (size, limit) = (payload.len(), self.client.server_info().max_payload);
         self.client
-            .publish_with_reply(subject, reply_to, payload.into())
+            .publish_with_reply(subject.to_string(), reply_to.to_string(), payload.clone())
             .await
             .map_err(|e| match e.kind() {
                 async_nats::PublishErrorKind::MaxPayloadExceeded => {
                     UpstreamError::PayloadTooLarge { size, limit }
                 }
                 _ => UpstreamError::Publish(e.to_string()),
-            })?;
-        match tokio::time::timeout_at(deadline, answer).await {
-            Ok(Ok(outcome)) => outcome,
-            Ok(Err(_dropped)) => Err(UpstreamError::Closed),
-            Err(_elapsed) => Err(UpstreamError::Timeout),
+            })
+    }
+
+    /// Whether request `n` was acknowledged since its latest publication.
+    fn is_acked(&self, n: u64) -> bool {
+        lock(&self.pending).get(&n).is_some_and(|entry| entry.acked)
+    }
+
+    /// Marks request `n` (un)acknowledged.
+    fn set_acked(&self, n: u64, acked: bool) {
+        if let Some(entry) = lock(&self.pending).get_mut(&n) {
+            entry.acked = acked;
         }
     }
 
@@ -296,6 +418,29 @@ impl Upstream {
 impl Drop for Upstream {
     fn drop(&mut self) {
         self.reader.abort();
+    }
+}
+
+/// One request on its way: what [`Upstream::exchange`] publishes and collects.
+struct Exchange {
+    /// Sequence number (the reply subject's last token).
+    n: u64,
+    /// The request's id, checked against each reply's.
+    id: String,
+    /// Where the replies are assembled.
+    collector: Collector,
+    /// The encoded request.
+    payload: Vec<u8>,
+    /// How long to wait for an acknowledgement before publishing again (`None`: the
+    /// request asked for none).
+    ack_timeout: Option<Duration>,
+}
+
+/// Sleeps until `at`, or forever when there is none.
+async fn sleep_until_some(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -346,6 +491,10 @@ fn route(pending: &PendingMap, n: u64, message: Message) {
     };
     let error = match step {
         Step::Ignore | Step::More => return,
+        Step::Acked => {
+            entry.acked = true;
+            return;
+        }
         Step::Done => None,
         Step::Fail(error) => Some(error),
     };
@@ -383,11 +532,13 @@ fn apply_embed(id: &str, assembly: &mut Assembly, message: &Message) -> Step {
     let reply_id = match &reply {
         EmbedReply::Chunk(chunk) => Some(chunk.id.as_str()),
         EmbedReply::Error(error) => error.id.as_deref(),
+        EmbedReply::Queued(queued) => Some(queued.id.as_str()),
     };
     if !is_for(id, reply_id) {
         return Step::Ignore;
     }
     match reply {
+        EmbedReply::Queued(_) => Step::Acked,
         EmbedReply::Error(error) => Step::Fail(UpstreamError::Worker(error)),
         EmbedReply::Chunk(chunk) => match assembly.add(&chunk) {
             Ok(false) => Step::More,

@@ -229,9 +229,24 @@ impl FakeTokenizer {
                 let Some(reply) = message.reply else { continue };
                 let request: EmbedRequest =
                     wire::decode(&message.payload).expect("request decodes");
-                log.lock()
-                    .unwrap()
-                    .push((request.clone(), reply.to_string()));
+                let receipts = {
+                    let mut log = log.lock().unwrap();
+                    log.push((request.clone(), reply.to_string()));
+                    log.iter().filter(|(r, _)| r.id == request.id).count()
+                };
+                // `!unacked`: the first copy is lost, as if the worker that took it died.
+                if receipts == 1 && request.input.iter().any(|t| t == "!unacked") {
+                    continue;
+                }
+                if request.ack {
+                    let queued = wire::QueuedReply {
+                        id: request.id.clone(),
+                        queued: request.input.len() as u32,
+                    };
+                    let _ = client
+                        .publish(reply.to_string(), wire::encode(&queued).unwrap().into())
+                        .await;
+                }
                 tokio::spawn(answer(
                     client.clone(),
                     reply.to_string(),

@@ -99,6 +99,13 @@ pub async fn embed_over_nats(
                 }
             }
             EmbedReply::Error(error) => return Err(error),
+            EmbedReply::Queued(queued) => {
+                assert!(
+                    request.ack,
+                    "an acknowledgement nobody asked for: {queued:?}"
+                );
+                assert_eq!(queued.id, request.id);
+            }
         }
     }
     Ok((

@@ -1,0 +1,488 @@
+//! Faults under load, with a real nats-server and the real binaries as child processes:
+//! a GPU worker or a tokenizer worker killed with SIGKILL, every worker stopped with SIGTERM,
+//! the NATS server restarted, one node of a three-node NATS cluster killed, poisoned batches
+//! in the work queue. Each test runs a
+//! load of concurrent mixed HTTP requests through a gateway process and checks every answer
+//! against the golden vectors.
+//!
+//! The binaries must be built first: `cargo build --workspace --bins`.
+//! The tests run one at a time (they share two cores with everything else).
+
+#[path = "faults/load.rs"]
+mod load;
+mod support;
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use common::queue::{QueueConfig, batch_stream};
+use common::subjects::Subjects;
+use common::wire::{self, BatchItem, EmbedReply, ErrorCode, TokenBatch};
+use e2e_tests::process::{Pipeline, Worker};
+use e2e_tests::{NatsCluster, NatsServer};
+use futures::StreamExt;
+use load::{Load, Record, failures};
+use serde_json::Value;
+use support::wait_for_worker_counts;
+use tokio::time::Instant;
+
+/// Settings of every process: a dead GPU worker's batches come back after 2 s; requests
+/// have 15 s; tokenizer acknowledgements are awaited 1 s (the default).
+const ENV: &[(&str, &str)] = &[
+    ("QWEN3_EMBED__QUEUE__ACK_WAIT_S", "2"),
+    ("QWEN3_EMBED__GATEWAY__REQUEST_TIMEOUT_S", "15"),
+    ("QWEN3_EMBED__GATEWAY__TOKENIZER_ACK_TIMEOUT_MS", "1000"),
+];
+
+/// The gateway's deadline in these tests (`ENV`).
+const DEADLINE: Duration = Duration::from_secs(15);
+
+/// Concurrent HTTP clients of the load.
+const CLIENTS: usize = 6;
+
+/// Serializes the tests of this file: each starts several processes, and the timing bounds
+/// they check need the machine's cores.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// Runs one test body alone, on its own runtime.
+fn serial(test: impl std::future::Future<Output = ()>) {
+    let _alone = SERIAL
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+        .block_on(test);
+}
+
+/// Two tokenizer workers, two GPU workers and a gateway on `nats_url`, up and healthy.
+struct Stack {
+    tokenizers: Vec<Worker>,
+    gpus: Vec<Worker>,
+    gateway: Worker,
+    base: String,
+    nats: async_nats::Client,
+}
+
+impl Stack {
+    async fn start(nats_url: &str, env: &[(&'static str, &str)]) -> Self {
+        let pipeline = Pipeline::new(nats_url, env);
+        let tokenizers = vec![
+            pipeline.tokenizer("tokenizer-1"),
+            pipeline.tokenizer("tokenizer-2"),
+        ];
+        let gpus = vec![pipeline.gpu("gpu-1"), pipeline.gpu("gpu-2")];
+        let urls: Vec<&str> = nats_url.split(',').collect();
+        let nats = async_nats::connect(urls)
+            .await
+            .expect("test client connects");
+        wait_for_worker_counts(&nats, 2, 2).await;
+        let (gateway, base) = pipeline.gateway("gateway");
+        wait_healthy(&base).await;
+        Self {
+            tokenizers,
+            gpus,
+            gateway,
+            base,
+            nats,
+        }
+    }
+
+    /// The gateway's `/debug` document.
+    async fn debug(&self) -> Value {
+        reqwest::get(format!("{}/debug", self.base))
+            .await
+            .expect("debug answers")
+            .json()
+            .await
+            .expect("debug is JSON")
+    }
+}
+
+/// Polls `/health` until the gateway process answers 200 (at most 30 s).
+async fn wait_healthy(base: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(response) = reqwest::get(format!("{base}/health")).await
+            && response.status() == 200
+        {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the gateway at {base} never became healthy"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Polls with a one-document request until the pipeline at `base` answers 200.
+async fn wait_serving(base: &str, patience: Duration) {
+    let deadline = Instant::now() + patience;
+    let http = reqwest::Client::new();
+    loop {
+        let answered = http
+            .post(format!("{base}/v1/embeddings"))
+            .json(&serde_json::json!({"input": "ready?"}))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200);
+        if answered {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the pipeline never served a request"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Runs the load for `period`.
+async fn load_for(load_period: Duration) {
+    tokio::time::sleep(load_period).await;
+}
+
+/// Asserts a load went through without a single failure and did real work.
+fn assert_flawless(records: &[Record], what: &str) {
+    let failed = failures(records);
+    assert!(
+        failed.is_empty(),
+        "{what}: {} of {} requests failed: {:#?}",
+        failed.len(),
+        records.len(),
+        &failed[..failed.len().min(10)]
+    );
+    assert!(
+        records.len() >= 20,
+        "{what}: only {} requests ran",
+        records.len()
+    );
+}
+
+#[test]
+fn gpu_worker_killed_under_load_loses_and_duplicates_nothing() {
+    serial(async {
+        let server = NatsServer::start();
+        let mut stack = Stack::start(&server.url(), ENV).await;
+        let load = Load::start(&stack.base, CLIENTS);
+        load_for(Duration::from_secs(2)).await;
+        // Frozen first, so it surely holds pulled batches when it dies: they must be
+        // redelivered to the other worker after ack_wait (2 s).
+        stop_process(&stack.gpus[0]);
+        load_for(Duration::from_millis(500)).await;
+        stack.gpus[0].kill9();
+        load_for(Duration::from_secs(6)).await;
+        let records = load.stop().await;
+        assert_flawless(&records, "GPU worker killed");
+        assert!(stack.gateway.is_running(), "the gateway died");
+        assert!(stack.gpus[1].is_running(), "the surviving GPU worker died");
+        assert_eq!(stack.debug().await["pending_upstream"], 0);
+    });
+}
+
+#[test]
+fn tokenizer_worker_killed_under_load_loses_no_request() {
+    serial(async {
+        let server = NatsServer::start();
+        let mut stack = Stack::start(&server.url(), ENV).await;
+        let load = Load::start(&stack.base, CLIENTS);
+        load_for(Duration::from_secs(2)).await;
+        // Frozen first, so requests surely reach it and are never answered: the gateway must
+        // publish them again when no acknowledgement comes.
+        stop_process(&stack.tokenizers[0]);
+        load_for(Duration::from_millis(1500)).await;
+        stack.tokenizers[0].kill9();
+        load_for(Duration::from_secs(6)).await;
+        let records = load.stop().await;
+        assert_flawless(&records, "tokenizer worker killed");
+        let debug = stack.debug().await;
+        assert!(
+            debug["upstream_resends"].as_u64().unwrap_or(0) > 0,
+            "the frozen tokenizer's requests were never published again: {debug}"
+        );
+        let slowest = records.iter().map(|r| r.took).max().unwrap_or_default();
+        assert!(slowest < DEADLINE, "a request took {slowest:?}");
+    });
+}
+
+#[test]
+fn sigterm_drains_every_worker_without_failures() {
+    serial(async {
+        let server = NatsServer::start();
+        let mut stack = Stack::start(&server.url(), ENV).await;
+        let load = Load::start(&stack.base, CLIENTS);
+        load_for(Duration::from_secs(2)).await;
+        stack.tokenizers[0].sigterm();
+        stack.gpus[0].sigterm();
+        for worker in [&mut stack.tokenizers[0], &mut stack.gpus[0]] {
+            let status = worker
+                .wait_exit(Duration::from_secs(10))
+                .unwrap_or_else(|| panic!("{} did not exit within 10 s of SIGTERM", worker.name()));
+            assert!(status.success(), "{} exited with {status}", worker.name());
+        }
+        load_for(Duration::from_secs(2)).await;
+        // The other two in turn: the stage's last worker of each kind is replaced first.
+        let pipeline = Pipeline::new(server.url(), ENV);
+        let mut fresh_tokenizer = pipeline.tokenizer("tokenizer-3");
+        let mut fresh_gpu = pipeline.gpu("gpu-3");
+        wait_for_worker_counts(&stack.nats, 2, 2).await;
+        stack.tokenizers[1].sigterm();
+        stack.gpus[1].sigterm();
+        for worker in [&mut stack.tokenizers[1], &mut stack.gpus[1]] {
+            let status = worker
+                .wait_exit(Duration::from_secs(10))
+                .unwrap_or_else(|| panic!("{} did not exit within 10 s of SIGTERM", worker.name()));
+            assert!(status.success(), "{} exited with {status}", worker.name());
+        }
+        load_for(Duration::from_secs(2)).await;
+        let records = load.stop().await;
+        assert_flawless(&records, "workers stopped with SIGTERM");
+        assert!(fresh_tokenizer.is_running() && fresh_gpu.is_running());
+        assert!(
+            stack.tokenizers[0]
+                .log()
+                .contains("tokenizer worker stopped"),
+            "{}",
+            stack.tokenizers[0].log()
+        );
+        assert!(
+            stack.gpus[0].log().contains("gpu worker stopped"),
+            "{}",
+            stack.gpus[0].log()
+        );
+    });
+}
+
+#[test]
+fn nats_restart_fails_fast_and_recovers_within_5_s() {
+    serial(async {
+        let mut server = NatsServer::start();
+        let stack = Stack::start(&server.url(), ENV).await;
+        let load = Load::start(&stack.base, CLIENTS);
+        load_for(Duration::from_secs(2)).await;
+        server.kill();
+        let killed = Instant::now();
+        load_for(Duration::from_secs(2)).await;
+        server.restart();
+        let back = Instant::now();
+        load_for(Duration::from_secs(8)).await;
+        let records = load.stop().await;
+
+        // In the gap: nothing hangs; what fails, fails with 503, long before the deadline.
+        for record in records.iter().filter(|r| r.failure.is_some()) {
+            assert_eq!(record.status, 503, "{:?}", record.failure);
+            assert!(
+                record.took < Duration::from_secs(3),
+                "a failure took {:?} (deadline {DEADLINE:?}): {:?}",
+                record.took,
+                record.failure
+            );
+            assert!(
+                record.finished() >= killed && record.started < back + Duration::from_secs(5),
+                "a failure outside the outage: {:?}",
+                record.failure
+            );
+        }
+        let in_gap: Vec<&Record> = records
+            .iter()
+            .filter(|r| r.started > killed + Duration::from_millis(200) && r.finished() < back)
+            .collect();
+        assert!(
+            !in_gap.is_empty(),
+            "no request ran while the server was down"
+        );
+        assert!(
+            in_gap.iter().all(|r| r.status == 503),
+            "a request in the gap did not get 503"
+        );
+        // Back within 5 s of the server's return: every request sent 5 s after it succeeds,
+        // and there are some.
+        let after: Vec<Record> = records
+            .iter()
+            .filter(|r| r.started >= back + Duration::from_secs(5))
+            .cloned()
+            .collect();
+        assert_flawless(&after, "after the server's return");
+        let first_success = records
+            .iter()
+            .filter(|r| r.started >= back && r.failure.is_none())
+            .map(Record::finished)
+            .min()
+            .expect("some request succeeded after the restart");
+        assert!(
+            first_success - back < Duration::from_secs(5),
+            "service came back {:?} after the server",
+            first_success - back
+        );
+    });
+}
+
+#[test]
+#[ignore = "a three-node JetStream cluster elects its R3 stream and consumer leaders slowly on a \
+            loaded machine (seen: pulls refused for 5 s after creation); run with --ignored"]
+fn cluster_node_killed_under_load_clients_carry_on() {
+    serial(async {
+        let mut cluster = NatsCluster::start(3);
+        let urls = cluster.urls();
+        let queue = QueueConfig {
+            replicas: 3,
+            ack_wait_s: 2.0,
+            ..QueueConfig::default()
+        };
+        wait_for_jetstream(&urls, &queue).await;
+        let mut env: Vec<(&'static str, &str)> = ENV.to_vec();
+        env.push(("QWEN3_EMBED__QUEUE__REPLICAS", "3"));
+        let stack = Stack::start(&urls, &env).await;
+        // A fresh cluster elects the R3 stream's and consumer's leaders only after the
+        // workers connected: wait until a request goes through end to end.
+        wait_serving(&stack.base, Duration::from_secs(30)).await;
+        let load = Load::start(&stack.base, CLIENTS);
+        load_for(Duration::from_secs(2)).await;
+        // The node the gateway is connected to, so at least the gateway must fail over.
+        let victim = node_serving(&cluster, "gateway").await;
+        cluster.nodes[victim].kill();
+        let killed = Instant::now();
+        // The survivors may elect new stream and consumer leaders: allow them 8 s.
+        load_for(Duration::from_secs(11)).await;
+        let records = load.stop().await;
+        let after: Vec<Record> = records
+            .iter()
+            .filter(|r| r.started >= killed + Duration::from_secs(8))
+            .cloned()
+            .collect();
+        assert_flawless(&after, "after a cluster node died");
+        let failed = failures(&records);
+        eprintln!(
+            "cluster: {} requests, {} failed while the survivors took over: {:?}",
+            records.len(),
+            failed.len(),
+            &failed[..failed.len().min(5)]
+        );
+    });
+}
+
+#[test]
+fn poisoned_batches_fail_only_their_own_requests() {
+    serial(async {
+        let server = NatsServer::start();
+        let mut stack = Stack::start(&server.url(), ENV).await;
+        let load = Load::start(&stack.base, CLIENTS);
+        load_for(Duration::from_secs(1)).await;
+
+        // Batches no tokenizer worker would send, straight into the work queue, among the
+        // load's: a token outside the vocabulary, lengths that do not add up, and bytes that
+        // are no batch at all.
+        let inbox = stack.nats.new_inbox();
+        let mut replies = stack
+            .nats
+            .subscribe(format!("{inbox}.>"))
+            .await
+            .expect("subscribe");
+        let item = |id: &str, len| BatchItem {
+            request_id: id.into(),
+            reply_to: format!("{inbox}.{id}"),
+            index: 0,
+            total: 1,
+            len,
+            dims: 0,
+            deadline_ms: 0,
+        };
+        let poisoned = [
+            TokenBatch {
+                token_ids: vec![u32::MAX, 151_643],
+                items: vec![item("bad-token", 2)],
+            },
+            TokenBatch {
+                token_ids: vec![1, 2, 3],
+                items: vec![item("bad-length", 2)],
+            },
+        ];
+        let js = async_nats::jetstream::new(stack.nats.clone());
+        let mut payloads: Vec<Vec<u8>> = poisoned
+            .iter()
+            .map(|batch| wire::encode(batch).expect("encode"))
+            .collect();
+        payloads.push(b"\xc1 not a batch".to_vec());
+        for payload in payloads {
+            js.publish("embed.batches", payload.into())
+                .await
+                .expect("publish")
+                .await
+                .expect("queued");
+        }
+
+        // Each poisoned request gets one error reply, naming it.
+        let mut answered = std::collections::BTreeMap::new();
+        while answered.len() < poisoned.len() {
+            let message = tokio::time::timeout(Duration::from_secs(10), replies.next())
+                .await
+                .expect("an error reply within 10 s")
+                .expect("subscription open");
+            match wire::decode::<EmbedReply>(&message.payload).expect("a reply") {
+                EmbedReply::Error(error) => {
+                    assert_eq!(error.error.code, ErrorCode::InvalidRequest, "{error:?}");
+                    let id = error.id.clone().expect("the error names its request");
+                    assert_eq!(message.subject.as_str(), format!("{inbox}.{id}"));
+                    assert!(answered.insert(id, error).is_none(), "answered twice");
+                }
+                other => panic!("expected an error reply, got {other:?}"),
+            }
+        }
+        load_for(Duration::from_secs(2)).await;
+        let records = load.stop().await;
+        assert_flawless(&records, "poisoned batches in the queue");
+        for gpu in &mut stack.gpus {
+            assert!(gpu.is_running(), "{} died on a poisoned batch", gpu.name());
+        }
+        // Nothing more for the poisoned requests (no retry of a terminated batch).
+        let late = tokio::time::timeout(Duration::from_millis(300), replies.next()).await;
+        assert!(late.is_err(), "unexpected reply: {late:?}");
+    });
+}
+
+/// Waits until the cluster's JetStream answers, by creating the work queue stream with
+/// `queue`'s settings (as the workers will).
+async fn wait_for_jetstream(urls: &str, queue: &QueueConfig) {
+    let urls: Vec<&str> = urls.split(',').collect();
+    let client = async_nats::connect(urls)
+        .await
+        .expect("cluster client connects");
+    let js = async_nats::jetstream::new(client);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match batch_stream(&js, &Subjects::default(), queue).await {
+            Ok(_) => return,
+            Err(e) => assert!(Instant::now() < deadline, "JetStream never came up: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The index of the cluster node client `name` is connected to (from each node's `/connz`).
+async fn node_serving(cluster: &NatsCluster, name: &str) -> usize {
+    for index in 0..cluster.nodes.len() {
+        let connz: Value = reqwest::get(format!("{}/connz?limit=1024", cluster.monitor_url(index)))
+            .await
+            .expect("the monitoring port answers")
+            .json()
+            .await
+            .expect("connz is JSON");
+        let connections = connz["connections"].as_array().cloned().unwrap_or_default();
+        if connections.iter().any(|c| c["name"] == name) {
+            return index;
+        }
+    }
+    panic!("no node serves a client named {name}");
+}
+
+/// Freezes a process (SIGSTOP): it keeps its connections but does nothing.
+fn stop_process(worker: &Worker) {
+    let status = std::process::Command::new("kill")
+        .args(["-STOP", &worker.pid().to_string()])
+        .status()
+        .expect("run kill(1)");
+    assert!(status.success(), "kill -STOP {} failed", worker.pid());
+}
