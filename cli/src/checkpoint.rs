@@ -151,10 +151,10 @@ impl Checkpoint {
         std::fs::rename(&temporary, path).map_err(io)?;
         // The rename itself is durable once the directory is synced (Unix only; elsewhere
         // directories cannot be opened this way and the rename is all there is).
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            if let Ok(dir) = File::open(dir) {
-                let _ = dir.sync_all();
-            }
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
+            && let Ok(dir) = File::open(dir)
+        {
+            let _ = dir.sync_all();
         }
         Ok(())
     }

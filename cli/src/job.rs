@@ -145,10 +145,10 @@ fn resume_or_start(
     progress: &Path,
 ) -> Result<Checkpoint, CliError> {
     if options.restart {
-        if let Err(error) = std::fs::remove_file(progress) {
-            if error.kind() != std::io::ErrorKind::NotFound {
-                return Err(CliError::io("remove the progress file", progress, error));
-            }
+        if let Err(error) = std::fs::remove_file(progress)
+            && error.kind() != std::io::ErrorKind::NotFound
+        {
+            return Err(CliError::io("remove the progress file", progress, error));
         }
         return Ok(Checkpoint::fresh(settings));
     }

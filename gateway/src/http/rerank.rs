@@ -64,13 +64,13 @@ pub async fn rerank(
     JsonBody(mut fields): JsonBody,
 ) -> Result<Json<RerankResponse>, ApiError> {
     let served = &state.config.rerank_model;
-    if let Some(model) = fields.string("model")? {
-        if !names_model(&model, served) {
-            return Err(ApiError::ModelNotFound {
-                requested: model,
-                served: served.clone(),
-            });
-        }
+    if let Some(model) = fields.string("model")?
+        && !names_model(&model, served)
+    {
+        return Err(ApiError::ModelNotFound {
+            requested: model,
+            served: served.clone(),
+        });
     }
     let job = RerankJob {
         query: fields.required_string("query")?,
