@@ -190,8 +190,7 @@ impl NatsConfig {
         Ok(options
             .name(name)
             .connection_timeout(Duration::from_secs_f64(self.connect_timeout_s.max(0.1)))
-            .reconnect_delay_callback(reconnect_delay)
-            .retry_on_initial_connect())
+            .reconnect_delay_callback(reconnect_delay))
     }
 
     /// Connects (retrying in the background until the first connection succeeds).
@@ -218,7 +217,8 @@ impl NatsConfig {
         let (link_tx, link_rx) = tokio::sync::watch::channel(false);
         let link_tx = std::sync::Arc::new(link_tx);
         let on_event = std::sync::Arc::clone(&link_tx);
-        let options = self.options(name).await?.event_callback(move |event| {
+        let options = self.options(name).await?.retry_on_initial_connect();
+        let options = options.event_callback(move |event| {
             match event {
                 async_nats::Event::Connected => {
                     on_event.send_replace(true);
