@@ -323,25 +323,33 @@ async fn rerank_matches_golden_over_nats_and_http() {
         assert_eq!(answer["error"]["param"], param, "{route} {body}: {answer}");
     }
 
-    // 9. `/debug` and `/metrics` show the rerank workers.
-    let debug: Value = http
-        .get(format!("{base}/debug"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let kinds: Vec<&str> = debug["workers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|w| w["kind"].as_str())
-        .collect();
-    assert!(
-        kinds.contains(&"rerank_tokenizer") && kinds.contains(&"rerank_gpu"),
-        "{debug}"
-    );
+    // 9. `/debug` and `/metrics` show the rerank workers (discovery refreshes its snapshot
+    // on its own schedule, so poll until both kinds are in it).
+    let give_up = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let debug: Value = http
+            .get(format!("{base}/debug"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let kinds: Vec<&str> = debug["workers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|w| w["kind"].as_str())
+            .collect();
+        if kinds.contains(&"rerank_tokenizer") && kinds.contains(&"rerank_gpu") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < give_up,
+            "rerank workers missing from /debug after 15 s: {debug}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let metrics = http
         .get(format!("{base}/metrics"))
         .send()
