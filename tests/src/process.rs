@@ -178,33 +178,29 @@ impl Pipeline {
         }
     }
 
-    /// A tokenizer worker on the tiny model (one tokenizer thread, no batching wait).
-    pub fn tokenizer(&self, name: &str) -> Worker {
-        let args = [
-            "--nats-url".into(),
+    /// The flags every worker gets (server, tiny model and its name), then `extra`.
+    fn worker_args(&self, extra: &[&str]) -> Vec<String> {
+        let mut args = vec![
+            "--nats-url".to_string(),
             self.nats_url.clone(),
             "--model-dir".into(),
             tiny_model_dir().display().to_string(),
             "--model-name".into(),
             "qwen3-tiny".into(),
-            "--threads".into(),
-            "1".into(),
         ];
+        args.extend(extra.iter().map(|a| a.to_string()));
+        args
+    }
+
+    /// A tokenizer worker on the tiny model (one tokenizer thread, no batching wait).
+    pub fn tokenizer(&self, name: &str) -> Worker {
+        let args = self.worker_args(&["--threads", "1"]);
         Worker::spawn(name, "tokenizer-worker", &args, &self.env)
     }
 
     /// A GPU worker on the tiny model with the exact CPU backend.
     pub fn gpu(&self, name: &str) -> Worker {
-        let args = [
-            "--nats-url".into(),
-            self.nats_url.clone(),
-            "--model-dir".into(),
-            tiny_model_dir().display().to_string(),
-            "--model-name".into(),
-            "qwen3-tiny".into(),
-            "--backend".into(),
-            "cpu".into(),
-        ];
+        let args = self.worker_args(&["--backend", "cpu"]);
         Worker::spawn(name, "gpu-worker", &args, &self.env)
     }
 

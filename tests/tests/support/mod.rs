@@ -55,22 +55,33 @@ pub fn start_gpu(server: &NatsServer, model_dir: &Path) -> Stage {
     start_gpu_with(nats_config(server), model_dir)
 }
 
+/// Publishes `request` on `subject` with a fresh inbox as its reply subject, subscribed
+/// before publishing so no reply is missed.
+async fn publish_for_replies<T: serde::Serialize>(
+    client: &async_nats::Client,
+    subject: &'static str,
+    request: &T,
+) -> async_nats::Subscriber {
+    let inbox = client.new_inbox();
+    let replies = client.subscribe(inbox.clone()).await.expect("subscribe");
+    client
+        .publish_with_reply(
+            subject,
+            inbox,
+            wire::encode(request).expect("encode").into(),
+        )
+        .await
+        .expect("publish");
+    replies
+}
+
 /// Sends a request on the public NATS API and collects its replies: the vectors in input
 /// order with their token counts, or the error reply.
 pub async fn embed_over_nats(
     client: &async_nats::Client,
     request: &EmbedRequest,
 ) -> Result<(Vec<Vec<f32>>, Vec<u32>), wire::ErrorReply> {
-    let inbox = client.new_inbox();
-    let mut replies = client.subscribe(inbox.clone()).await.expect("subscribe");
-    client
-        .publish_with_reply(
-            "embed.requests",
-            inbox,
-            wire::encode(request).expect("encode").into(),
-        )
-        .await
-        .expect("publish");
+    let mut replies = publish_for_replies(client, "embed.requests", request).await;
     let total = request.input.len();
     let mut vectors = vec![None; total];
     let mut tokens = vec![0; total];
@@ -133,16 +144,7 @@ pub async fn rerank_over_nats(
     client: &async_nats::Client,
     request: &RerankRequest,
 ) -> Result<Vec<RerankAnswer>, wire::ErrorReply> {
-    let inbox = client.new_inbox();
-    let mut replies = client.subscribe(inbox.clone()).await.expect("subscribe");
-    client
-        .publish_with_reply(
-            "embed.rerank",
-            inbox,
-            wire::encode(request).expect("encode").into(),
-        )
-        .await
-        .expect("publish");
+    let mut replies = publish_for_replies(client, "embed.rerank", request).await;
     let total = request.documents.len();
     let mut answers: Vec<Option<RerankAnswer>> = vec![None; total];
     let mut held = 0;
