@@ -144,6 +144,10 @@ pub fn linear_bf16(x: &[f32], w: &PackedBf16, rows: usize, out: &mut [f32], kern
         x.len() == rows * w.k && out.len() == rows * w.n,
         "linear_bf16 operands checked by the caller; this is a bug"
     );
+    assert!(
+        kernel != Kernel::Avx512Bf16 || has_avx512_bf16(),
+        "Avx512Bf16 chosen without CPU support; this is a bug"
+    );
     if rows == 0 || w.n == 0 {
         return;
     }
@@ -184,12 +188,9 @@ fn run_tile(
     match kernel {
         #[cfg(target_arch = "x86_64")]
         Kernel::Avx512Bf16 => {
-            assert!(
-                has_avx512_bf16(),
-                "Avx512Bf16 chosen without CPU support; this is a bug"
-            );
-            // SAFETY: the CPU supports avx512f + avx512bf16 (asserted above); slice
-            // lengths are `tile_rows * k_pairs` and `k_pairs * PANEL` by construction.
+            // SAFETY: `linear_bf16` asserted once that the CPU supports avx512f +
+            // avx512bf16 before any tile; slice lengths are `tile_rows * k_pairs` and
+            // `k_pairs * PANEL` by construction.
             unsafe { avx512::tile(a, tile_rows, panel, k_pairs, tile) }
         }
         _ => portable_tile(a, tile_rows, panel, k_pairs, tile),
