@@ -9,6 +9,7 @@
 //! - [`queue`]: the JetStream work queue of token batches.
 //! - [`telemetry`]: logging set-up for the binaries.
 //! - [`shutdown`]: Ctrl-C / SIGTERM handling.
+//! - [`trace`]: request ids and W3C trace context across the stages.
 //! - [`worker`]: error replies and micro-service registration shared by the workers.
 
 pub mod config;
@@ -17,5 +18,6 @@ pub mod queue;
 pub mod shutdown;
 pub mod subjects;
 pub mod telemetry;
+pub mod trace;
 pub mod wire;
 pub mod worker;

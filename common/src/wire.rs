@@ -9,6 +9,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::subjects::Task;
+use crate::trace::RequestTrace;
 
 /// Whether a text is a search query (gets the instruction template) or a document (taken as is).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
@@ -314,6 +315,9 @@ pub struct BatchItem {
     pub dims: u32,
     /// Unix time in milliseconds after which the work is dropped (0 = none).
     pub deadline_ms: u64,
+    /// The request's id and trace context, when its message carried them (for log lines).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace: Option<RequestTrace>,
 }
 
 /// Which stage a worker serves.
@@ -562,6 +566,7 @@ mod tests {
             len,
             dims: 0,
             deadline_ms: 0,
+            trace: None,
         };
         let good = TokenBatch {
             token_ids: vec![1, 2, 3],

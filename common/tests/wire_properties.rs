@@ -7,6 +7,7 @@
 //! messages. The runs are seeded (`RNG_SEED`) and write no persistence files; set
 //! `PROPTEST_RNG_SEED` or `PROPTEST_CASES` to explore further. See `docs/fuzzing.md`.
 
+use common::trace::RequestTrace;
 use common::wire::{
     BatchItem, EmbedChunk, EmbedReply, EmbedRequest, ErrorCode, ErrorReply, InputType, RerankReply,
     RerankRequest, TokenBatch, WireError, WorkerKind, WorkerStatus, decode, encode, f32_le_bytes,
@@ -221,17 +222,34 @@ fn embed_chunk() -> impl Strategy<Value = EmbedChunk> {
 }
 
 fn batch_item(len: impl Strategy<Value = u32>) -> impl Strategy<Value = BatchItem> {
-    (".{0,12}", ".{0,12}", any::<[u32; 3]>(), len, any::<u64>()).prop_map(
-        |(request_id, reply_to, [index, total, dims], len, deadline_ms)| BatchItem {
-            request_id,
-            reply_to,
-            index,
-            total,
-            len,
-            dims,
-            deadline_ms,
-        },
+    let trace = prop::option::of(
+        (prop::option::of(".{0,12}"), prop::option::of(".{0,60}")).prop_map(
+            |(request_id, traceparent)| RequestTrace {
+                request_id,
+                traceparent,
+            },
+        ),
+    );
+    (
+        ".{0,12}",
+        ".{0,12}",
+        any::<[u32; 3]>(),
+        len,
+        any::<u64>(),
+        trace,
     )
+        .prop_map(
+            |(request_id, reply_to, [index, total, dims], len, deadline_ms, trace)| BatchItem {
+                request_id,
+                reply_to,
+                index,
+                total,
+                len,
+                dims,
+                deadline_ms,
+                trace,
+            },
+        )
 }
 
 fn token_batch() -> impl Strategy<Value = TokenBatch> {
@@ -576,6 +594,7 @@ fn validate_does_not_wrap_lengths_past_u32() {
         len,
         dims: 0,
         deadline_ms: 0,
+        trace: None,
     };
     for lens in [
         vec![u32::MAX, 1],

@@ -7,6 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::trace::RequestTrace;
 use common::wire::{self, EmbedRequest, InputType, RerankRequest};
 use tokio::time::Instant;
 
@@ -32,6 +33,8 @@ pub struct EmbedJob {
     pub dimensions: Option<u32>,
     /// Truncate over-long inputs; the worker's default when `None`.
     pub truncate: Option<bool>,
+    /// The request id and trace context passed to the workers.
+    pub trace: RequestTrace,
 }
 
 /// What to rerank, as both rerank APIs describe it.
@@ -47,6 +50,8 @@ pub struct RerankJob {
     pub instruction: Option<String>,
     /// Shorten over-long documents; the worker's default when `None`.
     pub truncate: Option<bool>,
+    /// The request id and trace context passed to the workers.
+    pub trace: RequestTrace,
 }
 
 /// Limits checked before a request is admitted.
@@ -148,7 +153,7 @@ impl EmbedService {
             };
             let fresh = self
                 .upstream
-                .embed(request, deadline)
+                .embed(request, deadline, &job.trace)
                 .await
                 .map_err(|e| self.upstream_error(e))?;
             let tokens: u64 = fresh.iter().map(|item| u64::from(item.tokens)).sum();
@@ -190,7 +195,7 @@ impl EmbedService {
         };
         let scored = self
             .upstream
-            .rerank(request, deadline)
+            .rerank(request, deadline, &job.trace)
             .await
             .map_err(|e| match e {
                 UpstreamError::NoResponders => {

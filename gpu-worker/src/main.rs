@@ -44,7 +44,7 @@ struct Args {
     #[arg(long, env = "NATS_URL")]
     nats_url: Option<String>,
     /// Log line format.
-    #[arg(long, value_enum, default_value_t)]
+    #[arg(long, value_enum, env = "QWEN3_EMBED_LOG_FORMAT", default_value_t)]
     log_format: LogFormat,
 }
 

@@ -117,6 +117,7 @@ mod tests {
             len,
             dims: 0,
             deadline_ms: 0,
+            trace: None,
         }
     }
 

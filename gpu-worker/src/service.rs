@@ -13,6 +13,7 @@ use async_nats::jetstream::{self, AckKind, consumer::PullConsumer};
 use common::nats::NatsConfig;
 use common::queue::{QueueConfig, batch_stream_for, gpu_consumer_for};
 use common::subjects::Task;
+use common::trace::{LOG_TARGET, RequestTrace};
 use common::wire::{
     self, BatchItem, EmbedChunk, ErrorCode, ErrorReply, TokenBatch, WorkerKind, WorkerStatus,
 };
@@ -275,7 +276,10 @@ async fn serve(
         let result = run_batch(shared, &live).await;
         progress.abort();
         match result {
-            Ok(Output::Vectors(vectors)) => publish_chunks(shared, &live.items, &vectors).await,
+            Ok(Output::Vectors(vectors)) => {
+                publish_chunks(shared, &live.items, &vectors).await;
+                log_requests(&live.items, "embedded");
+            }
             Ok(Output::Scores(scores)) => {
                 crate::scores::publish_scores(
                     &shared.client,
@@ -284,6 +288,7 @@ async fn serve(
                     &scores,
                 )
                 .await;
+                log_requests(&live.items, "scored");
             }
             Err(ModelError::Input(_)) if !answer_input_errors => served = false,
             Err(e) => fail_batch(shared, &live.items, &e),
@@ -511,12 +516,38 @@ fn fail_batch(shared: &Shared, items: &[BatchItem], error: &ModelError) {
         _ => ErrorCode::Internal,
     };
     tracing::error!(%error, sequences = items.len(), "batch failed");
+    log_requests(items, "failed");
     let mut answered = HashSet::new();
     for item in items {
         if answered.insert(&item.request_id) {
             let reply = ErrorReply::new(Some(item.request_id.clone()), code, error.to_string());
             send_error(&shared.client, &item.reply_to, &reply);
         }
+    }
+}
+
+/// Logs one line per request served by `items` on the per-request target, with the
+/// request id and trace id its tokenizer worker passed on.
+fn log_requests(items: &[BatchItem], outcome: &'static str) {
+    if !tracing::enabled!(target: LOG_TARGET, tracing::Level::DEBUG) {
+        return;
+    }
+    let mut sequences: BTreeMap<&str, (usize, Option<&RequestTrace>)> = BTreeMap::new();
+    for item in items {
+        sequences
+            .entry(&item.request_id)
+            .or_insert((0, item.trace.as_ref()))
+            .0 += 1;
+    }
+    for (id, (count, trace)) in sequences {
+        tracing::debug!(
+            target: LOG_TARGET,
+            id,
+            request_id = trace.map_or("", |t| t.request_id()),
+            trace_id = trace.map_or("", |t| t.trace_id()),
+            sequences = count,
+            "{outcome}"
+        );
     }
 }
 
@@ -584,6 +615,7 @@ mod tests {
             len,
             dims: 0,
             deadline_ms: 0,
+            trace: None,
         };
         let a = TokenBatch {
             token_ids: vec![1, 2],

@@ -389,6 +389,7 @@ fn poisoned_batches_fail_only_their_own_requests() {
             len,
             dims: 0,
             deadline_ms: 0,
+            trace: None,
         };
         let poisoned = [
             TokenBatch {

@@ -117,6 +117,7 @@ mod tests {
             len: 2,
             dims: 0,
             deadline_ms: 0,
+            trace: None,
         }
     }
 

@@ -33,7 +33,7 @@ struct Args {
     #[arg(long)]
     threads: Option<usize>,
     /// Log line format.
-    #[arg(long, value_enum, default_value_t)]
+    #[arg(long, value_enum, env = "QWEN3_EMBED_LOG_FORMAT", default_value_t)]
     log_format: LogFormat,
 }
 

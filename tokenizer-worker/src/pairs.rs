@@ -74,6 +74,7 @@ pub fn tokenize(
                 len: encoding.ids.len() as u32,
                 dims: 0,
                 deadline_ms: request.deadline_ms.unwrap_or(0),
+                trace: None,
             };
             PendingSequence::new(item, encoding.ids).map_err(|e| {
                 ErrorReply::new(Some(request.id.clone()), ErrorCode::Internal, e.to_string())

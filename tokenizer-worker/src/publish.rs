@@ -138,6 +138,7 @@ mod tests {
             len: 1,
             dims: 0,
             deadline_ms,
+            trace: None,
         }
     }
 

@@ -23,6 +23,7 @@ use bytes::Bytes;
 use common::nats::NatsConfig;
 use common::queue::{QueueConfig, batch_stream_for};
 use common::subjects::{RERANK_TOKENIZER_QUEUE_GROUP, TOKENIZER_QUEUE_GROUP, Task};
+use common::trace::{LOG_TARGET, RequestTrace};
 use common::wire::{
     self, BatchItem, EmbedRequest, ErrorCode, ErrorReply, InputType, RerankRequest, WorkerKind,
     WorkerStatus,
@@ -131,6 +132,8 @@ struct Tokenized {
     ack: bool,
     /// Inputs of the request.
     total: u32,
+    /// The request's id and trace context from its headers, passed on to the batch items.
+    trace: Option<RequestTrace>,
     result: Result<Vec<PendingSequence>, ErrorReply>,
 }
 
@@ -360,10 +363,11 @@ impl State {
             tracing::warn!(subject = %message.subject, "request without a reply subject dropped");
             return;
         };
+        let trace = RequestTrace::from_headers(message.headers.as_ref());
         let request = match self.check(&message.payload) {
             Ok(request) => request,
             Err(error) => {
-                self.send_error(&reply_to, &error);
+                self.refuse(&reply_to, &error, trace.as_ref());
                 return;
             }
         };
@@ -373,7 +377,7 @@ impl State {
                 ErrorCode::Overloaded,
                 "tokenizer worker has too much work queued; retry later",
             );
-            self.send_error(&reply_to, &error);
+            self.refuse(&reply_to, &error, trace.as_ref());
             return;
         }
         self.tokenizing += 1;
@@ -414,6 +418,7 @@ impl State {
                     id,
                     ack,
                     total,
+                    trace,
                     result,
                 })
                 .await;
@@ -433,10 +438,27 @@ impl State {
 
     /// Queues a tokenized request's sequences, or answers its error.
     fn accept(&mut self, done: Tokenized, batcher: &mut Batcher) {
+        let trace = done.trace.as_ref();
         match done.result {
-            Ok(sequences) => {
+            Ok(mut sequences) => {
                 let now = Instant::now();
                 let count = sequences.len();
+                let tokens: usize = sequences.iter().map(|seq| seq.token_ids.len()).sum();
+                tracing::debug!(
+                    target: LOG_TARGET,
+                    id = %done.id,
+                    request_id = trace.map_or("", |t| t.request_id()),
+                    trace_id = trace.map_or("", |t| t.trace_id()),
+                    sequences = count,
+                    tokens,
+                    "tokenized"
+                );
+                if let Some(trace) = trace {
+                    let downstream = trace.child();
+                    for seq in &mut sequences {
+                        seq.item.trace = Some(downstream.clone());
+                    }
+                }
                 for seq in sequences {
                     if let Err(e) = batcher.push(seq, now) {
                         let error = ErrorReply::new(
@@ -444,7 +466,7 @@ impl State {
                             ErrorCode::Internal,
                             e.to_string(),
                         );
-                        self.send_error(&done.reply_to, &error);
+                        self.refuse(&done.reply_to, &error, trace);
                         return;
                     }
                 }
@@ -456,7 +478,7 @@ impl State {
                     self.acks.expect(key, count, done.total);
                 }
             }
-            Err(error) => self.send_error(&done.reply_to, &error),
+            Err(error) => self.refuse(&done.reply_to, &error, trace),
         }
     }
 
@@ -492,7 +514,7 @@ impl State {
                     ErrorCode::DeadlineExceeded,
                     "the request's deadline passed while it waited for a batch",
                 );
-                self.send_error(&item.reply_to, &error);
+                self.refuse(&item.reply_to, &error, item.trace.as_ref());
             }
         }
     }
@@ -526,7 +548,16 @@ impl State {
         }
     }
 
-    fn send_error(&self, reply_to: &str, error: &ErrorReply) {
+    /// Answers a request with `error`, logging it on the per-request target.
+    fn refuse(&self, reply_to: &str, error: &ErrorReply, trace: Option<&RequestTrace>) {
+        tracing::debug!(
+            target: LOG_TARGET,
+            id = error.id.as_deref().unwrap_or(""),
+            request_id = trace.map_or("", |t| t.request_id()),
+            trace_id = trace.map_or("", |t| t.trace_id()),
+            code = ?error.error.code,
+            "refused"
+        );
         send_error(&self.client, reply_to, error);
     }
 }
@@ -625,6 +656,7 @@ fn tokenize(
                 len: ids.len() as u32,
                 dims: request.dimensions.unwrap_or(0),
                 deadline_ms: request.deadline_ms.unwrap_or(0),
+                trace: None,
             };
             PendingSequence::new(item, ids).map_err(|e| {
                 ErrorReply::new(Some(request.id.clone()), ErrorCode::Internal, e.to_string())

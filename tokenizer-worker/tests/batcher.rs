@@ -28,6 +28,7 @@ fn item(request: &str, index: u32, deadline_ms: u64) -> BatchItem {
         len: 0,
         dims: 0,
         deadline_ms,
+        trace: None,
     }
 }
 

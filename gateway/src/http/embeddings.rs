@@ -5,9 +5,10 @@
 
 use std::sync::Arc;
 
-use axum::Json;
 use axum::extract::State;
+use axum::{Extension, Json};
 use base64::Engine;
+use common::trace::RequestTrace;
 use common::wire::InputType;
 use serde::Serialize;
 
@@ -66,6 +67,7 @@ struct Usage {
 /// `POST /v1/embeddings`.
 pub async fn create(
     State(state): State<AppState>,
+    Extension(trace): Extension<RequestTrace>,
     JsonBody(mut fields): JsonBody,
 ) -> Result<Json<EmbeddingList>, ApiError> {
     let served = &state.config.model;
@@ -83,6 +85,7 @@ pub async fn create(
         instruction: fields.string("instruction")?,
         dimensions: fields.dimensions()?,
         truncate: fields.boolean("truncate")?.or(state.config.truncate),
+        trace,
     };
     let format = encoding_format(&mut fields)?;
     // `user` is accepted and ignored, like every other unknown field.

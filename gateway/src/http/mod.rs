@@ -7,6 +7,7 @@ pub mod embeddings;
 pub mod error;
 pub mod extract;
 pub mod health;
+pub mod request_id;
 pub mod rerank;
 pub mod seed;
 
@@ -80,6 +81,8 @@ pub fn router(state: AppState) -> Router {
         .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
         // Failures are logged once, by `ApiError`; health probes answering 503 are not errors.
         .layer(TraceLayer::new_for_http().on_failure(DefaultOnFailure::new().level(Level::DEBUG)))
+        // Outermost, so every answer (refusals included) carries the request id.
+        .layer(middleware::from_fn(request_id::assign))
         .with_state(state)
 }
 

@@ -12,8 +12,9 @@
 //!   instead of the probability), `return_text`, `truncate`, plus `instruction`; answers a
 //!   JSON array of `{"index", "score", "text"?}`.
 
-use axum::Json;
 use axum::extract::State;
+use axum::{Extension, Json};
+use common::trace::RequestTrace;
 use serde::Serialize;
 
 use super::AppState;
@@ -61,6 +62,7 @@ pub struct TeiRank {
 /// `POST /v1/rerank`.
 pub async fn rerank(
     State(state): State<AppState>,
+    Extension(trace): Extension<RequestTrace>,
     JsonBody(mut fields): JsonBody,
 ) -> Result<Json<RerankResponse>, ApiError> {
     let served = &state.config.rerank_model;
@@ -78,6 +80,7 @@ pub async fn rerank(
         documents_field: "documents",
         instruction: fields.string("instruction")?,
         truncate: fields.boolean("truncate")?.or(state.config.truncate),
+        trace,
     };
     let top_n = fields.positive_integer("top_n")?;
     let return_documents = fields.boolean("return_documents")?.unwrap_or(false);
@@ -104,6 +107,7 @@ pub async fn rerank(
 /// `POST /rerank` (text-embeddings-inference's shape).
 pub async fn tei_rerank(
     State(state): State<AppState>,
+    Extension(trace): Extension<RequestTrace>,
     JsonBody(mut fields): JsonBody,
 ) -> Result<Json<Vec<TeiRank>>, ApiError> {
     let job = RerankJob {
@@ -112,6 +116,7 @@ pub async fn tei_rerank(
         documents_field: "texts",
         instruction: fields.string("instruction")?,
         truncate: fields.boolean("truncate")?.or(state.config.truncate),
+        trace,
     };
     let raw_scores = fields.boolean("raw_scores")?.unwrap_or(false);
     let return_text = fields.boolean("return_text")?.unwrap_or(false);

@@ -2,8 +2,9 @@
 //! `{"input": [texts] | "text", "is_query": bool, "instruction"?: str, "dimensions"?: int}`,
 //! answered with a JSON list of vectors in input order.
 
-use axum::Json;
 use axum::extract::State;
+use axum::{Extension, Json};
+use common::trace::RequestTrace;
 use common::wire::InputType;
 use serde::Serialize;
 
@@ -27,6 +28,7 @@ impl Serialize for Vectors {
 /// given instruction, or the worker's default one when none is given.
 pub async fn embed(
     State(state): State<AppState>,
+    Extension(trace): Extension<RequestTrace>,
     JsonBody(mut fields): JsonBody,
 ) -> Result<Json<Vectors>, ApiError> {
     let texts = fields.input()?;
@@ -41,6 +43,7 @@ pub async fn embed(
         instruction: fields.string("instruction")?,
         dimensions: fields.dimensions()?,
         truncate: state.config.truncate,
+        trace,
     };
     Ok(Json(Vectors(state.service.embed(job).await?)))
 }

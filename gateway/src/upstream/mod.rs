@@ -24,8 +24,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use async_nats::connection::State;
-use async_nats::{Client, Message, StatusCode};
+use async_nats::{Client, HeaderMap, Message, StatusCode};
 use common::subjects::Subjects;
+use common::trace::{LOG_TARGET, RequestTrace};
 use common::wire::{self, EmbedReply, EmbedRequest, ErrorReply, RerankReply, RerankRequest};
 use futures::StreamExt;
 use tokio::sync::{oneshot, watch};
@@ -231,6 +232,7 @@ impl Upstream {
         &self,
         mut request: EmbedRequest,
         deadline: Instant,
+        trace: &RequestTrace,
     ) -> Outcome<Vec<Embedded>> {
         let n = self.begin()?;
         request.id = format!("{}-{n}", self.gateway_id);
@@ -246,6 +248,7 @@ impl Upstream {
             id: request.id,
             collector,
             payload,
+            headers: trace.to_headers(),
             ack_timeout: self.ack_timeout,
         };
         self.exchange(exchange, answer, deadline).await
@@ -259,6 +262,7 @@ impl Upstream {
         &self,
         mut request: RerankRequest,
         deadline: Instant,
+        trace: &RequestTrace,
     ) -> Outcome<Vec<Scored>> {
         let n = self.begin()?;
         request.id = format!("{}-{n}", self.gateway_id);
@@ -273,6 +277,7 @@ impl Upstream {
             id: request.id,
             collector,
             payload,
+            headers: trace.to_headers(),
             ack_timeout: None,
         };
         self.exchange(exchange, answer, deadline).await
@@ -317,6 +322,7 @@ impl Upstream {
             id,
             collector,
             payload,
+            headers,
             ack_timeout,
         } = exchange;
         let subject = match collector {
@@ -336,7 +342,9 @@ impl Upstream {
         };
         let reply_to = format!("{}.{n}", self.inbox);
         let payload = bytes::Bytes::from(payload);
-        self.publish(&subject, &reply_to, &payload).await?;
+        tracing::debug!(target: LOG_TARGET, %id, %subject, "published");
+        self.publish(&subject, &reply_to, &headers, &payload)
+            .await?;
         let mut schedule = Resend::new(ack_timeout, Instant::now());
         let mut link = self.link.clone();
         loop {
@@ -372,21 +380,28 @@ impl Upstream {
             }
             self.set_acked(n, false);
             self.resends.fetch_add(1, Ordering::Relaxed);
-            self.publish(&subject, &reply_to, &payload).await?;
+            self.publish(&subject, &reply_to, &headers, &payload)
+                .await?;
             schedule.sent(Instant::now());
         }
     }
 
-    /// Publishes the encoded request on `subject` with `reply_to`.
+    /// Publishes the encoded request on `subject` with `reply_to` and `headers`.
     async fn publish(
         &self,
         subject: &str,
         reply_to: &str,
+        headers: &HeaderMap,
         payload: &bytes::Bytes,
     ) -> Result<(), UpstreamError> {
         let (size, limit) = (payload.len(), self.client.server_info().max_payload);
         self.client
-            .publish_with_reply(subject.to_string(), reply_to.to_string(), payload.clone())
+            .publish_with_reply_and_headers(
+                subject.to_string(),
+                reply_to.to_string(),
+                headers.clone(),
+                payload.clone(),
+            )
             .await
             .map_err(|e| match e.kind() {
                 async_nats::PublishErrorKind::MaxPayloadExceeded => {
@@ -431,6 +446,8 @@ struct Exchange {
     collector: Collector,
     /// The encoded request.
     payload: Vec<u8>,
+    /// The request id and trace context, sent as headers.
+    headers: HeaderMap,
     /// How long to wait for an acknowledgement before publishing again (`None`: the
     /// request asked for none).
     ack_timeout: Option<Duration>,
