@@ -33,8 +33,9 @@ pub struct GpuWorkerConfig {
     /// Queued batches taken in one pull and merged into one forward pass (within
     /// `max_batch_tokens`): small batches of concurrent requests share the model's work.
     pub merge_batches: usize,
-    /// Largest batch in tokens this worker must accept (at least the tokenizer workers'
-    /// `max_batch_tokens`); with CUDA, start-up fails when the memory share cannot hold it.
+    /// Largest batch in tokens this worker accepts (at least the tokenizer workers'
+    /// `max_batch_tokens`); a larger one is refused with `overloaded`. With CUDA, start-up
+    /// fails when the memory share cannot hold it.
     pub max_batch_tokens: usize,
 }
 

@@ -271,7 +271,17 @@ async fn serve(
     shared.counters.in_flight.fetch_add(1, Ordering::Relaxed);
     let live = drop_expired(shared, batch);
     let mut served = true;
-    if !live.items.is_empty() {
+    if live.num_tokens() > shared.max_batch_tokens {
+        // Only a misconfigured tokenizer worker (or a foreign client) sends such a batch:
+        // refuse it rather than let it take memory the worker was not sized for.
+        let error = ModelError::Op(OpError::OutOfMemory(format!(
+            "a batch of {} tokens exceeds this worker's max_batch_tokens ({}); the \
+             tokenizer workers' max_batch_tokens must not be larger",
+            live.num_tokens(),
+            shared.max_batch_tokens
+        )));
+        fail_batch(shared, &live.items, &error);
+    } else if !live.items.is_empty() {
         let progress = keep_alive(messages, shared.ack_wait);
         let result = run_batch(shared, &live).await;
         progress.abort();

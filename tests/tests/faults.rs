@@ -383,8 +383,8 @@ fn poisoned_batches_fail_only_their_own_requests() {
         load_for(Duration::from_secs(1)).await;
 
         // Batches no tokenizer worker would send, straight into the work queue, among the
-        // load's: a token outside the vocabulary, lengths that do not add up, and bytes that
-        // are no batch at all.
+        // load's: a token outside the vocabulary, lengths that do not add up, a batch over the
+        // workers' token budget, and bytes that are no batch at all.
         let inbox = stack.nats.new_inbox();
         let mut replies = stack
             .nats
@@ -411,9 +411,16 @@ fn poisoned_batches_fail_only_their_own_requests() {
                 items: vec![item("bad-length", 2)],
             },
         ];
+        // A batch larger than the GPU workers' budget (`[gpu] max_batch_tokens`, 16384 by
+        // default): refused as if the device could not hold it.
+        let oversized = TokenBatch {
+            token_ids: vec![1; 16_385],
+            items: vec![item("too-big", 16_385)],
+        };
         let js = async_nats::jetstream::new(stack.nats.clone());
         let mut payloads: Vec<Vec<u8>> = poisoned
             .iter()
+            .chain([&oversized])
             .map(|batch| wire::encode(batch).expect("encode"))
             .collect();
         payloads.push(b"\xc1 not a batch".to_vec());
@@ -427,15 +434,20 @@ fn poisoned_batches_fail_only_their_own_requests() {
 
         // Each poisoned request gets one error reply, naming it.
         let mut answered = std::collections::BTreeMap::new();
-        while answered.len() < poisoned.len() {
+        while answered.len() < poisoned.len() + 1 {
             let message = tokio::time::timeout(Duration::from_secs(10), replies.next())
                 .await
                 .expect("an error reply within 10 s")
                 .expect("subscription open");
             match wire::decode::<EmbedReply>(&message.payload).expect("a reply") {
                 EmbedReply::Error(error) => {
-                    assert_eq!(error.error.code, ErrorCode::InvalidRequest, "{error:?}");
                     let id = error.id.clone().expect("the error names its request");
+                    let expected = if id == "too-big" {
+                        ErrorCode::Overloaded
+                    } else {
+                        ErrorCode::InvalidRequest
+                    };
+                    assert_eq!(error.error.code, expected, "{error:?}");
                     assert_eq!(message.subject.as_str(), format!("{inbox}.{id}"));
                     assert!(answered.insert(id, error).is_none(), "answered twice");
                 }
