@@ -361,23 +361,19 @@ pub fn gateway_config(nats: NatsConfig) -> gateway::GatewayConfig {
     }
 }
 
-/// Polls `/health` until it answers 200 (the gateway connects to NATS in the background),
-/// for at most `patience`.
+/// Polls `/health` until it answers 200 (the gateway connects to NATS in the background; a
+/// gateway process may not listen yet), for at most `patience`.
 pub async fn wait_healthy(http: &reqwest::Client, base: &str, patience: Duration) {
     let deadline = tokio::time::Instant::now() + patience;
     loop {
-        let response = http
-            .get(format!("{base}/health"))
-            .send()
-            .await
-            .expect("health answers");
-        if response.status() == 200 {
-            return;
-        }
+        let last = match http.get(format!("{base}/health")).send().await {
+            Ok(response) if response.status() == 200 => return,
+            Ok(response) => format!("{}: {:?}", response.status(), response.text().await),
+            Err(e) => e.to_string(),
+        };
         assert!(
             tokio::time::Instant::now() < deadline,
-            "never healthy: {:?}",
-            response.text().await
+            "never healthy: {last}"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
