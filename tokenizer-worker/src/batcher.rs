@@ -168,15 +168,23 @@ impl Batcher {
     /// Batches to send now: every full batch, and everything pending once the oldest sequence
     /// has waited `max_wait`.
     pub fn pop_ready(&mut self, now: Instant) -> Vec<TokenBatch> {
+        let mut batches = self.pop_full();
+        if self.oldest_waited(now) {
+            batches.extend(self.drain());
+        }
+        batches
+    }
+
+    /// Only the full batches (a budget reached), leaving partial ones pending whatever
+    /// their wait: for a caller that holds partial batches back (see the service's
+    /// publish limit).
+    pub fn pop_full(&mut self) -> Vec<TokenBatch> {
         let mut batches = Vec::new();
         while self.budget_reached() {
             let Some(batch) = self.next_batch() else {
                 break;
             };
             batches.push(batch);
-        }
-        if self.oldest_waited(now) {
-            batches.extend(self.drain());
         }
         batches
     }

@@ -34,6 +34,11 @@ pub struct TokenizerWorkerConfig {
     pub max_batch_seqs: usize,
     /// Milliseconds a sequence may wait for others to fill its batch; 0 sends at once.
     pub max_wait_ms: u64,
+    /// Batches being published to the work queue at once (0 = no limit). At the limit,
+    /// partial batches wait for a confirmation, gathering the requests that arrive meanwhile
+    /// (group commit): an idle worker still sends at once, a busy one sends fewer, fuller
+    /// batches. Full batches always go.
+    pub max_publishes_in_flight: usize,
     /// Threads that tokenize (0 = one per core).
     pub threads: usize,
     /// Tokens waiting to be batched beyond which new requests are refused with `overloaded`.
@@ -56,6 +61,7 @@ impl Default for TokenizerWorkerConfig {
             max_batch_tokens: 16384,
             max_batch_seqs: 256,
             max_wait_ms: 0,
+            max_publishes_in_flight: 1,
             threads: 0,
             max_pending_tokens: 1 << 20,
             // 32 inputs of 8192 tokens, or 2048 of 128: a quarter of `max_pending_tokens`,

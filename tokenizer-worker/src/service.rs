@@ -1,6 +1,6 @@
 //! The tokenizer worker's NATS service: takes `EmbedRequest`s from the request subject (queue
-//! group, so workers share the load), tokenizes them on a bounded pool of blocking threads,
-//! packs the sequences of concurrent requests into `TokenBatch`es and publishes those to the
+//! group, so workers share the load), tokenizes them (small requests on the service loop,
+//! larger ones on a bounded pool of blocking threads), packs the sequences of concurrent requests into `TokenBatch`es and publishes those to the
 //! JetStream work queue. Bad input is answered with an `ErrorReply` at once. A request that
 //! set `ack` gets a `QueuedReply` once the work queue confirmed all its sequences.
 //!
@@ -47,6 +47,11 @@ const SHUTDOWN_FLUSH: Duration = Duration::from_secs(2);
 
 /// How often pending sequences are checked for passed deadlines.
 const EXPIRY_SWEEP: Duration = Duration::from_millis(50);
+
+/// Requests with at most this many bytes of text are tokenized on the service loop itself
+/// (tens of microseconds): handing them to the pool costs two thread hand-offs, more than
+/// the work. Larger requests go to the pool, so one never stalls the loop.
+const INLINE_MAX_BYTES: usize = 2048;
 
 /// Limits of the served model that requests are checked against.
 #[derive(Debug, Clone, Copy, serde::Deserialize)]
@@ -122,6 +127,41 @@ impl Checked {
             Self::Rerank(request) => request.documents.len() as u32,
         }
     }
+
+    /// Bytes of text to tokenize (the query counts once per document for rerank).
+    fn text_bytes(&self) -> usize {
+        match self {
+            Self::Embed(request) => request.input.iter().map(String::len).sum(),
+            Self::Rerank(request) => request
+                .documents
+                .iter()
+                .map(|document| document.len() + request.query.len())
+                .sum(),
+        }
+    }
+}
+
+/// Tokenizes a checked request with the worker's frontend into its sequences.
+fn tokenize_request(
+    frontend: &Frontend,
+    request: Checked,
+    reply_to: &str,
+    truncate: bool,
+    max_tokens: usize,
+) -> Result<Vec<PendingSequence>, ErrorReply> {
+    match (frontend, request) {
+        (Frontend::Embed { tokenizer, .. }, Checked::Embed(request)) => {
+            tokenize(tokenizer, request, reply_to, truncate, max_tokens)
+        }
+        (Frontend::Rerank { template }, Checked::Rerank(request)) => {
+            pairs::tokenize(template, request, reply_to, truncate, max_tokens)
+        }
+        (_, request) => Err(ErrorReply::new(
+            Some(request.id().to_string()),
+            ErrorCode::Internal,
+            "request decoded for another task; this is a bug",
+        )),
+    }
 }
 
 /// A request whose texts were all tokenized, or the error to answer it with.
@@ -187,6 +227,7 @@ pub async fn run(
             )?),
         },
     };
+    let max_publishes_in_flight = config.max_publishes_in_flight;
     let mut batcher = Batcher::new(BatcherConfig {
         max_batch_tokens: config.max_batch_tokens,
         max_batch_seqs: config.max_batch_seqs,
@@ -236,6 +277,7 @@ pub async fn run(
         truncate_default: config.truncate,
         max_pending_tokens: config.max_pending_tokens,
         max_request_tokens: config.max_request_tokens,
+        max_publishes_in_flight,
         status: WorkerStatus {
             worker_id: format!(
                 "tokenizer-{}",
@@ -270,11 +312,12 @@ pub async fn run(
 
     tokio::pin!(shutdown);
     loop {
-        let wake = batcher
-            .next_flush_at()
-            .map_or(Instant::now() + EXPIRY_SWEEP, |at| {
-                at.min(Instant::now() + EXPIRY_SWEEP)
-            });
+        let sweep = Instant::now() + EXPIRY_SWEEP;
+        // At the publish limit, partial batches wait for a confirmation, not for the clock.
+        let wake = match batcher.next_flush_at() {
+            Some(at) if !state.publishing_at_limit() => at.min(sweep),
+            _ => sweep,
+        };
         tokio::select! {
             biased;
             () = &mut shutdown => break,
@@ -285,9 +328,11 @@ pub async fn run(
             }
             Some(published) = state.publishes.join_next(), if !state.publishes.is_empty() => {
                 state.settle(published);
+                state.publish_ready(&mut batcher, false);
             }
             Some(message) = requests.next() => {
-                state.take_request(message, &pool, &done_tx, &batcher);
+                state.take_request(message, &pool, &done_tx, &mut batcher);
+                state.publish_ready(&mut batcher, false);
             }
             Some(message) = status_requests.next() => state.answer_status(message, &batcher).await,
             () = tokio::time::sleep_until(wake.into()) => {
@@ -304,7 +349,7 @@ pub async fn run(
         tracing::warn!(error = %e, "draining the request subscription failed");
     }
     while let Some(message) = requests.next().await {
-        state.take_request(message, &pool, &done_tx, &batcher);
+        state.take_request(message, &pool, &done_tx, &mut batcher);
     }
     while state.tokenizing > 0 {
         let Some(done) = done_rx.recv().await else {
@@ -340,6 +385,8 @@ struct State {
     max_pending_tokens: usize,
     /// Most tokens of one request's inputs together.
     max_request_tokens: usize,
+    /// Publishes in flight beyond which partial batches wait (0 = no limit).
+    max_publishes_in_flight: usize,
     /// Counters reported on the status subject.
     status: WorkerStatus,
     /// Requests handed to the tokenizer pool and not yet back.
@@ -351,13 +398,14 @@ struct State {
 }
 
 impl State {
-    /// Decodes and checks a request, then hands it to the tokenizer pool.
+    /// Decodes and checks a request, then tokenizes it: a small one here and now (its
+    /// sequences go straight to `batcher`), a larger one on the tokenizer pool.
     fn take_request(
         &mut self,
         message: async_nats::Message,
         pool: &Arc<Semaphore>,
         done_tx: &mpsc::Sender<Tokenized>,
-        batcher: &Batcher,
+        batcher: &mut Batcher,
     ) {
         let Some(reply_to) = message.reply.map(|r| r.to_string()) else {
             tracing::warn!(subject = %message.subject, "request without a reply subject dropped");
@@ -380,28 +428,31 @@ impl State {
             self.refuse(&reply_to, &error, trace.as_ref());
             return;
         }
-        self.tokenizing += 1;
-        let frontend = self.frontend.clone();
         let truncate = request.truncate().unwrap_or(self.truncate_default);
         let max_tokens = self.max_request_tokens;
         let (ack, total) = (request.ack(), request.len());
+        let id = request.id().to_string();
+        if request.text_bytes() <= INLINE_MAX_BYTES {
+            let result = tokenize_request(&self.frontend, request, &reply_to, truncate, max_tokens);
+            let done = Tokenized {
+                reply_to,
+                id,
+                ack,
+                total,
+                trace,
+                result,
+            };
+            self.accept(done, batcher);
+            return;
+        }
+        self.tokenizing += 1;
+        let frontend = self.frontend.clone();
         let (pool, done_tx) = (Arc::clone(pool), done_tx.clone());
         tokio::spawn(async move {
             let _permit = pool.acquire_owned().await;
-            let id = request.id().to_string();
             let reply = reply_to.clone();
-            let result = tokio::task::spawn_blocking(move || match (&frontend, request) {
-                (Frontend::Embed { tokenizer, .. }, Checked::Embed(request)) => {
-                    tokenize(tokenizer, request, &reply, truncate, max_tokens)
-                }
-                (Frontend::Rerank { template }, Checked::Rerank(request)) => {
-                    pairs::tokenize(template, request, &reply, truncate, max_tokens)
-                }
-                (_, request) => Err(ErrorReply::new(
-                    Some(request.id().to_string()),
-                    ErrorCode::Internal,
-                    "request decoded for another task; this is a bug",
-                )),
+            let result = tokio::task::spawn_blocking(move || {
+                tokenize_request(&frontend, request, &reply, truncate, max_tokens)
             })
             .await
             .unwrap_or_else(|e| {
@@ -519,10 +570,18 @@ impl State {
         }
     }
 
-    /// Publishes full (or, with `all`, every pending) batch to the work queue.
+    /// Whether as many batches are being published as allowed at once.
+    fn publishing_at_limit(&self) -> bool {
+        self.max_publishes_in_flight != 0 && self.publishes.len() >= self.max_publishes_in_flight
+    }
+
+    /// Publishes the ready batches (or, with `all`, every pending one) to the work queue;
+    /// at the publish limit only full batches go.
     fn publish_ready(&mut self, batcher: &mut Batcher, all: bool) {
         let batches = if all {
             batcher.drain()
+        } else if self.publishing_at_limit() {
+            batcher.pop_full()
         } else {
             batcher.pop_ready(Instant::now())
         };

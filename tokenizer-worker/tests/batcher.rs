@@ -105,6 +105,26 @@ fn nothing_is_sent_before_the_budget_or_the_wait() {
 }
 
 #[test]
+fn pop_full_holds_partial_batches_whatever_their_wait() {
+    let mut batcher = Batcher::new(config(100, 3)).expect("config");
+    let t0 = Instant::now();
+    for index in 0..4 {
+        batcher.push(seq("r", index, 10), t0).expect("push");
+    }
+    // Long past the wait: the full batch (three sequences) goes, the fourth stays.
+    let batches = batcher.pop_full();
+    assert_eq!(batches.len(), 1);
+    assert_eq!(indices(&batches[0]), vec![0, 1, 2]);
+    assert!(batcher.pop_full().is_empty());
+    assert_eq!(batcher.pending_seqs(), 1);
+    // The held sequence goes with the next `pop_ready`, with those that came meanwhile.
+    batcher.push(seq("r", 4, 10), t0 + WAIT).expect("push");
+    let batches = batcher.pop_ready(t0 + WAIT * 4);
+    assert_eq!(batches.len(), 1);
+    assert_eq!(indices(&batches[0]), vec![3, 4]);
+}
+
+#[test]
 fn full_token_budget_is_sent_at_once_and_never_exceeded() {
     let mut batcher = Batcher::new(config(100, 64)).expect("config");
     let now = Instant::now();
