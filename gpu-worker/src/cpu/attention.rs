@@ -12,6 +12,9 @@ use crate::ops::AttentionShape;
 /// score block of a 32k-token sequence stays at 16 MiB.
 const QUERY_BLOCK: usize = 128;
 
+/// Batches with fewer score multiply-adds than this are attended on the calling thread.
+const PARALLEL_MIN_FLOPS: usize = 1 << 20;
+
 /// One unit of work: query rows `rows` (absolute row indices in `q`) of head `head`, in a
 /// sequence whose keys start at row `k_start` of `kv`; row `r` sees `visible0 + (r - rows.start)`
 /// keys.
@@ -54,13 +57,19 @@ pub fn attention(
             }
         }
     }
-    let blocks: Vec<(Task, Vec<f32>)> = tasks
-        .into_par_iter()
-        .map(|task| {
-            let block = attend(q, kv, &task, shape);
-            (task, block)
-        })
-        .collect();
+    let flops: usize = tasks
+        .iter()
+        .map(|task| task.rows.len() * (task.visible0 + task.rows.len()) * d)
+        .sum();
+    let run = |task: Task| {
+        let block = attend(q, kv, &task, shape);
+        (task, block)
+    };
+    let blocks: Vec<(Task, Vec<f32>)> = if flops < PARALLEL_MIN_FLOPS {
+        tasks.into_iter().map(run).collect()
+    } else {
+        tasks.into_par_iter().map(run).collect()
+    };
     let mut out = vec![0.0; q_rows * out_width];
     for (task, block) in blocks {
         for (r, values) in task.rows.clone().zip(block.chunks_exact(d)) {

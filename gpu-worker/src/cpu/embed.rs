@@ -2,6 +2,7 @@
 
 use rayon::prelude::*;
 
+use super::PARALLEL_MIN_ELEMENTS;
 use crate::model::weights::{Dtype, convert_to_f32};
 
 /// The embedding table kept in its stored dtype (bf16/f16 rows convert exactly to f32 on
@@ -32,7 +33,14 @@ impl EmbeddingTable {
 
 /// `out[i] = table[token_ids[i]]`; ids must be below `table.rows` (checked by the caller).
 pub fn embed(table: &EmbeddingTable, token_ids: &[u32], out: &mut [f32]) {
-    out.par_chunks_exact_mut(table.cols)
-        .zip(token_ids.par_iter())
-        .for_each(|(row, &id)| table.row(id as usize, row));
+    let step = |(row, &id): (&mut [f32], &u32)| table.row(id as usize, row);
+    if out.len() < PARALLEL_MIN_ELEMENTS {
+        out.chunks_exact_mut(table.cols)
+            .zip(token_ids)
+            .for_each(step);
+    } else {
+        out.par_chunks_exact_mut(table.cols)
+            .zip(token_ids.par_iter())
+            .for_each(step);
+    }
 }

@@ -20,6 +20,10 @@ pub mod silu_mul;
 use crate::model::weights::TensorView;
 use crate::ops::{AttentionShape, BatchLayout, DeviceInfo, OpError, OpResult, Ops, Queries};
 use embed::EmbeddingTable;
+
+/// Element-wise work on fewer elements than this runs on the calling thread: handing it to
+/// the thread pool (a wake-up and a wait) costs more than the work.
+const PARALLEL_MIN_ELEMENTS: usize = 1 << 14;
 use linear_bf16::{Kernel, PackedBf16};
 use qk_norm_rope::RopeTable;
 

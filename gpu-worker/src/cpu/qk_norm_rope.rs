@@ -3,6 +3,7 @@
 
 use rayon::prelude::*;
 
+use super::PARALLEL_MIN_ELEMENTS;
 use super::rms_norm::norm_row;
 use crate::ops::AttentionShape;
 
@@ -61,15 +62,22 @@ pub fn qk_norm_rope(
 ) {
     let d = shape.head_dim;
     let normed_heads = shape.num_heads + shape.num_kv_heads;
-    qkv.par_chunks_exact_mut(shape.qkv_width())
-        .zip(positions.par_iter())
-        .for_each(|(row, &position)| {
-            let mut scratch = vec![0.0; d];
-            for (h, head) in row[..normed_heads * d].chunks_exact_mut(d).enumerate() {
-                let weight = if h < shape.num_heads { q_norm } else { k_norm };
-                norm_row(head, weight, eps, &mut scratch);
-                head.copy_from_slice(&scratch);
-                table.rotate(head, position as usize);
-            }
-        });
+    let step = |(row, &position): (&mut [f32], &u32)| {
+        let mut scratch = vec![0.0; d];
+        for (h, head) in row[..normed_heads * d].chunks_exact_mut(d).enumerate() {
+            let weight = if h < shape.num_heads { q_norm } else { k_norm };
+            norm_row(head, weight, eps, &mut scratch);
+            head.copy_from_slice(&scratch);
+            table.rotate(head, position as usize);
+        }
+    };
+    if qkv.len() < PARALLEL_MIN_ELEMENTS {
+        qkv.chunks_exact_mut(shape.qkv_width())
+            .zip(positions)
+            .for_each(step);
+    } else {
+        qkv.par_chunks_exact_mut(shape.qkv_width())
+            .zip(positions.par_iter())
+            .for_each(step);
+    }
 }

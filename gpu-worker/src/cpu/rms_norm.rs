@@ -2,8 +2,7 @@
 
 use rayon::prelude::*;
 
-/// Rows shorter than this many elements in total are normed on one thread.
-const PARALLEL_MIN_ELEMENTS: usize = 1 << 14;
+use super::PARALLEL_MIN_ELEMENTS;
 
 /// `out[r] = x[r] / sqrt(mean(x[r]^2) + eps) * weight` for every row of width `weight.len()`.
 pub fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {

@@ -2,6 +2,8 @@
 
 use rayon::prelude::*;
 
+use super::PARALLEL_MIN_ELEMENTS;
+
 /// For each row of `gate_up` (`2 * n` wide: gate then up), `out = silu(gate) * up` (`n` wide).
 pub fn silu_mul(gate_up: &[f32], n: usize, out: &mut [f32]) {
     let step = |(row, out_row): (&[f32], &mut [f32])| {
@@ -10,7 +12,7 @@ pub fn silu_mul(gate_up: &[f32], n: usize, out: &mut [f32]) {
             *o = g / (1.0 + (-g).exp()) * u;
         }
     };
-    if out.len() < 1 << 14 {
+    if out.len() < PARALLEL_MIN_ELEMENTS {
         gate_up
             .chunks_exact(2 * n)
             .zip(out.chunks_exact_mut(n))
