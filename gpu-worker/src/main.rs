@@ -12,6 +12,11 @@ use gpu_worker::bench::{self, BenchArgs};
 use gpu_worker::config::GpuWorkerConfig;
 use gpu_worker::engine::{BackendChoice, Dtype};
 
+/// mimalloc: the services allocate many small short-lived buffers per request, where it
+/// measured faster than the system allocator (docs/benchmarks.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Command-line flags; each overrides the configuration files and environment.
 #[derive(Debug, Parser)]
 #[command(version, about)]
