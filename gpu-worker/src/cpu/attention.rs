@@ -70,7 +70,7 @@ pub fn attention(
     } else {
         tasks.into_par_iter().map(run).collect()
     };
-    let mut out = vec![0.0; q_rows * out_width];
+    let mut out = super::spare::zeroed(q_rows * out_width);
     for (task, block) in blocks {
         for (r, values) in task.rows.clone().zip(block.chunks_exact(d)) {
             out[r * out_width + task.head * d..][..d].copy_from_slice(values);

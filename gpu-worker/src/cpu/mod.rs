@@ -6,7 +6,8 @@
 //! # Layout
 //! One file per op, each a plain function on slices: [`embed`], [`rms_norm`],
 //! [`qk_norm_rope`], [`attention`], [`silu_mul`], [`linear`] (f32) and [`linear_bf16`],
-//! [`pool`]. This module binds them to [`Ops`], checking shapes.
+//! [`pool`]. [`spare`] keeps large activation buffers between ops. This module binds the ops
+//! to [`Ops`], checking shapes.
 
 pub mod attention;
 pub mod embed;
@@ -16,16 +17,17 @@ pub mod pool;
 pub mod qk_norm_rope;
 pub mod rms_norm;
 pub mod silu_mul;
+pub mod spare;
 
 use crate::model::weights::TensorView;
 use crate::ops::{AttentionShape, BatchLayout, DeviceInfo, OpError, OpResult, Ops, Queries};
 use embed::EmbeddingTable;
+use linear_bf16::{Kernel, PackedBf16};
+use qk_norm_rope::RopeTable;
 
 /// Element-wise work on fewer elements than this runs on the calling thread: handing it to
 /// the thread pool (a wake-up and a wait) costs more than the work.
 const PARALLEL_MIN_ELEMENTS: usize = 1 << 14;
-use linear_bf16::{Kernel, PackedBf16};
-use qk_norm_rope::RopeTable;
 
 /// A row-major f32 matrix on the host.
 #[derive(Debug, Clone, PartialEq)]
@@ -54,8 +56,14 @@ impl CpuTensor {
         Self {
             rows,
             cols,
-            data: vec![0.0; rows * cols],
+            data: spare::zeroed(rows * cols),
         }
+    }
+}
+
+impl Drop for CpuTensor {
+    fn drop(&mut self) {
+        spare::give_back(std::mem::take(&mut self.data));
     }
 }
 
