@@ -430,18 +430,23 @@ impl State {
         }
         let truncate = request.truncate().unwrap_or(self.truncate_default);
         let max_tokens = self.max_request_tokens;
-        let (ack, total) = (request.ack(), request.len());
-        let id = request.id().to_string();
-        if request.text_bytes() <= INLINE_MAX_BYTES {
-            let result = tokenize_request(&self.frontend, request, &reply_to, truncate, max_tokens);
-            let done = Tokenized {
-                reply_to,
-                id,
-                ack,
-                total,
-                trace,
-                result,
-            };
+        let inline = request.text_bytes() <= INLINE_MAX_BYTES;
+        let mut done = Tokenized {
+            reply_to,
+            id: request.id().to_string(),
+            ack: request.ack(),
+            total: request.len(),
+            trace,
+            result: Ok(Vec::new()),
+        };
+        if inline {
+            done.result = tokenize_request(
+                &self.frontend,
+                request,
+                &done.reply_to,
+                truncate,
+                max_tokens,
+            );
             self.accept(done, batcher);
             return;
         }
@@ -450,29 +455,19 @@ impl State {
         let (pool, done_tx) = (Arc::clone(pool), done_tx.clone());
         tokio::spawn(async move {
             let _permit = pool.acquire_owned().await;
-            let reply = reply_to.clone();
-            let result = tokio::task::spawn_blocking(move || {
+            let reply = done.reply_to.clone();
+            done.result = tokio::task::spawn_blocking(move || {
                 tokenize_request(&frontend, request, &reply, truncate, max_tokens)
             })
             .await
             .unwrap_or_else(|e| {
-                let message = format!("tokenizer thread failed: {e}");
                 Err(ErrorReply::new(
-                    Some(id.clone()),
+                    Some(done.id.clone()),
                     ErrorCode::Internal,
-                    message,
+                    format!("tokenizer thread failed: {e}"),
                 ))
             });
-            let _ = done_tx
-                .send(Tokenized {
-                    reply_to,
-                    id,
-                    ack,
-                    total,
-                    trace,
-                    result,
-                })
-                .await;
+            let _ = done_tx.send(done).await;
         });
     }
 
