@@ -105,6 +105,24 @@ fn gpu_consumer_name() -> String {
     .to_string()
 }
 
+/// The stream of rerank batches, `{PREFIX}_RERANK_BATCHES` (common/src/subjects.rs).
+fn rerank_stream_name() -> String {
+    assert!(
+        read("common/src/subjects.rs").contains(r#""{}_RERANK_BATCHES""#),
+        "the rerank stream is no longer PREFIX_RERANK_BATCHES; update this test and the KEDA trigger"
+    );
+    batch_stream_name().replace("_BATCHES", "_RERANK_BATCHES")
+}
+
+/// The durable consumer of the rerank GPU workers (common/src/queue.rs).
+fn rerank_consumer_name() -> String {
+    literal_after(
+        &read("common/src/queue.rs"),
+        "pub const RERANK_CONSUMER: &str =",
+    )
+    .to_string()
+}
+
 /// The paths the gateway serves (gateway/src/http/mod.rs, `{prefix}` = the root_path).
 fn gateway_routes() -> BTreeSet<String> {
     let router = read("gateway/src/http/mod.rs");
@@ -817,13 +835,21 @@ fn k8s_manifests_agree_with_the_code() {
             let ports = container["ports"].as_sequence().expect("ports");
             assert_eq!(ports[0]["containerPort"].as_u64(), Some(port), "{context}");
         }
+        let args = strings(&container["args"]);
+        let task = if args
+            .windows(2)
+            .any(|w| w[0] == "--task" && w[1] == "rerank")
+        {
+            "rerank"
+        } else {
+            "embed"
+        };
         if image.contains("gpu-worker-cuda") {
             assert_eq!(
                 container["resources"]["limits"]["nvidia.com/gpu"].as_u64(),
                 Some(1),
                 "{context}"
             );
-            let args = strings(&container["args"]);
             assert_eq!(device_arg(&args), Some(0), "{context}: the pod's only GPU");
             let tokenizer_batch = production["tokenizer"]["max_batch_tokens"]
                 .as_integer()
@@ -831,44 +857,53 @@ fn k8s_manifests_agree_with_the_code() {
             let gpu_batch: i64 = env["QWEN3_EMBED__GPU__MAX_BATCH_TOKENS"].parse().unwrap();
             assert!(gpu_batch >= tokenizer_batch, "{context}: max_batch_tokens");
         }
-        deployments.insert(source.binary.clone(), (name, labels.clone()));
-    }
-    for binary in ["gateway", "tokenizer-worker", "gpu-worker"] {
-        assert!(
-            deployments.contains_key(binary),
-            "no Deployment runs {binary}"
+        deployments.insert(
+            (source.binary.clone(), task.to_string()),
+            (name, labels.clone()),
         );
+    }
+    let deployment = |binary: &str, task: &str| {
+        deployments
+            .get(&(binary.to_string(), task.to_string()))
+            .unwrap_or_else(|| panic!("no Deployment runs {binary} for {task}"))
+    };
+    for binary in ["tokenizer-worker", "gpu-worker"] {
+        deployment(binary, "rerank");
     }
 
     // The gateway Service reaches the gateway pods on 4008.
-    let (gateway, gateway_labels) = &deployments["gateway"];
+    let (gateway, gateway_labels) = deployment("gateway", "embed");
     let service = find(&docs, "Service", gateway);
     assert_eq!(&service["spec"]["selector"], gateway_labels);
     let service_port = &service["spec"]["ports"][0];
     assert_eq!(service_port["targetPort"].as_u64(), Some(port));
 
-    // KEDA scales the GPU workers on the code's stream and consumer.
-    let (gpu, _) = &deployments["gpu-worker"];
-    let scaled = docs
-        .iter()
-        .map(|(_, d)| d)
-        .find(|d| d["kind"] == "ScaledObject")
-        .expect("a KEDA ScaledObject");
-    assert_eq!(scaled["apiVersion"], "keda.sh/v1alpha1");
-    assert_eq!(
-        &scaled["spec"]["scaleTargetRef"]["name"],
-        &Value::from(gpu.as_str())
-    );
-    let trigger = &scaled["spec"]["triggers"][0];
-    assert_eq!(trigger["type"], "nats-jetstream");
-    let meta = &trigger["metadata"];
-    assert_eq!(yaml_str(&meta["stream"]), batch_stream_name());
-    assert_eq!(yaml_str(&meta["consumer"]), gpu_consumer_name());
-    assert_eq!(meta["account"], "$G");
-    assert!(yaml_str(&meta["natsServerMonitoringEndpoint"]).ends_with(":8222"));
+    // KEDA scales each task's GPU workers on the code's stream and consumer of that task.
+    for (task, stream, consumer) in [
+        ("embed", batch_stream_name(), gpu_consumer_name()),
+        ("rerank", rerank_stream_name(), rerank_consumer_name()),
+    ] {
+        let (gpu, _) = deployment("gpu-worker", task);
+        let scaled = docs
+            .iter()
+            .map(|(_, d)| d)
+            .find(|d| {
+                d["kind"] == "ScaledObject"
+                    && d["spec"]["scaleTargetRef"]["name"] == Value::from(gpu.as_str())
+            })
+            .unwrap_or_else(|| panic!("no KEDA ScaledObject scales {gpu}"));
+        assert_eq!(scaled["apiVersion"], "keda.sh/v1alpha1");
+        let trigger = &scaled["spec"]["triggers"][0];
+        assert_eq!(trigger["type"], "nats-jetstream");
+        let meta = &trigger["metadata"];
+        assert_eq!(yaml_str(&meta["stream"]), stream, "{gpu}");
+        assert_eq!(yaml_str(&meta["consumer"]), consumer, "{gpu}");
+        assert_eq!(meta["account"], "$G");
+        assert!(yaml_str(&meta["natsServerMonitoringEndpoint"]).ends_with(":8222"));
+    }
 
     // The HPA scales the tokenizer workers on CPU.
-    let (tokenizer, _) = &deployments["tokenizer-worker"];
+    let (tokenizer, _) = deployment("tokenizer-worker", "embed");
     let hpa = docs
         .iter()
         .map(|(_, d)| d)
