@@ -888,8 +888,7 @@ fn k8s_manifests_agree_with_the_code() {
             .iter()
             .map(|(_, d)| d)
             .find(|d| {
-                d["kind"] == "ScaledObject"
-                    && d["spec"]["scaleTargetRef"]["name"] == Value::from(gpu.as_str())
+                d["kind"] == "ScaledObject" && d["spec"]["scaleTargetRef"]["name"] == gpu.as_str()
             })
             .unwrap_or_else(|| panic!("no KEDA ScaledObject scales {gpu}"));
         assert_eq!(scaled["apiVersion"], "keda.sh/v1alpha1");

@@ -20,6 +20,7 @@ use axum::http::{Method, Uri, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use common::trace::LOG_TARGET;
 use common::wire::{WorkerKind, WorkerStatus};
 use tower_http::trace::{DefaultOnFailure, TraceLayer};
 use tracing::Level;
@@ -86,18 +87,25 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Counts every answered request by route template and status, with its latency.
+/// Counts every answered request by route template and status, with its latency, and logs
+/// it on the per-request target (inside the request's span, see [`request_id`]).
 async fn track(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let route = request
         .extensions()
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_string(), |path| path.as_str().to_string());
+    let method = request.method().clone();
     let started = Instant::now();
     let response = next.run(request).await;
-    state.metrics.http_request(
-        &route,
-        response.status().as_u16(),
-        started.elapsed().as_secs_f64(),
+    let (status, seconds) = (response.status().as_u16(), started.elapsed().as_secs_f64());
+    state.metrics.http_request(&route, status, seconds);
+    tracing::debug!(
+        target: LOG_TARGET,
+        %method,
+        route,
+        status,
+        ms = seconds * 1e3,
+        "answered"
     );
     response
 }

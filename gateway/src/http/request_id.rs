@@ -1,49 +1,30 @@
 //! Request ids and trace context: every request gets an `X-Request-Id` (the caller's when
 //! valid, a new one otherwise), echoed on the response, and a W3C trace context (the
 //! caller's `traceparent` continued, or a new trace). Both go to the workers as NATS
-//! headers; the handling of the request runs in a `request` span carrying `request_id` and
-//! `trace_id`, so every log line it writes names them.
+//! headers; the handling of the request runs in an `http_request` span carrying `request_id`
+//! and `trace_id`, so every log line it writes names them.
 
-use std::time::Instant;
-
-use axum::extract::{MatchedPath, Request};
+use axum::extract::Request;
 use axum::http::{HeaderMap, HeaderValue};
 use axum::middleware::Next;
 use axum::response::Response;
 use common::trace::{
-    LOG_TARGET, REQUEST_ID_HEADER, RequestTrace, TRACEPARENT_HEADER, TraceParent,
-    is_valid_request_id, new_request_id,
+    REQUEST_ID_HEADER, RequestTrace, TRACEPARENT_HEADER, TraceParent, is_valid_request_id,
+    new_request_id,
 };
 use tracing::Instrument as _;
 
 /// Assigns the request's id and trace context, runs it inside its span and echoes the id.
 pub async fn assign(mut request: Request, next: Next) -> Response {
     let trace = incoming(request.headers());
-    let started = Instant::now();
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or("unmatched", |path| path.as_str())
-        .to_string();
     let span = tracing::info_span!(
         "http_request",
         request_id = trace.request_id(),
         trace_id = trace.trace_id(),
     );
-    let method = request.method().clone();
     let echoed = HeaderValue::from_str(trace.request_id()).ok();
     request.extensions_mut().insert(trace);
-    let mut response = next.run(request).instrument(span.clone()).await;
-    span.in_scope(|| {
-        tracing::debug!(
-            target: LOG_TARGET,
-            %method,
-            route,
-            status = response.status().as_u16(),
-            ms = started.elapsed().as_secs_f64() * 1e3,
-            "answered"
-        );
-    });
+    let mut response = next.run(request).instrument(span).await;
     if let Some(id) = echoed {
         response.headers_mut().insert(REQUEST_ID_HEADER, id);
     }
