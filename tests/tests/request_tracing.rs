@@ -14,9 +14,8 @@ use common::trace::{REQUEST_ID_HEADER, TRACEPARENT_HEADER};
 use common::wire::{self, EmbedReply, EmbedRequest, InputType};
 use e2e_tests::NatsServer;
 use e2e_tests::process::{Pipeline, Worker};
-use futures::StreamExt;
 use serde_json::Value;
-use support::{wait_for_worker_counts, wait_healthy};
+use support::{next_reply, publish_for_replies, wait_for_worker_counts, wait_healthy};
 use tokio::time::Instant;
 
 /// The caller's trace context (the W3C specification's example).
@@ -167,23 +166,11 @@ async fn one_request_is_followed_across_the_three_stages() {
         deadline_ms: None,
         ack: false,
     };
-    let inbox = nats.new_inbox();
-    let mut replies = nats.subscribe(inbox.clone()).await.expect("subscribe");
     let mut headers = async_nats::HeaderMap::new();
     headers.insert(REQUEST_ID_HEADER, "nats-caller-7");
     headers.insert(TRACEPARENT_HEADER, TRACEPARENT);
-    nats.publish_with_reply_and_headers(
-        "embed.requests",
-        inbox,
-        headers,
-        wire::encode(&request).expect("encode").into(),
-    )
-    .await
-    .expect("publish");
-    let reply = tokio::time::timeout(Duration::from_secs(30), replies.next())
-        .await
-        .expect("a reply within 30 s")
-        .expect("subscription open");
+    let mut replies = publish_for_replies(&nats, "embed.requests", &request, Some(headers)).await;
+    let reply = next_reply(&mut replies).await;
     match wire::decode::<EmbedReply>(&reply.payload).expect("reply decodes") {
         EmbedReply::Chunk(chunk) => assert_eq!(chunk.id, "nats-client-1"),
         other => panic!("expected vectors, got {other:?}"),

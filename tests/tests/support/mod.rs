@@ -55,24 +55,35 @@ pub fn start_gpu(server: &NatsServer, model_dir: &Path) -> Stage {
     start_gpu_with(nats_config(server), model_dir)
 }
 
-/// Publishes `request` on `subject` with a fresh inbox as its reply subject, subscribed
-/// before publishing so no reply is missed.
-async fn publish_for_replies<T: serde::Serialize>(
+/// Publishes `request` on `subject` (with `headers`, when given) and a fresh inbox as its
+/// reply subject, subscribed before publishing so no reply is missed.
+pub async fn publish_for_replies<T: serde::Serialize>(
     client: &async_nats::Client,
     subject: &'static str,
     request: &T,
+    headers: Option<async_nats::HeaderMap>,
 ) -> async_nats::Subscriber {
     let inbox = client.new_inbox();
     let replies = client.subscribe(inbox.clone()).await.expect("subscribe");
-    client
-        .publish_with_reply(
-            subject,
-            inbox,
-            wire::encode(request).expect("encode").into(),
-        )
-        .await
-        .expect("publish");
+    let payload = wire::encode(request).expect("encode").into();
+    match headers {
+        Some(headers) => {
+            client
+                .publish_with_reply_and_headers(subject, inbox, headers, payload)
+                .await
+        }
+        None => client.publish_with_reply(subject, inbox, payload).await,
+    }
+    .expect("publish");
     replies
+}
+
+/// The next reply on `replies`, at most 30 s away.
+pub async fn next_reply(replies: &mut async_nats::Subscriber) -> async_nats::Message {
+    tokio::time::timeout(Duration::from_secs(30), replies.next())
+        .await
+        .expect("a reply within 30 s")
+        .expect("subscription open")
 }
 
 /// Sends a request on the public NATS API and collects its replies: the vectors in input
@@ -81,17 +92,14 @@ pub async fn embed_over_nats(
     client: &async_nats::Client,
     request: &EmbedRequest,
 ) -> Result<(Vec<Vec<f32>>, Vec<u32>), wire::ErrorReply> {
-    let mut replies = publish_for_replies(client, "embed.requests", request).await;
+    let mut replies = publish_for_replies(client, "embed.requests", request, None).await;
     let total = request.input.len();
     let mut vectors = vec![None; total];
     let mut tokens = vec![0; total];
     let mut held = 0;
     // An empty request still gets one (error) reply.
     while held < total.max(1) {
-        let message = tokio::time::timeout(Duration::from_secs(30), replies.next())
-            .await
-            .expect("a reply within 30 s")
-            .expect("subscription open");
+        let message = next_reply(&mut replies).await;
         match wire::decode::<EmbedReply>(&message.payload).expect("reply decodes") {
             EmbedReply::Chunk(chunk) => {
                 assert_eq!(chunk.id, request.id);
@@ -144,15 +152,12 @@ pub async fn rerank_over_nats(
     client: &async_nats::Client,
     request: &RerankRequest,
 ) -> Result<Vec<RerankAnswer>, wire::ErrorReply> {
-    let mut replies = publish_for_replies(client, "embed.rerank", request).await;
+    let mut replies = publish_for_replies(client, "embed.rerank", request, None).await;
     let total = request.documents.len();
     let mut answers: Vec<Option<RerankAnswer>> = vec![None; total];
     let mut held = 0;
     while held < total.max(1) {
-        let message = tokio::time::timeout(Duration::from_secs(30), replies.next())
-            .await
-            .expect("a reply within 30 s")
-            .expect("subscription open");
+        let message = next_reply(&mut replies).await;
         match wire::decode::<RerankReply>(&message.payload).expect("reply decodes") {
             RerankReply::Chunk(chunk) => {
                 assert_eq!(chunk.id, request.id);
