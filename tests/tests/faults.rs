@@ -23,7 +23,7 @@ use e2e_tests::{NatsCluster, NatsServer};
 use futures::StreamExt;
 use load::{Load, Record, failures};
 use serde_json::Value;
-use support::wait_for_worker_counts;
+use support::{wait_for_worker_counts, wait_healthy};
 use tokio::time::Instant;
 
 /// Settings of every process: a dead GPU worker's batches come back after 2 s; requests
@@ -80,7 +80,7 @@ impl Stack {
             .expect("test client connects");
         wait_for_worker_counts(&nats, 2, 2).await;
         let (gateway, base) = pipeline.gateway("gateway");
-        wait_healthy(&base).await;
+        wait_healthy(&reqwest::Client::new(), &base, Duration::from_secs(30)).await;
         Self {
             tokenizers,
             gpus,
@@ -98,23 +98,6 @@ impl Stack {
             .json()
             .await
             .expect("debug is JSON")
-    }
-}
-
-/// Polls `/health` until the gateway process answers 200 (at most 30 s).
-async fn wait_healthy(base: &str) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok(response) = reqwest::get(format!("{base}/health")).await
-            && response.status() == 200
-        {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the gateway at {base} never became healthy"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
