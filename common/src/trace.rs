@@ -142,23 +142,25 @@ impl RequestTrace {
         }
     }
 
+    /// The valid parts of a caller's request id and `traceparent` values (HTTP or NATS
+    /// headers); invalid ones are left out.
+    pub fn from_values(request_id: Option<&str>, traceparent: Option<&str>) -> Self {
+        Self {
+            request_id: request_id
+                .filter(|id| is_valid_request_id(id))
+                .map(str::to_string),
+            traceparent: traceparent
+                .and_then(TraceParent::parse)
+                .map(|parent| parent.to_string()),
+        }
+    }
+
     /// Reads the two headers of a NATS message, ignoring invalid values; `None` when
     /// neither is there.
     pub fn from_headers(headers: Option<&HeaderMap>) -> Option<Self> {
         let headers = headers?;
-        let request_id = headers
-            .get(REQUEST_ID_HEADER)
-            .map(|value| value.as_str())
-            .filter(|id| is_valid_request_id(id))
-            .map(str::to_string);
-        let traceparent = headers
-            .get(TRACEPARENT_HEADER)
-            .and_then(|value| TraceParent::parse(value.as_str()))
-            .map(|parent| parent.to_string());
-        let trace = Self {
-            request_id,
-            traceparent,
-        };
+        let value = |name: &str| headers.get(name).map(|value| value.as_str());
+        let trace = Self::from_values(value(REQUEST_ID_HEADER), value(TRACEPARENT_HEADER));
         (!trace.is_empty()).then_some(trace)
     }
 

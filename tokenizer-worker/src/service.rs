@@ -1,8 +1,9 @@
 //! The tokenizer worker's NATS service: takes `EmbedRequest`s from the request subject (queue
 //! group, so workers share the load), tokenizes them (small requests on the service loop,
-//! larger ones on a bounded pool of blocking threads), packs the sequences of concurrent requests into `TokenBatch`es and publishes those to the
-//! JetStream work queue. Bad input is answered with an `ErrorReply` at once. A request that
-//! set `ack` gets a `QueuedReply` once the work queue confirmed all its sequences.
+//! larger ones on a bounded pool of blocking threads), packs the sequences of concurrent
+//! requests into `TokenBatch`es and publishes those to the JetStream work queue. Bad input is
+//! answered with an `ErrorReply` at once. A request that set `ack` gets a `QueuedReply` once
+//! the work queue confirmed all its sequences.
 //!
 //! Started with `task = rerank`, the same loop serves `RerankRequest`s from the rerank subject
 //! (its own queue group): each (query, document) pair becomes one reranker prompt
@@ -489,14 +490,13 @@ impl State {
             Ok(mut sequences) => {
                 let now = Instant::now();
                 let count = sequences.len();
-                let tokens: usize = sequences.iter().map(|seq| seq.token_ids.len()).sum();
                 tracing::debug!(
                     target: LOG_TARGET,
                     id = %done.id,
                     request_id = trace.map_or("", |t| t.request_id()),
                     trace_id = trace.map_or("", |t| t.trace_id()),
                     sequences = count,
-                    tokens,
+                    tokens = sequences.iter().map(|seq| seq.token_ids.len()).sum::<usize>(),
                     "tokenized"
                 );
                 if let Some(trace) = trace {

@@ -54,8 +54,9 @@ pub struct Shared {
 pub type AppState = Arc<Shared>;
 
 /// All routes: OpenAI (`/v1/...`), seed (`{root_path}/embedding/api`), rerank (`/v1/rerank`
-/// and TEI's `/rerank`), health, debug and metrics (at the root and under `root_path`). With API keys configured, all but health
-/// require one (see [`auth`]); refusals are counted by `track` like any answer.
+/// and TEI's `/rerank`), health, debug and metrics (at the root and under `root_path`). With
+/// API keys configured, all but health require one (see [`auth`]); refusals are counted by
+/// `track` like any answer.
 pub fn router(state: AppState) -> Router {
     let prefix = state.config.route_prefix();
     let mut app = Router::new()

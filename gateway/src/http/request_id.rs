@@ -9,8 +9,7 @@ use axum::http::{HeaderMap, HeaderValue};
 use axum::middleware::Next;
 use axum::response::Response;
 use common::trace::{
-    REQUEST_ID_HEADER, RequestTrace, TRACEPARENT_HEADER, TraceParent, is_valid_request_id,
-    new_request_id,
+    REQUEST_ID_HEADER, RequestTrace, TRACEPARENT_HEADER, TraceParent, new_request_id,
 };
 use tracing::Instrument as _;
 
@@ -35,14 +34,11 @@ pub async fn assign(mut request: Request, next: Next) -> Response {
 /// caller's valid `traceparent` or a new trace.
 fn incoming(headers: &HeaderMap) -> RequestTrace {
     let header = |name: &str| headers.get(name).and_then(|value| value.to_str().ok());
-    let request_id = header(REQUEST_ID_HEADER)
-        .map(str::trim)
-        .filter(|id| is_valid_request_id(id))
-        .map_or_else(new_request_id, str::to_string);
-    let parent = header(TRACEPARENT_HEADER)
-        .and_then(TraceParent::parse)
+    let given = RequestTrace::from_values(header(REQUEST_ID_HEADER), header(TRACEPARENT_HEADER));
+    let parent = given
+        .parent()
         .map_or_else(TraceParent::root, |parent| parent.child());
-    RequestTrace::new(request_id, parent)
+    RequestTrace::new(given.request_id.unwrap_or_else(new_request_id), parent)
 }
 
 #[cfg(test)]
