@@ -208,16 +208,25 @@ pub async fn run(
     let task = config.task;
     let tokenizer_file = config.model_dir.join("tokenizer.json");
     let frontend = match task {
-        Task::Embed => Frontend::Embed {
-            tokenizer: Arc::new(TextTokenizer::from_file(
+        Task::Embed => {
+            let tokenizer = TextTokenizer::from_file(
                 &tokenizer_file,
                 TokenizerOptions {
                     default_instruction: config.default_instruction.clone(),
                     max_length: config.max_length,
                 },
-            )?),
-            limits,
-        },
+            )?;
+            if !tokenizer.reuses_default_query_head() {
+                tracing::info!(
+                    "this tokenizer changes a query's ids when the default instruction is \
+                     tokenized apart; it is tokenized again with every query"
+                );
+            }
+            Frontend::Embed {
+                tokenizer: Arc::new(tokenizer),
+                limits,
+            }
+        }
         Task::Rerank => Frontend::Rerank {
             template: Arc::new(RerankTemplate::from_file(
                 &tokenizer_file,

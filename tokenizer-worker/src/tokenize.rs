@@ -27,6 +27,32 @@ pub const DEFAULT_MAX_LENGTH: usize = 8192;
 /// Text encoded at load time to find out whether the post-processor appends `<|endoftext|>`.
 const PROBE_TEXT: &str = "a";
 
+/// Query texts (after `Query:`) on which the default instruction's head, tokenized apart, is
+/// checked at load against tokenizing the whole query: starts that could join the preceding
+/// characters in a pre-tokenizer or a normalizer (spaces, line breaks, punctuation, digits,
+/// letters of several scripts, combining marks, an added token).
+const HEAD_PROBES: &[&str] = &[
+    "",
+    "a",
+    "what is rust",
+    " leading space",
+    "  two spaces",
+    "\nline",
+    "\r\n",
+    "\t tab",
+    "'s",
+    "!?",
+    ":colon",
+    "123",
+    "\u{301}accent",
+    "é",
+    "中文查询",
+    "Привет",
+    "😀 emoji",
+    "<|endoftext|>",
+    "Query:",
+];
+
 /// Failure to load a tokenizer or to encode a text.
 #[derive(Debug, thiserror::Error)]
 pub enum TokenizeError {
@@ -105,8 +131,40 @@ pub struct TextTokenizer {
     /// Whether the post-processor appends `<|endoftext|>` (Qwen3-Embedding) or not (base
     /// Qwen3 and older copies), detected once at load.
     post_processor_appends_eot: bool,
+    /// `Instruct: {default_instruction}\n` tokenized once at load, put in front of the rest
+    /// of every query with the default instruction (the instruction is most of a short
+    /// query's tokens); `None` when tokenizing it apart changed the ids of a load-time probe.
+    default_query_head: Option<Vec<u32>>,
     /// Validated options.
     options: TokenizerOptions,
+}
+
+/// The part of a query's text before `Query:`.
+fn query_head(instruction: &str) -> String {
+    format!("Instruct: {instruction}\n")
+}
+
+/// The ids of `head` (no special tokens) when, on every probe, they followed by the ids of
+/// `Query:{probe}` (special tokens added) equal the ids of the whole `{head}Query:{probe}`;
+/// `None` otherwise. A line break ends a pre-token in Qwen3's tokenizer, so the split holds
+/// there, but this is checked rather than assumed for whatever `tokenizer.json` is loaded.
+fn split_head(inner: &Tokenizer, head: &str) -> Result<Option<Vec<u32>>, TokenizeError> {
+    let ids = |text: &str, special: bool| -> Result<Vec<u32>, TokenizeError> {
+        Ok(inner
+            .encode_fast(text, special)
+            .map_err(TokenizeError::Tokenizer)?
+            .get_ids()
+            .to_vec())
+    };
+    let head_ids = ids(head, false)?;
+    for probe in HEAD_PROBES {
+        let whole = ids(&format!("{head}Query:{probe}"), true)?;
+        let tail = ids(&format!("Query:{probe}"), true)?;
+        if whole != [head_ids.as_slice(), &tail].concat() {
+            return Ok(None);
+        }
+    }
+    Ok(Some(head_ids))
 }
 
 impl TextTokenizer {
@@ -138,10 +196,12 @@ impl TextTokenizer {
             .map_err(TokenizeError::Tokenizer)?;
         let post_processor_appends_eot = with_special.get_ids().last() == Some(&eot_id)
             && without_special.get_ids().last() != Some(&eot_id);
+        let default_query_head = split_head(&inner, &query_head(&options.default_instruction))?;
         Ok(Self {
             inner,
             eot_id,
             post_processor_appends_eot,
+            default_query_head,
             options,
         })
     }
@@ -167,6 +227,12 @@ impl TextTokenizer {
         self.post_processor_appends_eot
     }
 
+    /// Whether queries with the default instruction reuse its ids tokenized at load (the
+    /// tokenizer's rules allowed it on every load-time probe).
+    pub fn reuses_default_query_head(&self) -> bool {
+        self.default_query_head.is_some()
+    }
+
     /// The text the tokenizer reads: `Instruct: {instruction}\nQuery:{text}` for queries (no
     /// space after `Query:`; the default instruction when `instruction` is `None`), the text
     /// itself for documents.
@@ -180,8 +246,25 @@ impl TextTokenizer {
             InputType::Document => Cow::Borrowed(text),
             InputType::Query => {
                 let instruction = instruction.unwrap_or(&self.options.default_instruction);
-                Cow::Owned(format!("Instruct: {instruction}\nQuery:{text}"))
+                Cow::Owned(format!("{}Query:{text}", query_head(instruction)))
             }
+        }
+    }
+
+    /// Ids already known for the start of the formatted text, and the rest of it to tokenize:
+    /// a query with the default instruction starts with the head tokenized at load.
+    fn split<'a>(
+        &self,
+        text: &'a str,
+        kind: InputType,
+        instruction: Option<&str>,
+    ) -> (&[u32], Cow<'a, str>) {
+        let default = instruction.is_none_or(|given| given == self.options.default_instruction);
+        match (&self.default_query_head, kind) {
+            (Some(head), InputType::Query) if default => {
+                (head, Cow::Owned(format!("Query:{text}")))
+            }
+            _ => (&[], self.format(text, kind, instruction)),
         }
     }
 
@@ -197,11 +280,11 @@ impl TextTokenizer {
         instruction: Option<&str>,
         truncate: bool,
     ) -> Result<Vec<u32>, TokenizeError> {
-        let formatted = self.format(text, kind, instruction);
+        let (head, rest) = self.split(text, kind, instruction);
         // `encode_fast` skips the offsets, which are not needed; the ids are the same.
         let encoding = self
             .inner
-            .encode_fast(formatted.as_ref(), true)
+            .encode_fast(rest.as_ref(), true)
             .map_err(TokenizeError::Tokenizer)?;
         let ids = encoding.get_ids();
         let body = if self.post_processor_appends_eot {
@@ -211,16 +294,16 @@ impl TextTokenizer {
             ids
         };
         let max = self.options.max_length;
-        let tokens = body.len() + 1;
+        let tokens = head.len() + body.len() + 1;
         let keep = if tokens <= max {
-            body.len()
+            tokens - 1
         } else if truncate {
             max - 1
         } else {
             return Err(TokenizeError::TooLong { tokens, max });
         };
         let mut out = Vec::with_capacity(keep + 1);
-        out.extend_from_slice(&body[..keep]);
+        out.extend(head.iter().chain(body).take(keep));
         out.push(self.eot_id);
         Ok(out)
     }
