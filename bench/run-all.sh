@@ -117,8 +117,10 @@ start_server() {
     ours)
       api=seed
       # One tokenizer and one compute worker on 2 CPUs, like the peers' one replica / engine.
+      # The work queue must keep batches as long as requests wait (the gateway checks).
       # shellcheck disable=SC2086
-      QWEN3_EMBED__GATEWAY__REQUEST_TIMEOUT_S=$bulk_timeout_s setsid deploy/local/run.sh --model "$model" \
+      QWEN3_EMBED__GATEWAY__REQUEST_TIMEOUT_S=$bulk_timeout_s QWEN3_EMBED__QUEUE__MAX_AGE_S=$bulk_timeout_s \
+        setsid deploy/local/run.sh --model "$model" \
         --port "$port" ${OURS_FLAGS:---profile production --backend cpu --tokenizer-workers 1 --gpu-workers 1} \
         >"$logfile" 2>&1 &
       ;;

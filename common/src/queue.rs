@@ -39,8 +39,9 @@ pub struct QueueConfig {
     /// send progress acks while computing, so this bounds only how long a dead worker's batch
     /// waits.
     pub ack_wait_s: f64,
-    /// Seconds a batch may wait in the queue before the server drops it (its requests have
-    /// timed out long before).
+    /// Seconds a batch may stay in the queue before the server drops it, unanswered. It must
+    /// outlast every request's deadline: gateways refuse to start with a longer
+    /// `request_timeout_s`, tokenizer workers refuse a request whose deadline is further away.
     pub max_age_s: f64,
     /// Deliveries of one batch before it is given up (a batch that crashes workers).
     pub max_deliver: i64,
@@ -59,6 +60,13 @@ impl Default for QueueConfig {
             max_deliver: 5,
             replicas: 1,
         }
+    }
+}
+
+impl QueueConfig {
+    /// How long a batch may stay in the queue (`max_age_s`, at least one second).
+    pub fn max_age(&self) -> Duration {
+        Duration::from_secs_f64(self.max_age_s.max(1.0))
     }
 }
 
@@ -93,7 +101,7 @@ pub async fn batch_stream_for(
             Storage::Memory => stream::StorageType::Memory,
             Storage::File => stream::StorageType::File,
         },
-        max_age: Duration::from_secs_f64(config.max_age_s.max(1.0)),
+        max_age: config.max_age(),
         num_replicas: config.replicas.max(1),
         ..Default::default()
     })

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use common::nats::NatsConfig;
+use common::queue::QueueConfig;
 use common::wire::InputType;
 use serde::Deserialize;
 
@@ -166,6 +167,21 @@ impl GatewayConfig {
         );
         Ok(())
     }
+
+    /// Rejects a request timeout longer than the work queue keeps a batch: the server drops
+    /// a batch at `[queue] max_age_s` unanswered, and tokenizer workers refuse requests whose
+    /// deadline lies beyond it.
+    pub fn validate_against(&self, queue: &QueueConfig) -> anyhow::Result<()> {
+        let max_age = queue.max_age();
+        anyhow::ensure!(
+            self.request_timeout() <= max_age,
+            "request_timeout_s {} exceeds [queue] max_age_s {}: the work queue would drop \
+             batches of requests still waiting; raise max_age_s with it",
+            self.request_timeout_s,
+            max_age.as_secs_f64()
+        );
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -203,5 +219,17 @@ mod tests {
         config.root_path = "/api".into();
         config.request_timeout_s = 0.0;
         assert!(config.validate().is_err());
+    }
+
+    #[test]
+    fn request_timeout_must_fit_in_the_queue_age() {
+        let queue = QueueConfig::default();
+        let mut config = GatewayConfig::default();
+        assert!(config.validate_against(&queue).is_ok());
+        config.request_timeout_s = queue.max_age_s;
+        assert!(config.validate_against(&queue).is_ok());
+        config.request_timeout_s = queue.max_age_s + 1.0;
+        let error = config.validate_against(&queue).unwrap_err().to_string();
+        assert!(error.contains("max_age_s"), "{error}");
     }
 }

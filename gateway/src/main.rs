@@ -5,6 +5,7 @@ use anyhow::Context;
 use clap::Parser;
 use common::config::ConfigSource;
 use common::nats::NatsConfig;
+use common::queue::QueueConfig;
 use common::telemetry::{self, LogFormat};
 use gateway::GatewayConfig;
 use gateway::api_keys::{API_KEYS_ENV, ApiKeys};
@@ -85,6 +86,7 @@ async fn main() -> anyhow::Result<()> {
             .map_err(|_| anyhow::anyhow!("{API_KEYS_ENV} is not valid UTF-8"))?;
         config.api_keys = ApiKeys::from_list(&list, API_KEYS_ENV)?;
     }
+    config.validate_against(&args.source.load::<QueueConfig>("queue")?)?;
     let listener = tokio::net::TcpListener::bind((config.host.as_str(), config.port))
         .await
         .with_context(|| format!("binding {}:{}", config.host, config.port))?;

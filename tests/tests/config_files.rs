@@ -33,7 +33,8 @@ fn default_and_profiles_load_for_every_binary() {
         );
         let nats: NatsConfig = source.load("nats").unwrap();
         assert_eq!(nats.subject_prefix, "embed");
-        let _: QueueConfig = source.load("queue").unwrap();
+        let queue: QueueConfig = source.load("queue").unwrap();
+        gateway.validate_against(&queue).unwrap();
     }
     let production: QueueConfig = source(Some("production")).load("queue").unwrap();
     assert_eq!(production.storage, Storage::File);
@@ -81,4 +82,39 @@ fn every_documented_key_exists_in_default_toml() {
         checked += 1;
     }
     assert!(checked > 30, "only {checked} keys checked");
+}
+
+#[test]
+fn gateway_refuses_a_request_timeout_the_work_queue_would_not_honour() {
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    let mut child = Command::new(e2e_tests::process::binary("gateway"))
+        .args(["--port", "0", "--nats-url"])
+        .arg(format!("nats://127.0.0.1:{}", e2e_tests::free_port()))
+        .env("QWEN3_EMBED_CONFIG_DIR", repo_root().join("deploy/config"))
+        .env_remove("QWEN3_EMBED_PROFILE")
+        .env("QWEN3_EMBED__GATEWAY__REQUEST_TIMEOUT_S", "600")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the gateway");
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for the gateway") {
+            break status;
+        }
+        if started.elapsed() > Duration::from_secs(20) {
+            let _ = child.kill();
+            panic!("the gateway started with request_timeout_s 600 > [queue] max_age_s 300");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(!status.success(), "{stderr}");
+    assert!(
+        stderr.contains("request_timeout_s 600 exceeds [queue] max_age_s 300"),
+        "{stderr}"
+    );
 }

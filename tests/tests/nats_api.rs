@@ -140,6 +140,13 @@ async fn nats_api_matches_golden_and_survives_concurrency_and_bad_input() {
             bad(base.clone(), |r| r.deadline_ms = Some(1)),
             ErrorCode::DeadlineExceeded,
         ),
+        // Further away than the work queue keeps a batch ([queue] max_age_s, 300 s).
+        (
+            bad(base.clone(), |r| {
+                r.deadline_ms = Some(wire::now_ms() + 3_600_000)
+            }),
+            ErrorCode::InvalidRequest,
+        ),
         (
             bad(base.clone(), |r| r.input = vec!["word ".repeat(9000)]),
             ErrorCode::TooManyTokens,

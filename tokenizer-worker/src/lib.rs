@@ -7,6 +7,7 @@
 //! * [`rerank`]: the Qwen3-Reranker prompt, document-only truncation ([`rerank::RerankTemplate`]).
 //! * [`pairs`]: rerank requests checked and turned into one prompt sequence per document.
 //! * [`budget`]: the limit on the tokens of one request.
+//! * [`deadline`]: a request's deadline against the work queue's `max_age_s`.
 //! * [`batcher`]: pure, I/O-free packing of the sequences of concurrent requests into
 //!   [`common::wire::TokenBatch`]es by token budget, with a maximum wait and deadline expiry
 //!   ([`batcher::Batcher`]).
@@ -22,6 +23,7 @@ pub mod acks;
 pub mod batcher;
 pub mod budget;
 pub mod config;
+pub mod deadline;
 pub mod pairs;
 pub mod publish;
 pub mod rerank;

@@ -2,15 +2,18 @@
 //! [`RerankRequest`] into one [`PendingSequence`] per document, each the reranker prompt of
 //! the (query, document) pair ([`RerankTemplate`]).
 
+use std::time::Duration;
+
 use common::wire::{self, BatchItem, ErrorCode, ErrorReply, RerankRequest};
 
 use crate::batcher::PendingSequence;
 use crate::budget::RequestBudget;
+use crate::deadline;
 use crate::rerank::{RerankTemplate, RerankTemplateError};
 
 /// Checks a decoded rerank request: at least one document, a count that fits the wire, a
-/// deadline not yet passed.
-pub fn check(request: RerankRequest) -> Result<RerankRequest, ErrorReply> {
+/// deadline not yet passed and within `max_age` (how long the work queue keeps a batch).
+pub fn check(request: RerankRequest, max_age: Duration) -> Result<RerankRequest, ErrorReply> {
     let fail = |code, message: &str| Err(ErrorReply::new(Some(request.id.clone()), code, message));
     if request.documents.is_empty() {
         return fail(
@@ -24,12 +27,7 @@ pub fn check(request: RerankRequest) -> Result<RerankRequest, ErrorReply> {
             "`documents` holds too many texts",
         );
     }
-    if wire::deadline_passed(request.deadline_ms.unwrap_or(0), wire::now_ms()) {
-        return fail(
-            ErrorCode::DeadlineExceeded,
-            "the request's deadline passed before it was tokenized",
-        );
-    }
+    deadline::check(&request.id, request.deadline_ms, wire::now_ms(), max_age)?;
     Ok(request)
 }
 
@@ -100,11 +98,15 @@ mod tests {
 
     #[test]
     fn empty_documents_and_passed_deadlines_are_refused() {
-        let error = check(request(Vec::new(), None)).unwrap_err();
+        let max_age = Duration::from_secs(300);
+        let error = check(request(Vec::new(), None), max_age).unwrap_err();
         assert_eq!(error.error.code, ErrorCode::InvalidRequest);
         assert_eq!(error.id.as_deref(), Some("r"));
-        let error = check(request(vec!["d".into()], Some(1))).unwrap_err();
+        let error = check(request(vec!["d".into()], Some(1)), max_age).unwrap_err();
         assert_eq!(error.error.code, ErrorCode::DeadlineExceeded);
-        assert!(check(request(vec![String::new()], None)).is_ok());
+        let far = wire::now_ms() + 3_600_000;
+        let error = check(request(vec!["d".into()], Some(far)), max_age).unwrap_err();
+        assert!(error.error.message.contains("max_age_s"), "{error:?}");
+        assert!(check(request(vec![String::new()], None), max_age).is_ok());
     }
 }

@@ -38,6 +38,7 @@ use crate::acks::{Acks, RequestKey};
 use crate::batcher::{Batcher, BatcherConfig, PendingSequence};
 use crate::budget::RequestBudget;
 use crate::config::TokenizerWorkerConfig;
+use crate::deadline;
 use crate::pairs;
 use crate::publish::{Published, WorkQueue, publish_batch};
 use crate::rerank::{RerankOptions, RerankTemplate};
@@ -484,11 +485,12 @@ impl State {
     /// Decodes a request of this worker's task and checks what can be checked without
     /// tokenizing.
     fn check(&self, payload: &Bytes) -> Result<Checked, ErrorReply> {
+        let max_age = self.work_queue.queue.max_age();
         match &self.frontend {
             Frontend::Embed { limits, .. } => {
-                check_embed(decode(payload)?, limits).map(Checked::Embed)
+                check_embed(decode(payload)?, limits, max_age).map(Checked::Embed)
             }
-            Frontend::Rerank { .. } => pairs::check(decode(payload)?).map(Checked::Rerank),
+            Frontend::Rerank { .. } => pairs::check(decode(payload)?, max_age).map(Checked::Rerank),
         }
     }
 
@@ -637,8 +639,13 @@ fn decode<T: serde::de::DeserializeOwned>(payload: &Bytes) -> Result<T, ErrorRep
     })
 }
 
-/// Checks what can be checked of an embedding request without tokenizing.
-fn check_embed(request: EmbedRequest, limits: &ModelLimits) -> Result<EmbedRequest, ErrorReply> {
+/// Checks what can be checked of an embedding request without tokenizing; its deadline
+/// against `max_age`, how long the work queue keeps a batch.
+fn check_embed(
+    request: EmbedRequest,
+    limits: &ModelLimits,
+    max_age: Duration,
+) -> Result<EmbedRequest, ErrorReply> {
     let fail = |message: String| {
         Err(ErrorReply::new(
             Some(request.id.clone()),
@@ -660,13 +667,7 @@ fn check_embed(request: EmbedRequest, limits: &ModelLimits) -> Result<EmbedReque
             limits.hidden_size
         ));
     }
-    if wire::deadline_passed(request.deadline_ms.unwrap_or(0), wire::now_ms()) {
-        return Err(ErrorReply::new(
-            Some(request.id),
-            ErrorCode::DeadlineExceeded,
-            "the request's deadline passed before it was tokenized",
-        ));
-    }
+    deadline::check(&request.id, request.deadline_ms, wire::now_ms(), max_age)?;
     Ok(request)
 }
 
