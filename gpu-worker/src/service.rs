@@ -221,6 +221,9 @@ async fn pull(consumer: &PullConsumer, limit: usize) -> anyhow::Result<Vec<jetst
 /// vocabulary, say), its batches run again one by one, so only the poisoned batch's requests
 /// get the error.
 async fn process(shared: &Shared, messages: Vec<jetstream::Message>) {
+    // Every pulled batch is kept alive until the end, not only the group being computed: the
+    // groups after it would otherwise pass ack_wait while they wait and be delivered again.
+    let progress = keep_alive(&messages, shared.ack_wait);
     let mut decoded = Vec::with_capacity(messages.len());
     for message in messages {
         match wire::decode::<TokenBatch>(&message.payload) {
@@ -242,32 +245,27 @@ async fn process(shared: &Shared, messages: Vec<jetstream::Message>) {
     for group in merge_by_budget(decoded, shared.max_batch_tokens) {
         let (messages, batches): (Vec<_>, Vec<_>) = group.into_iter().unzip();
         if batches.len() == 1 {
-            serve(shared, &messages, concat(batches), true).await;
-        } else if !serve(shared, &messages, concat(batches.clone()), false).await {
+            serve(shared, concat(batches), true).await;
+        } else if !serve(shared, concat(batches.clone()), false).await {
             tracing::warn!(
                 batches = batches.len(),
                 "a merged pass refused its input; running its batches one by one"
             );
-            for (message, batch) in messages.iter().zip(batches) {
-                serve(shared, std::slice::from_ref(message), batch, true).await;
+            for batch in batches {
+                serve(shared, batch, true).await;
             }
         }
         for message in &messages {
             ack(message, AckKind::Ack).await;
         }
     }
+    progress.abort();
 }
 
-/// Runs one (possibly merged) batch and publishes its chunks, keeping its messages alive
-/// meanwhile. A failure is answered to every request in it, except an input error when
-/// `answer_input_errors` is false: then nothing is sent and `false` comes back (the caller
-/// runs the parts alone).
-async fn serve(
-    shared: &Shared,
-    messages: &[jetstream::Message],
-    batch: TokenBatch,
-    answer_input_errors: bool,
-) -> bool {
+/// Runs one (possibly merged) batch and publishes its chunks. A failure is answered to every
+/// request in it, except an input error when `answer_input_errors` is false: then nothing is
+/// sent and `false` comes back (the caller runs the parts alone).
+async fn serve(shared: &Shared, batch: TokenBatch, answer_input_errors: bool) -> bool {
     shared.counters.in_flight.fetch_add(1, Ordering::Relaxed);
     let live = drop_expired(shared, batch);
     let mut served = true;
@@ -282,10 +280,7 @@ async fn serve(
         )));
         fail_batch(shared, &live.items, &error);
     } else if !live.items.is_empty() {
-        let progress = keep_alive(messages, shared.ack_wait);
-        let result = run_batch(shared, &live).await;
-        progress.abort();
-        match result {
+        match run_batch(shared, &live).await {
             Ok(Output::Vectors(vectors)) => {
                 publish_chunks(shared, &live.items, &vectors).await;
                 log_requests(&live.items, "embedded");
