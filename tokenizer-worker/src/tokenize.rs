@@ -139,13 +139,16 @@ pub struct TextTokenizer {
     options: TokenizerOptions,
 }
 
-/// The part of a query's text before `Query:`.
+/// What follows the head in a query's text, right before the query itself.
+const QUERY_LABEL: &str = "Query:";
+
+/// The part of a query's text before [`QUERY_LABEL`].
 fn query_head(instruction: &str) -> String {
     format!("Instruct: {instruction}\n")
 }
 
-/// The ids of `head` (no special tokens) when, on every probe, they followed by the ids of
-/// `Query:{probe}` (special tokens added) equal the ids of the whole `{head}Query:{probe}`;
+/// The ids of `head` (no special tokens) when, for every probe, they followed by the ids of
+/// `Query:{probe}` (special tokens added) are the ids of the whole `{head}Query:{probe}`;
 /// `None` otherwise. A line break ends a pre-token in Qwen3's tokenizer, so the split holds
 /// there, but this is checked rather than assumed for whatever `tokenizer.json` is loaded.
 fn split_head(inner: &Tokenizer, head: &str) -> Result<Option<Vec<u32>>, TokenizeError> {
@@ -158,8 +161,8 @@ fn split_head(inner: &Tokenizer, head: &str) -> Result<Option<Vec<u32>>, Tokeniz
     };
     let head_ids = ids(head, false)?;
     for probe in HEAD_PROBES {
-        let whole = ids(&format!("{head}Query:{probe}"), true)?;
-        let tail = ids(&format!("Query:{probe}"), true)?;
+        let whole = ids(&format!("{head}{QUERY_LABEL}{probe}"), true)?;
+        let tail = ids(&format!("{QUERY_LABEL}{probe}"), true)?;
         if whole != [head_ids.as_slice(), &tail].concat() {
             return Ok(None);
         }
@@ -246,7 +249,7 @@ impl TextTokenizer {
             InputType::Document => Cow::Borrowed(text),
             InputType::Query => {
                 let instruction = instruction.unwrap_or(&self.options.default_instruction);
-                Cow::Owned(format!("{}Query:{text}", query_head(instruction)))
+                Cow::Owned(format!("{}{QUERY_LABEL}{text}", query_head(instruction)))
             }
         }
     }
@@ -262,7 +265,7 @@ impl TextTokenizer {
         let default = instruction.is_none_or(|given| given == self.options.default_instruction);
         match (&self.default_query_head, kind) {
             (Some(head), InputType::Query) if default => {
-                (head, Cow::Owned(format!("Query:{text}")))
+                (head, Cow::Owned(format!("{QUERY_LABEL}{text}")))
             }
             _ => (&[], self.format(text, kind, instruction)),
         }
