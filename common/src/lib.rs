@@ -14,6 +14,7 @@
 
 pub mod config;
 pub mod nats;
+pub mod outbox;
 pub mod queue;
 pub mod shutdown;
 pub mod subjects;

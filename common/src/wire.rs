@@ -52,6 +52,12 @@ pub struct EmbedRequest {
     /// request died). Off when absent; older requesters never see the extra reply.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub ack: bool,
+    /// A subject where the workers may send this request's chunks and acknowledgement packed
+    /// with other requests' in one [`ReplyBundle`] (those that name the same subject), instead
+    /// of one message each on the reply subject. Errors always go to the reply subject. Off
+    /// when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bundle_to: Option<String>,
 }
 
 /// The acknowledgement a tokenizer worker sends (when the request set `ack`) once all of a
@@ -264,6 +270,15 @@ pub enum EmbedReply {
     Queued(QueuedReply),
 }
 
+/// Replies to several requests in one message, sent to the `bundle_to` subject those
+/// requests named: each element is a chunk or an acknowledgement, as it would have come
+/// alone on the request's reply subject.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReplyBundle {
+    /// The replies, each carrying its request's `id`.
+    pub replies: Vec<EmbedReply>,
+}
+
 /// Work for the GPU workers: sequences of one or more requests, packed without padding.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TokenBatch {
@@ -318,6 +333,9 @@ pub struct BatchItem {
     /// The request's id and trace context, when its message carried them (for log lines).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trace: Option<RequestTrace>,
+    /// The request's `bundle_to`: where its chunks may go packed with others'.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bundle_to: Option<String>,
 }
 
 /// Which stage a worker serves.
@@ -443,6 +461,7 @@ mod tests {
             truncate: Some(true),
             deadline_ms: None,
             ack: false,
+            bundle_to: None,
         };
         let bytes = encode(&request).unwrap();
         let as_json: serde_json::Value = rmp_serde::from_slice(&bytes).unwrap();
@@ -567,6 +586,7 @@ mod tests {
             dims: 0,
             deadline_ms: 0,
             trace: None,
+            bundle_to: None,
         };
         let good = TokenBatch {
             token_ids: vec![1, 2, 3],

@@ -1,7 +1,8 @@
 //! What every worker process does on NATS besides its own work: answering a request with an
 //! error or an acknowledgement, and registering as a micro service for operators.
 
-use crate::wire::{self, ErrorReply, QueuedReply};
+use crate::outbox::Outbox;
+use crate::wire::{self, ErrorReply};
 
 /// Publishes `error` to `reply_to` without waiting (the publish is buffered by the client).
 pub fn send_error(client: &async_nats::Client, reply_to: &str, error: &ErrorReply) {
@@ -14,10 +15,21 @@ pub fn send_error(client: &async_nats::Client, reply_to: &str, error: &ErrorRepl
     send(client, reply_to, error, "error reply");
 }
 
-/// Publishes the acknowledgement `queued` to `reply_to` without waiting.
-pub fn send_queued(client: &async_nats::Client, reply_to: &str, queued: &QueuedReply) {
-    tracing::debug!(id = %queued.id, inputs = queued.queued, "request acknowledged");
-    send(client, reply_to, queued, "acknowledgement");
+/// Publishes the messages of `outbox` in the background, in order (bundles no larger than
+/// the server's `max_payload`); `what` names them in log lines.
+pub fn send_outbox(client: &async_nats::Client, outbox: Outbox, what: &'static str) {
+    if outbox.is_empty() {
+        return;
+    }
+    let messages = outbox.into_messages(client.server_info().max_payload);
+    let client = client.clone();
+    tokio::spawn(async move {
+        for (subject, payload) in messages {
+            if let Err(e) = client.publish(subject, payload.into()).await {
+                tracing::warn!(error = %e, "{what} not sent");
+            }
+        }
+    });
 }
 
 /// Encodes `message` and publishes it to `reply_to` in the background; `what` names it in

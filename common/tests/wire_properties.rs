@@ -9,8 +9,9 @@
 
 use common::trace::RequestTrace;
 use common::wire::{
-    BatchItem, EmbedChunk, EmbedReply, EmbedRequest, ErrorCode, ErrorReply, InputType, RerankReply,
-    RerankRequest, TokenBatch, WireError, WorkerKind, WorkerStatus, decode, encode, f32_le_bytes,
+    BatchItem, EmbedChunk, EmbedReply, EmbedRequest, ErrorCode, ErrorReply, InputType, QueuedReply,
+    ReplyBundle, RerankReply, RerankRequest, TokenBatch, WireError, WorkerKind, WorkerStatus,
+    decode, encode, f32_le_bytes,
 };
 use proptest::prelude::*;
 use proptest::test_runner::RngSeed;
@@ -66,6 +67,7 @@ fn check_all_decoders(bytes: &[u8]) -> Result<(), TestCaseError> {
     check_decoder::<ErrorReply>(bytes)?;
     check_decoder::<RerankRequest>(bytes)?;
     check_decoder::<RerankReply>(bytes)?;
+    check_decoder::<ReplyBundle>(bytes)?;
     // The checks behind a decoded message must not panic either.
     if let Ok(batch) = decode::<TokenBatch>(bytes) {
         let _ = batch.validate();
@@ -184,9 +186,20 @@ fn embed_request() -> impl Strategy<Value = EmbedRequest> {
         proptest::option::of(any::<bool>()),
         proptest::option::of(any::<u64>()),
         any::<bool>(),
+        proptest::option::of(".{0,16}"),
     )
         .prop_map(
-            |(id, input, input_type, instruction, dimensions, truncate, deadline_ms, ack)| {
+            |(
+                id,
+                input,
+                input_type,
+                instruction,
+                dimensions,
+                truncate,
+                deadline_ms,
+                ack,
+                bundle_to,
+            )| {
                 EmbedRequest {
                     id,
                     input,
@@ -196,6 +209,7 @@ fn embed_request() -> impl Strategy<Value = EmbedRequest> {
                     truncate,
                     deadline_ms,
                     ack,
+                    bundle_to,
                 }
             },
         )
@@ -237,17 +251,21 @@ fn batch_item(len: impl Strategy<Value = u32>) -> impl Strategy<Value = BatchIte
         len,
         any::<u64>(),
         trace,
+        prop::option::of(".{0,12}"),
     )
         .prop_map(
-            |(request_id, reply_to, [index, total, dims], len, deadline_ms, trace)| BatchItem {
-                request_id,
-                reply_to,
-                index,
-                total,
-                len,
-                dims,
-                deadline_ms,
-                trace,
+            |(request_id, reply_to, [index, total, dims], len, deadline_ms, trace, bundle_to)| {
+                BatchItem {
+                    request_id,
+                    reply_to,
+                    index,
+                    total,
+                    len,
+                    dims,
+                    deadline_ms,
+                    trace,
+                    bundle_to,
+                }
             },
         )
 }
@@ -395,6 +413,23 @@ proptest! {
         let bytes = encode(&chunk).expect("encode");
         prop_assert_eq!(&decode::<EmbedChunk>(&bytes).expect("decode"), &chunk);
         prop_assert_eq!(decode::<EmbedReply>(&bytes).expect("decode"), EmbedReply::Chunk(chunk));
+    }
+
+    /// A bundle of chunks, errors and acknowledgements decodes to the same replies in order.
+    #[test]
+    fn reply_bundle_round_trips(
+        replies in prop::collection::vec(
+            prop_oneof![
+                embed_chunk().prop_map(EmbedReply::Chunk),
+                error_reply().prop_map(EmbedReply::Error),
+                (".{0,16}", any::<u32>()).prop_map(|(id, queued)| EmbedReply::Queued(QueuedReply { id, queued })),
+            ],
+            0..20,
+        )
+    ) {
+        let bundle = ReplyBundle { replies };
+        let bytes = encode(&bundle).expect("encode");
+        prop_assert_eq!(decode::<ReplyBundle>(&bytes).expect("decode"), bundle);
     }
 
     #[test]
@@ -595,6 +630,7 @@ fn validate_does_not_wrap_lengths_past_u32() {
         dims: 0,
         deadline_ms: 0,
         trace: None,
+        bundle_to: None,
     };
     for lens in [
         vec![u32::MAX, 1],

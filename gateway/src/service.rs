@@ -150,6 +150,7 @@ impl EmbedService {
                 deadline_ms: Some(deadline_ms),
                 // Set by the upstream from its configuration.
                 ack: false,
+                bundle_to: None,
             };
             let fresh = self
                 .upstream

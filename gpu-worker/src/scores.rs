@@ -118,6 +118,7 @@ mod tests {
             dims: 0,
             deadline_ms: 0,
             trace: None,
+            bundle_to: None,
         }
     }
 

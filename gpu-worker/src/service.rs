@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, AckKind, consumer::PullConsumer};
 use common::nats::NatsConfig;
+use common::outbox::{BUNDLE_OVERHEAD, Outbox};
 use common::queue::{QueueConfig, batch_stream_for, gpu_consumer_for};
 use common::subjects::Task;
 use common::trace::{LOG_TARGET, RequestTrace};
@@ -439,13 +440,14 @@ fn keep_alive(messages: &[jetstream::Message], ack_wait: Duration) -> tokio::tas
 /// The items of one request inside a batch.
 struct RequestItems<'a> {
     reply_to: &'a str,
+    bundle_to: Option<&'a str>,
     total: u32,
     /// `(index in the request, position in the batch)`.
     members: Vec<(u32, usize)>,
 }
 
 /// Publishes every request's vectors, one chunk per contiguous run of indices that fits in
-/// a message.
+/// a message; the chunks of requests that named a bundle subject go there packed together.
 async fn publish_chunks(shared: &Shared, items: &[BatchItem], vectors: &[Vec<f32>]) {
     let mut by_request: BTreeMap<&str, RequestItems<'_>> = BTreeMap::new();
     for (position, item) in items.iter().enumerate() {
@@ -453,43 +455,53 @@ async fn publish_chunks(shared: &Shared, items: &[BatchItem], vectors: &[Vec<f32
             .entry(&item.request_id)
             .or_insert_with(|| RequestItems {
                 reply_to: &item.reply_to,
+                bundle_to: item.bundle_to.as_deref(),
                 total: item.total,
                 members: Vec::new(),
             })
             .members
             .push((item.index, position));
     }
+    let room = shared
+        .max_payload
+        .saturating_sub(CHUNK_OVERHEAD + BUNDLE_OVERHEAD);
+    let mut outbox = Outbox::default();
     for (id, mut request) in by_request {
         request.members.sort_unstable();
         let dims = vectors[request.members[0].1].len();
-        let per_chunk =
-            ((shared.max_payload.saturating_sub(CHUNK_OVERHEAD)) / (dims * 4 + 8)).max(1);
-        let (reply_to, total) = (request.reply_to, request.total);
+        let per_chunk = (room / (dims * 4 + 8)).max(1);
+        let mut add = |run: &[(u32, usize)]| {
+            if let Some(bytes) = encode_chunk(id, request.total, run, items, vectors) {
+                outbox.push(request.reply_to, request.bundle_to, bytes);
+            }
+        };
         let mut run: Vec<(u32, usize)> = Vec::new();
         for &member in &request.members {
             let contiguous = run.last().is_none_or(|&(last, _)| last + 1 == member.0);
             if !contiguous || run.len() == per_chunk {
-                send_chunk(shared, id, reply_to, total, &run, items, vectors).await;
+                add(&run);
                 run.clear();
             }
             run.push(member);
         }
-        send_chunk(shared, id, reply_to, total, &run, items, vectors).await;
+        add(&run);
+    }
+    for (subject, payload) in outbox.into_messages(shared.max_payload) {
+        if let Err(e) = shared.client.publish(subject, payload.into()).await {
+            tracing::warn!(error = %e, "chunk not sent");
+        }
     }
 }
 
-async fn send_chunk(
-    shared: &Shared,
+/// The encoded chunk of request `id` holding the items of `run` (`None` when empty).
+fn encode_chunk(
     id: &str,
-    reply_to: &str,
     total: u32,
     run: &[(u32, usize)],
     items: &[BatchItem],
     vectors: &[Vec<f32>],
-) {
-    let Some(&(offset, first)) = run.first() else {
-        return;
-    };
+) -> Option<Vec<u8>> {
+    let &(offset, first) = run.first()?;
     let chunk = EmbedChunk {
         id: id.to_string(),
         offset,
@@ -499,18 +511,9 @@ async fn send_chunk(
         embeddings: wire::f32_le_bytes(run.iter().map(|&(_, p)| vectors[p].as_slice())),
         tokens: run.iter().map(|&(_, p)| items[p].len).collect(),
     };
-    match wire::encode(&chunk) {
-        Ok(bytes) => {
-            if let Err(e) = shared
-                .client
-                .publish(reply_to.to_string(), bytes.into())
-                .await
-            {
-                tracing::warn!(error = %e, id, "chunk not sent");
-            }
-        }
-        Err(e) => tracing::error!(error = %e, "chunk does not encode; this is a bug"),
-    }
+    wire::encode(&chunk)
+        .inspect_err(|e| tracing::error!(error = %e, "chunk does not encode; this is a bug"))
+        .ok()
 }
 
 /// Answers every request of a failed batch with the error.
@@ -621,6 +624,7 @@ mod tests {
             dims: 0,
             deadline_ms: 0,
             trace: None,
+            bundle_to: None,
         };
         let a = TokenBatch {
             token_ids: vec![1, 2],

@@ -383,6 +383,7 @@ fn poisoned_batches_fail_only_their_own_requests() {
             dims: 0,
             deadline_ms: 0,
             trace: None,
+            bundle_to: None,
         };
         let poisoned = [
             TokenBatch {

@@ -5,12 +5,13 @@ mod support;
 
 use std::time::Duration;
 
-use common::wire::{self, EmbedReply, EmbedRequest, ErrorCode, InputType};
+use common::wire::{self, EmbedChunk, EmbedReply, EmbedRequest, ErrorCode, InputType, ReplyBundle};
 use e2e_tests::{NatsServer, tiny_model_dir};
 use futures::StreamExt;
 use serde_json::Value;
 use support::{
-    embed_over_nats, floats, golden, max_abs_diff, start_gpu, start_tokenizer, wait_for_workers,
+    embed_over_nats, floats, golden, max_abs_diff, start_gpu, start_tokenizer,
+    wait_for_worker_counts, wait_for_workers,
 };
 
 fn request(
@@ -28,6 +29,7 @@ fn request(
         truncate: None,
         deadline_ms: None,
         ack: false,
+        bundle_to: None,
     }
 }
 
@@ -189,16 +191,13 @@ async fn nats_api_matches_golden_and_survives_concurrency_and_bad_input() {
     tokenizer.stop().await.unwrap();
 }
 
-/// Every message on `inbox` until `patience` passes without one.
+/// Every reply on `replies` until `patience` passes without one.
 async fn drain_replies(
     replies: &mut async_nats::Subscriber,
     patience: Duration,
 ) -> Vec<EmbedReply> {
-    let mut got = Vec::new();
-    while let Ok(Some(message)) = tokio::time::timeout(patience, replies.next()).await {
-        got.push(wire::decode::<EmbedReply>(&message.payload).expect("a reply decodes"));
-    }
-    got
+    let got = drain_messages(replies, patience).await;
+    got.into_iter().map(|(_, reply)| reply).collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -262,4 +261,132 @@ async fn acknowledgement_follows_queued_inputs_and_never_an_error() {
 
     gpu.stop().await.unwrap();
     tokenizer.stop().await.unwrap();
+}
+
+/// Requests that name a `bundle_to` subject get their chunks and acknowledgements there,
+/// packed together, and their errors on their own reply subjects. The requests are queued
+/// before any GPU worker runs, so one worker pulls them all into one pass and answers them
+/// in one bundle.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bundled_replies_carry_every_chunk_and_acknowledgement() {
+    let server = NatsServer::start();
+    let model = tiny_model_dir();
+    let tokenizer = start_tokenizer(&server, &model);
+    let client = async_nats::connect(server.url()).await.unwrap();
+    wait_for_worker_counts(&client, 1, 0).await;
+    let golden = golden();
+    let documents: Vec<&Value> = golden["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| !c["is_query"].as_bool().unwrap())
+        .collect();
+
+    let inbox = client.new_inbox();
+    let bundle_to = format!("{inbox}.bundle");
+    let mut own_subjects = client.subscribe(format!("{inbox}.own.>")).await.unwrap();
+    let mut bundles = client.subscribe(bundle_to.clone()).await.unwrap();
+    let requests = 12;
+    for n in 0..requests {
+        let texts: Vec<String> = (0..1 + n % 3)
+            .map(|k| {
+                documents[(n + k) % documents.len()]["text"]
+                    .as_str()
+                    .unwrap()
+                    .into()
+            })
+            .collect();
+        let mut req = request(&format!("b-{n}"), texts, InputType::Document, None);
+        req.ack = true;
+        req.bundle_to = Some(bundle_to.clone());
+        client
+            .publish_with_reply(
+                "embed.requests",
+                format!("{inbox}.own.{n}"),
+                wire::encode(&req).unwrap().into(),
+            )
+            .await
+            .unwrap();
+    }
+    // One bad request: its error comes on its own subject, never in a bundle.
+    let mut bad = request("bad", vec!["x".into()], InputType::Document, None);
+    bad.dimensions = Some(0);
+    bad.bundle_to = Some(bundle_to.clone());
+    client
+        .publish_with_reply(
+            "embed.requests",
+            format!("{inbox}.own.bad"),
+            wire::encode(&bad).unwrap().into(),
+        )
+        .await
+        .unwrap();
+
+    let mut acknowledged = std::collections::BTreeMap::new();
+    let wait = Duration::from_secs(10);
+    while acknowledged.len() < requests {
+        let message = tokio::time::timeout(wait, bundles.next())
+            .await
+            .expect("acknowledgements within 10 s")
+            .unwrap();
+        let bundle = wire::decode::<ReplyBundle>(&message.payload).expect("a bundle decodes");
+        for reply in bundle.replies {
+            match reply {
+                EmbedReply::Queued(q) => assert!(acknowledged.insert(q.id, q.queued).is_none()),
+                other => panic!("only acknowledgements before a GPU worker runs: {other:?}"),
+            }
+        }
+    }
+
+    let gpu = start_gpu(&server, &model);
+    let message = tokio::time::timeout(wait, bundles.next())
+        .await
+        .expect("vectors within 10 s")
+        .unwrap();
+    let chunks: Vec<EmbedChunk> = wire::decode::<ReplyBundle>(&message.payload)
+        .expect("a bundle decodes")
+        .replies
+        .into_iter()
+        .map(|reply| match reply {
+            EmbedReply::Chunk(chunk) => chunk,
+            other => panic!("only chunks after the acknowledgements: {other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        chunks.len(),
+        requests,
+        "one pass, one bundle, a chunk per request"
+    );
+    for chunk in &chunks {
+        let n: usize = chunk.id.strip_prefix("b-").unwrap().parse().unwrap();
+        assert_eq!(chunk.total as usize, 1 + n % 3);
+        assert_eq!(acknowledged[&chunk.id], chunk.total);
+        for (k, got) in chunk.vectors().unwrap().iter().enumerate() {
+            let want =
+                floats(&documents[(n + chunk.offset as usize + k) % documents.len()]["embedding"]);
+            let diff = max_abs_diff(got, &want);
+            assert!(diff < 2e-5, "{} item {k}: diff {diff}", chunk.id);
+        }
+    }
+
+    let own: Vec<(String, EmbedReply)> =
+        drain_messages(&mut own_subjects, Duration::from_secs(1)).await;
+    assert_eq!(own.len(), 1, "only the error travels alone: {own:?}");
+    assert_eq!(own[0].0, format!("{inbox}.own.bad"));
+    assert!(matches!(&own[0].1, EmbedReply::Error(e) if e.error.code == ErrorCode::InvalidRequest));
+
+    gpu.stop().await.unwrap();
+    tokenizer.stop().await.unwrap();
+}
+
+/// Every message (subject and reply) on `subscriber` until `patience` passes without one.
+async fn drain_messages(
+    subscriber: &mut async_nats::Subscriber,
+    patience: Duration,
+) -> Vec<(String, EmbedReply)> {
+    let mut got = Vec::new();
+    while let Ok(Some(message)) = tokio::time::timeout(patience, subscriber.next()).await {
+        let reply = wire::decode::<EmbedReply>(&message.payload).expect("a reply decodes");
+        got.push((message.subject.to_string(), reply));
+    }
+    got
 }

@@ -40,6 +40,17 @@ struct Waiting {
     total: u32,
 }
 
+/// An acknowledgement to send.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DueAck {
+    /// The request's reply subject.
+    pub reply_to: String,
+    /// The request's bundle subject, when it named one.
+    pub bundle_to: Option<String>,
+    /// The acknowledgement.
+    pub reply: QueuedReply,
+}
+
 /// Requests that asked for an acknowledgement and are not yet fully queued.
 #[derive(Debug, Default)]
 pub struct Acks {
@@ -59,13 +70,10 @@ impl Acks {
             .unqueued += sequences;
     }
 
-    /// Counts off the items of a batch the work queue confirmed; returns the reply subject
-    /// and acknowledgement of every request now fully queued. Items of requests that did not
-    /// ask (or were forgotten) are ignored.
-    pub fn queued<'a>(
-        &mut self,
-        items: impl IntoIterator<Item = &'a BatchItem>,
-    ) -> Vec<(String, QueuedReply)> {
+    /// Counts off the items of a batch the work queue confirmed; returns the acknowledgement
+    /// of every request now fully queued. Items of requests that did not ask (or were
+    /// forgotten) are ignored.
+    pub fn queued<'a>(&mut self, items: impl IntoIterator<Item = &'a BatchItem>) -> Vec<DueAck> {
         let mut due = Vec::new();
         for item in items {
             let key = RequestKey::of(item);
@@ -76,13 +84,14 @@ impl Acks {
             if waiting.unqueued == 0 {
                 let total = waiting.total;
                 self.waiting.remove(&key);
-                due.push((
-                    key.reply_to,
-                    QueuedReply {
+                due.push(DueAck {
+                    reply_to: key.reply_to,
+                    bundle_to: item.bundle_to.clone(),
+                    reply: QueuedReply {
                         id: key.id,
                         queued: total,
                     },
-                ));
+                });
             }
         }
         due
@@ -118,6 +127,7 @@ mod tests {
             dims: 0,
             deadline_ms: 0,
             trace: None,
+            bundle_to: None,
         }
     }
 
@@ -133,13 +143,14 @@ mod tests {
         let due = acks.queued(&[item("a", 1)]);
         assert_eq!(
             due,
-            vec![(
-                "_INBOX.a".to_string(),
-                QueuedReply {
+            vec![DueAck {
+                reply_to: "_INBOX.a".to_string(),
+                bundle_to: None,
+                reply: QueuedReply {
                     id: "a".into(),
                     queued: 3
                 }
-            )]
+            }]
         );
         assert!(acks.is_empty());
         // A late duplicate of a finished request is ignored.
@@ -153,7 +164,7 @@ mod tests {
         acks.expect(key("b"), 2, 2);
         let due = acks.queued(&[item("b", 0), item("c", 0), item("a", 0)]);
         assert_eq!(due.len(), 1);
-        assert_eq!(due[0].1.id, "a");
+        assert_eq!(due[0].reply.id, "a");
         assert_eq!(acks.len(), 1);
         let mut other_inbox = item("b", 1);
         other_inbox.reply_to = "_INBOX.elsewhere".into();

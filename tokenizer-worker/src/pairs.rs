@@ -73,6 +73,7 @@ pub fn tokenize(
                 dims: 0,
                 deadline_ms: request.deadline_ms.unwrap_or(0),
                 trace: None,
+                bundle_to: None,
             };
             PendingSequence::new(item, encoding.ids).map_err(|e| {
                 ErrorReply::new(Some(request.id.clone()), ErrorCode::Internal, e.to_string())

@@ -139,6 +139,7 @@ mod tests {
             dims: 0,
             deadline_ms,
             trace: None,
+            bundle_to: None,
         }
     }
 

@@ -22,6 +22,7 @@ use anyhow::Context as _;
 use async_nats::jetstream;
 use bytes::Bytes;
 use common::nats::NatsConfig;
+use common::outbox::Outbox;
 use common::queue::{QueueConfig, batch_stream_for};
 use common::subjects::{RERANK_TOKENIZER_QUEUE_GROUP, TOKENIZER_QUEUE_GROUP, Task};
 use common::trace::{LOG_TARGET, RequestTrace};
@@ -29,12 +30,12 @@ use common::wire::{
     self, BatchItem, EmbedRequest, ErrorCode, ErrorReply, InputType, RerankRequest, WorkerKind,
     WorkerStatus,
 };
-use common::worker::{register_service, send_error, send_queued};
+use common::worker::{register_service, send_error, send_outbox};
 use futures::StreamExt;
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
 
-use crate::acks::{Acks, RequestKey};
+use crate::acks::{Acks, DueAck, RequestKey};
 use crate::batcher::{Batcher, BatcherConfig, PendingSequence};
 use crate::budget::RequestBudget;
 use crate::config::TokenizerWorkerConfig;
@@ -550,9 +551,22 @@ impl State {
             }
         };
         if published.queued {
-            for (reply_to, queued) in self.acks.queued(&published.items) {
-                send_queued(&self.client, &reply_to, &queued);
+            let mut outbox = Outbox::default();
+            for due in self.acks.queued(&published.items) {
+                let DueAck {
+                    reply_to,
+                    bundle_to,
+                    reply,
+                } = due;
+                tracing::debug!(id = %reply.id, inputs = reply.queued, "request acknowledged");
+                match wire::encode(&reply) {
+                    Ok(bytes) => outbox.push(&reply_to, bundle_to.as_deref(), bytes),
+                    Err(e) => {
+                        tracing::error!(error = %e, "acknowledgement does not encode; this is a bug")
+                    }
+                }
             }
+            send_outbox(&self.client, outbox, "acknowledgement");
         } else {
             for item in &published.items {
                 self.acks.forget(&RequestKey::of(item));
@@ -721,6 +735,7 @@ fn tokenize(
                 dims: request.dimensions.unwrap_or(0),
                 deadline_ms: request.deadline_ms.unwrap_or(0),
                 trace: None,
+                bundle_to: request.bundle_to.clone(),
             };
             PendingSequence::new(item, ids).map_err(|e| {
                 ErrorReply::new(Some(request.id.clone()), ErrorCode::Internal, e.to_string())
@@ -748,6 +763,7 @@ mod tests {
             truncate: None,
             deadline_ms: None,
             ack: false,
+            bundle_to: None,
         }
     }
 

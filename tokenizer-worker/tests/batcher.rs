@@ -29,6 +29,7 @@ fn item(request: &str, index: u32, deadline_ms: u64) -> BatchItem {
         dims: 0,
         deadline_ms,
         trace: None,
+        bundle_to: None,
     }
 }
 

@@ -70,6 +70,7 @@ impl NatsEmbedder {
             deadline_ms: Some(wire::now_ms() + timeout.as_millis() as u64),
             // The job retries a whole batch on timeout instead.
             ack: false,
+            bundle_to: None,
         };
         let retry = |message: String| Failure::Retry {
             message,

@@ -2,8 +2,10 @@
 //! requests on `{prefix}.rerank`), assembling their replies, discovering workers.
 //!
 //! The gateway holds ONE wildcard subscription, `{inbox}.>`, and gives each request the
-//! reply subject `{inbox}.{n}`. A reader task routes every reply by `n` to the request's
-//! entry in the pending map; the entry assembles chunks and hands the finished answer (or
+//! reply subject `{inbox}.{n}`; embedding requests also name `{inbox}.bundle` as their
+//! `bundle_to`, where the workers send the chunks and acknowledgements of many requests
+//! packed in one message. A reader task routes every reply by `n` (for bundled replies, the
+//! `n` in the request id `{gateway_id}-{n}`) to the request's entry in the pending map; the entry assembles chunks and hands the finished answer (or
 //! the error) to the waiting handler through a oneshot channel. Entries leave the map when
 //! answered, timed out or abandoned (the handler's future dropped), so late replies find
 //! nothing and are ignored.
@@ -27,7 +29,9 @@ use async_nats::connection::State;
 use async_nats::{Client, HeaderMap, Message, StatusCode};
 use common::subjects::Subjects;
 use common::trace::{LOG_TARGET, RequestTrace};
-use common::wire::{self, EmbedReply, EmbedRequest, ErrorReply, RerankReply, RerankRequest};
+use common::wire::{
+    self, EmbedReply, EmbedRequest, ErrorReply, ReplyBundle, RerankReply, RerankRequest,
+};
 use futures::StreamExt;
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
@@ -39,6 +43,10 @@ use self::resend::Resend;
 /// How long a waiting request gives a dropped connection to come back before it fails
 /// with `NotConnected`; a cluster client fails over to another server well within it.
 pub const RECONNECT_GRACE: Duration = Duration::from_secs(1);
+
+/// The last token of this gateway's bundle subject, `{inbox}.bundle`, which its embedding
+/// requests name as `bundle_to`.
+const BUNDLE_TOKEN: &str = "bundle";
 
 /// Why an upstream request produced no embeddings.
 #[derive(Debug, thiserror::Error)]
@@ -161,6 +169,8 @@ pub struct Upstream {
     rerank_subject: String,
     /// This gateway's inbox; reply subjects are `{inbox}.{n}`.
     inbox: String,
+    /// Where workers may send bundled replies: `{inbox}.bundle`.
+    bundle_subject: String,
     /// Unique id of this gateway, prefix of request ids.
     gateway_id: String,
     /// Sequence number of the next request.
@@ -198,6 +208,7 @@ impl Upstream {
             client,
             requests_subject: subjects.requests(),
             rerank_subject: subjects.rerank(),
+            bundle_subject: format!("{inbox}.{BUNDLE_TOKEN}"),
             inbox,
             gateway_id,
             next: AtomicU64::new(0),
@@ -237,6 +248,7 @@ impl Upstream {
         let n = self.begin()?;
         request.id = format!("{}-{n}", self.gateway_id);
         request.ack = self.ack_timeout.is_some();
+        request.bundle_to = Some(self.bundle_subject.clone());
         let payload = self.encode(&request)?;
         let (done, answer) = oneshot::channel();
         let collector = Collector::Embed {
@@ -477,36 +489,74 @@ impl Drop for PendingEntry<'_> {
 async fn read_replies(mut subscriber: async_nats::Subscriber, inbox: String, pending: PendingMap) {
     let prefix = format!("{inbox}.");
     while let Some(message) = subscriber.next().await {
-        let Some(n) = message
-            .subject
-            .strip_prefix(prefix.as_str())
-            .and_then(|tail| tail.parse::<u64>().ok())
-        else {
-            tracing::debug!(subject = %message.subject, "ignoring message on an unexpected inbox subject");
+        let Some(tail) = message.subject.strip_prefix(prefix.as_str()) else {
             continue;
         };
-        route(&pending, n, message);
+        if tail == BUNDLE_TOKEN {
+            route_bundle(&pending, &message);
+        } else if let Ok(n) = tail.parse::<u64>() {
+            route(&pending, n, &message);
+        } else {
+            tracing::debug!(subject = %message.subject, "ignoring message on an unexpected inbox subject");
+        }
     }
     tracing::debug!("reply subscription ended");
     lock(&pending).clear();
 }
 
-/// Applies one reply to request `n`, completing it when the answer is whole or failed.
-fn route(pending: &PendingMap, n: u64, message: Message) {
+/// Applies one reply to request `n`.
+fn route(pending: &PendingMap, n: u64, message: &Message) {
     if message.status == Some(StatusCode::NO_RESPONDERS) {
         finish(pending, n, UpstreamError::NoResponders);
         return;
     }
+    update(pending, n, |id, collector| match collector {
+        Collector::Embed { assembly, .. } => match decode_reply(message) {
+            Ok(reply) => apply_embed(id, assembly, reply),
+            Err(step) => step,
+        },
+        Collector::Rerank { assembly, .. } => match decode_reply(message) {
+            Ok(reply) => apply_rerank(id, assembly, reply),
+            Err(step) => step,
+        },
+    });
+}
+
+/// Applies each reply of a [`ReplyBundle`] to the embedding request its id names (request
+/// ids are `{gateway_id}-{n}`). A bundle that does not decode is logged and dropped: its
+/// requests fail at their deadline.
+fn route_bundle(pending: &PendingMap, message: &Message) {
+    let bundle = match wire::decode::<ReplyBundle>(&message.payload) {
+        Ok(bundle) => bundle,
+        Err(e) => {
+            tracing::warn!(subject = %message.subject, "undecodable reply bundle dropped: {e}");
+            return;
+        }
+    };
+    for reply in bundle.replies {
+        let n = embed_reply_id(&reply)
+            .and_then(|id| id.rsplit_once('-'))
+            .and_then(|(_, n)| n.parse::<u64>().ok());
+        let Some(n) = n else {
+            tracing::debug!("bundled reply without one of this gateway's request ids ignored");
+            continue;
+        };
+        update(pending, n, |id, collector| match collector {
+            Collector::Embed { assembly, .. } => apply_embed(id, assembly, reply),
+            Collector::Rerank { .. } => Step::Ignore,
+        });
+    }
+}
+
+/// Applies what `step` makes of request `n`'s collector (given the request's id),
+/// completing the request when its answer is whole or failed.
+fn update(pending: &PendingMap, n: u64, step: impl FnOnce(&str, &mut Collector) -> Step) {
     let mut map = lock(pending);
     let Some(entry) = map.get_mut(&n) else {
         tracing::debug!(n, "reply for an unknown or finished request ignored");
         return;
     };
-    let step = match &mut entry.collector {
-        Collector::Embed { assembly, .. } => apply_embed(&entry.id, assembly, &message),
-        Collector::Rerank { assembly, .. } => apply_rerank(&entry.id, assembly, &message),
-    };
-    let error = match step {
+    let error = match step(&entry.id, &mut entry.collector) {
         Step::Ignore | Step::More => return,
         Step::Acked => {
             entry.acked = true;
@@ -540,18 +590,19 @@ fn is_for(id: &str, reply_id: Option<&str>) -> bool {
     true
 }
 
-/// Applies an embedding reply to its assembly.
-fn apply_embed(id: &str, assembly: &mut Assembly, message: &Message) -> Step {
-    let reply = match decode_reply::<EmbedReply>(message) {
-        Ok(reply) => reply,
-        Err(step) => return step,
-    };
-    let reply_id = match &reply {
-        EmbedReply::Chunk(chunk) => Some(chunk.id.as_str()),
+/// The request id an embedding reply carries (an error about an undecodable request has
+/// none).
+fn embed_reply_id(reply: &EmbedReply) -> Option<&str> {
+    match reply {
+        EmbedReply::Chunk(chunk) => Some(&chunk.id),
         EmbedReply::Error(error) => error.id.as_deref(),
-        EmbedReply::Queued(queued) => Some(queued.id.as_str()),
-    };
-    if !is_for(id, reply_id) {
+        EmbedReply::Queued(queued) => Some(&queued.id),
+    }
+}
+
+/// Applies an embedding reply to its assembly.
+fn apply_embed(id: &str, assembly: &mut Assembly, reply: EmbedReply) -> Step {
+    if !is_for(id, embed_reply_id(&reply)) {
         return Step::Ignore;
     }
     match reply {
@@ -566,11 +617,7 @@ fn apply_embed(id: &str, assembly: &mut Assembly, message: &Message) -> Step {
 }
 
 /// Applies a rerank reply to its assembly.
-fn apply_rerank(id: &str, assembly: &mut ScoreAssembly, message: &Message) -> Step {
-    let reply = match decode_reply::<RerankReply>(message) {
-        Ok(reply) => reply,
-        Err(step) => return step,
-    };
+fn apply_rerank(id: &str, assembly: &mut ScoreAssembly, reply: RerankReply) -> Step {
     let reply_id = match &reply {
         RerankReply::Chunk(chunk) => Some(chunk.id.as_str()),
         RerankReply::Error(error) => error.id.as_deref(),
