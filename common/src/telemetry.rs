@@ -1,5 +1,7 @@
 //! Logging set-up shared by the binaries (`tracing`, filtered by `RUST_LOG`).
 
+use std::io::IsTerminal;
+
 use tracing_subscriber::EnvFilter;
 
 /// Log line format.
@@ -13,13 +15,15 @@ pub enum LogFormat {
     Json,
 }
 
-/// Installs the global subscriber: `RUST_LOG` filters (default `info`), lines go to stderr.
+/// Installs the global subscriber: `RUST_LOG` filters (default `info`), lines go to stderr,
+/// colored only when stderr is a terminal (a log file or collector gets plain text).
 /// Calling it twice is harmless (the second call keeps the first subscriber).
 pub fn init(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
     let _already_set = match format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().try_init(),
