@@ -2,8 +2,9 @@
 
 use gemm::Parallelism;
 
-/// Products below this many multiply-adds run on one thread (thread hand-off costs more).
-const PARALLEL_MIN_FLOPS: usize = 1 << 20;
+/// Products below this many multiply-adds run on one thread (thread hand-off costs more;
+/// see `PARALLEL_MIN_ELEMENTS` in the backend's module for how it was measured).
+const PARALLEL_MIN_FLOPS: usize = 1 << 22;
 
 /// `out (rows, n) = x (rows, k) @ w^T`, with `w` stored row-major as `(n, k)`.
 pub fn linear(x: &[f32], w: &[f32], rows: usize, k: usize, n: usize, out: &mut [f32]) {

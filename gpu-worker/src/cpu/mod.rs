@@ -1,6 +1,6 @@
 //! The CPU backend: every op on the host, using every core. In f32 ([`CpuBackend::F32`]) it
 //! is the exact reference (matches transformers in float32) and the twin each CUDA kernel is
-//! tested against; in bf16 ([`CpuBackend::BF16`]) the weights stay bf16 and the matrix
+//! tested against; in bf16 ([`CpuBackend::bf16`]) the weights stay bf16 and the matrix
 //! products run on the CPU's bf16 dot-product instructions, everything else still in f32.
 //!
 //! # Layout
@@ -26,8 +26,11 @@ use linear_bf16::{Kernel, PackedBf16};
 use qk_norm_rope::RopeTable;
 
 /// Element-wise work on fewer elements than this runs on the calling thread: handing it to
-/// the thread pool (a wake-up and a wait) costs more than the work.
-const PARALLEL_MIN_ELEMENTS: usize = 1 << 14;
+/// the thread pool (a wake-up and a wait) costs more than the work. With every stage on the
+/// same cores, a pool thread may wait its turn behind other processes; at `1 << 14` the
+/// pool's waking, spinning and yielding were over half the worker's CPU samples serving
+/// short queries at concurrency 32.
+const PARALLEL_MIN_ELEMENTS: usize = 1 << 16;
 
 /// A row-major f32 matrix on the host.
 #[derive(Debug, Clone, PartialEq)]
