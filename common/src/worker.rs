@@ -25,8 +25,8 @@ pub fn send_outbox(client: &async_nats::Client, outbox: Outbox, what: &'static s
     let client = client.clone();
     tokio::spawn(async move {
         for (subject, payload) in messages {
-            if let Err(e) = client.publish(subject, payload.into()).await {
-                tracing::warn!(error = %e, "{what} not sent");
+            if let Err(e) = client.publish(subject.clone(), payload.into()).await {
+                tracing::warn!(error = %e, %subject, "{what} not sent");
             }
         }
     });

@@ -61,7 +61,11 @@ impl VectorCache {
     /// poisoning is ignored.
     fn entries(&self) -> Option<MutexGuard<'_, LruCache<CacheKey, Arc<Embedded>>>> {
         let entries = self.entries.as_ref()?;
-        Some(entries.lock().unwrap_or_else(|poisoned| poisoned.into_inner()))
+        Some(
+            entries
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+        )
     }
 
     /// Whether lookups can hit at all.
@@ -150,10 +154,16 @@ mod tests {
         });
         cache.insert(key("a", None), value.clone());
         cache.insert(key("b", None), value.clone());
-        assert!(cache.get(&key("a", None)).is_some(), "a is now the most recent");
+        assert!(
+            cache.get(&key("a", None)).is_some(),
+            "a is now the most recent"
+        );
         cache.insert(key("c", None), value);
         assert_eq!(cache.len(), 2);
-        assert!(cache.get(&key("b", None)).is_none(), "b was the least recent");
+        assert!(
+            cache.get(&key("b", None)).is_none(),
+            "b was the least recent"
+        );
         assert!(cache.get(&key("a", None)).is_some());
         assert!(cache.get(&key("c", None)).is_some());
     }

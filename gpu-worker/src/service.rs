@@ -487,8 +487,8 @@ async fn publish_chunks(shared: &Shared, items: &[BatchItem], vectors: &[Vec<f32
         add(&run);
     }
     for (subject, payload) in outbox.into_messages(shared.max_payload) {
-        if let Err(e) = shared.client.publish(subject, payload.into()).await {
-            tracing::warn!(error = %e, "chunk not sent");
+        if let Err(e) = shared.client.publish(subject.clone(), payload.into()).await {
+            tracing::warn!(error = %e, %subject, "chunk not sent");
         }
     }
 }
