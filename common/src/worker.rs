@@ -1,5 +1,6 @@
 //! What every worker process does on NATS besides its own work: answering a request with an
-//! error or an acknowledgement, and registering as a micro service for operators.
+//! error, sending collected replies (an [`Outbox`]: alone or bundled), and registering as a
+//! micro service for operators.
 
 use crate::outbox::Outbox;
 use crate::wire::{self, ErrorReply};
