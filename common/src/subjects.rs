@@ -111,6 +111,16 @@ impl Subjects {
     }
 }
 
+/// Whether `subject` can be published on: dot-separated tokens, none empty, none a wildcard
+/// (`*`, `>`), no whitespace.
+pub fn is_publish_subject(subject: &str) -> bool {
+    !subject.is_empty()
+        && subject
+            .split('.')
+            .all(|token| !token.is_empty() && token != "*" && token != ">")
+        && !subject.contains(char::is_whitespace)
+}
+
 impl Default for Subjects {
     fn default() -> Self {
         Self::new(DEFAULT_PREFIX)
@@ -137,5 +147,17 @@ mod tests {
         );
         assert_eq!(subjects.batches_for(Task::Embed), subjects.batches());
         assert_eq!(subjects.requests_for(Task::Rerank), subjects.rerank());
+    }
+
+    #[test]
+    fn publish_subjects_have_tokens_and_no_wildcards_or_spaces() {
+        for good in ["a", "_INBOX.x.bundle", "embed.requests", "a-b.c_d.9"] {
+            assert!(is_publish_subject(good), "{good}");
+        }
+        for bad in [
+            "", ".", "a.", ".a", "a..b", "a.*", "a.>", "*", "a b", "a\tb", "a.b\n",
+        ] {
+            assert!(!is_publish_subject(bad), "{bad:?}");
+        }
     }
 }

@@ -153,6 +153,11 @@ async fn nats_api_matches_golden_and_survives_concurrency_and_bad_input() {
             bad(base.clone(), |r| r.input = vec!["word ".repeat(9000)]),
             ErrorCode::TooManyTokens,
         ),
+        // Chunks sent there would be lost: refused before any work.
+        (
+            bad(base.clone(), |r| r.bundle_to = Some("my bundle.>".into())),
+            ErrorCode::InvalidRequest,
+        ),
     ] {
         let error = embed_over_nats(&client, &req).await.expect_err("must fail");
         assert_eq!(error.error.code, code, "{req:?}: {}", error.error.message);

@@ -24,7 +24,9 @@ use bytes::Bytes;
 use common::nats::NatsConfig;
 use common::outbox::Outbox;
 use common::queue::{QueueConfig, batch_stream_for};
-use common::subjects::{RERANK_TOKENIZER_QUEUE_GROUP, TOKENIZER_QUEUE_GROUP, Task};
+use common::subjects::{
+    RERANK_TOKENIZER_QUEUE_GROUP, TOKENIZER_QUEUE_GROUP, Task, is_publish_subject,
+};
 use common::trace::{LOG_TARGET, RequestTrace};
 use common::wire::{
     self, BatchItem, EmbedRequest, ErrorCode, ErrorReply, InputType, RerankRequest, WorkerKind,
@@ -679,6 +681,14 @@ fn check_embed(
         return fail(format!(
             "`dimensions` must be between 1 and {} for this model, got {dims}",
             limits.hidden_size
+        ));
+    }
+    if let Some(subject) = &request.bundle_to
+        && !is_publish_subject(subject)
+    {
+        return fail(format!(
+            "`bundle_to` must be a subject to publish on (dot-separated tokens, no wildcards \
+             or spaces), got {subject:?}"
         ));
     }
     deadline::check(&request.id, request.deadline_ms, wire::now_ms(), max_age)?;
