@@ -292,6 +292,7 @@ async fn bundled_replies_carry_every_chunk_and_acknowledgement() {
     let mut own_subjects = client.subscribe(format!("{inbox}.own.>")).await.unwrap();
     let mut bundles = client.subscribe(bundle_to.clone()).await.unwrap();
     let requests = 12;
+    let mut published = Vec::new();
     for n in 0..requests {
         let texts: Vec<String> = (0..1 + n % 3)
             .map(|k| {
@@ -303,28 +304,20 @@ async fn bundled_replies_carry_every_chunk_and_acknowledgement() {
             .collect();
         let mut req = request(&format!("b-{n}"), texts, InputType::Document, None);
         req.ack = true;
-        req.bundle_to = Some(bundle_to.clone());
-        client
-            .publish_with_reply(
-                "embed.requests",
-                format!("{inbox}.own.{n}"),
-                wire::encode(&req).unwrap().into(),
-            )
-            .await
-            .unwrap();
+        published.push((req, format!("{inbox}.own.{n}")));
     }
     // One bad request: its error comes on its own subject, never in a bundle.
     let mut bad = request("bad", vec!["x".into()], InputType::Document, None);
     bad.dimensions = Some(0);
-    bad.bundle_to = Some(bundle_to.clone());
-    client
-        .publish_with_reply(
-            "embed.requests",
-            format!("{inbox}.own.bad"),
-            wire::encode(&bad).unwrap().into(),
-        )
-        .await
-        .unwrap();
+    published.push((bad, format!("{inbox}.own.bad")));
+    for (mut req, reply_to) in published {
+        req.bundle_to = Some(bundle_to.clone());
+        let payload = wire::encode(&req).unwrap().into();
+        client
+            .publish_with_reply("embed.requests", reply_to, payload)
+            .await
+            .unwrap();
+    }
 
     let mut acknowledged = std::collections::BTreeMap::new();
     let wait = Duration::from_secs(10);
