@@ -6,6 +6,10 @@
 
 use std::collections::BTreeMap;
 
+use serde::Serialize;
+
+use crate::wire;
+
 /// The bytes a bundle adds around its replies: a one-entry map, the key `replies` and the
 /// largest array header. A reply up to `max_payload - BUNDLE_OVERHEAD` always fits in a
 /// bundle.
@@ -21,9 +25,16 @@ pub struct Outbox {
 }
 
 impl Outbox {
-    /// Adds one encoded reply (a MessagePack map): to `bundle_to` when the request named
-    /// one, else alone to `reply_to`.
-    pub fn push(&mut self, reply_to: &str, bundle_to: Option<&str>, encoded: Vec<u8>) {
+    /// Adds one reply: to `bundle_to` when the request named one, else alone to `reply_to`.
+    /// A reply that does not encode is logged (a bug) and left out.
+    pub fn push<T: Serialize>(&mut self, reply_to: &str, bundle_to: Option<&str>, reply: &T) {
+        let encoded = match wire::encode(reply) {
+            Ok(encoded) => encoded,
+            Err(e) => {
+                tracing::error!(error = %e, "reply does not encode; this is a bug");
+                return;
+            }
+        };
         match bundle_to {
             Some(subject) => self
                 .bundled
@@ -96,7 +107,7 @@ fn bundle(replies: &[Vec<u8>]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wire::{self, EmbedChunk, EmbedReply, QueuedReply, ReplyBundle};
+    use crate::wire::{EmbedChunk, EmbedReply, QueuedReply, ReplyBundle};
 
     fn chunk(id: &str, dims: usize) -> EmbedReply {
         EmbedReply::Chunk(EmbedChunk {
@@ -147,7 +158,7 @@ mod tests {
         let limit = 300;
         let mut outbox = Outbox::default();
         for reply in &replies {
-            outbox.push("_INBOX.unused", Some("_INBOX.g.bundle"), encoded(reply));
+            outbox.push("_INBOX.unused", Some("_INBOX.g.bundle"), reply);
         }
         let messages = outbox.into_messages(limit);
         assert!(messages.len() > 1, "40 replies do not fit in {limit} bytes");
@@ -163,22 +174,10 @@ mod tests {
     #[test]
     fn lone_replies_and_bundle_subjects_stay_apart() {
         let mut outbox = Outbox::default();
-        outbox.push("_INBOX.a", None, encoded(&queued("a")));
-        outbox.push(
-            "_INBOX.b.1",
-            Some("_INBOX.b.bundle"),
-            encoded(&queued("b1")),
-        );
-        outbox.push(
-            "_INBOX.c.1",
-            Some("_INBOX.c.bundle"),
-            encoded(&queued("c1")),
-        );
-        outbox.push(
-            "_INBOX.b.2",
-            Some("_INBOX.b.bundle"),
-            encoded(&chunk("b2", 4)),
-        );
+        outbox.push("_INBOX.a", None, &queued("a"));
+        outbox.push("_INBOX.b.1", Some("_INBOX.b.bundle"), &queued("b1"));
+        outbox.push("_INBOX.c.1", Some("_INBOX.c.bundle"), &queued("c1"));
+        outbox.push("_INBOX.b.2", Some("_INBOX.b.bundle"), &chunk("b2", 4));
         let messages = outbox.into_messages(1 << 20);
         let subjects: Vec<&str> = messages.iter().map(|(s, _)| s.as_str()).collect();
         assert_eq!(subjects, ["_INBOX.a", "_INBOX.b.bundle", "_INBOX.c.bundle"]);

@@ -3,7 +3,7 @@
 //! micro service for operators.
 
 use crate::outbox::Outbox;
-use crate::wire::{self, ErrorReply};
+use crate::wire::ErrorReply;
 
 /// Publishes `error` to `reply_to` without waiting (the publish is buffered by the client).
 pub fn send_error(client: &async_nats::Client, reply_to: &str, error: &ErrorReply) {
@@ -13,7 +13,9 @@ pub fn send_error(client: &async_nats::Client, reply_to: &str, error: &ErrorRepl
         message = %error.error.message,
         "request refused"
     );
-    send(client, reply_to, error, "error reply");
+    let mut outbox = Outbox::default();
+    outbox.push(reply_to, None, error);
+    send_outbox(client, outbox, "error reply");
 }
 
 /// Publishes the messages of `outbox` in the background, in order (bundles no larger than
@@ -29,26 +31,6 @@ pub fn send_outbox(client: &async_nats::Client, outbox: Outbox, what: &'static s
             if let Err(e) = client.publish(subject.clone(), payload.into()).await {
                 tracing::warn!(error = %e, %subject, "{what} not sent");
             }
-        }
-    });
-}
-
-/// Encodes `message` and publishes it to `reply_to` in the background; `what` names it in
-/// log lines.
-fn send<T: serde::Serialize>(
-    client: &async_nats::Client,
-    reply_to: &str,
-    message: &T,
-    what: &'static str,
-) {
-    let Ok(bytes) = wire::encode(message) else {
-        tracing::error!("{what} does not encode; this is a bug");
-        return;
-    };
-    let (client, reply_to) = (client.clone(), reply_to.to_string());
-    tokio::spawn(async move {
-        if let Err(e) = client.publish(reply_to, bytes.into()).await {
-            tracing::warn!(error = %e, "{what} not sent");
         }
     });
 }

@@ -471,8 +471,8 @@ async fn publish_chunks(shared: &Shared, items: &[BatchItem], vectors: &[Vec<f32
         let dims = vectors[request.members[0].1].len();
         let per_chunk = (room / (dims * 4 + 8)).max(1);
         let mut add = |run: &[(u32, usize)]| {
-            if let Some(bytes) = encode_chunk(id, request.total, run, items, vectors) {
-                outbox.push(request.reply_to, request.bundle_to, bytes);
+            if let Some(chunk) = chunk_of(id, request.total, run, items, vectors) {
+                outbox.push(request.reply_to, request.bundle_to, &chunk);
             }
         };
         let mut run: Vec<(u32, usize)> = Vec::new();
@@ -493,16 +493,16 @@ async fn publish_chunks(shared: &Shared, items: &[BatchItem], vectors: &[Vec<f32
     }
 }
 
-/// The encoded chunk of request `id` holding the items of `run` (`None` when empty).
-fn encode_chunk(
+/// The chunk of request `id` holding the items of `run` (`None` when empty).
+fn chunk_of(
     id: &str,
     total: u32,
     run: &[(u32, usize)],
     items: &[BatchItem],
     vectors: &[Vec<f32>],
-) -> Option<Vec<u8>> {
+) -> Option<EmbedChunk> {
     let &(offset, first) = run.first()?;
-    let chunk = EmbedChunk {
+    Some(EmbedChunk {
         id: id.to_string(),
         offset,
         count: run.len() as u32,
@@ -510,10 +510,7 @@ fn encode_chunk(
         dims: vectors[first].len() as u32,
         embeddings: wire::f32_le_bytes(run.iter().map(|&(_, p)| vectors[p].as_slice())),
         tokens: run.iter().map(|&(_, p)| items[p].len).collect(),
-    };
-    wire::encode(&chunk)
-        .inspect_err(|e| tracing::error!(error = %e, "chunk does not encode; this is a bug"))
-        .ok()
+    })
 }
 
 /// Answers every request of a failed batch with the error.

@@ -561,12 +561,7 @@ impl State {
                     reply,
                 } = due;
                 tracing::debug!(id = %reply.id, inputs = reply.queued, "request acknowledged");
-                match wire::encode(&reply) {
-                    Ok(bytes) => outbox.push(&reply_to, bundle_to.as_deref(), bytes),
-                    Err(e) => {
-                        tracing::error!(error = %e, "acknowledgement does not encode; this is a bug")
-                    }
-                }
+                outbox.push(&reply_to, bundle_to.as_deref(), &reply);
             }
             send_outbox(&self.client, outbox, "acknowledgement");
         } else {
