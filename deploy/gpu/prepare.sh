@@ -25,7 +25,7 @@ for line in sys.stdin:
 ')
 
 rm -rf "$bundle"
-mkdir -p "$bundle/bin" "$bundle/tests" "$bundle/fixture" "$bundle/tools" "$bundle/kernels"
+mkdir -p "$bundle/bin" "$bundle/tests" "$bundle/fixture" "$bundle/reranker" "$bundle/tools" "$bundle/kernels"
 if [[ -x target/release/gpu-worker ]]; then
     cp target/release/gpu-worker "$bundle/bin/"
 else
@@ -41,6 +41,7 @@ strip "$bundle"/bin/* "$bundle"/tests/* 2>/dev/null || true
 
 # The tokenizer stays behind: the benchmarks use random token ids.
 cp "$shared"/fixtures/qwen3-tiny/{config.json,golden.json,model.safetensors} "$bundle/fixture/"
+cp "$shared"/fixtures/qwen3-tiny-reranker/{config.json,golden_rerank.json,model.safetensors} "$bundle/reranker/"
 cp "$shared/tools/make-random-qwen3.py" "$bundle/tools/"
 cp gpu-worker/kernels/* "$bundle/kernels/"
 cp deploy/gpu/check.sh deploy/gpu/torch_bench.py "$bundle/"

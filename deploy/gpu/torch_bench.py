@@ -8,6 +8,11 @@ default, so no token is padding and the numbers compare directly; with --min-len
 they are drawn from [F*L, L] and left-padded to L with an attention mask, as a transformers
 server batches them, and tokens_per_s counts real tokens only.
 
+With --mixed N:MIN:MAX it runs the mixed workload of `gpu-worker bench --sequences N --min-len
+MIN --seq-len MAX`: the same N lengths (the same generator and seed), batched as
+sentence-transformers' encode() batches them: sorted longest first, --batch-size sequences a
+batch, each left-padded to its longest.
+
 Needs torch with CUDA and transformers (the GPU machine's image has both).
 """
 import argparse
@@ -42,16 +47,103 @@ def batch(batch_size, seq_len, min_len_fraction, generator):
     return ids.cuda(), mask.cuda()
 
 
+MASK64 = (1 << 64) - 1
+
+
+def lcg_lengths(seed, count, low, high):
+    """The first `count` sequence lengths `gpu-worker bench` draws (its bench::Lcg)."""
+    state = (seed * 6364136223846793005 + 1442695040888963407) & MASK64
+    lengths = []
+    for _ in range(count):
+        state = (state * 6364136223846793005 + 1442695040888963407) & MASK64
+        lengths.append(low + (state >> 33) % (high - low + 1))
+    return lengths
+
+
+def timed(embed, iters):
+    """Milliseconds per call of `embed`, after one warm-up call."""
+    embed()
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(iters):
+        embed()
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) / iters
+
+
+def mixed(model, spec, batch_size, iters, seed, generator):
+    count, low, high = (int(v) for v in spec.split(":"))
+    lengths = sorted(lcg_lengths(seed, count, low, high), reverse=True)
+    batches = []
+    for first in range(0, count, batch_size):
+        rows = lengths[first:first + batch_size]
+        width = rows[0]
+        ids = torch.randint(0, 150_000, (len(rows), width), generator=generator)
+        mask = torch.zeros(len(rows), width, dtype=torch.long)
+        for row, length in enumerate(rows):
+            mask[row, width - length:] = 1
+            ids[row, : width - length] = PAD_ID
+        batches.append((ids.cuda(), mask.cuda()))
+
+    @torch.inference_mode()
+    def embed():
+        for ids, mask in batches:
+            last = model(input_ids=ids, attention_mask=mask).last_hidden_state[:, -1]
+            torch.nn.functional.normalize(last.float(), dim=-1)
+
+    ms = timed(embed, iters)
+    tokens = sum(lengths)
+    padded = sum(int(mask.numel()) for _, mask in batches)
+    print(json.dumps({
+        "backend": "torch-sdpa-bf16",
+        "torch": torch.__version__,
+        "device": torch.cuda.get_device_name(),
+        "workload": "mixed",
+        "sequences": count,
+        "min_len": low,
+        "seq_len": high,
+        "batch_size": batch_size,
+        "tokens": tokens,
+        "padded_tokens": padded,
+        "iters": iters,
+        "ms_per_pass": ms,
+        "tokens_per_s": tokens / (ms / 1e3),
+    }), flush=True)
+
+
+def peak(n=8192, iters=20):
+    """bf16 matrix product throughput through cuBLAS on random inputs, rotating 3 input sets."""
+    pairs = [(torch.randn(n, n, device="cuda", dtype=torch.bfloat16),
+              torch.randn(n, n, device="cuda", dtype=torch.bfloat16)) for _ in range(3)]
+    step = iter(range(1 << 30))
+
+    def product():
+        a, b = pairs[next(step) % 3]
+        torch.matmul(a, b)
+
+    ms = timed(product, iters)
+    print(json.dumps({"peak_bf16_tflops": 2 * n**3 / (ms / 1e3) / 1e12, "n": n}), flush=True)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="model directory (Hugging Face layout)")
-    parser.add_argument("--config", action="append", required=True, help="BATCHxSEQ_LEN, e.g. 32x512; repeatable")
+    parser.add_argument("--config", action="append", default=[], help="BATCHxSEQ_LEN, e.g. 32x512; repeatable")
+    parser.add_argument("--mixed", action="append", default=[],
+                        help="SEQUENCES:MIN:MAX, the mixed workload; repeatable")
+    parser.add_argument("--batch-size", type=int, default=32, help="sequences per batch of --mixed")
     parser.add_argument("--iters", type=int, default=10, help="timed iterations after one warm-up")
     parser.add_argument("--min-len-fraction", type=float, default=1.0,
                         help="draw lengths from [F*L, L] and left-pad (default 1.0: no padding)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--peak", action="store_true",
+                        help="first time a large bf16 matrix product (the card's GEMM ceiling)")
     args = parser.parse_args()
 
+    if args.peak:
+        peak()
     model = load(args.model)
     generator = torch.Generator().manual_seed(args.seed)
     for config in args.config:
@@ -63,15 +155,7 @@ def main():
             last = model(input_ids=ids, attention_mask=mask).last_hidden_state[:, -1]
             return torch.nn.functional.normalize(last.float(), dim=-1)
 
-        embed()
-        torch.cuda.synchronize()
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(args.iters):
-            embed()
-        end.record()
-        torch.cuda.synchronize()
-        ms = start.elapsed_time(end) / args.iters
+        ms = timed(embed, args.iters)
         print(json.dumps({
             "backend": "torch-sdpa-bf16",
             "torch": torch.__version__,
@@ -83,6 +167,8 @@ def main():
             "tokens_per_s": int(mask.sum()) / (ms / 1e3),
             "padded_tokens_per_s": batch_size * seq_len / (ms / 1e3),
         }), flush=True)
+    for spec in args.mixed:
+        mixed(model, spec, args.batch_size, args.iters, args.seed, generator)
 
 
 if __name__ == "__main__":

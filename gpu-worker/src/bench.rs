@@ -19,13 +19,24 @@ pub struct BenchArgs {
     /// Compute precision (auto: f32 on the CPU, bf16 with CUDA).
     #[arg(long, value_enum, default_value_t = Dtype::Auto)]
     pub dtype: Dtype,
-    /// Sequences per batch.
+    /// Sequences per batch (at most).
     #[arg(long, default_value_t = 8)]
     pub batch: usize,
-    /// Tokens per sequence.
+    /// Tokens per sequence (the longest, with --min-len).
     #[arg(long, default_value_t = 128)]
     pub seq_len: usize,
-    /// Timed iterations (after one untimed warm-up).
+    /// Shortest sequence: lengths are drawn uniformly from [min_len, seq_len] (default: every
+    /// sequence is --seq-len long).
+    #[arg(long)]
+    pub min_len: Option<usize>,
+    /// Sequences per timed pass (default: --batch), cut in arrival order into batches of at
+    /// most --batch sequences and --batch-tokens tokens, as the tokenizer workers batch them.
+    #[arg(long)]
+    pub sequences: Option<usize>,
+    /// Most tokens in one batch (default: --batch times --seq-len).
+    #[arg(long)]
+    pub batch_tokens: Option<usize>,
+    /// Timed passes (after one untimed warm-up pass).
     #[arg(long, default_value_t = 5)]
     pub iters: usize,
     /// CUDA device ordinal.
@@ -50,11 +61,19 @@ pub struct BenchReport {
     pub device: String,
     /// Precision.
     pub dtype: Dtype,
-    /// Sequences per batch.
+    /// Most sequences per batch.
     pub batch: usize,
-    /// Tokens per sequence.
+    /// Longest sequence.
     pub seq_len: usize,
-    /// Timed iterations.
+    /// Shortest sequence.
+    pub min_len: usize,
+    /// Sequences per pass.
+    pub sequences: usize,
+    /// Tokens per pass.
+    pub tokens: usize,
+    /// Batches per pass.
+    pub batches: usize,
+    /// Timed passes.
     pub iters: usize,
     /// Mean milliseconds per batch.
     pub ms_per_batch: f64,
@@ -62,11 +81,81 @@ pub struct BenchReport {
     pub tokens_per_s: f64,
 }
 
-/// Loads the model and times `iters` forward passes over a synthetic batch.
+/// Reproducible pseudo-random numbers (a 64-bit linear congruential generator), so that
+/// `deploy/gpu/torch_bench.py` can draw the same sequence lengths.
+struct Lcg(u64);
+
+impl Lcg {
+    fn new(seed: u64) -> Self {
+        let mut lcg = Self(seed);
+        lcg.next();
+        lcg
+    }
+
+    /// The next number below 2^31.
+    fn next(&mut self) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        self.0 >> 33
+    }
+}
+
+/// One batch of the synthetic workload.
+struct Batch {
+    token_ids: Vec<u32>,
+    lengths: Vec<usize>,
+}
+
+/// Draws `sequences` lengths from [min_len, max_len] (lengths first, then token ids, from one
+/// generator) and cuts them in order into batches within `max_sequences` and `max_tokens`.
+fn workload(
+    seed: u64,
+    sequences: usize,
+    min_len: usize,
+    max_len: usize,
+    max_sequences: usize,
+    max_tokens: usize,
+) -> Vec<Batch> {
+    let mut lcg = Lcg::new(seed);
+    let span = (max_len - min_len + 1) as u64;
+    let lengths: Vec<usize> = (0..sequences)
+        .map(|_| min_len + (lcg.next() % span) as usize)
+        .collect();
+    let vocab = 150_000;
+    let mut batches: Vec<Batch> = Vec::new();
+    for length in lengths {
+        let fits = batches.last().is_some_and(|batch| {
+            batch.lengths.len() < max_sequences && batch.token_ids.len() + length <= max_tokens
+        });
+        if !fits {
+            batches.push(Batch {
+                token_ids: Vec::new(),
+                lengths: Vec::new(),
+            });
+        }
+        let batch = batches.last_mut().expect("a batch was just pushed");
+        batch.lengths.push(length);
+        batch
+            .token_ids
+            .extend((0..length).map(|_| (lcg.next() % vocab) as u32));
+    }
+    batches
+}
+
+/// Loads the model and times `iters` passes over a synthetic workload.
 pub fn run(args: &BenchArgs) -> anyhow::Result<BenchReport> {
+    let min_len = args.min_len.unwrap_or(args.seq_len);
+    let sequences = args.sequences.unwrap_or(args.batch);
+    let max_tokens = args.batch_tokens.unwrap_or(args.batch * args.seq_len);
     anyhow::ensure!(
-        args.batch > 0 && args.seq_len > 0 && args.iters > 0,
-        "--batch, --seq-len and --iters must be positive"
+        args.batch > 0 && args.seq_len > 0 && args.iters > 0 && sequences > 0,
+        "--batch, --seq-len, --sequences and --iters must be positive"
+    );
+    anyhow::ensure!(
+        (1..=args.seq_len).contains(&min_len) && args.seq_len <= max_tokens,
+        "need 1 <= --min-len <= --seq-len <= --batch-tokens"
     );
     let embedder = engine::load(
         &args.model,
@@ -75,29 +164,29 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<BenchReport> {
             dtype: args.dtype,
             device: args.device,
             gpu_memory_fraction: args.gpu_memory_fraction,
-            max_batch_tokens: Some(args.batch * args.seq_len),
+            max_batch_tokens: Some(max_tokens),
         },
     )?;
-    // Token ids from a small linear congruential generator: reproducible, no model bias.
-    let mut state = args
-        .seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
-    let vocab = 150_000u64;
-    let token_ids: Vec<u32> = (0..args.batch * args.seq_len)
-        .map(|_| {
-            state = state
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((state >> 33) % vocab) as u32
-        })
-        .collect();
-    let lengths = vec![args.seq_len; args.batch];
-    let dims = vec![embedder.hidden_size(); args.batch];
-    embedder.embed(&token_ids, &lengths, &dims)?;
+    let batches = workload(
+        args.seed,
+        sequences,
+        min_len,
+        args.seq_len,
+        args.batch,
+        max_tokens,
+    );
+    let tokens: usize = batches.iter().map(|batch| batch.token_ids.len()).sum();
+    let pass = || -> anyhow::Result<()> {
+        for batch in &batches {
+            let dims = vec![embedder.hidden_size(); batch.lengths.len()];
+            embedder.embed(&batch.token_ids, &batch.lengths, &dims)?;
+        }
+        Ok(())
+    };
+    pass()?;
     let start = Instant::now();
     for _ in 0..args.iters {
-        embedder.embed(&token_ids, &lengths, &dims)?;
+        pass()?;
     }
     let seconds = start.elapsed().as_secs_f64();
     Ok(BenchReport {
@@ -107,8 +196,44 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<BenchReport> {
         dtype: args.dtype,
         batch: args.batch,
         seq_len: args.seq_len,
+        min_len,
+        sequences,
+        tokens,
+        batches: batches.len(),
         iters: args.iters,
-        ms_per_batch: seconds * 1e3 / args.iters as f64,
-        tokens_per_s: (args.batch * args.seq_len * args.iters) as f64 / seconds,
+        ms_per_batch: seconds * 1e3 / (args.iters * batches.len()) as f64,
+        tokens_per_s: (tokens * args.iters) as f64 / seconds,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn workload_respects_lengths_and_batch_limits() {
+        let batches = workload(7, 500, 16, 512, 64, 4096);
+        let lengths: Vec<usize> = batches.iter().flat_map(|b| b.lengths.clone()).collect();
+        assert_eq!(lengths.len(), 500);
+        assert!(lengths.iter().all(|l| (16..=512).contains(l)));
+        assert!(lengths.iter().any(|&l| l < 100) && lengths.iter().any(|&l| l > 400));
+        for batch in &batches {
+            assert!(batch.lengths.len() <= 64);
+            assert_eq!(batch.token_ids.len(), batch.lengths.iter().sum::<usize>());
+            assert!(batch.token_ids.len() <= 4096);
+            assert!(batch.token_ids.iter().all(|&id| id < 150_000));
+        }
+        // Each batch is full: the next sequence would not have fitted.
+        for pair in batches.windows(2) {
+            let next = pair[1].lengths[0];
+            assert!(pair[0].lengths.len() == 64 || pair[0].token_ids.len() + next > 4096);
+        }
+    }
+
+    #[test]
+    fn fixed_lengths_make_one_full_batch() {
+        let batches = workload(0, 8, 128, 128, 8, 1024);
+        assert_eq!(batches.len(), 1);
+        assert_eq!(batches[0].lengths, vec![128; 8]);
+    }
 }

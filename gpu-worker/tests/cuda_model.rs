@@ -10,6 +10,7 @@ use gpu_worker::cpu::CpuBackend;
 use gpu_worker::cuda::{CudaBackend, CudaOptions};
 use gpu_worker::model::ModelError;
 use gpu_worker::model::qwen3::{Qwen3, TracePoint};
+use gpu_worker::model::rerank::Reranker;
 use gpu_worker::ops::{BatchLayout, OpError, Ops};
 
 /// The backend on device 0, or `None` (after saying so) without a device.
@@ -229,4 +230,54 @@ fn device_is_described() {
     assert!(info.memory_total.is_some_and(|t| t > 0));
     assert!(info.memory_used.is_some());
     assert_eq!(gpu.name(), "cuda-bf16");
+}
+
+/// bf16 logits of the tiny reranker stay this close to transformers' f32 ones (they are about
+/// 1.4 and -0.5; bf16 keeps 8 significant bits).
+const MAX_LOGIT_DIFF: f64 = 0.05;
+/// ... and its yes-probabilities this close.
+const MAX_SCORE_DIFF: f64 = 0.01;
+
+#[test]
+fn reranker_scores_match_transformers() {
+    let Some(gpu) = gpu() else { return };
+    let golden = fixture::read_json(&fixture::reranker_dir().join("golden_rerank.json"));
+    let reranker =
+        Reranker::load(&fixture::reranker_dir(), &gpu).expect("reranker fixture loads on the GPU");
+    let cases: Vec<_> = golden["cases"].as_array().unwrap().iter().collect();
+    assert!(cases.len() >= 8);
+    let inputs: Vec<Vec<u32>> = cases
+        .iter()
+        .map(|c| fixture::ids(&c["input_ids"]))
+        .collect();
+    // Each case alone, then all of them in one packed batch: both within the tolerances.
+    let alone: Vec<_> = inputs
+        .iter()
+        .map(|ids| {
+            let layout = BatchLayout::from_lengths(&[ids.len()]).unwrap();
+            reranker.score(&gpu, ids, &layout).unwrap().remove(0)
+        })
+        .collect();
+    let lengths: Vec<usize> = inputs.iter().map(Vec::len).collect();
+    let layout = BatchLayout::from_lengths(&lengths).unwrap();
+    let packed = reranker.score(&gpu, &inputs.concat(), &layout).unwrap();
+    assert_eq!(packed.len(), cases.len());
+    let (mut max_logit, mut max_score) = (0.0f64, 0.0f64);
+    for (i, case) in cases.iter().enumerate() {
+        let want = |key: &str| case[key].as_f64().expect("number");
+        for got in [&alone[i], &packed[i]] {
+            let d_logit = (f64::from(got.logit_yes) - want("logit_yes"))
+                .abs()
+                .max((f64::from(got.logit_no) - want("logit_no")).abs());
+            let d_score = (f64::from(got.score) - want("score")).abs();
+            assert!(
+                d_logit < MAX_LOGIT_DIFF && d_score < MAX_SCORE_DIFF,
+                "case {}: logit diff {d_logit}, score diff {d_score}",
+                case["id"]
+            );
+            max_logit = max_logit.max(d_logit);
+            max_score = max_score.max(d_score);
+        }
+    }
+    println!("reranker: largest |logit diff| {max_logit:e}, largest |score diff| {max_score:e}");
 }
