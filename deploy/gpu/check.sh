@@ -7,9 +7,11 @@
 #      and the tiny reranker against transformers' scores (cuda_model),
 #   3. throughput of a random Qwen3-Embedding-0.6B: `gpu-worker bench --backend cuda` against
 #      PyTorch + transformers (bf16, SDPA) on the same workloads (torch_bench.py), and the
-#      linear layers' rate against a large cuBLAS matrix product on the same card.
-# Took 83-98 s on an H100 (every step has a timeout; the whole stays under 5.5 minutes). Full
-# logs go to $OUT (7 files); a short table is printed last.
+#      linear layers' rate against a large cuBLAS matrix product on the same card,
+#   4. the whole serving pipeline on the GPU (serve.sh): golden vectors through HTTP, then
+#      loadgen's bulk and online workloads on the 0.6B model.
+# Steps 1-3 took 83-98 s on an H100 (every step has a timeout; the whole stays under 6 minutes).
+# Full logs go to $OUT (8 files); a short table is printed last.
 #
 # Usage (device tool, from the repository root, carrying gpu-bundle):  bash gpu-bundle/check.sh
 set -uo pipefail
@@ -21,9 +23,10 @@ summary="$out/summary.txt"
 : >"$summary"
 started=$SECONDS
 say() { echo "[$((SECONDS - started))s] $*" >&2; }
-# A step's timeout, cut so that the whole script ends within 5.5 minutes.
+# A step's timeout, cut so that the whole script ends within 6 minutes.
+total=360
 cap() {
-    local t=$1 left=$((330 - (SECONDS - started)))
+    local t=$1 left=$((total - (SECONDS - started)))
     ((left < t)) && t=$left
     ((t < 1)) && t=1
     echo "$t"
@@ -60,6 +63,8 @@ export RUST_BACKTRACE=1
 
 note "== $(date -u +%FT%TZ) on $(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1 | head -n 1)"
 note "LD_LIBRARY_PATH=$LD_LIBRARY_PATH"
+# serve.sh's binaries, configuration and tokenizer (prepare.sh packs them to fit the carry limit).
+python3 -m tarfile -e "$here/serve.tar.xz" "$here" || note "serve.tar.xz did not unpack"
 
 # --- 1. Kernels compile with this machine's NVRTC (no warnings) -----------------------------
 say "kernel compile check"
@@ -102,72 +107,44 @@ for suite in cuda_parity cuda_model; do
 done
 
 # --- 3. Throughput on a random 0.6B model ------------------------------------------------------
-# Workloads: one fixed batch (32 x 512, no padding either side) and the mixed workload of the
-# issue (4,096 sequences of 16 to 512 tokens): ours packs them in arrival order into batches of at
-# most 32,768 tokens (the production profile's budget); PyTorch runs them as sentence-transformers
-# does (sorted longest first, 32 a batch, padded to the longest).
+# Workloads: fixed batches (no padding either side): 32 x 512 for throughput, 1 x 16 and 32 x 32
+# for the small batches of online traffic (bound by launches, not arithmetic); and the mixed
+# workload of the issue (4,096 sequences of 16 to 512 tokens): ours packs them in arrival order
+# into batches of at most 32,768 tokens (the production profile's budget); PyTorch runs them as
+# sentence-transformers does (sorted longest first, 32 a batch, padded to the longest).
 model=/tmp/qwen3-0.6b-random
 mixed=4096:16:512
 budget=32768
-workloads=("32x512" "mixed")
-declare -A ours theirs
-tokens_per_s() { python3 -c 'import json, sys; print(round(json.loads(sys.argv[1])["tokens_per_s"]))' "$1" 2>/dev/null || echo error; }
 say "generating the 0.6B model"
+: >"$out/bench.log"
+: >"$out/torch.log"
 if timeout "$(cap 120)" python3 "$here/tools/make-random-qwen3.py" --out "$model" \
-    >"$out/gen.log" 2>&1; then
+    --tokenizer-dir "$here/fixture" >"$out/gen.log" 2>&1; then
     if [[ -x "$here/bin/gpu-worker" ]]; then
-        : >"$out/bench.log"
         bench() {
             say "gpu-worker bench $*"
-            local line
-            line=$(timeout "$(cap 90)" "$here/bin/gpu-worker" bench --model "$model" --backend cuda --dtype bf16 \
-                "$@" 2>>"$out/bench.log" | tail -n 1)
-            echo "$line" >>"$out/bench.log"
-            tokens_per_s "$line"
+            timeout "$(cap 90)" "$here/bin/gpu-worker" bench --model "$model" --backend cuda --dtype bf16 "$@" \
+                2>>"$out/bench.log" | tail -n 1 >>"$out/bench.log"
         }
-        ours[32x512]=$(bench --batch 32 --seq-len 512 --iters 10)
+        bench --batch 32 --seq-len 512 --iters 10
+        bench --batch 1 --seq-len 16 --iters 200
+        bench --batch 32 --seq-len 32 --iters 100
         IFS=: read -r count low high <<<"$mixed"
-        ours[mixed]=$(bench --sequences "$count" --min-len "$low" --seq-len "$high" --batch "$count" \
-            --batch-tokens "$budget" --iters 2)
+        bench --sequences "$count" --min-len "$low" --seq-len "$high" --batch "$count" \
+            --batch-tokens "$budget" --iters 2
     else
         note "bench: no gpu-worker binary in the bundle"
     fi
     say "torch bench"
     timeout "$(cap 150)" python3 "$here/torch_bench.py" --model "$model" --peak --iters 2 --config 32x512 \
-        --mixed "$mixed" --batch-size 32 >"$out/torch.log" 2>&1
-    for workload in "${workloads[@]}"; do
-        theirs[$workload]=$(python3 - "$out/torch.log" "$workload" <<'PY'
-import json, sys
-for line in open(sys.argv[1]):
-    if line.startswith("{"):
-        r = json.loads(line)
-        name = r.get("workload") or (f"{r['batch']}x{r['seq_len']}" if "batch" in r else None)
-        if name == sys.argv[2]:
-            print(f"{r['tokens_per_s']:.0f}")
-            break
-else:
-    print("error")
-PY
-)
-    done
-    # The linear layers' multiply-adds per token, against the card's measured matrix ceiling: a
-    # floor for what the GEMMs reach (the whole pass's time is counted, attention and all).
-    gemm=$(python3 - "$model/config.json" "$out/torch.log" "${ours[mixed]:-0}" <<'PY'
-import json, sys
-c = json.load(open(sys.argv[1]))
-h, i, layers = c["hidden_size"], c["intermediate_size"], c["num_hidden_layers"]
-d = c.get("head_dim") or h // c["num_attention_heads"]
-q, kv = c["num_attention_heads"] * d, c["num_key_value_heads"] * d
-flops = 2 * layers * (h * (q + 2 * kv) + q * h + 3 * h * i)
-peak = next((json.loads(l)["peak_bf16_tflops"] for l in open(sys.argv[2]) if "peak_bf16_tflops" in l), None)
-rate = float(sys.argv[3]) * flops / 1e12
-print(f"{rate:.0f} TFLOP/s in linear layers on the mixed workload" +
-      (f", {100 * rate / peak:.0f}% of the measured {peak:.0f} TFLOP/s bf16 matmul" if peak else ""))
-PY
-)
+        --config 1x16 --config 32x32 --mixed "$mixed" --batch-size 32 >"$out/torch.log" 2>&1
 else
     note "bench: make-random-qwen3.py failed (see gen.log)"
 fi
+
+# --- 4. The serving pipeline on the GPU ----------------------------------------------------------
+say "serving pipeline"
+serving=$(bash "$here/serve.sh" "$model" "$(cap 150)" 2>&1)
 
 # --- Table ---------------------------------------------------------------------------------------
 {
@@ -175,13 +152,53 @@ fi
     echo "== summary ($((SECONDS - started)) s)"
     echo "kernels: $kernels"
     echo "parity:  $parity"
-    printf "%-10s %14s %14s %8s\n" "workload" "cuda tok/s" "torch tok/s" "ratio"
-    for workload in "${workloads[@]}"; do
-        mine=${ours[$workload]:-n/a}
-        ref=${theirs[$workload]:-n/a}
-        ratio=$(python3 -c 'import sys; print(f"{float(sys.argv[1]) / float(sys.argv[2]):.2f}")' "$mine" "$ref" \
-            2>/dev/null || echo "-")
-        printf "%-10s %14s %14s %8s\n" "$workload" "$mine" "$ref" "$ratio"
-    done
-    echo "gemm: ${gemm:-n/a}"
+    # Both sides' JSON lines by workload; the linear layers' multiply-adds per token against the
+    # card's measured matrix ceiling give a floor for what the GEMMs reach on the mixed workload
+    # (the whole pass's time is counted, attention and all).
+    python3 - "$out/bench.log" "$out/torch.log" "$model/config.json" <<'PY'
+import json, sys
+
+def runs(path):
+    found = {}
+    for line in open(path):
+        if line.startswith("{"):
+            r = json.loads(line)
+            if "tokens_per_s" not in r:
+                found["peak"] = r
+                continue
+            mixed = r.get("workload") == "mixed" or r.get("sequences", r["batch"]) != r["batch"] \
+                or r.get("min_len", r["seq_len"]) != r["seq_len"]
+            found["mixed" if mixed else f"{r['batch']}x{r['seq_len']}"] = r
+    return found
+
+ours, theirs = runs(sys.argv[1]), runs(sys.argv[2])
+
+def rate(r):
+    return f"{r['tokens_per_s']:.0f}" if r else "n/a"
+
+def ms(r):
+    """Milliseconds per batch, or per pass of the mixed workload."""
+    if not r:
+        return "n/a"
+    return f"{r['tokens'] / r['tokens_per_s'] * 1e3 if 'tokens' in r else r['ms_per_batch']:.3f}"
+
+print(f"{'workload':<10} {'cuda tok/s':>11} {'torch tok/s':>12} {'ratio':>6} {'cuda ms':>9} {'torch ms':>9}")
+for name in ("32x512", "1x16", "32x32", "mixed"):
+    a, b = ours.get(name), theirs.get(name)
+    ratio = f"{a['tokens_per_s'] / b['tokens_per_s']:.2f}" if a and b else "-"
+    print(f"{name:<10} {rate(a):>11} {rate(b):>12} {ratio:>6} {ms(a):>9} {ms(b):>9}")
+try:
+    c = json.load(open(sys.argv[3]))
+    h, i, layers = c["hidden_size"], c["intermediate_size"], c["num_hidden_layers"]
+    d = c.get("head_dim") or h // c["num_attention_heads"]
+    q, kv = c["num_attention_heads"] * d, c["num_key_value_heads"] * d
+    flops = 2 * layers * (h * (q + 2 * kv) + q * h + 3 * h * i)
+    rate = ours["mixed"]["tokens_per_s"] * flops / 1e12
+    peak = theirs["peak"]["peak_bf16_tflops"]
+    print(f"gemm: {rate:.0f} TFLOP/s in linear layers on the mixed workload, "
+          f"{100 * rate / peak:.0f}% of the measured {peak:.0f} TFLOP/s bf16 matmul")
+except (KeyError, OSError, ValueError) as e:
+    print(f"gemm: n/a ({e!r})")
+PY
+    echo "${serving:-serve: not run}"
 } | tee -a "$summary"

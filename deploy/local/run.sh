@@ -122,7 +122,7 @@ if [[ -z "$nats_url" ]]; then
   pids+=($!)
   has_nats=1
   nats_url="nats://127.0.0.1:$nats_port"
-  for _ in $(seq 100); do (echo >"/dev/tcp/127.0.0.1/$nats_port") 2>/dev/null && break; sleep 0.1; done
+  for _ in $(seq 100); do (: >"/dev/tcp/127.0.0.1/$nats_port") 2>/dev/null && break; sleep 0.1; done
 fi
 
 export QWEN3_EMBED_CONFIG_DIR="$config_dir" QWEN3_EMBED_PROFILE="$profile" NATS_URL="$nats_url"
