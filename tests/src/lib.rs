@@ -6,9 +6,11 @@
 
 pub mod process;
 
-use std::net::TcpListener;
+use std::io::{BufRead, BufReader};
+use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 /// The repository root.
@@ -63,7 +65,12 @@ pub struct NatsServer {
     port: u16,
     store_dir: PathBuf,
     extra_args: Vec<String>,
+    /// The `server_name` the server announces, to tell it from another test's server.
+    name: String,
 }
+
+/// How many ports [`NatsServer::start_with_args`] tries before giving up.
+const START_ATTEMPTS: usize = 5;
 
 impl NatsServer {
     /// Starts a server on a free port and waits until it accepts connections.
@@ -71,26 +78,53 @@ impl NatsServer {
         Self::start_with_args(&[])
     }
 
-    /// Starts a server with extra command-line arguments (auth, cluster).
+    /// Starts a server with extra command-line arguments (auth, cluster). A free port can be
+    /// taken by a test running beside this one before the server binds it (the server then
+    /// exits, and the other test's server answers on the port): readiness therefore means the
+    /// server that answers announces this one's name, and another port is tried otherwise.
     pub fn start_with_args(extra_args: &[&str]) -> Self {
-        let port = free_port();
-        let store_dir = std::env::temp_dir().join(format!("nats-js-{}-{port}", std::process::id()));
-        let extra_args: Vec<String> = extra_args.iter().map(|s| s.to_string()).collect();
-        let child = spawn(port, &store_dir, &extra_args);
-        let server = Self {
-            child,
-            port,
-            store_dir,
-            extra_args,
+        static STARTED: AtomicUsize = AtomicUsize::new(0);
+        let mut extra_args: Vec<String> = extra_args.iter().map(|s| s.to_string()).collect();
+        let name = match extra_args.iter().position(|a| a == "--server_name") {
+            Some(i) => extra_args[i + 1].clone(),
+            None => {
+                let n = STARTED.fetch_add(1, Ordering::Relaxed);
+                let name = format!("test-{}-{n}", std::process::id());
+                extra_args.extend(["--server_name".to_string(), name.clone()]);
+                name
+            }
         };
-        server.wait_ready();
-        server
+        for _ in 0..START_ATTEMPTS {
+            let port = free_port();
+            let store_dir =
+                std::env::temp_dir().join(format!("nats-js-{}-{port}", std::process::id()));
+            let child = spawn(port, &store_dir, &extra_args);
+            let mut server = Self {
+                child,
+                port,
+                store_dir,
+                extra_args: extra_args.clone(),
+                name: name.clone(),
+            };
+            if server.wait_ready() {
+                return server;
+            }
+        }
+        panic!("nats-server {name} did not start on any of {START_ATTEMPTS} free ports");
     }
 
-    fn wait_ready(&self) {
+    /// Waits until this server (not another on its port) accepts connections; `false` when it
+    /// exited instead.
+    fn wait_ready(&mut self) -> bool {
         // Generous: three cluster nodes starting beside a busy test run can take a while.
         let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+        loop {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return false;
+            }
+            if announced_name(self.port).as_deref() == Some(self.name.as_str()) {
+                return true;
+            }
             assert!(
                 Instant::now() < deadline,
                 "nats-server did not start on port {}",
@@ -120,8 +154,23 @@ impl NatsServer {
     pub fn restart(&mut self) {
         self.kill();
         self.child = spawn(self.port, &self.store_dir, &self.extra_args);
-        self.wait_ready();
+        assert!(
+            self.wait_ready(),
+            "nats-server {} did not start again on port {}",
+            self.name,
+            self.port
+        );
     }
+}
+
+/// The `server_name` in the INFO line of whatever server listens on `port`, if one answers.
+fn announced_name(port: u16) -> Option<String> {
+    let stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
+    let mut line = String::new();
+    BufReader::new(stream).read_line(&mut line).ok()?;
+    let info: serde_json::Value = serde_json::from_str(line.strip_prefix("INFO ")?.trim()).ok()?;
+    info["server_name"].as_str().map(str::to_string)
 }
 
 fn spawn(port: u16, store_dir: &Path, extra_args: &[String]) -> Child {
@@ -211,5 +260,35 @@ impl NatsCluster {
             .map(NatsServer::url)
             .collect::<Vec<_>>()
             .join(",")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_server_on_a_taken_port_is_not_mistaken_for_the_one_there() {
+        let first = NatsServer::start();
+        assert_eq!(
+            announced_name(first.port()).as_deref(),
+            Some(first.name.as_str())
+        );
+        let name = "test-second".to_string();
+        let args = vec!["--server_name".to_string(), name.clone()];
+        let store_dir = std::env::temp_dir().join(format!("nats-js-{}-second", std::process::id()));
+        let mut second = NatsServer {
+            child: spawn(first.port(), &store_dir, &args),
+            port: first.port(),
+            store_dir,
+            extra_args: args,
+            name,
+        };
+        // The second server cannot bind the port and exits; the first keeps answering there.
+        assert!(!second.wait_ready());
+        assert_eq!(
+            announced_name(first.port()).as_deref(),
+            Some(first.name.as_str())
+        );
     }
 }
