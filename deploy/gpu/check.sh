@@ -5,13 +5,15 @@
 #   2. the CUDA tests: each kernel against its CPU twin (cuda_parity), the model on the
 #      qwen3-tiny fixture against transformers' golden vectors, batch invariance, memory limits,
 #      and the tiny reranker against transformers' scores (cuda_model),
+#      and compute-sanitizer's four tools over the kernel tests,
 #   3. throughput of a random Qwen3-Embedding-0.6B: `gpu-worker bench --backend cuda` against
 #      PyTorch + transformers (bf16, SDPA) on the same workloads (torch_bench.py), and the
 #      linear layers' rate against a large cuBLAS matrix product on the same card,
 #   4. the whole serving pipeline on the GPU (serve.sh): golden vectors through HTTP, then
 #      loadgen's bulk and online workloads on the 0.6B model.
-# Steps 1-3 took 83-98 s on an H100 (every step has a timeout; the whole stays under 6 minutes).
-# Full logs go to $OUT (8 files); a short table is printed last.
+# Steps 1-4 took 137 s on an H200 before the sanitizer step was added, steps 1-3 83-98 s on an
+# H100 (every step has a timeout; the whole stays under 6 minutes). Full logs go to $OUT
+# (8 files); a short table is printed last.
 #
 # Usage (device tool, from the repository root, carrying gpu-bundle):  bash gpu-bundle/check.sh
 set -uo pipefail
@@ -106,6 +108,30 @@ for suite in cuda_parity cuda_model; do
         tee -a "$summary"
 done
 
+# --- 2b. compute-sanitizer over the kernel tests: memcheck, racecheck, synccheck, and initcheck
+#         with bulk-copy (TMA) stores tracked, which cuBLAS's Hopper kernels write through
+#         (without it, initcheck reported their outputs as never written). Output goes to
+#         cuda_parity.log: $OUT brings back 8 files at most. ---------------------------------------
+sanitizer=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
+sanitized=()
+if [[ -x $sanitizer ]]; then
+    for tool in memcheck racecheck synccheck "initcheck --check-bulk-copy yes"; do
+        say "compute-sanitizer $tool"
+        echo "=== compute-sanitizer --tool $tool" >>"$out/cuda_parity.log"
+        # shellcheck disable=SC2086 # $tool holds the tool and its options
+        if timeout "$(cap 60)" "$sanitizer" --tool $tool --error-exitcode 1 --print-limit 5 \
+            "$here/tests/cuda_parity" --test-threads=1 >>"$out/cuda_parity.log" 2>&1; then
+            sanitized+=("${tool%% *} pass")
+        else
+            sanitized+=("${tool%% *} FAIL")
+        fi
+    done
+else
+    sanitized+=("not found")
+fi
+sanitizers=$(IFS=,; echo "${sanitized[*]}")
+note "compute-sanitizer (cuda_parity): $sanitizers"
+
 # --- 3. Throughput on a random 0.6B model ------------------------------------------------------
 # Workloads: fixed batches (no padding either side): 32 x 512 for throughput, 1 x 16 and 32 x 32
 # for the small batches of online traffic (bound by launches, not arithmetic); and the mixed
@@ -152,6 +178,7 @@ serving=$(bash "$here/serve.sh" "$model" "$(cap 150)" 2>&1)
     echo "== summary ($((SECONDS - started)) s)"
     echo "kernels: $kernels"
     echo "parity:  $parity"
+    echo "compute-sanitizer: $sanitizers"
     # Both sides' JSON lines by workload; the linear layers' multiply-adds per token against the
     # card's measured matrix ceiling give a floor for what the GEMMs reach on the mixed workload
     # (the whole pass's time is counted, attention and all).
