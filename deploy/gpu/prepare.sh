@@ -43,7 +43,7 @@ for test in cuda_parity cuda_model cuda_kernels_compile; do
 done
 strip "$bundle"/bin/* "$bundle"/tests/* 2>/dev/null || true
 
-# The tokenizer stays behind: the benchmarks use random token ids.
+# The model files; the tokenizer travels in serve.tar.xz below (the benchmarks use random ids).
 cp "$shared"/fixtures/qwen3-tiny/{config.json,golden.json,model.safetensors} "$bundle/fixture/"
 cp "$shared"/fixtures/qwen3-tiny-reranker/{config.json,golden_rerank.json,model.safetensors} "$bundle/reranker/"
 cp "$shared/tools/make-random-qwen3.py" "$bundle/tools/"

@@ -84,20 +84,25 @@ impl NatsServer {
     /// server that answers announces this one's name, and another port is tried otherwise.
     pub fn start_with_args(extra_args: &[&str]) -> Self {
         static STARTED: AtomicUsize = AtomicUsize::new(0);
+        // Unique in this process: a server that loses its port to another test's server must
+        // not share (and on drop delete) that server's store.
+        let unique = format!(
+            "{}-{}",
+            std::process::id(),
+            STARTED.fetch_add(1, Ordering::Relaxed)
+        );
         let mut extra_args: Vec<String> = extra_args.iter().map(|s| s.to_string()).collect();
         let name = match extra_args.iter().position(|a| a == "--server_name") {
             Some(i) => extra_args[i + 1].clone(),
             None => {
-                let n = STARTED.fetch_add(1, Ordering::Relaxed);
-                let name = format!("test-{}-{n}", std::process::id());
+                let name = format!("test-{unique}");
                 extra_args.extend(["--server_name".to_string(), name.clone()]);
                 name
             }
         };
         for _ in 0..START_ATTEMPTS {
             let port = free_port();
-            let store_dir =
-                std::env::temp_dir().join(format!("nats-js-{}-{port}", std::process::id()));
+            let store_dir = std::env::temp_dir().join(format!("nats-js-{unique}-{port}"));
             let child = spawn(port, &store_dir, &extra_args);
             let mut server = Self {
                 child,
