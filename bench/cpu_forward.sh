@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Forward-pass throughput on the CPU, ours next to PyTorch + transformers, in one run on one
 # machine: a random 0.6B-shaped model, batches of 8 x 128 and 1 x 512 tokens, in f32 and in
-# bf16. Prints a markdown table (paste into docs/benchmarks.md) and keeps the JSON lines.
+# bf16. Prints a markdown table (paste into docs/benchmarks.md) and keeps the JSON lines; with
+# bf16, also both sides' rate in GFLOP/s against the CPU's bf16 dot-product ceiling measured by
+# `gpu-worker/examples/bf16_peak.rs` (the instruction the bf16 products run on).
 #
 #   bench/cpu_forward.sh [MODEL_DIR] [ITERS] [DTYPES]     (DTYPES default: "f32 bf16")
 # Needs: ../shared/tools/make-random-qwen3.py (numpy) when MODEL_DIR does not exist, and
@@ -19,7 +21,7 @@ if [[ ! -f "$model/config.json" ]]; then
   $python ../shared/tools/make-random-qwen3.py --preset 0.6b --out "$model" --tokenizer-dir ../shared/fixtures/qwen3-tiny
 fi
 export CARGO_TARGET_DIR="$repo/target/rel"
-cargo build --release -q -p gpu-worker
+cargo build --release -q -p gpu-worker --bin gpu-worker --example bf16_peak
 ours=$CARGO_TARGET_DIR/release/gpu-worker
 log=$(mktemp)
 for dtype in $dtypes; do
@@ -33,9 +35,28 @@ done
 echo
 echo "| dtype | shape | ours tokens/s | PyTorch tokens/s | ratio |"
 echo "|---|---|---|---|---|"
-$python - "$log" <<'PY'
+peak=""
+[[ " $dtypes " == *" bf16 "* ]] && peak=$($CARGO_TARGET_DIR/release/examples/bf16_peak 2>/dev/null | tail -n 1)
+$python - "$log" "$model/config.json" "$peak" <<'PY'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")]
 for ours, torch in zip(rows[0::2], rows[1::2]):
     print(f"| {ours['dtype']} | {ours['batch']} x {ours['seq_len']} | {ours['tokens_per_s']:.1f} | {torch['tokens_per_s']:.1f} | {ours['tokens_per_s'] / torch['tokens_per_s']:.2f}x |")
+if sys.argv[3]:
+    # Floating-point operations per token: the linear layers, and causal attention over the
+    # sequence (QK^T and PV: 2 x heads x head_dim x (L + 1) per token and layer).
+    c = json.load(open(sys.argv[2]))
+    h, i, layers = c["hidden_size"], c["intermediate_size"], c["num_hidden_layers"]
+    d = c.get("head_dim") or h // c["num_attention_heads"]
+    q, kv = c["num_attention_heads"] * d, c["num_key_value_heads"] * d
+    linear = 2 * layers * (h * (q + 2 * kv) + q * h + 3 * h * i)
+    peak = json.loads(sys.argv[3])["gflops"]
+    print(f"\nbf16 dot-product ceiling (bf16_peak, all cores): {peak:.0f} GFLOP/s")
+    for ours, torch in zip(rows[0::2], rows[1::2]):
+        if ours["dtype"] != "bf16":
+            continue
+        flops = linear + 2 * c["num_attention_heads"] * d * (ours["seq_len"] + 1) * layers
+        rate = lambda r: r["tokens_per_s"] * flops / 1e9
+        print(f"bf16 {ours['batch']} x {ours['seq_len']}: ours {rate(ours):.0f} GFLOP/s "
+              f"({100 * rate(ours) / peak:.0f}% of it), PyTorch {rate(torch):.0f} ({100 * rate(torch) / peak:.0f}%)")
 PY
