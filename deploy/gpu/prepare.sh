@@ -3,8 +3,8 @@
 # network: release binary and test executables of gpu-worker (stripped), the qwen3-tiny
 # fixture and reranker fixture, make-random-qwen3.py, the kernel sources, the scripts that run
 # there (check.sh, torch_bench.py, serve.sh, check_golden.py), and for serve.sh an xz archive of
-# the other binaries (gateway, tokenizer-worker, loadgen, nats-server), the configuration and
-# the tokenizer. Run it here, then on the GPU machine, from the repository root with gpu-bundle
+# the other binaries (gateway, tokenizer-worker, loadgen, nats-server), deploy/local/run.sh, the
+# configuration and the tokenizer. Run it here, then on the GPU machine, from the repository root with gpu-bundle
 # carried along:  bash gpu-bundle/check.sh
 set -euo pipefail
 
@@ -52,16 +52,17 @@ cp deploy/gpu/check.sh deploy/gpu/torch_bench.py deploy/gpu/serve.sh bench/peers
 chmod +x "$bundle/check.sh" "$bundle/serve.sh"
 
 # What serve.sh needs besides, compressed (about 60 MiB as it is): check.sh unpacks it into the
-# bundle (bin/, config/, fixture/).
+# bundle (bin/, deploy/, fixture/). deploy/local/run.sh starts the stack there as it does here.
 staging=$(mktemp -d)
 trap 'rm -rf "$staging"' EXIT
-mkdir -p "$staging/bin" "$staging/fixture"
+mkdir -p "$staging/bin" "$staging/fixture" "$staging/deploy/local"
 cp target/release/gateway target/release/tokenizer-worker target/release/loadgen .venv/bin/nats-server \
     "$staging/bin/"
 strip "$staging"/bin/{gateway,tokenizer-worker,loadgen} 2>/dev/null || true
-cp -r deploy/config "$staging/config"
+cp -r deploy/config "$staging/deploy/config"
+cp deploy/local/run.sh "$staging/deploy/local/"
 cp "$shared"/fixtures/qwen3-tiny/{tokenizer.json,tokenizer_config.json} "$staging/fixture/"
-tar -C "$staging" -cf - bin config fixture | xz -T0 -6 >"$bundle/serve.tar.xz"
+tar -C "$staging" -cf - bin deploy fixture | xz -T0 -6 >"$bundle/serve.tar.xz"
 
 size_mib=$(du -sm "$bundle" | cut -f1)
 echo "prepare: $bundle is ${size_mib} MiB:"

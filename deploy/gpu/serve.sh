@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Runs ON a GPU machine, from the bundle deploy/gpu/prepare.sh makes (check.sh's step 4): the
-# whole serving pipeline with the CUDA backend, started as deploy/local/run.sh starts it with the
-# production profile (nats-server with JetStream, two GPU workers sharing the card at 0.45 each,
-# two tokenizer workers, the gateway), from the bundle's binaries:
+# whole serving pipeline with the CUDA backend, started by deploy/local/run.sh (the bundle's
+# copy, on the bundle's binaries) with the production profile (nats-server with JetStream, two
+# GPU workers sharing the card at 0.45 each, two tokenizer workers, the gateway):
 #   a. qwen3-tiny: bench/peers/check_golden.py through both HTTP APIs (every golden case in one
 #      batch, then alone; cosine >= 0.999),
 #   b. the 0.6B model check.sh generated: loadgen's bulk workload (documents of 32-512 tokens in
@@ -20,51 +20,40 @@ log="$out/serve.log"
 bin="$here/bin"
 port=4008
 url="http://127.0.0.1:$port"
-pids=()
+stack=""
 
 left() { echo $((deadline - SECONDS > 1 ? deadline - SECONDS : 1)); }
 
 stop_stack() {
-    ((${#pids[@]})) || return 0
-    kill -TERM "${pids[@]:1}" 2>/dev/null
-    sleep 2
-    kill -KILL "${pids[@]}" 2>/dev/null
-    wait 2>/dev/null
-    pids=()
+    [[ -n $stack ]] || return 0
+    kill -TERM "$stack" 2>/dev/null
+    wait "$stack" 2>/dev/null
+    stack=""
 }
 trap stop_stack EXIT
 
-# Starts the stack on MODEL_DIR (served as NAME); returns 1 when /health is not 200 in time.
+# Starts the stack on MODEL_DIR (served under the directory's name); returns 1 when /health is
+# not 200 within 60 s.
 start_stack() {
-    local model_dir=$1 name=$2 nats_port
-    nats_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-    "$bin/nats-server" -a 127.0.0.1 -p "$nats_port" -js -sd "$(mktemp -d)" >>"$log" 2>&1 &
-    pids+=($!)
-    for _ in $(seq 50); do (: >"/dev/tcp/127.0.0.1/$nats_port") 2>/dev/null && break; sleep 0.1; done
-    export QWEN3_EMBED_CONFIG_DIR="$here/config" QWEN3_EMBED_PROFILE=production
-    export NATS_URL="nats://127.0.0.1:$nats_port" RUST_LOG=warn
-    for _ in 1 2; do
-        "$bin/gpu-worker" --model-dir "$model_dir" --model-name "$name" --backend "$backend" >>"$log" 2>&1 &
-        pids+=($!)
-        "$bin/tokenizer-worker" --model-dir "$model_dir" --model-name "$name" >>"$log" 2>&1 &
-        pids+=($!)
-    done
-    "$bin/gateway" --port "$port" --model "$name" >>"$log" 2>&1 &
-    pids+=($!)
+    QWEN3_EMBED_BIN_DIR="$bin" NATS_SERVER="$bin/nats-server" RUST_LOG=warn \
+        "$here/deploy/local/run.sh" --model "$1" --port "$port" --backend "$backend" \
+        --profile production >>"$log" 2>&1 &
+    stack=$!
     for _ in $(seq 120); do
         python3 -c "import urllib.request, sys; sys.exit(urllib.request.urlopen('$url/health', timeout=1).status != 200)" \
             2>/dev/null && return 0
+        kill -0 "$stack" 2>/dev/null || break
         sleep 0.5
     done
-    echo "serve: the stack on $name did not become healthy in 60 s (see serve.log)"
+    echo "serve: the stack on $(basename "$1") did not become healthy (see serve.log)"
     return 1
 }
 
 # a. The tiny model's vectors through HTTP.
 echo "== serving pipeline, qwen3-tiny" >>"$log"
-if start_stack "$here/fixture" qwen3-tiny; then
+if start_stack "$here/fixture"; then
     for api in seed openai; do
-        if timeout "$(left)" python3 "$here/check_golden.py" "$url" "$api" --model qwen3-tiny \
+        if timeout "$(left)" python3 "$here/check_golden.py" "$url" "$api" --model fixture \
             --golden "$here/fixture/golden.json" >>"$log" 2>&1; then
             echo "serve: golden through the $api API: pass"
         else
@@ -78,9 +67,9 @@ stop_stack
 # b. The 0.6B model under load.
 echo "== serving pipeline, 0.6B" >>"$log"
 runs=$(mktemp)
-if start_stack "$model" qwen3-0.6b-random; then
+if start_stack "$model"; then
     loadgen() {
-        timeout "$(left)" "$bin/loadgen" --url "$url" --api openai --model qwen3-0.6b-random \
+        timeout "$(left)" "$bin/loadgen" --url "$url" --api openai --model "$(basename "$model")" \
             --label "ours-$backend" --out "$runs" "$@" >>"$log" 2>&1
     }
     loadgen --workload bulk --docs 8000 --batch 32 --concurrency 8 --warmup 2 ||

@@ -8,6 +8,9 @@
 #                       [--nats-url URL] [--rerank-model DIR_OR_HUB_ID]
 #   --rerank-model also starts a rerank tokenizer worker and a rerank GPU worker (as many as
 #   --tokenizer-workers / --gpu-workers) for POST /v1/rerank and /rerank.
+# With QWEN3_EMBED_BIN_DIR set it runs the binaries there as they are (no set-up, no build:
+# a machine without Rust, such as the GPU machine of deploy/gpu/serve.sh), and NATS_SERVER
+# names the nats-server binary (default .venv/bin/nats-server).
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$repo"
@@ -82,16 +85,20 @@ if [[ -n "$rerank_model" ]]; then
   [[ -d "$rerank_model" ]] && rerank_name=$(basename "$rerank_dir")
 fi
 
-deploy/local/setup.sh >/dev/null
-bin_dir="${CARGO_TARGET_DIR:-$repo/target}/release"
-bins=(gateway tokenizer-worker gpu-worker)
-for bin in "${bins[@]}"; do
-  if [[ ! -x "$bin_dir/$bin" || -n "$(find . -path ./target -prune -o -name '*.rs' -newer "$bin_dir/$bin" -print -quit)" ]]; then
-    echo "run.sh: building release binaries"
-    cargo build --release --bin gateway --bin tokenizer-worker --bin gpu-worker
-    break
-  fi
-done
+if [[ -n "${QWEN3_EMBED_BIN_DIR:-}" ]]; then
+  bin_dir=$QWEN3_EMBED_BIN_DIR
+else
+  deploy/local/setup.sh >/dev/null
+  bin_dir="${CARGO_TARGET_DIR:-$repo/target}/release"
+  for bin in gateway tokenizer-worker gpu-worker; do
+    if [[ ! -x "$bin_dir/$bin" || -n "$(find . -path ./target -prune -o -name '*.rs' -newer "$bin_dir/$bin" -print -quit)" ]]; then
+      echo "run.sh: building release binaries"
+      cargo build --release --bin gateway --bin tokenizer-worker --bin gpu-worker
+      break
+    fi
+  done
+fi
+nats_server=${NATS_SERVER:-.venv/bin/nats-server}
 
 pids=()
 stop_all() {
@@ -118,7 +125,7 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 if [[ -z "$nats_url" ]]; then
   nats_port=$(free_port)
   nats_store=$(mktemp -d)
-  .venv/bin/nats-server -a 127.0.0.1 -p "$nats_port" -js -sd "$nats_store" &
+  "$nats_server" -a 127.0.0.1 -p "$nats_port" -js -sd "$nats_store" &
   pids+=($!)
   has_nats=1
   nats_url="nats://127.0.0.1:$nats_port"
