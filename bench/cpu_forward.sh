@@ -37,25 +37,20 @@ echo "| dtype | shape | ours tokens/s | PyTorch tokens/s | ratio |"
 echo "|---|---|---|---|---|"
 peak=""
 [[ " $dtypes " == *" bf16 "* ]] && peak=$($CARGO_TARGET_DIR/release/examples/bf16_peak 2>/dev/null | tail -n 1)
-$python - "$log" "$model/config.json" "$peak" <<'PY'
+PYTHONPATH=bench $python - "$log" "$model/config.json" "$peak" <<'PY'
 import json, sys
+from model_flops import attention_flops, linear_flops, load_config
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")]
 for ours, torch in zip(rows[0::2], rows[1::2]):
     print(f"| {ours['dtype']} | {ours['batch']} x {ours['seq_len']} | {ours['tokens_per_s']:.1f} | {torch['tokens_per_s']:.1f} | {ours['tokens_per_s'] / torch['tokens_per_s']:.2f}x |")
 if sys.argv[3]:
-    # Floating-point operations per token: the linear layers, and causal attention over the
-    # sequence (QK^T and PV: 2 x heads x head_dim x (L + 1) per token and layer).
-    c = json.load(open(sys.argv[2]))
-    h, i, layers = c["hidden_size"], c["intermediate_size"], c["num_hidden_layers"]
-    d = c.get("head_dim") or h // c["num_attention_heads"]
-    q, kv = c["num_attention_heads"] * d, c["num_key_value_heads"] * d
-    linear = 2 * layers * (h * (q + 2 * kv) + q * h + 3 * h * i)
+    config = load_config(sys.argv[2])
     peak = json.loads(sys.argv[3])["gflops"]
     print(f"\nbf16 dot-product ceiling (bf16_peak, all cores): {peak:.0f} GFLOP/s")
     for ours, torch in zip(rows[0::2], rows[1::2]):
         if ours["dtype"] != "bf16":
             continue
-        flops = linear + 2 * c["num_attention_heads"] * d * (ours["seq_len"] + 1) * layers
+        flops = linear_flops(config) + attention_flops(config, ours["seq_len"])
         rate = lambda r: r["tokens_per_s"] * flops / 1e9
         print(f"bf16 {ours['batch']} x {ours['seq_len']}: ours {rate(ours):.0f} GFLOP/s "
               f"({100 * rate(ours) / peak:.0f}% of it), PyTorch {rate(torch):.0f} ({100 * rate(torch) / peak:.0f}%)")

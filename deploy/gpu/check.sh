@@ -183,7 +183,7 @@ serving=$(bash "$here/serve.sh" "$model" "$(cap 150)" 2>&1)
     # Both sides' JSON lines by workload; the linear layers' multiply-adds per token against the
     # card's measured matrix ceiling give a floor for what the GEMMs reach on the mixed workload
     # (the whole pass's time is counted, attention and all).
-    python3 - "$out/bench.log" "$out/torch.log" "$model/config.json" <<'PY'
+    python3 - "$out/bench.log" "$out/torch.log" "$model/config.json" "$here" <<'PY'
 import json, sys
 
 def runs(path):
@@ -216,16 +216,13 @@ for name in ("32x512", "1x16", "32x32", "mixed"):
     ratio = f"{a['tokens_per_s'] / b['tokens_per_s']:.2f}" if a and b else "-"
     print(f"{name:<10} {rate(a):>11} {rate(b):>12} {ratio:>6} {ms(a):>9} {ms(b):>9}")
 try:
-    c = json.load(open(sys.argv[3]))
-    h, i, layers = c["hidden_size"], c["intermediate_size"], c["num_hidden_layers"]
-    d = c.get("head_dim") or h // c["num_attention_heads"]
-    q, kv = c["num_attention_heads"] * d, c["num_key_value_heads"] * d
-    flops = 2 * layers * (h * (q + 2 * kv) + q * h + 3 * h * i)
-    rate = ours["mixed"]["tokens_per_s"] * flops / 1e12
+    sys.path.insert(0, sys.argv[4])
+    from model_flops import linear_flops, load_config
+    gemm = ours["mixed"]["tokens_per_s"] * linear_flops(load_config(sys.argv[3])) / 1e12
     peak = theirs["peak"]["peak_bf16_tflops"]
-    print(f"gemm: {rate:.0f} TFLOP/s in linear layers on the mixed workload, "
-          f"{100 * rate / peak:.0f}% of the measured {peak:.0f} TFLOP/s bf16 matmul")
-except (KeyError, OSError, ValueError) as e:
+    print(f"gemm: {gemm:.0f} TFLOP/s in linear layers on the mixed workload, "
+          f"{100 * gemm / peak:.0f}% of the measured {peak:.0f} TFLOP/s bf16 matmul")
+except (ImportError, KeyError, OSError, ValueError) as e:
     print(f"gemm: n/a ({e!r})")
 PY
     echo "${serving:-serve: not run}"

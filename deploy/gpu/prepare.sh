@@ -48,7 +48,8 @@ cp "$shared"/fixtures/qwen3-tiny/{config.json,golden.json,model.safetensors} "$b
 cp "$shared"/fixtures/qwen3-tiny-reranker/{config.json,golden_rerank.json,model.safetensors} "$bundle/reranker/"
 cp "$shared/tools/make-random-qwen3.py" "$bundle/tools/"
 cp gpu-worker/kernels/* "$bundle/kernels/"
-cp deploy/gpu/check.sh deploy/gpu/torch_bench.py deploy/gpu/serve.sh bench/peers/check_golden.py "$bundle/"
+cp deploy/gpu/check.sh deploy/gpu/torch_bench.py deploy/gpu/serve.sh bench/peers/check_golden.py \
+    bench/model_flops.py "$bundle/"
 chmod +x "$bundle/check.sh" "$bundle/serve.sh"
 
 # What serve.sh needs besides, compressed (about 60 MiB as it is): check.sh unpacks it into the
