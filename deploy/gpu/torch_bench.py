@@ -16,6 +16,7 @@ batch, each left-padded to its longest.
 Needs torch with CUDA and transformers (the GPU machine's image has both).
 """
 import argparse
+import itertools
 import json
 
 import torch
@@ -115,12 +116,11 @@ def mixed(model, spec, batch_size, iters, seed, generator):
 
 def peak(n=8192, iters=20):
     """bf16 matrix product throughput through cuBLAS on random inputs, rotating 3 input sets."""
-    pairs = [(torch.randn(n, n, device="cuda", dtype=torch.bfloat16),
-              torch.randn(n, n, device="cuda", dtype=torch.bfloat16)) for _ in range(3)]
-    step = iter(range(1 << 30))
+    pairs = itertools.cycle([(torch.randn(n, n, device="cuda", dtype=torch.bfloat16),
+                              torch.randn(n, n, device="cuda", dtype=torch.bfloat16)) for _ in range(3)])
 
     def product():
-        a, b = pairs[next(step) % 3]
+        a, b = next(pairs)
         torch.matmul(a, b)
 
     ms = timed(product, iters)
