@@ -9,6 +9,12 @@ pub const TOKENIZER_QUEUE_GROUP: &str = "tokenizers";
 /// Queue group the rerank tokenizer workers share on the rerank subject.
 pub const RERANK_TOKENIZER_QUEUE_GROUP: &str = "rerank-tokenizers";
 
+/// Queue group the GPU workers share on the direct batch subject.
+pub const GPU_DIRECT_QUEUE_GROUP: &str = "gpu-workers";
+
+/// Queue group the rerank GPU workers share on the rerank direct batch subject.
+pub const RERANK_DIRECT_QUEUE_GROUP: &str = "rerank-workers";
+
 /// What a worker serves: embeddings or reranking. Each task has its own request subject,
 /// batch stream and worker pools, so the two scale independently.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Deserialize, clap::ValueEnum)]
@@ -87,6 +93,24 @@ impl Subjects {
         }
     }
 
+    /// Where tokenizer workers offer small batches of `task` straight to an idle GPU worker
+    /// (core NATS request/reply), before the work queue: `embed.direct`,
+    /// `embed.rerank.direct`.
+    pub fn direct_batches_for(&self, task: Task) -> String {
+        match task {
+            Task::Embed => format!("{}.direct", self.prefix),
+            Task::Rerank => format!("{}.rerank.direct", self.prefix),
+        }
+    }
+
+    /// The queue group of `task`'s GPU workers on its direct batch subject.
+    pub fn direct_queue_group(task: Task) -> &'static str {
+        match task {
+            Task::Embed => GPU_DIRECT_QUEUE_GROUP,
+            Task::Rerank => RERANK_DIRECT_QUEUE_GROUP,
+        }
+    }
+
     /// Name of the JetStream stream holding the batches of `task`.
     pub fn batch_stream_for(&self, task: Task) -> String {
         match task {
@@ -147,6 +171,14 @@ mod tests {
         );
         assert_eq!(subjects.batches_for(Task::Embed), subjects.batches());
         assert_eq!(subjects.requests_for(Task::Rerank), subjects.rerank());
+        assert_eq!(
+            subjects.direct_batches_for(Task::Embed),
+            "prod.embed.direct"
+        );
+        assert_eq!(
+            subjects.direct_batches_for(Task::Rerank),
+            "prod.embed.rerank.direct"
+        );
     }
 
     #[test]

@@ -338,6 +338,23 @@ pub struct BatchItem {
     pub bundle_to: Option<String>,
 }
 
+/// A GPU worker's answer to a batch offered on the direct subject.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DirectReply {
+    /// What became of the batch.
+    pub outcome: DirectOutcome,
+}
+
+/// What a GPU worker did with a directly offered batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DirectOutcome {
+    /// Every request of the batch was answered (vectors, scores or errors published).
+    Done,
+    /// Not taken: the worker expects to be busy for too long; send it to the work queue.
+    Busy,
+}
+
 /// Which stage a worker serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -476,6 +493,16 @@ mod tests {
         assert_eq!(as_json["input_type"], "query");
         assert_eq!(as_json["input"][0], "hello");
         assert_eq!(decode::<EmbedRequest>(&bytes).unwrap(), request);
+    }
+
+    #[test]
+    fn direct_replies_are_maps_naming_the_outcome() {
+        for (outcome, name) in [(DirectOutcome::Done, "done"), (DirectOutcome::Busy, "busy")] {
+            let bytes = encode(&DirectReply { outcome }).unwrap();
+            let as_json: serde_json::Value = rmp_serde::from_slice(&bytes).unwrap();
+            assert_eq!(as_json, serde_json::json!({"outcome": name}));
+            assert_eq!(decode::<DirectReply>(&bytes).unwrap().outcome, outcome);
+        }
     }
 
     #[test]

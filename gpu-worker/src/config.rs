@@ -37,6 +37,12 @@ pub struct GpuWorkerConfig {
     /// `max_batch_tokens`); a larger one is refused with `overloaded`. With CUDA, start-up
     /// fails when the memory share cannot hold it.
     pub max_batch_tokens: usize,
+    /// Longest expected wait, in milliseconds, of a batch a tokenizer worker offers directly
+    /// (core NATS, skipping the work queue's hop): the worker takes one only when it expects
+    /// the work in hand plus the batch to be done within this, from the pace of its recent
+    /// passes; otherwise it answers `busy` and the batch goes through the work queue. Keep it
+    /// well under the tokenizer workers' `direct_timeout_ms`. 0 takes none.
+    pub direct_max_wait_ms: u64,
 }
 
 impl GpuWorkerConfig {
@@ -65,6 +71,7 @@ impl Default for GpuWorkerConfig {
             max_batches_in_hand: 2,
             merge_batches: 16,
             max_batch_tokens: 16384,
+            direct_max_wait_ms: 100,
         }
     }
 }

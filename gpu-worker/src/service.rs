@@ -3,6 +3,11 @@
 //! `EmbedChunk`s to its reply subject, and acks the batch after publishing. Started with
 //! `task = rerank`, it loads a reranker, pulls from the rerank stream only, and publishes
 //! `RerankChunk`s ([`crate::scores`]).
+//!
+//! Beside the work queue, small batches arrive on the direct subject (core NATS request,
+//! queue group): the worker takes one only when it expects to finish it within
+//! `direct_max_wait_ms` ([`crate::load`]), answers `done` once every request in it is
+//! answered, and otherwise answers `busy` at once, so the tokenizer worker queues it.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
@@ -13,17 +18,19 @@ use async_nats::jetstream::{self, AckKind, consumer::PullConsumer};
 use common::nats::NatsConfig;
 use common::outbox::{BUNDLE_OVERHEAD, Outbox};
 use common::queue::{QueueConfig, batch_stream_for, gpu_consumer_for};
-use common::subjects::Task;
+use common::subjects::{Subjects, Task};
 use common::trace::{LOG_TARGET, RequestTrace};
 use common::wire::{
-    self, BatchItem, EmbedChunk, ErrorCode, ErrorReply, TokenBatch, WorkerKind, WorkerStatus,
+    self, BatchItem, DirectOutcome, DirectReply, EmbedChunk, ErrorCode, ErrorReply, TokenBatch,
+    WorkerKind, WorkerStatus,
 };
 use common::worker::{register_service, send_error};
 use futures::StreamExt;
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, mpsc, watch};
 
 use crate::config::GpuWorkerConfig;
 use crate::engine::DeviceHandle;
+use crate::load::Load;
 use crate::model::ModelError;
 use crate::model::rerank::RerankScore;
 use crate::ops::OpError;
@@ -57,6 +64,18 @@ struct Shared {
     max_batch_tokens: usize,
     /// Embeddings or rerank scores.
     task: Task,
+    /// Tokens in hand and the measured time per token, for taking direct batches.
+    load: std::sync::Mutex<Load>,
+}
+
+impl Shared {
+    /// The load bookkeeping, locked.
+    fn load(&self) -> std::sync::MutexGuard<'_, Load> {
+        // The bookkeeping stays consistent even if a holder panicked.
+        self.load
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
 }
 
 /// What the model computed for a batch.
@@ -100,6 +119,7 @@ pub async fn run(
         max_payload: client.server_info().max_payload,
         max_batch_tokens: config.max_batch_tokens,
         task,
+        load: std::sync::Mutex::new(Load::default()),
     });
     let status = WorkerStatus {
         worker_id: format!("gpu-{}", wire::now_ms() ^ u64::from(std::process::id())),
@@ -116,6 +136,20 @@ pub async fn run(
         tokens: 0,
         in_flight: 0,
         started_ms: wire::now_ms(),
+    };
+    // Subscribed before the worker answers status requests: a worker that is seen is one
+    // that takes direct offers.
+    let direct_max_wait = Duration::from_millis(config.direct_max_wait_ms);
+    let offers = if direct_max_wait.is_zero() {
+        None
+    } else {
+        let subject = subjects.direct_batches_for(task);
+        tracing::info!(direct = %subject, "taking direct batches");
+        Some(
+            client
+                .queue_subscribe(subject, Subjects::direct_queue_group(task).into())
+                .await?,
+        )
     };
     let status_task = tokio::spawn(answer_status(
         client.subscribe(subjects.status()).await?,
@@ -135,10 +169,21 @@ pub async fn run(
 
     let capacity = Arc::new(Semaphore::new(config.max_batches_in_hand.max(1)));
     let merge_limit = config.merge_batches.max(1);
-    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    let (stop_tx, mut stop_rx) = watch::channel(false);
     tokio::spawn(async move {
         shutdown.await;
         let _ = stop_tx.send(true);
+    });
+    let direct = offers.map(|offers| {
+        tokio::spawn(take_direct(
+            Arc::clone(&shared),
+            offers,
+            DirectLimits {
+                max_wait: direct_max_wait,
+                merge: merge_limit,
+            },
+            stop_rx.clone(),
+        ))
     });
     while !*stop_rx.borrow() {
         let permit = tokio::select! {
@@ -175,6 +220,11 @@ pub async fn run(
     tracing::info!("gpu worker draining");
     let all = u32::try_from(config.max_batches_in_hand.max(1)).unwrap_or(u32::MAX);
     let _all_done = capacity.acquire_many(all).await;
+    if let Some(direct) = direct
+        && let Err(e) = direct.await
+    {
+        tracing::error!(error = %e, "direct batch task failed; this is a bug");
+    }
     status_task.abort();
     // Bounded: with the server gone, a flush would wait for a reconnection forever.
     if tokio::time::timeout(SHUTDOWN_FLUSH, client.flush())
@@ -215,12 +265,10 @@ async fn pull(consumer: &PullConsumer, limit: usize) -> anyhow::Result<Vec<jetst
         })
 }
 
-/// Runs the pulled batches, merged into as few forward passes as the token budget allows:
-/// drops expired items, computes, publishes chunks, then acks each batch. A batch that does
-/// not decode is dropped (terminated); one that decodes but is inconsistent has its requests
-/// answered with `invalid_request`. When a merged pass refuses its input (a token outside the
-/// vocabulary, say), its batches run again one by one, so only the poisoned batch's requests
-/// get the error.
+/// Runs the pulled batches, merged into as few forward passes as the token budget allows
+/// ([`serve_group`]): drops expired items, computes, publishes chunks, then acks each batch.
+/// A batch that does not decode is dropped (terminated); one that decodes but is
+/// inconsistent has its requests answered with `invalid_request`.
 async fn process(shared: &Shared, messages: Vec<jetstream::Message>) {
     // Every pulled batch is kept alive until the end, not only the group being computed: the
     // groups after it would otherwise pass ack_wait while they wait and be delivered again.
@@ -243,24 +291,167 @@ async fn process(shared: &Shared, messages: Vec<jetstream::Message>) {
             }
         }
     }
+    shared
+        .load()
+        .take(decoded.iter().map(|(_, b)| b.num_tokens()).sum());
     for group in merge_by_budget(decoded, shared.max_batch_tokens) {
         let (messages, batches): (Vec<_>, Vec<_>) = group.into_iter().unzip();
-        if batches.len() == 1 {
-            serve(shared, concat(batches), true).await;
-        } else if !serve(shared, concat(batches.clone()), false).await {
-            tracing::warn!(
-                batches = batches.len(),
-                "a merged pass refused its input; running its batches one by one"
-            );
-            for batch in batches {
-                serve(shared, batch, true).await;
-            }
-        }
+        serve_group(shared, batches).await;
         for message in &messages {
             ack(message, AckKind::Ack).await;
         }
     }
     progress.abort();
+}
+
+/// Runs batches merged into one forward pass; when the merged pass refuses its input (a
+/// token outside the vocabulary, say), runs them one by one, so only the poisoned batch's
+/// requests get the error. Counts their tokens off the load once done.
+async fn serve_group(shared: &Shared, batches: Vec<TokenBatch>) {
+    let tokens = batches.iter().map(TokenBatch::num_tokens).sum();
+    if batches.len() == 1 {
+        serve(shared, concat(batches), true).await;
+    } else if !serve(shared, concat(batches.clone()), false).await {
+        tracing::warn!(
+            batches = batches.len(),
+            "a merged pass refused its input; running its batches one by one"
+        );
+        for batch in batches {
+            serve(shared, batch, true).await;
+        }
+    }
+    shared.load().finish(tokens);
+}
+
+/// Limits of the direct path.
+struct DirectLimits {
+    /// Longest expected wait (work in hand plus the batch) of a batch taken directly.
+    max_wait: Duration,
+    /// Most direct batches merged into one forward pass.
+    merge: usize,
+}
+
+/// A batch taken from the direct subject and where to say it is done.
+struct DirectBatch {
+    reply: async_nats::Subject,
+    batch: TokenBatch,
+}
+
+/// Takes batches offered on the direct subject until `stop` turns true: each one is
+/// checked, then taken (handed to [`run_direct`]) when the load allows it, else answered
+/// `busy`. At shutdown the subscription is drained: offers already routed here are still
+/// answered, and every taken batch is served before this returns.
+async fn take_direct(
+    shared: Arc<Shared>,
+    mut offers: async_nats::Subscriber,
+    limits: DirectLimits,
+    mut stop: watch::Receiver<bool>,
+) {
+    let (taken_tx, taken_rx) = mpsc::unbounded_channel();
+    let runner = tokio::spawn(run_direct(Arc::clone(&shared), taken_rx, limits.merge));
+    let mut draining = false;
+    loop {
+        let message = tokio::select! {
+            _ = stop.changed(), if !draining => {
+                draining = true;
+                if let Err(e) = offers.drain().await {
+                    tracing::warn!(error = %e, "draining the direct subscription failed");
+                }
+                continue;
+            }
+            message = offers.next() => message,
+        };
+        let Some(message) = message else { break };
+        let Some(reply) = message.reply else {
+            tracing::warn!("direct batch without a reply subject dropped");
+            continue;
+        };
+        let batch = match wire::decode::<TokenBatch>(&message.payload) {
+            Ok(batch) => batch,
+            Err(e) => {
+                // Nothing to answer and nothing a retry through the queue would change.
+                tracing::error!(error = %e, "undecodable direct batch dropped");
+                answer_direct(&shared, reply, DirectOutcome::Done).await;
+                continue;
+            }
+        };
+        if let Err(e) = batch.validate() {
+            tracing::error!(error = %e, sequences = batch.items.len(), "inconsistent batch refused");
+            fail_batch(
+                shared.as_ref(),
+                &batch.items,
+                &ModelError::Input(format!("malformed batch: {e}")),
+            );
+            answer_direct(&shared, reply, DirectOutcome::Done).await;
+            continue;
+        }
+        let tokens = batch.num_tokens();
+        let taken = {
+            let mut load = shared.load();
+            let admits = load.admits(tokens, limits.max_wait);
+            if admits {
+                load.take(tokens);
+            }
+            admits
+        };
+        if !taken {
+            tracing::debug!(tokens, "direct batch declined: busy");
+            answer_direct(&shared, reply, DirectOutcome::Busy).await;
+            continue;
+        }
+        if let Err(mpsc::error::SendError(lost)) = taken_tx.send(DirectBatch { reply, batch }) {
+            // The runner is gone (a bug): let the tokenizer worker queue the batch.
+            tracing::error!("direct batch runner stopped; this is a bug");
+            shared.load().finish(tokens);
+            answer_direct(&shared, lost.reply, DirectOutcome::Busy).await;
+        }
+    }
+    drop(taken_tx);
+    if let Err(e) = runner.await {
+        tracing::error!(error = %e, "direct batch runner failed; this is a bug");
+    }
+}
+
+/// Serves taken direct batches: whatever is waiting when the device frees up is merged into
+/// as few passes as the token budget allows (up to `merge` batches), and each batch is
+/// answered `done` after its requests' replies are published.
+async fn run_direct(
+    shared: Arc<Shared>,
+    mut taken: mpsc::UnboundedReceiver<DirectBatch>,
+    merge: usize,
+) {
+    while let Some(first) = taken.recv().await {
+        let mut waiting = vec![first];
+        while waiting.len() < merge.max(1) {
+            match taken.try_recv() {
+                Ok(next) => waiting.push(next),
+                Err(_) => break,
+            }
+        }
+        let tagged = waiting.into_iter().map(|d| (d.reply, d.batch)).collect();
+        for group in merge_by_budget(tagged, shared.max_batch_tokens) {
+            let (replies, batches): (Vec<_>, Vec<_>) = group.into_iter().unzip();
+            serve_group(&shared, batches).await;
+            for reply in replies {
+                answer_direct(&shared, reply, DirectOutcome::Done).await;
+            }
+        }
+    }
+}
+
+/// Answers a direct offer. The answer goes out on the connection that published the
+/// batch's replies, after them, so `done` reaches the server only after every reply did.
+async fn answer_direct(shared: &Shared, reply: async_nats::Subject, outcome: DirectOutcome) {
+    let answer = match wire::encode(&DirectReply { outcome }) {
+        Ok(bytes) => bytes,
+        Err(e) => {
+            tracing::error!(error = %e, "direct answer does not encode; this is a bug");
+            return;
+        }
+    };
+    if let Err(e) = shared.client.publish(reply, answer.into()).await {
+        tracing::warn!(error = %e, "direct answer not sent; the tokenizer worker will queue the batch");
+    }
 }
 
 /// Runs one (possibly merged) batch and publishes its chunks. A failure is answered to every
@@ -342,6 +533,7 @@ fn concat(batches: Vec<TokenBatch>) -> TokenBatch {
 async fn run_batch(shared: &Shared, batch: &TokenBatch) -> Result<Output, ModelError> {
     let hidden = shared.device.info().hidden_size;
     let lengths = batch.items.iter().map(|item| item.len as usize).collect();
+    let started = std::time::Instant::now();
     let output = match shared.task {
         Task::Embed => {
             let dims = batch
@@ -368,6 +560,7 @@ async fn run_batch(shared: &Shared, batch: &TokenBatch) -> Result<Output, ModelE
                 .await?,
         ),
     };
+    shared.load().observe(batch.num_tokens(), started.elapsed());
     let c = &shared.counters;
     c.batches.fetch_add(1, Ordering::Relaxed);
     c.sequences

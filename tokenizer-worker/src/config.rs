@@ -39,6 +39,17 @@ pub struct TokenizerWorkerConfig {
     /// (group commit): an idle worker still sends at once, a busy one sends fewer, fuller
     /// batches. Full batches always go.
     pub max_publishes_in_flight: usize,
+    /// Batches of at most this many tokens are first offered straight to an idle GPU worker
+    /// over core NATS (one hop instead of the work queue's store and delivery; the batch goes
+    /// to the work queue when no worker takes it). 0 sends every batch to the work queue.
+    pub direct_max_tokens: usize,
+    /// Milliseconds to wait for a GPU worker to serve a directly offered batch before
+    /// queueing it (a worker that died holding it). Keep it under the gateways'
+    /// `tokenizer_ack_timeout_ms`: the requests' acknowledgements wait for it.
+    pub direct_timeout_ms: u64,
+    /// Directly offered batches awaiting their answer at once; further batches go to the work
+    /// queue.
+    pub max_direct_in_flight: usize,
     /// Threads that tokenize (0 = one per core).
     pub threads: usize,
     /// Tokens waiting to be batched beyond which new requests are refused with `overloaded`.
@@ -62,6 +73,9 @@ impl Default for TokenizerWorkerConfig {
             max_batch_seqs: 256,
             max_wait_ms: 0,
             max_publishes_in_flight: 1,
+            direct_max_tokens: 2048,
+            direct_timeout_ms: 500,
+            max_direct_in_flight: 64,
             threads: 0,
             max_pending_tokens: 1 << 20,
             // 32 inputs of 8192 tokens, or 2048 of 128: a quarter of `max_pending_tokens`,

@@ -1,4 +1,12 @@
-//! Publishing one batch to the JetStream work queue until the server confirms it.
+//! Sending one batch on: offered straight to a GPU worker (the direct path), or published
+//! to the JetStream work queue until the server confirms it.
+//!
+//! A small batch may be offered first on the direct subject (core NATS request/reply, one
+//! hop instead of the work queue's store and delivery): a GPU worker that expects to finish
+//! it soon takes it and answers `done` once its requests are answered. The batch stays here
+//! until then; when no worker takes it (`busy`, none listening, no answer in time: a worker
+//! that died holding it), it goes to the work queue. A worker that answered late may then
+//! have computed it too; requesters keep one vector per input.
 //!
 //! A failed publish (the server restarting, a cluster electing a new stream leader, a
 //! memory stream lost with its server) is retried with backoff, re-creating the stream
@@ -8,10 +16,14 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
+use async_nats::RequestErrorKind;
 use async_nats::jetstream;
+use bytes::Bytes;
 use common::queue::{QueueConfig, batch_stream_for};
 use common::subjects::{Subjects, Task};
-use common::wire::{self, BatchItem, ErrorCode, ErrorReply, TokenBatch};
+use common::wire::{
+    self, BatchItem, DirectOutcome, DirectReply, ErrorCode, ErrorReply, TokenBatch,
+};
 use common::worker::send_error;
 
 /// First pause between two publish attempts; it doubles up to [`MAX_BACKOFF`].
@@ -38,26 +50,85 @@ pub struct WorkQueue {
     pub queue: QueueConfig,
 }
 
-/// What became of a batch: its items, and whether the work queue holds them.
+/// What became of a batch: its items, and whether a GPU worker or the work queue holds them.
 pub struct Published {
     /// The batch's sequences (their tokens dropped).
     pub items: Vec<BatchItem>,
-    /// True when the server confirmed the batch; false when its requests were answered
-    /// with an error.
+    /// True when a GPU worker served the batch (direct path) or the server confirmed it
+    /// (work queue); false when its requests were answered with an error.
     pub queued: bool,
+    /// Whether the batch was offered on the direct path (whatever became of the offer).
+    pub offered: bool,
+}
+
+/// Offers `batch` to the GPU workers on the direct subject, waiting up to `timeout` for one
+/// to serve it; when none does, publishes it to the work queue ([`publish_batch`]).
+pub async fn offer_batch(queue: WorkQueue, batch: TokenBatch, timeout: Duration) -> Published {
+    let Some(payload) = encode(&batch) else {
+        return fail(&queue, batch.items, "batch does not encode", true);
+    };
+    let subject = queue.subjects.direct_batches_for(queue.task);
+    let offer = async_nats::Request::new()
+        .payload(payload.clone())
+        .timeout(Some(timeout));
+    match queue.client.send_request(subject, offer).await {
+        Ok(answer) => match wire::decode::<DirectReply>(&answer.payload) {
+            Ok(DirectReply {
+                outcome: DirectOutcome::Done,
+            }) => {
+                return Published {
+                    items: batch.items,
+                    queued: true,
+                    offered: true,
+                };
+            }
+            Ok(DirectReply {
+                outcome: DirectOutcome::Busy,
+            }) => tracing::debug!("GPU worker busy; queueing the batch"),
+            Err(e) => {
+                tracing::warn!(error = %e, "unexpected answer to a direct batch; queueing it")
+            }
+        },
+        Err(e) if e.kind() == RequestErrorKind::NoResponders => {
+            tracing::debug!("no GPU worker takes direct batches; queueing the batch");
+        }
+        Err(e) if e.kind() == RequestErrorKind::TimedOut => tracing::warn!(
+            ?timeout,
+            sequences = batch.items.len(),
+            "no GPU worker finished a direct batch in time; queueing it (it may be computed \
+             twice)"
+        ),
+        Err(e) => tracing::warn!(error = %e, "direct batch not offered; queueing it"),
+    }
+    let mut published = publish_payload(&queue, batch.items, payload).await;
+    published.offered = true;
+    published
 }
 
 /// Publishes `batch`, retrying until the server confirms it or the earliest deadline of its
 /// requests passes; then answers every request in it with `overloaded`.
 pub async fn publish_batch(queue: WorkQueue, batch: TokenBatch) -> Published {
-    let payload = match wire::encode(&batch) {
-        Ok(encoded) => bytes::Bytes::from(encoded),
+    match encode(&batch) {
+        Some(payload) => publish_payload(&queue, batch.items, payload).await,
+        None => fail(&queue, batch.items, "batch does not encode", false),
+    }
+}
+
+/// The batch's message, or `None` (logged) when it does not encode.
+fn encode(batch: &TokenBatch) -> Option<Bytes> {
+    match wire::encode(batch) {
+        Ok(encoded) => Some(Bytes::from(encoded)),
         Err(e) => {
             tracing::error!(error = %e, "batch does not encode; this is a bug");
-            return fail(&queue, batch.items, &e.to_string());
+            None
         }
-    };
-    let give_up_ms = give_up_at(&batch.items, wire::now_ms());
+    }
+}
+
+/// Publishes an encoded batch of `items` to the work queue, retrying as [`publish_batch`]
+/// says.
+async fn publish_payload(queue: &WorkQueue, items: Vec<BatchItem>, payload: Bytes) -> Published {
+    let give_up_ms = give_up_at(&items, wire::now_ms());
     let subject = queue.subjects.batches_for(queue.task);
     let mut backoff = FIRST_BACKOFF;
     let mut attempts = 0u32;
@@ -75,13 +146,14 @@ pub async fn publish_batch(queue: WorkQueue, batch: TokenBatch) -> Published {
                 tracing::info!(attempts, "batch queued after retrying");
             }
             return Published {
-                items: batch.items,
+                items,
                 queued: true,
+                offered: false,
             };
         };
         if wire::now_ms() + backoff.as_millis() as u64 >= give_up_ms {
-            tracing::error!(%reason, attempts, sequences = batch.items.len(), "batch not queued; giving up");
-            return fail(&queue, batch.items, &reason);
+            tracing::error!(%reason, attempts, sequences = items.len(), "batch not queued; giving up");
+            return fail(queue, items, &reason, false);
         }
         tracing::warn!(%reason, attempts, "batch not queued; retrying");
         tokio::time::sleep(backoff).await;
@@ -106,7 +178,7 @@ fn give_up_at(items: &[BatchItem], now_ms: u64) -> u64 {
 }
 
 /// Answers every request of an unqueued batch once with `overloaded`.
-fn fail(queue: &WorkQueue, items: Vec<BatchItem>, reason: &str) -> Published {
+fn fail(queue: &WorkQueue, items: Vec<BatchItem>, reason: &str, offered: bool) -> Published {
     let mut answered = HashSet::new();
     for item in &items {
         if answered.insert((item.reply_to.as_str(), item.request_id.as_str())) {
@@ -122,6 +194,7 @@ fn fail(queue: &WorkQueue, items: Vec<BatchItem>, reason: &str) -> Published {
     Published {
         items,
         queued: false,
+        offered,
     }
 }
 

@@ -1,9 +1,11 @@
 //! The tokenizer worker's NATS service: takes `EmbedRequest`s from the request subject (queue
 //! group, so workers share the load), tokenizes them (small requests on the service loop,
 //! larger ones on a bounded pool of blocking threads), packs the sequences of concurrent
-//! requests into `TokenBatch`es and publishes those to the JetStream work queue. Bad input is
-//! answered with an `ErrorReply` at once. A request that set `ack` gets a `QueuedReply` once
-//! the work queue confirmed all its sequences.
+//! requests into `TokenBatch`es and sends those on: small ones offered straight to a GPU
+//! worker first ([`crate::publish`]), the rest (and those no worker took) to the JetStream
+//! work queue. Bad input is answered with an `ErrorReply` at once. A request that set `ack`
+//! gets a `QueuedReply` once all its sequences were served directly or confirmed by the work
+//! queue.
 //!
 //! Started with `task = rerank`, the same loop serves `RerankRequest`s from the rerank subject
 //! (its own queue group): each (query, document) pair becomes one reranker prompt
@@ -43,7 +45,7 @@ use crate::budget::RequestBudget;
 use crate::config::TokenizerWorkerConfig;
 use crate::deadline;
 use crate::pairs;
-use crate::publish::{Published, WorkQueue, publish_batch};
+use crate::publish::{Published, WorkQueue, offer_batch, publish_batch};
 use crate::rerank::{RerankOptions, RerankTemplate};
 use crate::tokenize::{TextTokenizer, TokenizeError, TokenizerOptions};
 
@@ -242,6 +244,12 @@ pub async fn run(
         },
     };
     let max_publishes_in_flight = config.max_publishes_in_flight;
+    let direct =
+        (config.direct_max_tokens > 0 && config.max_direct_in_flight > 0).then(|| DirectPath {
+            max_tokens: config.direct_max_tokens,
+            timeout: Duration::from_millis(config.direct_timeout_ms.max(1)),
+            max_in_flight: config.max_direct_in_flight,
+        });
     let mut batcher = Batcher::new(BatcherConfig {
         max_batch_tokens: config.max_batch_tokens,
         max_batch_seqs: config.max_batch_seqs,
@@ -292,6 +300,8 @@ pub async fn run(
         max_pending_tokens: config.max_pending_tokens,
         max_request_tokens: config.max_request_tokens,
         max_publishes_in_flight,
+        direct,
+        offers: 0,
         status: WorkerStatus {
             worker_id: format!(
                 "tokenizer-{}",
@@ -327,9 +337,9 @@ pub async fn run(
     tokio::pin!(shutdown);
     loop {
         let sweep = Instant::now() + EXPIRY_SWEEP;
-        // At the publish limit, partial batches wait for a confirmation, not for the clock.
+        // Holding partial batches, they wait for a confirmation, not for the clock.
         let wake = match batcher.next_flush_at() {
-            Some(at) if !state.publishing_at_limit() => at.min(sweep),
+            Some(at) if !state.holds_partial_batches() => at.min(sweep),
             _ => sweep,
         };
         tokio::select! {
@@ -388,6 +398,16 @@ pub async fn run(
     Ok(())
 }
 
+/// Settings of the direct path (`direct_*` in the configuration).
+struct DirectPath {
+    /// Largest batch offered, in tokens.
+    max_tokens: usize,
+    /// How long an offer waits for a GPU worker to serve it.
+    timeout: Duration,
+    /// Offers awaiting their answer at once.
+    max_in_flight: usize,
+}
+
 /// What the service loop owns besides the batcher.
 struct State {
     client: async_nats::Client,
@@ -401,6 +421,10 @@ struct State {
     max_request_tokens: usize,
     /// Publishes in flight beyond which partial batches wait (0 = no limit).
     max_publishes_in_flight: usize,
+    /// Offering small batches straight to GPU workers; `None` when turned off.
+    direct: Option<DirectPath>,
+    /// Batches offered directly and not yet settled (they are in `publishes` too).
+    offers: usize,
     /// Counters reported on the status subject.
     status: WorkerStatus,
     /// Requests handed to the tokenizer pool and not yet back.
@@ -552,6 +576,9 @@ impl State {
                 return;
             }
         };
+        if published.offered {
+            self.offers -= 1;
+        }
         if published.queued {
             let mut outbox = Outbox::default();
             for due in self.acks.queued(&published.items) {
@@ -587,17 +614,32 @@ impl State {
         }
     }
 
-    /// Whether as many batches are being published as allowed at once.
+    /// Whether as many batches are being published to the work queue as allowed at once.
     fn publishing_at_limit(&self) -> bool {
-        self.max_publishes_in_flight != 0 && self.publishes.len() >= self.max_publishes_in_flight
+        self.max_publishes_in_flight != 0
+            && self.publishes.len() - self.offers >= self.max_publishes_in_flight
     }
 
-    /// Publishes the ready batches (or, with `all`, every pending one) to the work queue;
-    /// at the publish limit only full batches go.
+    /// Whether another batch may be offered directly.
+    fn can_offer(&self) -> bool {
+        self.direct
+            .as_ref()
+            .is_some_and(|direct| self.offers < direct.max_in_flight)
+    }
+
+    /// Whether partial batches wait (group commit): the work queue is at its publish limit
+    /// and no direct offer may go out.
+    fn holds_partial_batches(&self) -> bool {
+        self.publishing_at_limit() && !self.can_offer()
+    }
+
+    /// Sends the ready batches (or, with `all`, every pending one) on: small ones offered
+    /// directly while offers are allowed, the rest to the work queue. While partial batches
+    /// are held, only full ones go.
     fn publish_ready(&mut self, batcher: &mut Batcher, all: bool) {
         let batches = if all {
             batcher.drain()
-        } else if self.publishing_at_limit() {
+        } else if self.holds_partial_batches() {
             batcher.pop_full()
         } else {
             batcher.pop_ready(Instant::now())
@@ -606,8 +648,17 @@ impl State {
             self.status.batches += 1;
             self.status.sequences += batch.items.len() as u64;
             self.status.tokens += batch.num_tokens() as u64;
-            self.publishes
-                .spawn(publish_batch(self.work_queue.clone(), batch));
+            let queue = self.work_queue.clone();
+            match &self.direct {
+                Some(direct) if self.can_offer() && batch.num_tokens() <= direct.max_tokens => {
+                    self.offers += 1;
+                    self.publishes
+                        .spawn(offer_batch(queue, batch, direct.timeout));
+                }
+                _ => {
+                    self.publishes.spawn(publish_batch(queue, batch));
+                }
+            }
         }
     }
 

@@ -299,15 +299,30 @@ pub fn start_gpu_with(nats: NatsConfig, model_dir: &Path) -> Stage {
     start_gpu_for(nats, model_dir, Task::Embed)
 }
 
-/// Starts a CPU GPU-worker for `task`.
-fn start_gpu_for(nats: NatsConfig, model_dir: &Path, task: Task) -> Stage {
-    let config = gpu_worker::config::GpuWorkerConfig {
-        task,
+/// The GPU worker settings of the tests: `model_dir` on the CPU, named `qwen3-tiny`.
+pub fn gpu_config(model_dir: &Path) -> gpu_worker::config::GpuWorkerConfig {
+    gpu_worker::config::GpuWorkerConfig {
         model_dir: model_dir.to_path_buf(),
         model_name: "qwen3-tiny".into(),
         backend: gpu_worker::engine::BackendChoice::Cpu,
         ..Default::default()
+    }
+}
+
+/// Starts a CPU GPU-worker for `task`.
+fn start_gpu_for(nats: NatsConfig, model_dir: &Path, task: Task) -> Stage {
+    let config = gpu_worker::config::GpuWorkerConfig {
+        task,
+        ..gpu_config(model_dir)
     };
+    start_gpu_configured(config, nats)
+}
+
+/// Starts a GPU worker with `config`, connecting with `nats`.
+pub fn start_gpu_configured(
+    config: gpu_worker::config::GpuWorkerConfig,
+    nats: NatsConfig,
+) -> Stage {
     let (stop, shutdown) = shutdown_pair();
     let task = tokio::spawn(gpu_worker::service::run(
         config,
