@@ -7,6 +7,22 @@ use crate::wire::ErrorReply;
 
 /// Publishes `error` to `reply_to` without waiting (the publish is buffered by the client).
 pub fn send_error(client: &async_nats::Client, reply_to: &str, error: &ErrorReply) {
+    send_outbox(client, error_outbox(reply_to, error), "error reply");
+}
+
+/// Publishes `error` to `reply_to` and waits until the client has taken it, so whatever the
+/// caller publishes next on `client` reaches the server after it.
+pub async fn send_error_in_order(client: &async_nats::Client, reply_to: &str, error: &ErrorReply) {
+    let messages = error_outbox(reply_to, error).into_messages(client.server_info().max_payload);
+    for (subject, payload) in messages {
+        if let Err(e) = client.publish(subject.clone(), payload.into()).await {
+            tracing::warn!(error = %e, %subject, "error reply not sent");
+        }
+    }
+}
+
+/// The message answering a request on `reply_to` with `error`, logged.
+fn error_outbox(reply_to: &str, error: &ErrorReply) -> Outbox {
     tracing::debug!(
         id = ?error.id,
         code = ?error.error.code,
@@ -15,7 +31,7 @@ pub fn send_error(client: &async_nats::Client, reply_to: &str, error: &ErrorRepl
     );
     let mut outbox = Outbox::default();
     outbox.push(reply_to, None, error);
-    send_outbox(client, outbox, "error reply");
+    outbox
 }
 
 /// Publishes the messages of `outbox` in the background, in order (bundles no larger than

@@ -24,7 +24,7 @@ use common::wire::{
     self, BatchItem, DirectOutcome, DirectReply, EmbedChunk, ErrorCode, ErrorReply, TokenBatch,
     WorkerKind, WorkerStatus,
 };
-use common::worker::{register_service, send_error};
+use common::worker::{register_service, send_error_in_order};
 use futures::StreamExt;
 use tokio::sync::{Semaphore, mpsc, watch};
 
@@ -281,7 +281,7 @@ async fn process(shared: &Shared, messages: Vec<jetstream::Message>) {
                 Err(e) => {
                     tracing::error!(error = %e, sequences = batch.items.len(), "inconsistent batch refused");
                     let error = ModelError::Input(format!("malformed batch: {e}"));
-                    fail_batch(shared, &batch.items, &error);
+                    fail_batch(shared, &batch.items, &error).await;
                     ack(&message, AckKind::Term).await;
                 }
             },
@@ -381,7 +381,8 @@ async fn take_direct(
                 shared.as_ref(),
                 &batch.items,
                 &ModelError::Input(format!("malformed batch: {e}")),
-            );
+            )
+            .await;
             answer_direct(&shared, reply, DirectOutcome::Done).await;
             continue;
         }
@@ -459,7 +460,7 @@ async fn answer_direct(shared: &Shared, reply: async_nats::Subject, outcome: Dir
 /// sent and `false` comes back (the caller runs the parts alone).
 async fn serve(shared: &Shared, batch: TokenBatch, answer_input_errors: bool) -> bool {
     shared.counters.in_flight.fetch_add(1, Ordering::Relaxed);
-    let live = drop_expired(shared, batch);
+    let live = drop_expired(shared, batch).await;
     let mut served = true;
     if live.num_tokens() > shared.max_batch_tokens {
         // Only a misconfigured tokenizer worker (or a foreign client) sends such a batch:
@@ -470,7 +471,7 @@ async fn serve(shared: &Shared, batch: TokenBatch, answer_input_errors: bool) ->
             live.num_tokens(),
             shared.max_batch_tokens
         )));
-        fail_batch(shared, &live.items, &error);
+        fail_batch(shared, &live.items, &error).await;
     } else if !live.items.is_empty() {
         match run_batch(shared, &live).await {
             Ok(Output::Vectors(vectors)) => {
@@ -488,7 +489,7 @@ async fn serve(shared: &Shared, batch: TokenBatch, answer_input_errors: bool) ->
                 log_requests(&live.items, "scored");
             }
             Err(ModelError::Input(_)) if !answer_input_errors => served = false,
-            Err(e) => fail_batch(shared, &live.items, &e),
+            Err(e) => fail_batch(shared, &live.items, &e).await,
         }
     }
     shared.counters.in_flight.fetch_sub(1, Ordering::Relaxed);
@@ -571,7 +572,7 @@ async fn run_batch(shared: &Shared, batch: &TokenBatch) -> Result<Output, ModelE
 }
 
 /// Removes items whose deadline passed (answering their requests once) and returns the rest.
-fn drop_expired(shared: &Shared, batch: TokenBatch) -> TokenBatch {
+async fn drop_expired(shared: &Shared, batch: TokenBatch) -> TokenBatch {
     let now = wire::now_ms();
     if !batch
         .items
@@ -595,7 +596,7 @@ fn drop_expired(shared: &Shared, batch: TokenBatch) -> TokenBatch {
                     ErrorCode::DeadlineExceeded,
                     "the request's deadline passed before a GPU worker reached it",
                 );
-                send_error(&shared.client, &item.reply_to, &error);
+                send_error_in_order(&shared.client, &item.reply_to, &error).await;
             }
         } else {
             live.token_ids
@@ -707,7 +708,7 @@ fn chunk_of(
 }
 
 /// Answers every request of a failed batch with the error.
-fn fail_batch(shared: &Shared, items: &[BatchItem], error: &ModelError) {
+async fn fail_batch(shared: &Shared, items: &[BatchItem], error: &ModelError) {
     let code = match error {
         ModelError::Input(_) => ErrorCode::InvalidRequest,
         ModelError::Op(OpError::OutOfMemory(_)) => ErrorCode::Overloaded,
@@ -719,7 +720,7 @@ fn fail_batch(shared: &Shared, items: &[BatchItem], error: &ModelError) {
     for item in items {
         if answered.insert(&item.request_id) {
             let reply = ErrorReply::new(Some(item.request_id.clone()), code, error.to_string());
-            send_error(&shared.client, &item.reply_to, &reply);
+            send_error_in_order(&shared.client, &item.reply_to, &reply).await;
         }
     }
 }

@@ -94,7 +94,15 @@ async fn small_batches_go_straight_to_a_gpu_worker_and_match_golden() {
     let model = tiny_model_dir();
     let nats = nats_config(&server);
     let tokenizer = start_tokenizer_configured(tokenizer_config(&model), nats.clone());
-    let gpu = start_gpu_configured(gpu_config(&model), nats);
+    // A generous wait, so a slow pass on a busy test machine (which would make the worker
+    // answer `busy`) cannot send a batch to the queue; `load.rs` tests the estimate itself.
+    let gpu = start_gpu_configured(
+        gpu_worker::config::GpuWorkerConfig {
+            direct_max_wait_ms: 60_000,
+            ..gpu_config(&model)
+        },
+        nats,
+    );
     let client = async_nats::connect(server.url()).await.unwrap();
     wait_for_workers(&client).await;
 
