@@ -617,7 +617,7 @@ impl State {
     /// Whether as many batches are being published to the work queue as allowed at once.
     fn publishing_at_limit(&self) -> bool {
         self.max_publishes_in_flight != 0
-            && self.publishes.len() - self.offers >= self.max_publishes_in_flight
+            && self.publishes.len().saturating_sub(self.offers) >= self.max_publishes_in_flight
     }
 
     /// Whether another batch may be offered directly.
