@@ -14,11 +14,7 @@ pub fn send_error(client: &async_nats::Client, reply_to: &str, error: &ErrorRepl
 /// caller publishes next on `client` reaches the server after it.
 pub async fn send_error_in_order(client: &async_nats::Client, reply_to: &str, error: &ErrorReply) {
     let messages = error_outbox(reply_to, error).into_messages(client.server_info().max_payload);
-    for (subject, payload) in messages {
-        if let Err(e) = client.publish(subject.clone(), payload.into()).await {
-            tracing::warn!(error = %e, %subject, "error reply not sent");
-        }
-    }
+    publish_all(client, messages, "error reply").await;
 }
 
 /// The message answering a request on `reply_to` with `error`, logged.
@@ -42,13 +38,16 @@ pub fn send_outbox(client: &async_nats::Client, outbox: Outbox, what: &'static s
     }
     let messages = outbox.into_messages(client.server_info().max_payload);
     let client = client.clone();
-    tokio::spawn(async move {
-        for (subject, payload) in messages {
-            if let Err(e) = client.publish(subject.clone(), payload.into()).await {
-                tracing::warn!(error = %e, %subject, "{what} not sent");
-            }
+    tokio::spawn(async move { publish_all(&client, messages, what).await });
+}
+
+/// Publishes `messages` in order, logging (as `what`) the ones the client refuses.
+async fn publish_all(client: &async_nats::Client, messages: Vec<(String, Vec<u8>)>, what: &str) {
+    for (subject, payload) in messages {
+        if let Err(e) = client.publish(subject.clone(), payload.into()).await {
+            tracing::warn!(error = %e, %subject, "{what} not sent");
         }
-    });
+    }
 }
 
 /// Registers the worker as NATS micro service `name` so operators can list workers

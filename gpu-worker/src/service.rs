@@ -275,20 +275,9 @@ async fn process(shared: &Shared, messages: Vec<jetstream::Message>) {
     let progress = keep_alive(&messages, shared.ack_wait);
     let mut decoded = Vec::with_capacity(messages.len());
     for message in messages {
-        match wire::decode::<TokenBatch>(&message.payload) {
-            Ok(batch) => match batch.validate() {
-                Ok(()) => decoded.push((message, batch)),
-                Err(e) => {
-                    tracing::error!(error = %e, sequences = batch.items.len(), "inconsistent batch refused");
-                    let error = ModelError::Input(format!("malformed batch: {e}"));
-                    fail_batch(shared, &batch.items, &error).await;
-                    ack(&message, AckKind::Term).await;
-                }
-            },
-            Err(e) => {
-                tracing::error!(error = %e, "undecodable batch dropped");
-                ack(&message, AckKind::Term).await;
-            }
+        match servable(shared, &message.payload).await {
+            Some(batch) => decoded.push((message, batch)),
+            None => ack(&message, AckKind::Term).await,
         }
     }
     shared
@@ -302,6 +291,26 @@ async fn process(shared: &Shared, messages: Vec<jetstream::Message>) {
         }
     }
     progress.abort();
+}
+
+/// The batch in `payload`, or `None` when it cannot be served: one that does not decode is
+/// dropped (logged); one that decodes but is inconsistent has its requests answered with
+/// `invalid_request`. Neither would fare better if sent again.
+async fn servable(shared: &Shared, payload: &[u8]) -> Option<TokenBatch> {
+    let batch = match wire::decode::<TokenBatch>(payload) {
+        Ok(batch) => batch,
+        Err(e) => {
+            tracing::error!(error = %e, "undecodable batch dropped");
+            return None;
+        }
+    };
+    if let Err(e) = batch.validate() {
+        tracing::error!(error = %e, sequences = batch.items.len(), "inconsistent batch refused");
+        let error = ModelError::Input(format!("malformed batch: {e}"));
+        fail_batch(shared, &batch.items, &error).await;
+        return None;
+    }
+    Some(batch)
 }
 
 /// Runs batches merged into one forward pass; when the merged pass refuses its input (a
@@ -366,26 +375,11 @@ async fn take_direct(
             tracing::warn!("direct batch without a reply subject dropped");
             continue;
         };
-        let batch = match wire::decode::<TokenBatch>(&message.payload) {
-            Ok(batch) => batch,
-            Err(e) => {
-                // Nothing to answer and nothing a retry through the queue would change.
-                tracing::error!(error = %e, "undecodable direct batch dropped");
-                answer_direct(&shared, reply, DirectOutcome::Done).await;
-                continue;
-            }
-        };
-        if let Err(e) = batch.validate() {
-            tracing::error!(error = %e, sequences = batch.items.len(), "inconsistent batch refused");
-            fail_batch(
-                shared.as_ref(),
-                &batch.items,
-                &ModelError::Input(format!("malformed batch: {e}")),
-            )
-            .await;
+        let Some(batch) = servable(&shared, &message.payload).await else {
+            // Answered as far as it can be; queueing it would not help.
             answer_direct(&shared, reply, DirectOutcome::Done).await;
             continue;
-        }
+        };
         let tokens = batch.num_tokens();
         let taken = {
             let mut load = shared.load();
@@ -423,7 +417,7 @@ async fn run_direct(
 ) {
     while let Some(first) = taken.recv().await {
         let mut waiting = vec![first];
-        while waiting.len() < merge.max(1) {
+        while waiting.len() < merge {
             match taken.try_recv() {
                 Ok(next) => waiting.push(next),
                 Err(_) => break,
