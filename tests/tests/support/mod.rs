@@ -20,7 +20,26 @@ pub struct Stage {
     task: JoinHandle<anyhow::Result<()>>,
 }
 
+/// What a stage's `run` is given to wait on: resolves when the stage is asked to stop.
+type Shutdown = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
 impl Stage {
+    /// Spawns the stage that `run` returns, handing it the future that resolves when
+    /// [`Stage::stop`] is called.
+    fn spawn<F>(run: impl FnOnce(Shutdown) -> F) -> Self
+    where
+        F: std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
+    {
+        let (stop, stopped) = oneshot::channel::<()>();
+        let shutdown: Shutdown = Box::pin(async move {
+            let _ = stopped.await;
+        });
+        Self {
+            stop: Some(stop),
+            task: tokio::spawn(run(shutdown)),
+        }
+    }
+
     /// Asks the stage to drain and waits for it to return.
     pub async fn stop(mut self) -> anyhow::Result<()> {
         if let Some(stop) = self.stop.take() {
@@ -28,13 +47,6 @@ impl Stage {
         }
         self.task.await?
     }
-}
-
-fn shutdown_pair() -> (oneshot::Sender<()>, impl std::future::Future<Output = ()>) {
-    let (tx, rx) = oneshot::channel::<()>();
-    (tx, async move {
-        let _ = rx.await;
-    })
 }
 
 /// NATS settings for a test server.
@@ -281,17 +293,9 @@ pub fn start_tokenizer_configured(
     config: tokenizer_worker::config::TokenizerWorkerConfig,
     nats: NatsConfig,
 ) -> Stage {
-    let (stop, shutdown) = shutdown_pair();
-    let task = tokio::spawn(tokenizer_worker::service::run(
-        config,
-        nats,
-        QueueConfig::default(),
-        shutdown,
-    ));
-    Stage {
-        stop: Some(stop),
-        task,
-    }
+    Stage::spawn(|shutdown| {
+        tokenizer_worker::service::run(config, nats, QueueConfig::default(), shutdown)
+    })
 }
 
 /// Starts a CPU GPU-worker on `model_dir` connecting with `nats` (credentials, TLS).
@@ -323,17 +327,9 @@ pub fn start_gpu_configured(
     config: gpu_worker::config::GpuWorkerConfig,
     nats: NatsConfig,
 ) -> Stage {
-    let (stop, shutdown) = shutdown_pair();
-    let task = tokio::spawn(gpu_worker::service::run(
-        config,
-        nats,
-        QueueConfig::default(),
-        shutdown,
-    ));
-    Stage {
-        stop: Some(stop),
-        task,
-    }
+    Stage::spawn(|shutdown| {
+        gpu_worker::service::run(config, nats, QueueConfig::default(), shutdown)
+    })
 }
 
 /// The embedding fixture's `golden.json`.
