@@ -64,8 +64,16 @@ pub struct Published {
 /// Offers `batch` to the GPU workers on the direct subject, waiting up to `timeout` for one
 /// to serve it; when none does, publishes it to the work queue ([`publish_batch`]).
 pub async fn offer_batch(queue: WorkQueue, batch: TokenBatch, timeout: Duration) -> Published {
+    Published {
+        offered: true,
+        ..offer_or_queue(&queue, batch, timeout).await
+    }
+}
+
+/// [`offer_batch`]'s work: the offer, then the work queue when no GPU worker served it.
+async fn offer_or_queue(queue: &WorkQueue, batch: TokenBatch, timeout: Duration) -> Published {
     let Some(payload) = encode(&batch) else {
-        return fail(&queue, batch.items, "batch does not encode", true);
+        return fail(queue, batch.items, "batch does not encode");
     };
     let subject = queue.subjects.direct_batches_for(queue.task);
     let offer = async_nats::Request::new()
@@ -79,7 +87,7 @@ pub async fn offer_batch(queue: WorkQueue, batch: TokenBatch, timeout: Duration)
                 return Published {
                     items: batch.items,
                     queued: true,
-                    offered: true,
+                    offered: false,
                 };
             }
             Ok(DirectReply {
@@ -100,9 +108,7 @@ pub async fn offer_batch(queue: WorkQueue, batch: TokenBatch, timeout: Duration)
         ),
         Err(e) => tracing::warn!(error = %e, "direct batch not offered; queueing it"),
     }
-    let mut published = publish_payload(&queue, batch.items, payload).await;
-    published.offered = true;
-    published
+    publish_payload(queue, batch.items, payload).await
 }
 
 /// Publishes `batch`, retrying until the server confirms it or the earliest deadline of its
@@ -110,7 +116,7 @@ pub async fn offer_batch(queue: WorkQueue, batch: TokenBatch, timeout: Duration)
 pub async fn publish_batch(queue: WorkQueue, batch: TokenBatch) -> Published {
     match encode(&batch) {
         Some(payload) => publish_payload(&queue, batch.items, payload).await,
-        None => fail(&queue, batch.items, "batch does not encode", false),
+        None => fail(&queue, batch.items, "batch does not encode"),
     }
 }
 
@@ -153,7 +159,7 @@ async fn publish_payload(queue: &WorkQueue, items: Vec<BatchItem>, payload: Byte
         };
         if wire::now_ms() + backoff.as_millis() as u64 >= give_up_ms {
             tracing::error!(%reason, attempts, sequences = items.len(), "batch not queued; giving up");
-            return fail(queue, items, &reason, false);
+            return fail(queue, items, &reason);
         }
         tracing::warn!(%reason, attempts, "batch not queued; retrying");
         tokio::time::sleep(backoff).await;
@@ -178,7 +184,7 @@ fn give_up_at(items: &[BatchItem], now_ms: u64) -> u64 {
 }
 
 /// Answers every request of an unqueued batch once with `overloaded`.
-fn fail(queue: &WorkQueue, items: Vec<BatchItem>, reason: &str, offered: bool) -> Published {
+fn fail(queue: &WorkQueue, items: Vec<BatchItem>, reason: &str) -> Published {
     let mut answered = HashSet::new();
     for item in &items {
         if answered.insert((item.reply_to.as_str(), item.request_id.as_str())) {
@@ -194,7 +200,7 @@ fn fail(queue: &WorkQueue, items: Vec<BatchItem>, reason: &str, offered: bool) -
     Published {
         items,
         queued: false,
-        offered,
+        offered: false,
     }
 }
 
