@@ -219,6 +219,11 @@ pub trait Ops {
     ) -> OpResult<Self::Tensor>;
     /// SwiGLU on a fused gate|up tensor `(rows, 2 * n)`: `silu(gate) * up`, `(rows, n)`.
     fn silu_mul(&self, gate_up: &Self::Tensor) -> OpResult<Self::Tensor>;
+    /// The MLP's first half, `silu_mul(linear(x, gate_up))`. Backends that fuse the two
+    /// override it; by default they run one after the other.
+    fn linear_silu_mul(&self, x: &Self::Tensor, gate_up: &Self::Matrix) -> OpResult<Self::Tensor> {
+        self.silu_mul(&self.linear(x, gate_up)?)
+    }
     /// The last row of every sequence, `(num_seqs, cols)`.
     fn last_rows(&self, x: &Self::Tensor, layout: &Self::Layout) -> OpResult<Self::Tensor>;
     /// Pooling head on the last rows `(num_seqs, hidden)`: final RMSNorm, then for each row

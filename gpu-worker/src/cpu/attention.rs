@@ -6,6 +6,7 @@
 use gemm::Parallelism;
 use rayon::prelude::*;
 
+use super::exp::exp;
 use crate::ops::AttentionShape;
 
 /// Query rows per task: large enough for the GEMM to run at speed, small enough that a
@@ -70,13 +71,28 @@ pub fn attention(
     } else {
         tasks.into_par_iter().map(run).collect()
     };
-    let mut out = super::spare::zeroed(q_rows * out_width);
+    // Every (row, head) block is written below.
+    let mut out = super::spare::for_overwrite(q_rows * out_width);
     for (task, block) in blocks {
         for (r, values) in task.rows.clone().zip(block.chunks_exact(d)) {
             out[r * out_width + task.head * d..][..d].copy_from_slice(values);
         }
     }
     out
+}
+
+/// `x` reduced by `op` (associative, with identity `init`) in sixteen independent lanes, so
+/// the compiler vectorizes it.
+fn lanes(x: &[f32], init: f32, op: impl Fn(f32, f32) -> f32) -> f32 {
+    let mut acc = [init; 16];
+    let chunks = x.chunks_exact(16);
+    let tail = chunks.remainder().iter().fold(init, |a, &b| op(a, b));
+    for chunk in chunks {
+        for (a, &b) in acc.iter_mut().zip(chunk) {
+            *a = op(*a, b);
+        }
+    }
+    acc.into_iter().fold(tail, op)
 }
 
 /// One task's output, `(rows, head_dim)`.
@@ -130,13 +146,9 @@ fn attend(q: &[f32], kv: &[f32], task: &Task, shape: AttentionShape) -> Vec<f32>
     for (r, row) in scores.chunks_exact_mut(keys).enumerate() {
         let visible = task.visible0 + r;
         let (seen, masked) = row.split_at_mut(visible);
-        let max = seen.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let mut sum = 0.0;
-        for p in seen.iter_mut() {
-            *p = (*p - max).exp();
-            sum += *p;
-        }
-        let inv = 1.0 / sum;
+        let max = lanes(seen, f32::NEG_INFINITY, f32::max);
+        seen.iter_mut().for_each(|p| *p = exp(*p - max));
+        let inv = 1.0 / lanes(seen, 0.0, |a, b| a + b);
         seen.iter_mut().for_each(|p| *p *= inv);
         masked.fill(0.0);
     }

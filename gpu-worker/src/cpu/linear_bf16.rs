@@ -18,6 +18,8 @@
 use half::bf16;
 use rayon::prelude::*;
 
+use super::silu_mul::silu;
+
 /// Output columns per packed panel (two 512-bit registers of f32).
 pub const PANEL: usize = 32;
 
@@ -105,21 +107,30 @@ impl Kernel {
 }
 
 /// Activations `(rows, k)` rounded to bf16 and paired like the weights.
-fn pack_rows(x: &[f32], rows: usize, k: usize, k_pairs: usize) -> Vec<u32> {
+fn pack_rows(x: &[f32], rows: usize, k: usize, k_pairs: usize, kernel: Kernel) -> Vec<u32> {
     let mut words = vec![0u32; rows * k_pairs];
     words
         .par_chunks_exact_mut(k_pairs.max(1))
         .zip(x.par_chunks_exact(k.max(1)))
-        .for_each(|(out, row)| {
-            let (pairs, odd) = row.split_at(k - k % 2);
-            for (word, two) in out.iter_mut().zip(pairs.chunks_exact(2)) {
-                *word = pair(bf16::from_f32(two[0]), bf16::from_f32(two[1]));
-            }
-            if let [last] = odd {
-                out[k_pairs - 1] = pair(bf16::from_f32(*last), bf16::ZERO);
-            }
+        .for_each(|(out, row)| match kernel {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: the callers asserted CPU support for this kernel; `out` holds
+            // `ceil(row.len() / 2)` words.
+            Kernel::Avx512Bf16 => unsafe { avx512::pack_row(row, out) },
+            _ => pack_row(row, out),
         });
     words
+}
+
+/// One row rounded to bf16 (nearest even) in pairs; an odd last value pairs with zero.
+fn pack_row(row: &[f32], out: &mut [u32]) {
+    let (pairs, odd) = row.split_at(row.len() - row.len() % 2);
+    for (word, two) in out.iter_mut().zip(pairs.chunks_exact(2)) {
+        *word = pair(bf16::from_f32(two[0]), bf16::from_f32(two[1]));
+    }
+    if let [last] = odd {
+        out[pairs.len() / 2] = pair(bf16::from_f32(*last), bf16::ZERO);
+    }
 }
 
 /// The output matrix, written by panel tasks that each own a disjoint set of columns.
@@ -151,49 +162,154 @@ pub fn linear_bf16(x: &[f32], w: &PackedBf16, rows: usize, out: &mut [f32], kern
     if rows == 0 || w.n == 0 {
         return;
     }
-    let a = pack_rows(x, rows, w.k, w.k_pairs);
+    let a = pack_rows(x, rows, w.k, w.k_pairs, kernel);
     let n = w.n;
     let out_ptr = OutPtr(out.as_mut_ptr());
     (0..n.div_ceil(PANEL)).into_par_iter().for_each(|p| {
         let cols = (n - p * PANEL).min(PANEL);
         let panel = w.panel(p);
-        let mut tile = [0.0f32; TILE_ROWS * PANEL];
+        let mut partial = [0.0f32; TILE_ROWS * PANEL];
         for r0 in (0..rows).step_by(TILE_ROWS) {
             let tile_rows = (rows - r0).min(TILE_ROWS);
             let a_rows = &a[r0 * w.k_pairs..(r0 + tile_rows) * w.k_pairs];
-            run_tile(kernel, a_rows, tile_rows, panel, w.k_pairs, &mut tile);
-            for (r, values) in tile.chunks_exact(PANEL).take(tile_rows).enumerate() {
-                // SAFETY: row `r0 + r` < rows and columns `p * PANEL .. p * PANEL + cols`
-                // < n lie inside `out` (rows * n, length checked above); no other task
-                // writes panel `p`'s columns, and `out` is borrowed mutably for the whole
-                // parallel loop.
-                unsafe {
-                    let dst = out_ptr.at((r0 + r) * n + p * PANEL);
-                    std::ptr::copy_nonoverlapping(values.as_ptr(), dst, cols);
+            let corner = out_ptr.at(r0 * n + p * PANEL);
+            if cols == PANEL {
+                // SAFETY: rows `r0 .. r0 + tile_rows` < rows and columns `p * PANEL ..
+                // (p + 1) * PANEL` <= n lie inside `out` (rows * n, length checked above);
+                // no other task writes panel `p`'s columns, and `out` is borrowed mutably
+                // for the whole parallel loop.
+                unsafe { run_tile(kernel, a_rows, tile_rows, panel, w.k_pairs, corner, n) };
+            } else {
+                // The last, narrower panel: through a local tile, then its `cols` columns.
+                // SAFETY: `partial` holds TILE_ROWS rows of PANEL values at stride PANEL.
+                let local = partial.as_mut_ptr();
+                unsafe { run_tile(kernel, a_rows, tile_rows, panel, w.k_pairs, local, PANEL) };
+                for (r, values) in partial.chunks_exact(PANEL).take(tile_rows).enumerate() {
+                    // SAFETY: as above, for the `cols` columns of this panel inside `out`.
+                    unsafe {
+                        let dst = corner.wrapping_add(r * n);
+                        std::ptr::copy_nonoverlapping(values.as_ptr(), dst, cols);
+                    }
                 }
             }
         }
     });
 }
 
-/// Fills `tile` (`tile_rows x PANEL`, row stride `PANEL`) with one tile of products.
-fn run_tile(
+/// SwiGLU fused with its projection: `out (rows, n / 2) = silu(g) * u` where `g | u =
+/// bf16(x) @ w^T` (gate columns first, then up, as [`super::silu_mul`] reads them). The
+/// gate and up tiles of a row block are computed together and combined while in cache, so
+/// the `(rows, n)` product is never written out. Same values as [`linear_bf16`] followed by
+/// [`super::silu_mul::silu_mul`]. `n / 2` must be a multiple of [`PANEL`] ([`fuses_silu`]).
+pub fn linear_silu_mul_bf16(
+    x: &[f32],
+    w: &PackedBf16,
+    rows: usize,
+    out: &mut [f32],
+    kernel: Kernel,
+) {
+    let half = w.n / 2;
+    assert!(
+        fuses_silu(w) && x.len() == rows * w.k && out.len() == rows * half,
+        "linear_silu_mul_bf16 operands checked by the caller; this is a bug"
+    );
+    assert!(
+        kernel != Kernel::Avx512Bf16 || has_avx512_bf16(),
+        "Avx512Bf16 chosen without CPU support; this is a bug"
+    );
+    if rows == 0 || half == 0 {
+        return;
+    }
+    let a = pack_rows(x, rows, w.k, w.k_pairs, kernel);
+    let up_panels = half / PANEL;
+    let out_ptr = OutPtr(out.as_mut_ptr());
+    (0..up_panels).into_par_iter().for_each(|p| {
+        let (gate, up) = (w.panel(p), w.panel(p + up_panels));
+        let mut g = [0.0f32; TILE_ROWS * PANEL];
+        let mut u = [0.0f32; TILE_ROWS * PANEL];
+        for r0 in (0..rows).step_by(TILE_ROWS) {
+            let tile_rows = (rows - r0).min(TILE_ROWS);
+            let a_rows = &a[r0 * w.k_pairs..(r0 + tile_rows) * w.k_pairs];
+            // SAFETY: `g` and `u` hold TILE_ROWS rows of PANEL values at stride PANEL.
+            unsafe {
+                run_tile(
+                    kernel,
+                    a_rows,
+                    tile_rows,
+                    gate,
+                    w.k_pairs,
+                    g.as_mut_ptr(),
+                    PANEL,
+                );
+                run_tile(
+                    kernel,
+                    a_rows,
+                    tile_rows,
+                    up,
+                    w.k_pairs,
+                    u.as_mut_ptr(),
+                    PANEL,
+                );
+            }
+            let tiles = g.chunks_exact(PANEL).zip(u.chunks_exact(PANEL));
+            for (r, (g_row, u_row)) in tiles.take(tile_rows).enumerate() {
+                // SAFETY: row `r0 + r` < rows and columns `p * PANEL .. (p + 1) * PANEL` <=
+                // n / 2 lie inside `out` (rows * n / 2, checked above); no other task
+                // touches panel `p`'s columns, and `out` is borrowed mutably for the whole
+                // parallel loop.
+                let dst = unsafe {
+                    std::slice::from_raw_parts_mut(out_ptr.at((r0 + r) * half + p * PANEL), PANEL)
+                };
+                match kernel {
+                    #[cfg(target_arch = "x86_64")]
+                    // SAFETY: CPU support for this kernel is asserted above.
+                    Kernel::Avx512Bf16 => unsafe { avx512::silu_mul_row(g_row, u_row, dst) },
+                    _ => silu_mul_row(g_row, u_row, dst),
+                }
+            }
+        }
+    });
+}
+
+/// `out = silu(gate) * up`, element by element.
+#[inline(always)]
+fn silu_mul_row(gate: &[f32], up: &[f32], out: &mut [f32]) {
+    for ((o, &g), &u) in out.iter_mut().zip(gate).zip(up) {
+        *o = silu(g) * u;
+    }
+}
+
+/// Whether [`linear_silu_mul_bf16`] takes this gate|up matrix: an even number of outputs
+/// whose halves are whole panels.
+pub fn fuses_silu(w: &PackedBf16) -> bool {
+    w.n.is_multiple_of(2 * PANEL)
+}
+
+/// Writes one tile of products, `tile_rows` rows of [`PANEL`] values, row `r` at
+/// `dst + r * stride`.
+///
+/// # Safety
+/// Those `tile_rows` rows of `PANEL` values at `dst` must be writable and written by no one
+/// else meanwhile.
+unsafe fn run_tile(
     kernel: Kernel,
     a: &[u32],
     tile_rows: usize,
     panel: &[u32],
     k_pairs: usize,
-    tile: &mut [f32; TILE_ROWS * PANEL],
+    dst: *mut f32,
+    stride: usize,
 ) {
     match kernel {
         #[cfg(target_arch = "x86_64")]
         Kernel::Avx512Bf16 => {
             // SAFETY: `linear_bf16` asserted once that the CPU supports avx512f +
             // avx512bf16 before any tile; slice lengths are `tile_rows * k_pairs` and
-            // `k_pairs * PANEL` by construction.
-            unsafe { avx512::tile(a, tile_rows, panel, k_pairs, tile) }
+            // `k_pairs * PANEL` by construction; `dst` is the caller's contract.
+            unsafe { avx512::tile(a, tile_rows, panel, k_pairs, dst, stride) }
         }
-        _ => portable_tile(a, tile_rows, panel, k_pairs, tile),
+        // SAFETY: the caller's contract.
+        _ => unsafe { portable_tile(a, tile_rows, panel, k_pairs, dst, stride) },
     }
 }
 
@@ -206,14 +322,19 @@ fn unpair(word: u32) -> (f32, f32) {
 }
 
 /// The portable tile: exact bf16 products, f32 sums, one pair at a time.
-fn portable_tile(
+///
+/// # Safety
+/// As [`run_tile`].
+unsafe fn portable_tile(
     a: &[u32],
     tile_rows: usize,
     panel: &[u32],
     k_pairs: usize,
-    tile: &mut [f32; TILE_ROWS * PANEL],
+    dst: *mut f32,
+    stride: usize,
 ) {
-    for (r, acc) in tile.chunks_exact_mut(PANEL).take(tile_rows).enumerate() {
+    let mut acc = [0.0f32; PANEL];
+    for r in 0..tile_rows {
         acc.fill(0.0);
         for (q, &a_word) in a[r * k_pairs..][..k_pairs].iter().enumerate() {
             let (a0, a1) = unpair(a_word);
@@ -222,6 +343,8 @@ fn portable_tile(
                 *sum += a0 * w0 + a1 * w1;
             }
         }
+        // SAFETY: row `r` < tile_rows of PANEL values at `dst` is the caller's contract.
+        unsafe { std::ptr::copy_nonoverlapping(acc.as_ptr(), dst.add(r * stride), PANEL) };
     }
 }
 
@@ -229,7 +352,7 @@ fn portable_tile(
 mod avx512 {
     use std::arch::x86_64::*;
 
-    use super::{PANEL, TILE_ROWS};
+    use super::PANEL;
 
     /// Reinterprets 16 words as 32 bf16 values (the same 512 bits).
     #[target_feature(enable = "avx512f,avx512bf16")]
@@ -243,13 +366,15 @@ mod avx512 {
     ///
     /// # Safety
     /// The CPU must support avx512f and avx512bf16; `a` holds `R * k_pairs` words and
-    /// `panel` `k_pairs * PANEL`.
+    /// `panel` `k_pairs * PANEL`; `R` rows of `PANEL` values at `dst`, `stride` apart, are
+    /// writable and written by no one else meanwhile.
     #[target_feature(enable = "avx512f,avx512bf16")]
     unsafe fn tile_of<const R: usize>(
         a: &[u32],
         panel: &[u32],
         k_pairs: usize,
-        tile: &mut [f32; TILE_ROWS * PANEL],
+        dst: *mut f32,
+        stride: usize,
     ) {
         debug_assert!(a.len() >= R * k_pairs && panel.len() >= k_pairs * PANEL);
         let mut acc = [[_mm512_setzero_ps(); 2]; R];
@@ -270,13 +395,48 @@ mod avx512 {
             }
         }
         for (r, acc) in acc.iter().enumerate() {
-            // SAFETY: row `r < R <= TILE_ROWS` of `tile` spans `PANEL` = 32 floats.
+            // SAFETY: row `r < R` of `PANEL` = 32 floats at `dst + r * stride` is the
+            // caller's contract.
             unsafe {
-                let dst = tile.as_mut_ptr().add(r * PANEL);
-                _mm512_storeu_ps(dst, acc[0]);
-                _mm512_storeu_ps(dst.add(16), acc[1]);
+                let row = dst.add(r * stride);
+                _mm512_storeu_ps(row, acc[0]);
+                _mm512_storeu_ps(row.add(16), acc[1]);
             }
         }
+    }
+
+    /// [`super::pack_row`] with `vcvtne2ps2bf16` on 32 values at a time. Same rounding
+    /// (nearest even), except that the instruction takes subnormal inputs (below 1.2e-38)
+    /// as zero.
+    ///
+    /// # Safety
+    /// The CPU must support avx512f and avx512bf16; `out` holds `ceil(row.len() / 2)` words.
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    pub(super) unsafe fn pack_row(row: &[f32], out: &mut [u32]) {
+        let whole = row.len() / 32;
+        debug_assert!(out.len() >= row.len().div_ceil(2));
+        for c in 0..whole {
+            // SAFETY: values `32 c .. 32 c + 32` lie inside `row` (c < whole) and words
+            // `16 c .. 16 c + 16` inside `out` (the contract).
+            unsafe {
+                let lo = _mm512_loadu_ps(row.as_ptr().add(32 * c));
+                let hi = _mm512_loadu_ps(row.as_ptr().add(32 * c + 16));
+                // The second operand fills the low half: values stay in order.
+                let bf16 = _mm512_cvtne2ps_pbh(hi, lo);
+                let words = std::mem::transmute::<__m512bh, __m512i>(bf16);
+                _mm512_storeu_si512(out.as_mut_ptr().add(16 * c).cast(), words);
+            }
+        }
+        super::pack_row(&row[32 * whole..], &mut out[16 * whole..]);
+    }
+
+    /// [`super::silu_mul_row`], compiled for 512-bit vectors.
+    ///
+    /// # Safety
+    /// The CPU must support avx512f.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn silu_mul_row(gate: &[f32], up: &[f32], out: &mut [f32]) {
+        super::silu_mul_row(gate, up, out)
     }
 
     /// Dispatches a tile of `tile_rows` (1..=TILE_ROWS) rows to its register shape.
@@ -289,23 +449,24 @@ mod avx512 {
         tile_rows: usize,
         panel: &[u32],
         k_pairs: usize,
-        tile: &mut [f32; TILE_ROWS * PANEL],
+        dst: *mut f32,
+        stride: usize,
     ) {
         // SAFETY: forwarded contract; each arm's `R` equals `tile_rows`.
         unsafe {
             match tile_rows {
-                12 => tile_of::<12>(a, panel, k_pairs, tile),
-                11 => tile_of::<11>(a, panel, k_pairs, tile),
-                10 => tile_of::<10>(a, panel, k_pairs, tile),
-                9 => tile_of::<9>(a, panel, k_pairs, tile),
-                8 => tile_of::<8>(a, panel, k_pairs, tile),
-                7 => tile_of::<7>(a, panel, k_pairs, tile),
-                6 => tile_of::<6>(a, panel, k_pairs, tile),
-                5 => tile_of::<5>(a, panel, k_pairs, tile),
-                4 => tile_of::<4>(a, panel, k_pairs, tile),
-                3 => tile_of::<3>(a, panel, k_pairs, tile),
-                2 => tile_of::<2>(a, panel, k_pairs, tile),
-                1 => tile_of::<1>(a, panel, k_pairs, tile),
+                12 => tile_of::<12>(a, panel, k_pairs, dst, stride),
+                11 => tile_of::<11>(a, panel, k_pairs, dst, stride),
+                10 => tile_of::<10>(a, panel, k_pairs, dst, stride),
+                9 => tile_of::<9>(a, panel, k_pairs, dst, stride),
+                8 => tile_of::<8>(a, panel, k_pairs, dst, stride),
+                7 => tile_of::<7>(a, panel, k_pairs, dst, stride),
+                6 => tile_of::<6>(a, panel, k_pairs, dst, stride),
+                5 => tile_of::<5>(a, panel, k_pairs, dst, stride),
+                4 => tile_of::<4>(a, panel, k_pairs, dst, stride),
+                3 => tile_of::<3>(a, panel, k_pairs, dst, stride),
+                2 => tile_of::<2>(a, panel, k_pairs, dst, stride),
+                1 => tile_of::<1>(a, panel, k_pairs, dst, stride),
                 _ => unreachable!("tile of {tile_rows} rows; this is a bug"),
             }
         }
@@ -378,6 +539,55 @@ mod tests {
         }
         for (i, &(rows, k, n)) in SHAPES.iter().enumerate() {
             check(rows, k, n, Kernel::Avx512Bf16, 100 + i as u64);
+        }
+    }
+
+    #[test]
+    fn fused_silu_equals_product_then_silu() {
+        let kernels = [Kernel::Portable, Kernel::detect()];
+        for (seed, &(rows, k, n)) in [(1, 3, 64), (13, 130, 128), (30, 255, 192)]
+            .iter()
+            .enumerate()
+        {
+            let mut rng = StdRng::seed_from_u64(200 + seed as u64);
+            let x: Vec<f32> = (0..rows * k).map(|_| rng.random_range(-2.0..2.0)).collect();
+            let w: Vec<f32> = (0..n * k).map(|_| rng.random_range(-1.0..1.0)).collect();
+            let packed = PackedBf16::pack(n, k, |r, out| out.copy_from_slice(&w[r * k..][..k]));
+            assert!(fuses_silu(&packed));
+            for kernel in kernels {
+                let mut gate_up = vec![f32::NAN; rows * n];
+                linear_bf16(&x, &packed, rows, &mut gate_up, kernel);
+                let mut want = vec![f32::NAN; rows * n / 2];
+                crate::cpu::silu_mul::silu_mul(&gate_up, n / 2, &mut want);
+                let mut got = vec![f32::NAN; rows * n / 2];
+                linear_silu_mul_bf16(&x, &packed, rows, &mut got, kernel);
+                assert_eq!(got, want, "{kernel:?} {rows}x{k}x{n}");
+            }
+        }
+        let odd = PackedBf16::pack(96, 4, |_, out| out.fill(1.0));
+        assert!(
+            !fuses_silu(&odd),
+            "halves of 48 columns are not whole panels"
+        );
+    }
+
+    #[test]
+    fn both_kernels_pack_activations_alike() {
+        if Kernel::detect() != Kernel::Avx512Bf16 {
+            println!("skipped: this CPU has no avx512_bf16");
+            return;
+        }
+        let mut rng = StdRng::seed_from_u64(7);
+        for k in [1, 2, 31, 32, 33, 64, 100, 1024] {
+            let mut x: Vec<f32> = (0..3 * k).map(|_| rng.random_range(-1e4..1e4)).collect();
+            // Ties (round to even), infinities and a value that rounds up to infinity.
+            let specials = [1.0 + 2f32.powi(-8), f32::INFINITY, -f32::INFINITY, f32::MAX];
+            for (v, s) in x.iter_mut().zip(specials) {
+                *v = s;
+            }
+            let portable = pack_rows(&x, 3, k, k.div_ceil(2), Kernel::Portable);
+            let fast = pack_rows(&x, 3, k, k.div_ceil(2), Kernel::Avx512Bf16);
+            assert_eq!(portable, fast, "k = {k}");
         }
     }
 

@@ -6,11 +6,12 @@
 //! # Layout
 //! One file per op, each a plain function on slices: [`embed`], [`rms_norm`],
 //! [`qk_norm_rope`], [`attention`], [`silu_mul`], [`linear`] (f32) and [`linear_bf16`],
-//! [`pool`]. [`spare`] keeps large activation buffers between ops. This module binds the ops
+//! [`pool`]; [`exp`] is the vectorizable `e^x` they share. [`spare`] keeps large activation buffers between ops. This module binds the ops
 //! to [`Ops`], checking shapes.
 
 pub mod attention;
 pub mod embed;
+pub mod exp;
 pub mod linear;
 pub mod linear_bf16;
 pub mod pool;
@@ -55,11 +56,13 @@ impl CpuTensor {
         Ok(Self { rows, cols, data })
     }
 
-    fn zeros(rows: usize, cols: usize) -> Self {
+    /// A `(rows, cols)` output whose every value the caller writes (its initial values are
+    /// unspecified: see [`spare::for_overwrite`]).
+    fn for_overwrite(rows: usize, cols: usize) -> Self {
         Self {
             rows,
             cols,
-            data: spare::zeroed(rows * cols),
+            data: spare::for_overwrite(rows * cols),
         }
     }
 }
@@ -276,14 +279,14 @@ impl Ops for CpuBackend {
                 format!("token id {bad} outside the table of {} rows", table.rows),
             ));
         }
-        let mut out = CpuTensor::zeros(token_ids.len(), table.cols);
+        let mut out = CpuTensor::for_overwrite(token_ids.len(), table.cols);
         embed::embed(table, token_ids, &mut out.data);
         Ok(out)
     }
 
     fn rms_norm(&self, x: &CpuTensor, weight: &Vec<f32>, eps: f32) -> OpResult<CpuTensor> {
         check_cols("rms_norm", "x", x.cols, weight.len())?;
-        let mut out = CpuTensor::zeros(x.rows, x.cols);
+        let mut out = CpuTensor::for_overwrite(x.rows, x.cols);
         rms_norm::rms_norm(&x.data, weight, eps, &mut out.data);
         Ok(out)
     }
@@ -297,7 +300,7 @@ impl Ops for CpuBackend {
     ) -> OpResult<CpuTensor> {
         self.check_same("add_rms_norm", residual, delta)?;
         check_cols("add_rms_norm", "residual", residual.cols, weight.len())?;
-        let mut out = CpuTensor::zeros(residual.rows, residual.cols);
+        let mut out = CpuTensor::for_overwrite(residual.rows, residual.cols);
         rms_norm::add_rms_norm(&mut residual.data, &delta.data, weight, eps, &mut out.data);
         Ok(out)
     }
@@ -312,7 +315,7 @@ impl Ops for CpuBackend {
 
     fn linear(&self, x: &CpuTensor, w: &CpuMatrix) -> OpResult<CpuTensor> {
         check_cols("linear", "x", x.cols, w.cols)?;
-        let mut out = CpuTensor::zeros(x.rows, w.rows);
+        let mut out = CpuTensor::for_overwrite(x.rows, w.rows);
         match &w.values {
             MatrixValues::F32(data) => {
                 linear::linear(&x.data, data, x.rows, w.cols, w.rows, &mut out.data)
@@ -403,9 +406,27 @@ impl Ops for CpuBackend {
             ));
         }
         let n = gate_up.cols / 2;
-        let mut out = CpuTensor::zeros(gate_up.rows, n);
+        let mut out = CpuTensor::for_overwrite(gate_up.rows, n);
         silu_mul::silu_mul(&gate_up.data, n, &mut out.data);
         Ok(out)
+    }
+
+    fn linear_silu_mul(&self, x: &CpuTensor, gate_up: &CpuMatrix) -> OpResult<CpuTensor> {
+        match &gate_up.values {
+            MatrixValues::Bf16(packed) if linear_bf16::fuses_silu(packed) => {
+                check_cols("linear_silu_mul", "x", x.cols, gate_up.cols)?;
+                let mut out = CpuTensor::for_overwrite(x.rows, gate_up.rows / 2);
+                linear_bf16::linear_silu_mul_bf16(
+                    &x.data,
+                    packed,
+                    x.rows,
+                    &mut out.data,
+                    self.bf16_kernel,
+                );
+                Ok(out)
+            }
+            _ => self.silu_mul(&self.linear(x, gate_up)?),
+        }
     }
 
     fn last_rows(&self, x: &CpuTensor, layout: &CpuLayout) -> OpResult<CpuTensor> {
