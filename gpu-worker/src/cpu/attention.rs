@@ -1,12 +1,15 @@
 //! Causal grouped-query attention over a packed variable-length batch (CPU twin of
 //! `kernels/attention.cu`). Each task is one block of query rows of one head of one sequence:
-//! scores `Q K^T` and output `P V` go through the GEMM, softmax in f32 in between. Memory is
-//! one `rows x keys` score block per task, never a `T x T` matrix for the whole batch.
+//! scores `Q K^T` and output `P V` go through the f32 GEMM (or, in bf16, the bf16 tiles of
+//! [`super::attention_bf16`]), softmax in f32 in between. Memory is one `rows x keys` score
+//! block per task, never a `T x T` matrix for the whole batch.
 
 use gemm::Parallelism;
 use rayon::prelude::*;
 
+use super::attention_bf16::attend_bf16;
 use super::exp::exp;
+use super::linear_bf16::Kernel;
 use crate::ops::AttentionShape;
 
 /// Query rows per task: large enough for the GEMM to run at speed, small enough that a
@@ -26,6 +29,15 @@ struct Task {
     visible0: usize,
 }
 
+/// What attention's two products compute in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Products {
+    /// f32 operands (the exact reference).
+    F32,
+    /// Operands rounded to bf16, f32 sums, on this kernel.
+    Bf16(Kernel),
+}
+
 /// Attention of the q heads of `q` (rows grouped by `cu_q`) over the k/v heads of `kv`
 /// (rows grouped by `cu_k`), both fused q|k|v tensors `shape.qkv_width()` wide. Causal,
 /// bottom-right aligned: query row `i` of a sequence with `q_len` rows sees keys
@@ -36,6 +48,7 @@ pub fn attention(
     cu_q: &[u32],
     cu_k: &[u32],
     shape: AttentionShape,
+    products: Products,
 ) -> Vec<f32> {
     let out_width = shape.q_width();
     let d = shape.head_dim;
@@ -63,7 +76,11 @@ pub fn attention(
         .map(|task| task.rows.len() * (task.visible0 + task.rows.len()) * d)
         .sum();
     let run = |task: Task| {
-        let block = attend(q, kv, &task, shape);
+        let operands = Operands::of(&task, shape, q.len(), kv.len());
+        let block = match products {
+            Products::F32 => attend(q, kv, &operands),
+            Products::Bf16(kernel) => attend_bf16(q, kv, &operands, kernel),
+        };
         (task, block)
     };
     let blocks: Vec<(Task, Vec<f32>)> = if flops < PARALLEL_MIN_FLOPS {
@@ -95,27 +112,82 @@ fn lanes(x: &[f32], init: f32, op: impl Fn(f32, f32) -> f32) -> f32 {
     acc.into_iter().fold(tail, op)
 }
 
-/// One task's output, `(rows, head_dim)`.
-fn attend(q: &[f32], kv: &[f32], task: &Task, shape: AttentionShape) -> Vec<f32> {
-    let width = shape.qkv_width();
-    let d = shape.head_dim;
-    let kv_head = task.head / (shape.num_heads / shape.num_kv_heads);
-    let k_col = shape.num_heads * d + kv_head * d;
-    let v_col = (shape.num_heads + shape.num_kv_heads) * d + kv_head * d;
-    let rows = task.rows.len();
-    let keys = task.visible0 + rows - 1;
-    let q_at = task.rows.start * width + task.head * d;
-    let k_at = task.k_start * width + k_col;
-    let v_at = task.k_start * width + v_col;
-    assert!(
-        q_at + (rows - 1) * width + d <= q.len()
-            && v_at.max(k_at) + (keys - 1) * width + d <= kv.len(),
-        "attention operands checked by the caller; this is a bug"
-    );
+/// Where one task's operands sit in `q` and `kv`, and what it attends to.
+pub struct Operands {
+    /// Width of a q|k|v row.
+    pub width: usize,
+    /// Values per head.
+    pub head_dim: usize,
+    /// Softmax scale.
+    pub scale: f32,
+    /// Query rows.
+    pub rows: usize,
+    /// Keys visible to the first row; row `r` sees `visible0 + r`.
+    pub visible0: usize,
+    /// Keys visible to the last row (`visible0 + rows - 1`).
+    pub keys: usize,
+    /// Offset in `q` of the first query row's head.
+    pub q_at: usize,
+    /// Offset in `kv` of the first key's k head.
+    pub k_at: usize,
+    /// Offset in `kv` of the first key's v head.
+    pub v_at: usize,
+}
 
-    // 1. Scores: (rows, d) @ (keys, d)^T * scale -> (rows, keys).
+impl Operands {
+    /// The operands of `task`, checked to lie inside `q` (`q_len` values) and `kv`.
+    fn of(task: &Task, shape: AttentionShape, q_len: usize, kv_len: usize) -> Self {
+        let width = shape.qkv_width();
+        let d = shape.head_dim;
+        let kv_head = task.head / (shape.num_heads / shape.num_kv_heads);
+        let k_col = shape.num_heads * d + kv_head * d;
+        let v_col = (shape.num_heads + shape.num_kv_heads) * d + kv_head * d;
+        let rows = task.rows.len();
+        let keys = task.visible0 + rows - 1;
+        let operands = Self {
+            width,
+            head_dim: d,
+            scale: shape.scale(),
+            rows,
+            visible0: task.visible0,
+            keys,
+            q_at: task.rows.start * width + task.head * d,
+            k_at: task.k_start * width + k_col,
+            v_at: task.k_start * width + v_col,
+        };
+        assert!(
+            operands.q_at + (rows - 1) * width + d <= q_len
+                && operands.v_at.max(operands.k_at) + (keys - 1) * width + d <= kv_len,
+            "attention operands checked by the caller; this is a bug"
+        );
+        operands
+    }
+}
+
+/// Softmax of one row of raw scores, `scale`d, in place, in f32.
+pub fn softmax(seen: &mut [f32], scale: f32) {
+    let max = lanes(seen, f32::NEG_INFINITY, f32::max);
+    seen.iter_mut().for_each(|p| *p = exp((*p - max) * scale));
+    let inv = 1.0 / lanes(seen, 0.0, |a, b| a + b);
+    seen.iter_mut().for_each(|p| *p *= inv);
+}
+
+/// One task's output in f32, `(rows, head_dim)`.
+fn attend(q: &[f32], kv: &[f32], operands: &Operands) -> Vec<f32> {
+    let &Operands {
+        width,
+        head_dim: d,
+        rows,
+        keys,
+        q_at,
+        k_at,
+        v_at,
+        ..
+    } = operands;
+
+    // 1. Scores: (rows, d) @ (keys, d)^T -> (rows, keys).
     let mut scores = vec![0.0f32; rows * keys];
-    // SAFETY: the assert above keeps every element read inside `q` and `kv`: q rows are
+    // SAFETY: `Operands::of` checked that every element read lies inside `q` and `kv`: q rows are
     // `width` apart with `d` contiguous values, k rows likewise (read transposed: column
     // stride `width`, row stride 1). `scores` is a fresh (rows, keys) row-major buffer.
     unsafe {
@@ -134,7 +206,7 @@ fn attend(q: &[f32], kv: &[f32], task: &Task, shape: AttentionShape) -> Vec<f32>
             width as isize,
             1,
             0.0,
-            shape.scale(),
+            1.0,
             false,
             false,
             false,
@@ -144,12 +216,8 @@ fn attend(q: &[f32], kv: &[f32], task: &Task, shape: AttentionShape) -> Vec<f32>
 
     // 2. Causal softmax per row, in f32; masked keys get probability 0.
     for (r, row) in scores.chunks_exact_mut(keys).enumerate() {
-        let visible = task.visible0 + r;
-        let (seen, masked) = row.split_at_mut(visible);
-        let max = lanes(seen, f32::NEG_INFINITY, f32::max);
-        seen.iter_mut().for_each(|p| *p = exp(*p - max));
-        let inv = 1.0 / lanes(seen, 0.0, |a, b| a + b);
-        seen.iter_mut().for_each(|p| *p *= inv);
+        let (seen, masked) = row.split_at_mut(operands.visible0 + r);
+        softmax(seen, operands.scale);
         masked.fill(0.0);
     }
 

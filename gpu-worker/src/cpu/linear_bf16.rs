@@ -112,14 +112,23 @@ fn pack_rows(x: &[f32], rows: usize, k: usize, k_pairs: usize, kernel: Kernel) -
     words
         .par_chunks_exact_mut(k_pairs.max(1))
         .zip(x.par_chunks_exact(k.max(1)))
-        .for_each(|(out, row)| match kernel {
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: the callers asserted CPU support for this kernel; `out` holds
-            // `ceil(row.len() / 2)` words.
-            Kernel::Avx512Bf16 => unsafe { avx512::pack_row(row, out) },
-            _ => pack_row(row, out),
-        });
+        .for_each(|(out, row)| pack_activations(kernel, row, out));
     words
+}
+
+/// One row of activations rounded to bf16 and paired like the weights (into the first
+/// `ceil(row.len() / 2)` words of `out`), on `kernel`'s instructions.
+pub fn pack_activations(kernel: Kernel, row: &[f32], out: &mut [u32]) {
+    assert!(
+        out.len() >= row.len().div_ceil(2) && (kernel != Kernel::Avx512Bf16 || has_avx512_bf16()),
+        "pack_activations operands checked by the caller; this is a bug"
+    );
+    match kernel {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: CPU support and the length of `out` are asserted above.
+        Kernel::Avx512Bf16 => unsafe { avx512::pack_row(row, out) },
+        _ => pack_row(row, out),
+    }
 }
 
 /// One row rounded to bf16 (nearest even) in pairs; an odd last value pairs with zero.
@@ -171,19 +180,23 @@ pub fn linear_bf16(x: &[f32], w: &PackedBf16, rows: usize, out: &mut [f32], kern
         let mut partial = [0.0f32; TILE_ROWS * PANEL];
         for r0 in (0..rows).step_by(TILE_ROWS) {
             let tile_rows = (rows - r0).min(TILE_ROWS);
-            let a_rows = &a[r0 * w.k_pairs..(r0 + tile_rows) * w.k_pairs];
+            let a_rows = TileRows {
+                words: &a[r0 * w.k_pairs..(r0 + tile_rows) * w.k_pairs],
+                stride: w.k_pairs,
+                count: tile_rows,
+            };
             let corner = out_ptr.at(r0 * n + p * PANEL);
             if cols == PANEL {
                 // SAFETY: rows `r0 .. r0 + tile_rows` < rows and columns `p * PANEL ..
                 // (p + 1) * PANEL` <= n lie inside `out` (rows * n, length checked above);
                 // no other task writes panel `p`'s columns, and `out` is borrowed mutably
                 // for the whole parallel loop.
-                unsafe { run_tile(kernel, a_rows, tile_rows, panel, w.k_pairs, corner, n) };
+                unsafe { run_tile(kernel, a_rows, panel, w.k_pairs, corner, n) };
             } else {
                 // The last, narrower panel: through a local tile, then its `cols` columns.
                 // SAFETY: `partial` holds TILE_ROWS rows of PANEL values at stride PANEL.
                 let local = partial.as_mut_ptr();
-                unsafe { run_tile(kernel, a_rows, tile_rows, panel, w.k_pairs, local, PANEL) };
+                unsafe { run_tile(kernel, a_rows, panel, w.k_pairs, local, PANEL) };
                 for (r, values) in partial.chunks_exact(PANEL).take(tile_rows).enumerate() {
                     // SAFETY: as above, for the `cols` columns of this panel inside `out`.
                     unsafe {
@@ -229,28 +242,13 @@ pub fn linear_silu_mul_bf16(
         let mut u = [0.0f32; TILE_ROWS * PANEL];
         for r0 in (0..rows).step_by(TILE_ROWS) {
             let tile_rows = (rows - r0).min(TILE_ROWS);
-            let a_rows = &a[r0 * w.k_pairs..(r0 + tile_rows) * w.k_pairs];
-            // SAFETY: `g` and `u` hold TILE_ROWS rows of PANEL values at stride PANEL.
-            unsafe {
-                run_tile(
-                    kernel,
-                    a_rows,
-                    tile_rows,
-                    gate,
-                    w.k_pairs,
-                    g.as_mut_ptr(),
-                    PANEL,
-                );
-                run_tile(
-                    kernel,
-                    a_rows,
-                    tile_rows,
-                    up,
-                    w.k_pairs,
-                    u.as_mut_ptr(),
-                    PANEL,
-                );
-            }
+            let a_rows = TileRows {
+                words: &a[r0 * w.k_pairs..(r0 + tile_rows) * w.k_pairs],
+                stride: w.k_pairs,
+                count: tile_rows,
+            };
+            tile_into(kernel, a_rows, gate, w.k_pairs, &mut g, PANEL);
+            tile_into(kernel, a_rows, up, w.k_pairs, &mut u, PANEL);
             let tiles = g.chunks_exact(PANEL).zip(u.chunks_exact(PANEL));
             for (r, (g_row, u_row)) in tiles.take(tile_rows).enumerate() {
                 // SAFETY: row `r0 + r` < rows and columns `p * PANEL .. (p + 1) * PANEL` <=
@@ -285,31 +283,64 @@ pub fn fuses_silu(w: &PackedBf16) -> bool {
     w.n.is_multiple_of(2 * PANEL)
 }
 
-/// Writes one tile of products, `tile_rows` rows of [`PANEL`] values, row `r` at
+/// The activation rows of one tile: `count` (1 ..= [`TILE_ROWS`]) rows of packed pairs,
+/// row `r` starting at word `r * stride`.
+#[derive(Clone, Copy)]
+pub struct TileRows<'a> {
+    /// The words.
+    pub words: &'a [u32],
+    /// Words from one row to the next.
+    pub stride: usize,
+    /// Rows in the tile.
+    pub count: usize,
+}
+
+/// One tile of products into `out`: row `r` of `a` times the first `k_pairs` pairs of
+/// `panel` gives [`PANEL`] values at `out[r * out_stride..]`. The checked entry for callers
+/// outside this module (attention); panics if an operand is too short.
+pub fn tile_into(
+    kernel: Kernel,
+    a: TileRows<'_>,
+    panel: &[u32],
+    k_pairs: usize,
+    out: &mut [f32],
+    out_stride: usize,
+) {
+    assert!(
+        (1..=TILE_ROWS).contains(&a.count)
+            && a.words.len() >= (a.count - 1) * a.stride + k_pairs
+            && panel.len() >= k_pairs * PANEL
+            && out.len() >= (a.count - 1) * out_stride + PANEL
+            && out_stride >= PANEL
+            && (kernel != Kernel::Avx512Bf16 || has_avx512_bf16()),
+        "tile operands out of bounds; this is a bug"
+    );
+    // SAFETY: the rows written lie inside `out` (asserted), which is borrowed mutably.
+    unsafe { run_tile(kernel, a, panel, k_pairs, out.as_mut_ptr(), out_stride) }
+}
+
+/// Writes one tile of products, `a.count` rows of [`PANEL`] values, row `r` at
 /// `dst + r * stride`.
 ///
 /// # Safety
-/// Those `tile_rows` rows of `PANEL` values at `dst` must be writable and written by no one
-/// else meanwhile.
+/// The CPU supports `kernel`; `a` and `panel` hold the words `tile_into` asserts; those
+/// rows of `PANEL` values at `dst` must be writable and written by no one else meanwhile.
 unsafe fn run_tile(
     kernel: Kernel,
-    a: &[u32],
-    tile_rows: usize,
+    a: TileRows<'_>,
     panel: &[u32],
     k_pairs: usize,
     dst: *mut f32,
     stride: usize,
 ) {
+    debug_assert!(a.words.len() >= (a.count - 1) * a.stride + k_pairs);
+    debug_assert!(panel.len() >= k_pairs * PANEL);
     match kernel {
         #[cfg(target_arch = "x86_64")]
-        Kernel::Avx512Bf16 => {
-            // SAFETY: `linear_bf16` asserted once that the CPU supports avx512f +
-            // avx512bf16 before any tile; slice lengths are `tile_rows * k_pairs` and
-            // `k_pairs * PANEL` by construction; `dst` is the caller's contract.
-            unsafe { avx512::tile(a, tile_rows, panel, k_pairs, dst, stride) }
-        }
         // SAFETY: the caller's contract.
-        _ => unsafe { portable_tile(a, tile_rows, panel, k_pairs, dst, stride) },
+        Kernel::Avx512Bf16 => unsafe { avx512::tile(a, panel, k_pairs, dst, stride) },
+        // SAFETY: the caller's contract.
+        _ => unsafe { portable_tile(a, panel, k_pairs, dst, stride) },
     }
 }
 
@@ -326,24 +357,23 @@ fn unpair(word: u32) -> (f32, f32) {
 /// # Safety
 /// As [`run_tile`].
 unsafe fn portable_tile(
-    a: &[u32],
-    tile_rows: usize,
+    a: TileRows<'_>,
     panel: &[u32],
     k_pairs: usize,
     dst: *mut f32,
     stride: usize,
 ) {
     let mut acc = [0.0f32; PANEL];
-    for r in 0..tile_rows {
+    for r in 0..a.count {
         acc.fill(0.0);
-        for (q, &a_word) in a[r * k_pairs..][..k_pairs].iter().enumerate() {
+        for (q, &a_word) in a.words[r * a.stride..][..k_pairs].iter().enumerate() {
             let (a0, a1) = unpair(a_word);
             for (sum, &w_word) in acc.iter_mut().zip(&panel[q * PANEL..][..PANEL]) {
                 let (w0, w1) = unpair(w_word);
                 *sum += a0 * w0 + a1 * w1;
             }
         }
-        // SAFETY: row `r` < tile_rows of PANEL values at `dst` is the caller's contract.
+        // SAFETY: row `r` < a.count of PANEL values at `dst` is the caller's contract.
         unsafe { std::ptr::copy_nonoverlapping(acc.as_ptr(), dst.add(r * stride), PANEL) };
     }
 }
@@ -352,7 +382,7 @@ unsafe fn portable_tile(
 mod avx512 {
     use std::arch::x86_64::*;
 
-    use super::PANEL;
+    use super::{PANEL, TileRows};
 
     /// Reinterprets 16 words as 32 bf16 values (the same 512 bits).
     #[target_feature(enable = "avx512f,avx512bf16")]
@@ -365,29 +395,30 @@ mod avx512 {
     /// per pair of input features.
     ///
     /// # Safety
-    /// The CPU must support avx512f and avx512bf16; `a` holds `R * k_pairs` words and
-    /// `panel` `k_pairs * PANEL`; `R` rows of `PANEL` values at `dst`, `stride` apart, are
+    /// The CPU must support avx512f and avx512bf16; `a` holds `(R - 1) * a_stride +
+    /// k_pairs` words and `panel` `k_pairs * PANEL`; `R` rows of `PANEL` values at `dst`, `stride` apart, are
     /// writable and written by no one else meanwhile.
     #[target_feature(enable = "avx512f,avx512bf16")]
     unsafe fn tile_of<const R: usize>(
         a: &[u32],
+        a_stride: usize,
         panel: &[u32],
         k_pairs: usize,
         dst: *mut f32,
         stride: usize,
     ) {
-        debug_assert!(a.len() >= R * k_pairs && panel.len() >= k_pairs * PANEL);
+        debug_assert!(a.len() >= (R - 1) * a_stride + k_pairs && panel.len() >= k_pairs * PANEL);
         let mut acc = [[_mm512_setzero_ps(); 2]; R];
         let (a_ptr, w_ptr) = (a.as_ptr(), panel.as_ptr());
         for q in 0..k_pairs {
             // SAFETY: `q < k_pairs`, so words `q * PANEL .. q * PANEL + 32` are inside
-            // `panel`, and word `r * k_pairs + q` (r < R) is inside `a` (caller's contract).
+            // `panel`, and word `r * a_stride + q` (r < R) is inside `a` (caller's contract).
             unsafe {
                 let w0 = _mm512_loadu_si512(w_ptr.add(q * PANEL).cast());
                 let w1 = _mm512_loadu_si512(w_ptr.add(q * PANEL + 16).cast());
                 let (w0, w1) = (as_bf16_pairs(w0), as_bf16_pairs(w1));
                 for (r, acc) in acc.iter_mut().enumerate() {
-                    let x = _mm512_set1_epi32(*a_ptr.add(r * k_pairs + q) as i32);
+                    let x = _mm512_set1_epi32(*a_ptr.add(r * a_stride + q) as i32);
                     let x = as_bf16_pairs(x);
                     acc[0] = _mm512_dpbf16_ps(acc[0], x, w0);
                     acc[1] = _mm512_dpbf16_ps(acc[1], x, w1);
@@ -439,35 +470,35 @@ mod avx512 {
         super::silu_mul_row(gate, up, out)
     }
 
-    /// Dispatches a tile of `tile_rows` (1..=TILE_ROWS) rows to its register shape.
+    /// Dispatches a tile of `a.count` (1..=TILE_ROWS) rows to its register shape.
     ///
     /// # Safety
-    /// As [`tile_of`], for `R = tile_rows`.
+    /// As [`tile_of`], for `R = a.count`.
     #[target_feature(enable = "avx512f,avx512bf16")]
     pub(super) unsafe fn tile(
-        a: &[u32],
-        tile_rows: usize,
+        a: TileRows<'_>,
         panel: &[u32],
         k_pairs: usize,
         dst: *mut f32,
         stride: usize,
     ) {
-        // SAFETY: forwarded contract; each arm's `R` equals `tile_rows`.
+        let (words, a_stride) = (a.words, a.stride);
+        // SAFETY: forwarded contract; each arm's `R` equals `a.count`.
         unsafe {
-            match tile_rows {
-                12 => tile_of::<12>(a, panel, k_pairs, dst, stride),
-                11 => tile_of::<11>(a, panel, k_pairs, dst, stride),
-                10 => tile_of::<10>(a, panel, k_pairs, dst, stride),
-                9 => tile_of::<9>(a, panel, k_pairs, dst, stride),
-                8 => tile_of::<8>(a, panel, k_pairs, dst, stride),
-                7 => tile_of::<7>(a, panel, k_pairs, dst, stride),
-                6 => tile_of::<6>(a, panel, k_pairs, dst, stride),
-                5 => tile_of::<5>(a, panel, k_pairs, dst, stride),
-                4 => tile_of::<4>(a, panel, k_pairs, dst, stride),
-                3 => tile_of::<3>(a, panel, k_pairs, dst, stride),
-                2 => tile_of::<2>(a, panel, k_pairs, dst, stride),
-                1 => tile_of::<1>(a, panel, k_pairs, dst, stride),
-                _ => unreachable!("tile of {tile_rows} rows; this is a bug"),
+            match a.count {
+                12 => tile_of::<12>(words, a_stride, panel, k_pairs, dst, stride),
+                11 => tile_of::<11>(words, a_stride, panel, k_pairs, dst, stride),
+                10 => tile_of::<10>(words, a_stride, panel, k_pairs, dst, stride),
+                9 => tile_of::<9>(words, a_stride, panel, k_pairs, dst, stride),
+                8 => tile_of::<8>(words, a_stride, panel, k_pairs, dst, stride),
+                7 => tile_of::<7>(words, a_stride, panel, k_pairs, dst, stride),
+                6 => tile_of::<6>(words, a_stride, panel, k_pairs, dst, stride),
+                5 => tile_of::<5>(words, a_stride, panel, k_pairs, dst, stride),
+                4 => tile_of::<4>(words, a_stride, panel, k_pairs, dst, stride),
+                3 => tile_of::<3>(words, a_stride, panel, k_pairs, dst, stride),
+                2 => tile_of::<2>(words, a_stride, panel, k_pairs, dst, stride),
+                1 => tile_of::<1>(words, a_stride, panel, k_pairs, dst, stride),
+                _ => unreachable!("tile of {} rows; this is a bug", a.count),
             }
         }
     }

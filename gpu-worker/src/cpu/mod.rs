@@ -1,15 +1,18 @@
 //! The CPU backend: every op on the host, using every core. In f32 ([`CpuBackend::F32`]) it
 //! is the exact reference (matches transformers in float32) and the twin each CUDA kernel is
 //! tested against; in bf16 ([`CpuBackend::bf16`]) the weights stay bf16 and the matrix
-//! products run on the CPU's bf16 dot-product instructions, everything else still in f32.
+//! products (projections and attention's two) run on the CPU's bf16 dot-product
+//! instructions with f32 sums, everything else still in f32.
 //!
 //! # Layout
 //! One file per op, each a plain function on slices: [`embed`], [`rms_norm`],
-//! [`qk_norm_rope`], [`attention`], [`silu_mul`], [`linear`] (f32) and [`linear_bf16`],
-//! [`pool`]; [`exp`] is the vectorizable `e^x` they share. [`spare`] keeps large activation buffers between ops. This module binds the ops
-//! to [`Ops`], checking shapes.
+//! [`qk_norm_rope`], [`attention`] (its bf16 products in [`attention_bf16`]), [`silu_mul`],
+//! [`linear`] (f32) and [`linear_bf16`] (with SwiGLU fused in), [`pool`]; [`exp`] is the
+//! vectorizable `e^x` they share. [`spare`] keeps large activation buffers between ops. This
+//! module binds the ops to [`Ops`], checking shapes.
 
 pub mod attention;
+pub mod attention_bf16;
 pub mod embed;
 pub mod exp;
 pub mod linear;
@@ -394,7 +397,11 @@ impl Ops for CpuBackend {
                 ),
             ));
         }
-        let data = attention::attention(&q.data, &kv.data, cu_q, cu_k, shape);
+        let products = match self.precision {
+            CpuPrecision::F32 => attention::Products::F32,
+            CpuPrecision::Bf16 => attention::Products::Bf16(self.bf16_kernel),
+        };
+        let data = attention::attention(&q.data, &kv.data, cu_q, cu_k, shape, products);
         CpuTensor::new(q.rows, shape.q_width(), data)
     }
 
