@@ -118,6 +118,41 @@ def plot(runs, png):
     fig.savefig(png)
 
 
+def load_meta(results):
+    """The settings of the run in RESULTS_DIR: one meta*.json per bench/run-all.sh invocation
+    that wrote there (a run split over sittings with --systems and one --results has one per
+    part). Parts must share the machine and the workloads; each system's versions and date
+    come from the part that ran it."""
+    parts = [json.loads(path.read_text()) for path in sorted(results.glob("meta*.json"))]
+    if not parts:
+        sys.exit(f"report.py: no meta*.json in {results}")
+    first = parts[0]
+    for part in parts[1:]:
+        for key in ("quick", "loadgen"):
+            if part[key] != first[key]:
+                sys.exit(f"report.py: the parts in {results} differ in {key}: {first[key]} and {part[key]}")
+        if part["machine"]["model"] != first["machine"]["model"] or part["machine"]["cpus"] != first["machine"]["cpus"]:
+            sys.exit(f"report.py: the parts in {results} ran on different machines")
+    parts.sort(key=lambda part: part["date_utc"])
+    merged = dict(first, systems=[], versions=dict(first["versions"]), flags={}, parts=parts)
+    for part in parts:
+        merged["systems"] += [s for s in part["systems"] if s not in merged["systems"]]
+        merged["flags"].update(part.get("flags") or {})
+        for system in part["systems"]:
+            merged["versions"][system] = part["versions"].get(system)
+        merged["date_utc"] = part["date_utc"]
+    return merged
+
+
+def when(meta):
+    """The date of a run, or of each part of a split one."""
+    parts = meta.get("parts") or [meta]
+    if len(parts) == 1:
+        return f"{meta['date_utc']} UTC"
+    listed = "; ".join(f"{', '.join(part['systems'])} finished {part['date_utc']} UTC" for part in parts)
+    return f"in {len(parts)} parts on this machine (one `--systems` each, into one results directory): {listed}"
+
+
 def section(results, meta, runs, png_rel):
     machine, versions = meta["machine"], meta["versions"]
     ray, inf = versions.get("ray") or {}, versions.get("infinity") or {}
@@ -131,7 +166,7 @@ def section(results, meta, runs, png_rel):
     if meta.get("quick"):
         out += ["**Quick run (`--quick`): seconds-long runs to check the scripts. These numbers are not measurements.**", ""]
     out += [
-        f"`bench/run-all.sh{' --quick' if meta.get('quick') else ''}`, {meta['date_utc']} UTC. "
+        f"`bench/run-all.sh{' --quick' if meta.get('quick') else ''}`, {when(meta)}. "
         f"Machine: {machine['model']}, {machine['cpus']} CPUs, {machine['memory_gib']} GiB "
         f"(AVX-512: {'yes' if machine['avx512'] else 'no'}); every server and the load generator share it.",
         "",
@@ -183,7 +218,7 @@ def main():
     parser.add_argument("--png", type=Path, default=REPO / "docs/img/latency-throughput.png")
     args = parser.parse_args()
 
-    meta = json.loads((args.results / "meta.json").read_text())
+    meta = load_meta(args.results)
     runs = load_runs(args.results)
     png_rel = None
     if any(r["workload"] == "online" for r in runs):

@@ -17,6 +17,11 @@
 # A server has $BENCH_START_TIMEOUT seconds (default 1800) to answer /health: Infinity runs
 # a warm-up of 32 x 513 tokens before it listens, minutes on 2 CPUs with the 0.6B model.
 # --quick: seconds-long runs and a few documents, to check the scripts, not to measure.
+# The full run takes longer than some sittings allow (3-4 hours on 2 vCPUs, nearly all of it
+# the bulk runs): it can be split, one --systems part at a time into one --results DIR, with
+# --no-report until the last part. Each part leaves its own meta-<systems>.json; report.py
+# reports each system with the date and versions of the part that ran it. A part run again
+# appends to its loadgen files: delete that system's files in DIR first.
 # OURS_FLAGS, RAY_FLAGS, INFINITY_FLAGS: flags instead of (ours) or added to (peers) each
 # server's defaults, e.g. RAY_FLAGS="--cpus 1" (the report lists them).
 # Needs: bench/peers/setup.sh (run here when the venvs are missing), the Rust toolchain.
@@ -205,7 +210,7 @@ done
 
 # --- the report ------------------------------------------------------------------------------
 $py bench/collect_meta.py --quick "$quick" --systems "$systems" --online "${online[*]}" --bulk "${bulk[*]}" \
-  --models "$tiny" "$big" >"$results/meta.json"
+  --models "$tiny" "$big" >"$results/meta-${systems//,/-}.json"
 log "results in $results"
 if ((report)); then
   $py bench/report.py "$results"
