@@ -194,8 +194,8 @@ pub fn linear_bf16(x: &[f32], w: &PackedBf16, rows: usize, out: &mut [f32], kern
                 unsafe { run_tile(kernel, a_rows, panel, w.k_pairs, corner, n) };
             } else {
                 // The last, narrower panel: through a local tile, then its `cols` columns.
-                // SAFETY: `partial` holds TILE_ROWS rows of PANEL values at stride PANEL.
                 let local = partial.as_mut_ptr();
+                // SAFETY: `partial` holds TILE_ROWS rows of PANEL values at stride PANEL.
                 unsafe { run_tile(kernel, a_rows, panel, w.k_pairs, local, PANEL) };
                 for (r, values) in partial.chunks_exact(PANEL).take(tile_rows).enumerate() {
                     // SAFETY: as above, for the `cols` columns of this panel inside `out`.
@@ -396,8 +396,8 @@ mod avx512 {
     ///
     /// # Safety
     /// The CPU must support avx512f and avx512bf16; `a` holds `(R - 1) * a_stride +
-    /// k_pairs` words and `panel` `k_pairs * PANEL`; `R` rows of `PANEL` values at `dst`, `stride` apart, are
-    /// writable and written by no one else meanwhile.
+    /// k_pairs` words and `panel` `k_pairs * PANEL`; `R` rows of `PANEL` values at `dst`,
+    /// `stride` apart, are writable and written by no one else meanwhile.
     #[target_feature(enable = "avx512f,avx512bf16")]
     unsafe fn tile_of<const R: usize>(
         a: &[u32],
