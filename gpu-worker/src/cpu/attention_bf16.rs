@@ -8,7 +8,7 @@
 //! panels and key pairs its last row can see.
 
 use super::attention::{Operands, softmax};
-use super::linear_bf16::{Kernel, PANEL, TILE_ROWS, TileRows, pack_activations, tile_into};
+use super::linear_bf16::{Kernel, PANEL, TileRows, pack_activations, tile_into};
 
 /// The task's output, `(rows, head_dim)`: attention of its query rows in `q` over the keys
 /// and values in `kv`, as [`Operands`] places them.
@@ -41,14 +41,8 @@ pub fn attend_bf16(q: &[f32], kv: &[f32], operands: &Operands, kernel: Kernel) -
     //    last key its last row sees.
     let s_stride = key_panels * PANEL;
     let mut scores = vec![0.0f32; rows * s_stride];
-    for r0 in (0..rows).step_by(TILE_ROWS) {
-        let count = (rows - r0).min(TILE_ROWS);
-        let a = TileRows {
-            words: &q_words[r0 * d_pairs..],
-            stride: d_pairs,
-            count,
-        };
-        let seen = visible0 + r0 + count - 1;
+    for (r0, a) in TileRows::tiles(&q_words, d_pairs, rows) {
+        let seen = visible0 + r0 + a.count - 1;
         for p in 0..seen.div_ceil(PANEL) {
             let panel = &k_panels[p * d_pairs * PANEL..][..d_pairs * PANEL];
             let out = &mut scores[r0 * s_stride + p * PANEL..];
@@ -69,14 +63,8 @@ pub fn attend_bf16(q: &[f32], kv: &[f32], operands: &Operands, kernel: Kernel) -
     // 3. Output (rows, d_panels * PANEL): a tile sums over the key pairs its last row sees.
     let o_stride = d_panels * PANEL;
     let mut out = vec![0.0f32; rows * o_stride];
-    for r0 in (0..rows).step_by(TILE_ROWS) {
-        let count = (rows - r0).min(TILE_ROWS);
-        let a = TileRows {
-            words: &p_words[r0 * key_pairs..],
-            stride: key_pairs,
-            count,
-        };
-        let seen_pairs = (visible0 + r0 + count - 1).div_ceil(2);
+    for (r0, a) in TileRows::tiles(&p_words, key_pairs, rows) {
+        let seen_pairs = (visible0 + r0 + a.count - 1).div_ceil(2);
         for p in 0..d_panels {
             let panel = &v_panels[p * key_pairs * PANEL..][..key_pairs * PANEL];
             let dst = &mut out[r0 * o_stride + p * PANEL..];

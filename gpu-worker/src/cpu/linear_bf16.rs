@@ -178,13 +178,8 @@ pub fn linear_bf16(x: &[f32], w: &PackedBf16, rows: usize, out: &mut [f32], kern
         let cols = (n - p * PANEL).min(PANEL);
         let panel = w.panel(p);
         let mut partial = [0.0f32; TILE_ROWS * PANEL];
-        for r0 in (0..rows).step_by(TILE_ROWS) {
-            let tile_rows = (rows - r0).min(TILE_ROWS);
-            let a_rows = TileRows {
-                words: &a[r0 * w.k_pairs..(r0 + tile_rows) * w.k_pairs],
-                stride: w.k_pairs,
-                count: tile_rows,
-            };
+        for (r0, a_rows) in TileRows::tiles(&a, w.k_pairs, rows) {
+            let tile_rows = a_rows.count;
             let corner = out_ptr.at(r0 * n + p * PANEL);
             if cols == PANEL {
                 // SAFETY: rows `r0 .. r0 + tile_rows` < rows and columns `p * PANEL ..
@@ -240,13 +235,8 @@ pub fn linear_silu_mul_bf16(
         let (gate, up) = (w.panel(p), w.panel(p + up_panels));
         let mut g = [0.0f32; TILE_ROWS * PANEL];
         let mut u = [0.0f32; TILE_ROWS * PANEL];
-        for r0 in (0..rows).step_by(TILE_ROWS) {
-            let tile_rows = (rows - r0).min(TILE_ROWS);
-            let a_rows = TileRows {
-                words: &a[r0 * w.k_pairs..(r0 + tile_rows) * w.k_pairs],
-                stride: w.k_pairs,
-                count: tile_rows,
-            };
+        for (r0, a_rows) in TileRows::tiles(&a, w.k_pairs, rows) {
+            let tile_rows = a_rows.count;
             tile_into(kernel, a_rows, gate, w.k_pairs, &mut g, PANEL);
             tile_into(kernel, a_rows, up, w.k_pairs, &mut u, PANEL);
             let tiles = g.chunks_exact(PANEL).zip(u.chunks_exact(PANEL));
@@ -293,6 +283,26 @@ pub struct TileRows<'a> {
     pub stride: usize,
     /// Rows in the tile.
     pub count: usize,
+}
+
+impl<'a> TileRows<'a> {
+    /// `rows` packed rows, `stride` words apart, cut into tiles of at most [`TILE_ROWS`]:
+    /// each with the index of its first row.
+    pub fn tiles(
+        words: &'a [u32],
+        stride: usize,
+        rows: usize,
+    ) -> impl Iterator<Item = (usize, Self)> {
+        (0..rows).step_by(TILE_ROWS).map(move |r0| {
+            let count = (rows - r0).min(TILE_ROWS);
+            let tile = Self {
+                words: &words[r0 * stride..],
+                stride,
+                count,
+            };
+            (r0, tile)
+        })
+    }
 }
 
 /// One tile of products into `out`: row `r` of `a` times the first `k_pairs` pairs of
