@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Runs the whole stack in the foreground: nats-server (unless --nats-url), tokenizer
 # workers, GPU workers and the gateway. Builds what is missing, waits until /health answers
-# 200, prints the URL, and stops every process it started on Ctrl-C or SIGTERM.
+# 200, prints the URL, then supervises: a process that exits is started again with the same
+# arguments (after 1 s, doubling to 30 s while it keeps failing), so the stack stays up; one
+# that exits before the stack is healthy stops it all (exit 1). Ctrl-C or SIGTERM stops
+# every process it started.
 #
 #   deploy/local/run.sh --model DIR_OR_HUB_ID [--port N] [--backend cpu|cuda|auto]
 #                       [--tokenizer-workers N] [--gpu-workers N] [--profile dev|production]
@@ -24,7 +27,7 @@ tokenizer_workers=""
 gpu_workers=""
 rerank_model=""
 
-usage() { sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; }
 while (($#)); do
   case "$1" in
     --model) model=$2; shift 2 ;;
@@ -61,9 +64,9 @@ resolve_model() { # DIR_OR_HUB_ID
     return
   fi
   local cache="${HF_HOME:-$HOME/.cache/huggingface}/hub/models--${model//\//--}/snapshots"
-  local snapshot
-  snapshot=$(ls -d "$cache"/*/ 2>/dev/null | head -n 1 || true)
-  if [[ -n "$snapshot" && -f "$snapshot/config.json" ]]; then
+  local snapshots=("$cache"/*/)
+  local snapshot=${snapshots[0]}
+  if [[ -f "$snapshot/config.json" ]]; then
     echo "${snapshot%/}"
     return
   fi
@@ -100,75 +103,183 @@ else
 fi
 nats_server=${NATS_SERVER:-.venv/bin/nats-server}
 
-pids=()
+# ---------------------------------------------------------------------------------------
+# Supervision. Every process run.sh keeps running has a slot: an index into the arrays
+# below. The processes stay direct children of run.sh (deploy/local/soak.sh finds them with
+# `ps --ppid`). After start-up the main loop waits for any child to exit, logs it, and starts
+# the same command again once the slot's backoff has passed; the backoff is timed by a
+# `sleep` child, so one `wait -n` hears both exits and due restarts.
+# ---------------------------------------------------------------------------------------
+names=()    # what it is, in log lines: "gpu-worker #2"
+commands=() # its command line, quoted for eval
+pids=()     # its process (the last one started)
+timers=()   # the `sleep` that ends when its restart is due; empty while it runs
+backoffs=() # seconds before its next restart
+started=()  # when it was last started ($SECONDS)
+min_backoff_s=1
+max_backoff_s=30
+# A process that stayed up this long waits min_backoff_s again when it exits: a crash after
+# a minute of service is not a crash loop.
+stable_s=60
+nats_slot="" # the slot of the nats-server run.sh started (stopped last); empty with --nats-url
+
+# add NAME COMMAND...: a new slot running COMMAND (not started yet).
+add() {
+  local command
+  printf -v command '%q ' "${@:2}"
+  names+=("$1")
+  commands+=("$command")
+  pids+=("")
+  timers+=("")
+  backoffs+=("$min_backoff_s")
+  started+=(0)
+}
+
+# launch SLOT: starts the slot's command in the background.
+launch() {
+  eval "${commands[$1]} &"
+  pids[$1]=$!
+  started[$1]=$SECONDS
+}
+
+# reap SLOT: collects the exit status of the slot's process, which has exited, into $how:
+# "status 1", or "status 137 (SIGKILL)" for a signal.
+how=""
+reap() {
+  local status=0
+  wait "${pids[$1]}" 2>/dev/null || status=$?
+  how="status $status"
+  if ((status > 128)); then how+=" (SIG$(kill -l $((status - 128))))"; fi
+}
+
+# schedule_restart SLOT: the slot's process exited after start-up: logs it and starts the
+# timer of its restart.
+schedule_restart() {
+  local slot=$1 delay
+  reap "$slot"
+  if ((SECONDS - started[slot] >= stable_s)); then backoffs[slot]=$min_backoff_s; fi
+  delay=${backoffs[slot]}
+  backoffs[slot]=$((2 * delay < max_backoff_s ? 2 * delay : max_backoff_s))
+  echo "run.sh: ${names[slot]} (pid ${pids[slot]}) exited with $how; restarting in ${delay}s" >&2
+  sleep "$delay" &
+  timers[slot]=$!
+}
+
+# supervise: the main loop once the stack is up; only a signal ends it (its trap stops
+# everything and exits).
+supervise() {
+  local slot
+  while :; do
+    # Returns when a child exits (a process, or the timer of a pending restart) or a
+    # signal arrives.
+    wait -n || true
+    for slot in "${!names[@]}"; do
+      if [[ -n ${timers[slot]} ]]; then
+        kill -0 "${timers[slot]}" 2>/dev/null && continue
+        timers[slot]=""
+        launch "$slot"
+        echo "run.sh: ${names[slot]} restarted (pid ${pids[slot]})" >&2
+      elif ! kill -0 "${pids[slot]}" 2>/dev/null; then
+        schedule_restart "$slot"
+      fi
+    done
+  done
+}
+
+# stop_all: stops every process run.sh started. It runs from the INT/TERM/EXIT traps, which
+# exit run.sh when it returns, so the supervision loop never runs again: nothing restarts
+# during shutdown.
+# shellcheck disable=SC2317 # called from the traps, which shellcheck does not follow
 stop_all() {
   trap - INT TERM EXIT
   echo "run.sh: stopping"
-  # The gateway and the workers first (they drain through NATS), then the server.
-  local stages=("${pids[@]:$has_nats}")
-  ((${#stages[@]})) && kill -TERM "${stages[@]}" 2>/dev/null || true
-  for _ in $(seq 100); do
-    local alive=0
-    for pid in "${stages[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
-    ((alive)) || break
-    sleep 0.1
+  local nats_pid="" stages=() pid alive
+  [[ -z $nats_slot ]] || nats_pid=${pids[nats_slot]}
+  # The gateway and the workers first (they drain through NATS), with the timers of pending
+  # restarts; `jobs -p` also lists a process started just before the signal, whose pid
+  # launch had no time to record.
+  for pid in $(jobs -p); do
+    [[ $pid == "$nats_pid" ]] || stages+=("$pid")
   done
-  ((${#stages[@]})) && kill -KILL "${stages[@]}" 2>/dev/null || true
-  ((has_nats)) && kill -TERM "${pids[0]}" 2>/dev/null || true
+  if ((${#stages[@]})); then
+    kill -TERM "${stages[@]}" 2>/dev/null || true
+    for _ in $(seq 100); do
+      alive=0
+      for pid in "${stages[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
+      ((alive)) || break
+      sleep 0.1
+    done
+    kill -KILL "${stages[@]}" 2>/dev/null || true
+  fi
+  # Then the server, and its store.
+  if [[ -n $nats_pid ]]; then
+    kill -TERM "$nats_pid" 2>/dev/null || true
+    wait "$nats_pid" 2>/dev/null || true
+    rm -rf "$nats_store"
+  fi
   wait 2>/dev/null || true
 }
-has_nats=0
-trap "stop_all; exit 0" INT TERM
+trap 'stop_all; exit 0' INT TERM
 trap stop_all EXIT
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 if [[ -z "$nats_url" ]]; then
   nats_port=$(free_port)
+  # A restarted nats-server gets the same port and store (file-stored batches survive).
   nats_store=$(mktemp -d)
-  "$nats_server" -a 127.0.0.1 -p "$nats_port" -js -sd "$nats_store" &
-  pids+=($!)
-  has_nats=1
+  nats_slot=${#names[@]}
+  add nats-server "$nats_server" -a 127.0.0.1 -p "$nats_port" -js -sd "$nats_store"
+  launch "$nats_slot"
   nats_url="nats://127.0.0.1:$nats_port"
   for _ in $(seq 100); do (: >"/dev/tcp/127.0.0.1/$nats_port") 2>/dev/null && break; sleep 0.1; done
 fi
 
 export QWEN3_EMBED_CONFIG_DIR="$config_dir" QWEN3_EMBED_PROFILE="$profile" NATS_URL="$nats_url"
-for _ in $(seq "$gpu_workers"); do
-  "$bin_dir/gpu-worker" --model-dir "$model_dir" --model-name "$model_name" --backend "$backend" &
-  pids+=($!)
+for i in $(seq "$gpu_workers"); do
+  add "gpu-worker #$i" "$bin_dir/gpu-worker" --model-dir "$model_dir" --model-name "$model_name" --backend "$backend"
 done
-for _ in $(seq "$tokenizer_workers"); do
-  "$bin_dir/tokenizer-worker" --model-dir "$model_dir" --model-name "$model_name" &
-  pids+=($!)
+for i in $(seq "$tokenizer_workers"); do
+  add "tokenizer-worker #$i" "$bin_dir/tokenizer-worker" --model-dir "$model_dir" --model-name "$model_name"
 done
 gateway_args=(--port "$port" --model "$model_name")
 if [[ -n "$rerank_dir" ]]; then
   # The reranker's own pools: rerank GPU workers pull only the rerank stream.
-  for _ in $(seq "$gpu_workers"); do
-    "$bin_dir/gpu-worker" --task rerank --model-dir "$rerank_dir" --model-name "$rerank_name" --backend "$backend" &
-    pids+=($!)
+  for i in $(seq "$gpu_workers"); do
+    add "rerank gpu-worker #$i" "$bin_dir/gpu-worker" --task rerank --model-dir "$rerank_dir" --model-name "$rerank_name" --backend "$backend"
   done
-  for _ in $(seq "$tokenizer_workers"); do
-    "$bin_dir/tokenizer-worker" --task rerank --model-dir "$rerank_dir" --model-name "$rerank_name" &
-    pids+=($!)
+  for i in $(seq "$tokenizer_workers"); do
+    add "rerank tokenizer-worker #$i" "$bin_dir/tokenizer-worker" --task rerank --model-dir "$rerank_dir" --model-name "$rerank_name"
   done
   gateway_args+=(--rerank-model "$rerank_name")
 fi
-"$bin_dir/gateway" "${gateway_args[@]}" &
-pids+=($!)
+add gateway "$bin_dir/gateway" "${gateway_args[@]}"
+for slot in "${!names[@]}"; do
+  [[ -n ${pids[slot]} ]] || launch "$slot"
+done
 
+# Start-up: a process that exits before the stack is healthy stops run.sh. A bad flag, a
+# model it cannot load or a port in use fails the same way on every try: better said at
+# once than restarted for 5 minutes. Supervision starts once /health answers 200.
 url="http://127.0.0.1:$port"
+healthy() {
+  python3 -c "import urllib.request,sys; sys.exit(0 if urllib.request.urlopen('$url/health', timeout=1).status == 200 else 1)" 2>/dev/null
+}
 for _ in $(seq 600); do
-  if python3 -c "import urllib.request,sys; sys.exit(0 if urllib.request.urlopen('$url/health', timeout=1).status == 200 else 1)" 2>/dev/null; then
+  if healthy; then
     echo "run.sh: ready at $url  (OpenAI API: $url/v1/embeddings, seed API: $url/api/v1/embedding/api)"
     echo "run.sh: $tokenizer_workers tokenizer worker(s), $gpu_workers GPU worker(s), backend $backend, NATS $nats_url; Ctrl-C stops"
-    [[ -n "$rerank_dir" ]] && echo "run.sh: reranker $rerank_name: $url/v1/rerank, $url/rerank"
-    wait -n "${pids[@]}" || true
-    echo "run.sh: a process exited; stopping the stack" >&2
-    exit 1
+    if [[ -n "$rerank_dir" ]]; then echo "run.sh: reranker $rerank_name: $url/v1/rerank, $url/rerank"; fi
+    processes=""
+    for slot in "${!names[@]}"; do processes+="${names[slot]} (pid ${pids[slot]}), "; done
+    echo "run.sh: processes: ${processes%, }; each is restarted when it exits"
+    supervise
   fi
-  for pid in "${pids[@]}"; do
-    kill -0 "$pid" 2>/dev/null || { echo "run.sh: process $pid exited during start-up" >&2; exit 1; }
+  for slot in "${!names[@]}"; do
+    if ! kill -0 "${pids[slot]}" 2>/dev/null; then
+      reap "$slot"
+      echo "run.sh: ${names[slot]} (pid ${pids[slot]}) exited during start-up with $how; stopping" >&2
+      exit 1
+    fi
   done
   sleep 0.5
 done
