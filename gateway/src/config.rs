@@ -16,6 +16,9 @@ pub const DEFAULT_MODEL: &str = "Qwen/Qwen3-Embedding-0.6B";
 /// Reranker name served when none is configured.
 pub const DEFAULT_RERANK_MODEL: &str = "Qwen/Qwen3-Reranker-0.6B";
 
+/// Requests queued per place in flight when `max_queued_requests` is unset.
+pub const DEFAULT_QUEUE_FACTOR: usize = 10;
+
 /// Everything the gateway needs to serve; `[gateway]` in the configuration files, with
 /// `nats` read from `[nats]` by the binary.
 #[derive(Debug, Clone, Deserialize)]
@@ -33,10 +36,14 @@ pub struct GatewayConfig {
     /// Reranker name: the `model` of rerank answers, and the only one rerank requests may
     /// name (the rerank workers serve it).
     pub rerank_model: String,
-    /// Requests in flight at once; beyond it requests are refused at once with 429 and
-    /// `Retry-After` instead of queueing (Ray Serve `max_concurrent_queries`, 100 by
-    /// default there; kept at 100 here).
+    /// Requests in flight at once; beyond it requests wait in the admission queue (Ray
+    /// Serve `max_concurrent_queries`, 100 by default there; kept at 100 here).
     pub max_concurrent_queries: usize,
+    /// Requests that may wait, first come first served, for a place under
+    /// `max_concurrent_queries`; the wait counts against their deadline. Beyond it requests
+    /// are refused at once with 429 and `Retry-After`. 0 means no queue; unset means 10
+    /// times `max_concurrent_queries` (see [`Self::queue_limit`]).
+    pub max_queued_requests: Option<usize>,
     /// Seconds a request may take end to end; the deadline travels with the work to every
     /// stage, and the client gets 504 when it passes (Ray Serve `request_timeout_s`).
     pub request_timeout_s: f64,
@@ -87,6 +94,7 @@ impl Default for GatewayConfig {
             model: DEFAULT_MODEL.into(),
             rerank_model: DEFAULT_RERANK_MODEL.into(),
             max_concurrent_queries: 100,
+            max_queued_requests: None,
             request_timeout_s: 30.0,
             cache_size: 1000,
             max_body_bytes: 2 * 1024 * 1024,
@@ -108,6 +116,15 @@ impl GatewayConfig {
     /// The request deadline as a duration (at least 1 ms).
     pub fn request_timeout(&self) -> Duration {
         Duration::from_secs_f64(self.request_timeout_s.max(0.001))
+    }
+
+    /// Requests that may wait for a place: `max_queued_requests`, or 10 times
+    /// `max_concurrent_queries` when unset.
+    pub fn queue_limit(&self) -> usize {
+        self.max_queued_requests.unwrap_or_else(|| {
+            self.max_concurrent_queries
+                .saturating_mul(DEFAULT_QUEUE_FACTOR)
+        })
     }
 
     /// How long to wait for a tokenizer worker's acknowledgement; `None` when off.
@@ -194,6 +211,7 @@ mod tests {
         assert_eq!(config.port, 4008);
         assert_eq!(config.route_prefix(), "/api/v1");
         assert_eq!(config.max_concurrent_queries, 100);
+        assert_eq!(config.queue_limit(), 1000);
         assert_eq!(config.cache_size, 1000);
         assert_eq!(config.tokenizer_ack_timeout(), Some(Duration::from_secs(1)));
         assert!(config.validate().is_ok());
@@ -202,6 +220,22 @@ mod tests {
             ..GatewayConfig::default()
         };
         assert_eq!(off.tokenizer_ack_timeout(), None);
+    }
+
+    #[test]
+    fn the_queue_follows_the_limit_unless_set() {
+        let mut config = GatewayConfig {
+            max_concurrent_queries: 7,
+            ..GatewayConfig::default()
+        };
+        assert_eq!(config.queue_limit(), 70);
+        config.max_queued_requests = Some(0);
+        assert_eq!(config.queue_limit(), 0, "0 means no queue");
+        config.max_queued_requests = Some(3);
+        assert_eq!(config.queue_limit(), 3);
+        let parsed: GatewayConfig = serde_json::from_str(r#"{"max_queued_requests": 5}"#).unwrap();
+        assert_eq!(parsed.queue_limit(), 5);
+        assert!(serde_json::from_str::<GatewayConfig>(r#"{"max_queued_requests": -1}"#).is_err());
     }
 
     #[test]

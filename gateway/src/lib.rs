@@ -1,6 +1,9 @@
-//! The gateway: HTTP front door of the Qwen3 embedding pipeline. It validates requests,
-//! admits at most `max_concurrent_queries` at once, answers what its LRU cache holds and
-//! publishes the rest as one `EmbedRequest` on NATS, then assembles the workers' chunks.
+//! The gateway: HTTP front door of the Qwen3 embedding and reranking pipeline. It
+//! validates requests, admits at most `max_concurrent_queries` at once (queueing up to
+//! `max_queued_requests` more, first come first served), answers what its
+//! LRU cache holds and publishes the rest as one `EmbedRequest` on `{prefix}.requests`
+//! (rerank requests as one `RerankRequest` on `{prefix}.rerank`, never cached), then
+//! assembles the workers' chunks into one answer.
 //!
 //! # Layout
 //! - [`config`]: [`GatewayConfig`], the `[gateway]` section; [`api_keys`]: the bearer
@@ -8,16 +11,19 @@
 //! - [`http`]: the router and one module per endpoint family: [`http::embeddings`]
 //!   (OpenAI `/v1/embeddings`, `/v1/models`), [`http::seed`] (the seed's
 //!   `{root_path}/embedding/api`), [`http::rerank`] (`/v1/rerank` for Cohere and Jina
-//!   clients, TEI's `/rerank`), [`http::health`], [`http::debug`]; [`http::auth`]
-//!   checks API keys on every route but health; [`http::extract`]
-//!   reads JSON bodies field by field and [`http::error`] maps every failure to a status
-//!   and an OpenAI-style body in one place.
+//!   clients, TEI's `/rerank`), [`http::health`], [`http::debug`]; `/metrics` is served by
+//!   the router itself. [`http::auth`] checks API keys on every route but health;
+//!   [`http::request_id`] gives every request an `X-Request-Id` and a W3C trace context;
+//!   [`http::extract`] reads JSON bodies field by field and [`http::error`] maps every
+//!   failure to a status and an OpenAI-style body in one place.
 //! - [`service`]: one request from validation to vectors or scores (limits, admission,
 //!   cache, upstream).
-//! - [`admission`]: the in-flight limit; [`cache`]: the vector LRU; [`metrics`]: this
+//! - [`admission`]: the in-flight limit and its FIFO queue; [`cache`]: the vector LRU; [`metrics`]: this
 //!   gateway's Prometheus recorder.
-//! - [`upstream`]: the NATS side: one wildcard inbox and a map of pending requests
-//!   ([`upstream::assembly`] puts chunks together), and worker discovery
+//! - [`upstream`]: the NATS side: one wildcard inbox (each request's reply subject, and the
+//!   bundle subject where workers pack many requests' replies) and a map of pending requests
+//!   ([`upstream::assembly`] puts chunks together), publishing again what no tokenizer
+//!   worker acknowledged in time ([`upstream::resend`]), and worker discovery
 //!   ([`upstream::discovery`]).
 //!
 //! [`run`] serves on a listener until a shutdown future resolves; [`spawn`] binds and runs

@@ -9,6 +9,9 @@
 //! | `embed_http_requests_total` | counter | `route`, `status` |
 //! | `embed_http_request_duration_seconds` | histogram | `route` |
 //! | `embed_http_requests_in_flight` | gauge | |
+//! | `embed_http_requests_in_flight_limit` | gauge | |
+//! | `embed_http_requests_queued` | gauge | |
+//! | `embed_http_requests_queue_limit` | gauge | |
 //! | `embed_http_requests_rejected_total` | counter | `reason` |
 //! | `embed_items_total` | counter | |
 //! | `embed_tokens_total` | counter | |
@@ -88,7 +91,8 @@ impl Metrics {
         });
     }
 
-    /// A request was refused for `reason` (`overloaded`).
+    /// A request was refused for `reason` (`overloaded`: the admission queue was full;
+    /// `queue_timeout`: its deadline passed while it waited for a place).
     pub fn rejected(&self, reason: &'static str) {
         self.with(|| {
             counter!("embed_http_requests_rejected_total", "reason" => reason).increment(1)
@@ -129,6 +133,9 @@ impl Metrics {
     pub fn set_gauges(&self, gauges: Gauges) {
         self.with(|| {
             gauge!("embed_http_requests_in_flight").set(gauges.in_flight as f64);
+            gauge!("embed_http_requests_in_flight_limit").set(gauges.in_flight_limit as f64);
+            gauge!("embed_http_requests_queued").set(gauges.queued as f64);
+            gauge!("embed_http_requests_queue_limit").set(gauges.queue_limit as f64);
             gauge!("embed_cache_entries").set(gauges.cache_entries as f64);
             gauge!("embed_queue_depth").set(gauges.queue_depth as f64);
             gauge!("embed_workers", "kind" => "tokenizer").set(gauges.tokenizer_workers as f64);
@@ -166,6 +173,12 @@ impl Metrics {
 pub struct Gauges {
     /// Requests admitted and not finished.
     pub in_flight: usize,
+    /// Requests allowed in flight (`max_concurrent_queries`).
+    pub in_flight_limit: usize,
+    /// Requests waiting in the admission queue for a place.
+    pub queued: usize,
+    /// Requests allowed to wait (`max_queued_requests`).
+    pub queue_limit: usize,
     /// Vectors in the cache.
     pub cache_entries: u64,
     /// Sequences waiting in tokenizer workers.
@@ -215,9 +228,22 @@ fn describe() {
         "embed_http_requests_in_flight",
         "Embedding requests admitted and not yet answered."
     );
+    describe_gauge!(
+        "embed_http_requests_in_flight_limit",
+        "Requests allowed in flight at once (max_concurrent_queries)."
+    );
+    describe_gauge!(
+        "embed_http_requests_queued",
+        "Requests waiting, first come first served, for a place under the in-flight limit."
+    );
+    describe_gauge!(
+        "embed_http_requests_queue_limit",
+        "Requests allowed to wait for a place (max_queued_requests); beyond it, 429."
+    );
     describe_counter!(
         "embed_http_requests_rejected_total",
-        "Requests refused by admission control, by reason."
+        "Requests refused by admission control, by reason: overloaded (queue full, 429), \
+         queue_timeout (deadline passed while queued, 504)."
     );
     describe_counter!(
         "embed_items_total",
@@ -295,5 +321,28 @@ mod tests {
             "{text}"
         );
         assert!(!b.render().contains("embed_tokens_total 42"));
+    }
+
+    #[test]
+    fn admission_gauges_are_rendered() {
+        let metrics = Metrics::new();
+        metrics.set_gauges(Gauges {
+            in_flight: 2,
+            in_flight_limit: 2,
+            queued: 3,
+            queue_limit: 20,
+            ..Gauges::default()
+        });
+        metrics.rejected("queue_timeout");
+        let text = metrics.render();
+        for line in [
+            "embed_http_requests_in_flight 2",
+            "embed_http_requests_in_flight_limit 2",
+            "embed_http_requests_queued 3",
+            "embed_http_requests_queue_limit 20",
+            r#"embed_http_requests_rejected_total{reason="queue_timeout"} 1"#,
+        ] {
+            assert!(text.lines().any(|l| l == line), "no `{line}` in\n{text}");
+        }
     }
 }

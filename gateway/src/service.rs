@@ -2,7 +2,8 @@
 //! Both HTTP APIs (seed and OpenAI) turn their bodies into an [`EmbedJob`] and call
 //! [`EmbedService::embed`]. Both rerank APIs (Cohere/Jina and TEI) turn theirs into a
 //! [`RerankJob`] and call [`EmbedService::rerank`]: the same limits, admission and deadline,
-//! no cache.
+//! no cache. A request's deadline runs from its [`Arrival`], so the time it waits in the
+//! admission queue counts against it.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,7 +12,7 @@ use common::trace::RequestTrace;
 use common::wire::{self, EmbedRequest, InputType, RerankRequest};
 use tokio::time::Instant;
 
-use crate::admission::Admission;
+use crate::admission::{Admission, Admitted, Refused};
 use crate::cache::{CacheKey, VectorCache};
 use crate::config::GatewayConfig;
 use crate::http::error::ApiError;
@@ -19,6 +20,25 @@ use crate::metrics::Metrics;
 use crate::upstream::assembly::{Embedded, Scored};
 use crate::upstream::discovery::Discovery;
 use crate::upstream::{Upstream, UpstreamError};
+
+/// When a request arrived at the gateway; its deadline runs from here.
+#[derive(Debug, Clone, Copy)]
+pub struct Arrival {
+    /// On the monotonic clock, for the gateway's own waits.
+    pub at: Instant,
+    /// Unix time in milliseconds, for the deadline sent to the workers.
+    pub unix_ms: u64,
+}
+
+impl Arrival {
+    /// Now.
+    pub fn now() -> Self {
+        Self {
+            at: Instant::now(),
+            unix_ms: wire::now_ms(),
+        }
+    }
+}
 
 /// What to embed, as both APIs describe it.
 #[derive(Debug, Clone)]
@@ -35,6 +55,8 @@ pub struct EmbedJob {
     pub truncate: Option<bool>,
     /// The request id and trace context passed to the workers.
     pub trace: RequestTrace,
+    /// When the request arrived (its deadline runs from here).
+    pub arrival: Arrival,
 }
 
 /// What to rerank, as both rerank APIs describe it.
@@ -52,6 +74,8 @@ pub struct RerankJob {
     pub truncate: Option<bool>,
     /// The request id and trace context passed to the workers.
     pub trace: RequestTrace,
+    /// When the request arrived (its deadline runs from here).
+    pub arrival: Arrival,
 }
 
 /// Limits checked before a request is admitted.
@@ -67,7 +91,7 @@ pub struct EmbedService {
     limits: Limits,
     /// End-to-end deadline of a request.
     timeout: Duration,
-    /// In-flight limit.
+    /// In-flight limit and the queue of requests waiting for a place.
     pub admission: Admission,
     /// Finished vectors.
     pub cache: VectorCache,
@@ -93,7 +117,7 @@ impl EmbedService {
                 max_chars: config.max_input_chars,
             },
             timeout: config.request_timeout(),
-            admission: Admission::new(config.max_concurrent_queries),
+            admission: Admission::new(config.max_concurrent_queries, config.queue_limit()),
             cache: VectorCache::new(config.cache_size),
             upstream,
             discovery,
@@ -105,14 +129,8 @@ impl EmbedService {
     /// the rest; the vectors come back in input order.
     pub async fn embed(&self, job: EmbedJob) -> Result<Vec<Arc<Embedded>>, ApiError> {
         self.check(&job)?;
-        let Some(_admitted) = self.admission.try_admit() else {
-            self.metrics.rejected("overloaded");
-            return Err(ApiError::Overloaded {
-                limit: self.admission.limit(),
-            });
-        };
-        let deadline = Instant::now() + self.timeout;
-        let deadline_ms = wire::now_ms() + self.timeout.as_millis() as u64;
+        let (deadline, deadline_ms) = self.deadline(job.arrival);
+        let _admitted = self.admit(deadline).await?;
 
         let total = job.texts.len();
         let mut answers: Vec<Option<Arc<Embedded>>> = vec![None; total];
@@ -179,20 +197,16 @@ impl EmbedService {
     /// in document order.
     pub async fn rerank(&self, job: RerankJob) -> Result<Vec<Scored>, ApiError> {
         self.check_rerank(&job)?;
-        let Some(_admitted) = self.admission.try_admit() else {
-            self.metrics.rejected("overloaded");
-            return Err(ApiError::Overloaded {
-                limit: self.admission.limit(),
-            });
-        };
-        let deadline = Instant::now() + self.timeout;
+        let (deadline, deadline_ms) = self.deadline(job.arrival);
+        let _admitted = self.admit(deadline).await?;
         let request = RerankRequest {
             id: String::new(),
             query: job.query,
             documents: job.documents,
             instruction: job.instruction,
             truncate: job.truncate,
-            deadline_ms: Some(wire::now_ms() + self.timeout.as_millis() as u64),
+            deadline_ms: Some(deadline_ms),
+            ack: false,
         };
         let scored = self
             .upstream
@@ -208,6 +222,42 @@ impl EmbedService {
         let tokens: u64 = scored.iter().map(|s| u64::from(s.tokens)).sum();
         self.metrics.reranked(scored.len() as u64, tokens);
         Ok(scored)
+    }
+
+    /// The deadline of a request that arrived at `arrival`: on the monotonic clock, and as
+    /// Unix milliseconds for the workers.
+    fn deadline(&self, arrival: Arrival) -> (Instant, u64) {
+        let timeout_ms = u64::try_from(self.timeout.as_millis()).unwrap_or(u64::MAX);
+        (
+            arrival.at + self.timeout,
+            arrival.unix_ms.saturating_add(timeout_ms),
+        )
+    }
+
+    /// A place under the in-flight limit, after waiting in the queue if need be; refused
+    /// (and counted) when the queue is full or `deadline` passes while waiting.
+    async fn admit(&self, deadline: Instant) -> Result<Admitted, ApiError> {
+        self.admission.admit(deadline).await.map_err(|refused| {
+            tracing::debug!("not admitted: {refused}");
+            match refused {
+                Refused::QueueFull {
+                    limit,
+                    queue_limit,
+                    retry_after_s,
+                } => {
+                    self.metrics.rejected("overloaded");
+                    ApiError::Overloaded {
+                        limit,
+                        queue_limit,
+                        retry_after_s,
+                    }
+                }
+                Refused::DeadlinePassed { .. } => {
+                    self.metrics.rejected("queue_timeout");
+                    ApiError::Timeout(self.timeout.as_secs_f64())
+                }
+            }
+        })
     }
 
     /// Limits of a rerank request: document count, query and document length.

@@ -10,9 +10,11 @@ use serde_json::json;
 use support::{Harness, error_of};
 
 #[tokio::test]
-async fn overload_is_refused_at_once_with_retry_after() {
+async fn without_a_queue_overload_is_refused_at_once_with_retry_after() {
     let harness = Harness::start(|config| {
         config.max_concurrent_queries = 1;
+        // No admission queue: the old refuse-at-once behaviour (see admission.rs for the queue).
+        config.max_queued_requests = Some(0);
         config.request_timeout_s = 3.0;
     })
     .await;
@@ -52,6 +54,8 @@ async fn overload_is_refused_at_once_with_retry_after() {
     let debug: serde_json::Value = harness.get("/debug").await.json().await.unwrap();
     assert_eq!(debug["active_requests"], 1);
     assert_eq!(debug["admission_limit"], 1);
+    assert_eq!(debug["queued_requests"], 0);
+    assert_eq!(debug["queue_limit"], 0);
 
     // The held request ends at its deadline, and its place is free again.
     assert_eq!(held.await.unwrap().unwrap(), 504);

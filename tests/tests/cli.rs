@@ -102,8 +102,10 @@ async fn embed_jsonl_gets_golden_vectors_and_resumes_exactly() {
     let mut config = gateway_config(nats_config(&server));
     config.api_keys = gateway::api_keys::ApiKeys::from_list(API_KEY, "test").unwrap();
     let gateway = gateway::spawn(config.clone()).await.unwrap();
-    // A second gateway that admits one request at a time: concurrent batches get 429.
+    // A second gateway that admits one request at a time and queues none: concurrent
+    // batches get 429.
     config.max_concurrent_queries = 1;
+    config.max_queued_requests = Some(0);
     let narrow = gateway::spawn(config).await.unwrap();
     let http = reqwest::Client::new();
     wait_healthy(&http, &gateway.url(), Duration::from_secs(20)).await;

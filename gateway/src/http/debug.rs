@@ -1,5 +1,6 @@
 //! `GET /debug` (and under `root_path`): what an operator needs to see why the gateway is
-//! slow or refusing: admission, pending requests, queue depth, memory, cache, every worker.
+//! slow or refusing: admission (in flight and queued), pending requests, queue depth,
+//! memory, cache, every worker.
 
 use axum::Json;
 use axum::extract::State;
@@ -18,6 +19,8 @@ pub async fn debug(State(state): State<AppState>) -> Json<Value> {
         "uptime_s": common::wire::now_ms().saturating_sub(state.started_s * 1000) / 1000,
         "active_requests": service.admission.active(),
         "admission_limit": service.admission.limit(),
+        "queued_requests": service.admission.queued(),
+        "queue_limit": service.admission.queue_limit(),
         "pending_upstream": service.upstream.pending(),
         "upstream_resends": service.upstream.resends(),
         "api_keys": state.api_keys.len(),

@@ -15,7 +15,7 @@ use serde::Serialize;
 use super::AppState;
 use super::error::ApiError;
 use super::extract::{Fields, JsonBody};
-use crate::service::EmbedJob;
+use crate::service::{Arrival, EmbedJob};
 use crate::upstream::assembly::Embedded;
 
 /// How vectors are written in the answer.
@@ -68,6 +68,7 @@ struct Usage {
 pub async fn create(
     State(state): State<AppState>,
     Extension(trace): Extension<RequestTrace>,
+    Extension(arrival): Extension<Arrival>,
     JsonBody(mut fields): JsonBody,
 ) -> Result<Json<EmbeddingList>, ApiError> {
     let served = &state.config.model;
@@ -86,6 +87,7 @@ pub async fn create(
         dimensions: fields.dimensions()?,
         truncate: fields.boolean("truncate")?.or(state.config.truncate),
         trace,
+        arrival,
     };
     let format = encoding_format(&mut fields)?;
     // `user` is accepted and ignored, like every other unknown field.

@@ -63,11 +63,17 @@ pub enum ApiError {
     /// The route exists but not for this method.
     #[error("method {0} is not allowed on this route")]
     MethodNotAllowed(String),
-    /// `max_concurrent_queries` requests are already in flight.
-    #[error("server is at its limit of {limit} concurrent requests; retry shortly")]
+    /// `max_concurrent_queries` requests are in flight and `max_queued_requests` wait.
+    #[error(
+        "server is at its limit of {limit} concurrent requests with {queue_limit} more queued; retry in {retry_after_s} s"
+    )]
     Overloaded {
-        /// The admission limit.
+        /// Requests allowed in flight.
         limit: usize,
+        /// Requests allowed to wait for a place.
+        queue_limit: usize,
+        /// Seconds to wait before retrying, sent as `Retry-After`.
+        retry_after_s: u64,
     },
     /// Nobody listens on the request subject.
     #[error("no tokenizer worker is available to serve the request")]
@@ -201,6 +207,22 @@ impl ApiError {
         }
     }
 
+    /// Seconds a client should wait before retrying (`Retry-After`), for refusals that a
+    /// retry may overcome.
+    fn retry_after_s(&self) -> Option<u64> {
+        match self {
+            Self::Overloaded { retry_after_s, .. } => Some(*retry_after_s),
+            _ if matches!(
+                self.status(),
+                StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
+            ) =>
+            {
+                Some(1)
+            }
+            _ => None,
+        }
+    }
+
     /// The HTTP status this error is answered with.
     pub fn status(&self) -> StatusCode {
         self.parts().0
@@ -230,6 +252,7 @@ impl IntoResponse for ApiError {
         } else {
             tracing::debug!(%status, code, "request rejected: {self}");
         }
+        let retry_after_s = self.retry_after_s();
         let body = ErrorEnvelope {
             error: ErrorDetail {
                 message: self.to_string(),
@@ -239,10 +262,10 @@ impl IntoResponse for ApiError {
             },
         };
         let mut response = (status, axum::Json(body)).into_response();
-        if status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::SERVICE_UNAVAILABLE {
+        if let Some(seconds) = retry_after_s {
             response
                 .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
         if status == StatusCode::UNAUTHORIZED {
             response
@@ -287,8 +310,17 @@ mod tests {
 
     #[test]
     fn overload_carries_retry_after() {
-        let response = ApiError::Overloaded { limit: 1 }.into_response();
+        let overloaded = ApiError::Overloaded {
+            limit: 1,
+            queue_limit: 10,
+            retry_after_s: 7,
+        };
+        let response = overloaded.into_response();
         assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(response.headers()[header::RETRY_AFTER], "7");
+        let response = ApiError::NoWorkers.into_response();
         assert_eq!(response.headers()[header::RETRY_AFTER], "1");
+        let response = ApiError::Timeout(1.0).into_response();
+        assert!(response.headers().get(header::RETRY_AFTER).is_none());
     }
 }

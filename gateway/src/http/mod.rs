@@ -28,7 +28,7 @@ use tracing::Level;
 use crate::api_keys::ApiKeys;
 use crate::config::GatewayConfig;
 use crate::metrics::{Gauges, Metrics, WorkerTotals};
-use crate::service::EmbedService;
+use crate::service::{Arrival, EmbedService};
 use crate::upstream::discovery::Discovery;
 
 use self::error::ApiError;
@@ -89,8 +89,10 @@ pub fn router(state: AppState) -> Router {
 }
 
 /// Counts every answered request by route template and status, with its latency, and logs
-/// it on the per-request target (inside the request's span, see [`request_id`]).
-async fn track(State(state): State<AppState>, request: Request, next: Next) -> Response {
+/// it on the per-request target (inside the request's span, see [`request_id`]). Marks the
+/// request's [`Arrival`], from which its deadline runs.
+async fn track(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
+    request.extensions_mut().insert(Arrival::now());
     let route = request
         .extensions()
         .get::<MatchedPath>()
@@ -116,6 +118,9 @@ async fn prometheus(State(state): State<AppState>) -> Response {
     let snapshot = state.discovery.workers().await;
     state.metrics.set_gauges(Gauges {
         in_flight: state.service.admission.active(),
+        in_flight_limit: state.service.admission.limit(),
+        queued: state.service.admission.queued(),
+        queue_limit: state.service.admission.queue_limit(),
         cache_entries: state.service.cache.len(),
         queue_depth: snapshot.queue_depth(),
         tokenizer_workers: snapshot.loaded(WorkerKind::Tokenizer),

@@ -21,7 +21,7 @@ use super::AppState;
 use super::embeddings::names_model;
 use super::error::ApiError;
 use super::extract::JsonBody;
-use crate::service::RerankJob;
+use crate::service::{Arrival, RerankJob};
 use crate::upstream::assembly::Scored;
 
 /// The answer of `POST /v1/rerank`.
@@ -63,6 +63,7 @@ pub struct TeiRank {
 pub async fn rerank(
     State(state): State<AppState>,
     Extension(trace): Extension<RequestTrace>,
+    Extension(arrival): Extension<Arrival>,
     JsonBody(mut fields): JsonBody,
 ) -> Result<Json<RerankResponse>, ApiError> {
     let served = &state.config.rerank_model;
@@ -81,6 +82,7 @@ pub async fn rerank(
         instruction: fields.string("instruction")?,
         truncate: fields.boolean("truncate")?.or(state.config.truncate),
         trace,
+        arrival,
     };
     let top_n = fields.positive_integer("top_n")?;
     let return_documents = fields.boolean("return_documents")?.unwrap_or(false);
@@ -108,6 +110,7 @@ pub async fn rerank(
 pub async fn tei_rerank(
     State(state): State<AppState>,
     Extension(trace): Extension<RequestTrace>,
+    Extension(arrival): Extension<Arrival>,
     JsonBody(mut fields): JsonBody,
 ) -> Result<Json<Vec<TeiRank>>, ApiError> {
     let job = RerankJob {
@@ -117,6 +120,7 @@ pub async fn tei_rerank(
         instruction: fields.string("instruction")?,
         truncate: fields.boolean("truncate")?.or(state.config.truncate),
         trace,
+        arrival,
     };
     let raw_scores = fields.boolean("raw_scores")?.unwrap_or(false);
     let return_text = fields.boolean("return_text")?.unwrap_or(false);

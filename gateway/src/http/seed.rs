@@ -11,7 +11,7 @@ use serde::Serialize;
 use super::AppState;
 use super::error::ApiError;
 use super::extract::JsonBody;
-use crate::service::EmbedJob;
+use crate::service::{Arrival, EmbedJob};
 use crate::upstream::assembly::Embedded;
 
 /// The answer: one vector per input, serialized straight from the shared results.
@@ -29,6 +29,7 @@ impl Serialize for Vectors {
 pub async fn embed(
     State(state): State<AppState>,
     Extension(trace): Extension<RequestTrace>,
+    Extension(arrival): Extension<Arrival>,
     JsonBody(mut fields): JsonBody,
 ) -> Result<Json<Vectors>, ApiError> {
     let texts = fields.input()?;
@@ -44,6 +45,7 @@ pub async fn embed(
         dimensions: fields.dimensions()?,
         truncate: state.config.truncate,
         trace,
+        arrival,
     };
     Ok(Json(Vectors(state.service.embed(job).await?)))
 }

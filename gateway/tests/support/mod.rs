@@ -5,6 +5,8 @@
 //! - `!error:CODE` (e.g. `!error:too_many_tokens`): answers with an `ErrorReply` of that code;
 //! - `!silent`: never answers;
 //! - `!sleep:MS`: waits MS milliseconds, then answers normally;
+//! - `!hold`: waits until the test calls [`FakeTokenizer::release_held`] (at once after
+//!   it), then answers normally;
 //! - `!garbage`: answers with bytes that are not a reply;
 //! - anything else: a vector derived from the text (see [`expected_vector`]).
 //!
@@ -22,6 +24,7 @@ use common::wire::{
 use e2e_tests::NatsServer;
 use futures::StreamExt;
 use gateway::{GatewayConfig, RunningGateway};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 /// A nats-server, a gateway using it, and clients for both.
@@ -188,6 +191,7 @@ pub fn status(kind: WorkerKind, id: &str, loaded: bool, in_flight: u64) -> Worke
         tokens: 0,
         in_flight,
         started_ms: wire::now_ms(),
+        unhealthy: None,
     }
 }
 
@@ -212,6 +216,8 @@ pub fn expected_tokens(text: &str) -> u32 {
 pub struct FakeTokenizer {
     /// Requests received, with their reply subjects.
     pub received: Arc<Mutex<Vec<(EmbedRequest, String)>>>,
+    /// Set once by [`Self::release_held`]: `!hold` requests answer from then on.
+    released: watch::Sender<bool>,
     task: JoinHandle<()>,
 }
 
@@ -224,6 +230,7 @@ impl FakeTokenizer {
         sync(&client).await;
         let received = Arc::new(Mutex::new(Vec::new()));
         let log = received.clone();
+        let (released, release) = watch::channel(false);
         let task = tokio::spawn(async move {
             while let Some(message) = subscriber.next().await {
                 let Some(reply) = message.reply else { continue };
@@ -252,10 +259,20 @@ impl FakeTokenizer {
                     reply.to_string(),
                     request,
                     chunk_size,
+                    release.clone(),
                 ));
             }
         });
-        Self { received, task }
+        Self {
+            received,
+            released,
+            task,
+        }
+    }
+
+    /// Lets every `!hold` request answer, those held now and those still to come.
+    pub fn release_held(&self) {
+        self.released.send_replace(true);
     }
 
     /// The requests received so far.
@@ -291,6 +308,7 @@ async fn answer(
     reply: String,
     request: EmbedRequest,
     chunk_size: usize,
+    mut release: watch::Receiver<bool>,
 ) {
     for text in &request.input {
         if let Some(code) = text.strip_prefix("!error:") {
@@ -314,6 +332,10 @@ async fn answer(
                 .publish(reply, b"\xc1not msgpack".to_vec().into())
                 .await;
             return;
+        }
+        if text == "!hold" {
+            // An error means the worker is gone: answer anyway.
+            let _ = release.wait_for(|released| *released).await;
         }
         if let Some(ms) = text.strip_prefix("!sleep:") {
             tokio::time::sleep(Duration::from_millis(ms.parse().expect("sleep ms"))).await;
