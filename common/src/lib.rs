@@ -1,16 +1,24 @@
-//! Shared pieces of the Qwen3 embedding pipeline.
+//! Shared pieces of the Qwen3 embedding and reranking pipeline: the only workspace crate
+//! that the three stages (gateway, tokenizer worker, GPU worker) and the `embed-jsonl`
+//! client depend on; none of them depends on another.
 //!
 //! # Layout
-//! - [`wire`]: the MessagePack messages that cross NATS (public requests and replies,
-//!   internal token batches, worker status).
-//! - [`subjects`]: NATS subject names under a configurable prefix.
+//! - [`wire`]: the MessagePack messages that cross NATS (public embedding and rerank
+//!   requests and replies, reply bundles, internal token batches, direct-offer answers,
+//!   worker status).
+//! - [`subjects`]: NATS subject, stream and queue group names under a configurable prefix,
+//!   and the [`subjects::Task`] (embed or rerank) each worker serves.
+//! - [`queue`]: the JetStream work queue of token batches: one stream per task, and the GPU
+//!   workers' durable pull consumer on it.
 //! - [`config`]: layered configuration files, profiles and environment variables.
-//! - [`nats`]: connection settings (servers, credentials, TLS).
-//! - [`queue`]: the JetStream work queue of token batches.
+//! - [`nats`]: connection settings (servers, credentials, TLS), reconnection, and a watch of
+//!   the link.
+//! - [`outbox`]: a worker's replies on their way out, alone or packed into bundles.
+//! - [`worker`]: what every worker does besides its own work: error replies, sending an
+//!   outbox, micro-service registration.
+//! - [`trace`]: request ids and W3C trace context across the stages.
 //! - [`telemetry`]: logging set-up for the binaries.
 //! - [`shutdown`]: Ctrl-C / SIGTERM handling.
-//! - [`trace`]: request ids and W3C trace context across the stages.
-//! - [`worker`]: error replies and micro-service registration shared by the workers.
 
 pub mod config;
 pub mod nats;

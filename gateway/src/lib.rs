@@ -1,9 +1,9 @@
 //! The gateway: HTTP front door of the Qwen3 embedding and reranking pipeline. It
 //! validates requests, admits at most `max_concurrent_queries` at once (queueing up to
-//! `max_queued_requests` more, first come first served), answers what its
-//! LRU cache holds and publishes the rest as one `EmbedRequest` on `{prefix}.requests`
-//! (rerank requests as one `RerankRequest` on `{prefix}.rerank`, never cached), then
-//! assembles the workers' chunks into one answer.
+//! `max_queued_requests` more, first come first served), answers what its LRU cache holds
+//! and publishes the rest as one `EmbedRequest` on `{prefix}.requests` (rerank requests as
+//! one `RerankRequest` on `{prefix}.rerank`, never cached), then assembles the workers'
+//! chunks into one answer.
 //!
 //! # Layout
 //! - [`config`]: [`GatewayConfig`], the `[gateway]` section; [`api_keys`]: the bearer
@@ -18,8 +18,8 @@
 //!   failure to a status and an OpenAI-style body in one place.
 //! - [`service`]: one request from validation to vectors or scores (limits, admission,
 //!   cache, upstream).
-//! - [`admission`]: the in-flight limit and its FIFO queue; [`cache`]: the vector LRU; [`metrics`]: this
-//!   gateway's Prometheus recorder.
+//! - [`admission`]: the in-flight limit and its FIFO queue; [`cache`]: the vector LRU;
+//!   [`metrics`]: this gateway's Prometheus recorder.
 //! - [`upstream`]: the NATS side: one wildcard inbox (each request's reply subject, and the
 //!   bundle subject where workers pack many requests' replies) and a map of pending requests
 //!   ([`upstream::assembly`] puts chunks together), publishing again what no tokenizer

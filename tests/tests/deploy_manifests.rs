@@ -7,6 +7,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
+use common::queue::{GPU_CONSUMER, RERANK_CONSUMER};
+use common::subjects::{DEFAULT_PREFIX, Subjects, Task};
 use e2e_tests::repo_root;
 use serde::Deserialize;
 use serde_yaml_ng::Value;
@@ -69,58 +71,27 @@ fn sources_and_config_doc() -> String {
     text
 }
 
-/// The first string literal after `marker` in `text`.
-fn literal_after<'a>(text: &'a str, marker: &str) -> &'a str {
-    let rest = &text[text
-        .find(marker)
-        .unwrap_or_else(|| panic!("`{marker}` not found"))
-        + marker.len()..];
-    let start = rest.find('"').expect("a string literal") + 1;
-    let end = start + rest[start..].find('"').expect("a closed literal");
-    &rest[start..end]
-}
-
-/// The JetStream stream of the default subject prefix, as common/src/subjects.rs derives it.
-fn batch_stream_name() -> String {
-    let subjects = read("common/src/subjects.rs");
-    let prefix = literal_after(&subjects, "pub const DEFAULT_PREFIX: &str =");
+/// The subjects of the shipped configuration, whose prefix must be the code's default.
+fn shipped_subjects() -> Subjects {
     let configured = default_toml()["nats"]["subject_prefix"]
         .as_str()
         .expect("[nats] subject_prefix")
         .to_string();
-    assert_eq!(prefix, configured, "default.toml and the code disagree");
-    assert!(
-        subjects.contains(r#""{}_BATCHES","#) && subjects.contains(".to_uppercase()"),
-        "batch_stream() no longer derives PREFIX_BATCHES; update this test and the KEDA trigger"
+    assert_eq!(
+        configured, DEFAULT_PREFIX,
+        "deploy/config/default.toml and common::subjects::DEFAULT_PREFIX disagree"
     );
-    format!("{}_BATCHES", prefix.to_uppercase())
+    Subjects::new(configured)
 }
 
-/// The durable consumer of the GPU workers (common/src/queue.rs).
-fn gpu_consumer_name() -> String {
-    literal_after(
-        &read("common/src/queue.rs"),
-        "pub const GPU_CONSUMER: &str =",
-    )
-    .to_string()
-}
-
-/// The stream of rerank batches, `{PREFIX}_RERANK_BATCHES` (common/src/subjects.rs).
-fn rerank_stream_name() -> String {
-    assert!(
-        read("common/src/subjects.rs").contains(r#""{}_RERANK_BATCHES""#),
-        "the rerank stream is no longer PREFIX_RERANK_BATCHES; update this test and the KEDA trigger"
-    );
-    batch_stream_name().replace("_BATCHES", "_RERANK_BATCHES")
-}
-
-/// The durable consumer of the rerank GPU workers (common/src/queue.rs).
-fn rerank_consumer_name() -> String {
-    literal_after(
-        &read("common/src/queue.rs"),
-        "pub const RERANK_CONSUMER: &str =",
-    )
-    .to_string()
+/// The JetStream stream of `task`'s batches and its GPU workers' durable consumer, named by
+/// `common` (`Subjects::batch_stream_for`, `queue::GPU_CONSUMER`, `queue::RERANK_CONSUMER`).
+fn stream_and_consumer(task: Task) -> (String, &'static str) {
+    let consumer = match task {
+        Task::Embed => GPU_CONSUMER,
+        Task::Rerank => RERANK_CONSUMER,
+    };
+    (shipped_subjects().batch_stream_for(task), consumer)
 }
 
 /// The paths the gateway serves (gateway/src/http/mod.rs, `{prefix}` = the root_path).
@@ -879,11 +850,9 @@ fn k8s_manifests_agree_with_the_code() {
     assert_eq!(service_port["targetPort"].as_u64(), Some(port));
 
     // KEDA scales each task's GPU workers on the code's stream and consumer of that task.
-    for (task, stream, consumer) in [
-        ("embed", batch_stream_name(), gpu_consumer_name()),
-        ("rerank", rerank_stream_name(), rerank_consumer_name()),
-    ] {
-        let (gpu, _) = deployment("gpu-worker", task);
+    for task in [Task::Embed, Task::Rerank] {
+        let (stream, consumer) = stream_and_consumer(task);
+        let (gpu, _) = deployment("gpu-worker", task.as_str());
         let scaled = docs
             .iter()
             .map(|(_, d)| d)
