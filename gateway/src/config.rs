@@ -185,15 +185,16 @@ impl GatewayConfig {
         Ok(())
     }
 
-    /// Rejects a request timeout longer than the work queue keeps a batch: the server drops
-    /// a batch at `[queue] max_age_s` unanswered, and tokenizer workers refuse requests whose
-    /// deadline lies beyond it.
+    /// Rejects a request timeout not shorter than the work queue keeps a batch: the server
+    /// drops a batch at `[queue] max_age_s` unanswered, and tokenizer workers refuse requests
+    /// whose deadline lies beyond it (a timeout equal to it would leave no margin for the
+    /// time a request spends before its batch is queued).
     pub fn validate_against(&self, queue: &QueueConfig) -> anyhow::Result<()> {
         let max_age = queue.max_age();
         anyhow::ensure!(
-            self.request_timeout() <= max_age,
-            "request_timeout_s {} exceeds [queue] max_age_s {}: the work queue would drop \
-             batches of requests still waiting; raise max_age_s with it",
+            self.request_timeout() < max_age,
+            "request_timeout_s {} exceeds [queue] max_age_s {} (it must be shorter): the work \
+             queue would drop batches of requests still waiting; raise max_age_s with it",
             self.request_timeout_s,
             max_age.as_secs_f64()
         );
@@ -260,8 +261,11 @@ mod tests {
         let queue = QueueConfig::default();
         let mut config = GatewayConfig::default();
         assert!(config.validate_against(&queue).is_ok());
-        config.request_timeout_s = queue.max_age_s;
+        config.request_timeout_s = queue.max_age_s - 1.0;
         assert!(config.validate_against(&queue).is_ok());
+        config.request_timeout_s = queue.max_age_s;
+        let error = config.validate_against(&queue).unwrap_err().to_string();
+        assert!(error.contains("must be shorter"), "{error}");
         config.request_timeout_s = queue.max_age_s + 1.0;
         let error = config.validate_against(&queue).unwrap_err().to_string();
         assert!(error.contains("max_age_s"), "{error}");
