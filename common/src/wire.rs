@@ -148,6 +148,11 @@ pub struct RerankRequest {
     /// Unix time in milliseconds after which the answer is useless.
     #[serde(default)]
     pub deadline_ms: Option<u64>,
+    /// Ask the rerank tokenizer worker for a [`QueuedReply`] (`queued`: the number of
+    /// documents) once every document is durably in the work queue, as for
+    /// [`EmbedRequest::ack`]. Off when absent.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub ack: bool,
 }
 
 /// One slice of the answer to a `RerankRequest`: documents `offset..offset + count` of
@@ -201,6 +206,8 @@ pub enum RerankReply {
     Chunk(RerankChunk),
     /// The request failed.
     Error(ErrorReply),
+    /// The request's documents are queued (only for requests that set `ack`); chunks follow.
+    Queued(QueuedReply),
 }
 
 /// Packs vectors as little-endian f32 bytes, row after row (the `embeddings` field).
@@ -425,6 +432,18 @@ pub struct WorkerStatus {
     pub in_flight: u64,
     /// Unix time in milliseconds when the worker started.
     pub started_ms: u64,
+    /// Why the worker can no longer serve (GPU workers: a pass panicked or hung, a sticky
+    /// device error); such a worker reports `loaded: false`, hands its work back and exits.
+    /// Absent while it serves.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unhealthy: Option<String>,
+}
+
+impl WorkerStatus {
+    /// Whether the worker takes work: loaded and not unhealthy.
+    pub fn serving(&self) -> bool {
+        self.loaded && self.unhealthy.is_none()
+    }
 }
 
 /// Failure to read or write a wire message.
@@ -573,6 +592,25 @@ mod tests {
         let error = ErrorReply::new(Some("q".into()), ErrorCode::InvalidRequest, "no");
         let reply: RerankReply = decode(&encode(&error).unwrap()).unwrap();
         assert_eq!(reply, RerankReply::Error(error));
+        let queued = QueuedReply {
+            id: "q".into(),
+            queued: 2,
+        };
+        let reply: RerankReply = decode(&encode(&queued).unwrap()).unwrap();
+        assert_eq!(reply, RerankReply::Queued(queued));
+        // An older requester's message (no `ack`) asks for no acknowledgement, and a request
+        // without one encodes without the field.
+        assert!(!request.ack);
+        let acked = RerankRequest {
+            ack: true,
+            ..request.clone()
+        };
+        assert!(
+            decode::<RerankRequest>(&encode(&acked).unwrap())
+                .unwrap()
+                .ack
+        );
+        assert!(encode(&acked).unwrap().len() > encode(&request).unwrap().len());
         let short = RerankChunk {
             tokens: vec![9],
             ..chunk

@@ -215,6 +215,29 @@ fn embed_request() -> impl Strategy<Value = EmbedRequest> {
         )
 }
 
+fn rerank_request() -> impl Strategy<Value = RerankRequest> {
+    (
+        ".{0,16}",
+        ".{0,24}",
+        prop::collection::vec(".{0,24}", 0..8),
+        proptest::option::of(".{0,16}"),
+        proptest::option::of(any::<bool>()),
+        proptest::option::of(any::<u64>()),
+        any::<bool>(),
+    )
+        .prop_map(
+            |(id, query, documents, instruction, truncate, deadline_ms, ack)| RerankRequest {
+                id,
+                query,
+                documents,
+                instruction,
+                truncate,
+                deadline_ms,
+                ack,
+            },
+        )
+}
+
 fn embed_chunk() -> impl Strategy<Value = EmbedChunk> {
     (
         ".{0,16}",
@@ -330,6 +353,7 @@ fn worker_status() -> impl Strategy<Value = WorkerStatus> {
                     tokens,
                     in_flight,
                     started_ms,
+                    unhealthy: None,
                 }
             },
         )
@@ -404,6 +428,24 @@ proptest! {
     fn embed_request_round_trips(request in embed_request()) {
         let bytes = encode(&request).expect("encode");
         prop_assert_eq!(decode::<EmbedRequest>(&bytes).expect("decode"), request);
+    }
+
+    /// A rerank request decodes to itself; one without `ack` carries no `ack` field, so
+    /// workers that predate it read it unchanged.
+    #[test]
+    fn rerank_request_round_trips(request in rerank_request()) {
+        let bytes = encode(&request).expect("encode");
+        prop_assert_eq!(decode::<RerankRequest>(&bytes).expect("decode"), request.clone());
+        let fields: Value = rmp_serde::from_slice(&bytes).expect("a map");
+        prop_assert_eq!(fields.get("ack").is_some(), request.ack);
+    }
+
+    /// An acknowledgement decodes as the rerank reply it is, never as a chunk or an error.
+    #[test]
+    fn queued_reply_decodes_as_a_rerank_acknowledgement(id in ".{0,16}", queued in any::<u32>()) {
+        let reply = QueuedReply { id, queued };
+        let bytes = encode(&reply).expect("encode");
+        prop_assert_eq!(decode::<RerankReply>(&bytes).expect("decode"), RerankReply::Queued(reply));
     }
 
     /// A chunk decodes to itself, directly and as an `EmbedReply` (the untagged enum goes

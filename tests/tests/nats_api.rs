@@ -1,18 +1,25 @@
 //! The public NATS API end to end: real nats-server, tokenizer worker, CPU GPU worker, and
-//! the qwen3-tiny fixture's golden vectors.
+//! the qwen3-tiny fixture's golden vectors; and the work queue storing a batch published
+//! again under its `Nats-Msg-Id` once.
 
 mod support;
 
 use std::time::Duration;
 
-use common::wire::{self, EmbedChunk, EmbedReply, EmbedRequest, ErrorCode, InputType, ReplyBundle};
+use common::queue::{QueueConfig, batch_stream};
+use common::subjects::Task;
+use common::wire::{
+    self, BatchItem, EmbedChunk, EmbedReply, EmbedRequest, ErrorCode, InputType, ReplyBundle,
+    TokenBatch,
+};
 use e2e_tests::{NatsServer, tiny_model_dir};
 use futures::StreamExt;
 use serde_json::Value;
 use support::{
-    embed_over_nats, floats, golden, max_abs_diff, start_gpu, start_tokenizer,
+    embed_over_nats, floats, golden, max_abs_diff, nats_config, start_gpu, start_tokenizer,
     wait_for_worker_counts, wait_for_workers,
 };
+use tokenizer_worker::publish::{BatchIds, WorkQueue, publish_batch};
 
 fn request(
     id: &str,
@@ -387,4 +394,77 @@ async fn drain_messages(
         got.push((message.subject.to_string(), reply));
     }
     got
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_published_again_under_its_id_is_stored_once() {
+    let server = NatsServer::start();
+    let client = async_nats::connect(server.url()).await.unwrap();
+    let js = async_nats::jetstream::new(client.clone());
+    let subjects = nats_config(&server).subjects();
+    let queue_config = QueueConfig::default();
+    // No GPU worker pulls: every stored batch stays in the stream, to be counted.
+    let stream = batch_stream(&js, &subjects, &queue_config).await.unwrap();
+    let queue = WorkQueue {
+        js,
+        client: client.clone(),
+        subjects,
+        task: Task::Embed,
+        queue: queue_config,
+    };
+    let batch = TokenBatch {
+        token_ids: vec![11, 12, 151643],
+        items: vec![BatchItem {
+            request_id: "r".into(),
+            reply_to: client.new_inbox(),
+            index: 0,
+            total: 1,
+            len: 3,
+            dims: 0,
+            deadline_ms: 0,
+            trace: None,
+            bundle_to: None,
+        }],
+    };
+    let mut ids = BatchIds::new(&client);
+    let first_id = ids.next_id();
+    let second_id = ids.next_id();
+    assert_ne!(first_id, second_id, "every batch gets its own id");
+    assert_ne!(
+        first_id,
+        BatchIds::new(&client).next_id(),
+        "ids are unique to the worker, not only to the count"
+    );
+
+    // The same batch published twice under one id (a retry whose first confirmation was
+    // lost): both publishes are confirmed, one message is stored.
+    for _ in 0..2 {
+        let published = publish_batch(queue.clone(), batch.clone(), first_id.clone()).await;
+        assert!(published.queued, "the work queue confirmed the publish");
+    }
+    let mut info = stream.clone();
+    let state = info.info().await.unwrap().clone();
+    assert_eq!(state.state.messages, 1);
+    // The server's default window (2 minutes, or `max_age` when shorter) covers a publish's
+    // retries unless the server is unreachable for minutes; a batch stored twice then is
+    // only computed twice (requesters keep one vector per offset).
+    assert!(
+        state.config.duplicate_window >= Duration::from_secs(60),
+        "duplicate window {:?}",
+        state.config.duplicate_window
+    );
+    let stored = info
+        .get_last_raw_message_by_subject(&queue.subjects.batches())
+        .await
+        .unwrap();
+    let header = stored
+        .headers
+        .get(async_nats::header::NATS_MESSAGE_ID)
+        .map(|value| value.as_str().to_string());
+    assert_eq!(header.as_deref(), Some(first_id.as_str()));
+
+    // Another batch id is another message.
+    let published = publish_batch(queue.clone(), batch, second_id).await;
+    assert!(published.queued);
+    assert_eq!(info.info().await.unwrap().state.messages, 2);
 }

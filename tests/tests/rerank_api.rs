@@ -3,18 +3,20 @@
 //! NATS subject (`logit_yes`, `logit_no` within 1e-4, score within 1e-5, token counts exact),
 //! `POST /v1/rerank` and TEI's `POST /rerank` (probability and raw logit difference); the
 //! same scores whatever the batch composition; bad input answered with clear errors; 503
-//! while no rerank worker listens.
+//! while no rerank worker listens. A rerank request that sets `ack` is acknowledged once,
+//! with its document count, as embedding requests are.
 
 mod support;
 
 use std::time::Duration;
 
-use common::wire::{ErrorCode, RerankRequest, WorkerKind};
+use common::wire::{self, ErrorCode, QueuedReply, RerankReply, RerankRequest, WorkerKind};
 use e2e_tests::{NatsServer, tiny_reranker_dir};
+use futures::StreamExt;
 use serde_json::{Value, json};
 use support::{
-    RerankAnswer, gateway_config, golden_rerank, nats_config, rerank_over_nats, start_rerank_gpu,
-    start_rerank_tokenizer, wait_for_kinds,
+    RerankAnswer, gateway_config, golden_rerank, nats_config, next_reply, publish_for_replies,
+    rerank_over_nats, start_rerank_gpu, start_rerank_tokenizer, wait_for_kinds,
 };
 
 /// Served reranker name in these tests.
@@ -33,6 +35,7 @@ fn request(
         instruction: instruction.map(String::from),
         truncate: None,
         deadline_ms: None,
+        ack: false,
     }
 }
 
@@ -364,6 +367,120 @@ async fn rerank_matches_golden_over_nats_and_http() {
     );
 
     gateway.shutdown().await.unwrap();
+    tokenizer.stop().await.unwrap();
+    gpu.stop().await.unwrap();
+}
+
+/// Records one reply to a rerank request: scores by document, acknowledgements, errors.
+fn record(
+    message: async_nats::Message,
+    answers: &mut [Option<RerankAnswer>],
+    acks: &mut Vec<QueuedReply>,
+    errors: &mut Vec<wire::ErrorReply>,
+) {
+    match wire::decode::<RerankReply>(&message.payload).expect("reply decodes") {
+        RerankReply::Chunk(chunk) => {
+            chunk.validate().expect("consistent chunk");
+            for k in 0..chunk.count as usize {
+                answers[chunk.offset as usize + k] = Some(RerankAnswer {
+                    score: chunk.scores[k],
+                    logit_yes: chunk.logit_yes[k],
+                    logit_no: chunk.logit_no[k],
+                    tokens: chunk.tokens[k],
+                });
+            }
+        }
+        RerankReply::Queued(queued) => acks.push(queued),
+        RerankReply::Error(error) => errors.push(error),
+    }
+}
+
+/// Every reply to one rerank request: its chunks' scores by document, its acknowledgements
+/// and its errors, gathered until the answer is complete (every score, and an
+/// acknowledgement when `ack`; or an error) and then for half a second more, so a second
+/// acknowledgement would be seen.
+async fn rerank_replies(
+    client: &async_nats::Client,
+    request: &RerankRequest,
+) -> (
+    Vec<Option<RerankAnswer>>,
+    Vec<QueuedReply>,
+    Vec<wire::ErrorReply>,
+) {
+    let mut replies = publish_for_replies(client, "embed.rerank", request, None).await;
+    let mut answers = vec![None; request.documents.len()];
+    let (mut acks, mut errors) = (Vec::new(), Vec::new());
+    while errors.is_empty()
+        && (answers.iter().any(Option::is_none) || (request.ack && acks.is_empty()))
+    {
+        let message = next_reply(&mut replies).await;
+        record(message, &mut answers, &mut acks, &mut errors);
+    }
+    while let Ok(Some(message)) =
+        tokio::time::timeout(Duration::from_millis(500), replies.next()).await
+    {
+        record(message, &mut answers, &mut acks, &mut errors);
+    }
+    (answers, acks, errors)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rerank_requests_that_ask_are_acknowledged_once() {
+    let server = NatsServer::start();
+    let model = tiny_reranker_dir();
+    let tokenizer = start_rerank_tokenizer(&server, &model);
+    let gpu = start_rerank_gpu(&server, &model);
+    let client = async_nats::connect(server.url()).await.unwrap();
+    wait_for_kinds(
+        &client,
+        &[(WorkerKind::RerankTokenizer, 1), (WorkerKind::RerankGpu, 1)],
+    )
+    .await;
+    let golden = golden_rerank();
+    let case = &golden["cases"][0];
+
+    // 1. `ack: true`, three documents: the scores, and one acknowledgement of 3 documents.
+    let acked = RerankRequest {
+        ack: true,
+        ..request(
+            "acked",
+            &text(case, "query"),
+            vec![text(case, "document"); 3],
+            case["instruction"].as_str(),
+        )
+    };
+    let (answers, acks, errors) = rerank_replies(&client, &acked).await;
+    assert!(errors.is_empty(), "{errors:?}");
+    for answer in &answers {
+        assert_golden(answer.as_ref().expect("every document scored"), case);
+    }
+    assert_eq!(
+        acks,
+        [QueuedReply {
+            id: "acked".into(),
+            queued: 3
+        }]
+    );
+
+    // 2. Without `ack`: no acknowledgement.
+    let unacked = RerankRequest {
+        ack: false,
+        ..acked.clone()
+    };
+    let (answers, acks, errors) = rerank_replies(&client, &unacked).await;
+    assert!(errors.is_empty() && answers.iter().all(Option::is_some));
+    assert!(acks.is_empty(), "{acks:?}");
+
+    // 3. A refused request is never acknowledged: its error is its only reply.
+    let refused = RerankRequest {
+        documents: Vec::new(),
+        ..acked
+    };
+    let (_, acks, errors) = rerank_replies(&client, &refused).await;
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(errors[0].error.code, ErrorCode::InvalidRequest);
+    assert!(acks.is_empty(), "{acks:?}");
+
     tokenizer.stop().await.unwrap();
     gpu.stop().await.unwrap();
 }

@@ -13,11 +13,14 @@
 //!   ([`batcher::Batcher`]).
 //! * [`acks`]: which requests asked for an acknowledgement and how much of each is queued
 //!   ([`acks::Acks`]).
-//! * [`publish`]: publishing a batch to the JetStream work queue, retrying until the server
-//!   confirms it or the requests' deadline passes.
+//! * [`publish`]: publishing a batch to the JetStream work queue under its own
+//!   `Nats-Msg-Id` (so a retry is stored once), retrying until the server confirms it or the
+//!   requests' deadline passes.
 //! * [`config`]: the worker's settings.
 //! * [`service`]: the NATS service: request subject in, JetStream batches out; started with
-//!   `task = rerank` it serves the rerank subject and queues pairs on the rerank stream.
+//!   `task = rerank` it serves the rerank subject and queues pairs on the rerank stream. Its
+//!   modules: the loop and drain, intake checks, the task's frontend, the loop's state,
+//!   dispatch of batches, the status answer.
 
 pub mod acks;
 pub mod batcher;

@@ -94,6 +94,7 @@ mod tests {
             instruction: None,
             truncate: None,
             deadline_ms,
+            ack: false,
         }
     }
 

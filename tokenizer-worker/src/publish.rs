@@ -12,12 +12,17 @@
 //! memory stream lost with its server) is retried with backoff, re-creating the stream
 //! first, until the earliest deadline among the batch's requests; only then are its
 //! requests answered with an error.
+//!
+//! Every batch carries a `Nats-Msg-Id` header, unique per batch and the same on every retry
+//! of its publish ([`BatchIds`]): a publish whose confirmation was lost (the server stored
+//! the batch, then the connection dropped) is retried, and the stream stores the batch once
+//! (JetStream drops a message whose id it saw within its duplicate window).
 
 use std::collections::HashSet;
 use std::time::Duration;
 
-use async_nats::RequestErrorKind;
 use async_nats::jetstream;
+use async_nats::{HeaderMap, RequestErrorKind};
 use bytes::Bytes;
 use common::queue::{QueueConfig, batch_stream_for};
 use common::subjects::{Subjects, Task};
@@ -34,6 +39,31 @@ const MAX_BACKOFF: Duration = Duration::from_secs(1);
 
 /// How long a batch whose requests carry no deadline is retried.
 const NO_DEADLINE_PATIENCE: Duration = Duration::from_secs(30);
+
+/// The message ids of one worker's batches: `{prefix}-{n}`, the prefix unique to the
+/// process (a NUID, as NATS inboxes use), `n` counting its batches.
+#[derive(Debug, Clone)]
+pub struct BatchIds {
+    /// Unique to this worker process.
+    prefix: String,
+    /// Batches named so far.
+    issued: u64,
+}
+
+impl BatchIds {
+    /// Ids unique to this process: the prefix is the last token of a fresh inbox of `client`.
+    pub fn new(client: &async_nats::Client) -> Self {
+        let inbox = client.new_inbox();
+        let prefix = inbox.rsplit('.').next().unwrap_or(&inbox).to_string();
+        Self { prefix, issued: 0 }
+    }
+
+    /// The id of the next batch.
+    pub fn next_id(&mut self) -> String {
+        self.issued += 1;
+        format!("{}-{}", self.prefix, self.issued)
+    }
+}
 
 /// Where batches go: the work queue's subject and how to re-create its stream.
 #[derive(Clone)]
@@ -62,16 +92,27 @@ pub struct Published {
 }
 
 /// Offers `batch` to the GPU workers on the direct subject, waiting up to `timeout` for one
-/// to serve it; when none does, publishes it to the work queue ([`publish_batch`]).
-pub async fn offer_batch(queue: WorkQueue, batch: TokenBatch, timeout: Duration) -> Published {
+/// to serve it; when none does, publishes it to the work queue as message `msg_id`
+/// ([`publish_batch`]).
+pub async fn offer_batch(
+    queue: WorkQueue,
+    batch: TokenBatch,
+    msg_id: String,
+    timeout: Duration,
+) -> Published {
     Published {
         offered: true,
-        ..offer_or_queue(&queue, batch, timeout).await
+        ..offer_or_queue(&queue, batch, msg_id, timeout).await
     }
 }
 
 /// [`offer_batch`]'s work: the offer, then the work queue when no GPU worker served it.
-async fn offer_or_queue(queue: &WorkQueue, batch: TokenBatch, timeout: Duration) -> Published {
+async fn offer_or_queue(
+    queue: &WorkQueue,
+    batch: TokenBatch,
+    msg_id: String,
+    timeout: Duration,
+) -> Published {
     let Some(payload) = encode(&batch) else {
         return fail(queue, batch.items, "batch does not encode");
     };
@@ -108,14 +149,16 @@ async fn offer_or_queue(queue: &WorkQueue, batch: TokenBatch, timeout: Duration)
         ),
         Err(e) => tracing::warn!(error = %e, "direct batch not offered; queueing it"),
     }
-    publish_payload(queue, batch.items, payload).await
+    publish_payload(queue, batch.items, payload, msg_id).await
 }
 
-/// Publishes `batch`, retrying until the server confirms it or the earliest deadline of its
-/// requests passes; then answers every request in it with `overloaded`.
-pub async fn publish_batch(queue: WorkQueue, batch: TokenBatch) -> Published {
+/// Publishes `batch` as message `msg_id` (its `Nats-Msg-Id`: the stream stores the batch
+/// once however often it is published), retrying until the server confirms it or the
+/// earliest deadline of its requests passes; then answers every request in it with
+/// `overloaded`.
+pub async fn publish_batch(queue: WorkQueue, batch: TokenBatch, msg_id: String) -> Published {
     match encode(&batch) {
-        Some(payload) => publish_payload(&queue, batch.items, payload).await,
+        Some(payload) => publish_payload(&queue, batch.items, payload, msg_id).await,
         None => fail(&queue, batch.items, "batch does not encode"),
     }
 }
@@ -131,18 +174,34 @@ fn encode(batch: &TokenBatch) -> Option<Bytes> {
     }
 }
 
-/// Publishes an encoded batch of `items` to the work queue, retrying as [`publish_batch`]
-/// says.
-async fn publish_payload(queue: &WorkQueue, items: Vec<BatchItem>, payload: Bytes) -> Published {
+/// Publishes an encoded batch of `items` to the work queue as message `msg_id`, retrying as
+/// [`publish_batch`] says.
+async fn publish_payload(
+    queue: &WorkQueue,
+    items: Vec<BatchItem>,
+    payload: Bytes,
+    msg_id: String,
+) -> Published {
     let give_up_ms = give_up_at(&items, wire::now_ms());
     let subject = queue.subjects.batches_for(queue.task);
+    let mut headers = HeaderMap::new();
+    headers.insert(async_nats::header::NATS_MESSAGE_ID, msg_id.as_str());
     let mut backoff = FIRST_BACKOFF;
     let mut attempts = 0u32;
     loop {
         attempts += 1;
-        let failure = match queue.js.publish(subject.clone(), payload.clone()).await {
+        let publish =
+            queue
+                .js
+                .publish_with_headers(subject.clone(), headers.clone(), payload.clone());
+        let failure = match publish.await {
             Ok(ack) => match ack.await {
-                Ok(_) => None,
+                Ok(ack) => {
+                    if ack.duplicate {
+                        tracing::debug!(%msg_id, "the work queue already held this batch");
+                    }
+                    None
+                }
                 Err(e) => Some(e.to_string()),
             },
             Err(e) => Some(e.to_string()),

@@ -31,11 +31,11 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    /// Workers of `kind` with their model (or tokenizer) loaded.
+    /// Workers of `kind` with their model (or tokenizer) loaded and not unhealthy.
     pub fn loaded(&self, kind: WorkerKind) -> usize {
         self.workers
             .iter()
-            .filter(|w| w.kind == kind && w.loaded)
+            .filter(|w| w.kind == kind && w.serving())
             .count()
     }
 
@@ -52,7 +52,7 @@ impl Snapshot {
     pub fn hidden_size(&self) -> Option<u32> {
         self.workers
             .iter()
-            .filter(|w| w.kind == WorkerKind::Gpu && w.loaded)
+            .filter(|w| w.kind == WorkerKind::Gpu && w.serving())
             .filter_map(|w| w.hidden_size)
             .min()
     }

@@ -4,13 +4,14 @@
 //! The gateway holds ONE wildcard subscription, `{inbox}.>`, and gives each request the
 //! reply subject `{inbox}.{n}`; embedding requests also name `{inbox}.bundle` as their
 //! `bundle_to`, where the workers send the chunks and acknowledgements of many requests
-//! packed in one message. A reader task routes every reply by `n` (for bundled replies, the
-//! `n` in the request id `{gateway_id}-{n}`) to the request's entry in the pending map; the entry assembles chunks and hands the finished answer (or
-//! the error) to the waiting handler through a oneshot channel. Entries leave the map when
+//! packed in one message. A reader task (`routing`) routes every reply by `n` (for bundled
+//! replies, the `n` in the request id `{gateway_id}-{n}`) to the request's entry in the
+//! pending map; the entry assembles chunks and hands the finished answer (or the error) to
+//! the waiting handler through a oneshot channel. Entries leave the map when
 //! answered, timed out or abandoned (the handler's future dropped), so late replies find
 //! nothing and are ignored.
 //!
-//! Embedding requests ask the tokenizer workers for an acknowledgement (`ack`); one not
+//! Requests of both kinds ask the tokenizer workers for an acknowledgement (`ack`); one not
 //! acknowledged in time is published again ([`resend`]). When the connection drops, the
 //! replies in flight may be lost: a waiting request (of either kind) gives the client a little
 //! while to reconnect, publishes again, and fails with `NotConnected` (503) when the
@@ -19,6 +20,7 @@
 pub mod assembly;
 pub mod discovery;
 pub mod resend;
+mod routing;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -26,19 +28,17 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use async_nats::connection::State;
-use async_nats::{Client, HeaderMap, Message, StatusCode};
+use async_nats::{Client, HeaderMap};
 use common::subjects::Subjects;
 use common::trace::{LOG_TARGET, RequestTrace};
-use common::wire::{
-    self, EmbedReply, EmbedRequest, ErrorReply, ReplyBundle, RerankReply, RerankRequest,
-};
-use futures::StreamExt;
+use common::wire::{self, EmbedRequest, ErrorReply, RerankRequest};
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use self::assembly::{Assembly, Embedded, ScoreAssembly, Scored};
 use self::resend::Resend;
+use self::routing::read_replies;
 
 /// How long a waiting request gives a dropped connection to come back before it fails
 /// with `NotConnected`; a cluster client fails over to another server well within it.
@@ -181,8 +181,9 @@ pub struct Upstream {
     reader: JoinHandle<()>,
     /// The connection's link: `true` while connected.
     link: watch::Receiver<bool>,
-    /// How long to wait for a tokenizer worker's acknowledgement of an embedding request
-    /// before publishing it again; `None` sends requests without `ack` and never again.
+    /// How long to wait for a tokenizer worker's acknowledgement of a request (embedding or
+    /// rerank) before publishing it again; `None` sends requests without `ack` and never
+    /// again.
     ack_timeout: Option<Duration>,
     /// Requests published again (unacknowledged or after a reconnection), for metrics.
     resends: AtomicU64,
@@ -191,8 +192,7 @@ pub struct Upstream {
 impl Upstream {
     /// Subscribes to this gateway's inbox and starts routing replies. `link` follows the
     /// connection (see [`common::nats::NatsConfig::connect_watched`]); `ack_timeout` is how
-    /// long an unacknowledged embedding request waits before it is published again (`None`:
-    /// never).
+    /// long an unacknowledged request waits before it is published again (`None`: never).
     pub async fn start(
         client: Client,
         subjects: &Subjects,
@@ -267,9 +267,9 @@ impl Upstream {
     }
 
     /// Publishes a rerank `request` on the rerank subject (its `id` replaced by a unique
-    /// one) and waits for every document's score, a worker's error, or `deadline`. Rerank
-    /// requests are not acknowledged; after a lost connection they are published again like
-    /// embedding requests.
+    /// one) and waits for every document's score, a worker's error, or `deadline`. Like an
+    /// embedding request it asks for an acknowledgement and is published again when none
+    /// comes in time or after a lost connection; its replies are not bundled.
     pub async fn rerank(
         &self,
         mut request: RerankRequest,
@@ -278,6 +278,7 @@ impl Upstream {
     ) -> Outcome<Vec<Scored>> {
         let n = self.begin()?;
         request.id = format!("{}-{n}", self.gateway_id);
+        request.ack = self.ack_timeout.is_some();
         let payload = self.encode(&request)?;
         let (done, answer) = oneshot::channel();
         let collector = Collector::Rerank {
@@ -290,7 +291,7 @@ impl Upstream {
             collector,
             payload,
             headers: trace.to_headers(),
-            ack_timeout: None,
+            ack_timeout: self.ack_timeout,
         };
         self.exchange(exchange, answer, deadline).await
     }
@@ -482,164 +483,5 @@ struct PendingEntry<'a> {
 impl Drop for PendingEntry<'_> {
     fn drop(&mut self) {
         lock(self.map).remove(&self.n);
-    }
-}
-
-/// Routes every message on the inbox to its pending request until the subscription ends.
-async fn read_replies(mut subscriber: async_nats::Subscriber, inbox: String, pending: PendingMap) {
-    let prefix = format!("{inbox}.");
-    while let Some(message) = subscriber.next().await {
-        let Some(tail) = message.subject.strip_prefix(prefix.as_str()) else {
-            continue;
-        };
-        if tail == BUNDLE_TOKEN {
-            route_bundle(&pending, &message);
-        } else if let Ok(n) = tail.parse::<u64>() {
-            route(&pending, n, &message);
-        } else {
-            tracing::debug!(subject = %message.subject, "ignoring message on an unexpected inbox subject");
-        }
-    }
-    tracing::debug!("reply subscription ended");
-    lock(&pending).clear();
-}
-
-/// Applies one reply to request `n`.
-fn route(pending: &PendingMap, n: u64, message: &Message) {
-    if message.status == Some(StatusCode::NO_RESPONDERS) {
-        finish(pending, n, UpstreamError::NoResponders);
-        return;
-    }
-    update(pending, n, |id, collector| match collector {
-        Collector::Embed { assembly, .. } => match decode_reply(message) {
-            Ok(reply) => apply_embed(id, assembly, reply),
-            Err(step) => step,
-        },
-        Collector::Rerank { assembly, .. } => match decode_reply(message) {
-            Ok(reply) => apply_rerank(id, assembly, reply),
-            Err(step) => step,
-        },
-    });
-}
-
-/// Applies each reply of a [`ReplyBundle`] to the embedding request its id names (request
-/// ids are `{gateway_id}-{n}`). A bundle that does not decode is logged and dropped: its
-/// requests fail at their deadline.
-fn route_bundle(pending: &PendingMap, message: &Message) {
-    let bundle = match wire::decode::<ReplyBundle>(&message.payload) {
-        Ok(bundle) => bundle,
-        Err(e) => {
-            tracing::warn!(subject = %message.subject, "undecodable reply bundle dropped: {e}");
-            return;
-        }
-    };
-    for reply in bundle.replies {
-        let n = embed_reply_id(&reply)
-            .and_then(|id| id.rsplit_once('-'))
-            .and_then(|(_, n)| n.parse::<u64>().ok());
-        let Some(n) = n else {
-            tracing::debug!("bundled reply without one of this gateway's request ids ignored");
-            continue;
-        };
-        update(pending, n, |id, collector| match collector {
-            Collector::Embed { assembly, .. } => apply_embed(id, assembly, reply),
-            Collector::Rerank { .. } => Step::Ignore,
-        });
-    }
-}
-
-/// Applies what `step` makes of request `n`'s collector (given the request's id),
-/// completing the request when its answer is whole or failed.
-fn update(pending: &PendingMap, n: u64, step: impl FnOnce(&str, &mut Collector) -> Step) {
-    let mut map = lock(pending);
-    let Some(entry) = map.get_mut(&n) else {
-        tracing::debug!(n, "reply for an unknown or finished request ignored");
-        return;
-    };
-    let error = match step(&entry.id, &mut entry.collector) {
-        Step::Ignore | Step::More => return,
-        Step::Acked => {
-            entry.acked = true;
-            return;
-        }
-        Step::Done => None,
-        Step::Fail(error) => Some(error),
-    };
-    let entry = map
-        .remove(&n)
-        .expect("the entry was found above under the same lock; this is a bug");
-    drop(map);
-    entry.collector.complete(error);
-}
-
-/// Decodes a reply of type `R`, turning a decoding failure into a failed step.
-fn decode_reply<R: serde::de::DeserializeOwned>(message: &Message) -> Result<R, Step> {
-    wire::decode::<R>(&message.payload).map_err(|e| {
-        let status = message.status.map(|s| s.to_string());
-        tracing::warn!(subject = %message.subject, ?status, "undecodable reply: {e}");
-        Step::Fail(UpstreamError::BadReply(e.to_string()))
-    })
-}
-
-/// Whether a reply carrying `reply_id` belongs to the request `id`.
-fn is_for(id: &str, reply_id: Option<&str>) -> bool {
-    if reply_id.is_some_and(|reply_id| reply_id != id) {
-        tracing::debug!(?reply_id, expected = %id, "reply for another request id ignored");
-        return false;
-    }
-    true
-}
-
-/// The request id an embedding reply carries (an error about an undecodable request has
-/// none).
-fn embed_reply_id(reply: &EmbedReply) -> Option<&str> {
-    match reply {
-        EmbedReply::Chunk(chunk) => Some(&chunk.id),
-        EmbedReply::Error(error) => error.id.as_deref(),
-        EmbedReply::Queued(queued) => Some(&queued.id),
-    }
-}
-
-/// Applies an embedding reply to its assembly.
-fn apply_embed(id: &str, assembly: &mut Assembly, reply: EmbedReply) -> Step {
-    if !is_for(id, embed_reply_id(&reply)) {
-        return Step::Ignore;
-    }
-    match reply {
-        EmbedReply::Queued(_) => Step::Acked,
-        EmbedReply::Error(error) => Step::Fail(UpstreamError::Worker(error)),
-        EmbedReply::Chunk(chunk) => match assembly.add(&chunk) {
-            Ok(false) => Step::More,
-            Ok(true) => Step::Done,
-            Err(problem) => Step::Fail(UpstreamError::BadReply(problem)),
-        },
-    }
-}
-
-/// Applies a rerank reply to its assembly.
-fn apply_rerank(id: &str, assembly: &mut ScoreAssembly, reply: RerankReply) -> Step {
-    let reply_id = match &reply {
-        RerankReply::Chunk(chunk) => Some(chunk.id.as_str()),
-        RerankReply::Error(error) => error.id.as_deref(),
-    };
-    if !is_for(id, reply_id) {
-        return Step::Ignore;
-    }
-    match reply {
-        RerankReply::Error(error) => Step::Fail(UpstreamError::Worker(error)),
-        RerankReply::Chunk(chunk) => match assembly.add(&chunk) {
-            Ok(false) => Step::More,
-            Ok(true) => Step::Done,
-            Err(problem) => Step::Fail(UpstreamError::BadReply(problem)),
-        },
-    }
-}
-
-/// Fails request `n` (if still waiting) with `error`.
-fn finish(pending: &PendingMap, n: u64, error: UpstreamError) {
-    let entry = lock(pending).remove(&n);
-    match entry {
-        Some(entry) => entry.collector.complete(Some(error)),
-        None => tracing::debug!(n, "reply for an unknown or finished request ignored"),
     }
 }

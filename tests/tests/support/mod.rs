@@ -188,6 +188,13 @@ pub async fn rerank_over_nats(
                 }
             }
             RerankReply::Error(error) => return Err(error),
+            RerankReply::Queued(queued) => {
+                assert!(
+                    request.ack,
+                    "an acknowledgement nobody asked for: {queued:?}"
+                );
+                assert_eq!(queued.id, request.id);
+            }
         }
     }
     Ok(answers.into_iter().map(|a| a.expect("all held")).collect())

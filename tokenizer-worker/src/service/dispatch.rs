@@ -1,0 +1,97 @@
+//! The sending side of the service loop: which batches go now (group commit while the work
+//! queue is at its publish limit), whether each is offered directly or published to the work
+//! queue, and what a finished publish settles (acknowledgements due, or requests forgotten
+//! because they were answered with an error).
+
+use std::time::Instant;
+
+use common::outbox::Outbox;
+use common::worker::send_outbox;
+
+use super::state::State;
+use crate::acks::{DueAck, RequestKey};
+use crate::batcher::Batcher;
+use crate::publish::{Published, offer_batch, publish_batch};
+
+impl State {
+    /// Sends the ready batches (or, with `all`, every pending one) on: small ones offered
+    /// directly while offers are allowed, the rest to the work queue. While partial batches
+    /// are held, only full ones go.
+    pub(super) fn publish_ready(&mut self, batcher: &mut Batcher, all: bool) {
+        let batches = if all {
+            batcher.drain()
+        } else if self.holds_partial_batches() {
+            batcher.pop_full()
+        } else {
+            batcher.pop_ready(Instant::now())
+        };
+        for batch in batches {
+            self.status.batches += 1;
+            self.status.sequences += batch.items.len() as u64;
+            self.status.tokens += batch.num_tokens() as u64;
+            let queue = self.work_queue.clone();
+            let msg_id = self.batch_ids.next_id();
+            match &self.direct {
+                Some(direct) if self.can_offer() && batch.num_tokens() <= direct.max_tokens => {
+                    self.offers += 1;
+                    self.publishes
+                        .spawn(offer_batch(queue, batch, msg_id, direct.timeout));
+                }
+                _ => {
+                    self.publishes.spawn(publish_batch(queue, batch, msg_id));
+                }
+            }
+        }
+    }
+
+    /// Takes note of a finished publish: acknowledges the requests it completed, or forgets
+    /// those it failed (they were answered with an error).
+    pub(super) fn settle(&mut self, published: Result<Published, tokio::task::JoinError>) {
+        let published = match published {
+            Ok(published) => published,
+            Err(e) => {
+                tracing::error!(error = %e, "batch publish task failed; this is a bug");
+                return;
+            }
+        };
+        if published.offered {
+            self.offers -= 1;
+        }
+        if published.queued {
+            let mut outbox = Outbox::default();
+            for due in self.acks.queued(&published.items) {
+                let DueAck {
+                    reply_to,
+                    bundle_to,
+                    reply,
+                } = due;
+                tracing::debug!(id = %reply.id, inputs = reply.queued, "request acknowledged");
+                outbox.push(&reply_to, bundle_to.as_deref(), &reply);
+            }
+            send_outbox(&self.client, outbox, "acknowledgement");
+        } else {
+            for item in &published.items {
+                self.acks.forget(&RequestKey::of(item));
+            }
+        }
+    }
+
+    /// Whether partial batches wait (group commit): the work queue is at its publish limit
+    /// and no direct offer may go out.
+    pub(super) fn holds_partial_batches(&self) -> bool {
+        self.publishing_at_limit() && !self.can_offer()
+    }
+
+    /// Whether as many batches are being published to the work queue as allowed at once.
+    fn publishing_at_limit(&self) -> bool {
+        self.max_publishes_in_flight != 0
+            && self.publishes.len().saturating_sub(self.offers) >= self.max_publishes_in_flight
+    }
+
+    /// Whether another batch may be offered directly.
+    fn can_offer(&self) -> bool {
+        self.direct
+            .as_ref()
+            .is_some_and(|direct| self.offers < direct.max_in_flight)
+    }
+}
