@@ -1,5 +1,5 @@
 // Residual add: the f32 residual stream plus a bf16 matrix-product output, in place.
-// CPU twin: `CpuBackend::add` in src/cpu/mod.rs.
+// CPU twin: src/cpu/add.rs.
 #include "common.cuh"
 
 // residual[r] += delta[r]; one block per row.

@@ -1,5 +1,5 @@
 // Gathers the last row of every sequence (the pooled tokens) from the f32 residual stream or
-// from a bf16 q|k|v tensor. CPU twin: `CpuBackend::last_rows` in src/cpu/mod.rs.
+// from a bf16 q|k|v tensor. CPU twin: src/cpu/last_rows.rs.
 #include "common.cuh"
 
 // out[s] = src[rows[s]]; one block per gathered row.

@@ -2,9 +2,10 @@
 //!
 //! The model (`model::qwen3`) is written once over [`Ops`]; the CPU backend (`cpu`) and the
 //! CUDA backend (`cuda`) implement it. Every op works on a packed variable-length batch:
-//! sequences concatenated with no padding, described by a [`BatchLayout`].
+//! sequences concatenated with no padding, described by a [`BatchLayout`]. Weights reach a
+//! backend as [`TensorView`]s of the checkpoint's bytes.
 
-use crate::model::weights::TensorView;
+use half::{bf16, f16};
 
 /// Result of a backend op.
 pub type OpResult<T> = Result<T, OpError>;
@@ -29,6 +30,109 @@ pub enum OpError {
     /// The device reported an error.
     #[error("device error: {0}")]
     Device(String),
+}
+
+/// Element type of a stored tensor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dtype {
+    /// bfloat16.
+    Bf16,
+    /// IEEE half precision.
+    F16,
+    /// IEEE single precision.
+    F32,
+}
+
+impl Dtype {
+    /// Bytes per element.
+    pub fn size(self) -> usize {
+        match self {
+            Dtype::Bf16 | Dtype::F16 => 2,
+            Dtype::F32 => 4,
+        }
+    }
+}
+
+/// A borrowed view of one stored tensor (little-endian, row-major): what a backend converts
+/// into its weight formats.
+#[derive(Debug, Clone)]
+pub struct TensorView<'a> {
+    /// Name without the `model.` prefix.
+    pub name: String,
+    /// Stored element type.
+    pub dtype: Dtype,
+    /// Shape, outermost first.
+    pub shape: Vec<usize>,
+    /// Raw bytes, `dtype.size() * product(shape)` of them.
+    pub data: &'a [u8],
+}
+
+impl<'a> TensorView<'a> {
+    /// Number of elements.
+    pub fn len(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    /// Whether the tensor has no elements.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Converts to f32 (exact for bf16 and f16).
+    pub fn to_f32(&self) -> Vec<f32> {
+        let mut out = vec![0.0; self.len()];
+        convert_to_f32(self.dtype, self.data, &mut out);
+        out
+    }
+
+    /// Row `row` of a 2-D tensor, converted to f32 into `out` (`out.len()` = columns).
+    pub fn row_f32(&self, row: usize, out: &mut [f32]) {
+        let row_bytes = out.len() * self.dtype.size();
+        convert_to_f32(
+            self.dtype,
+            &self.data[row * row_bytes..(row + 1) * row_bytes],
+            out,
+        );
+    }
+
+    /// Row `row` of a 2-D tensor as a `(1, columns)` view of the same bytes (named
+    /// `name[row]`); `None` when the tensor is not 2-D or has no such row.
+    pub fn row(&self, row: usize) -> Option<TensorView<'a>> {
+        let [rows, cols] = self.shape[..] else {
+            return None;
+        };
+        if row >= rows {
+            return None;
+        }
+        let row_bytes = cols * self.dtype.size();
+        Some(TensorView {
+            name: format!("{}[{row}]", self.name),
+            dtype: self.dtype,
+            shape: vec![1, cols],
+            data: self.data.get(row * row_bytes..(row + 1) * row_bytes)?,
+        })
+    }
+}
+
+/// Converts little-endian `bytes` of `dtype` into `out` (one value per element of `out`).
+pub fn convert_to_f32(dtype: Dtype, bytes: &[u8], out: &mut [f32]) {
+    match dtype {
+        Dtype::Bf16 => {
+            for (o, b) in out.iter_mut().zip(bytes.chunks_exact(2)) {
+                *o = bf16::from_le_bytes([b[0], b[1]]).to_f32();
+            }
+        }
+        Dtype::F16 => {
+            for (o, b) in out.iter_mut().zip(bytes.chunks_exact(2)) {
+                *o = f16::from_le_bytes([b[0], b[1]]).to_f32();
+            }
+        }
+        Dtype::F32 => {
+            for (o, b) in out.iter_mut().zip(bytes.chunks_exact(4)) {
+                *o = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+            }
+        }
+    }
 }
 
 /// Where each sequence of a packed batch starts and ends, and which rows are queried.
@@ -138,6 +242,20 @@ impl AttentionShape {
     }
 }
 
+/// The weights and constants of the per-head q/k RMSNorms and the rotary embedding, from one
+/// decoder layer and the model configuration.
+#[derive(Debug)]
+pub struct QkNorms<'a, V> {
+    /// RMSNorm weight of every q head, `(head_dim,)`.
+    pub q_norm: &'a V,
+    /// RMSNorm weight of every k head, `(head_dim,)`.
+    pub k_norm: &'a V,
+    /// The norms' epsilon (`rms_norm_eps`).
+    pub eps: f32,
+    /// Rotary base (`rope_theta`).
+    pub rope_theta: f32,
+}
+
 /// The ops the Qwen3 forward pass needs. Activations are row-major `(rows, cols)` matrices.
 pub trait Ops {
     /// An activation matrix held by the backend.
@@ -190,20 +308,16 @@ pub trait Ops {
     fn add(&self, residual: &mut Self::Tensor, delta: &Self::Tensor) -> OpResult<()>;
     /// `x @ w^T`: `(rows, in)` times `(out, in)` gives `(rows, out)`.
     fn linear(&self, x: &Self::Tensor, w: &Self::Matrix) -> OpResult<Self::Tensor>;
-    /// On a fused q|k|v tensor, in place: RMSNorm of every q head with `q_norm` and every k
-    /// head with `k_norm` (over `head_dim`), then the rotary embedding (rotate-half layout,
-    /// `inv_freq[i] = theta^(-2i/head_dim)`, angle `position * inv_freq` in f32) at each row's
-    /// position. v is left untouched.
-    #[allow(clippy::too_many_arguments)]
+    /// On a fused q|k|v tensor, in place: RMSNorm of every q head with `norms.q_norm` and
+    /// every k head with `norms.k_norm` (over `head_dim`), then the rotary embedding
+    /// (rotate-half layout, `inv_freq[i] = theta^(-2i/head_dim)`, angle
+    /// `position * inv_freq` in f32) at each row's position. v is left untouched.
     fn qk_norm_rope(
         &self,
         qkv: &mut Self::Tensor,
-        q_norm: &Self::Vector,
-        k_norm: &Self::Vector,
+        norms: &QkNorms<'_, Self::Vector>,
         layout: &Self::Layout,
         shape: AttentionShape,
-        eps: f32,
-        rope_theta: f32,
     ) -> OpResult<()>;
     /// Causal grouped-query attention inside each sequence (see [`BatchLayout`] for the
     /// bottom-right alignment). `q` and `kv` are fused q|k|v tensors: q heads are read from
@@ -235,7 +349,7 @@ pub trait Ops {
         eps: f32,
         dims: &[usize],
     ) -> OpResult<Vec<Vec<f32>>>;
-    /// Copies a tensor to the host as f32, row-major (for traces and tests).
+    /// Copies a tensor to the host as f32, row-major (the reranker's logits; traces and tests).
     fn to_host(&self, x: &Self::Tensor) -> OpResult<Vec<f32>>;
 }
 
@@ -271,6 +385,27 @@ mod tests {
         assert_eq!(layout.last_rows, vec![1, 4, 5]);
         assert_eq!(layout.max_len(), 3);
         assert_eq!(layout.cu_last_rows(), vec![0, 1, 2, 3]);
+    }
+
+    #[test]
+    fn a_row_view_holds_that_rows_bytes() {
+        let bytes: Vec<u8> = (0u8..12).collect();
+        let view = TensorView {
+            name: "w".into(),
+            dtype: Dtype::Bf16,
+            shape: vec![3, 2],
+            data: &bytes,
+        };
+        let row = view.row(1).unwrap();
+        assert_eq!(row.name, "w[1]");
+        assert_eq!(row.shape, vec![1, 2]);
+        assert_eq!(row.data, &bytes[4..8]);
+        assert!(view.row(3).is_none());
+        let flat = TensorView {
+            shape: vec![6],
+            ..view
+        };
+        assert!(flat.row(0).is_none());
     }
 
     #[test]

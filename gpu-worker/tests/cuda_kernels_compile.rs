@@ -3,7 +3,8 @@
 //! which turns a missing NVRTC into a failure; without it the tests print
 //! `skipped: NVRTC not found` and pass.
 
-use gpu_worker::cuda::compile::{self, KERNELS, Target};
+use gpu_worker::cuda::compile::{self, Target};
+use gpu_worker::cuda::kernels::KERNELS;
 
 /// The architectures the serving fleet runs: A100 (sm_80) and H100/H200 (sm_90).
 const ARCHS: [&str; 2] = ["sm_80", "sm_90"];

@@ -7,7 +7,8 @@
 mod fixture;
 
 use gpu_worker::cpu::CpuBackend;
-use gpu_worker::cuda::{CudaBackend, CudaOptions};
+use gpu_worker::cuda::memory::activation_bytes_per_token;
+use gpu_worker::cuda::{ActDtype, CudaBackend, CudaOptions};
 use gpu_worker::model::ModelError;
 use gpu_worker::model::qwen3::{Qwen3, TracePoint};
 use gpu_worker::model::rerank::Reranker;
@@ -98,21 +99,16 @@ fn trace_follows_the_cpu_layer_by_layer() {
     let input_ids = fixture::ids(&golden["trace"]["input_ids"]);
     let layout = BatchLayout::from_lengths(&[input_ids.len()]).unwrap();
     let cpu_model = gpu_worker::model::load(&fixture::tiny_dir(), &CpuBackend::F32).unwrap();
-    let hidden = cpu_model.config().hidden_size;
     let mut want: Vec<(TracePoint, Vec<f32>)> = Vec::new();
     cpu_model
-        .forward(
-            &CpuBackend::F32,
-            &input_ids,
-            &layout,
-            &[hidden],
-            &mut |point, x| want.push((point, x.data.clone())),
-        )
+        .last_hidden_traced(&CpuBackend::F32, &input_ids, &layout, &mut |point, x| {
+            want.push((point, x.data.clone()))
+        })
         .unwrap();
     let model = load(&gpu);
     let mut got: Vec<(TracePoint, Vec<f32>)> = Vec::new();
     model
-        .forward(&gpu, &input_ids, &layout, &[hidden], &mut |point, x| {
+        .last_hidden_traced(&gpu, &input_ids, &layout, &mut |point, x| {
             got.push((point, gpu.to_host(x).unwrap()))
         })
         .unwrap();
@@ -127,6 +123,36 @@ fn trace_follows_the_cpu_layer_by_layer() {
         );
         assert!(relative < 5e-2, "{point:?} drifts: {relative}");
     }
+}
+
+/// The decoder's last hidden states `(sequences, hidden)` of a packed batch, GPU against CPU:
+/// the f32 residual stream that both heads (pooling, reranking) read.
+#[test]
+fn last_hidden_follows_the_cpu() {
+    let Some(gpu) = gpu() else { return };
+    let golden = fixture::golden();
+    let cases: Vec<Vec<u32>> = golden["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| fixture::ids(&c["input_ids"]))
+        .collect();
+    let group: Vec<usize> = (0..cases.len().min(5)).collect();
+    let (packed, layout) = fixture::pack(&cases, &group);
+    let cpu_model = gpu_worker::model::load(&fixture::tiny_dir(), &CpuBackend::F32).unwrap();
+    let want = cpu_model
+        .last_hidden(&CpuBackend::F32, &packed, &layout)
+        .unwrap();
+    let model = load(&gpu);
+    let got = model.last_hidden(&gpu, &packed, &layout).unwrap();
+    assert_eq!((got.rows(), got.cols()), (want.rows, want.cols));
+    assert_eq!(got.rows(), group.len());
+    assert_eq!(got.dtype(), ActDtype::F32);
+    let got = gpu.to_host(&got).unwrap();
+    let scale = want.data.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    let relative = fixture::max_abs_diff(&got, &want.data) / scale.max(1e-6);
+    eprintln!("last hidden: max abs diff relative to max {relative:.3e}");
+    assert!(relative < 5e-2, "last hidden drifts: {relative}");
 }
 
 #[test]
@@ -171,7 +197,8 @@ fn memory_limits_are_errors_not_crashes() {
     let Some(gpu) = gpu() else { return };
     let model = load(&gpu);
     // A budget the batcher asks for is kept; one token more is refused before any work.
-    let plan = gpu.plan_memory(model.config(), Some(64)).unwrap();
+    let bytes_per_token = activation_bytes_per_token(model.config());
+    let plan = gpu.plan_memory(bytes_per_token, Some(64)).unwrap();
     eprintln!("{plan:?}");
     assert_eq!(gpu.max_batch_tokens(), Some(64));
     let ids = vec![100u32; 65];
@@ -185,7 +212,7 @@ fn memory_limits_are_errors_not_crashes() {
     assert!(model.embed(&gpu, &ids[..64], &layout, &[16, 16]).is_ok());
     // A budget larger than the whole device is a start-up error.
     assert!(
-        gpu.plan_memory(model.config(), Some(usize::MAX / 2))
+        gpu.plan_memory(bytes_per_token, Some(usize::MAX / 2))
             .is_err()
     );
 
@@ -238,6 +265,8 @@ const MAX_LOGIT_DIFF: f64 = 0.05;
 /// ... and its yes-probabilities this close.
 const MAX_SCORE_DIFF: f64 = 0.01;
 
+/// The reranker's head (final norm and the `(2, hidden)` yes/no matrix) runs on the device;
+/// its scores match transformers alone and packed.
 #[test]
 fn reranker_scores_match_transformers() {
     let Some(gpu) = gpu() else { return };

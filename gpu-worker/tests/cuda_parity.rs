@@ -8,8 +8,7 @@
 
 use gpu_worker::cpu::{CpuBackend, CpuTensor};
 use gpu_worker::cuda::{ActDtype, CudaBackend, CudaOptions, CudaTensor};
-use gpu_worker::model::weights::{Dtype, TensorView};
-use gpu_worker::ops::{AttentionShape, BatchLayout, Ops, Queries};
+use gpu_worker::ops::{AttentionShape, BatchLayout, Dtype, Ops, QkNorms, Queries, TensorView};
 use half::bf16;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -325,26 +324,40 @@ fn qk_norm_rope_matches_cpu() {
         let (layout, mut qkv_cpu, mut qkv_gpu) = random_qkv(&gpu, &mut rng, lengths, shape);
         let q_norm = Weight::norm(&mut rng, shape.head_dim);
         let k_norm = Weight::norm(&mut rng, shape.head_dim);
-        let (theta, eps) = (1e6, 1e-6);
+        let (rope_theta, eps) = (1e6, 1e-6);
+        let (q_cpu, k_cpu) = (
+            CpuBackend::F32.vector(q_norm.view()).unwrap(),
+            CpuBackend::F32.vector(k_norm.view()).unwrap(),
+        );
+        let cpu_norms = QkNorms {
+            q_norm: &q_cpu,
+            k_norm: &k_cpu,
+            eps,
+            rope_theta,
+        };
         CpuBackend::F32
             .qk_norm_rope(
                 &mut qkv_cpu,
-                &CpuBackend::F32.vector(q_norm.view()).unwrap(),
-                &CpuBackend::F32.vector(k_norm.view()).unwrap(),
+                &cpu_norms,
                 &CpuBackend::F32.layout(&layout).unwrap(),
                 shape,
-                eps,
-                theta,
             )
             .unwrap();
+        let (q_gpu, k_gpu) = (
+            gpu.vector(q_norm.view()).unwrap(),
+            gpu.vector(k_norm.view()).unwrap(),
+        );
+        let gpu_norms = QkNorms {
+            q_norm: &q_gpu,
+            k_norm: &k_gpu,
+            eps,
+            rope_theta,
+        };
         gpu.qk_norm_rope(
             &mut qkv_gpu,
-            &gpu.vector(q_norm.view()).unwrap(),
-            &gpu.vector(k_norm.view()).unwrap(),
+            &gpu_norms,
             &gpu.layout(&layout).unwrap(),
             shape,
-            eps,
-            theta,
         )
         .unwrap();
         let what = format!("qk_norm_rope {shape:?} lengths {lengths:?}");

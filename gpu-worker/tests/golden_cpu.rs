@@ -140,12 +140,11 @@ fn layer_by_layer_trace_matches() {
         }
         seen.push(point);
     };
-    let embedding = model
-        .forward(
+    let last = model
+        .last_hidden_traced(
             &CpuBackend::F32,
             &input_ids,
             &layout,
-            &[c.hidden_size],
             &mut |point, tensor| {
                 let host = CpuBackend::F32.to_host(tensor).unwrap();
                 check(point, &host, tensor.cols);
@@ -153,7 +152,13 @@ fn layer_by_layer_trace_matches() {
         )
         .unwrap();
     assert_eq!(seen.len(), 10, "trace points checked: {seen:?}");
-    let diff = fixture::max_abs_diff(&embedding[0], &fixture::floats(&trace["embedding"]));
+    // The last hidden state is the final layer's residual stream: one row, the last token's.
+    let after_last = fixture::floats(&trace["after_layer"][c.num_hidden_layers - 1]);
+    assert_eq!((last.rows, last.cols), (1, c.hidden_size));
+    let diff = fixture::max_abs_diff(&last.data, &after_last[after_last.len() - last.cols..]);
+    assert!(diff < 1e-5, "last hidden: max abs diff {diff}");
+    let embedding = embed_one(&model, &input_ids, c.hidden_size);
+    let diff = fixture::max_abs_diff(&embedding, &fixture::floats(&trace["embedding"]));
     assert!(diff < 2e-5, "trace embedding: max abs diff {diff}");
 
     // q_norm alone (the fused op hides it): the CPU head norm on the golden q_proj.

@@ -7,9 +7,10 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use gpu_worker::cpu::CpuBackend;
-use gpu_worker::model::weights::{Dtype, Weights};
+use gpu_worker::model::weights::Weights;
 use gpu_worker::model::{self, ModelError};
 use gpu_worker::ops::BatchLayout;
+use gpu_worker::ops::Dtype;
 use half::{bf16, f16};
 use safetensors::tensor::TensorView;
 

@@ -4,9 +4,10 @@
 mod fixture;
 
 use gpu_worker::cpu::CpuBackend;
+use gpu_worker::cpu::linear_bf16::Kernel;
 use gpu_worker::model::ModelError;
 use gpu_worker::model::rerank::{AnswerTokens, NO_TOKEN_ID, RerankScore, Reranker, YES_TOKEN_ID};
-use gpu_worker::ops::BatchLayout;
+use gpu_worker::ops::{BatchLayout, Ops};
 use serde_json::Value;
 
 fn golden() -> Value {
@@ -60,6 +61,44 @@ fn every_case_matches_transformers() {
         max_score = max_score.max(d_score);
     }
     println!("max |logit diff| {max_logit:e}, max |score diff| {max_score:e}");
+}
+
+/// The bf16 CPU backend (bf16 weights, the `(2, hidden)` head matrix packed like any other)
+/// stays within the CUDA backend's tolerances of transformers' f32 logits, on the portable
+/// kernel and on `avx512_bf16` where the CPU has it.
+#[test]
+fn bf16_scores_stay_close_to_transformers() {
+    let golden = golden();
+    let mut backends = vec![CpuBackend::with_kernel(Kernel::Portable)];
+    if Kernel::detect() == Kernel::Avx512Bf16 {
+        backends.push(CpuBackend::with_kernel(Kernel::Avx512Bf16));
+    }
+    for backend in backends {
+        let reranker = Reranker::load(&fixture::reranker_dir(), &backend).expect("fixture loads");
+        let (mut max_logit, mut max_score) = (0.0f64, 0.0f64);
+        for case in golden["cases"].as_array().unwrap() {
+            let ids = fixture::ids(&case["input_ids"]);
+            let layout = BatchLayout::from_lengths(&[ids.len()]).unwrap();
+            let got = reranker.score(&backend, &ids, &layout).unwrap().remove(0);
+            let want = |key: &str| case[key].as_f64().expect("number");
+            let d_logit = (f64::from(got.logit_yes) - want("logit_yes"))
+                .abs()
+                .max((f64::from(got.logit_no) - want("logit_no")).abs());
+            let d_score = (f64::from(got.score) - want("score")).abs();
+            assert!(
+                d_logit < 0.05 && d_score < 0.01,
+                "{}: case {}: logit diff {d_logit}, score diff {d_score}",
+                backend.device_info().description,
+                case["id"]
+            );
+            max_logit = max_logit.max(d_logit);
+            max_score = max_score.max(d_score);
+        }
+        println!(
+            "{}: max |logit diff| {max_logit:e}, max |score diff| {max_score:e}",
+            backend.device_info().description
+        );
+    }
 }
 
 #[test]
@@ -154,9 +193,9 @@ fn stored_lm_head_is_preferred_over_tied_embeddings() {
         data.copy_within(no * row_bytes..(no + 1) * row_bytes, yes * row_bytes);
         data[no * row_bytes..(no + 1) * row_bytes].copy_from_slice(&yes_row);
         let dtype = match embed.dtype {
-            gpu_worker::model::weights::Dtype::Bf16 => safetensors::Dtype::BF16,
-            gpu_worker::model::weights::Dtype::F16 => safetensors::Dtype::F16,
-            gpu_worker::model::weights::Dtype::F32 => safetensors::Dtype::F32,
+            gpu_worker::ops::Dtype::Bf16 => safetensors::Dtype::BF16,
+            gpu_worker::ops::Dtype::F16 => safetensors::Dtype::F16,
+            gpu_worker::ops::Dtype::F32 => safetensors::Dtype::F32,
         };
         let view = safetensors::tensor::TensorView::new(dtype, vec![vocab, hidden], &data).unwrap();
         safetensors::serialize_to_file([("lm_head.weight", view)], None, &extra).unwrap();

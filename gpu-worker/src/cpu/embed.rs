@@ -3,7 +3,7 @@
 use rayon::prelude::*;
 
 use super::PARALLEL_MIN_ELEMENTS;
-use crate::model::weights::{Dtype, convert_to_f32};
+use crate::ops::{Dtype, convert_to_f32};
 
 /// The embedding table kept in its stored dtype (bf16/f16 rows convert exactly to f32 on
 /// lookup, so the table costs half the memory of an f32 copy).

@@ -5,16 +5,18 @@
 //! instructions with f32 sums, everything else still in f32.
 //!
 //! # Layout
-//! One file per op, each a plain function on slices: [`embed`], [`rms_norm`],
+//! One file per op, each a plain function on slices: [`embed`], [`rms_norm`], [`add`],
 //! [`qk_norm_rope`], [`attention`] (its bf16 products in [`attention_bf16`]), [`silu_mul`],
-//! [`linear`] (f32) and [`linear_bf16`] (with SwiGLU fused in), [`pool`]; [`exp`] is the
-//! vectorizable `e^x` they share. [`spare`] keeps large activation buffers between ops. This
-//! module binds the ops to [`Ops`], checking shapes.
+//! [`linear`] (f32) and [`linear_bf16`] (with SwiGLU fused in), [`last_rows`], [`pool`];
+//! [`exp`] is the vectorizable `e^x` they share. [`spare`] keeps large activation buffers
+//! between ops. This module binds the ops to [`Ops`], checking shapes.
 
+pub mod add;
 pub mod attention;
 pub mod attention_bf16;
 pub mod embed;
 pub mod exp;
+pub mod last_rows;
 pub mod linear;
 pub mod linear_bf16;
 pub mod pool;
@@ -23,8 +25,9 @@ pub mod rms_norm;
 pub mod silu_mul;
 pub mod spare;
 
-use crate::model::weights::TensorView;
-use crate::ops::{AttentionShape, BatchLayout, DeviceInfo, OpError, OpResult, Ops, Queries};
+use crate::ops::{
+    AttentionShape, BatchLayout, DeviceInfo, OpError, OpResult, Ops, QkNorms, Queries, TensorView,
+};
 use embed::EmbeddingTable;
 use linear_bf16::{Kernel, PackedBf16};
 use qk_norm_rope::RopeTable;
@@ -310,9 +313,7 @@ impl Ops for CpuBackend {
 
     fn add(&self, residual: &mut CpuTensor, delta: &CpuTensor) -> OpResult<()> {
         self.check_same("add", residual, delta)?;
-        for (r, d) in residual.data.iter_mut().zip(&delta.data) {
-            *r += d;
-        }
+        add::add(&mut residual.data, &delta.data);
         Ok(())
     }
 
@@ -333,16 +334,13 @@ impl Ops for CpuBackend {
     fn qk_norm_rope(
         &self,
         qkv: &mut CpuTensor,
-        q_norm: &Vec<f32>,
-        k_norm: &Vec<f32>,
+        norms: &QkNorms<'_, Vec<f32>>,
         layout: &CpuLayout,
         shape: AttentionShape,
-        eps: f32,
-        rope_theta: f32,
     ) -> OpResult<()> {
         check_cols("qk_norm_rope", "qkv", qkv.cols, shape.qkv_width())?;
-        check_cols("qk_norm_rope", "q_norm", q_norm.len(), shape.head_dim)?;
-        check_cols("qk_norm_rope", "k_norm", k_norm.len(), shape.head_dim)?;
+        check_cols("qk_norm_rope", "q_norm", norms.q_norm.len(), shape.head_dim)?;
+        check_cols("qk_norm_rope", "k_norm", norms.k_norm.len(), shape.head_dim)?;
         if qkv.rows != layout.layout.num_rows() {
             return Err(shape_error(
                 "qk_norm_rope",
@@ -353,16 +351,16 @@ impl Ops for CpuBackend {
                 ),
             ));
         }
-        let table = layout
-            .rope
-            .get_or_init(|| RopeTable::new(layout.layout.max_len(), shape.head_dim, rope_theta));
+        let table = layout.rope.get_or_init(|| {
+            RopeTable::new(layout.layout.max_len(), shape.head_dim, norms.rope_theta)
+        });
         qk_norm_rope::qk_norm_rope(
             &mut qkv.data,
-            q_norm,
-            k_norm,
+            norms.q_norm,
+            norms.k_norm,
             &layout.layout.positions,
             shape,
-            eps,
+            norms.eps,
             table,
         );
         Ok(())
@@ -447,11 +445,9 @@ impl Ops for CpuBackend {
                 ),
             ));
         }
-        let mut data = Vec::with_capacity(layout.layout.num_seqs() * x.cols);
-        for &row in &layout.layout.last_rows {
-            data.extend_from_slice(&x.data[row as usize * x.cols..][..x.cols]);
-        }
-        CpuTensor::new(layout.layout.num_seqs(), x.cols, data)
+        let mut out = CpuTensor::for_overwrite(layout.layout.num_seqs(), x.cols);
+        last_rows::last_rows(&x.data, x.cols, &layout.layout.last_rows, &mut out.data);
+        Ok(out)
     }
 
     fn pool(

@@ -1,4 +1,4 @@
-//! Launcher of `kernels/add.cu` (CPU twin: `CpuBackend::add` in `cpu/mod.rs`).
+//! Launcher of `kernels/add.cu` (CPU twin: `cpu/add.rs`).
 
 use super::{CudaBackend, CudaTensor, check_cols, check_rows, int, per_row};
 use crate::ops::OpResult;

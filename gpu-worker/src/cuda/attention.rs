@@ -49,11 +49,17 @@ pub(super) fn attention(
             format!("{num_heads} query heads cannot share {num_kv_heads} kv heads"),
         ));
     }
-    let Some((_, kernel)) = gpu
-        .kernels
-        .attention
-        .iter()
-        .find(|(width, _)| head_dim <= *width)
+    let k = &gpu.kernels;
+    let by_width = [
+        (16, &k.attention_d16),
+        (32, &k.attention_d32),
+        (64, &k.attention_d64),
+        (128, &k.attention_d128),
+        (256, &k.attention_d256),
+    ];
+    let Some((_, kernel)) = by_width
+        .into_iter()
+        .find(|&(width, _)| head_dim <= width)
         .filter(|_| head_dim > 0 && head_dim % 2 == 0)
     else {
         return Err(shape_error(

@@ -1,5 +1,6 @@
-//! Run-time compilation of `kernels/*.cu` with NVRTC, usable without a GPU (the kernel check
-//! in CI and `deploy/local/check-kernels.sh` compiles for `sm_80` and `sm_90` this way).
+//! Run-time compilation of `kernels/*.cu` (the files of the registry, [`KERNELS`]) with
+//! NVRTC, usable without a GPU (the kernel check in CI and `deploy/local/check-kernels.sh`
+//! compiles for `sm_80` and `sm_90` this way).
 //!
 //! The sources are built into the binary. They include only `common.cuh`, which is handed to
 //! NVRTC in memory: no CUDA header and no include path is needed at run time, only
@@ -15,7 +16,10 @@ use std::str::FromStr;
 
 use cudarc::nvrtc::sys;
 
-/// One kernel file and the entry points the backend loads from it.
+use super::kernels::KERNELS;
+
+/// One kernel file and the entry points the backend loads from it (listed once, in the
+/// registry: [`KERNELS`]).
 #[derive(Debug, Clone, Copy)]
 pub struct KernelSource {
     /// File stem in `kernels/` (the op name).
@@ -28,56 +32,6 @@ pub struct KernelSource {
 
 /// The header every kernel includes, by the name the sources use.
 const COMMON_HEADER: (&str, &str) = ("common.cuh", include_str!("../../kernels/common.cuh"));
-
-/// Every kernel of the backend.
-pub const KERNELS: &[KernelSource] = &[
-    KernelSource {
-        name: "embed",
-        source: include_str!("../../kernels/embed.cu"),
-        entry_points: &["embed"],
-    },
-    KernelSource {
-        name: "rms_norm",
-        source: include_str!("../../kernels/rms_norm.cu"),
-        entry_points: &["rms_norm", "add_rms_norm"],
-    },
-    KernelSource {
-        name: "add",
-        source: include_str!("../../kernels/add.cu"),
-        entry_points: &["add"],
-    },
-    KernelSource {
-        name: "qk_norm_rope",
-        source: include_str!("../../kernels/qk_norm_rope.cu"),
-        entry_points: &["qk_norm_rope"],
-    },
-    KernelSource {
-        name: "attention",
-        source: include_str!("../../kernels/attention.cu"),
-        entry_points: &[
-            "attention_d16",
-            "attention_d32",
-            "attention_d64",
-            "attention_d128",
-            "attention_d256",
-        ],
-    },
-    KernelSource {
-        name: "silu_mul",
-        source: include_str!("../../kernels/silu_mul.cu"),
-        entry_points: &["silu_mul"],
-    },
-    KernelSource {
-        name: "last_rows",
-        source: include_str!("../../kernels/last_rows.cu"),
-        entry_points: &["last_rows_f32", "last_rows_bf16"],
-    },
-    KernelSource {
-        name: "pool",
-        source: include_str!("../../kernels/pool.cu"),
-        entry_points: &["pool"],
-    },
-];
 
 /// What NVRTC produces for a device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -365,8 +319,8 @@ pub fn compile_kernel(
     })
 }
 
-/// Compiles every kernel file for `target` (one thread per file), in [`KERNELS`] order. Needs
-/// NVRTC only, no GPU.
+/// Compiles every kernel file of the registry for `target` (one thread per file), in
+/// [`KERNELS`] order. Needs NVRTC only, no GPU.
 pub fn compile_all_kernels(
     target: Target,
     extra_options: &[&str],

@@ -69,6 +69,34 @@ impl From<DriverError> for OpError {
     }
 }
 
+/// Whether a driver error is sticky: the CUDA context is corrupt and every later call in
+/// this process fails the same way, so only a new process can use the device again. These
+/// are the faults of a kernel (illegal or misaligned address, illegal instruction, stack
+/// error, failed launch, assert, timeout), of the hardware (uncorrectable ECC or NVLink
+/// error) and a destroyed or de-initialized context; `UNKNOWN` is counted in because the
+/// driver reports Xid faults as such. Anything else (out of memory, an invalid value, a
+/// launch out of resources) fails one call and leaves the context usable.
+pub fn is_sticky(code: sys::cudaError_enum) -> bool {
+    use sys::cudaError_enum as E;
+    matches!(
+        code,
+        E::CUDA_ERROR_ILLEGAL_ADDRESS
+            | E::CUDA_ERROR_LAUNCH_FAILED
+            | E::CUDA_ERROR_LAUNCH_TIMEOUT
+            | E::CUDA_ERROR_HARDWARE_STACK_ERROR
+            | E::CUDA_ERROR_ILLEGAL_INSTRUCTION
+            | E::CUDA_ERROR_MISALIGNED_ADDRESS
+            | E::CUDA_ERROR_INVALID_ADDRESS_SPACE
+            | E::CUDA_ERROR_INVALID_PC
+            | E::CUDA_ERROR_ASSERT
+            | E::CUDA_ERROR_ECC_UNCORRECTABLE
+            | E::CUDA_ERROR_NVLINK_UNCORRECTABLE
+            | E::CUDA_ERROR_CONTEXT_IS_DESTROYED
+            | E::CUDA_ERROR_DEINITIALIZED
+            | E::CUDA_ERROR_UNKNOWN
+    )
+}
+
 /// What the device is, for status reports.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CudaDeviceInfo {
@@ -194,4 +222,30 @@ pub(super) fn pool_reserved_bytes(ctx: &CudaContext) -> Result<u64, DriverError>
         .result()?;
     }
     Ok(reserved)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernel_and_hardware_faults_are_sticky_and_a_refused_call_is_not() {
+        use sys::cudaError_enum as E;
+        for sticky in [
+            E::CUDA_ERROR_ILLEGAL_ADDRESS,
+            E::CUDA_ERROR_LAUNCH_FAILED,
+            E::CUDA_ERROR_ECC_UNCORRECTABLE,
+            E::CUDA_ERROR_MISALIGNED_ADDRESS,
+        ] {
+            assert!(is_sticky(sticky), "{sticky:?}");
+        }
+        for transient in [
+            E::CUDA_ERROR_OUT_OF_MEMORY,
+            E::CUDA_ERROR_INVALID_VALUE,
+            E::CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES,
+            E::CUDA_SUCCESS,
+        ] {
+            assert!(!is_sticky(transient), "{transient:?}");
+        }
+    }
 }

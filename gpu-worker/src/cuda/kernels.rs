@@ -1,27 +1,89 @@
-//! The compiled kernels loaded into a context, one handle per entry point.
+//! The kernel registry: every kernel file and its entry points, listed once. From it come
+//! [`KERNELS`] (what NVRTC compiles, see [`super::compile`]) and `Kernels` (one loaded
+//! function per entry point, a field of the same name, for the launchers).
+//!
+//! Adding a kernel file or an entry point is one line in the `kernel_registry!` call below.
 
 use std::sync::Arc;
 
 use cudarc::driver::{CudaContext, CudaFunction, CudaModule};
-
 use cudarc::nvrtc::Ptx;
 
 use super::CudaError;
 use super::compile::{CompiledKernel, KernelSource};
 
-/// Every kernel entry point the backend launches.
-pub(super) struct Kernels {
-    pub embed: CudaFunction,
-    pub rms_norm: CudaFunction,
-    pub add_rms_norm: CudaFunction,
-    pub add: CudaFunction,
-    pub qk_norm_rope: CudaFunction,
-    /// `(padded head width, kernel)`, narrowest first.
-    pub attention: Vec<(usize, CudaFunction)>,
-    pub silu_mul: CudaFunction,
-    pub last_rows_f32: CudaFunction,
-    pub last_rows_bf16: CudaFunction,
-    pub pool: CudaFunction,
+/// Declares the registry: `file { entry, .. }` per kernel file `kernels/<file>.cu`, each entry
+/// an `extern "C"` kernel of that file with its doc comment.
+macro_rules! kernel_registry {
+    ($($file:ident { $($(#[doc = $doc:literal])+ $entry:ident),+ $(,)? })+) => {
+        /// Every kernel file of the backend, with the entry points the backend loads from it.
+        pub const KERNELS: &[KernelSource] = &[$(KernelSource {
+            name: stringify!($file),
+            source: include_str!(concat!("../../kernels/", stringify!($file), ".cu")),
+            entry_points: &[$(stringify!($entry)),+],
+        }),+];
+
+        /// Every kernel entry point the backend launches, loaded into the context.
+        pub(super) struct Kernels {
+            $($($(#[doc = $doc])+ pub $entry: CudaFunction,)+)+
+        }
+
+        impl Kernels {
+            /// Looks up every entry point with `function`.
+            fn look_up(
+                function: impl Fn(&str) -> Result<CudaFunction, CudaError>,
+            ) -> Result<Self, CudaError> {
+                Ok(Self { $($($entry: function(stringify!($entry))?,)+)+ })
+            }
+        }
+    };
+}
+
+kernel_registry! {
+    embed {
+        /// Embedding gather into the f32 residual stream.
+        embed,
+    }
+    rms_norm {
+        /// RMSNorm of the f32 residual into bf16.
+        rms_norm,
+        /// Residual add fused with RMSNorm.
+        add_rms_norm,
+    }
+    add {
+        /// Residual add, f32 += bf16.
+        add,
+    }
+    qk_norm_rope {
+        /// Per-head q/k RMSNorm and rotary embedding, in place.
+        qk_norm_rope,
+    }
+    attention {
+        /// Causal GQA for heads up to 16 wide.
+        attention_d16,
+        /// ... up to 32 wide.
+        attention_d32,
+        /// ... up to 64 wide.
+        attention_d64,
+        /// ... up to 128 wide.
+        attention_d128,
+        /// ... up to 256 wide.
+        attention_d256,
+    }
+    silu_mul {
+        /// SwiGLU of a fused gate|up tensor.
+        silu_mul,
+    }
+    last_rows {
+        /// Last row of every sequence, f32.
+        last_rows_f32,
+        /// Last row of every sequence, bf16.
+        last_rows_bf16,
+    }
+    pool {
+        /// Pooling head: final norm, truncation, L2 normalization.
+        pool,
+    }
 }
 
 impl Kernels {
@@ -45,7 +107,7 @@ impl Kernels {
                 Ok((source, module))
             })
             .collect::<Result<_, CudaError>>()?;
-        let function = |entry: &str| -> Result<CudaFunction, CudaError> {
+        Self::look_up(|entry| {
             let (source, module) = modules
                 .iter()
                 .find(|(source, _)| source.entry_points.contains(&entry))
@@ -53,21 +115,6 @@ impl Kernels {
             module.load_function(entry).map_err(|e| {
                 CudaError::Driver(format!("kernels/{}.cu has no `{entry}`: {e}", source.name))
             })
-        };
-        Ok(Self {
-            embed: function("embed")?,
-            rms_norm: function("rms_norm")?,
-            add_rms_norm: function("add_rms_norm")?,
-            add: function("add")?,
-            qk_norm_rope: function("qk_norm_rope")?,
-            attention: [16, 32, 64, 128, 256]
-                .into_iter()
-                .map(|width| Ok((width, function(&format!("attention_d{width}"))?)))
-                .collect::<Result<_, CudaError>>()?,
-            silu_mul: function("silu_mul")?,
-            last_rows_f32: function("last_rows_f32")?,
-            last_rows_bf16: function("last_rows_bf16")?,
-            pool: function("pool")?,
         })
     }
 }

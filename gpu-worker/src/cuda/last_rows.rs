@@ -1,4 +1,4 @@
-//! Launcher of `kernels/last_rows.cu` (CPU twin: `CpuBackend::last_rows` in `cpu/mod.rs`).
+//! Launcher of `kernels/last_rows.cu` (CPU twin: `cpu/last_rows.rs`).
 
 use half::bf16;
 

@@ -2,10 +2,12 @@
 //! one NVRTC-compiled kernel per op (`kernels/<op>.cu`, each with a CPU twin in `cpu/`).
 //!
 //! # Layout
-//! - [`compile`]: NVRTC compilation of `kernels/*.cu`, usable without a GPU.
+//! - [`kernels`]: the kernel registry, every `kernels/*.cu` file and its entry points listed
+//!   once, and the loaded kernels.
+//! - [`compile`]: NVRTC compilation of the registry's files, usable without a GPU.
 //! - [`memory`]: the memory plan (`gpu_memory_fraction` -> batch token budget).
 //! - `device`: start-up errors, library checks, cuBLAS set-up, the memory pool.
-//! - `tensor`, `layout`, `kernels`: device tensors, uploaded batch layouts, loaded kernels.
+//! - `tensor`, `layout`: device tensors, uploaded batch layouts.
 //! - One launcher per kernel, checking shapes before it launches: `embed`, `rms_norm`,
 //!   `add`, `linear` (cuBLAS), `qk_norm_rope`, `attention`, `silu_mul`, `last_rows`, `pool`.
 //!
@@ -27,13 +29,13 @@
 //! no CUDA headers (see [`compile`]). Compute capability 8.0 or newer.
 
 pub mod compile;
+pub mod kernels;
 pub mod memory;
 
 mod add;
 mod attention;
 mod device;
 mod embed;
-mod kernels;
 mod last_rows;
 mod layout;
 mod linear;
@@ -50,9 +52,9 @@ use cudarc::cublas::CudaBlas;
 use cudarc::driver::{CudaContext, CudaSlice, CudaStream, DeviceRepr, LaunchConfig};
 use half::bf16;
 
-use crate::model::config::Qwen3Config;
-use crate::model::weights::TensorView;
-use crate::ops::{AttentionShape, BatchLayout, DeviceInfo, OpError, OpResult, Ops, Queries};
+use crate::ops::{
+    AttentionShape, BatchLayout, DeviceInfo, OpError, OpResult, Ops, QkNorms, Queries, TensorView,
+};
 use compile::Target;
 pub use device::{CudaDeviceInfo, CudaError, is_available};
 use kernels::Kernels;
@@ -181,12 +183,27 @@ impl CudaBackend {
         Ok(device::pool_reserved_bytes(&self.ctx)?)
     }
 
-    /// Sizes the batch token budget once the model is loaded (see [`memory`]): `requested`
-    /// (the batcher's budget) must fit the share, or without it the budget is all the share
-    /// leaves. From then on a larger batch is refused with `OpError::OutOfMemory`.
+    /// The sticky error the device is in, if any: one after which the context cannot be
+    /// used again (an illegal address, a failed launch, an uncorrectable ECC error; see
+    /// `device::is_sticky`). Waits for the stream, which reports such an error on every
+    /// call once it happened; an error that is not sticky (a refused allocation, a bad
+    /// argument) leaves the device usable and is not reported here.
+    pub fn sticky_error(&self) -> Option<cudarc::driver::DriverError> {
+        let checked = self
+            .ctx
+            .check_err()
+            .and_then(|()| self.stream.synchronize());
+        checked.err().filter(|e| device::is_sticky(e.0))
+    }
+
+    /// Sizes the batch token budget once the model is loaded (see [`memory`]), for
+    /// activations of `bytes_per_token` per token of a batch (the model's:
+    /// [`memory::activation_bytes_per_token`]): `requested` (the batcher's budget) must fit
+    /// the share, or without it the budget is all the share leaves. From then on a larger
+    /// batch is refused with `OpError::OutOfMemory`.
     pub fn plan_memory(
         &self,
-        config: &Qwen3Config,
+        bytes_per_token: u64,
         requested: Option<usize>,
     ) -> Result<MemoryPlan, CudaError> {
         let (free, _) = self.ctx.mem_get_info()?;
@@ -194,7 +211,7 @@ impl CudaBackend {
             self.gpu_memory_fraction,
             self.device.total_memory,
             self.weight_bytes.load(Ordering::Relaxed),
-            memory::activation_bytes_per_token(config),
+            bytes_per_token,
             free as u64,
             requested,
         )
@@ -421,20 +438,11 @@ impl Ops for CudaBackend {
     fn qk_norm_rope(
         &self,
         qkv: &mut CudaTensor,
-        q_norm: &CudaVector,
-        k_norm: &CudaVector,
+        norms: &QkNorms<'_, CudaVector>,
         layout: &CudaLayout,
         shape: AttentionShape,
-        eps: f32,
-        rope_theta: f32,
     ) -> OpResult<()> {
-        let norms = qk_norm_rope::Norms {
-            q_norm,
-            k_norm,
-            eps,
-            rope_theta,
-        };
-        qk_norm_rope::qk_norm_rope(self, qkv, &norms, layout, shape)
+        qk_norm_rope::qk_norm_rope(self, qkv, norms, layout, shape)
     }
 
     fn attention(

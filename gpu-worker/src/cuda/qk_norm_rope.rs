@@ -5,7 +5,7 @@ use cudarc::driver::{LaunchConfig, PushKernelArg};
 use super::{
     CudaBackend, CudaLayout, CudaTensor, CudaVector, check_cols, check_rows, int, shape_error,
 };
-use crate::ops::{AttentionShape, OpResult};
+use crate::ops::{AttentionShape, OpResult, QkNorms};
 
 /// Widest head the kernel's rotary tables hold.
 const MAX_HEAD_DIM: usize = 256;
@@ -13,20 +13,12 @@ const MAX_HEAD_DIM: usize = 256;
 /// Threads per row: 4 warps, each normalizing and rotating every 4th head.
 const THREADS: u32 = 128;
 
-/// The weights and constants of the q/k norms and the rotary embedding.
-pub(super) struct Norms<'a> {
-    pub q_norm: &'a CudaVector,
-    pub k_norm: &'a CudaVector,
-    pub eps: f32,
-    pub rope_theta: f32,
-}
-
 /// In place on the bf16 fused q|k|v tensor: per-head RMSNorm of q and k, then RoPE at each
 /// row's position.
 pub(super) fn qk_norm_rope(
     gpu: &CudaBackend,
     qkv: &mut CudaTensor,
-    norms: &Norms<'_>,
+    norms: &QkNorms<'_, CudaVector>,
     layout: &CudaLayout,
     shape: AttentionShape,
 ) -> OpResult<()> {

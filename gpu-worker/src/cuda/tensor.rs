@@ -7,8 +7,7 @@
 use cudarc::driver::CudaSlice;
 use half::bf16;
 
-use crate::model::weights::{Dtype, TensorView};
-use crate::ops::{OpError, OpResult};
+use crate::ops::{Dtype, OpError, OpResult, TensorView};
 
 /// Element type of an activation on the device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,12 +1,15 @@
-//! The Qwen3 decoder as an embedding model, written once over [`Ops`].
+//! The Qwen3 decoder, written once over [`Ops`].
 //!
 //! Reads top to bottom: the weights of a decoder layer, loading (every shape checked against
-//! the config), then the forward pass over a packed batch ending in last-token pooling.
+//! the config), the forward pass over a packed batch up to each sequence's last hidden state
+//! ([`Qwen3::last_hidden`]), then the embedding head over it ([`Qwen3::embed`]: final norm,
+//! Matryoshka truncation, L2 normalization). The reranker (`model::rerank`) puts its own head
+//! on the same last hidden state.
 
 use super::ModelError;
 use super::config::Qwen3Config;
 use super::weights::Weights;
-use crate::ops::{AttentionShape, BatchLayout, Ops, Queries};
+use crate::ops::{AttentionShape, BatchLayout, Ops, QkNorms, Queries};
 
 /// Weights of one decoder layer, in the backend's format.
 struct DecoderLayer<B: Ops> {
@@ -22,15 +25,19 @@ struct DecoderLayer<B: Ops> {
     down_proj: B::Matrix,
 }
 
-/// A loaded Qwen3 embedding model on backend `B`.
+/// A loaded Qwen3 decoder on backend `B`.
 pub struct Qwen3<B: Ops> {
+    /// The validated configuration every shape was checked against.
     config: Qwen3Config,
+    /// Token embeddings `(vocab, hidden)`.
     embed_tokens: B::Table,
+    /// The decoder layers, in order.
     layers: Vec<DecoderLayer<B>>,
+    /// The final RMSNorm weight, `(hidden,)`.
     norm: B::Vector,
 }
 
-/// Intermediate activations a traced forward pass reports (for parity tests).
+/// Intermediate activations a traced forward pass reports (for golden and parity tests).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TracePoint {
     /// Token embeddings `(T, hidden)`.
@@ -121,22 +128,15 @@ impl<B: Ops> Qwen3<B> {
         }
     }
 
-    /// Checks a batch before any work: token ids in the vocabulary, lengths within the
-    /// model's positions, one output size in `1..=hidden` per sequence.
-    fn check_input(
-        &self,
-        token_ids: &[u32],
-        layout: &BatchLayout,
-        dims: &[usize],
-    ) -> Result<(), ModelError> {
+    /// Checks a batch before any work: as many token ids as layout rows, ids in the
+    /// vocabulary, lengths within the model's positions.
+    fn check_batch(&self, token_ids: &[u32], layout: &BatchLayout) -> Result<(), ModelError> {
         let c = &self.config;
-        if layout.num_rows() != token_ids.len() || dims.len() != layout.num_seqs() {
+        if layout.num_rows() != token_ids.len() {
             return Err(ModelError::Input(format!(
-                "layout of {} rows and {} sequences does not match {} tokens and {} output sizes",
+                "layout of {} rows does not match {} tokens",
                 layout.num_rows(),
-                layout.num_seqs(),
-                token_ids.len(),
-                dims.len()
+                token_ids.len()
             )));
         }
         if let Some(bad) = token_ids.iter().find(|&&id| id as usize >= c.vocab_size) {
@@ -152,10 +152,22 @@ impl<B: Ops> Qwen3<B> {
                 c.max_position_embeddings
             )));
         }
-        if let Some(bad) = dims.iter().find(|&&d| d == 0 || d > c.hidden_size) {
+        Ok(())
+    }
+
+    /// Checks the output sizes of an embedding batch: one in `1..=hidden` per sequence.
+    fn check_dims(&self, layout: &BatchLayout, dims: &[usize]) -> Result<(), ModelError> {
+        let hidden = self.config.hidden_size;
+        if dims.len() != layout.num_seqs() {
             return Err(ModelError::Input(format!(
-                "dimensions {bad} is outside 1..={}",
-                c.hidden_size
+                "{} output sizes for {} sequences",
+                dims.len(),
+                layout.num_seqs()
+            )));
+        }
+        if let Some(bad) = dims.iter().find(|&&d| d == 0 || d > hidden) {
+            return Err(ModelError::Input(format!(
+                "dimensions {bad} is outside 1..={hidden}"
             )));
         }
         Ok(())
@@ -170,19 +182,39 @@ impl<B: Ops> Qwen3<B> {
         layout: &BatchLayout,
         dims: &[usize],
     ) -> Result<Vec<Vec<f32>>, ModelError> {
-        self.forward(backend, token_ids, layout, dims, &mut |_, _| {})
+        self.check_dims(layout, dims)?;
+        let last = self.last_hidden(backend, token_ids, layout)?;
+        // Final norm on the last tokens, Matryoshka truncation, L2 normalization.
+        Ok(backend.pool(&last, &self.norm, self.config.rms_norm_eps, dims)?)
     }
 
-    /// [`Self::embed`], reporting intermediate activations to `trace`.
-    pub fn forward(
+    /// The final RMSNorm of hidden states `(rows, hidden)`, such as [`Self::last_hidden`]'s:
+    /// the input of a language-model head.
+    pub fn final_norm(&self, backend: &B, hidden: &B::Tensor) -> Result<B::Tensor, ModelError> {
+        Ok(backend.rms_norm(hidden, &self.norm, self.config.rms_norm_eps)?)
+    }
+
+    /// Runs the decoder over a packed batch and returns the hidden state of each sequence's
+    /// last token after the final layer, before the final norm: `(sequences, hidden)`, on the
+    /// backend.
+    pub fn last_hidden(
         &self,
         backend: &B,
         token_ids: &[u32],
         layout: &BatchLayout,
-        dims: &[usize],
+    ) -> Result<B::Tensor, ModelError> {
+        self.last_hidden_traced(backend, token_ids, layout, &mut |_, _| {})
+    }
+
+    /// [`Self::last_hidden`], reporting intermediate activations to `trace` (for tests).
+    pub fn last_hidden_traced(
+        &self,
+        backend: &B,
+        token_ids: &[u32],
+        layout: &BatchLayout,
         trace: &mut Tracer<'_, B>,
-    ) -> Result<Vec<Vec<f32>>, ModelError> {
-        self.check_input(token_ids, layout, dims)?;
+    ) -> Result<B::Tensor, ModelError> {
+        self.check_batch(token_ids, layout)?;
         let c = &self.config;
         let eps = c.rms_norm_eps;
         let shape = self.attention_shape();
@@ -204,18 +236,16 @@ impl<B: Ops> Qwen3<B> {
             let mut qkv = backend.linear(&h, &layer.qkv_proj)?;
             trace(TracePoint::QkvProj(i), &qkv);
             // 3. Per-head RMSNorm of q and k, then rotary embedding, in place.
-            backend.qk_norm_rope(
-                &mut qkv,
-                &layer.q_norm,
-                &layer.k_norm,
-                &device_layout,
-                shape,
+            let norms = QkNorms {
+                q_norm: &layer.q_norm,
+                k_norm: &layer.k_norm,
                 eps,
-                c.rope_theta,
-            )?;
+                rope_theta: c.rope_theta,
+            };
+            backend.qk_norm_rope(&mut qkv, &norms, &device_layout, shape)?;
             trace(TracePoint::QkRope(i), &qkv);
-            // 4. Causal GQA inside each sequence: (T, H * D). Only the pooled (last) token
-            //    matters after the final layer, so there it alone is queried, and the
+            // 4. Causal GQA inside each sequence: (T, H * D). Only the last token of each
+            //    sequence matters after the final layer, so there it alone is queried, and the
             //    residual stream shrinks to those rows: (S, H * D).
             let attn = if is_last {
                 let q_last = backend.last_rows(&qkv, &device_layout)?;
@@ -241,8 +271,7 @@ impl<B: Ops> Qwen3<B> {
             }
             trace(TracePoint::AfterLayer(i), &x);
         }
-
-        // 8. Final norm on the last tokens, Matryoshka truncation, L2 normalization.
-        Ok(backend.pool(&x, &self.norm, eps, dims)?)
+        // 8. The residual stream of the last tokens: (S, hidden).
+        Ok(x)
     }
 }

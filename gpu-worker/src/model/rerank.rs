@@ -11,21 +11,21 @@
 //! ```
 //!
 //! Only the two LM-head rows are loaded (from `lm_head.weight`, or from `embed_tokens.weight`
-//! when the embeddings are tied), never the full vocabulary projection.
+//! when the embeddings are tied), never the full vocabulary projection: they make a
+//! `(2, hidden)` head matrix on the backend.
 //!
-//! The decoder is [`Qwen3`] unchanged: its forward pass reports the residual stream after the
-//! final layer (already reduced to each sequence's last row) through its trace hook; that
-//! `(sequences, hidden)` tensor is copied to the host, where the final RMSNorm and the two dot
-//! products run (a few thousand multiply-adds per sequence).
+//! The decoder is [`Qwen3`] unchanged: [`Qwen3::last_hidden`] gives each sequence's last
+//! hidden state `(sequences, hidden)`, and the head runs on the backend with its own ops
+//! (the final `rms_norm`, then `linear` with the head matrix); only the `(sequences, 2)`
+//! logits come back to the host. On the CUDA backend the logits are bf16, as a bf16
+//! transformers model computes them.
 
 use std::path::Path;
 
 use super::ModelError;
 use super::config::Qwen3Config;
-use super::qwen3::{Qwen3, TracePoint};
+use super::qwen3::Qwen3;
 use super::weights::Weights;
-use crate::cpu::dot;
-use crate::cpu::rms_norm::norm_row;
 use crate::ops::{BatchLayout, OpError, Ops};
 
 /// Id of the `yes` token in the Qwen3 vocabulary.
@@ -82,18 +82,13 @@ impl RerankScore {
     }
 }
 
-/// A loaded Qwen3-Reranker on backend `B`: the decoder, plus the final norm and the two
-/// LM-head rows on the host.
+/// A loaded Qwen3-Reranker on backend `B`: the decoder and the two LM-head rows it scores
+/// with.
 pub struct Reranker<B: Ops> {
     /// The decoder, shared with the embedding path.
     model: Qwen3<B>,
-    /// Final RMSNorm weight, `(hidden,)`: the norm is applied on the host because the
-    /// decoder's own head returns the normed state only after L2 normalization.
-    norm: Vec<f32>,
-    /// LM-head row of the `yes` token, `(hidden,)`.
-    yes_row: Vec<f32>,
-    /// LM-head row of the `no` token, `(hidden,)`.
-    no_row: Vec<f32>,
+    /// The LM-head rows of the `yes` and `no` tokens, in that order: `(2, hidden)`.
+    head: B::Matrix,
     /// Which tokens the rows belong to.
     tokens: AnswerTokens,
 }
@@ -143,20 +138,17 @@ impl<B: Ops> Reranker<B> {
                 "lm_head.weight (tie_word_embeddings is false)".to_owned(),
             ));
         };
-        let head = weights.get(head_name, &[vocab, hidden])?;
+        let lm_head = weights.get(head_name, &[vocab, hidden])?;
         let row = |id: u32| {
-            let mut out = vec![0.0; hidden];
-            head.row_f32(id as usize, &mut out);
-            out
+            lm_head.row(id as usize).ok_or_else(|| {
+                ModelError::Config(format!("`{head_name}` has no row {id}; this is a bug"))
+            })
         };
-        let (yes_row, no_row) = (row(tokens.yes), row(tokens.no));
-        let norm = weights.get("norm.weight", &[hidden])?.to_f32();
+        let head = backend.matrix(&[row(tokens.yes)?, row(tokens.no)?])?;
         let model = Qwen3::load(backend, weights, config)?;
         Ok(Self {
             model,
-            norm,
-            yes_row,
-            no_row,
+            head,
             tokens,
         })
     }
@@ -180,49 +172,26 @@ impl<B: Ops> Reranker<B> {
         token_ids: &[u32],
         layout: &BatchLayout,
     ) -> Result<Vec<RerankScore>, ModelError> {
-        let c = self.model.config();
-        let (hidden, eps) = (c.hidden_size, c.rms_norm_eps);
-        let final_layer = c.num_hidden_layers.checked_sub(1).ok_or_else(|| {
-            ModelError::Config("a reranker needs at least one decoder layer".to_owned())
-        })?;
         let seqs = layout.num_seqs();
-
-        // 1. Decoder; keep the residual stream after the final layer: (S, hidden), one row
-        //    per sequence (the final layer computes only the last rows). The pooled vectors
-        //    it also returns are not used.
-        let mut last: Option<Result<Vec<f32>, OpError>> = None;
-        self.model.forward(
-            backend,
-            token_ids,
-            layout,
-            &vec![hidden; seqs],
-            &mut |point, tensor| {
-                if point == TracePoint::AfterLayer(final_layer) {
-                    last = Some(backend.to_host(tensor));
-                }
-            },
-        )?;
-        let last = last
-            .ok_or_else(|| OpError::Device("the final layer reported no hidden state".into()))??;
-        if last.len() != seqs * hidden {
+        // 1. Decoder: the last hidden state of every sequence, (S, hidden).
+        let last = self.model.last_hidden(backend, token_ids, layout)?;
+        // 2. Final RMSNorm, then the two LM-head rows: (S, hidden) -> (S, 2), [yes, no].
+        let normed = self.model.final_norm(backend, &last)?;
+        let logits = backend.to_host(&backend.linear(&normed, &self.head)?)?;
+        if logits.len() != 2 * seqs {
             return Err(OpError::Shape {
                 op: "rerank",
                 detail: format!(
-                    "final hidden state has {} values, expected {seqs} sequences of {hidden}",
-                    last.len()
+                    "{} logits for {seqs} sequences of a yes and a no logit",
+                    logits.len()
                 ),
             }
             .into());
         }
-
-        // 2. Final RMSNorm, then the two LM-head rows: (S, hidden) -> (S, 2) -> scores.
-        let mut normed = vec![0.0; hidden];
-        Ok(last
-            .chunks_exact(hidden)
-            .map(|row| {
-                norm_row(row, &self.norm, eps, &mut normed);
-                RerankScore::from_logits(dot(&normed, &self.yes_row), dot(&normed, &self.no_row))
-            })
+        // 3. The yes probability of each sequence.
+        Ok(logits
+            .chunks_exact(2)
+            .map(|pair| RerankScore::from_logits(pair[0], pair[1]))
             .collect())
     }
 }

@@ -7,95 +7,11 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
-use half::{bf16, f16};
 use memmap2::Mmap;
 use safetensors::SafeTensors;
 
 use super::ModelError;
-
-/// Element type of a stored tensor.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Dtype {
-    /// bfloat16.
-    Bf16,
-    /// IEEE half precision.
-    F16,
-    /// IEEE single precision.
-    F32,
-}
-
-impl Dtype {
-    /// Bytes per element.
-    pub fn size(self) -> usize {
-        match self {
-            Dtype::Bf16 | Dtype::F16 => 2,
-            Dtype::F32 => 4,
-        }
-    }
-}
-
-/// A borrowed view of one stored tensor (little-endian, row-major).
-#[derive(Debug, Clone)]
-pub struct TensorView<'a> {
-    /// Name without the `model.` prefix.
-    pub name: String,
-    /// Stored element type.
-    pub dtype: Dtype,
-    /// Shape, outermost first.
-    pub shape: Vec<usize>,
-    /// Raw bytes, `dtype.size() * product(shape)` of them.
-    pub data: &'a [u8],
-}
-
-impl TensorView<'_> {
-    /// Number of elements.
-    pub fn len(&self) -> usize {
-        self.shape.iter().product()
-    }
-
-    /// Whether the tensor has no elements.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// Converts to f32 (exact for bf16 and f16).
-    pub fn to_f32(&self) -> Vec<f32> {
-        let mut out = vec![0.0; self.len()];
-        convert_to_f32(self.dtype, self.data, &mut out);
-        out
-    }
-
-    /// Row `row` of a 2-D tensor, converted to f32 into `out` (`out.len()` = columns).
-    pub fn row_f32(&self, row: usize, out: &mut [f32]) {
-        let row_bytes = out.len() * self.dtype.size();
-        convert_to_f32(
-            self.dtype,
-            &self.data[row * row_bytes..(row + 1) * row_bytes],
-            out,
-        );
-    }
-}
-
-/// Converts little-endian `bytes` of `dtype` into `out` (one value per element of `out`).
-pub fn convert_to_f32(dtype: Dtype, bytes: &[u8], out: &mut [f32]) {
-    match dtype {
-        Dtype::Bf16 => {
-            for (o, b) in out.iter_mut().zip(bytes.chunks_exact(2)) {
-                *o = bf16::from_le_bytes([b[0], b[1]]).to_f32();
-            }
-        }
-        Dtype::F16 => {
-            for (o, b) in out.iter_mut().zip(bytes.chunks_exact(2)) {
-                *o = f16::from_le_bytes([b[0], b[1]]).to_f32();
-            }
-        }
-        Dtype::F32 => {
-            for (o, b) in out.iter_mut().zip(bytes.chunks_exact(4)) {
-                *o = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
-            }
-        }
-    }
-}
+use crate::ops::{Dtype, TensorView};
 
 /// Where a tensor lives: which file, and its place in it.
 #[derive(Debug, Clone)]
