@@ -117,16 +117,31 @@ pub async fn gpu_consumer(
     gpu_consumer_for(stream, Task::Embed, config).await
 }
 
+/// The durable consumer of `task`'s GPU workers.
+pub fn gpu_consumer_name(task: Task) -> &'static str {
+    match task {
+        Task::Embed => GPU_CONSUMER,
+        Task::Rerank => RERANK_CONSUMER,
+    }
+}
+
+/// The subject where JetStream announces that a batch of `stream` ran out of deliveries to
+/// `task`'s GPU workers (`max_deliver`): it is then never delivered again, but stays in the
+/// stream until `max_age`.
+pub fn max_deliveries_advisory(stream: &str, task: Task) -> String {
+    format!(
+        "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{stream}.{}",
+        gpu_consumer_name(task)
+    )
+}
+
 /// Creates (or finds) the durable pull consumer of `task`'s GPU workers on its stream.
 pub async fn gpu_consumer_for(
     stream: &stream::Stream,
     task: Task,
     config: &QueueConfig,
 ) -> Result<jetstream::consumer::PullConsumer, QueueError> {
-    let name = match task {
-        Task::Embed => GPU_CONSUMER,
-        Task::Rerank => RERANK_CONSUMER,
-    };
+    let name = gpu_consumer_name(task);
     stream
         .get_or_create_consumer(
             name,

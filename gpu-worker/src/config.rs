@@ -1,10 +1,12 @@
 //! Settings of a GPU worker (`[gpu]` in the configuration files).
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use common::subjects::Task;
 use serde::Deserialize;
 
+use crate::device::{FaultAction, FaultHook};
 use crate::engine::{BackendChoice, Dtype, EngineOptions};
 
 /// Everything a GPU worker needs besides the NATS connection and the work queue.
@@ -43,6 +45,19 @@ pub struct GpuWorkerConfig {
     /// passes; otherwise it answers `busy` and the batch goes through the work queue. Keep it
     /// well under the tokenizer workers' `direct_timeout_ms`. 0 takes none.
     pub direct_max_wait_ms: u64,
+    /// A forward pass running longer than this many times its expected time (tokens times
+    /// the measured time per token) counts as hung: the worker hands its batches back to
+    /// the queue, reports itself unhealthy and exits non-zero, for its supervisor to
+    /// restart it. Progress acks stop once a pass is past this.
+    pub watchdog_factor: f64,
+    /// The least time, in seconds, a pass may run before the watchdog calls it hung (also
+    /// the limit of the first passes, before any was timed).
+    pub watchdog_min_s: f64,
+    /// Test only: what the device thread does (`abort`, `panic`, `hang`) when a batch
+    /// holds `fault_token_id`. Off when either is unset.
+    pub fault: Option<FaultAction>,
+    /// Test only: the token id that sets off `fault`.
+    pub fault_token_id: Option<u32>,
 }
 
 impl GpuWorkerConfig {
@@ -55,6 +70,23 @@ impl GpuWorkerConfig {
             gpu_memory_fraction: self.gpu_memory_fraction,
             max_batch_tokens: Some(self.max_batch_tokens),
         }
+    }
+
+    /// The test-only fault hook, when both of its keys are set.
+    pub fn fault_hook(&self) -> Option<FaultHook> {
+        Some(FaultHook {
+            token_id: self.fault_token_id?,
+            action: self.fault?,
+        })
+    }
+
+    /// The longest a pass over `tokens` may run, given the measured seconds per token
+    /// (`None` before any pass was timed).
+    pub fn watchdog_limit(&self, tokens: usize, secs_per_token: Option<f64>) -> Duration {
+        let floor = self.watchdog_min_s.max(0.0);
+        let expected = secs_per_token.map_or(0.0, |per_token| per_token * tokens as f64);
+        let limit = (self.watchdog_factor * expected).max(floor);
+        Duration::try_from_secs_f64(limit).unwrap_or(Duration::MAX)
     }
 }
 
@@ -72,6 +104,50 @@ impl Default for GpuWorkerConfig {
             merge_batches: 16,
             max_batch_tokens: 16384,
             direct_max_wait_ms: 100,
+            watchdog_factor: 10.0,
+            watchdog_min_s: 120.0,
+            fault: None,
+            fault_token_id: None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_watchdog_allows_a_multiple_of_the_expected_time_and_never_less_than_the_floor() {
+        let config = GpuWorkerConfig {
+            watchdog_factor: 10.0,
+            watchdog_min_s: 2.0,
+            ..GpuWorkerConfig::default()
+        };
+        let second = Duration::from_secs(1);
+        assert_eq!(
+            config.watchdog_limit(1000, None),
+            2 * second,
+            "before any timing"
+        );
+        let per_token = Some(1.0 / 1024.0);
+        assert_eq!(
+            config.watchdog_limit(16, per_token),
+            2 * second,
+            "the floor"
+        );
+        assert_eq!(config.watchdog_limit(1024, per_token), 10 * second);
+        assert!(config.fault_hook().is_none());
+        let armed = GpuWorkerConfig {
+            fault: Some(FaultAction::Hang),
+            fault_token_id: Some(42),
+            ..config
+        };
+        assert_eq!(
+            armed.fault_hook(),
+            Some(FaultHook {
+                token_id: 42,
+                action: FaultAction::Hang
+            })
+        );
     }
 }

@@ -1,13 +1,14 @@
-//! A loaded model on its backend, owned by one device thread.
+//! A loaded model on its backend, and what can go wrong with it ([`EngineError`]).
 //!
-//! The device thread loads the model (an embedding model, or a reranker for `task = rerank`)
-//! and then serves jobs from a bounded channel of one, so the service can stage the next batch
-//! while the current one runs, and nothing else ever touches the device.
+//! [`DeviceModel`] is the one place the service's device thread ([`crate::device`]) calls
+//! the model API: it loads the model (an embedding model, or a reranker for
+//! `task = rerank`), runs a batch, and, when a pass fails, asks the backend whether its
+//! device can still be trusted.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use common::subjects::Task;
-use tokio::sync::{mpsc, oneshot};
+use common::wire::ErrorCode;
 
 use crate::cpu::CpuBackend;
 use crate::cuda::{self, CudaBackend, CudaOptions};
@@ -16,6 +17,81 @@ use crate::model::qwen3::Qwen3;
 use crate::model::rerank::{RerankScore, Reranker};
 use crate::model::{self, ModelError};
 use crate::ops::{BatchLayout, DeviceInfo, OpError, Ops};
+
+/// What can go wrong in the engine, by what the worker does about it.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The settings ask for something the backend cannot do (CUDA in f32).
+    #[error("configuration: {0}")]
+    Config(String),
+    /// The device could not be opened or the model not loaded onto it.
+    #[error("cannot start the model: {0}")]
+    Start(String),
+    /// The device can no longer compute: its thread panicked, hung or ended, or the device
+    /// reported a sticky error (CUDA's illegal address, launch failure, ECC...). Fatal for
+    /// the worker: it hands its batches back and exits.
+    #[error("device lost: {0}")]
+    DeviceLost(String),
+    /// The batch's input cannot be computed (a token outside the vocabulary, bad `dims`, a
+    /// batch sent to the wrong task's worker). Only this batch fails.
+    #[error("invalid input: {0}")]
+    Input(String),
+    /// The batch is larger than the worker accepts or its device memory holds. Only this
+    /// batch fails.
+    #[error("batch refused: {0}")]
+    Refused(String),
+    /// The pass failed for a reason the device survives (a non-sticky device error, an
+    /// inconsistent shape). Only this batch fails.
+    #[error("pass failed: {0}")]
+    Pass(ModelError),
+}
+
+impl EngineError {
+    /// The wire error code the requests of a batch that failed this way get.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            Self::Input(_) => ErrorCode::InvalidRequest,
+            Self::Refused(_) => ErrorCode::Overloaded,
+            Self::Config(_) | Self::Start(_) | Self::DeviceLost(_) | Self::Pass(_) => {
+                ErrorCode::Internal
+            }
+        }
+    }
+
+    /// Whether the worker can no longer compute (every later batch would fail too).
+    pub fn is_fatal(&self) -> bool {
+        matches!(self, Self::DeviceLost(_))
+    }
+
+    /// A failed pass, sorted by whose fault it is.
+    fn from_pass(error: ModelError) -> Self {
+        match error {
+            ModelError::Input(detail) => Self::Input(detail),
+            ModelError::Op(OpError::OutOfMemory(detail)) => Self::Refused(detail),
+            other => Self::Pass(other),
+        }
+    }
+}
+
+/// Whether a backend's device can still be trusted after a failed pass.
+pub trait DeviceCheck {
+    /// Why the device can no longer compute, when it cannot (a sticky error that every
+    /// later call would repeat); `None` when it is fine.
+    fn lost(&self) -> Option<String>;
+}
+
+impl DeviceCheck for CpuBackend {
+    /// The CPU backend has no device state to lose.
+    fn lost(&self) -> Option<String> {
+        None
+    }
+}
+
+impl DeviceCheck for CudaBackend {
+    fn lost(&self) -> Option<String> {
+        self.sticky_error().map(|e| e.to_string())
+    }
+}
 
 /// Which backend runs the model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, clap::ValueEnum)]
@@ -69,6 +145,8 @@ pub trait Embedder {
     fn device_info(&self) -> DeviceInfo;
     /// Width of the model's output vectors.
     fn hidden_size(&self) -> usize;
+    /// Why the device can no longer compute, when it cannot ([`DeviceCheck`]).
+    fn device_lost(&self) -> Option<String>;
 }
 
 /// A Qwen3 model loaded on backend `B`.
@@ -85,7 +163,7 @@ impl<B: Ops> Loaded<B> {
     }
 }
 
-impl<B: Ops> Embedder for Loaded<B> {
+impl<B: Ops + DeviceCheck> Embedder for Loaded<B> {
     fn embed(
         &self,
         token_ids: &[u32],
@@ -107,6 +185,10 @@ impl<B: Ops> Embedder for Loaded<B> {
     fn hidden_size(&self) -> usize {
         self.model.config().hidden_size
     }
+
+    fn device_lost(&self) -> Option<String> {
+        self.backend.lost()
+    }
 }
 
 /// A reranker ready to score packed batches of formatted (query, document) prompts.
@@ -119,6 +201,8 @@ pub trait Scorer {
     fn device_info(&self) -> DeviceInfo;
     /// Width of the decoder's hidden state.
     fn hidden_size(&self) -> usize;
+    /// Why the device can no longer compute, when it cannot ([`DeviceCheck`]).
+    fn device_lost(&self) -> Option<String>;
 }
 
 /// A Qwen3-Reranker loaded on backend `B`.
@@ -135,7 +219,7 @@ impl<B: Ops> LoadedReranker<B> {
     }
 }
 
-impl<B: Ops> Scorer for LoadedReranker<B> {
+impl<B: Ops + DeviceCheck> Scorer for LoadedReranker<B> {
     fn score(&self, token_ids: &[u32], lengths: &[usize]) -> Result<Vec<RerankScore>, ModelError> {
         let layout = BatchLayout::from_lengths(lengths)?;
         self.reranker.score(&self.backend, token_ids, &layout)
@@ -151,6 +235,10 @@ impl<B: Ops> Scorer for LoadedReranker<B> {
 
     fn hidden_size(&self) -> usize {
         self.reranker.model().config().hidden_size
+    }
+
+    fn device_lost(&self) -> Option<String> {
+        self.backend.lost()
     }
 }
 
@@ -192,8 +280,14 @@ fn uses_cuda(options: &EngineOptions) -> bool {
     }
 }
 
-fn cuda_error(e: cuda::CudaError) -> ModelError {
-    ModelError::Op(OpError::Device(e.to_string()))
+/// A CUDA start-up failure.
+fn cuda_error(e: cuda::CudaError) -> EngineError {
+    EngineError::Start(e.to_string())
+}
+
+/// A model that did not load.
+fn load_error(e: ModelError) -> EngineError {
+    EngineError::Start(e.to_string())
 }
 
 /// The CPU backend in the precision `options` ask for.
@@ -205,11 +299,11 @@ fn cpu_backend(options: &EngineOptions) -> CpuBackend {
 }
 
 /// The CUDA backend `options` ask for.
-fn cuda_backend(options: &EngineOptions) -> Result<CudaBackend, ModelError> {
+fn cuda_backend(options: &EngineOptions) -> Result<CudaBackend, EngineError> {
     if options.dtype == Dtype::F32 {
-        return Err(ModelError::Op(OpError::Device(
+        return Err(EngineError::Config(
             "the CUDA backend computes in bf16; set dtype to bf16 or auto".into(),
-        )));
+        ));
     }
     CudaBackend::new(
         options.device,
@@ -225,9 +319,12 @@ fn plan_memory(
     backend: &CudaBackend,
     config: &Qwen3Config,
     options: &EngineOptions,
-) -> Result<(), ModelError> {
+) -> Result<(), EngineError> {
     let plan = backend
-        .plan_memory(config, options.max_batch_tokens)
+        .plan_memory(
+            cuda::memory::activation_bytes_per_token(config),
+            options.max_batch_tokens,
+        )
         .map_err(cuda_error)?;
     tracing::info!(
         max_batch_tokens = plan.max_batch_tokens,
@@ -237,27 +334,63 @@ fn plan_memory(
 }
 
 /// Loads `dir` on the chosen backend (`auto`: CUDA when a device is present).
-pub fn load(dir: &Path, options: &EngineOptions) -> Result<Box<dyn Embedder>, ModelError> {
+pub fn load(dir: &Path, options: &EngineOptions) -> Result<Box<dyn Embedder>, EngineError> {
     if !uses_cuda(options) {
-        return Ok(Box::new(Loaded::new(cpu_backend(options), dir)?));
+        return Ok(Box::new(
+            Loaded::new(cpu_backend(options), dir).map_err(load_error)?,
+        ));
     }
-    let loaded = Loaded::new(cuda_backend(options)?, dir)?;
+    let loaded = Loaded::new(cuda_backend(options)?, dir).map_err(load_error)?;
     plan_memory(&loaded.backend, loaded.model.config(), options)?;
     Ok(Box::new(loaded))
 }
 
 /// Loads the reranker directory `dir` on the chosen backend.
-pub fn load_reranker(dir: &Path, options: &EngineOptions) -> Result<Box<dyn Scorer>, ModelError> {
+pub fn load_reranker(dir: &Path, options: &EngineOptions) -> Result<Box<dyn Scorer>, EngineError> {
     if !uses_cuda(options) {
-        return Ok(Box::new(LoadedReranker::new(cpu_backend(options), dir)?));
+        return Ok(Box::new(
+            LoadedReranker::new(cpu_backend(options), dir).map_err(load_error)?,
+        ));
     }
-    let loaded = LoadedReranker::new(cuda_backend(options)?, dir)?;
+    let loaded = LoadedReranker::new(cuda_backend(options)?, dir).map_err(load_error)?;
     plan_memory(&loaded.backend, loaded.reranker.model().config(), options)?;
     Ok(Box::new(loaded))
 }
 
-/// The model the device thread owns.
-enum DeviceModel {
+/// What the model computed for a batch.
+#[derive(Debug)]
+pub enum Output {
+    /// One vector per sequence.
+    Vectors(Vec<Vec<f32>>),
+    /// One rerank score per sequence.
+    Scores(Vec<RerankScore>),
+}
+
+/// What to compute for a batch besides its tokens.
+#[derive(Debug, Clone)]
+pub enum Work {
+    /// Embeddings, `dims[s]` values for sequence `s`.
+    Embed {
+        /// Output size of each sequence.
+        dims: Vec<usize>,
+    },
+    /// Rerank scores.
+    Score,
+}
+
+/// What the engine reports once the model is loaded.
+#[derive(Debug, Clone)]
+pub struct EngineInfo {
+    /// Backend name.
+    pub backend: String,
+    /// Device and memory.
+    pub device: DeviceInfo,
+    /// Output width.
+    pub hidden_size: usize,
+}
+
+/// The model a device thread owns: the one place the service calls the model API.
+pub enum DeviceModel {
     /// An embedding model.
     Embed(Box<dyn Embedder>),
     /// A reranker.
@@ -265,14 +398,16 @@ enum DeviceModel {
 }
 
 impl DeviceModel {
-    fn load(dir: &Path, options: &EngineOptions, task: Task) -> Result<Self, ModelError> {
+    /// Loads the model of `task` from `dir`.
+    pub fn load(dir: &Path, options: &EngineOptions, task: Task) -> Result<Self, EngineError> {
         Ok(match task {
             Task::Embed => Self::Embed(load(dir, options)?),
             Task::Rerank => Self::Rerank(load_reranker(dir, options)?),
         })
     }
 
-    fn info(&self) -> EngineInfo {
+    /// What runs the model.
+    pub fn info(&self) -> EngineInfo {
         match self {
             Self::Embed(m) => EngineInfo {
                 backend: m.backend(),
@@ -287,171 +422,78 @@ impl DeviceModel {
         }
     }
 
-    fn run(&self, job: Job) {
+    /// Runs one batch. A failed pass is [`EngineError::DeviceLost`] when the backend says its
+    /// device can no longer be trusted, else the batch's own failure.
+    pub fn compute(
+        &self,
+        token_ids: &[u32],
+        lengths: &[usize],
+        work: &Work,
+    ) -> Result<Output, EngineError> {
         let wrong_task = |what: &str| {
-            ModelError::Input(format!(
+            EngineError::Input(format!(
                 "this worker's model cannot {what}; the batch went to the wrong worker"
             ))
         };
-        match (self, job.work) {
-            (Self::Embed(m), Work::Embed { dims, reply }) => {
-                let _ = reply.send(m.embed(&job.token_ids, &job.lengths, &dims));
+        let result = match (self, work) {
+            (Self::Embed(m), Work::Embed { dims }) => {
+                m.embed(token_ids, lengths, dims).map(Output::Vectors)
             }
-            (Self::Rerank(m), Work::Score { reply }) => {
-                let _ = reply.send(m.score(&job.token_ids, &job.lengths));
+            (Self::Rerank(m), Work::Score) => m.score(token_ids, lengths).map(Output::Scores),
+            (_, Work::Embed { .. }) => return Err(wrong_task("embed")),
+            (_, Work::Score) => return Err(wrong_task("score pairs")),
+        };
+        result.map_err(|error| {
+            if matches!(error, ModelError::Input(_)) {
+                return EngineError::from_pass(error);
             }
-            (_, Work::Embed { reply, .. }) => {
-                let _ = reply.send(Err(wrong_task("embed")));
+            let lost = match self {
+                Self::Embed(m) => m.device_lost(),
+                Self::Rerank(m) => m.device_lost(),
+            };
+            match lost {
+                Some(reason) => EngineError::DeviceLost(format!("{reason} (after: {error})")),
+                None => EngineError::from_pass(error),
             }
-            (_, Work::Score { reply }) => {
-                let _ = reply.send(Err(wrong_task("score pairs")));
-            }
-        }
-    }
-}
-
-/// One batch for the device thread.
-pub struct Job {
-    /// Packed token ids.
-    pub token_ids: Vec<u32>,
-    /// Length of each sequence.
-    pub lengths: Vec<usize>,
-    /// What to compute and where the answer goes.
-    pub work: Work,
-}
-
-/// What the device thread computes for a [`Job`].
-pub enum Work {
-    /// Embeddings.
-    Embed {
-        /// Output size of each sequence.
-        dims: Vec<usize>,
-        /// Where the vectors (or the error) go.
-        reply: oneshot::Sender<Result<Vec<Vec<f32>>, ModelError>>,
-    },
-    /// Rerank scores.
-    Score {
-        /// Where the scores (or the error) go.
-        reply: oneshot::Sender<Result<Vec<RerankScore>, ModelError>>,
-    },
-}
-
-/// What the device thread reports once the model is loaded.
-#[derive(Debug, Clone)]
-pub struct EngineInfo {
-    /// Backend name.
-    pub backend: String,
-    /// Device and memory.
-    pub device: DeviceInfo,
-    /// Output width.
-    pub hidden_size: usize,
-}
-
-/// Handle to the device thread; cheap to clone.
-#[derive(Clone)]
-pub struct DeviceHandle {
-    jobs: mpsc::Sender<Job>,
-    info: EngineInfo,
-}
-
-impl DeviceHandle {
-    /// Starts the device thread, loads the embedding model on it, and returns once it is
-    /// ready (or failed to load).
-    pub async fn start(dir: PathBuf, options: EngineOptions) -> Result<Self, ModelError> {
-        Self::start_for(dir, options, Task::Embed).await
-    }
-
-    /// Starts the device thread with the model of `task` (a reranker for `rerank`).
-    pub async fn start_for(
-        dir: PathBuf,
-        options: EngineOptions,
-        task: Task,
-    ) -> Result<Self, ModelError> {
-        let (jobs_tx, mut jobs_rx) = mpsc::channel::<Job>(1);
-        let (ready_tx, ready_rx) = oneshot::channel();
-        std::thread::Builder::new()
-            .name("device".into())
-            .spawn(move || {
-                let model = match DeviceModel::load(&dir, &options, task) {
-                    Ok(model) => model,
-                    Err(e) => {
-                        let _ = ready_tx.send(Err(e));
-                        return;
-                    }
-                };
-                if ready_tx.send(Ok(model.info())).is_err() {
-                    return;
-                }
-                while let Some(job) = jobs_rx.blocking_recv() {
-                    model.run(job);
-                }
-            })
-            .map_err(|source| ModelError::Io {
-                path: PathBuf::from("<device thread>"),
-                source,
-            })?;
-        let info = ready_rx.await.map_err(|_| {
-            ModelError::Op(OpError::Device(
-                "the device thread died while loading".into(),
-            ))
-        })??;
-        Ok(Self {
-            jobs: jobs_tx,
-            info,
         })
     }
-
-    /// What runs the model.
-    pub fn info(&self) -> &EngineInfo {
-        &self.info
-    }
-
-    /// Runs one batch on the device thread (waits while another batch is staged).
-    pub async fn embed(
-        &self,
-        token_ids: Vec<u32>,
-        lengths: Vec<usize>,
-        dims: Vec<usize>,
-    ) -> Result<Vec<Vec<f32>>, ModelError> {
-        let (reply, result) = oneshot::channel();
-        let work = Work::Embed { dims, reply };
-        self.submit(token_ids, lengths, work).await?;
-        result.await.map_err(|_| dropped())?
-    }
-
-    /// Scores one batch of reranker prompts on the device thread.
-    pub async fn score(
-        &self,
-        token_ids: Vec<u32>,
-        lengths: Vec<usize>,
-    ) -> Result<Vec<RerankScore>, ModelError> {
-        let (reply, result) = oneshot::channel();
-        self.submit(token_ids, lengths, Work::Score { reply })
-            .await?;
-        result.await.map_err(|_| dropped())?
-    }
-
-    /// Hands a job to the device thread (waits while another batch is staged).
-    async fn submit(
-        &self,
-        token_ids: Vec<u32>,
-        lengths: Vec<usize>,
-        work: Work,
-    ) -> Result<(), ModelError> {
-        let job = Job {
-            token_ids,
-            lengths,
-            work,
-        };
-        self.jobs
-            .send(job)
-            .await
-            .map_err(|_| ModelError::Op(OpError::Device("the device thread has stopped".into())))
-    }
 }
 
-fn dropped() -> ModelError {
-    ModelError::Op(OpError::Device(
-        "the device thread dropped the batch".into(),
-    ))
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_failure_maps_to_one_wire_code_and_only_a_lost_device_is_fatal() {
+        let cases = [
+            (
+                EngineError::Input("token 9 >= vocab".into()),
+                ErrorCode::InvalidRequest,
+            ),
+            (
+                EngineError::Refused("too big".into()),
+                ErrorCode::Overloaded,
+            ),
+            (
+                EngineError::Pass(ModelError::Input("x".into())),
+                ErrorCode::Internal,
+            ),
+            (EngineError::DeviceLost("panic".into()), ErrorCode::Internal),
+        ];
+        for (error, code) in cases {
+            assert_eq!(error.code(), code, "{error}");
+            assert_eq!(
+                error.is_fatal(),
+                matches!(error, EngineError::DeviceLost(_))
+            );
+        }
+        assert!(matches!(
+            EngineError::from_pass(ModelError::Op(OpError::OutOfMemory("x".into()))),
+            EngineError::Refused(_)
+        ));
+        assert!(matches!(
+            EngineError::from_pass(ModelError::Op(OpError::Device("x".into()))),
+            EngineError::Pass(_)
+        ));
+    }
 }

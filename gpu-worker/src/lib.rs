@@ -2,15 +2,17 @@
 //!
 //! # Layout
 //! - [`model`]: `config.json`, safetensors loading and the Qwen3 forward pass, written
-//!   once over [`ops::Ops`].
-//! - [`ops`]: the backend contract (ops over a packed variable-length batch).
-//! - [`cpu`]: the f32 CPU backend, exact against transformers.
+//!   once over [`ops::Ops`], with its two heads: embedding and reranking.
+//! - [`ops`]: the backend contract (ops over a packed variable-length batch, weight views).
+//! - [`cpu`]: the CPU backend: f32 (exact against transformers) or bf16 weights and products.
 //! - [`cuda`]: the CUDA backend (bf16 weights, f32 residual stream, NVRTC-compiled kernels).
-//! - [`engine`]: a loaded model on its backend, owned by the device thread.
+//! - [`engine`]: a loaded model on its backend, and the engine's errors.
+//! - [`device`]: the device thread that owns the model (a fatal pass ends it), and the
+//!   test-only fault hook.
 //! - [`service`]: the NATS service: work queue (and direct offers) in, vectors (or, with
-//!   `task = rerank`, scores) to each request's reply subject.
+//!   `task = rerank`, scores) to each request's reply subject; leaves when the device
+//!   can no longer compute.
 //! - [`load`]: the work in hand and the measured pace, for taking direct offers.
-//! - [`scores`]: rerank scores as chunks to each request's reply subject.
 //! - [`config`]: the worker's settings.
 //! - [`mod@bench`]: the `bench` subcommand.
 
@@ -18,9 +20,9 @@ pub mod bench;
 pub mod config;
 pub mod cpu;
 pub mod cuda;
+pub mod device;
 pub mod engine;
 pub mod load;
 pub mod model;
 pub mod ops;
-pub mod scores;
 pub mod service;

@@ -62,6 +62,11 @@ impl Load {
     pub fn pending_tokens(&self) -> usize {
         self.pending_tokens
     }
+
+    /// Seconds per token over recent passes; `None` before the first pass.
+    pub fn secs_per_token(&self) -> Option<f64> {
+        self.secs_per_token
+    }
 }
 
 #[cfg(test)]

@@ -12,6 +12,9 @@ use gpu_worker::bench::{self, BenchArgs};
 use gpu_worker::config::GpuWorkerConfig;
 use gpu_worker::engine::{BackendChoice, Dtype};
 
+/// How long the runtime's shutdown waits for blocking tasks once `run` returned.
+const RUNTIME_SHUTDOWN: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// mimalloc: the services allocate many small short-lived buffers per request, where it
 /// measured faster than the system allocator (docs/benchmarks.md).
 #[global_allocator]
@@ -92,10 +95,14 @@ fn main() -> anyhow::Result<()> {
         nats.url = url;
     }
     let runtime = tokio::runtime::Runtime::new()?;
-    runtime.block_on(gpu_worker::service::run(
+    let result = runtime.block_on(gpu_worker::service::run(
         config,
         nats,
         queue,
         common::shutdown::signal(),
-    ))
+    ));
+    // Tasks still waiting on a hung device are dropped, not awaited; the device thread is
+    // never joined: it ends with the process, which exits non-zero when `run` failed.
+    runtime.shutdown_timeout(RUNTIME_SHUTDOWN);
+    result
 }

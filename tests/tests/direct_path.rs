@@ -282,3 +282,65 @@ async fn a_gpu_worker_answers_done_after_the_requests_replies() {
 
     gpu.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_whose_device_fails_hands_its_offer_back_and_says_why() {
+    let server = NatsServer::start();
+    let model = tiny_model_dir();
+    let case = document_cases(&golden()).remove(0);
+    let poison = golden_batch(&case, "unused").token_ids[0];
+    let gpu = start_gpu_configured(
+        gpu_worker::config::GpuWorkerConfig {
+            direct_max_wait_ms: 60_000,
+            fault: Some(gpu_worker::device::FaultAction::Panic),
+            fault_token_id: Some(poison),
+            ..gpu_config(&model)
+        },
+        nats_config(&server),
+    );
+    let client = async_nats::connect(server.url()).await.unwrap();
+    wait_for_worker_counts(&client, 0, 1).await;
+
+    // The pass panics: the offer comes back `busy` (the tokenizer worker would queue it),
+    // and its request gets no reply from this worker, not even an error.
+    let inbox = client.new_inbox();
+    let mut replies = client.subscribe(inbox.clone()).await.unwrap();
+    assert_eq!(
+        offer(&client, &golden_batch(&case, &inbox)).await,
+        DirectOutcome::Busy
+    );
+    // While it leaves, the status subject says why, and it takes no more work.
+    let statuses = support::worker_statuses(&client).await;
+    let status = statuses
+        .first()
+        .expect("the worker still answers while it leaves");
+    assert!(!status.loaded && !status.serving(), "{status:?}");
+    let reason = status.unhealthy.clone().unwrap_or_default();
+    assert!(reason.contains("panicked"), "{reason}");
+    let later = client
+        .request(
+            "embed.direct",
+            wire::encode(&golden_batch(&case, &inbox)).unwrap().into(),
+        )
+        .await;
+    if let Ok(answer) = later {
+        let outcome = wire::decode::<DirectReply>(&answer.payload)
+            .unwrap()
+            .outcome;
+        assert_eq!(outcome, DirectOutcome::Busy);
+    }
+    assert!(
+        replies.next().now_or_never().is_none(),
+        "a reply from a lost device"
+    );
+
+    // `run` returns the reason, so the process exits non-zero.
+    let error = gpu
+        .stop()
+        .await
+        .expect_err("an unhealthy worker's run fails");
+    let unhealthy = error
+        .downcast_ref::<gpu_worker::service::Unhealthy>()
+        .unwrap_or_else(|| panic!("not an Unhealthy: {error:#}"));
+    assert!(unhealthy.reason.contains("panicked"), "{unhealthy}");
+}

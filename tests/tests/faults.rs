@@ -1,13 +1,16 @@
 //! Faults under load, with a real nats-server and the real binaries as child processes:
 //! a GPU worker or a tokenizer worker killed with SIGKILL, every worker stopped with SIGTERM,
 //! the NATS server restarted, one node of a three-node NATS cluster killed, poisoned batches
-//! in the work queue. Each test runs a
+//! in the work queue, a GPU worker whose device fails (a pass that panics, aborts the
+//! process or hangs, set off by the test-only fault hook). Each test runs a
 //! load of concurrent mixed HTTP requests through a gateway process and checks every answer
 //! against the golden vectors.
 //!
 //! The binaries must be built first: `cargo build --workspace --bins`.
 //! The tests run one at a time (they share two cores with everything else).
 
+#[path = "faults/device.rs"]
+mod device;
 #[path = "faults/load.rs"]
 mod load;
 mod support;
@@ -17,13 +20,15 @@ use std::time::Duration;
 
 use common::queue::{QueueConfig, batch_stream};
 use common::subjects::Subjects;
-use common::wire::{self, BatchItem, EmbedReply, ErrorCode, TokenBatch};
+use common::wire::{
+    self, BatchItem, EmbedReply, EmbedRequest, ErrorCode, ErrorReply, InputType, TokenBatch,
+};
 use e2e_tests::process::{Pipeline, Worker};
 use e2e_tests::{NatsCluster, NatsServer};
 use futures::StreamExt;
 use load::{Load, Record, failures};
 use serde_json::Value;
-use support::{wait_for_worker_counts, wait_healthy};
+use support::{golden, publish_for_replies, wait_for_worker_counts, wait_healthy, worker_statuses};
 use tokio::time::Instant;
 
 /// Settings of every process: a dead GPU worker's batches come back after 2 s; requests
@@ -68,12 +73,25 @@ struct Stack {
 
 impl Stack {
     async fn start(nats_url: &str, env: &[(&'static str, &str)]) -> Self {
+        Self::start_with(nats_url, env, &[]).await
+    }
+
+    /// As [`Stack::start`], with `first_gpu_env` added to the first GPU worker's settings.
+    async fn start_with(
+        nats_url: &str,
+        env: &[(&'static str, &str)],
+        first_gpu_env: &[(&'static str, &str)],
+    ) -> Self {
         let pipeline = Pipeline::new(nats_url, env);
         let tokenizers = vec![
             pipeline.tokenizer("tokenizer-1"),
             pipeline.tokenizer("tokenizer-2"),
         ];
-        let gpus = vec![pipeline.gpu("gpu-1"), pipeline.gpu("gpu-2")];
+        let mut first = pipeline.clone();
+        first
+            .env
+            .extend(first_gpu_env.iter().map(|(k, v)| (*k, v.to_string())));
+        let gpus = vec![first.gpu("gpu-1"), pipeline.gpu("gpu-2")];
         let urls: Vec<&str> = nats_url.split(',').collect();
         let nats = async_nats::connect(urls)
             .await
@@ -489,9 +507,19 @@ async fn node_serving(cluster: &NatsCluster, name: &str) -> usize {
 
 /// Freezes a process (SIGSTOP): it keeps its connections but does nothing.
 fn stop_process(worker: &Worker) {
+    signal_process(worker, "-STOP");
+}
+
+/// Lets a frozen process go on (SIGCONT).
+fn continue_process(worker: &Worker) {
+    signal_process(worker, "-CONT");
+}
+
+/// Sends `signal` (`-STOP`, `-CONT`) to `worker`.
+fn signal_process(worker: &Worker, signal: &str) {
     let status = std::process::Command::new("kill")
-        .args(["-STOP", &worker.pid().to_string()])
+        .args([signal, &worker.pid().to_string()])
         .status()
         .expect("run kill(1)");
-    assert!(status.success(), "kill -STOP {} failed", worker.pid());
+    assert!(status.success(), "kill {signal} {} failed", worker.pid());
 }
