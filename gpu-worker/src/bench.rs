@@ -3,9 +3,10 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
+use common::subjects::Task;
 use serde::Serialize;
 
-use crate::engine::{self, BackendChoice, Dtype, EngineOptions};
+use crate::engine::{self, BackendChoice, Dtype, EngineOptions, Work};
 
 /// Settings of a benchmark run.
 #[derive(Debug, Clone, clap::Args)]
@@ -157,7 +158,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<BenchReport> {
         (1..=args.seq_len).contains(&min_len) && args.seq_len <= max_tokens,
         "need 1 <= --min-len <= --seq-len <= --batch-tokens"
     );
-    let embedder = engine::load(
+    let model = engine::load(
         &args.model,
         &EngineOptions {
             backend: args.backend,
@@ -166,7 +167,9 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<BenchReport> {
             gpu_memory_fraction: args.gpu_memory_fraction,
             max_batch_tokens: Some(max_tokens),
         },
+        Task::Embed,
     )?;
+    let info = model.info();
     let batches = workload(
         args.seed,
         sequences,
@@ -178,8 +181,8 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<BenchReport> {
     let tokens: usize = batches.iter().map(|batch| batch.token_ids.len()).sum();
     let pass = || -> anyhow::Result<()> {
         for batch in &batches {
-            let dims = vec![embedder.hidden_size(); batch.lengths.len()];
-            embedder.embed(&batch.token_ids, &batch.lengths, &dims)?;
+            let dims = vec![info.hidden_size; batch.lengths.len()];
+            model.compute(&batch.token_ids, &batch.lengths, &Work::Embed { dims })?;
         }
         Ok(())
     };
@@ -191,8 +194,8 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<BenchReport> {
     let seconds = start.elapsed().as_secs_f64();
     Ok(BenchReport {
         model: args.model.display().to_string(),
-        backend: embedder.backend(),
-        device: embedder.device_info().description,
+        backend: info.backend,
+        device: info.device.description,
         dtype: args.dtype,
         batch: args.batch,
         seq_len: args.seq_len,

@@ -18,7 +18,7 @@ use common::subjects::Task;
 use serde::Deserialize;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::engine::{DeviceModel, EngineError, EngineInfo, EngineOptions, Output, Work};
+use crate::engine::{self, DeviceModel, EngineError, EngineInfo, EngineOptions, Output, Work};
 
 /// What the test-only fault hook does to the device thread.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -159,7 +159,7 @@ impl DeviceHandle {
         std::thread::Builder::new()
             .name("device".into())
             .spawn(move || {
-                let model = match DeviceModel::load(&dir, &options, task) {
+                let model = match engine::load(&dir, &options, task) {
                     Ok(model) => model,
                     Err(e) => {
                         let _ = ready_tx.send(Err(e));
@@ -167,7 +167,7 @@ impl DeviceHandle {
                     }
                 };
                 if ready_tx.send(Ok(model.info())).is_ok() {
-                    serve(&model, jobs_rx, &thread_clock, &thread_lost, fault);
+                    serve(model.as_ref(), jobs_rx, &thread_clock, &thread_lost, fault);
                 }
             })
             .map_err(|e| EngineError::Start(format!("cannot start the device thread: {e}")))?;
@@ -241,7 +241,7 @@ impl DeviceHandle {
 /// The device thread's loop: runs jobs until the channel closes or a pass is fatal (then
 /// it records why and returns, dropping the jobs still queued).
 fn serve(
-    model: &DeviceModel,
+    model: &dyn DeviceModel,
     mut jobs: mpsc::Receiver<Job>,
     clock: &PassClock,
     lost: &OnceLock<String>,

@@ -1,9 +1,9 @@
 //! A loaded model on its backend, and what can go wrong with it ([`EngineError`]).
 //!
-//! [`DeviceModel`] is the one place the service's device thread ([`crate::device`]) calls
-//! the model API: it loads the model (an embedding model, or a reranker for
-//! `task = rerank`), runs a batch, and, when a pass fails, asks the backend whether its
-//! device can still be trusted.
+//! [`load`] picks the backend and the head (embedding, or a reranker for `task = rerank`);
+//! the [`DeviceModel`] it returns is the one place the service's device thread
+//! ([`crate::device`]) calls the model API: it runs a batch ([`Work`] in, [`Output`] out)
+//! and, when a pass fails, asks the backend whether its device can still be trusted.
 
 use std::path::Path;
 
@@ -13,8 +13,10 @@ use common::wire::ErrorCode;
 use crate::cpu::CpuBackend;
 use crate::cuda::{self, CudaBackend, CudaOptions};
 use crate::model::config::Qwen3Config;
+use crate::model::heads::Head;
+pub use crate::model::heads::{Output, Work};
 use crate::model::qwen3::Qwen3;
-use crate::model::rerank::{RerankScore, Reranker};
+use crate::model::rerank::{AnswerTokens, RerankHead};
 use crate::model::{self, ModelError};
 use crate::ops::{BatchLayout, DeviceInfo, OpError, Ops};
 
@@ -130,118 +132,6 @@ pub enum Dtype {
     Bf16,
 }
 
-/// A model ready to embed packed batches.
-pub trait Embedder {
-    /// Embeds sequences of `lengths` packed in `token_ids`; sequence `s` gets `dims[s]` values.
-    fn embed(
-        &self,
-        token_ids: &[u32],
-        lengths: &[usize],
-        dims: &[usize],
-    ) -> Result<Vec<Vec<f32>>, ModelError>;
-    /// Backend name (`cpu-f32`).
-    fn backend(&self) -> String;
-    /// The device and its memory.
-    fn device_info(&self) -> DeviceInfo;
-    /// Width of the model's output vectors.
-    fn hidden_size(&self) -> usize;
-    /// Why the device can no longer compute, when it cannot ([`DeviceCheck`]).
-    fn device_lost(&self) -> Option<String>;
-}
-
-/// A Qwen3 model loaded on backend `B`.
-pub struct Loaded<B: Ops> {
-    backend: B,
-    model: Qwen3<B>,
-}
-
-impl<B: Ops> Loaded<B> {
-    /// Loads the model directory `dir` onto `backend`.
-    pub fn new(backend: B, dir: &Path) -> Result<Self, ModelError> {
-        let model = model::load(dir, &backend)?;
-        Ok(Self { backend, model })
-    }
-}
-
-impl<B: Ops + DeviceCheck> Embedder for Loaded<B> {
-    fn embed(
-        &self,
-        token_ids: &[u32],
-        lengths: &[usize],
-        dims: &[usize],
-    ) -> Result<Vec<Vec<f32>>, ModelError> {
-        let layout = BatchLayout::from_lengths(lengths)?;
-        self.model.embed(&self.backend, token_ids, &layout, dims)
-    }
-
-    fn backend(&self) -> String {
-        self.backend.name()
-    }
-
-    fn device_info(&self) -> DeviceInfo {
-        self.backend.device_info()
-    }
-
-    fn hidden_size(&self) -> usize {
-        self.model.config().hidden_size
-    }
-
-    fn device_lost(&self) -> Option<String> {
-        self.backend.lost()
-    }
-}
-
-/// A reranker ready to score packed batches of formatted (query, document) prompts.
-pub trait Scorer {
-    /// Scores sequences of `lengths` packed in `token_ids`, one score per sequence.
-    fn score(&self, token_ids: &[u32], lengths: &[usize]) -> Result<Vec<RerankScore>, ModelError>;
-    /// Backend name (`cpu-f32`).
-    fn backend(&self) -> String;
-    /// The device and its memory.
-    fn device_info(&self) -> DeviceInfo;
-    /// Width of the decoder's hidden state.
-    fn hidden_size(&self) -> usize;
-    /// Why the device can no longer compute, when it cannot ([`DeviceCheck`]).
-    fn device_lost(&self) -> Option<String>;
-}
-
-/// A Qwen3-Reranker loaded on backend `B`.
-pub struct LoadedReranker<B: Ops> {
-    backend: B,
-    reranker: Reranker<B>,
-}
-
-impl<B: Ops> LoadedReranker<B> {
-    /// Loads the reranker directory `dir` onto `backend`.
-    pub fn new(backend: B, dir: &Path) -> Result<Self, ModelError> {
-        let reranker = Reranker::load(dir, &backend)?;
-        Ok(Self { backend, reranker })
-    }
-}
-
-impl<B: Ops + DeviceCheck> Scorer for LoadedReranker<B> {
-    fn score(&self, token_ids: &[u32], lengths: &[usize]) -> Result<Vec<RerankScore>, ModelError> {
-        let layout = BatchLayout::from_lengths(lengths)?;
-        self.reranker.score(&self.backend, token_ids, &layout)
-    }
-
-    fn backend(&self) -> String {
-        self.backend.name()
-    }
-
-    fn device_info(&self) -> DeviceInfo {
-        self.backend.device_info()
-    }
-
-    fn hidden_size(&self) -> usize {
-        self.reranker.model().config().hidden_size
-    }
-
-    fn device_lost(&self) -> Option<String> {
-        self.backend.lost()
-    }
-}
-
 /// How to place the model.
 #[derive(Debug, Clone)]
 pub struct EngineOptions {
@@ -333,49 +223,20 @@ fn plan_memory(
     Ok(())
 }
 
-/// Loads `dir` on the chosen backend (`auto`: CUDA when a device is present).
-pub fn load(dir: &Path, options: &EngineOptions) -> Result<Box<dyn Embedder>, EngineError> {
+/// Loads the model of `task` from `dir` (an embedding model, or a reranker for `rerank`) on
+/// the chosen backend (`auto`: CUDA when a device is present).
+pub fn load(
+    dir: &Path,
+    options: &EngineOptions,
+    task: Task,
+) -> Result<Box<dyn DeviceModel>, EngineError> {
     if !uses_cuda(options) {
-        return Ok(Box::new(
-            Loaded::new(cpu_backend(options), dir).map_err(load_error)?,
-        ));
+        let loaded = Loaded::new(cpu_backend(options), dir, task).map_err(load_error)?;
+        return Ok(Box::new(loaded));
     }
-    let loaded = Loaded::new(cuda_backend(options)?, dir).map_err(load_error)?;
+    let loaded = Loaded::new(cuda_backend(options)?, dir, task).map_err(load_error)?;
     plan_memory(&loaded.backend, loaded.model.config(), options)?;
     Ok(Box::new(loaded))
-}
-
-/// Loads the reranker directory `dir` on the chosen backend.
-pub fn load_reranker(dir: &Path, options: &EngineOptions) -> Result<Box<dyn Scorer>, EngineError> {
-    if !uses_cuda(options) {
-        return Ok(Box::new(
-            LoadedReranker::new(cpu_backend(options), dir).map_err(load_error)?,
-        ));
-    }
-    let loaded = LoadedReranker::new(cuda_backend(options)?, dir).map_err(load_error)?;
-    plan_memory(&loaded.backend, loaded.reranker.model().config(), options)?;
-    Ok(Box::new(loaded))
-}
-
-/// What the model computed for a batch.
-#[derive(Debug)]
-pub enum Output {
-    /// One vector per sequence.
-    Vectors(Vec<Vec<f32>>),
-    /// One rerank score per sequence.
-    Scores(Vec<RerankScore>),
-}
-
-/// What to compute for a batch besides its tokens.
-#[derive(Debug, Clone)]
-pub enum Work {
-    /// Embeddings, `dims[s]` values for sequence `s`.
-    Embed {
-        /// Output size of each sequence.
-        dims: Vec<usize>,
-    },
-    /// Rerank scores.
-    Score,
 }
 
 /// What the engine reports once the model is loaded.
@@ -385,83 +246,158 @@ pub struct EngineInfo {
     pub backend: String,
     /// Device and memory.
     pub device: DeviceInfo,
-    /// Output width.
+    /// Width of the decoder's hidden state (and of full-size embeddings).
     pub hidden_size: usize,
 }
 
-/// The model a device thread owns: the one place the service calls the model API.
-pub enum DeviceModel {
-    /// An embedding model.
-    Embed(Box<dyn Embedder>),
-    /// A reranker.
-    Rerank(Box<dyn Scorer>),
+/// A model loaded on its device, whatever its backend and head: what the device thread
+/// ([`crate::device`]) and the benchmark hold.
+pub trait DeviceModel {
+    /// What runs the model.
+    fn info(&self) -> EngineInfo;
+
+    /// Runs `work` over sequences of `lengths` packed in `token_ids`. A failed pass is
+    /// [`EngineError::DeviceLost`] when the backend says its device can no longer be
+    /// trusted, else the batch's own failure; a job for the other task is
+    /// [`EngineError::Input`].
+    fn compute(
+        &self,
+        token_ids: &[u32],
+        lengths: &[usize],
+        work: &Work,
+    ) -> Result<Output, EngineError>;
 }
 
-impl DeviceModel {
-    /// Loads the model of `task` from `dir`.
-    pub fn load(dir: &Path, options: &EngineOptions, task: Task) -> Result<Self, EngineError> {
-        Ok(match task {
-            Task::Embed => Self::Embed(load(dir, options)?),
-            Task::Rerank => Self::Rerank(load_reranker(dir, options)?),
+/// A Qwen3 decoder and its head, loaded on backend `B`.
+struct Loaded<B: Ops> {
+    /// Holds the weights and runs every op.
+    backend: B,
+    /// The decoder.
+    model: Qwen3<B>,
+    /// What the decoder's last hidden states become: embeddings or rerank scores.
+    head: Head<B>,
+}
+
+impl<B: Ops + DeviceCheck> Loaded<B> {
+    /// Loads the model directory `dir` onto `backend` with the head of `task` (for
+    /// `rerank`, the `yes` / `no` rows of the LM head, read before the decoder).
+    fn new(backend: B, dir: &Path, task: Task) -> Result<Self, ModelError> {
+        let (config, weights) = model::open(dir)?;
+        let head = match task {
+            Task::Embed => Head::Embed,
+            Task::Rerank => Head::Rerank(RerankHead::from_weights(
+                &backend,
+                &weights,
+                &config,
+                AnswerTokens::default(),
+            )?),
+        };
+        let model = Qwen3::load(&backend, &weights, config)?;
+        Ok(Self {
+            backend,
+            model,
+            head,
         })
     }
 
-    /// What runs the model.
-    pub fn info(&self) -> EngineInfo {
-        match self {
-            Self::Embed(m) => EngineInfo {
-                backend: m.backend(),
-                device: m.device_info(),
-                hidden_size: m.hidden_size(),
-            },
-            Self::Rerank(m) => EngineInfo {
-                backend: m.backend(),
-                device: m.device_info(),
-                hidden_size: m.hidden_size(),
-            },
+    /// The decoder and the head over one packed batch.
+    fn pass(
+        &self,
+        token_ids: &[u32],
+        lengths: &[usize],
+        work: &Work,
+    ) -> Result<Output, ModelError> {
+        let layout = BatchLayout::from_lengths(lengths)?;
+        self.head
+            .compute(&self.backend, &self.model, token_ids, &layout, work)
+    }
+
+    /// A failed pass, sorted: the batch's input, or a device that can no longer be trusted,
+    /// or the batch's own failure.
+    fn failure(&self, error: ModelError) -> EngineError {
+        if matches!(error, ModelError::Input(_)) {
+            return EngineError::from_pass(error);
+        }
+        match self.backend.lost() {
+            Some(reason) => EngineError::DeviceLost(format!("{reason} (after: {error})")),
+            None => EngineError::from_pass(error),
+        }
+    }
+}
+
+impl<B: Ops + DeviceCheck> DeviceModel for Loaded<B> {
+    fn info(&self) -> EngineInfo {
+        EngineInfo {
+            backend: self.backend.name(),
+            device: self.backend.device_info(),
+            hidden_size: self.model.config().hidden_size,
         }
     }
 
-    /// Runs one batch. A failed pass is [`EngineError::DeviceLost`] when the backend says its
-    /// device can no longer be trusted, else the batch's own failure.
-    pub fn compute(
+    fn compute(
         &self,
         token_ids: &[u32],
         lengths: &[usize],
         work: &Work,
     ) -> Result<Output, EngineError> {
-        let wrong_task = |what: &str| {
-            EngineError::Input(format!(
-                "this worker's model cannot {what}; the batch went to the wrong worker"
-            ))
-        };
-        let result = match (self, work) {
-            (Self::Embed(m), Work::Embed { dims }) => {
-                m.embed(token_ids, lengths, dims).map(Output::Vectors)
-            }
-            (Self::Rerank(m), Work::Score) => m.score(token_ids, lengths).map(Output::Scores),
-            (_, Work::Embed { .. }) => return Err(wrong_task("embed")),
-            (_, Work::Score) => return Err(wrong_task("score pairs")),
-        };
-        result.map_err(|error| {
-            if matches!(error, ModelError::Input(_)) {
-                return EngineError::from_pass(error);
-            }
-            let lost = match self {
-                Self::Embed(m) => m.device_lost(),
-                Self::Rerank(m) => m.device_lost(),
-            };
-            match lost {
-                Some(reason) => EngineError::DeviceLost(format!("{reason} (after: {error})")),
-                None => EngineError::from_pass(error),
-            }
-        })
+        self.pass(token_ids, lengths, work)
+            .map_err(|error| self.failure(error))
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::path::PathBuf;
+
     use super::*;
+
+    /// The shared fixture `name` (`$var` when set, as the integration tests).
+    fn fixture(var: &str, name: &str) -> PathBuf {
+        std::env::var_os(var).map_or_else(
+            || {
+                PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                    .join("../../shared/fixtures")
+                    .join(name)
+            },
+            PathBuf::from,
+        )
+    }
+
+    #[test]
+    fn each_head_computes_its_own_job_and_refuses_the_other_tasks() {
+        let embedder = load(
+            &fixture("QWEN3_TINY_DIR", "qwen3-tiny"),
+            &EngineOptions::cpu(),
+            Task::Embed,
+        )
+        .expect("the tiny model loads");
+        let reranker = load(
+            &fixture("QWEN3_TINY_RERANKER_DIR", "qwen3-tiny-reranker"),
+            &EngineOptions::cpu(),
+            Task::Rerank,
+        )
+        .expect("the tiny reranker loads");
+        let embed = Work::Embed { dims: vec![8, 4] };
+        let (ids, lengths) = ([1, 2, 3, 4, 5], [3, 2]);
+        match embedder.compute(&ids, &lengths, &embed) {
+            Ok(Output::Vectors(vectors)) => {
+                assert_eq!(vectors.iter().map(Vec::len).collect::<Vec<_>>(), [8, 4]);
+            }
+            other => panic!("expected two vectors, got {other:?}"),
+        }
+        match reranker.compute(&ids, &lengths, &Work::Score) {
+            Ok(Output::Scores(scores)) => assert_eq!(scores.len(), 2),
+            other => panic!("expected two scores, got {other:?}"),
+        }
+        for (model, work) in [(&embedder, &Work::Score), (&reranker, &embed)] {
+            match model.compute(&ids, &lengths, work) {
+                Err(EngineError::Input(reason)) => {
+                    assert!(reason.contains("the wrong worker"), "{reason}");
+                }
+                other => panic!("expected a wrong-task input error, got {other:?}"),
+            }
+        }
+    }
 
     #[test]
     fn each_failure_maps_to_one_wire_code_and_only_a_lost_device_is_fatal() {

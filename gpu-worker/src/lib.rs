@@ -6,7 +6,8 @@
 //! - [`ops`]: the backend contract (ops over a packed variable-length batch, weight views).
 //! - [`cpu`]: the CPU backend: f32 (exact against transformers) or bf16 weights and products.
 //! - [`cuda`]: the CUDA backend (bf16 weights, f32 residual stream, NVRTC-compiled kernels).
-//! - [`engine`]: a loaded model on its backend, and the engine's errors.
+//! - [`engine`]: loading (the backend, and the head of the worker's task), the loaded model
+//!   the device thread runs (one job type in, one output type out), and the engine's errors.
 //! - [`device`]: the device thread that owns the model (a fatal pass ends it), and the
 //!   test-only fault hook.
 //! - [`service`]: the NATS service: work queue (and direct offers) in, vectors (or, with

@@ -3,144 +3,25 @@
 //! bf16 twin of [`super::linear`]; used by the CPU backend's bf16 mode.
 //!
 //! # Layout
-//! `vdpbf16ps` multiplies pairs of bf16 values that sit in one 32-bit lane and adds both
-//! products to that lane's f32 accumulator. So weights are packed once at load into panels
-//! of [`PANEL`] output columns: for each pair of input features `(2q, 2q + 1)`, one 32-bit
-//! word per column holding `w[col][2q]` (low half) and `w[col][2q + 1]` (high half). One
-//! panel step is two 512-bit loads; each activation pair is one 32-bit broadcast. A tile of
-//! [`TILE_ROWS`] rows by one panel keeps its 24 accumulators in registers for the whole
-//! reduction. Panels are split across threads; a panel (at most a few hundred KiB) stays in
-//! the core's L2 while every row block streams past it.
+//! The operands come packed by [`super::pack_bf16`] (weights in panels of [`PANEL`] output
+//! columns, activations in pairs). One panel step is two 512-bit loads; each activation pair
+//! is one 32-bit broadcast. A tile of [`TILE_ROWS`] rows by one panel keeps its 24
+//! accumulators in registers for the whole reduction. Panels are split across threads; a
+//! panel (at most a few hundred KiB) stays in the core's L2 while every row block streams
+//! past it.
 //!
 //! Without AVX-512 BF16 the same packed data goes through a portable loop with the same
 //! arithmetic (exact bf16 products, f32 sums), only slower.
 
-use half::bf16;
 use rayon::prelude::*;
 
+/// The packing the tiles read, for the ops that call [`tile_into`] (bf16 attention).
+pub use super::pack_bf16::{Kernel, PANEL, pack_activations};
+use super::pack_bf16::{PackedBf16, has_avx512_bf16, pack_rows, unpair};
 use super::silu_mul::silu;
-
-/// Output columns per packed panel (two 512-bit registers of f32).
-pub const PANEL: usize = 32;
 
 /// Rows per register tile: 12 rows x 2 registers = 24 accumulators of the 32 registers.
 pub const TILE_ROWS: usize = 12;
-
-/// A weight matrix `(n, k)` packed for [`linear_bf16`].
-#[derive(Debug)]
-pub struct PackedBf16 {
-    /// Output features.
-    pub n: usize,
-    /// Input features.
-    pub k: usize,
-    /// `ceil(k / 2)`: the reduction runs over pairs (an odd `k` is padded with a zero).
-    k_pairs: usize,
-    /// `ceil(n / PANEL)` panels of `k_pairs * PANEL` words (columns past `n` are zero).
-    words: Vec<u32>,
-}
-
-/// Packs two bf16 values into the word layout `vdpbf16ps` reads: `lo` in bits 0..16.
-fn pair(lo: bf16, hi: bf16) -> u32 {
-    u32::from(lo.to_bits()) | (u32::from(hi.to_bits()) << 16)
-}
-
-impl PackedBf16 {
-    /// Packs `n` rows of `k` values, row `r` read by `row(r, out)` as f32 (values already
-    /// in bf16 round trip exactly; others round to nearest even).
-    pub fn pack(n: usize, k: usize, mut row: impl FnMut(usize, &mut [f32])) -> Self {
-        let k_pairs = k.div_ceil(2);
-        let panels = n.div_ceil(PANEL);
-        let mut words = vec![0u32; panels * k_pairs * PANEL];
-        let mut values = vec![0.0f32; 2 * k_pairs];
-        for r in 0..n {
-            row(r, &mut values[..k]);
-            let (panel, col) = (r / PANEL, r % PANEL);
-            let base = panel * k_pairs * PANEL + col;
-            for (q, two) in values.chunks_exact(2).enumerate() {
-                words[base + q * PANEL] = pair(bf16::from_f32(two[0]), bf16::from_f32(two[1]));
-            }
-        }
-        Self {
-            n,
-            k,
-            k_pairs,
-            words,
-        }
-    }
-
-    fn panel(&self, p: usize) -> &[u32] {
-        &self.words[p * self.k_pairs * PANEL..][..self.k_pairs * PANEL]
-    }
-}
-
-/// Whether this CPU has the bf16 dot-product instruction (checked once, cached by std).
-pub fn has_avx512_bf16() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::arch::is_x86_feature_detected!("avx512f")
-            && std::arch::is_x86_feature_detected!("avx512bf16")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
-}
-
-/// Which implementation runs the products.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kernel {
-    /// `vdpbf16ps` register tiles.
-    Avx512Bf16,
-    /// The portable loop (same arithmetic).
-    Portable,
-}
-
-impl Kernel {
-    /// The fastest kernel this CPU runs.
-    pub fn detect() -> Self {
-        if has_avx512_bf16() {
-            Self::Avx512Bf16
-        } else {
-            Self::Portable
-        }
-    }
-}
-
-/// Activations `(rows, k)` rounded to bf16 and paired like the weights.
-fn pack_rows(x: &[f32], rows: usize, k: usize, k_pairs: usize, kernel: Kernel) -> Vec<u32> {
-    let mut words = vec![0u32; rows * k_pairs];
-    words
-        .par_chunks_exact_mut(k_pairs.max(1))
-        .zip(x.par_chunks_exact(k.max(1)))
-        .for_each(|(out, row)| pack_activations(kernel, row, out));
-    words
-}
-
-/// One row of activations rounded to bf16 and paired like the weights (into the first
-/// `ceil(row.len() / 2)` words of `out`), on `kernel`'s instructions.
-pub fn pack_activations(kernel: Kernel, row: &[f32], out: &mut [u32]) {
-    assert!(
-        out.len() >= row.len().div_ceil(2) && (kernel != Kernel::Avx512Bf16 || has_avx512_bf16()),
-        "pack_activations operands checked by the caller; this is a bug"
-    );
-    match kernel {
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: CPU support and the length of `out` are asserted above.
-        Kernel::Avx512Bf16 => unsafe { avx512::pack_row(row, out) },
-        _ => pack_row(row, out),
-    }
-}
-
-/// One row rounded to bf16 (nearest even) in pairs; an odd last value pairs with zero.
-fn pack_row(row: &[f32], out: &mut [u32]) {
-    let (pairs, odd) = row.split_at(row.len() - row.len() % 2);
-    for (word, two) in out.iter_mut().zip(pairs.chunks_exact(2)) {
-        *word = pair(bf16::from_f32(two[0]), bf16::from_f32(two[1]));
-    }
-    if let [last] = odd {
-        out[pairs.len() / 2] = pair(bf16::from_f32(*last), bf16::ZERO);
-    }
-}
 
 /// The output matrix, written by panel tasks that each own a disjoint set of columns.
 #[derive(Clone, Copy)]
@@ -354,14 +235,6 @@ unsafe fn run_tile(
     }
 }
 
-/// Splits a packed word into its two bf16 values as f32 (exact).
-fn unpair(word: u32) -> (f32, f32) {
-    (
-        f32::from_bits(word << 16),
-        f32::from_bits(word & 0xffff_0000),
-    )
-}
-
 /// The portable tile: exact bf16 products, f32 sums, one pair at a time.
 ///
 /// # Safety
@@ -446,31 +319,6 @@ mod avx512 {
         }
     }
 
-    /// [`super::pack_row`] with `vcvtne2ps2bf16` on 32 values at a time. Same rounding
-    /// (nearest even), except that the instruction takes subnormal inputs (below 1.2e-38)
-    /// as zero.
-    ///
-    /// # Safety
-    /// The CPU must support avx512f and avx512bf16; `out` holds `ceil(row.len() / 2)` words.
-    #[target_feature(enable = "avx512f,avx512bf16")]
-    pub(super) unsafe fn pack_row(row: &[f32], out: &mut [u32]) {
-        let whole = row.len() / 32;
-        debug_assert!(out.len() >= row.len().div_ceil(2));
-        for c in 0..whole {
-            // SAFETY: values `32 c .. 32 c + 32` lie inside `row` (c < whole) and words
-            // `16 c .. 16 c + 16` inside `out` (the contract).
-            unsafe {
-                let lo = _mm512_loadu_ps(row.as_ptr().add(32 * c));
-                let hi = _mm512_loadu_ps(row.as_ptr().add(32 * c + 16));
-                // The second operand fills the low half: values stay in order.
-                let bf16 = _mm512_cvtne2ps_pbh(hi, lo);
-                let words = std::mem::transmute::<__m512bh, __m512i>(bf16);
-                _mm512_storeu_si512(out.as_mut_ptr().add(16 * c).cast(), words);
-            }
-        }
-        super::pack_row(&row[32 * whole..], &mut out[16 * whole..]);
-    }
-
     /// [`super::silu_mul_row`], compiled for 512-bit vectors.
     ///
     /// # Safety
@@ -516,6 +364,7 @@ mod avx512 {
 
 #[cfg(test)]
 mod tests {
+    use half::bf16;
     use rand::rngs::StdRng;
     use rand::{Rng, SeedableRng};
 
@@ -610,33 +459,5 @@ mod tests {
             !fuses_silu(&odd),
             "halves of 48 columns are not whole panels"
         );
-    }
-
-    #[test]
-    fn both_kernels_pack_activations_alike() {
-        if Kernel::detect() != Kernel::Avx512Bf16 {
-            println!("skipped: this CPU has no avx512_bf16");
-            return;
-        }
-        let mut rng = StdRng::seed_from_u64(7);
-        for k in [1, 2, 31, 32, 33, 64, 100, 1024] {
-            let mut x: Vec<f32> = (0..3 * k).map(|_| rng.random_range(-1e4..1e4)).collect();
-            // Ties (round to even), infinities and a value that rounds up to infinity.
-            let specials = [1.0 + 2f32.powi(-8), f32::INFINITY, -f32::INFINITY, f32::MAX];
-            for (v, s) in x.iter_mut().zip(specials) {
-                *v = s;
-            }
-            let portable = pack_rows(&x, 3, k, k.div_ceil(2), Kernel::Portable);
-            let fast = pack_rows(&x, 3, k, k.div_ceil(2), Kernel::Avx512Bf16);
-            assert_eq!(portable, fast, "k = {k}");
-        }
-    }
-
-    #[test]
-    fn packing_rounds_to_nearest_even() {
-        let packed = PackedBf16::pack(1, 3, |_, out| out.copy_from_slice(&[1.0, 1.0 + 1e-3, -2.5]));
-        let (a, b) = unpair(packed.words[0]);
-        let (c, pad) = unpair(packed.words[PANEL]);
-        assert_eq!((a, b, c, pad), (1.0, 1.0, -2.5, 0.0));
     }
 }

@@ -8,8 +8,9 @@
 //! One file per op, each a plain function on slices: [`embed`], [`rms_norm`], [`add`],
 //! [`qk_norm_rope`], [`attention`] (its bf16 products in [`attention_bf16`]), [`silu_mul`],
 //! [`linear`] (f32) and [`linear_bf16`] (with SwiGLU fused in), [`last_rows`], [`pool`];
-//! [`exp`] is the vectorizable `e^x` they share. [`spare`] keeps large activation buffers
-//! between ops. This module binds the ops to [`Ops`], checking shapes.
+//! [`exp`] is the vectorizable `e^x` they share, [`pack_bf16`] the packed operands of the bf16
+//! products. [`spare`] keeps large activation buffers between ops. This module binds the ops
+//! to [`Ops`], checking shapes.
 
 pub mod add;
 pub mod attention;
@@ -19,6 +20,7 @@ pub mod exp;
 pub mod last_rows;
 pub mod linear;
 pub mod linear_bf16;
+pub mod pack_bf16;
 pub mod pool;
 pub mod qk_norm_rope;
 pub mod rms_norm;
@@ -29,7 +31,7 @@ use crate::ops::{
     AttentionShape, BatchLayout, DeviceInfo, OpError, OpResult, Ops, QkNorms, Queries, TensorView,
 };
 use embed::EmbeddingTable;
-use linear_bf16::{Kernel, PackedBf16};
+use pack_bf16::{Kernel, PackedBf16};
 use qk_norm_rope::RopeTable;
 
 /// Element-wise work on fewer elements than this runs on the calling thread: handing it to

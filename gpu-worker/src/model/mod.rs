@@ -5,8 +5,11 @@
 //! - [`weights`]: memory-mapped safetensors, single file or sharded.
 //! - [`qwen3`]: the forward pass, written once for every backend.
 //! - [`rerank`]: Qwen3-Reranker scoring, the `yes`/`no` logits of each sequence's last token.
+//! - [`heads`]: the head a loaded model computes with (embed or rerank), and the one job
+//!   ([`heads::Work`]) and output ([`heads::Output`]) types of both.
 
 pub mod config;
+pub mod heads;
 pub mod qwen3;
 pub mod rerank;
 pub mod weights;
@@ -74,7 +77,14 @@ use weights::Weights;
 /// Loads a model directory in Hugging Face layout (`config.json` plus `model.safetensors`
 /// or its sharded index) onto `backend`.
 pub fn load<B: Ops>(dir: &Path, backend: &B) -> Result<Qwen3<B>, ModelError> {
+    let (config, weights) = open(dir)?;
+    Qwen3::load(backend, &weights, config)
+}
+
+/// Reads a model directory's `config.json` (validated) and opens its safetensors, loading
+/// nothing onto a backend yet.
+pub fn open(dir: &Path) -> Result<(Qwen3Config, Weights), ModelError> {
     let config = Qwen3Config::from_file(&dir.join("config.json"))?;
     let weights = Weights::open(dir)?;
-    Qwen3::load(backend, &weights, config)
+    Ok((config, weights))
 }

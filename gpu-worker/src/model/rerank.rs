@@ -15,10 +15,10 @@
 //! `(2, hidden)` head matrix on the backend.
 //!
 //! The decoder is [`Qwen3`] unchanged: [`Qwen3::last_hidden`] gives each sequence's last
-//! hidden state `(sequences, hidden)`, and the head runs on the backend with its own ops
-//! (the final `rms_norm`, then `linear` with the head matrix); only the `(sequences, 2)`
-//! logits come back to the host. On the CUDA backend the logits are bf16, as a bf16
-//! transformers model computes them.
+//! hidden state `(sequences, hidden)`, and the head ([`RerankHead`]) runs on the backend
+//! with its own ops (the final `rms_norm`, then `linear` with the head matrix); only the
+//! `(sequences, 2)` logits come back to the host. On the CUDA backend the logits are bf16,
+//! as a bf16 transformers model computes them.
 
 use std::path::Path;
 
@@ -82,43 +82,24 @@ impl RerankScore {
     }
 }
 
-/// A loaded Qwen3-Reranker on backend `B`: the decoder and the two LM-head rows it scores
-/// with.
-pub struct Reranker<B: Ops> {
-    /// The decoder, shared with the embedding path.
-    model: Qwen3<B>,
+/// The rerank head: the LM-head rows of the two answer tokens, scoring each sequence's last
+/// hidden state from the decoder.
+pub struct RerankHead<B: Ops> {
     /// The LM-head rows of the `yes` and `no` tokens, in that order: `(2, hidden)`.
-    head: B::Matrix,
+    rows: B::Matrix,
     /// Which tokens the rows belong to.
     tokens: AnswerTokens,
 }
 
-impl<B: Ops> Reranker<B> {
-    /// Loads a reranker directory in Hugging Face layout (`config.json` plus
-    /// `model.safetensors` or its sharded index; `Qwen3ForCausalLM` with or without the
-    /// `model.` prefix) onto `backend`, scoring with the Qwen3 `yes` / `no` tokens.
-    pub fn load(dir: &Path, backend: &B) -> Result<Self, ModelError> {
-        Self::load_with_tokens(dir, backend, AnswerTokens::default())
-    }
-
-    /// [`Self::load`] with other answer tokens (a vocabulary whose ids differ).
-    pub fn load_with_tokens(
-        dir: &Path,
-        backend: &B,
-        tokens: AnswerTokens,
-    ) -> Result<Self, ModelError> {
-        let config = Qwen3Config::from_file(&dir.join("config.json"))?;
-        let weights = Weights::open(dir)?;
-        Self::from_weights(backend, &weights, config, tokens)
-    }
-
-    /// Builds a reranker from opened weights. The LM-head rows come from `lm_head.weight` when
-    /// it is stored, else from `embed_tokens.weight` if the config ties the embeddings; an
-    /// untied checkpoint without `lm_head.weight` is refused.
+impl<B: Ops> RerankHead<B> {
+    /// Loads the head's two rows for a decoder of `config` from `weights`. They come from
+    /// `lm_head.weight` when it is stored, else from `embed_tokens.weight` if the config ties
+    /// the embeddings; an untied checkpoint without `lm_head.weight` is refused, and so are
+    /// answer tokens outside the vocabulary.
     pub fn from_weights(
         backend: &B,
         weights: &Weights,
-        config: Qwen3Config,
+        config: &Qwen3Config,
         tokens: AnswerTokens,
     ) -> Result<Self, ModelError> {
         let (vocab, hidden) = (config.vocab_size, config.hidden_size);
@@ -144,18 +125,8 @@ impl<B: Ops> Reranker<B> {
                 ModelError::Config(format!("`{head_name}` has no row {id}; this is a bug"))
             })
         };
-        let head = backend.matrix(&[row(tokens.yes)?, row(tokens.no)?])?;
-        let model = Qwen3::load(backend, weights, config)?;
-        Ok(Self {
-            model,
-            head,
-            tokens,
-        })
-    }
-
-    /// The decoder.
-    pub fn model(&self) -> &Qwen3<B> {
-        &self.model
+        let rows = backend.matrix(&[row(tokens.yes)?, row(tokens.no)?])?;
+        Ok(Self { rows, tokens })
     }
 
     /// The answer tokens whose logits are compared.
@@ -164,20 +135,21 @@ impl<B: Ops> Reranker<B> {
     }
 
     /// Scores a packed batch of formatted prompts (see the tokenizer worker's `rerank`
-    /// module), one [`RerankScore`] per sequence, in order. A sequence's score does not
-    /// depend on the other sequences of the batch.
+    /// module) through `model`, one [`RerankScore`] per sequence, in order. A sequence's
+    /// score does not depend on the other sequences of the batch.
     pub fn score(
         &self,
         backend: &B,
+        model: &Qwen3<B>,
         token_ids: &[u32],
         layout: &BatchLayout,
     ) -> Result<Vec<RerankScore>, ModelError> {
         let seqs = layout.num_seqs();
         // 1. Decoder: the last hidden state of every sequence, (S, hidden).
-        let last = self.model.last_hidden(backend, token_ids, layout)?;
+        let last = model.last_hidden(backend, token_ids, layout)?;
         // 2. Final RMSNorm, then the two LM-head rows: (S, hidden) -> (S, 2), [yes, no].
-        let normed = self.model.final_norm(backend, &last)?;
-        let logits = backend.to_host(&backend.linear(&normed, &self.head)?)?;
+        let normed = model.final_norm(backend, &last)?;
+        let logits = backend.to_host(&backend.linear(&normed, &self.rows)?)?;
         if logits.len() != 2 * seqs {
             return Err(OpError::Shape {
                 op: "rerank",
@@ -193,6 +165,67 @@ impl<B: Ops> Reranker<B> {
             .chunks_exact(2)
             .map(|pair| RerankScore::from_logits(pair[0], pair[1]))
             .collect())
+    }
+}
+
+/// A loaded Qwen3-Reranker on backend `B`, on its own: the decoder and its [`RerankHead`]
+/// (the serving path holds the two in `engine`; tests score through this).
+pub struct Reranker<B: Ops> {
+    /// The decoder, shared with the embedding path.
+    model: Qwen3<B>,
+    /// The `yes` / `no` rows it scores with.
+    head: RerankHead<B>,
+}
+
+impl<B: Ops> Reranker<B> {
+    /// Loads a reranker directory in Hugging Face layout (`config.json` plus
+    /// `model.safetensors` or its sharded index; `Qwen3ForCausalLM` with or without the
+    /// `model.` prefix) onto `backend`, scoring with the Qwen3 `yes` / `no` tokens.
+    pub fn load(dir: &Path, backend: &B) -> Result<Self, ModelError> {
+        Self::load_with_tokens(dir, backend, AnswerTokens::default())
+    }
+
+    /// [`Self::load`] with other answer tokens (a vocabulary whose ids differ).
+    pub fn load_with_tokens(
+        dir: &Path,
+        backend: &B,
+        tokens: AnswerTokens,
+    ) -> Result<Self, ModelError> {
+        let (config, weights) = super::open(dir)?;
+        Self::from_weights(backend, &weights, config, tokens)
+    }
+
+    /// Builds a reranker from opened weights: the head ([`RerankHead::from_weights`]), then
+    /// the decoder.
+    pub fn from_weights(
+        backend: &B,
+        weights: &Weights,
+        config: Qwen3Config,
+        tokens: AnswerTokens,
+    ) -> Result<Self, ModelError> {
+        let head = RerankHead::from_weights(backend, weights, &config, tokens)?;
+        let model = Qwen3::load(backend, weights, config)?;
+        Ok(Self { model, head })
+    }
+
+    /// The decoder.
+    pub fn model(&self) -> &Qwen3<B> {
+        &self.model
+    }
+
+    /// The answer tokens whose logits are compared.
+    pub fn answer_tokens(&self) -> AnswerTokens {
+        self.head.answer_tokens()
+    }
+
+    /// Scores a packed batch of formatted prompts: [`RerankHead::score`] with this decoder.
+    pub fn score(
+        &self,
+        backend: &B,
+        token_ids: &[u32],
+        layout: &BatchLayout,
+    ) -> Result<Vec<RerankScore>, ModelError> {
+        self.head.score(backend, &self.model, token_ids, layout)
     }
 }
 
