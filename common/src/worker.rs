@@ -1,9 +1,14 @@
 //! What every worker process does on NATS besides its own work: answering a request with an
-//! error, sending collected replies (an [`Outbox`]: alone or bundled), and registering as a
-//! micro service for operators.
+//! error, sending collected replies (an [`Outbox`]: alone or bundled), answering on the
+//! status subject, registering as a micro service for operators, and flushing at shutdown.
+
+use std::time::Duration;
 
 use crate::outbox::Outbox;
-use crate::wire::ErrorReply;
+use crate::wire::{self, ErrorReply, WorkerKind, WorkerStatus};
+
+/// How long a worker's shutdown waits to flush what its client buffered.
+const SHUTDOWN_FLUSH: Duration = Duration::from_secs(2);
 
 /// Publishes `error` to `reply_to` without waiting (the publish is buffered by the client).
 pub fn send_error(client: &async_nats::Client, reply_to: &str, error: &ErrorReply) {
@@ -67,4 +72,57 @@ pub async fn register_service(
         .await
         .inspect_err(|e| tracing::warn!(error = %e, "could not register the micro service"))
         .ok()
+}
+
+/// The status of a worker of `kind` serving `model` that has done no work yet: loaded,
+/// healthy, started now, its id `{id_prefix}-` and a number of this process and start. The
+/// worker fills in what it knows of its device and model.
+pub fn initial_status(id_prefix: &str, kind: WorkerKind, model: String) -> WorkerStatus {
+    let started_ms = wire::now_ms();
+    WorkerStatus {
+        worker_id: format!("{id_prefix}-{}", started_ms ^ u64::from(std::process::id())),
+        kind,
+        model,
+        loaded: true,
+        backend: None,
+        device: None,
+        device_memory_used: None,
+        device_memory_total: None,
+        hidden_size: None,
+        batches: 0,
+        sequences: 0,
+        tokens: 0,
+        in_flight: 0,
+        started_ms,
+        unhealthy: None,
+    }
+}
+
+/// Answers the status request `message` with `status`; a request without a reply subject
+/// is ignored, an answer the client refuses is logged.
+pub async fn answer_status(
+    client: &async_nats::Client,
+    message: async_nats::Message,
+    status: &WorkerStatus,
+) {
+    let Some(reply) = message.reply else { return };
+    match wire::encode(status) {
+        Ok(bytes) => {
+            if let Err(e) = client.publish(reply, bytes.into()).await {
+                tracing::warn!(error = %e, "status answer not sent");
+            }
+        }
+        Err(e) => tracing::error!(error = %e, "status does not encode; this is a bug"),
+    }
+}
+
+/// Flushes what `client` buffered, for at most [`SHUTDOWN_FLUSH`]: with the server gone, a
+/// flush would wait for a reconnection forever, so what is unsent by then is lost (logged).
+pub async fn flush_at_shutdown(client: &async_nats::Client) {
+    if tokio::time::timeout(SHUTDOWN_FLUSH, client.flush())
+        .await
+        .is_err()
+    {
+        tracing::warn!("NATS unreachable at shutdown; unsent replies are lost");
+    }
 }

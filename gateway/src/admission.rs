@@ -87,13 +87,13 @@ impl Admission {
     /// Dropping the returned future while it waits gives its queue slot back.
     pub async fn admit(&self, deadline: Instant) -> Result<Admitted, Refused> {
         // A released permit goes to the waiters first, so this never overtakes the queue.
-        if let Ok(permit) = self.places.clone().try_acquire_owned() {
-            return Ok(Admitted { _permit: permit });
+        if let Some(admitted) = self.free_place() {
+            return Ok(admitted);
         }
         let Some(slot) = self.reserve_slot() else {
             // A place may have come free since the first try.
-            if let Ok(permit) = self.places.clone().try_acquire_owned() {
-                return Ok(Admitted { _permit: permit });
+            if let Some(admitted) = self.free_place() {
+                return Ok(admitted);
             }
             return Err(Refused::QueueFull {
                 limit: self.limit,
@@ -114,6 +114,12 @@ impl Admission {
             // The semaphore is never closed; treat it as a wait that found no place.
             Ok(Err(_)) | Err(_) => Err(Refused::DeadlinePassed { waited }),
         }
+    }
+
+    /// A place that is free now, if any, without queueing for one.
+    fn free_place(&self) -> Option<Admitted> {
+        let permit = self.places.clone().try_acquire_owned().ok()?;
+        Some(Admitted { _permit: permit })
     }
 
     /// One more request in the queue, unless it is full.
@@ -162,11 +168,27 @@ impl Admission {
 mod tests {
     use std::sync::Mutex;
 
+    use tokio::task::JoinHandle;
+
     use super::*;
 
     /// A deadline far enough away never to matter.
     fn later() -> Instant {
         Instant::now() + Duration::from_secs(3600)
+    }
+
+    /// Spawns a request that waits for a place (and gives it back as soon as it has it);
+    /// returns when it is in the queue.
+    async fn queue_waiter(admission: &Arc<Admission>) -> JoinHandle<Result<(), Refused>> {
+        let queued = admission.queued();
+        let waiting = {
+            let admission = admission.clone();
+            tokio::spawn(async move { admission.admit(later()).await.map(drop) })
+        };
+        while admission.queued() <= queued {
+            tokio::task::yield_now().await;
+        }
+        waiting
     }
 
     #[tokio::test]
@@ -244,26 +266,14 @@ mod tests {
     async fn a_dropped_waiter_gives_its_place_back() {
         let admission = Arc::new(Admission::new(1, 1));
         let holder = admission.admit(later()).await.unwrap();
-        let waiting = {
-            let admission = admission.clone();
-            tokio::spawn(async move { admission.admit(later()).await.map(drop) })
-        };
-        while admission.queued() < 1 {
-            tokio::task::yield_now().await;
-        }
+        let waiting = queue_waiter(&admission).await;
         // The queue is full until the waiter goes away (its client disconnected).
         assert!(admission.admit(later()).await.is_err());
         waiting.abort();
         assert!(waiting.await.unwrap_err().is_cancelled());
         assert_eq!(admission.queued(), 0);
         // Its queue slot and the place it waited for are both free for the next request.
-        let next = {
-            let admission = admission.clone();
-            tokio::spawn(async move { admission.admit(later()).await.map(drop) })
-        };
-        while admission.queued() < 1 {
-            tokio::task::yield_now().await;
-        }
+        let next = queue_waiter(&admission).await;
         drop(holder);
         next.await.unwrap().unwrap();
         assert_eq!((admission.active(), admission.queued()), (0, 0));
@@ -273,26 +283,14 @@ mod tests {
     async fn retry_after_follows_the_last_wait() {
         let admission = Arc::new(Admission::new(1, 1));
         let holder = admission.admit(later()).await.unwrap();
-        let waiting = {
-            let admission = admission.clone();
-            tokio::spawn(async move { admission.admit(later()).await.map(drop) })
-        };
-        while admission.queued() < 1 {
-            tokio::task::yield_now().await;
-        }
+        let waiting = queue_waiter(&admission).await;
         tokio::time::sleep(Duration::from_millis(1100)).await;
         drop(holder);
         waiting.await.unwrap().unwrap();
         // Fill the place and the queue again: the refusal suggests the last wait (over 1.1 s),
         // rounded up.
         let _holder = admission.admit(later()).await.unwrap();
-        let _waiting = {
-            let admission = admission.clone();
-            tokio::spawn(async move { admission.admit(later()).await.map(drop) })
-        };
-        while admission.queued() < 1 {
-            tokio::task::yield_now().await;
-        }
+        let _waiting = queue_waiter(&admission).await;
         let refused = admission.admit(later()).await.err().unwrap();
         let Refused::QueueFull { retry_after_s, .. } = refused else {
             panic!("refused for another reason: {refused:?}");

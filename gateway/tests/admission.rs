@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use common::wire;
 use serde_json::{Value, json};
-use support::{FAKE_DIMS, Harness, error_of, expected_vector};
+use support::{FAKE_DIMS, FakeTokenizer, Harness, error_of, expected_vector};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
@@ -54,6 +54,33 @@ async fn metric(harness: &Harness, sample: &str) -> Option<f64> {
     let text = harness.get("/metrics").await.text().await.unwrap();
     text.lines()
         .find_map(|line| line.strip_prefix(sample)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// A gateway that admits one request at once and queues one more, with a deadline of
+/// `request_timeout_s` (else the default), and its fake tokenizer worker.
+async fn one_place_one_slot(request_timeout_s: Option<f64>) -> (Harness, FakeTokenizer) {
+    let harness = Harness::start(|config| {
+        config.max_concurrent_queries = 1;
+        config.max_queued_requests = Some(1);
+        if let Some(timeout_s) = request_timeout_s {
+            config.request_timeout_s = timeout_s;
+        }
+    })
+    .await;
+    let worker = harness.fake_tokenizer(8).await;
+    (harness, worker)
+}
+
+/// Asserts `body` is the answer to a request out of time under a 2 s deadline.
+fn assert_timed_out_after_2_s(body: &Value) {
+    assert_eq!(body["error"]["code"], "timeout", "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("timed out after 2 s"),
+        "{body}"
+    );
 }
 
 #[tokio::test]
@@ -160,13 +187,7 @@ async fn requests_queue_beyond_the_limit_and_are_refused_beyond_the_queue() {
 
 #[tokio::test]
 async fn a_queued_request_runs_with_what_is_left_of_its_deadline() {
-    let harness = Harness::start(|config| {
-        config.max_concurrent_queries = 1;
-        config.max_queued_requests = Some(1);
-        config.request_timeout_s = 2.0;
-    })
-    .await;
-    let worker = harness.fake_tokenizer(8).await;
+    let (harness, worker) = one_place_one_slot(Some(2.0)).await;
 
     // The first request holds the place until its deadline; the second arrives a second
     // later and waits for it.
@@ -182,14 +203,7 @@ async fn a_queued_request_runs_with_what_is_left_of_its_deadline() {
     let (status, body) = second.await.unwrap();
     let elapsed = second_sent.elapsed();
     assert_eq!(status, 504, "{body}");
-    assert_eq!(body["error"]["code"], "timeout", "{body}");
-    assert!(
-        body["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("timed out after 2 s"),
-        "{body}"
-    );
+    assert_timed_out_after_2_s(&body);
     // Its deadline ran from its arrival, not from its admission about a second later.
     assert!(
         elapsed >= Duration::from_millis(1900) && elapsed < Duration::from_millis(2800),
@@ -202,6 +216,13 @@ async fn a_queued_request_runs_with_what_is_left_of_its_deadline() {
     assert!(
         (2000..2500).contains(&budget_ms),
         "the worker was given {budget_ms} ms from the second request's arrival"
+    );
+    // Its budget is what was left when it was published: the second it waited for the first
+    // request's deadline (2 s after the first's arrival, 1 s after its own) is gone.
+    let timeout_ms = requests[1].timeout_ms.expect("timeout_ms sent");
+    assert!(
+        (1..=1050).contains(&timeout_ms),
+        "the worker was given {timeout_ms} ms after the wait for a place"
     );
 }
 
@@ -222,13 +243,7 @@ async fn start_slow_request(harness: &Harness, body: &[u8]) -> TcpStream {
 
 #[tokio::test]
 async fn a_request_whose_deadline_passes_in_the_queue_gets_the_timeout_answer() {
-    let harness = Harness::start(|config| {
-        config.max_concurrent_queries = 1;
-        config.max_queued_requests = Some(1);
-        config.request_timeout_s = 2.0;
-    })
-    .await;
-    let worker = harness.fake_tokenizer(8).await;
+    let (harness, worker) = one_place_one_slot(Some(2.0)).await;
 
     // The late request arrives first but sends its body slowly; meanwhile another request
     // takes the only place, so the late one queues with the earlier deadline of the two.
@@ -250,14 +265,7 @@ async fn a_request_whose_deadline_passes_in_the_queue_gets_the_timeout_answer() 
     assert!(answer.starts_with("HTTP/1.1 504"), "{answer}");
     let (_, body) = answer.split_once("\r\n\r\n").expect("a body");
     let body: Value = serde_json::from_str(body).unwrap();
-    assert_eq!(body["error"]["code"], "timeout", "{body}");
-    assert!(
-        body["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("timed out after 2 s"),
-        "{body}"
-    );
+    assert_timed_out_after_2_s(&body);
     assert_eq!(
         worker.requests().len(),
         1,
@@ -281,12 +289,7 @@ async fn a_request_whose_deadline_passes_in_the_queue_gets_the_timeout_answer() 
 
 #[tokio::test]
 async fn a_client_that_leaves_the_queue_gives_its_place_back() {
-    let harness = Harness::start(|config| {
-        config.max_concurrent_queries = 1;
-        config.max_queued_requests = Some(1);
-    })
-    .await;
-    let worker = harness.fake_tokenizer(8).await;
+    let (harness, worker) = one_place_one_slot(None).await;
     let holder = post_in_background(&harness, "/v1/embeddings", json!({"input": ["!hold"]}));
     worker.wait_for(1).await;
     let leaving = post_in_background(&harness, "/v1/embeddings", json!({"input": ["leaving"]}));

@@ -131,12 +131,7 @@ fn trace_follows_the_cpu_layer_by_layer() {
 fn last_hidden_follows_the_cpu() {
     let Some(gpu) = gpu() else { return };
     let golden = fixture::golden();
-    let cases: Vec<Vec<u32>> = golden["cases"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| fixture::ids(&c["input_ids"]))
-        .collect();
+    let cases = fixture::case_ids(&golden);
     let group: Vec<usize> = (0..cases.len().min(5)).collect();
     let (packed, layout) = fixture::pack(&cases, &group);
     let cpu_model = gpu_worker::model::load(&fixture::tiny_dir(), &CpuBackend::F32).unwrap();
@@ -161,12 +156,7 @@ fn batch_composition_barely_changes_vectors() {
     let golden = fixture::golden();
     let model = load(&gpu);
     let hidden = model.config().hidden_size;
-    let cases: Vec<Vec<u32>> = golden["cases"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| fixture::ids(&c["input_ids"]))
-        .collect();
+    let cases = fixture::case_ids(&golden);
     let alone: Vec<Vec<f32>> = cases
         .iter()
         .map(|ids| embed_one(&gpu, &model, ids, hidden))
@@ -275,10 +265,7 @@ fn reranker_scores_match_transformers() {
         Reranker::load(&fixture::reranker_dir(), &gpu).expect("reranker fixture loads on the GPU");
     let cases: Vec<_> = golden["cases"].as_array().unwrap().iter().collect();
     assert!(cases.len() >= 8);
-    let inputs: Vec<Vec<u32>> = cases
-        .iter()
-        .map(|c| fixture::ids(&c["input_ids"]))
-        .collect();
+    let inputs = fixture::case_ids(&golden);
     // Each case alone, then all of them in one packed batch: both within the tolerances.
     let alone: Vec<_> = inputs
         .iter()

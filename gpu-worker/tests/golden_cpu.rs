@@ -179,12 +179,7 @@ fn batch_composition_does_not_change_vectors() {
     let golden = fixture::golden();
     let model = load();
     let hidden = model.config().hidden_size;
-    let cases: Vec<Vec<u32>> = golden["cases"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| fixture::ids(&c["input_ids"]))
-        .collect();
+    let cases = fixture::case_ids(&golden);
     let alone: Vec<Vec<f32>> = cases
         .iter()
         .map(|ids| embed_one(&model, ids, hidden))

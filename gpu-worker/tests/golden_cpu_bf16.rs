@@ -25,15 +25,6 @@ fn load(backend: &CpuBackend) -> Qwen3<CpuBackend> {
     gpu_worker::model::load(&fixture::tiny_dir(), backend).expect("fixture loads")
 }
 
-fn case_ids(golden: &serde_json::Value) -> Vec<Vec<u32>> {
-    golden["cases"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| fixture::ids(&c["input_ids"]))
-        .collect()
-}
-
 #[test]
 fn every_case_within_cosine_0_9999_of_transformers() {
     let golden = fixture::golden();
@@ -57,7 +48,7 @@ fn every_case_within_cosine_0_9999_of_transformers() {
 
 #[test]
 fn batch_composition_does_not_change_vectors() {
-    let cases = case_ids(&fixture::golden());
+    let cases = fixture::case_ids(&fixture::golden());
     for backend in backends() {
         let model = load(&backend);
         let hidden = model.config().hidden_size;
@@ -89,7 +80,7 @@ fn batch_composition_does_not_change_vectors() {
 
 #[test]
 fn both_kernels_agree() {
-    let cases = case_ids(&fixture::golden());
+    let cases = fixture::case_ids(&fixture::golden());
     let backends = backends();
     let [portable, fast] = &backends[..] else {
         return; // printed "skipped" in backends()

@@ -105,12 +105,7 @@ fn bf16_scores_stay_close_to_transformers() {
 fn batch_composition_does_not_change_scores() {
     let golden = golden();
     let reranker = load();
-    let cases: Vec<Vec<u32>> = golden["cases"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| fixture::ids(&c["input_ids"]))
-        .collect();
+    let cases = fixture::case_ids(&golden);
     let alone: Vec<RerankScore> = cases.iter().map(|c| score_one(&reranker, c)).collect();
 
     // Everything in one batch, in fixture order.

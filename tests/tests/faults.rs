@@ -15,7 +15,6 @@ mod device;
 mod load;
 mod support;
 
-use std::sync::Mutex;
 use std::time::Duration;
 
 use common::queue::{QueueConfig, batch_stream};
@@ -23,44 +22,18 @@ use common::subjects::Subjects;
 use common::wire::{
     self, BatchItem, EmbedReply, EmbedRequest, ErrorCode, ErrorReply, InputType, TokenBatch,
 };
+use e2e_tests::harness::{DEADLINE, FAULT_ENV, serial, signal, wait_serving};
+use e2e_tests::load::{Load, Record, assert_flawless, failures};
 use e2e_tests::process::{Pipeline, Worker};
 use e2e_tests::{NatsCluster, NatsServer};
 use futures::StreamExt;
-use load::{Load, Record, failures};
-use serde_json::Value;
+use load::embedding_templates;
+use serde_json::{Value, json};
 use support::{golden, publish_for_replies, wait_for_worker_counts, wait_healthy, worker_statuses};
 use tokio::time::Instant;
 
-/// Settings of every process: a dead GPU worker's batches come back after 2 s; requests
-/// have 15 s; tokenizer acknowledgements are awaited 1 s (the default).
-const ENV: &[(&str, &str)] = &[
-    ("QWEN3_EMBED__QUEUE__ACK_WAIT_S", "2"),
-    ("QWEN3_EMBED__GATEWAY__REQUEST_TIMEOUT_S", "15"),
-    ("QWEN3_EMBED__GATEWAY__TOKENIZER_ACK_TIMEOUT_MS", "1000"),
-];
-
-/// The gateway's deadline in these tests (`ENV`).
-const DEADLINE: Duration = Duration::from_secs(15);
-
 /// Concurrent HTTP clients of the load.
 const CLIENTS: usize = 6;
-
-/// Serializes the tests of this file: each starts several processes, and the timing bounds
-/// they check need the machine's cores.
-static SERIAL: Mutex<()> = Mutex::new(());
-
-/// Runs one test body alone, on its own runtime.
-fn serial(test: impl std::future::Future<Output = ()>) {
-    let _alone = SERIAL
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime")
-        .block_on(test);
-}
 
 /// Two tokenizer workers, two GPU workers and a gateway on `nats_url`, up and healthy.
 struct Stack {
@@ -119,60 +92,21 @@ impl Stack {
     }
 }
 
-/// Polls with a one-document request until the pipeline at `base` answers 200.
-async fn wait_serving(base: &str, patience: Duration) {
-    let deadline = Instant::now() + patience;
-    let http = reqwest::Client::new();
-    loop {
-        let answered = http
-            .post(format!("{base}/v1/embeddings"))
-            .json(&serde_json::json!({"input": "ready?"}))
-            .send()
-            .await
-            .is_ok_and(|r| r.status() == 200);
-        if answered {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the pipeline never served a request"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
 /// Runs the load for `period`.
 async fn load_for(load_period: Duration) {
     tokio::time::sleep(load_period).await;
-}
-
-/// Asserts a load went through without a single failure and did real work.
-fn assert_flawless(records: &[Record], what: &str) {
-    let failed = failures(records);
-    assert!(
-        failed.is_empty(),
-        "{what}: {} of {} requests failed: {:#?}",
-        failed.len(),
-        records.len(),
-        &failed[..failed.len().min(10)]
-    );
-    assert!(
-        records.len() >= 20,
-        "{what}: only {} requests ran",
-        records.len()
-    );
 }
 
 #[test]
 fn gpu_worker_killed_under_load_loses_and_duplicates_nothing() {
     serial(async {
         let server = NatsServer::start();
-        let mut stack = Stack::start(&server.url(), ENV).await;
-        let load = Load::start(&stack.base, CLIENTS);
+        let mut stack = Stack::start(&server.url(), FAULT_ENV).await;
+        let load = Load::start(&stack.base, CLIENTS, embedding_templates());
         load_for(Duration::from_secs(2)).await;
         // Frozen first, so it surely holds pulled batches when it dies: they must be
         // redelivered to the other worker after ack_wait (2 s).
-        stop_process(&stack.gpus[0]);
+        signal(stack.gpus[0].pid(), "STOP");
         load_for(Duration::from_millis(500)).await;
         stack.gpus[0].kill9();
         load_for(Duration::from_secs(6)).await;
@@ -188,12 +122,12 @@ fn gpu_worker_killed_under_load_loses_and_duplicates_nothing() {
 fn tokenizer_worker_killed_under_load_loses_no_request() {
     serial(async {
         let server = NatsServer::start();
-        let mut stack = Stack::start(&server.url(), ENV).await;
-        let load = Load::start(&stack.base, CLIENTS);
+        let mut stack = Stack::start(&server.url(), FAULT_ENV).await;
+        let load = Load::start(&stack.base, CLIENTS, embedding_templates());
         load_for(Duration::from_secs(2)).await;
         // Frozen first, so requests surely reach it and are never answered: the gateway must
         // publish them again when no acknowledgement comes.
-        stop_process(&stack.tokenizers[0]);
+        signal(stack.tokenizers[0].pid(), "STOP");
         load_for(Duration::from_millis(1500)).await;
         stack.tokenizers[0].kill9();
         load_for(Duration::from_secs(6)).await;
@@ -213,8 +147,8 @@ fn tokenizer_worker_killed_under_load_loses_no_request() {
 fn sigterm_drains_every_worker_without_failures() {
     serial(async {
         let server = NatsServer::start();
-        let mut stack = Stack::start(&server.url(), ENV).await;
-        let load = Load::start(&stack.base, CLIENTS);
+        let mut stack = Stack::start(&server.url(), FAULT_ENV).await;
+        let load = Load::start(&stack.base, CLIENTS, embedding_templates());
         load_for(Duration::from_secs(2)).await;
         stack.tokenizers[0].sigterm();
         stack.gpus[0].sigterm();
@@ -226,7 +160,7 @@ fn sigterm_drains_every_worker_without_failures() {
         }
         load_for(Duration::from_secs(2)).await;
         // The other two in turn: the stage's last worker of each kind is replaced first.
-        let pipeline = Pipeline::new(server.url(), ENV);
+        let pipeline = Pipeline::new(server.url(), FAULT_ENV);
         let mut fresh_tokenizer = pipeline.tokenizer("tokenizer-3");
         let mut fresh_gpu = pipeline.gpu("gpu-3");
         wait_for_worker_counts(&stack.nats, 2, 2).await;
@@ -261,8 +195,8 @@ fn sigterm_drains_every_worker_without_failures() {
 fn nats_restart_fails_fast_and_recovers_within_5_s() {
     serial(async {
         let mut server = NatsServer::start();
-        let stack = Stack::start(&server.url(), ENV).await;
-        let load = Load::start(&stack.base, CLIENTS);
+        let stack = Stack::start(&server.url(), FAULT_ENV).await;
+        let load = Load::start(&stack.base, CLIENTS, embedding_templates());
         load_for(Duration::from_secs(2)).await;
         server.kill();
         let killed = Instant::now();
@@ -332,13 +266,19 @@ fn cluster_node_killed_under_load_clients_carry_on() {
             ..QueueConfig::default()
         };
         wait_for_jetstream(&urls, &queue).await;
-        let mut env: Vec<(&'static str, &str)> = ENV.to_vec();
+        let mut env: Vec<(&'static str, &str)> = FAULT_ENV.to_vec();
         env.push(("QWEN3_EMBED__QUEUE__REPLICAS", "3"));
         let stack = Stack::start(&urls, &env).await;
         // A fresh cluster elects the R3 stream's and consumer's leaders only after the
         // workers connected: wait until a request goes through end to end.
-        wait_serving(&stack.base, Duration::from_secs(30)).await;
-        let load = Load::start(&stack.base, CLIENTS);
+        wait_serving(
+            &stack.base,
+            "/v1/embeddings",
+            json!({"input": "ready?"}),
+            Duration::from_secs(30),
+        )
+        .await;
+        let load = Load::start(&stack.base, CLIENTS, embedding_templates());
         load_for(Duration::from_secs(2)).await;
         // The node the gateway is connected to, so at least the gateway must fail over.
         let victim = node_serving(&cluster, "gateway").await;
@@ -381,8 +321,8 @@ fn cluster_node_killed_under_load_clients_carry_on() {
 fn poisoned_batches_fail_only_their_own_requests() {
     serial(async {
         let server = NatsServer::start();
-        let mut stack = Stack::start(&server.url(), ENV).await;
-        let load = Load::start(&stack.base, CLIENTS);
+        let mut stack = Stack::start(&server.url(), FAULT_ENV).await;
+        let load = Load::start(&stack.base, CLIENTS, embedding_templates());
         load_for(Duration::from_secs(1)).await;
 
         // Batches no tokenizer worker would send, straight into the work queue, among the
@@ -394,17 +334,7 @@ fn poisoned_batches_fail_only_their_own_requests() {
             .subscribe(format!("{inbox}.>"))
             .await
             .expect("subscribe");
-        let item = |id: &str, len| BatchItem {
-            request_id: id.into(),
-            reply_to: format!("{inbox}.{id}"),
-            index: 0,
-            total: 1,
-            len,
-            dims: 0,
-            deadline_ms: 0,
-            trace: None,
-            bundle_to: None,
-        };
+        let item = |id: &str, len| queued_item(id, &format!("{inbox}.{id}"), 0, 1, len);
         let poisoned = [
             TokenBatch {
                 token_ids: vec![u32::MAX, 151_643],
@@ -505,21 +435,19 @@ async fn node_serving(cluster: &NatsCluster, name: &str) -> usize {
     panic!("no node serves a client named {name}");
 }
 
-/// Freezes a process (SIGSTOP): it keeps its connections but does nothing.
-fn stop_process(worker: &Worker) {
-    signal_process(worker, "-STOP");
-}
-
-/// Lets a frozen process go on (SIGCONT).
-fn continue_process(worker: &Worker) {
-    signal_process(worker, "-CONT");
-}
-
-/// Sends `signal` (`-STOP`, `-CONT`) to `worker`.
-fn signal_process(worker: &Worker, signal: &str) {
-    let status = std::process::Command::new("kill")
-        .args([signal, &worker.pid().to_string()])
-        .status()
-        .expect("run kill(1)");
-    assert!(status.success(), "kill {signal} {} failed", worker.pid());
+/// Sequence `index` of `total` of request `request_id` (answered on `reply_to`), `len`
+/// tokens long, as a tokenizer worker would queue it but with no deadline.
+fn queued_item(request_id: &str, reply_to: &str, index: u32, total: u32, len: u32) -> BatchItem {
+    BatchItem {
+        request_id: request_id.into(),
+        reply_to: reply_to.into(),
+        index,
+        total,
+        len,
+        dims: 0,
+        deadline_ms: 0,
+        trace: None,
+        bundle_to: None,
+        budget_ms: 0,
+    }
 }

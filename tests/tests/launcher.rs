@@ -19,23 +19,22 @@ use std::net::TcpListener;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::Mutex;
 use std::time::Duration;
 
+use e2e_tests::harness::{FAULT_ENV, serial, signal, wait_serving};
+use e2e_tests::load::{Load, assert_flawless};
 use e2e_tests::process::{bin_dir, binary};
 use e2e_tests::{free_port, nats_server_binary, repo_root, tiny_model_dir};
-use load::{Load, Record, failures};
+use load::embedding_templates;
+use serde_json::json;
 use support::{wait_for_worker_counts, wait_healthy};
 use tokio::time::{Instant, sleep};
 
-/// Settings run.sh passes on to every process, over its default (`dev`) profile: a dead GPU
-/// worker's batches come back after 2 s; requests have 15 s; the load's 20 clients are all
-/// admitted (the profile admits 10 at once); no answer cache, so every request reaches
-/// the workers.
+/// Settings run.sh passes on to every process, over its default (`dev`) profile, besides
+/// [`FAULT_ENV`] (a dead GPU worker's batches come back after 2 s; requests have 15 s): the
+/// load's 20 clients are all admitted (the profile admits 10 at once); no answer cache, so
+/// every request reaches the workers.
 const ENV: &[(&str, &str)] = &[
-    ("QWEN3_EMBED__QUEUE__ACK_WAIT_S", "2"),
-    ("QWEN3_EMBED__GATEWAY__REQUEST_TIMEOUT_S", "15"),
-    ("QWEN3_EMBED__GATEWAY__TOKENIZER_ACK_TIMEOUT_MS", "1000"),
     ("QWEN3_EMBED__GATEWAY__MAX_CONCURRENT_QUERIES", "64"),
     ("QWEN3_EMBED__GATEWAY__CACHE_SIZE", "0"),
 ];
@@ -53,22 +52,6 @@ const RESTART_PATIENCE: Duration = Duration::from_secs(30);
 /// How long run.sh may take to stop after SIGTERM: it gives the stages 10 s to drain, then
 /// stops the nats-server.
 const STOP_PATIENCE: Duration = Duration::from_secs(30);
-
-/// Serializes the tests of this file: each starts a whole stack.
-static SERIAL: Mutex<()> = Mutex::new(());
-
-/// Runs one test body alone, on its own runtime.
-fn serial(test: impl std::future::Future<Output = ()>) {
-    let _alone = SERIAL
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime")
-        .block_on(test);
-}
 
 /// `deploy/local/run.sh` running as the leader of its own process group; the whole group is
 /// killed (SIGKILL) on drop, so a failing test leaves no process behind.
@@ -104,7 +87,7 @@ impl Ready {
 
 impl Launcher {
     /// Starts `run.sh --model <tiny model> --gpu-workers 2 --backend cpu --port <port>` with
-    /// the debug binaries and [`ENV`].
+    /// the debug binaries, [`FAULT_ENV`] and [`ENV`].
     fn start(port: u16) -> Self {
         for name in ["gateway", "tokenizer-worker", "gpu-worker"] {
             binary(name);
@@ -128,7 +111,7 @@ impl Launcher {
                 "RUST_LOG",
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
             )
-            .envs(ENV.iter().copied())
+            .envs(FAULT_ENV.iter().chain(ENV).copied())
             .stdin(Stdio::null())
             .stdout(File::create(&stdout).expect("create run.sh's stdout file"))
             .stderr(File::create(&stderr).expect("create run.sh's stderr file"))
@@ -289,15 +272,6 @@ fn restarted_pid(line: &str) -> u32 {
         .unwrap_or_else(|| panic!("no pid in `{line}`"))
 }
 
-/// Sends signal `name` (`KILL`, `TERM`) to process `pid`.
-fn signal(pid: u32, name: &str) {
-    let status = Command::new("kill")
-        .args([format!("-{name}"), pid.to_string()])
-        .status()
-        .expect("run kill(1)");
-    assert!(status.success(), "kill -{name} {pid} failed");
-}
-
 /// A process's state letter and process group, from `/proc/<pid>/stat`; `None` when there
 /// is no such process.
 fn state_and_group(pid: u32) -> Option<(char, u32)> {
@@ -322,29 +296,6 @@ fn group_members(group: u32) -> Vec<u32> {
         .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
         .filter(|&pid| state_and_group(pid).is_some_and(|(s, g)| g == group && s != 'Z'))
         .collect()
-}
-
-/// Polls with a one-document request until the stack at `base` answers 200 (after a NATS
-/// restart the work queue is created again when the workers reconnect).
-async fn wait_serving(base: &str) {
-    let deadline = Instant::now() + RESTART_PATIENCE;
-    let http = reqwest::Client::new();
-    loop {
-        let answered = http
-            .post(format!("{base}/v1/embeddings"))
-            .json(&serde_json::json!({"input": "ready?"}))
-            .send()
-            .await
-            .is_ok_and(|r| r.status() == 200);
-        if answered {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the stack served no request within {RESTART_PATIENCE:?}"
-        );
-        sleep(Duration::from_millis(200)).await;
-    }
 }
 
 /// Sends run.sh SIGTERM and checks it exits 0 having stopped everything: none of `pids`
@@ -378,24 +329,6 @@ async fn stop_and_check_clean(launcher: &mut Launcher, pids: &[u32]) {
     );
 }
 
-/// Asserts a load went through without a single failure and did real work.
-fn assert_flawless(records: &[Record], what: &str) {
-    let failed = failures(records);
-    assert!(
-        failed.is_empty(),
-        "{what}: {} of {} requests failed: {:#?}",
-        failed.len(),
-        records.len(),
-        &failed[..failed.len().min(10)]
-    );
-    assert!(records.iter().all(|r| r.status == 200));
-    assert!(
-        records.len() >= 20,
-        "{what}: only {} requests ran",
-        records.len()
-    );
-}
-
 #[test]
 fn gpu_worker_killed_under_load_is_restarted_and_no_request_fails() {
     serial(async {
@@ -407,7 +340,7 @@ fn gpu_worker_killed_under_load_is_restarted_and_no_request_fails() {
             .expect("test client connects");
         wait_for_worker_counts(&nats, 1, 2).await;
 
-        let load = Load::start(&ready.base, CLIENTS);
+        let load = Load::start(&ready.base, CLIENTS, embedding_templates());
         sleep(Duration::from_secs(2)).await;
         let victim = ready.pid("gpu-worker #1");
         signal(victim, "KILL");
@@ -492,8 +425,10 @@ fn nats_server_killed_comes_back_on_its_port_with_a_growing_backoff() {
             sleep(Duration::from_millis(200)).await;
         };
         wait_for_worker_counts(&nats, 1, 2).await;
-        wait_serving(&ready.base).await;
-        let load = Load::start(&ready.base, CLIENTS);
+        // After a NATS restart the work queue is created again when the workers reconnect.
+        let probe = json!({"input": "ready?"});
+        wait_serving(&ready.base, "/v1/embeddings", probe, RESTART_PATIENCE).await;
+        let load = Load::start(&ready.base, CLIENTS, embedding_templates());
         sleep(Duration::from_secs(3)).await;
         assert_flawless(&load.stop().await, "after the nats-server came back");
 

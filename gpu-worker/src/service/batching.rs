@@ -290,25 +290,12 @@ fn log_requests(items: &[BatchItem], outcome: &'static str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::service::test_items::item;
 
     fn batch(tokens: usize) -> TokenBatch {
         TokenBatch {
             token_ids: vec![1; tokens],
             items: Vec::new(),
-        }
-    }
-
-    fn item(request_id: &str, reply_to: &str, len: u32) -> BatchItem {
-        BatchItem {
-            request_id: request_id.into(),
-            reply_to: reply_to.into(),
-            index: 0,
-            total: 1,
-            len,
-            dims: 0,
-            deadline_ms: 0,
-            trace: None,
-            bundle_to: None,
         }
     }
 
@@ -332,11 +319,11 @@ mod tests {
     fn concatenation_keeps_sequences_in_order() {
         let a = TokenBatch {
             token_ids: vec![1, 2],
-            items: vec![item("a", "r", 2)],
+            items: vec![item("a", "r", 0, 1, 2)],
         };
         let b = TokenBatch {
             token_ids: vec![3],
-            items: vec![item("b", "r", 1)],
+            items: vec![item("b", "r", 0, 1, 1)],
         };
         let merged = concat(vec![a, b]);
         assert_eq!(merged.token_ids, vec![1, 2, 3]);
@@ -347,10 +334,10 @@ mod tests {
     #[test]
     fn two_clients_with_the_same_id_are_two_requests() {
         let items = [
-            item("1", "_INBOX.a", 1),
-            item("1", "_INBOX.b", 1),
-            item("1", "_INBOX.a", 1),
-            item("2", "_INBOX.a", 1),
+            item("1", "_INBOX.a", 0, 1, 1),
+            item("1", "_INBOX.b", 0, 1, 1),
+            item("1", "_INBOX.a", 0, 1, 1),
+            item("2", "_INBOX.a", 0, 1, 1),
         ];
         assert_eq!(
             requests(&items),

@@ -32,6 +32,8 @@ mod intake;
 mod poison;
 mod replies;
 mod status;
+#[cfg(test)]
+mod test_items;
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
@@ -41,16 +43,13 @@ use async_nats::jetstream;
 use common::nats::NatsConfig;
 use common::queue::{QueueConfig, batch_stream_for, gpu_consumer_for, max_deliveries_advisory};
 use common::subjects::{Subjects, Task};
-use common::worker::register_service;
+use common::worker::{flush_at_shutdown, register_service};
 use tokio::sync::{Semaphore, watch};
 
 use crate::config::GpuWorkerConfig;
 use crate::device::DeviceHandle;
 use crate::load::Load;
 use health::{Health, InHand};
-
-/// How long shutdown waits to flush replies to the server.
-const SHUTDOWN_FLUSH: Duration = Duration::from_secs(2);
 
 /// How long an unhealthy worker keeps answering status requests (saying why) and offers
 /// (`busy`) before it exits, so discovery and operators see why it left.
@@ -237,9 +236,12 @@ pub async fn run(
         direct,
     };
     while !*stop_rx.borrow() {
+        // Biased, health first: a worker that lost its device and is asked to stop at once
+        // still leaves as unhealthy (exit non-zero), never as a clean stop.
         let permit = tokio::select! {
-            _ = stop_rx.changed() => break,
+            biased;
             () = shared.health.failed() => return leave(&shared, background).await,
+            _ = stop_rx.changed() => break,
             permit = Arc::clone(&capacity).acquire_owned() => permit?,
         };
         // A pull is never abandoned half-way (the server would hand its batches to nobody
@@ -273,20 +275,26 @@ pub async fn run(
     tracing::info!("gpu worker draining");
     let all = u32::try_from(config.max_batches_in_hand.max(1)).unwrap_or(u32::MAX);
     tokio::select! {
-        _all_done = capacity.acquire_many(all) => {}
+        biased;
         () = shared.health.failed() => return leave(&shared, background).await,
+        _all_done = capacity.acquire_many(all) => {}
     }
     let mut background = background;
     if let Some(direct) = background.direct.as_mut() {
         tokio::select! {
+            biased;
+            () = shared.health.failed() => return leave(&shared, background).await,
             finished = direct => if let Err(e) = finished {
                 tracing::error!(error = %e, "direct batch task failed; this is a bug");
             },
-            () = shared.health.failed() => return leave(&shared, background).await,
         }
     }
+    // The last pass of the drain may have been the one that lost the device.
+    if shared.health.is_failed() {
+        return leave(&shared, background).await;
+    }
     background.abort();
-    flush(&client).await;
+    flush_at_shutdown(&client).await;
     tracing::info!("gpu worker stopped");
     Ok(())
 }
@@ -328,17 +336,6 @@ async fn leave(shared: &Shared, background: Background) -> anyhow::Result<()> {
     tokio::time::sleep(UNHEALTHY_LINGER).await;
     health::hand_back_all(shared).await;
     background.abort();
-    flush(&shared.client).await;
+    flush_at_shutdown(&shared.client).await;
     Err(Unhealthy { reason }.into())
-}
-
-/// Flushes what the client buffered, for at most [`SHUTDOWN_FLUSH`] (with the server gone,
-/// a flush would wait for a reconnection forever).
-async fn flush(client: &async_nats::Client) {
-    if tokio::time::timeout(SHUTDOWN_FLUSH, client.flush())
-        .await
-        .is_err()
-    {
-        tracing::warn!("NATS unreachable at shutdown; unsent replies are lost");
-    }
 }

@@ -286,30 +286,16 @@ pub(super) async fn answer_max_deliveries(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use common::wire::BatchItem;
-
-    fn item(request_id: &str, reply_to: &str, index: u32, len: u32) -> BatchItem {
-        BatchItem {
-            request_id: request_id.into(),
-            reply_to: reply_to.into(),
-            index,
-            total: 2,
-            len,
-            dims: 0,
-            deadline_ms: 0,
-            trace: None,
-            bundle_to: None,
-        }
-    }
+    use crate::service::test_items::item;
 
     #[test]
     fn a_batch_splits_into_one_batch_per_request_keeping_their_tokens() {
         let batch = TokenBatch {
             token_ids: vec![1, 2, 3, 4, 5, 6],
             items: vec![
-                item("a", "_INBOX.x", 0, 1),
-                item("a", "_INBOX.y", 0, 2),
-                item("a", "_INBOX.x", 1, 3),
+                item("a", "_INBOX.x", 0, 2, 1),
+                item("a", "_INBOX.y", 0, 2, 2),
+                item("a", "_INBOX.x", 1, 2, 3),
             ],
         };
         let parts = by_request(&batch);

@@ -140,19 +140,7 @@ mod tests {
     use super::*;
     use common::wire::{EmbedReply, ReplyBundle};
 
-    fn item(request_id: &str, reply_to: &str, index: u32, total: u32, len: u32) -> BatchItem {
-        BatchItem {
-            request_id: request_id.into(),
-            reply_to: reply_to.into(),
-            index,
-            total,
-            len,
-            dims: 0,
-            deadline_ms: 0,
-            trace: None,
-            bundle_to: None,
-        }
-    }
+    use crate::service::test_items::item;
 
     #[test]
     fn two_clients_with_the_same_id_get_their_own_vectors() {

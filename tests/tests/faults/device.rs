@@ -24,14 +24,14 @@ struct DeviceFault {
 /// worker, for those the faulty one held) and that the other worker lives on.
 async fn device_fault_under_load(fault: &str) -> DeviceFault {
     let server = NatsServer::start();
-    let mut env = ENV.to_vec();
+    let mut env = FAULT_ENV.to_vec();
     env.push(("QWEN3_EMBED__GPU__WATCHDOG_MIN_S", "2"));
     let hook = [
         ("QWEN3_EMBED__GPU__FAULT", fault),
         ("QWEN3_EMBED__GPU__FAULT_TOKEN_ID", FAULT_TOKEN),
     ];
     let mut stack = Stack::start_with(&server.url(), &env, &hook).await;
-    let load = Load::start(&stack.base, CLIENTS);
+    let load = Load::start(&stack.base, CLIENTS, embedding_templates());
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut unhealthy = None;
     let status = loop {
@@ -130,7 +130,7 @@ fn a_poison_input_fails_only_its_request_and_a_bounded_number_of_workers() {
         // Every GPU worker panics on the poison token (a real poison input would fail each
         // the same way) and is restarted when it exits.
         let max_deliver = 3;
-        let mut env = ENV.to_vec();
+        let mut env = FAULT_ENV.to_vec();
         env.extend([
             ("QWEN3_EMBED__QUEUE__MAX_DELIVER", "3"),
             ("QWEN3_EMBED__GPU__FAULT", "panic"),
@@ -138,7 +138,7 @@ fn a_poison_input_fails_only_its_request_and_a_bounded_number_of_workers() {
         ]);
         let mut stack = Stack::start(&server.url(), &env).await;
         let pipeline = Pipeline::new(server.url(), &env);
-        let load = Load::start(&stack.base, CLIENTS);
+        let load = Load::start(&stack.base, CLIENTS, embedding_templates());
         load_for(Duration::from_secs(1)).await;
 
         // The poison input between two innocent ones, in one request over NATS.
@@ -165,6 +165,7 @@ fn a_poison_input_fails_only_its_request_and_a_bounded_number_of_workers() {
             dimensions: None,
             truncate: None,
             deadline_ms: None,
+            timeout_ms: None,
             ack: false,
             bundle_to: None,
         };
@@ -222,31 +223,21 @@ fn a_batch_out_of_deliveries_is_answered_and_deleted() {
     serial(async {
         use async_nats::jetstream::{AckKind, consumer::PullConsumer};
         let server = NatsServer::start();
-        let mut env = ENV.to_vec();
+        let mut env = FAULT_ENV.to_vec();
         env.push(("QWEN3_EMBED__QUEUE__MAX_DELIVER", "2"));
         let gpu = Pipeline::new(server.url(), &env).gpu("gpu-1");
         let nats = async_nats::connect(server.url()).await.expect("connect");
         wait_for_worker_counts(&nats, 0, 1).await;
         // Frozen, the worker takes no batch, but JetStream's advisory waits in its socket;
         // its last pull request expires within a second.
-        stop_process(&gpu);
+        signal(gpu.pid(), "STOP");
         tokio::time::sleep(Duration::from_millis(1500)).await;
 
         // A batch whose deliveries all fail (taken here and NAKed, as by workers that died
         // holding it) never reaches a worker on its last delivery.
         let inbox = nats.new_inbox();
         let mut replies = nats.subscribe(inbox.clone()).await.expect("subscribe");
-        let item = |index| BatchItem {
-            request_id: "exhausted".into(),
-            reply_to: inbox.clone(),
-            index,
-            total: 2,
-            len: 2,
-            dims: 0,
-            deadline_ms: 0,
-            trace: None,
-            bundle_to: None,
-        };
+        let item = |index| queued_item("exhausted", &inbox, index, 2, 2);
         let batch = TokenBatch {
             token_ids: vec![1, 2, 3, 4],
             items: vec![item(1), item(0)],
@@ -280,7 +271,7 @@ fn a_batch_out_of_deliveries_is_answered_and_deleted() {
             }
         }
         assert_eq!(deliveries, 2, "delivered max_deliver times, no more");
-        continue_process(&gpu);
+        signal(gpu.pid(), "CONT");
 
         let message = tokio::time::timeout(Duration::from_secs(10), replies.next())
             .await

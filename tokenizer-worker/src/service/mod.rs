@@ -50,10 +50,7 @@ use crate::acks::Acks;
 use crate::batcher::{Batcher, BatcherConfig};
 use crate::config::TokenizerWorkerConfig;
 use crate::publish::{BatchIds, WorkQueue};
-use common::worker::register_service;
-
-/// How long shutdown waits to flush batches and replies to the server.
-const SHUTDOWN_FLUSH: Duration = Duration::from_secs(2);
+use common::worker::{flush_at_shutdown, register_service};
 
 /// How often pending sequences are checked for passed deadlines.
 const EXPIRY_SWEEP: Duration = Duration::from_millis(50);
@@ -213,13 +210,7 @@ pub async fn run(
     while let Some(published) = state.publishes.join_next().await {
         state.settle(published);
     }
-    // Bounded: with the server gone, a flush would wait for a reconnection forever.
-    if tokio::time::timeout(SHUTDOWN_FLUSH, client.flush())
-        .await
-        .is_err()
-    {
-        tracing::warn!("NATS unreachable at shutdown; unsent replies are lost");
-    }
+    flush_at_shutdown(&client).await;
     tracing::info!("tokenizer worker stopped");
     Ok(())
 }
