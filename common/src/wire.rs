@@ -5,11 +5,20 @@
 //! msgpack library reads and writes it. `TokenBatch` is internal: the tokenizer workers send
 //! it to the GPU workers (rerank batches hold formatted pairs, with `dims` 0). `WorkerStatus`
 //! answers the status subject.
+//!
+//! Deadlines travel as a remaining budget (`timeout_ms` in requests, `budget_ms` in batch
+//! items), which each stage turns into a deadline on its own monotonic clock when the message
+//! arrives ([`budget`]): machines whose wall clocks disagree still agree on how long is left.
+//! The absolute `deadline_ms` is still sent, for logs and for peers that predate the budget.
+
+mod budget;
 
 use serde::{Deserialize, Serialize};
 
 use crate::subjects::Task;
 use crate::trace::RequestTrace;
+
+pub use self::budget::remaining_ms;
 
 /// Whether a text is a search query (gets the instruction template) or a document (taken as is).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
@@ -43,10 +52,16 @@ pub struct EmbedRequest {
     /// rejecting them. The worker's configured default applies when absent.
     #[serde(default)]
     pub truncate: Option<bool>,
-    /// Unix time in milliseconds after which the caller no longer wants the answer; every
-    /// stage drops work past it and answers `deadline_exceeded`.
+    /// Unix time in milliseconds after which the caller no longer wants the answer, on the
+    /// caller's clock. Legacy: read (on the worker's own wall clock) only when `timeout_ms` is
+    /// absent; otherwise for logs.
     #[serde(default)]
     pub deadline_ms: Option<u64>,
+    /// Milliseconds the caller still gives the request as it sends it; each stage counts them
+    /// from the message's arrival on its own monotonic clock and answers `deadline_exceeded`
+    /// when they run out (0: already out). Rules over `deadline_ms` when both are set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
     /// Ask the tokenizer worker for a [`QueuedReply`] once every input is durably in the work
     /// queue, so a requester can publish again when none comes (the worker that took the
     /// request died). Off when absent; older requesters never see the extra reply.
@@ -145,9 +160,14 @@ pub struct RerankRequest {
     /// instead of failing; the worker's setting when absent.
     #[serde(default)]
     pub truncate: Option<bool>,
-    /// Unix time in milliseconds after which the answer is useless.
+    /// Unix time in milliseconds after which the answer is useless, on the caller's clock;
+    /// legacy, as [`EmbedRequest::deadline_ms`].
     #[serde(default)]
     pub deadline_ms: Option<u64>,
+    /// Milliseconds the caller still gives the request as it sends it, as
+    /// [`EmbedRequest::timeout_ms`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
     /// Ask the rerank tokenizer worker for a [`QueuedReply`] (`queued`: the number of
     /// documents) once every document is durably in the work queue, as for
     /// [`EmbedRequest::ack`]. Off when absent.
@@ -335,7 +355,9 @@ pub struct BatchItem {
     pub len: u32,
     /// Requested output size (0 = the model's hidden size).
     pub dims: u32,
-    /// Unix time in milliseconds after which the work is dropped (0 = none).
+    /// The request's `deadline_ms` as its requester sent it (Unix milliseconds on the
+    /// requester's clock; 0 = none, as for a request that gave only `timeout_ms`): for logs,
+    /// and for GPU workers that predate `budget_ms`, which drop the work past it.
     pub deadline_ms: u64,
     /// The request's id and trace context, when its message carried them (for log lines).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -343,6 +365,11 @@ pub struct BatchItem {
     /// The request's `bundle_to`: where its chunks may go packed with others'.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bundle_to: Option<String>,
+    /// Milliseconds the request had left when the batch was sent (0 = none; at least 1
+    /// otherwise), to be counted from the batch's arrival on the receiver's own clock.
+    /// Absent from tokenizer workers that predate it, whose `deadline_ms` is read instead.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub budget_ms: u64,
 }
 
 /// A GPU worker's answer to a batch offered on the direct subject.
@@ -475,6 +502,11 @@ pub fn deadline_passed(deadline_ms: u64, now_ms: u64) -> bool {
     deadline_ms != 0 && now_ms > deadline_ms
 }
 
+/// Whether `value` is 0 (a `budget_ms` that is not written).
+fn is_zero(value: &u64) -> bool {
+    *value == 0
+}
+
 /// Current Unix time in milliseconds.
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now()
@@ -483,190 +515,4 @@ pub fn now_ms() -> u64 {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn request_round_trips_with_named_fields() {
-        let request = EmbedRequest {
-            id: "r1".into(),
-            input: vec!["hello".into(), String::new()],
-            input_type: InputType::Query,
-            instruction: Some("task".into()),
-            dimensions: Some(16),
-            truncate: Some(true),
-            deadline_ms: None,
-            ack: false,
-            bundle_to: None,
-        };
-        let bytes = encode(&request).unwrap();
-        let as_json: serde_json::Value = rmp_serde::from_slice(&bytes).unwrap();
-        assert!(as_json.get("ack").is_none(), "ack: false is not written");
-        let with_ack = EmbedRequest {
-            ack: true,
-            ..request.clone()
-        };
-        let acked = encode(&with_ack).unwrap();
-        assert_eq!(decode::<EmbedRequest>(&acked).unwrap(), with_ack);
-        let as_json: serde_json::Value = rmp_serde::from_slice(&bytes).unwrap();
-        assert_eq!(as_json["input_type"], "query");
-        assert_eq!(as_json["input"][0], "hello");
-        assert_eq!(decode::<EmbedRequest>(&bytes).unwrap(), request);
-    }
-
-    #[test]
-    fn direct_replies_are_maps_naming_the_outcome() {
-        for (outcome, name) in [(DirectOutcome::Done, "done"), (DirectOutcome::Busy, "busy")] {
-            let bytes = encode(&DirectReply { outcome }).unwrap();
-            let as_json: serde_json::Value = rmp_serde::from_slice(&bytes).unwrap();
-            assert_eq!(as_json, serde_json::json!({"outcome": name}));
-            assert_eq!(decode::<DirectReply>(&bytes).unwrap().outcome, outcome);
-        }
-    }
-
-    #[test]
-    fn minimal_request_takes_defaults_and_passage_means_document() {
-        let json = serde_json::json!({"id": "x", "input": ["a"], "input_type": "passage"});
-        let bytes = rmp_serde::to_vec_named(&json).unwrap();
-        let request: EmbedRequest = decode(&bytes).unwrap();
-        assert_eq!(request.input_type, InputType::Document);
-        assert_eq!(request.dimensions, None);
-    }
-
-    #[test]
-    fn reply_decodes_as_chunk_or_error() {
-        let chunk = EmbedChunk {
-            id: "a".into(),
-            offset: 0,
-            count: 2,
-            total: 2,
-            dims: 2,
-            embeddings: f32_le_bytes([&[1.0f32, 2.0][..], &[3.0, 4.0][..]]),
-            tokens: vec![3, 4],
-        };
-        let reply: EmbedReply = decode(&encode(&chunk).unwrap()).unwrap();
-        let EmbedReply::Chunk(decoded) = reply else {
-            panic!("expected a chunk")
-        };
-        assert_eq!(
-            decoded.vectors().unwrap(),
-            vec![vec![1.0, 2.0], vec![3.0, 4.0]]
-        );
-
-        let error = ErrorReply::new(Some("a".into()), ErrorCode::TooManyTokens, "too long");
-        let reply: EmbedReply = decode(&encode(&error).unwrap()).unwrap();
-        assert_eq!(reply, EmbedReply::Error(error));
-
-        let queued = QueuedReply {
-            id: "a".into(),
-            queued: 2,
-        };
-        let reply: EmbedReply = decode(&encode(&queued).unwrap()).unwrap();
-        assert_eq!(reply, EmbedReply::Queued(queued));
-    }
-
-    #[test]
-    fn rerank_messages_round_trip_and_chunks_are_checked() {
-        let json = serde_json::json!({"id": "q", "query": "", "documents": ["a", ""]});
-        let request: RerankRequest = decode(&rmp_serde::to_vec_named(&json).unwrap()).unwrap();
-        assert_eq!(request.documents, ["a", ""]);
-        assert_eq!(request.instruction, None);
-        assert_eq!(
-            decode::<RerankRequest>(&encode(&request).unwrap()).unwrap(),
-            request
-        );
-
-        let chunk = RerankChunk {
-            id: "q".into(),
-            offset: 0,
-            count: 2,
-            total: 2,
-            scores: vec![0.5, 0.25],
-            logit_yes: vec![0.0, -1.0],
-            logit_no: vec![0.0, 0.1],
-            tokens: vec![9, 10],
-        };
-        assert!(chunk.validate().is_ok());
-        let reply: RerankReply = decode(&encode(&chunk).unwrap()).unwrap();
-        assert_eq!(reply, RerankReply::Chunk(chunk.clone()));
-        let error = ErrorReply::new(Some("q".into()), ErrorCode::InvalidRequest, "no");
-        let reply: RerankReply = decode(&encode(&error).unwrap()).unwrap();
-        assert_eq!(reply, RerankReply::Error(error));
-        let queued = QueuedReply {
-            id: "q".into(),
-            queued: 2,
-        };
-        let reply: RerankReply = decode(&encode(&queued).unwrap()).unwrap();
-        assert_eq!(reply, RerankReply::Queued(queued));
-        // An older requester's message (no `ack`) asks for no acknowledgement, and a request
-        // without one encodes without the field.
-        assert!(!request.ack);
-        let acked = RerankRequest {
-            ack: true,
-            ..request.clone()
-        };
-        assert!(
-            decode::<RerankRequest>(&encode(&acked).unwrap())
-                .unwrap()
-                .ack
-        );
-        assert!(encode(&acked).unwrap().len() > encode(&request).unwrap().len());
-        let short = RerankChunk {
-            tokens: vec![9],
-            ..chunk
-        };
-        assert!(short.validate().is_err());
-
-        let kind: WorkerKind = decode(&encode(&WorkerKind::RerankGpu).unwrap()).unwrap();
-        assert_eq!(kind, WorkerKind::gpu(Task::Rerank));
-        assert_eq!(
-            rmp_serde::from_slice::<String>(&encode(&WorkerKind::RerankTokenizer).unwrap())
-                .unwrap(),
-            "rerank_tokenizer"
-        );
-    }
-
-    #[test]
-    fn chunk_with_wrong_byte_count_is_rejected() {
-        let chunk = EmbedChunk {
-            id: "a".into(),
-            offset: 0,
-            count: 2,
-            total: 2,
-            dims: 2,
-            embeddings: vec![0; 12],
-            tokens: vec![1, 1],
-        };
-        assert!(chunk.vectors().is_err());
-    }
-
-    #[test]
-    fn batch_validation_checks_lengths() {
-        let item = |len| BatchItem {
-            request_id: "r".into(),
-            reply_to: "_INBOX.1".into(),
-            index: 0,
-            total: 1,
-            len,
-            dims: 0,
-            deadline_ms: 0,
-            trace: None,
-            bundle_to: None,
-        };
-        let good = TokenBatch {
-            token_ids: vec![1, 2, 3],
-            items: vec![item(1), item(2)],
-        };
-        assert!(good.validate().is_ok());
-        let short = TokenBatch {
-            token_ids: vec![1, 2],
-            items: vec![item(1), item(2)],
-        };
-        assert!(short.validate().is_err());
-        let empty_item = TokenBatch {
-            token_ids: vec![1],
-            items: vec![item(1), item(0)],
-        };
-        assert!(empty_item.validate().is_err());
-    }
-}
+mod tests;

@@ -90,6 +90,8 @@ const FIELD_NAMES: &[&str] = &[
     "dimensions",
     "truncate",
     "deadline_ms",
+    "timeout_ms",
+    "budget_ms",
     "ack",
     "queued",
     "offset",
@@ -185,6 +187,7 @@ fn embed_request() -> impl Strategy<Value = EmbedRequest> {
         proptest::option::of(any::<u32>()),
         proptest::option::of(any::<bool>()),
         proptest::option::of(any::<u64>()),
+        proptest::option::of(any::<u64>()),
         any::<bool>(),
         proptest::option::of(".{0,16}"),
     )
@@ -197,6 +200,7 @@ fn embed_request() -> impl Strategy<Value = EmbedRequest> {
                 dimensions,
                 truncate,
                 deadline_ms,
+                timeout_ms,
                 ack,
                 bundle_to,
             )| {
@@ -208,6 +212,7 @@ fn embed_request() -> impl Strategy<Value = EmbedRequest> {
                     dimensions,
                     truncate,
                     deadline_ms,
+                    timeout_ms,
                     ack,
                     bundle_to,
                 }
@@ -223,17 +228,21 @@ fn rerank_request() -> impl Strategy<Value = RerankRequest> {
         proptest::option::of(".{0,16}"),
         proptest::option::of(any::<bool>()),
         proptest::option::of(any::<u64>()),
+        proptest::option::of(any::<u64>()),
         any::<bool>(),
     )
         .prop_map(
-            |(id, query, documents, instruction, truncate, deadline_ms, ack)| RerankRequest {
-                id,
-                query,
-                documents,
-                instruction,
-                truncate,
-                deadline_ms,
-                ack,
+            |(id, query, documents, instruction, truncate, deadline_ms, timeout_ms, ack)| {
+                RerankRequest {
+                    id,
+                    query,
+                    documents,
+                    instruction,
+                    truncate,
+                    deadline_ms,
+                    timeout_ms,
+                    ack,
+                }
             },
         )
 }
@@ -275,9 +284,19 @@ fn batch_item(len: impl Strategy<Value = u32>) -> impl Strategy<Value = BatchIte
         any::<u64>(),
         trace,
         prop::option::of(".{0,12}"),
+        prop_oneof![Just(0u64), any::<u64>()],
     )
         .prop_map(
-            |(request_id, reply_to, [index, total, dims], len, deadline_ms, trace, bundle_to)| {
+            |(
+                request_id,
+                reply_to,
+                [index, total, dims],
+                len,
+                deadline_ms,
+                trace,
+                bundle_to,
+                budget_ms,
+            )| {
                 BatchItem {
                     request_id,
                     reply_to,
@@ -288,6 +307,7 @@ fn batch_item(len: impl Strategy<Value = u32>) -> impl Strategy<Value = BatchIte
                     deadline_ms,
                     trace,
                     bundle_to,
+                    budget_ms,
                 }
             },
         )
@@ -424,10 +444,18 @@ proptest! {
 proptest! {
     #![proptest_config(config(2000))]
 
+    /// A request decodes to itself; `timeout_ms` is written only when set, and the same
+    /// message from a requester that predates it (no such field) decodes with none.
     #[test]
     fn embed_request_round_trips(request in embed_request()) {
         let bytes = encode(&request).expect("encode");
-        prop_assert_eq!(decode::<EmbedRequest>(&bytes).expect("decode"), request);
+        prop_assert_eq!(decode::<EmbedRequest>(&bytes).expect("decode"), request.clone());
+        let mut fields: Value = rmp_serde::from_slice(&bytes).expect("a map");
+        let map = fields.as_object_mut().expect("a map");
+        prop_assert_eq!(map.remove("timeout_ms").is_some(), request.timeout_ms.is_some());
+        let older = rmp_serde::to_vec_named(&fields).expect("encode");
+        let want = EmbedRequest { timeout_ms: None, ..request };
+        prop_assert_eq!(decode::<EmbedRequest>(&older).expect("decode"), want);
     }
 
     /// A rerank request decodes to itself; one without `ack` carries no `ack` field, so
@@ -438,6 +466,7 @@ proptest! {
         prop_assert_eq!(decode::<RerankRequest>(&bytes).expect("decode"), request.clone());
         let fields: Value = rmp_serde::from_slice(&bytes).expect("a map");
         prop_assert_eq!(fields.get("ack").is_some(), request.ack);
+        prop_assert_eq!(fields.get("timeout_ms").is_some(), request.timeout_ms.is_some());
     }
 
     /// An acknowledgement decodes as the rerank reply it is, never as a chunk or an error.
@@ -474,10 +503,24 @@ proptest! {
         prop_assert_eq!(decode::<ReplyBundle>(&bytes).expect("decode"), bundle);
     }
 
+    /// A batch decodes to itself; an item's `budget_ms` is written only when nonzero, and the
+    /// same batch from a tokenizer worker that predates it decodes with none (0).
     #[test]
     fn token_batch_round_trips(batch in token_batch()) {
         let bytes = encode(&batch).expect("encode");
-        prop_assert_eq!(decode::<TokenBatch>(&bytes).expect("decode"), batch);
+        prop_assert_eq!(decode::<TokenBatch>(&bytes).expect("decode"), batch.clone());
+        let mut fields: Value = rmp_serde::from_slice(&bytes).expect("a map");
+        let items = fields["items"].as_array_mut().expect("items");
+        for (item, sent) in items.iter_mut().zip(&batch.items) {
+            let map = item.as_object_mut().expect("an item map");
+            prop_assert_eq!(map.remove("budget_ms").is_some(), sent.budget_ms != 0);
+        }
+        let older = rmp_serde::to_vec_named(&fields).expect("encode");
+        let mut want = batch;
+        for item in &mut want.items {
+            item.budget_ms = 0;
+        }
+        prop_assert_eq!(decode::<TokenBatch>(&older).expect("decode"), want);
     }
 
     #[test]
@@ -673,6 +716,7 @@ fn validate_does_not_wrap_lengths_past_u32() {
         deadline_ms: 0,
         trace: None,
         bundle_to: None,
+        budget_ms: 0,
     };
     for lens in [
         vec![u32::MAX, 1],

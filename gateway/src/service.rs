@@ -3,7 +3,9 @@
 //! [`EmbedService::embed`]. Both rerank APIs (Cohere/Jina and TEI) turn theirs into a
 //! [`RerankJob`] and call [`EmbedService::rerank`]: the same limits, admission and deadline,
 //! no cache. A request's deadline runs from its [`Arrival`], so the time it waits in the
-//! admission queue counts against it.
+//! admission queue counts against it. The deadline is kept on the monotonic clock; the
+//! workers get what is left of it (`timeout_ms`, set by the upstream at each publication),
+//! and the absolute time only for logs and for workers that predate `timeout_ms`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,7 +28,8 @@ use crate::upstream::{Upstream, UpstreamError};
 pub struct Arrival {
     /// On the monotonic clock, for the gateway's own waits.
     pub at: Instant,
-    /// Unix time in milliseconds, for the deadline sent to the workers.
+    /// Unix time in milliseconds, for the absolute `deadline_ms` sent along (logs, older
+    /// workers).
     pub unix_ms: u64,
 }
 
@@ -166,6 +169,8 @@ impl EmbedService {
                 dimensions: job.dimensions,
                 truncate: job.truncate,
                 deadline_ms: Some(deadline_ms),
+                // Set by the upstream at each publication: what is left of `deadline` then.
+                timeout_ms: None,
                 // Set by the upstream from its configuration.
                 ack: false,
                 bundle_to: None,
@@ -206,6 +211,8 @@ impl EmbedService {
             instruction: job.instruction,
             truncate: job.truncate,
             deadline_ms: Some(deadline_ms),
+            // Set by the upstream at each publication: what is left of `deadline` then.
+            timeout_ms: None,
             ack: false,
         };
         let scored = self
@@ -225,7 +232,7 @@ impl EmbedService {
     }
 
     /// The deadline of a request that arrived at `arrival`: on the monotonic clock, and as
-    /// Unix milliseconds for the workers.
+    /// Unix milliseconds for logs and older workers.
     fn deadline(&self, arrival: Arrival) -> (Instant, u64) {
         let timeout_ms = u64::try_from(self.timeout.as_millis()).unwrap_or(u64::MAX);
         (

@@ -94,8 +94,11 @@ async fn deadline_gives_504_and_late_chunks_are_ignored() {
         "{error}"
     );
 
-    // The request carried its deadline.
+    // The request carried its deadline: what was left of the 1 s when it was published,
+    // and the absolute time (for logs and older workers).
     let (request, reply_to) = worker.received.lock().unwrap()[0].clone();
+    let timeout_ms = request.timeout_ms.expect("timeout_ms set");
+    assert!((1..=1000).contains(&timeout_ms), "timeout_ms {timeout_ms}");
     let deadline = request.deadline_ms.expect("deadline set");
     assert!(
         deadline.abs_diff(wire::now_ms()) < 3000,

@@ -4,7 +4,7 @@
 mod support;
 
 use base64::Engine;
-use common::wire::{InputType, WorkerKind};
+use common::wire::{EmbedRequest, InputType, WorkerKind};
 use serde_json::json;
 use support::{FAKE_DIMS, Harness, error_of, expected_tokens, expected_vector, status};
 
@@ -351,7 +351,21 @@ async fn unacknowledged_request_is_published_again_and_answered_once() {
     let received = worker.received.lock().unwrap().clone();
     assert_eq!(received.len(), 2, "sent once, then once again");
     assert!(received[0].0.ack, "the gateway asks for an acknowledgement");
-    assert_eq!(received[0], received[1], "the same id and reply subject");
+    // The same id and reply subject, with what is left of the deadline at each publication:
+    // the copy went out after the 200 ms acknowledgement wait, so it has less.
+    let (first, second) = (&received[0], &received[1]);
+    let left = |request: &EmbedRequest| request.timeout_ms.expect("timeout_ms sent");
+    assert!(
+        left(&first.0) >= left(&second.0) + 190,
+        "{} ms, then {} ms",
+        left(&first.0),
+        left(&second.0)
+    );
+    let same_but_budget = EmbedRequest {
+        timeout_ms: first.0.timeout_ms,
+        ..second.0.clone()
+    };
+    assert_eq!((&first.0, &first.1), (&same_but_budget, &second.1));
     let debug: serde_json::Value = harness
         .http
         .get(harness.url("/debug"))

@@ -6,12 +6,15 @@
 //! The binaries are looked up beside the test executable (`target/<profile>/`, wherever
 //! `CARGO_TARGET_DIR` puts it), or in `$QWEN3_BIN_DIR`. `cargo test` does not build them:
 //! run `cargo build --workspace --bins` first (`deploy/local/test.sh` does).
+//!
+//! A child's wall clock can be set off from this machine's ([`skewed_clock`]): libfaketime,
+//! preloaded, shifts what `SystemTime::now()` reads in that process and nothing else.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::{free_port, tiny_model_dir};
+use crate::{free_port, repo_root, tiny_model_dir};
 
 /// The directory holding the workspace's binaries.
 pub fn bin_dir() -> PathBuf {
@@ -194,14 +197,30 @@ impl Pipeline {
 
     /// A tokenizer worker on the tiny model (one tokenizer thread, no batching wait).
     pub fn tokenizer(&self, name: &str) -> Worker {
-        let args = self.worker_args(&["--threads", "1"]);
-        Worker::spawn(name, "tokenizer-worker", &args, &self.env)
+        self.tokenizer_with(name, &[])
     }
 
     /// A GPU worker on the tiny model with the exact CPU backend.
     pub fn gpu(&self, name: &str) -> Worker {
+        self.gpu_with(name, &[])
+    }
+
+    /// A tokenizer worker as [`Pipeline::tokenizer`], with `extra_env` added to its
+    /// environment (e.g. [`skewed_clock`]).
+    pub fn tokenizer_with(&self, name: &str, extra_env: &[(&'static str, String)]) -> Worker {
+        let args = self.worker_args(&["--threads", "1"]);
+        Worker::spawn(name, "tokenizer-worker", &args, &self.env_with(extra_env))
+    }
+
+    /// A GPU worker as [`Pipeline::gpu`], with `extra_env` added to its environment.
+    pub fn gpu_with(&self, name: &str, extra_env: &[(&'static str, String)]) -> Worker {
         let args = self.worker_args(&["--backend", "cpu"]);
-        Worker::spawn(name, "gpu-worker", &args, &self.env)
+        Worker::spawn(name, "gpu-worker", &args, &self.env_with(extra_env))
+    }
+
+    /// The pipeline's settings followed by `extra_env` (which wins on a repeated key).
+    fn env_with(&self, extra_env: &[(&'static str, String)]) -> Vec<(&'static str, String)> {
+        self.env.iter().chain(extra_env).cloned().collect()
     }
 
     /// A gateway on a free loopback port serving model `qwen3-tiny` without a cache; its
@@ -223,4 +242,46 @@ impl Pipeline {
         let worker = Worker::spawn(name, "gateway", &args, &env);
         (worker, format!("http://127.0.0.1:{port}"))
     }
+}
+
+/// The libfaketime library to preload: `$LIBFAKETIME`, else the one the `libfaketime` pip
+/// package put in the repository's `.venv` (`deploy/local/setup.sh` installs it), else
+/// Debian's (package `libfaketime`). Panics saying how to install it when none exists.
+pub fn libfaketime() -> PathBuf {
+    if let Some(path) = std::env::var_os("LIBFAKETIME") {
+        return PathBuf::from(path);
+    }
+    let venv_lib = repo_root().join(".venv/lib");
+    let in_venv = std::fs::read_dir(&venv_lib)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|python| {
+            python
+                .path()
+                .join("site-packages/libfaketime/vendor/libfaketime/src/libfaketime.so.1")
+        });
+    let debian = ["x86_64-linux-gnu", "aarch64-linux-gnu"]
+        .map(|arch| PathBuf::from(format!("/usr/lib/{arch}/faketime/libfaketime.so.1")));
+    in_venv
+        .chain(debian)
+        .find(|path| path.exists())
+        .unwrap_or_else(|| {
+            panic!(
+                "libfaketime not found: run deploy/local/setup.sh (it installs the libfaketime \
+                 pip package into .venv) or set LIBFAKETIME to libfaketime.so.1"
+            )
+        })
+}
+
+/// Environment for a child whose wall clock runs `offset_s` seconds ahead of this machine's
+/// (behind when negative): libfaketime preloaded with a relative offset. The monotonic clock
+/// is left alone: the kernel's timed waits (futexes) measure it, so shifting it would break
+/// every timeout in the process rather than model a machine whose clock is off.
+pub fn skewed_clock(offset_s: i64) -> Vec<(&'static str, String)> {
+    vec![
+        ("LD_PRELOAD", libfaketime().display().to_string()),
+        ("FAKETIME", format!("{offset_s:+}s")),
+        ("FAKETIME_DONT_FAKE_MONOTONIC", "1".into()),
+    ]
 }

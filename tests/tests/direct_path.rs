@@ -29,6 +29,7 @@ fn document_request(case: &Value, id: &str) -> EmbedRequest {
         dimensions: None,
         truncate: None,
         deadline_ms: None,
+        timeout_ms: None,
         ack: true,
         bundle_to: None,
     }
@@ -224,6 +225,7 @@ fn golden_batch(case: &Value, reply_to: &str) -> TokenBatch {
             len: token_ids.len() as u32,
             dims: 0,
             deadline_ms: 0,
+            budget_ms: 0,
             trace: None,
             bundle_to: None,
         }],

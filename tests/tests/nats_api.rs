@@ -4,7 +4,7 @@
 
 mod support;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::queue::{QueueConfig, batch_stream};
 use common::subjects::Task;
@@ -19,6 +19,7 @@ use support::{
     embed_over_nats, floats, golden, max_abs_diff, nats_config, start_gpu, start_tokenizer,
     wait_for_worker_counts, wait_for_workers,
 };
+use tokenizer_worker::batcher::ReadyBatch;
 use tokenizer_worker::publish::{BatchIds, WorkQueue, publish_batch};
 
 fn request(
@@ -35,6 +36,7 @@ fn request(
         dimensions: None,
         truncate: None,
         deadline_ms: None,
+        timeout_ms: None,
         ack: false,
         bundle_to: None,
     }
@@ -156,6 +158,19 @@ async fn nats_api_matches_golden_and_survives_concurrency_and_bad_input() {
             }),
             ErrorCode::InvalidRequest,
         ),
+        // A budget used up: exceeded, whatever the absolute deadline beside it says.
+        (
+            bad(base.clone(), |r| {
+                r.timeout_ms = Some(0);
+                r.deadline_ms = Some(wire::now_ms() + 60_000);
+            }),
+            ErrorCode::DeadlineExceeded,
+        ),
+        // A budget longer than the work queue keeps a batch.
+        (
+            bad(base.clone(), |r| r.timeout_ms = Some(3_600_000)),
+            ErrorCode::InvalidRequest,
+        ),
         (
             bad(base.clone(), |r| r.input = vec!["word ".repeat(9000)]),
             ErrorCode::TooManyTokens,
@@ -169,7 +184,16 @@ async fn nats_api_matches_golden_and_survives_concurrency_and_bad_input() {
         let error = embed_over_nats(&client, &req).await.expect_err("must fail");
         assert_eq!(error.error.code, code, "{req:?}: {}", error.error.message);
         assert_eq!(error.id.as_deref(), Some("bad"));
+        if code == ErrorCode::InvalidRequest && req.timeout_ms.is_some() {
+            let message = &error.error.message;
+            assert!(message.contains("max_age_s"), "{message}");
+        }
     }
+    // A request that gives only a budget is served.
+    let timed = bad(base.clone(), |r| r.timeout_ms = Some(20_000));
+    embed_over_nats(&client, &timed)
+        .await
+        .expect("a request with a budget and no absolute deadline");
     let mut long = bad(base.clone(), |r| r.input = vec!["word ".repeat(9000)]);
     long.truncate = Some(true);
     let (_, tokens) = embed_over_nats(&client, &long)
@@ -412,19 +436,23 @@ async fn a_batch_published_again_under_its_id_is_stored_once() {
         task: Task::Embed,
         queue: queue_config,
     };
-    let batch = TokenBatch {
-        token_ids: vec![11, 12, 151643],
-        items: vec![BatchItem {
-            request_id: "r".into(),
-            reply_to: client.new_inbox(),
-            index: 0,
-            total: 1,
-            len: 3,
-            dims: 0,
-            deadline_ms: 0,
-            trace: None,
-            bundle_to: None,
-        }],
+    let batch = ReadyBatch {
+        batch: TokenBatch {
+            token_ids: vec![11, 12, 151643],
+            items: vec![BatchItem {
+                request_id: "r".into(),
+                reply_to: client.new_inbox(),
+                index: 0,
+                total: 1,
+                len: 3,
+                dims: 0,
+                deadline_ms: 0,
+                budget_ms: 0,
+                trace: None,
+                bundle_to: None,
+            }],
+        },
+        deadlines: vec![None],
     };
     let mut ids = BatchIds::new(&client);
     let first_id = ids.next_id();
@@ -464,7 +492,29 @@ async fn a_batch_published_again_under_its_id_is_stored_once() {
     assert_eq!(header.as_deref(), Some(first_id.as_str()));
 
     // Another batch id is another message.
-    let published = publish_batch(queue.clone(), batch, second_id).await;
+    let published = publish_batch(queue.clone(), batch.clone(), second_id).await;
     assert!(published.queued);
     assert_eq!(info.info().await.unwrap().state.messages, 2);
+
+    // A batch whose request has a deadline is stored with what was left of it at the
+    // publish (`budget_ms`), its absolute `deadline_ms` as it was.
+    let published_at = Instant::now();
+    let due = ReadyBatch {
+        deadlines: vec![Some(published_at + Duration::from_secs(5))],
+        ..batch
+    };
+    let published = publish_batch(queue.clone(), due, ids.next_id()).await;
+    assert!(published.queued);
+    let stored = info
+        .get_last_raw_message_by_subject(&queue.subjects.batches())
+        .await
+        .unwrap();
+    let stored: TokenBatch = wire::decode(&stored.payload).unwrap();
+    let item = &stored.items[0];
+    assert!((1..=5_000).contains(&item.budget_ms), "{item:?}");
+    assert!(
+        u128::from(item.budget_ms) + published_at.elapsed().as_millis() >= 5_000,
+        "the budget counts down from the publish only: {item:?}"
+    );
+    assert_eq!(item.deadline_ms, 0);
 }

@@ -40,6 +40,7 @@ fn case_request(case: &Value, id: String) -> EmbedRequest {
         dimensions: None,
         truncate: None,
         deadline_ms: Some(wire::now_ms() + 120_000),
+        timeout_ms: None,
         ack: true,
         bundle_to: None,
     }

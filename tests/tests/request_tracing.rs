@@ -164,6 +164,7 @@ async fn one_request_is_followed_across_the_three_stages() {
         dimensions: None,
         truncate: None,
         deadline_ms: None,
+        timeout_ms: None,
         ack: false,
         bundle_to: None,
     };

@@ -35,6 +35,7 @@ fn request(
         instruction: instruction.map(String::from),
         truncate: None,
         deadline_ms: None,
+        timeout_ms: None,
         ack: false,
     }
 }

@@ -132,6 +132,7 @@ async fn retrieval_example_embeds_searches_and_reranks() {
             instruction: None,
             truncate: None,
             deadline_ms: None,
+            timeout_ms: None,
             ack: false,
         },
     )

@@ -103,6 +103,7 @@ fn request(texts: &[&(String, Vec<f32>)], ack: bool) -> EmbedRequest {
         dimensions: None,
         truncate: None,
         deadline_ms: None,
+        timeout_ms: None,
         ack,
         bundle_to: None,
     }
@@ -410,6 +411,7 @@ async fn same_id_rerank_requesters_get_their_own_scores_and_acknowledgements() {
         instruction: case["instruction"].as_str().map(String::from),
         truncate: None,
         deadline_ms: None,
+        timeout_ms: None,
         ack: true,
     };
     let (mine, theirs) = (request(&cases[0], 3), request(&cases[1], 1));

@@ -126,6 +126,7 @@ mod tests {
             len: 2,
             dims: 0,
             deadline_ms: 0,
+            budget_ms: 0,
             trace: None,
             bundle_to: None,
         }

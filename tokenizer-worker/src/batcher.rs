@@ -1,9 +1,11 @@
 //! Token-budget batching: packs the sequences of concurrent requests into [`TokenBatch`]es.
 //!
 //! Pure logic, no I/O and no clock of its own: the caller passes `now` to every call, so tests
-//! drive time by hand. The service loop is
+//! drive time by hand. Deadlines are instants on the monotonic clock (each sequence's
+//! [`PendingSequence::deadline`]), never wall-clock times. The service loop is
 //!
-//! 1. [`Batcher::push`] each tokenized sequence, then send what [`Batcher::pop_ready`] returns;
+//! 1. [`Batcher::push`] each tokenized sequence, then send what [`Batcher::pop_ready`] returns
+//!    ([`ReadyBatch`]es: the batch and its items' deadlines, turned into budgets as it goes);
 //! 2. sleep until [`Batcher::next_flush_at`] (or the next sequence) and call `pop_ready` again;
 //! 3. answer what [`Batcher::remove_expired`] returns with `deadline_exceeded`;
 //! 4. on shutdown, send what [`Batcher::drain`] returns.
@@ -25,7 +27,9 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use common::wire::{BatchItem, TokenBatch, deadline_passed};
+use common::wire::{BatchItem, TokenBatch};
+
+use crate::deadline::budget_ms;
 
 /// How many pending sequences after the oldest one are considered to fill a batch. Bounds
 /// the work of forming a batch when a large backlog is pending.
@@ -85,17 +89,28 @@ pub struct PendingSequence {
     pub item: BatchItem,
     /// The sequence's tokens, `<|endoftext|>` included.
     pub token_ids: Vec<u32>,
+    /// When its request's answer stops being useful, on the monotonic clock (`None`: never):
+    /// it expires here from then on, and what is left goes on as the item's `budget_ms`.
+    pub deadline: Option<Instant>,
 }
 
 impl PendingSequence {
-    /// Builds a sequence, setting `item.len` from `token_ids`.
-    pub fn new(mut item: BatchItem, token_ids: Vec<u32>) -> Result<Self, BatcherError> {
+    /// Builds a sequence due by `deadline`, setting `item.len` from `token_ids`.
+    pub fn new(
+        mut item: BatchItem,
+        token_ids: Vec<u32>,
+        deadline: Option<Instant>,
+    ) -> Result<Self, BatcherError> {
         item.len = u32::try_from(token_ids.len()).map_err(|_| BatcherError::InvalidSequence {
             request_id: item.request_id.clone(),
             index: item.index,
             reason: format!("{} tokens do not fit in u32", token_ids.len()),
         })?;
-        Ok(Self { item, token_ids })
+        Ok(Self {
+            item,
+            token_ids,
+            deadline,
+        })
     }
 
     /// Checks that the sequence has tokens and that `item.len` counts them.
@@ -116,6 +131,30 @@ impl PendingSequence {
             index: self.item.index,
             reason,
         })
+    }
+}
+
+/// A batch to send, with the deadline of each of its items.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReadyBatch {
+    /// The batch; its items' `budget_ms` are set by [`stamp_budgets`](Self::stamp_budgets).
+    pub batch: TokenBatch,
+    /// The deadline of each item, in the order of `batch.items` (`None`: none).
+    pub deadlines: Vec<Option<Instant>>,
+}
+
+impl ReadyBatch {
+    /// Sets each item's `budget_ms` to what is left of its deadline at `now` (0 for none, at
+    /// least 1 otherwise): call it right before each send of the batch.
+    pub fn stamp_budgets(&mut self, now: Instant) {
+        for (item, deadline) in self.batch.items.iter_mut().zip(&self.deadlines) {
+            item.budget_ms = budget_ms(*deadline, now);
+        }
+    }
+
+    /// The earliest deadline among the items; `None` when none has one.
+    pub fn earliest_deadline(&self) -> Option<Instant> {
+        self.deadlines.iter().flatten().min().copied()
     }
 }
 
@@ -167,7 +206,7 @@ impl Batcher {
 
     /// Batches to send now: every full batch, and everything pending once the oldest sequence
     /// has waited `max_wait`.
-    pub fn pop_ready(&mut self, now: Instant) -> Vec<TokenBatch> {
+    pub fn pop_ready(&mut self, now: Instant) -> Vec<ReadyBatch> {
         let mut batches = self.pop_full();
         if self.oldest_waited(now) {
             batches.extend(self.drain());
@@ -178,7 +217,7 @@ impl Batcher {
     /// Only the full batches (a budget reached), leaving partial ones pending whatever
     /// their wait: for a caller that holds partial batches back (see the service's
     /// publish limit).
-    pub fn pop_full(&mut self) -> Vec<TokenBatch> {
+    pub fn pop_full(&mut self) -> Vec<ReadyBatch> {
         let mut batches = Vec::new();
         while self.budget_reached() {
             let Some(batch) = self.next_batch() else {
@@ -201,18 +240,18 @@ impl Batcher {
     }
 
     /// Everything pending, in batches within the budgets (for shutdown).
-    pub fn drain(&mut self) -> Vec<TokenBatch> {
+    pub fn drain(&mut self) -> Vec<ReadyBatch> {
         std::iter::from_fn(|| self.next_batch()).collect()
     }
 
-    /// Removes the pending sequences whose nonzero `deadline_ms` has passed at `now_ms` (see
-    /// [`deadline_passed`]) and returns their items, in arrival order, so the service can
+    /// Removes the pending sequences whose deadline has come at `now` (a deadline is passed
+    /// from its instant on) and returns their items, in arrival order, so the service can
     /// answer them with `deadline_exceeded`.
-    pub fn remove_expired(&mut self, now_ms: u64) -> Vec<BatchItem> {
+    pub fn remove_expired(&mut self, now: Instant) -> Vec<BatchItem> {
         let mut expired = Vec::new();
         let mut kept = VecDeque::with_capacity(self.queue.len());
         for entry in self.queue.drain(..) {
-            if deadline_passed(entry.seq.item.deadline_ms, now_ms) {
+            if entry.seq.deadline.is_some_and(|deadline| now >= deadline) {
                 self.pending_tokens -= entry.seq.token_ids.len();
                 expired.push(entry.seq.item);
             } else {
@@ -248,7 +287,7 @@ impl Batcher {
 
     /// Takes one batch off the queue: the oldest sequence, then first fit within the window.
     /// `None` when nothing is pending.
-    fn next_batch(&mut self) -> Option<TokenBatch> {
+    fn next_batch(&mut self) -> Option<ReadyBatch> {
         let window = self.queue.len().min(LOOKAHEAD + 1);
         let mut taken: Vec<PendingSequence> = Vec::new();
         let mut skipped: Vec<Entry> = Vec::new();
@@ -275,10 +314,15 @@ impl Batcher {
         taken.sort_by_key(|seq| seq.token_ids.len());
         let mut token_ids = Vec::with_capacity(tokens);
         let mut items = Vec::with_capacity(taken.len());
+        let mut deadlines = Vec::with_capacity(taken.len());
         for seq in taken {
             token_ids.extend_from_slice(&seq.token_ids);
             items.push(seq.item);
+            deadlines.push(seq.deadline);
         }
-        Some(TokenBatch { token_ids, items })
+        Some(ReadyBatch {
+            batch: TokenBatch { token_ids, items },
+            deadlines,
+        })
     }
 }

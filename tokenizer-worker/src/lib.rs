@@ -7,7 +7,8 @@
 //! * [`rerank`]: the Qwen3-Reranker prompt, document-only truncation ([`rerank::RerankTemplate`]).
 //! * [`pairs`]: rerank requests checked and turned into one prompt sequence per document.
 //! * [`budget`]: the limit on the tokens of one request.
-//! * [`deadline`]: a request's deadline against the work queue's `max_age_s`.
+//! * [`deadline`]: a request's deadline on this worker's monotonic clock, from its budget
+//!   (`timeout_ms`, or a legacy `deadline_ms`), checked against the work queue's `max_age_s`.
 //! * [`batcher`]: pure, I/O-free packing of the sequences of concurrent requests into
 //!   [`common::wire::TokenBatch`]es by token budget, with a maximum wait and deadline expiry
 //!   ([`batcher::Batcher`]).

@@ -4,16 +4,21 @@
 
 use std::time::Duration;
 
-use common::wire::{self, BatchItem, ErrorCode, ErrorReply, RerankRequest};
+use common::wire::{BatchItem, ErrorCode, ErrorReply, RerankRequest};
 
 use crate::batcher::PendingSequence;
 use crate::budget::RequestBudget;
-use crate::deadline;
+use crate::deadline::{self, Deadline, Receipt};
 use crate::rerank::{RerankTemplate, RerankTemplateError};
 
-/// Checks a decoded rerank request: at least one document, a count that fits the wire, a
-/// deadline not yet passed and within `max_age` (how long the work queue keeps a batch).
-pub fn check(request: RerankRequest, max_age: Duration) -> Result<RerankRequest, ErrorReply> {
+/// Checks a decoded rerank request that arrived at `received`: at least one document, a
+/// count that fits the wire, a deadline not yet passed and within `max_age` (how long the work
+/// queue keeps a batch). Returns the request with its deadline on this worker's clock.
+pub fn check(
+    request: RerankRequest,
+    received: Receipt,
+    max_age: Duration,
+) -> Result<(RerankRequest, Deadline), ErrorReply> {
     let fail = |code, message: &str| Err(ErrorReply::new(Some(request.id.clone()), code, message));
     if request.documents.is_empty() {
         return fail(
@@ -27,16 +32,23 @@ pub fn check(request: RerankRequest, max_age: Duration) -> Result<RerankRequest,
             "`documents` holds too many texts",
         );
     }
-    deadline::check(&request.id, request.deadline_ms, wire::now_ms(), max_age)?;
-    Ok(request)
+    let deadline = deadline::check(
+        &request.id,
+        request.timeout_ms,
+        request.deadline_ms,
+        received,
+        max_age,
+    )?;
+    Ok((request, deadline))
 }
 
-/// Formats and tokenizes every (query, document) pair of a request (on a blocking thread).
-/// The first pair that fails fails the whole request, naming the document's index; so does
-/// the first that takes the request's total past `max_tokens`.
+/// Formats and tokenizes every (query, document) pair of a request due by `deadline` (on a
+/// blocking thread). The first pair that fails fails the whole request, naming the
+/// document's index; so does the first that takes the request's total past `max_tokens`.
 pub fn tokenize(
     template: &RerankTemplate,
     request: RerankRequest,
+    deadline: Deadline,
     reply_to: &str,
     truncate: bool,
     max_tokens: usize,
@@ -71,11 +83,13 @@ pub fn tokenize(
                 total,
                 len: encoding.ids.len() as u32,
                 dims: 0,
-                deadline_ms: request.deadline_ms.unwrap_or(0),
+                deadline_ms: deadline.unix_ms,
                 trace: None,
                 bundle_to: None,
+                // Set as the batch is sent, from `deadline.at`.
+                budget_ms: 0,
             };
-            PendingSequence::new(item, encoding.ids).map_err(|e| {
+            PendingSequence::new(item, encoding.ids, deadline.at).map_err(|e| {
                 ErrorReply::new(Some(request.id.clone()), ErrorCode::Internal, e.to_string())
             })
         })
@@ -84,6 +98,10 @@ pub fn tokenize(
 
 #[cfg(test)]
 mod tests {
+    use std::time::Instant;
+
+    use common::wire;
+
     use super::*;
 
     fn request(documents: Vec<String>, deadline_ms: Option<u64>) -> RerankRequest {
@@ -94,6 +112,7 @@ mod tests {
             instruction: None,
             truncate: None,
             deadline_ms,
+            timeout_ms: None,
             ack: false,
         }
     }
@@ -101,14 +120,38 @@ mod tests {
     #[test]
     fn empty_documents_and_passed_deadlines_are_refused() {
         let max_age = Duration::from_secs(300);
-        let error = check(request(Vec::new(), None), max_age).unwrap_err();
+        let now = Receipt::now();
+        let error = check(request(Vec::new(), None), now, max_age).unwrap_err();
         assert_eq!(error.error.code, ErrorCode::InvalidRequest);
         assert_eq!(error.id.as_deref(), Some("r"));
-        let error = check(request(vec!["d".into()], Some(1)), max_age).unwrap_err();
+        let error = check(request(vec!["d".into()], Some(1)), now, max_age).unwrap_err();
         assert_eq!(error.error.code, ErrorCode::DeadlineExceeded);
         let far = wire::now_ms() + 3_600_000;
-        let error = check(request(vec!["d".into()], Some(far)), max_age).unwrap_err();
+        let error = check(request(vec!["d".into()], Some(far)), now, max_age).unwrap_err();
         assert!(error.error.message.contains("max_age_s"), "{error:?}");
-        assert!(check(request(vec![String::new()], None), max_age).is_ok());
+        assert!(check(request(vec![String::new()], None), now, max_age).is_ok());
+    }
+
+    #[test]
+    fn the_timeout_counts_from_arrival_and_rules_over_the_absolute_deadline() {
+        let max_age = Duration::from_secs(300);
+        let received = Receipt {
+            at: Instant::now(),
+            unix_ms: 1_000,
+        };
+        // An absolute deadline long passed on this clock: the timeout rules.
+        let timed = RerankRequest {
+            timeout_ms: Some(2_000),
+            ..request(vec!["d".into()], Some(500))
+        };
+        let (_, deadline) = check(timed.clone(), received, max_age).expect("within budget");
+        assert_eq!(deadline.at, Some(received.at + Duration::from_secs(2)));
+        assert_eq!(deadline.unix_ms, 500, "the request's own time, for logs");
+        let used_up = RerankRequest {
+            timeout_ms: Some(0),
+            ..timed
+        };
+        let error = check(used_up, received, max_age).unwrap_err();
+        assert_eq!(error.error.code, ErrorCode::DeadlineExceeded);
     }
 }

@@ -13,23 +13,27 @@
 //! first, until the earliest deadline among the batch's requests; only then are its
 //! requests answered with an error.
 //!
+//! Every send of a batch (the offer, each publish attempt) carries each item's budget as it
+//! stands at that moment (`budget_ms`, [`ReadyBatch::stamp_budgets`]): time spent waiting
+//! for a GPU worker's answer or for the server counts against it.
+//!
 //! Every batch carries a `Nats-Msg-Id` header, unique per batch and the same on every retry
 //! of its publish ([`BatchIds`]): a publish whose confirmation was lost (the server stored
 //! the batch, then the connection dropped) is retried, and the stream stores the batch once
 //! (JetStream drops a message whose id it saw within its duplicate window).
 
 use std::collections::HashSet;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
 use async_nats::{HeaderMap, RequestErrorKind};
 use bytes::Bytes;
 use common::queue::{QueueConfig, batch_stream_for};
 use common::subjects::{Subjects, Task};
-use common::wire::{
-    self, BatchItem, DirectOutcome, DirectReply, ErrorCode, ErrorReply, TokenBatch,
-};
+use common::wire::{self, BatchItem, DirectOutcome, DirectReply, ErrorCode, ErrorReply};
 use common::worker::send_error;
+
+use crate::batcher::ReadyBatch;
 
 /// First pause between two publish attempts; it doubles up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_millis(50);
@@ -96,7 +100,7 @@ pub struct Published {
 /// ([`publish_batch`]).
 pub async fn offer_batch(
     queue: WorkQueue,
-    batch: TokenBatch,
+    batch: ReadyBatch,
     msg_id: String,
     timeout: Duration,
 ) -> Published {
@@ -109,16 +113,16 @@ pub async fn offer_batch(
 /// [`offer_batch`]'s work: the offer, then the work queue when no GPU worker served it.
 async fn offer_or_queue(
     queue: &WorkQueue,
-    batch: TokenBatch,
+    mut batch: ReadyBatch,
     msg_id: String,
     timeout: Duration,
 ) -> Published {
-    let Some(payload) = encode(&batch) else {
-        return fail(queue, batch.items, "batch does not encode");
+    let Some(payload) = encode(&mut batch) else {
+        return fail(queue, batch.batch.items, "batch does not encode");
     };
     let subject = queue.subjects.direct_batches_for(queue.task);
     let offer = async_nats::Request::new()
-        .payload(payload.clone())
+        .payload(payload)
         .timeout(Some(timeout));
     match queue.client.send_request(subject, offer).await {
         Ok(answer) => match wire::decode::<DirectReply>(&answer.payload) {
@@ -126,7 +130,7 @@ async fn offer_or_queue(
                 outcome: DirectOutcome::Done,
             }) => {
                 return Published {
-                    items: batch.items,
+                    items: batch.batch.items,
                     queued: true,
                     offered: false,
                 };
@@ -143,29 +147,28 @@ async fn offer_or_queue(
         }
         Err(e) if e.kind() == RequestErrorKind::TimedOut => tracing::warn!(
             ?timeout,
-            sequences = batch.items.len(),
+            sequences = batch.batch.items.len(),
             "no GPU worker finished a direct batch in time; queueing it (it may be computed \
              twice)"
         ),
         Err(e) => tracing::warn!(error = %e, "direct batch not offered; queueing it"),
     }
-    publish_payload(queue, batch.items, payload, msg_id).await
+    publish_to_queue(queue, batch, msg_id).await
 }
 
 /// Publishes `batch` as message `msg_id` (its `Nats-Msg-Id`: the stream stores the batch
 /// once however often it is published), retrying until the server confirms it or the
 /// earliest deadline of its requests passes; then answers every request in it with
 /// `overloaded`.
-pub async fn publish_batch(queue: WorkQueue, batch: TokenBatch, msg_id: String) -> Published {
-    match encode(&batch) {
-        Some(payload) => publish_payload(&queue, batch.items, payload, msg_id).await,
-        None => fail(&queue, batch.items, "batch does not encode"),
-    }
+pub async fn publish_batch(queue: WorkQueue, batch: ReadyBatch, msg_id: String) -> Published {
+    publish_to_queue(&queue, batch, msg_id).await
 }
 
-/// The batch's message, or `None` (logged) when it does not encode.
-fn encode(batch: &TokenBatch) -> Option<Bytes> {
-    match wire::encode(batch) {
+/// The batch's message with each item's budget as it stands now, or `None` (logged) when
+/// it does not encode.
+fn encode(batch: &mut ReadyBatch) -> Option<Bytes> {
+    batch.stamp_budgets(Instant::now());
+    match wire::encode(&batch.batch) {
         Ok(encoded) => Some(Bytes::from(encoded)),
         Err(e) => {
             tracing::error!(error = %e, "batch does not encode; this is a bug");
@@ -174,15 +177,10 @@ fn encode(batch: &TokenBatch) -> Option<Bytes> {
     }
 }
 
-/// Publishes an encoded batch of `items` to the work queue as message `msg_id`, retrying as
-/// [`publish_batch`] says.
-async fn publish_payload(
-    queue: &WorkQueue,
-    items: Vec<BatchItem>,
-    payload: Bytes,
-    msg_id: String,
-) -> Published {
-    let give_up_ms = give_up_at(&items, wire::now_ms());
+/// Publishes `batch` to the work queue as message `msg_id`, retrying as [`publish_batch`]
+/// says; each attempt carries the budgets left at its moment.
+async fn publish_to_queue(queue: &WorkQueue, mut batch: ReadyBatch, msg_id: String) -> Published {
+    let give_up = give_up_at(&batch, Instant::now());
     let subject = queue.subjects.batches_for(queue.task);
     let mut headers = HeaderMap::new();
     headers.insert(async_nats::header::NATS_MESSAGE_ID, msg_id.as_str());
@@ -190,10 +188,12 @@ async fn publish_payload(
     let mut attempts = 0u32;
     loop {
         attempts += 1;
-        let publish =
-            queue
-                .js
-                .publish_with_headers(subject.clone(), headers.clone(), payload.clone());
+        let Some(payload) = encode(&mut batch) else {
+            return fail(queue, batch.batch.items, "batch does not encode");
+        };
+        let publish = queue
+            .js
+            .publish_with_headers(subject.clone(), headers.clone(), payload);
         let failure = match publish.await {
             Ok(ack) => match ack.await {
                 Ok(ack) => {
@@ -211,14 +211,15 @@ async fn publish_payload(
                 tracing::info!(attempts, "batch queued after retrying");
             }
             return Published {
-                items,
+                items: batch.batch.items,
                 queued: true,
                 offered: false,
             };
         };
-        if wire::now_ms() + backoff.as_millis() as u64 >= give_up_ms {
-            tracing::error!(%reason, attempts, sequences = items.len(), "batch not queued; giving up");
-            return fail(queue, items, &reason);
+        if Instant::now() + backoff >= give_up {
+            let sequences = batch.batch.items.len();
+            tracing::error!(%reason, attempts, sequences, "batch not queued; giving up");
+            return fail(queue, batch.batch.items, &reason);
         }
         tracing::warn!(%reason, attempts, "batch not queued; retrying");
         tokio::time::sleep(backoff).await;
@@ -231,15 +232,12 @@ async fn publish_payload(
     }
 }
 
-/// Unix time in ms after which retrying is useless: the earliest deadline among `items`,
-/// or [`NO_DEADLINE_PATIENCE`] from `now_ms` when none has one.
-fn give_up_at(items: &[BatchItem], now_ms: u64) -> u64 {
-    items
-        .iter()
-        .map(|item| item.deadline_ms)
-        .filter(|&d| d != 0)
-        .min()
-        .unwrap_or(now_ms + NO_DEADLINE_PATIENCE.as_millis() as u64)
+/// When retrying is useless: the earliest deadline among the batch's items, or
+/// [`NO_DEADLINE_PATIENCE`] from `now` when none has one.
+fn give_up_at(batch: &ReadyBatch, now: Instant) -> Instant {
+    batch
+        .earliest_deadline()
+        .unwrap_or(now + NO_DEADLINE_PATIENCE)
 }
 
 /// Answers every request of an unqueued batch once with `overloaded`.
@@ -265,28 +263,70 @@ fn fail(queue: &WorkQueue, items: Vec<BatchItem>, reason: &str) -> Published {
 
 #[cfg(test)]
 mod tests {
+    use common::wire::TokenBatch;
+
     use super::*;
 
-    fn item(deadline_ms: u64) -> BatchItem {
+    fn item(index: u32) -> BatchItem {
         BatchItem {
             request_id: "r".into(),
             reply_to: "_INBOX.r".into(),
-            index: 0,
-            total: 1,
+            index,
+            total: 3,
             len: 1,
             dims: 0,
-            deadline_ms,
+            deadline_ms: 0,
             trace: None,
             bundle_to: None,
+            budget_ms: 0,
+        }
+    }
+
+    fn batch(deadlines: Vec<Option<Instant>>) -> ReadyBatch {
+        ReadyBatch {
+            batch: TokenBatch {
+                token_ids: vec![7; deadlines.len()],
+                items: (0..deadlines.len() as u32).map(item).collect(),
+            },
+            deadlines,
         }
     }
 
     #[test]
     fn retries_stop_at_the_earliest_deadline() {
-        assert_eq!(give_up_at(&[item(0), item(900), item(500)], 100), 500);
+        let now = Instant::now();
+        let ms = Duration::from_millis;
+        let mixed = batch(vec![None, Some(now + ms(900)), Some(now + ms(500))]);
+        assert_eq!(give_up_at(&mixed, now), now + ms(500));
         assert_eq!(
-            give_up_at(&[item(0)], 100),
-            100 + NO_DEADLINE_PATIENCE.as_millis() as u64
+            give_up_at(&batch(vec![None]), now),
+            now + NO_DEADLINE_PATIENCE
         );
+    }
+
+    #[test]
+    fn each_send_carries_the_budgets_left_at_its_moment() {
+        let now = Instant::now();
+        let ms = Duration::from_millis;
+        let mut ready = batch(vec![None, Some(now + ms(900)), Some(now + ms(500))]);
+        ready.stamp_budgets(now);
+        let budgets = |ready: &ReadyBatch| -> Vec<u64> {
+            ready
+                .batch
+                .items
+                .iter()
+                .map(|item| item.budget_ms)
+                .collect()
+        };
+        assert_eq!(budgets(&ready), [0, 900, 500]);
+        // A retry 600 ms later: less left, and a used-up budget is 1 ms, not none.
+        ready.stamp_budgets(now + ms(600));
+        assert_eq!(budgets(&ready), [0, 300, 1]);
+        // Each encoding stamps the budgets anew, at the moment of the send.
+        let sent: TokenBatch = wire::decode(&encode(&mut ready).expect("encodes")).unwrap();
+        let left: Vec<u64> = sent.items.iter().map(|item| item.budget_ms).collect();
+        assert_eq!(left[0], 0);
+        assert!((800..=900).contains(&left[1]), "{left:?}");
+        assert!((400..=500).contains(&left[2]), "{left:?}");
     }
 }

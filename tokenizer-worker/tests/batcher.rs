@@ -1,13 +1,15 @@
 //! Batcher behaviour: budgets, ordering, waiting, expiry, and a seeded random workload.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use common::wire::deadline_passed;
 use common::wire::{BatchItem, TokenBatch};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use tokenizer_worker::batcher::{Batcher, BatcherConfig, BatcherError, PendingSequence};
+use tokenizer_worker::batcher::{
+    Batcher, BatcherConfig, BatcherError, PendingSequence, ReadyBatch,
+};
 
 const WAIT: Duration = Duration::from_millis(5);
 
@@ -30,18 +32,29 @@ fn item(request: &str, index: u32, deadline_ms: u64) -> BatchItem {
         deadline_ms,
         trace: None,
         bundle_to: None,
+        budget_ms: 0,
     }
 }
 
 /// A sequence of `len` tokens whose ids encode (index, position), so a batch can be checked
 /// to carry each sequence's own tokens.
 fn seq(request: &str, index: u32, len: usize) -> PendingSequence {
-    seq_with_deadline(request, index, len, 0)
+    seq_with_deadline(request, index, len, None)
 }
 
-fn seq_with_deadline(request: &str, index: u32, len: usize, deadline_ms: u64) -> PendingSequence {
+fn seq_with_deadline(
+    request: &str,
+    index: u32,
+    len: usize,
+    deadline: Option<Instant>,
+) -> PendingSequence {
     let tokens = (0..len as u32).map(|p| index * 10_000 + p).collect();
-    PendingSequence::new(item(request, index, deadline_ms), tokens).expect("valid sequence")
+    PendingSequence::new(item(request, index, 0), tokens, deadline).expect("valid sequence")
+}
+
+/// The batches of what the batcher handed out, without their deadlines.
+fn batches_of(ready: Vec<ReadyBatch>) -> Vec<TokenBatch> {
+    ready.into_iter().map(|ready| ready.batch).collect()
 }
 
 fn lens(batch: &TokenBatch) -> Vec<u32> {
@@ -72,7 +85,7 @@ fn sequence_with_wrong_len_or_no_tokens_is_refused() {
         matches!(err, BatcherError::InvalidSequence { ref reason, .. } if reason.contains("4")),
         "{err}"
     );
-    let empty = PendingSequence::new(item("r", 1, 0), Vec::new()).expect("built");
+    let empty = PendingSequence::new(item("r", 1, 0), Vec::new(), None).expect("built");
     assert!(batcher.push(empty, now).is_err());
     assert_eq!(batcher.pending_seqs(), 0);
     assert_eq!(batcher.pending_tokens(), 0);
@@ -87,17 +100,13 @@ fn nothing_is_sent_before_the_budget_or_the_wait() {
     batcher
         .push(seq("r", 1, 30), t0 + Duration::from_millis(1))
         .expect("push");
-    assert!(batcher.pop_ready(t0 + Duration::from_millis(2)).is_empty());
+    assert!(batches_of(batcher.pop_ready(t0 + Duration::from_millis(2))).is_empty());
     assert_eq!(batcher.pending_tokens(), 60);
     assert_eq!(batcher.pending_seqs(), 2);
     // The oldest sequence decides when the partial batch goes.
     assert_eq!(batcher.next_flush_at(), Some(t0 + WAIT));
-    assert!(
-        batcher
-            .pop_ready(t0 + WAIT - Duration::from_micros(1))
-            .is_empty()
-    );
-    let batches = batcher.pop_ready(t0 + WAIT);
+    assert!(batches_of(batcher.pop_ready(t0 + WAIT - Duration::from_micros(1))).is_empty());
+    let batches = batches_of(batcher.pop_ready(t0 + WAIT));
     assert_eq!(batches.len(), 1);
     assert_eq!(indices(&batches[0]), vec![0, 1]);
     assert_eq!(batches[0].num_tokens(), 60);
@@ -113,14 +122,14 @@ fn pop_full_holds_partial_batches_whatever_their_wait() {
         batcher.push(seq("r", index, 10), t0).expect("push");
     }
     // Long past the wait: the full batch (three sequences) goes, the fourth stays.
-    let batches = batcher.pop_full();
+    let batches = batches_of(batcher.pop_full());
     assert_eq!(batches.len(), 1);
     assert_eq!(indices(&batches[0]), vec![0, 1, 2]);
-    assert!(batcher.pop_full().is_empty());
+    assert!(batches_of(batcher.pop_full()).is_empty());
     assert_eq!(batcher.pending_seqs(), 1);
     // The held sequence goes with the next `pop_ready`, with those that came meanwhile.
     batcher.push(seq("r", 4, 10), t0 + WAIT).expect("push");
-    let batches = batcher.pop_ready(t0 + WAIT * 4);
+    let batches = batches_of(batcher.pop_ready(t0 + WAIT * 4));
     assert_eq!(batches.len(), 1);
     assert_eq!(indices(&batches[0]), vec![3, 4]);
 }
@@ -133,7 +142,7 @@ fn full_token_budget_is_sent_at_once_and_never_exceeded() {
         batcher.push(seq("r", index, 30), now).expect("push");
     }
     // 150 tokens pending: one batch of three (90 tokens) goes, 60 tokens wait.
-    let batches = batcher.pop_ready(now);
+    let batches = batches_of(batcher.pop_ready(now));
     assert_eq!(batches.len(), 1);
     assert_eq!(indices(&batches[0]), vec![0, 1, 2]);
     assert_eq!(batches[0].num_tokens(), 90);
@@ -149,14 +158,14 @@ fn full_sequence_budget_is_sent_at_once() {
     for index in 0..2 {
         batcher.push(seq("r", index, 2), now).expect("push");
     }
-    assert!(batcher.pop_ready(now).is_empty());
+    assert!(batches_of(batcher.pop_ready(now)).is_empty());
     batcher.push(seq("r", 2, 2), now).expect("push");
     assert_eq!(
         batcher.next_flush_at(),
         Some(now),
         "a full batch is due now"
     );
-    let batches = batcher.pop_ready(now);
+    let batches = batches_of(batcher.pop_ready(now));
     assert_eq!(batches.len(), 1);
     assert_eq!(batches[0].items.len(), 3);
     assert_eq!(batcher.pending_seqs(), 0);
@@ -169,7 +178,7 @@ fn batch_is_sorted_by_length_stably_and_carries_each_sequences_tokens() {
     for (index, len) in [(0, 5), (1, 2), (2, 7), (3, 2), (4, 1)] {
         batcher.push(seq("r", index, len), now).expect("push");
     }
-    let batches = batcher.drain();
+    let batches = batches_of(batcher.drain());
     assert_eq!(batches.len(), 1);
     let batch = &batches[0];
     assert_eq!(lens(batch), vec![1, 2, 2, 5, 7]);
@@ -194,13 +203,13 @@ fn later_short_sequences_fill_the_room_the_oldest_leaves() {
     batcher.push(seq("r", 0, 6), now).expect("push");
     batcher.push(seq("r", 1, 6), now).expect("push");
     batcher.push(seq("r", 2, 3), now).expect("push");
-    let batches = batcher.pop_ready(now);
+    let batches = batches_of(batcher.pop_ready(now));
     assert_eq!(batches.len(), 1);
     assert_eq!(indices(&batches[0]), vec![2, 0]);
     assert_eq!(batches[0].num_tokens(), 9);
     // The skipped sequence is now the oldest and goes first in the next batch.
     batcher.push(seq("r", 3, 4), now).expect("push");
-    let batches = batcher.pop_ready(now);
+    let batches = batches_of(batcher.pop_ready(now));
     assert_eq!(batches.len(), 1);
     assert_eq!(indices(&batches[0]), vec![3, 1]);
     assert_eq!(batcher.pending_seqs(), 0);
@@ -214,7 +223,7 @@ fn oversized_sequence_forms_a_batch_alone() {
     batcher.push(seq("r", 1, 25), now).expect("push");
     batcher.push(seq("r", 2, 4), now).expect("push");
     // 32 tokens pending: the oldest batch (3 + 4) goes, then the oversized one alone.
-    let batches = batcher.pop_ready(now);
+    let batches = batches_of(batcher.pop_ready(now));
     assert_eq!(batches.len(), 2);
     assert_eq!(indices(&batches[0]), vec![0, 2]);
     assert_eq!(indices(&batches[1]), vec![1]);
@@ -231,16 +240,16 @@ fn drain_respects_the_budgets() {
     let mut sent = Vec::new();
     for index in 0..3 {
         batcher.push(seq("r", index, 4), now).expect("push");
-        sent.extend(batcher.pop_ready(now));
+        sent.extend(batches_of(batcher.pop_ready(now)));
     }
     assert_eq!(sent.len(), 1, "two sequences fill a batch");
     batcher.push(seq("r", 3, 9), now).expect("push");
     // 13 tokens pending: [2] goes (adding 9 more would pass 10 tokens), [3] waits.
-    let ready = batcher.pop_ready(now);
+    let ready = batches_of(batcher.pop_ready(now));
     assert_eq!(ready.len(), 1);
     assert_eq!(indices(&ready[0]), vec![2]);
     sent.extend(ready);
-    let drained = batcher.drain();
+    let drained = batches_of(batcher.drain());
     assert_eq!(drained.len(), 1);
     assert_eq!(indices(&drained[0]), vec![3]);
     sent.extend(drained);
@@ -258,21 +267,27 @@ fn drain_respects_the_budgets() {
 fn expired_sequences_are_removed_and_returned() {
     let mut batcher = Batcher::new(config(1000, 64)).expect("config");
     let now = Instant::now();
+    let at = |ms| Some(now + Duration::from_millis(ms));
     batcher
-        .push(seq_with_deadline("a", 0, 5, 1_000), now)
+        .push(seq_with_deadline("a", 0, 5, at(1_000)), now)
         .expect("push");
     batcher
-        .push(seq_with_deadline("b", 1, 7, 0), now)
+        .push(seq_with_deadline("b", 1, 7, None), now)
         .expect("push");
     batcher
-        .push(seq_with_deadline("c", 2, 3, 2_000), now)
+        .push(seq_with_deadline("c", 2, 3, at(2_000)), now)
         .expect("push");
     batcher
-        .push(seq_with_deadline("a", 3, 4, 1_000), now)
+        .push(seq_with_deadline("a", 3, 4, at(1_000)), now)
         .expect("push");
 
-    assert!(batcher.remove_expired(1_000).is_empty(), "not past yet");
-    let expired = batcher.remove_expired(1_001);
+    let just_before = now + Duration::from_millis(999);
+    assert!(
+        batcher.remove_expired(just_before).is_empty(),
+        "not due yet"
+    );
+    // Due from its instant on.
+    let expired = batcher.remove_expired(now + Duration::from_millis(1_000));
     let ids: Vec<(&str, u32)> = expired
         .iter()
         .map(|item| (item.request_id.as_str(), item.index))
@@ -281,13 +296,37 @@ fn expired_sequences_are_removed_and_returned() {
     assert_eq!(expired[0].len, 5);
     assert_eq!(batcher.pending_tokens(), 10);
     assert_eq!(batcher.pending_seqs(), 2);
-    // A zero deadline never expires.
-    let expired = batcher.remove_expired(u64::MAX);
+    // A sequence without a deadline never expires.
+    let expired = batcher.remove_expired(now + Duration::from_secs(3_600));
     assert_eq!(expired.len(), 1);
     assert_eq!(expired[0].request_id, "c");
-    let batches = batcher.drain();
+    let batches = batches_of(batcher.drain());
     assert_eq!(batches.len(), 1);
     assert_eq!(indices(&batches[0]), vec![1]);
+}
+
+/// A batch keeps each item's deadline beside it through the sort by length, and turns
+/// what is left of each into the item's `budget_ms` when stamped.
+#[test]
+fn ready_batches_carry_each_items_deadline_as_a_budget() {
+    let mut batcher = Batcher::new(config(1000, 64)).expect("config");
+    let now = Instant::now();
+    let at = |ms| Some(now + Duration::from_millis(ms));
+    for (index, len, deadline) in [(0, 9, at(3_000)), (1, 2, None), (2, 5, at(1_000))] {
+        batcher
+            .push(seq_with_deadline("r", index, len, deadline), now)
+            .expect("push");
+    }
+    let mut ready = batcher.drain();
+    assert_eq!(ready.len(), 1);
+    let batch = &mut ready[0];
+    // Sorted by length: items 1, 2, 0.
+    assert_eq!(indices(&batch.batch), vec![1, 2, 0]);
+    assert_eq!(batch.deadlines, vec![None, at(1_000), at(3_000)]);
+    assert_eq!(batch.earliest_deadline(), at(1_000));
+    batch.stamp_budgets(now + Duration::from_millis(400));
+    let budgets: Vec<u64> = batch.batch.items.iter().map(|i| i.budget_ms).collect();
+    assert_eq!(budgets, vec![0, 600, 2_600]);
 }
 
 #[test]
@@ -307,7 +346,7 @@ fn zero_wait_sends_every_sequence_at_once() {
     let now = Instant::now();
     batcher.push(seq("r", 0, 3), now).expect("push");
     assert_eq!(batcher.next_flush_at(), Some(now));
-    assert_eq!(batcher.pop_ready(now).len(), 1);
+    assert_eq!(batches_of(batcher.pop_ready(now)).len(), 1);
 }
 
 /// Random pushes, clock steps, pops and expiries: every sequence comes out exactly once
@@ -331,6 +370,7 @@ fn random_workload_sends_every_sequence_exactly_once() {
         let mut out_count: HashMap<u32, usize> = HashMap::new();
         let mut batches: Vec<TokenBatch> = Vec::new();
         let mut expired: Vec<BatchItem> = Vec::new();
+        let mut with_deadline: HashSet<u32> = HashSet::new();
 
         for index in 0..2_000u32 {
             clock_ms += rng.random_range(0..=3);
@@ -341,30 +381,31 @@ fn random_workload_sends_every_sequence_exactly_once() {
             } else {
                 rng.random_range(1..=max_tokens)
             };
-            let deadline = if rng.random_bool(0.1) {
-                1_000_000 + clock_ms + rng.random_range(0..=10)
-            } else {
-                0
-            };
+            let deadline = rng
+                .random_bool(0.1)
+                .then(|| now + Duration::from_millis(rng.random_range(0..=10)));
+            if deadline.is_some() {
+                with_deadline.insert(index);
+            }
             let request = format!("req{}", index / 7);
             batcher
                 .push(seq_with_deadline(&request, index, len, deadline), now)
                 .expect("push");
             pushed.insert(index, len);
             if rng.random_bool(0.2) {
-                expired.extend(batcher.remove_expired(1_000_000 + clock_ms));
+                expired.extend(batcher.remove_expired(now));
             }
             if rng.random_bool(0.7) {
-                batches.extend(batcher.pop_ready(now));
+                batches.extend(batches_of(batcher.pop_ready(now)));
                 if let Some(at) = batcher.next_flush_at() {
                     assert!(at > now, "seed {seed}: a ready batch was left pending");
                 }
             }
         }
-        batches.extend(batcher.drain());
+        batches.extend(batches_of(batcher.drain()));
         assert_eq!(batcher.pending_seqs(), 0);
         assert_eq!(batcher.pending_tokens(), 0);
-        assert!(batcher.drain().is_empty());
+        assert!(batches_of(batcher.drain()).is_empty());
 
         for batch in &batches {
             batch.validate().expect("valid batch");
@@ -386,7 +427,10 @@ fn random_workload_sends_every_sequence_exactly_once() {
             }
         }
         for item in &expired {
-            assert_ne!(item.deadline_ms, 0);
+            assert!(
+                with_deadline.contains(&item.index),
+                "seed {seed}: expired without one"
+            );
             *out_count.entry(item.index).or_default() += 1;
         }
         assert_eq!(out_count.len(), pushed.len(), "seed {seed}: sequences lost");

@@ -67,7 +67,10 @@ impl NatsEmbedder {
             instruction: settings.instruction.clone(),
             dimensions: settings.dimensions,
             truncate: None,
+            // For workers that predate `timeout_ms`, which rules for the others (counted on
+            // their own clocks, whatever this machine's wall clock says).
             deadline_ms: Some(wire::now_ms() + timeout.as_millis() as u64),
+            timeout_ms: Some(timeout.as_millis() as u64),
             // The job retries a whole batch on timeout instead.
             ack: false,
             bundle_to: None,

@@ -11,6 +11,11 @@
 //! answered, timed out or abandoned (the handler's future dropped), so late replies find
 //! nothing and are ignored.
 //!
+//! Every publication of a request carries what is left of its deadline as `timeout_ms`,
+//! measured on this gateway's monotonic clock at that moment, so workers whose wall clocks
+//! disagree with this machine's count the same budget (the absolute `deadline_ms` the service
+//! set goes along for logs and older workers).
+//!
 //! Requests of both kinds ask the tokenizer workers for an acknowledgement (`ack`); one not
 //! acknowledged in time is published again ([`resend`]). When the connection drops, the
 //! replies in flight may be lost: a waiting request (of either kind) gives the client a little
@@ -29,6 +34,7 @@ use std::time::Duration;
 
 use async_nats::connection::State;
 use async_nats::{Client, HeaderMap};
+use bytes::Bytes;
 use common::subjects::Subjects;
 use common::trace::{LOG_TARGET, RequestTrace};
 use common::wire::{self, EmbedRequest, ErrorReply, RerankRequest};
@@ -249,7 +255,6 @@ impl Upstream {
         request.id = format!("{}-{n}", self.gateway_id);
         request.ack = self.ack_timeout.is_some();
         request.bundle_to = Some(self.bundle_subject.clone());
-        let payload = self.encode(&request)?;
         let (done, answer) = oneshot::channel();
         let collector = Collector::Embed {
             assembly: Assembly::new(request.input.len()),
@@ -257,9 +262,9 @@ impl Upstream {
         };
         let exchange = Exchange {
             n,
-            id: request.id,
+            id: request.id.clone(),
             collector,
-            payload,
+            request: Outgoing::Embed(request),
             headers: trace.to_headers(),
             ack_timeout: self.ack_timeout,
         };
@@ -279,7 +284,6 @@ impl Upstream {
         let n = self.begin()?;
         request.id = format!("{}-{n}", self.gateway_id);
         request.ack = self.ack_timeout.is_some();
-        let payload = self.encode(&request)?;
         let (done, answer) = oneshot::channel();
         let collector = Collector::Rerank {
             assembly: ScoreAssembly::new(request.documents.len()),
@@ -287,9 +291,9 @@ impl Upstream {
         };
         let exchange = Exchange {
             n,
-            id: request.id,
+            id: request.id.clone(),
             collector,
-            payload,
+            request: Outgoing::Rerank(request),
             headers: trace.to_headers(),
             ack_timeout: self.ack_timeout,
         };
@@ -309,8 +313,11 @@ impl Upstream {
         Ok(self.next.fetch_add(1, Ordering::Relaxed))
     }
 
-    /// Encodes a request, refusing one larger than the server's `max_payload`.
-    fn encode<T: serde::Serialize>(&self, request: &T) -> Result<Vec<u8>, UpstreamError> {
+    /// Encodes `request` with what is left of `deadline` now as its `timeout_ms`, refusing
+    /// one larger than the server's `max_payload`.
+    fn encode(&self, request: &mut Outgoing, deadline: Instant) -> Result<Bytes, UpstreamError> {
+        let timeout_ms = wire::remaining_ms(deadline.into_std(), std::time::Instant::now());
+        request.set_timeout_ms(timeout_ms);
         let payload = wire::encode(request).map_err(|e| UpstreamError::Publish(e.to_string()))?;
         let limit = self.client.server_info().max_payload;
         if limit > 0 && payload.len() > limit {
@@ -319,7 +326,7 @@ impl Upstream {
                 limit,
             });
         }
-        Ok(payload)
+        Ok(Bytes::from(payload))
     }
 
     /// Registers a request, publishes it on its kind's subject and waits for its answer,
@@ -334,10 +341,13 @@ impl Upstream {
             n,
             id,
             collector,
-            payload,
+            mut request,
             headers,
             ack_timeout,
         } = exchange;
+        // Refused before it is registered when too large; later encodings only shrink
+        // (`timeout_ms` only decreases).
+        let payload = self.encode(&mut request, deadline)?;
         let subject = match collector {
             Collector::Embed { .. } => self.requests_subject.clone(),
             Collector::Rerank { .. } => self.rerank_subject.clone(),
@@ -354,7 +364,6 @@ impl Upstream {
             n,
         };
         let reply_to = format!("{}.{n}", self.inbox);
-        let payload = bytes::Bytes::from(payload);
         tracing::debug!(target: LOG_TARGET, %id, %subject, "published");
         self.publish(&subject, &reply_to, &headers, &payload)
             .await?;
@@ -393,6 +402,8 @@ impl Upstream {
             }
             self.set_acked(n, false);
             self.resends.fetch_add(1, Ordering::Relaxed);
+            // What is left of the deadline now, not what was left at the first publication.
+            let payload = self.encode(&mut request, deadline)?;
             self.publish(&subject, &reply_to, &headers, &payload)
                 .await?;
             schedule.sent(Instant::now());
@@ -405,7 +416,7 @@ impl Upstream {
         subject: &str,
         reply_to: &str,
         headers: &HeaderMap,
-        payload: &bytes::Bytes,
+        payload: &Bytes,
     ) -> Result<(), UpstreamError> {
         let (size, limit) = (payload.len(), self.client.server_info().max_payload);
         self.client
@@ -457,13 +468,33 @@ struct Exchange {
     id: String,
     /// Where the replies are assembled.
     collector: Collector,
-    /// The encoded request.
-    payload: Vec<u8>,
+    /// The request, encoded anew (with the budget left) for every publication.
+    request: Outgoing,
     /// The request id and trace context, sent as headers.
     headers: HeaderMap,
     /// How long to wait for an acknowledgement before publishing again (`None`: the
     /// request asked for none).
     ack_timeout: Option<Duration>,
+}
+
+/// A request as published: either kind, encoded as the message itself.
+#[derive(serde::Serialize)]
+#[serde(untagged)]
+enum Outgoing {
+    /// An embedding request.
+    Embed(EmbedRequest),
+    /// A rerank request.
+    Rerank(RerankRequest),
+}
+
+impl Outgoing {
+    /// Sets the milliseconds the request still has.
+    fn set_timeout_ms(&mut self, timeout_ms: u64) {
+        match self {
+            Self::Embed(request) => request.timeout_ms = Some(timeout_ms),
+            Self::Rerank(request) => request.timeout_ms = Some(timeout_ms),
+        }
+    }
 }
 
 /// Sleeps until `at`, or forever when there is none.

@@ -98,9 +98,10 @@ pub(super) async fn process(shared: &Shared, messages: Vec<jetstream::Message>) 
 
 /// The batch in `payload`, or `None` when it cannot be served: one that does not decode is
 /// dropped (logged); one that decodes but is inconsistent has its requests answered with
-/// `invalid_request`. Neither would fare better if sent again.
+/// `invalid_request`. Neither would fare better if sent again. Each item's deadline is
+/// set on this machine's clock from its remaining budget ([`localize_deadlines`]).
 pub(super) async fn servable(shared: &Shared, payload: &[u8]) -> Option<TokenBatch> {
-    let batch = match wire::decode::<TokenBatch>(payload) {
+    let mut batch = match wire::decode::<TokenBatch>(payload) {
         Ok(batch) => batch,
         Err(e) => {
             tracing::error!(error = %e, "undecodable batch dropped");
@@ -113,7 +114,24 @@ pub(super) async fn servable(shared: &Shared, payload: &[u8]) -> Option<TokenBat
         fail_batch(shared, &batch.items, &error).await;
         return None;
     }
+    localize_deadlines(&mut batch, wire::now_ms());
     Some(batch)
+}
+
+/// Turns each item's remaining budget (`budget_ms`, measured by its sender when it sent the
+/// batch) into a deadline on this machine's clock, counted from `received_ms`, the batch's
+/// arrival here: from then on the worker compares only readings of its own clock, so a
+/// clock set apart from the tokenizer worker's neither drops work early nor keeps it late.
+/// An item without a budget (from an older tokenizer worker) keeps its `deadline_ms`. The
+/// time a batch waited in the work queue is not counted (no clock both ends share measures
+/// it): such a batch may be computed for a requester that was already answered `timeout`,
+/// wasted work but never a wrong answer; `[queue] max_age_s` bounds it.
+pub(super) fn localize_deadlines(batch: &mut TokenBatch, received_ms: u64) {
+    for item in &mut batch.items {
+        if item.budget_ms != 0 {
+            item.deadline_ms = received_ms.saturating_add(item.budget_ms);
+        }
+    }
 }
 
 /// Acks (with `kind`) the queued batch of `ticket`, unless it was handed back already.
@@ -122,5 +140,29 @@ async fn settle(shared: &Shared, ticket: u64, kind: AckKind) {
         && let Err(e) = message.ack_with(kind).await
     {
         tracing::warn!(error = %e, "ack not sent; the batch may be redelivered");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::service::test_items::item;
+
+    #[test]
+    fn budgets_become_deadlines_on_this_clock_from_arrival() {
+        let mut budgeted = item("a", "r", 0, 1, 1);
+        // The sender's clock is a minute behind: its absolute deadline would look long gone.
+        budgeted.deadline_ms = 1_000;
+        budgeted.budget_ms = 5_000;
+        let mut legacy = item("b", "r", 0, 1, 1);
+        legacy.deadline_ms = 90_000;
+        let none = item("c", "r", 0, 1, 1);
+        let mut batch = TokenBatch {
+            token_ids: vec![1, 2, 3],
+            items: vec![budgeted, legacy, none],
+        };
+        localize_deadlines(&mut batch, 61_000);
+        let deadlines: Vec<u64> = batch.items.iter().map(|i| i.deadline_ms).collect();
+        assert_eq!(deadlines, vec![66_000, 90_000, 0]);
     }
 }

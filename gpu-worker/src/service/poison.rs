@@ -173,9 +173,17 @@ pub(super) async fn split(
         sequence,
         "a redelivered batch is split into one batch per request"
     );
-    for (k, part) in parts.iter().enumerate() {
+    let now = wire::now_ms();
+    for (k, mut part) in parts.into_iter().enumerate() {
         let id = format!("split-{sequence}-{k}");
-        let queued = match wire::encode(part) {
+        // What is left of each item's budget travels on, so the part's next worker counts
+        // from its own arrival without granting the time spent here again.
+        for item in &mut part.items {
+            if item.deadline_ms != 0 {
+                item.budget_ms = item.deadline_ms.saturating_sub(now).max(1);
+            }
+        }
+        let queued = match wire::encode(&part) {
             Ok(payload) => enqueue(shared, payload.into(), &id, true).await,
             Err(e) => Err(e.to_string()),
         };

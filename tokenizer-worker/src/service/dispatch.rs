@@ -26,13 +26,14 @@ impl State {
             batcher.pop_ready(Instant::now())
         };
         for batch in batches {
+            let tokens = batch.batch.num_tokens();
             self.status.batches += 1;
-            self.status.sequences += batch.items.len() as u64;
-            self.status.tokens += batch.num_tokens() as u64;
+            self.status.sequences += batch.batch.items.len() as u64;
+            self.status.tokens += tokens as u64;
             let queue = self.work_queue.clone();
             let msg_id = self.batch_ids.next_id();
             match &self.direct {
-                Some(direct) if self.can_offer() && batch.num_tokens() <= direct.max_tokens => {
+                Some(direct) if self.can_offer() && tokens <= direct.max_tokens => {
                     self.offers += 1;
                     self.publishes
                         .spawn(offer_batch(queue, batch, msg_id, direct.timeout));

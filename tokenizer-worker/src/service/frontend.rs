@@ -13,6 +13,7 @@ use super::intake::{ModelLimits, check_embed, decode};
 use crate::batcher::PendingSequence;
 use crate::budget::RequestBudget;
 use crate::config::TokenizerWorkerConfig;
+use crate::deadline::{Deadline, Receipt};
 use crate::pairs;
 use crate::rerank::{RerankOptions, RerankTemplate};
 use crate::tokenize::{TextTokenizer, TokenizeError, TokenizerOptions};
@@ -73,31 +74,43 @@ impl Frontend {
         })
     }
 
-    /// Decodes a request of this worker's task and checks what can be checked without
-    /// tokenizing; its deadline against `max_age`, how long the work queue keeps a batch.
-    pub(super) fn check(&self, payload: &Bytes, max_age: Duration) -> Result<Checked, ErrorReply> {
-        match self {
+    /// Decodes a request of this worker's task, which arrived at `received`, and checks what
+    /// can be checked without tokenizing; its deadline against `max_age`, how long the work
+    /// queue keeps a batch. Returns it with its deadline on this worker's clock.
+    pub(super) fn check(
+        &self,
+        payload: &Bytes,
+        received: Receipt,
+        max_age: Duration,
+    ) -> Result<(Checked, Deadline), ErrorReply> {
+        Ok(match self {
             Self::Embed { limits, .. } => {
-                check_embed(decode(payload)?, limits, max_age).map(Checked::Embed)
+                let (request, deadline) = check_embed(decode(payload)?, limits, received, max_age)?;
+                (Checked::Embed(request), deadline)
             }
-            Self::Rerank { .. } => pairs::check(decode(payload)?, max_age).map(Checked::Rerank),
-        }
+            Self::Rerank { .. } => {
+                let (request, deadline) = pairs::check(decode(payload)?, received, max_age)?;
+                (Checked::Rerank(request), deadline)
+            }
+        })
     }
 
-    /// Tokenizes a checked request into its sequences, whose replies go to `reply_to`.
+    /// Tokenizes a checked request due by `deadline` into its sequences, whose replies go to
+    /// `reply_to`.
     pub(super) fn tokenize(
         &self,
         request: Checked,
+        deadline: Deadline,
         reply_to: &str,
         truncate: bool,
         max_tokens: usize,
     ) -> Result<Vec<PendingSequence>, ErrorReply> {
         match (self, request) {
             (Self::Embed { tokenizer, .. }, Checked::Embed(request)) => {
-                tokenize_embed(tokenizer, request, reply_to, truncate, max_tokens)
+                tokenize_embed(tokenizer, request, deadline, reply_to, truncate, max_tokens)
             }
             (Self::Rerank { template }, Checked::Rerank(request)) => {
-                pairs::tokenize(template, request, reply_to, truncate, max_tokens)
+                pairs::tokenize(template, request, deadline, reply_to, truncate, max_tokens)
             }
             (_, request) => Err(ErrorReply::new(
                 Some(request.id().to_string()),
@@ -162,12 +175,13 @@ impl Checked {
     }
 }
 
-/// Tokenizes every text of an embedding request (on a blocking thread). The first text that
-/// fails fails the whole request, naming its index; so does the first text that takes the
-/// request's total past `max_tokens` (the rest are not tokenized).
+/// Tokenizes every text of an embedding request due by `deadline` (on a blocking thread).
+/// The first text that fails fails the whole request, naming its index; so does the first
+/// text that takes the request's total past `max_tokens` (the rest are not tokenized).
 fn tokenize_embed(
     tokenizer: &TextTokenizer,
     request: EmbedRequest,
+    deadline: Deadline,
     reply_to: &str,
     truncate: bool,
     max_tokens: usize,
@@ -204,11 +218,13 @@ fn tokenize_embed(
                 total,
                 len: ids.len() as u32,
                 dims: request.dimensions.unwrap_or(0),
-                deadline_ms: request.deadline_ms.unwrap_or(0),
+                deadline_ms: deadline.unix_ms,
                 trace: None,
                 bundle_to: request.bundle_to.clone(),
+                // Set as the batch is sent, from `deadline.at`.
+                budget_ms: 0,
             };
-            PendingSequence::new(item, ids).map_err(|e| {
+            PendingSequence::new(item, ids, deadline.at).map_err(|e| {
                 ErrorReply::new(Some(request.id.clone()), ErrorCode::Internal, e.to_string())
             })
         })
@@ -236,6 +252,7 @@ mod tests {
             dimensions: None,
             truncate: None,
             deadline_ms: None,
+            timeout_ms: None,
             ack: false,
             bundle_to: None,
         }
@@ -256,12 +273,26 @@ mod tests {
             .collect();
         let total: usize = lengths.iter().sum();
 
-        let at_limit = tokenize_embed(&tokenizer, request(&texts), "inbox", false, total)
-            .expect("a request of exactly the limit passes");
+        let at_limit = tokenize_embed(
+            &tokenizer,
+            request(&texts),
+            Deadline::default(),
+            "inbox",
+            false,
+            total,
+        )
+        .expect("a request of exactly the limit passes");
         assert_eq!(at_limit.len(), texts.len());
 
-        let error = tokenize_embed(&tokenizer, request(&texts), "inbox", false, total - 1)
-            .expect_err("one token over the limit fails");
+        let error = tokenize_embed(
+            &tokenizer,
+            request(&texts),
+            Deadline::default(),
+            "inbox",
+            false,
+            total - 1,
+        )
+        .expect_err("one token over the limit fails");
         assert_eq!(error.error.code, ErrorCode::TooManyTokens);
         assert_eq!(error.id.as_deref(), Some("r"));
         let message = &error.error.message;
@@ -272,8 +303,15 @@ mod tests {
         );
 
         // The first input alone over the limit is named as such.
-        let error = tokenize_embed(&tokenizer, request(&texts), "inbox", false, lengths[0] - 1)
-            .expect_err("first input over the limit fails");
+        let error = tokenize_embed(
+            &tokenizer,
+            request(&texts),
+            Deadline::default(),
+            "inbox",
+            false,
+            lengths[0] - 1,
+        )
+        .expect_err("first input over the limit fails");
         assert!(
             error
                 .error

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use common::subjects::is_publish_subject;
 use common::wire::{self, EmbedRequest, ErrorCode, ErrorReply};
 
-use crate::deadline;
+use crate::deadline::{self, Deadline, Receipt};
 
 /// Limits of the served model that requests are checked against.
 #[derive(Debug, Clone, Copy, serde::Deserialize)]
@@ -54,13 +54,15 @@ struct IdOnly {
     id: String,
 }
 
-/// Checks what can be checked of an embedding request without tokenizing; its deadline
-/// against `max_age`, how long the work queue keeps a batch.
+/// Checks what can be checked of an embedding request without tokenizing, and its deadline
+/// (the request arrived at `received`) against `max_age`, how long the work queue keeps a
+/// batch; returns the request with its deadline on this worker's clock.
 pub(super) fn check_embed(
     request: EmbedRequest,
     limits: &ModelLimits,
+    received: Receipt,
     max_age: Duration,
-) -> Result<EmbedRequest, ErrorReply> {
+) -> Result<(EmbedRequest, Deadline), ErrorReply> {
     let fail = |message: String| {
         Err(ErrorReply::new(
             Some(request.id.clone()),
@@ -90,6 +92,12 @@ pub(super) fn check_embed(
              or spaces), got {subject:?}"
         ));
     }
-    deadline::check(&request.id, request.deadline_ms, wire::now_ms(), max_age)?;
-    Ok(request)
+    let deadline = deadline::check(
+        &request.id,
+        request.timeout_ms,
+        request.deadline_ms,
+        received,
+        max_age,
+    )?;
+    Ok((request, deadline))
 }

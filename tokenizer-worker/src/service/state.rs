@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::trace::{LOG_TARGET, RequestTrace};
-use common::wire::{self, ErrorCode, ErrorReply, WorkerStatus};
+use common::wire::{ErrorCode, ErrorReply, WorkerStatus};
 use common::worker::send_error;
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
@@ -18,6 +18,7 @@ use tokio::task::JoinSet;
 use super::frontend::Frontend;
 use crate::acks::{Acks, RequestKey};
 use crate::batcher::{Batcher, PendingSequence};
+use crate::deadline::Receipt;
 use crate::publish::{BatchIds, Published, WorkQueue};
 
 /// Requests with at most this many bytes of text are tokenized on the service loop itself
@@ -94,14 +95,16 @@ impl State {
         done_tx: &mpsc::Sender<Tokenized>,
         batcher: &mut Batcher,
     ) {
+        // The request's budget counts from here, on this worker's monotonic clock.
+        let received = Receipt::now();
         let Some(reply_to) = message.reply.map(|r| r.to_string()) else {
             tracing::warn!(subject = %message.subject, "request without a reply subject dropped");
             return;
         };
         let trace = RequestTrace::from_headers(message.headers.as_ref());
         let max_age = self.work_queue.queue.max_age();
-        let request = match self.frontend.check(&message.payload, max_age) {
-            Ok(request) => request,
+        let (request, deadline) = match self.frontend.check(&message.payload, received, max_age) {
+            Ok(checked) => checked,
             Err(error) => {
                 self.refuse(&reply_to, &error, trace.as_ref());
                 return;
@@ -128,9 +131,9 @@ impl State {
             result: Ok(Vec::new()),
         };
         if inline {
-            done.result = self
-                .frontend
-                .tokenize(request, &done.reply_to, truncate, max_tokens);
+            done.result =
+                self.frontend
+                    .tokenize(request, deadline, &done.reply_to, truncate, max_tokens);
             self.accept(done, batcher);
             return;
         }
@@ -141,7 +144,7 @@ impl State {
             let _permit = pool.acquire_owned().await;
             let reply = done.reply_to.clone();
             done.result = tokio::task::spawn_blocking(move || {
-                frontend.tokenize(request, &reply, truncate, max_tokens)
+                frontend.tokenize(request, deadline, &reply, truncate, max_tokens)
             })
             .await
             .unwrap_or_else(|e| {
@@ -205,7 +208,7 @@ impl State {
     /// (reply subject and id) once, however many of its sequences expired.
     pub(super) fn expire(&mut self, batcher: &mut Batcher) {
         let mut answered = HashSet::new();
-        for item in batcher.remove_expired(wire::now_ms()) {
+        for item in batcher.remove_expired(Instant::now()) {
             let key = RequestKey::of(&item);
             self.acks.forget(&key);
             if answered.insert(key) {
