@@ -93,20 +93,51 @@ pub async fn batch_stream_for(
     config: &QueueConfig,
 ) -> Result<stream::Stream, QueueError> {
     let name = subjects.batch_stream_for(task);
-    js.get_or_create_stream(stream::Config {
-        name: name.clone(),
-        subjects: vec![subjects.batches_for(task)],
-        retention: stream::RetentionPolicy::WorkQueue,
-        storage: match config.storage {
-            Storage::Memory => stream::StorageType::Memory,
-            Storage::File => stream::StorageType::File,
-        },
-        max_age: config.max_age(),
-        num_replicas: config.replicas.max(1),
-        ..Default::default()
-    })
-    .await
-    .map_err(|e| QueueError(format!("stream {name}: {e}")))
+    let failed = |e: &dyn std::fmt::Display| QueueError(format!("stream {name}: {e}"));
+    let stream = js
+        .get_or_create_stream(stream::Config {
+            name: name.clone(),
+            subjects: vec![subjects.batches_for(task)],
+            retention: stream::RetentionPolicy::WorkQueue,
+            storage: match config.storage {
+                Storage::Memory => stream::StorageType::Memory,
+                Storage::File => stream::StorageType::File,
+            },
+            max_age: config.max_age(),
+            num_replicas: config.replicas.max(1),
+            allow_message_ttl: true,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| failed(&e))?;
+    if stream.cached_info().config.allow_message_ttl {
+        return Ok(stream);
+    }
+    // A stream created by an older release: batches carry a TTL now ([`MESSAGE_TTL`]),
+    // which the server refuses unless the stream allows it (it can be turned on, not off).
+    let mut allowing = stream.cached_info().config.clone();
+    allowing.allow_message_ttl = true;
+    js.update_stream(allowing).await.map_err(|e| failed(&e))?;
+    js.get_stream(&name).await.map_err(|e| failed(&e))
+}
+
+/// Header giving a queued batch its time to live on the server's clock (JetStream's
+/// per-message TTL, nats-server 2.11 and later): the server removes a batch whose requests'
+/// time ran out while it waited, whatever the workers' clocks say.
+pub const MESSAGE_TTL: &str = "Nats-TTL";
+
+/// The TTL of a batch whose items have `budgets_ms` left (0: no deadline): the longest,
+/// in whole seconds rounded up (the header's unit); `None` when one item has no deadline
+/// (the batch then lives until `max_age`).
+pub fn batch_ttl(budgets_ms: impl IntoIterator<Item = u64>) -> Option<String> {
+    let mut longest = 0;
+    for budget in budgets_ms {
+        if budget == 0 {
+            return None;
+        }
+        longest = longest.max(budget);
+    }
+    (longest > 0).then(|| format!("{}s", longest.div_ceil(1000)))
 }
 
 /// Creates (or finds) the GPU workers' durable pull consumer on the batch stream.
@@ -155,4 +186,17 @@ pub async fn gpu_consumer_for(
         )
         .await
         .map_err(|e| QueueError(format!("consumer {name}: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_batch_lives_as_long_as_its_longest_budget_in_whole_seconds() {
+        assert_eq!(batch_ttl([500]).as_deref(), Some("1s"));
+        assert_eq!(batch_ttl([1_000, 2_001, 10]).as_deref(), Some("3s"));
+        assert_eq!(batch_ttl([1_000, 0]), None, "an item without a deadline");
+        assert_eq!(batch_ttl([]), None);
+    }
 }

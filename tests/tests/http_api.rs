@@ -302,7 +302,18 @@ async fn request_past_its_deadline_in_the_queue_gets_504_and_its_work_is_dropped
         started.elapsed()
     );
 
-    // A GPU worker that comes back drops the expired batch instead of computing it.
+    // The server drops the batch once its time ran out (its TTL, whole seconds, on the
+    // server's clock), so a GPU worker that comes back does not compute it.
+    let js = async_nats::jetstream::new(nats.clone());
+    let mut stream = js.get_stream("EMBED_BATCHES").await.unwrap();
+    let dropped_by = Instant::now() + Duration::from_secs(10);
+    while stream.info().await.unwrap().state.messages > 0 {
+        assert!(
+            Instant::now() < dropped_by,
+            "the expired batch stays in the work queue"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let gpu = start_gpu(&server, &model);
     wait_for_workers(&nats).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;

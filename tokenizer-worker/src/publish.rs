@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream;
 use async_nats::{HeaderMap, RequestErrorKind};
 use bytes::Bytes;
-use common::queue::{QueueConfig, batch_stream_for};
+use common::queue::{MESSAGE_TTL, QueueConfig, batch_stream_for, batch_ttl};
 use common::subjects::{Subjects, Task};
 use common::wire::{self, BatchItem, DirectOutcome, DirectReply, ErrorCode, ErrorReply};
 use common::worker::send_error;
@@ -182,8 +182,6 @@ fn encode(batch: &mut ReadyBatch) -> Option<Bytes> {
 async fn publish_to_queue(queue: &WorkQueue, mut batch: ReadyBatch, msg_id: String) -> Published {
     let give_up = give_up_at(&batch, Instant::now());
     let subject = queue.subjects.batches_for(queue.task);
-    let mut headers = HeaderMap::new();
-    headers.insert(async_nats::header::NATS_MESSAGE_ID, msg_id.as_str());
     let mut backoff = FIRST_BACKOFF;
     let mut attempts = 0u32;
     loop {
@@ -191,6 +189,12 @@ async fn publish_to_queue(queue: &WorkQueue, mut batch: ReadyBatch, msg_id: Stri
         let Some(payload) = encode(&mut batch) else {
             return fail(queue, batch.batch.items, "batch does not encode");
         };
+        let mut headers = HeaderMap::new();
+        headers.insert(async_nats::header::NATS_MESSAGE_ID, msg_id.as_str());
+        // The server drops the batch once every request's time ran out in the queue.
+        if let Some(ttl) = batch_ttl(batch.batch.items.iter().map(|item| item.budget_ms)) {
+            headers.insert(MESSAGE_TTL, ttl.as_str());
+        }
         let publish = queue
             .js
             .publish_with_headers(subject.clone(), headers.clone(), payload);

@@ -88,7 +88,10 @@ pub(super) async fn take_direct(
             answer_direct(&shared, reply, DirectOutcome::Busy).await;
             continue;
         }
-        let ticket = shared.hand.hold(Held::Direct(reply));
+        let ticket = shared.hand.hold(Held::Direct {
+            reply,
+            payload: message.payload.clone(),
+        });
         if taken_tx.send(DirectBatch { ticket, batch }).is_err() {
             // The runner is gone (a bug): let the tokenizer worker queue the batch.
             tracing::error!("direct batch runner stopped; this is a bug");
@@ -133,7 +136,7 @@ async fn run_direct(
             for ticket in tickets {
                 match served {
                     Served::Answered => {
-                        if let Some(Held::Direct(reply)) = shared.hand.release(ticket) {
+                        if let Some(Held::Direct { reply, .. }) = shared.hand.release(ticket) {
                             answer_direct(&shared, reply, DirectOutcome::Done).await;
                         }
                     }

@@ -4,12 +4,11 @@
 //! sticky device error, the device thread gone) or the watchdog found a pass running far
 //! past its expected time. [`InHand`] knows every batch the worker holds, pulled from the
 //! work queue or taken from the direct subject and not yet answered, and the pass each one
-//! was sent to the device in, so that all of them can be handed back at once: a queued
-//! batch that was on the device when it failed is NAKed (JetStream redelivers it to another
-//! worker now rather than after `ack_wait`, counting a delivery: it may be the poison); one
-//! that only waited is put back in the queue as a fresh copy and acked, so it is not
-//! counted against `max_deliver`; a direct one is answered `busy` (the tokenizer worker
-//! queues it). Whoever takes a batch out of `InHand` first (its task acking it, or the
+//! was sent to the device in, so that all of them can be handed back at once: a batch that
+//! was on the device when it failed goes back to the work queue at once as a fresh copy
+//! marked with one failed device more (it may be the poison: [`super::poison`]); a queued
+//! one that only waited is put back as it came, so nothing counts against it; a direct one
+//! that only waited is answered `busy` (the tokenizer worker queues it). Whoever takes a batch out of `InHand` first (its task acking it, or the
 //! hand-back) settles it, so no batch is both acked and handed back.
 //!
 //! Progress acks are sent here too, and only while the device makes progress: a worker
@@ -27,7 +26,7 @@ use tokio::time::MissedTickBehavior;
 
 use super::Shared;
 use super::direct::answer_direct;
-use super::poison::requeue;
+use super::poison::{Marks, enqueue, requeue, requeue_failed};
 use crate::config::GpuWorkerConfig;
 
 /// How often the watchdog looks at the pass in progress.
@@ -86,8 +85,15 @@ impl Health {
 pub(super) enum Held {
     /// Pulled from the work queue: acked once answered, NAKed when handed back.
     Queued(Box<jetstream::Message>),
-    /// Taken from the direct subject: answered `done` once answered, `busy` when handed back.
-    Direct(async_nats::Subject),
+    /// Taken from the direct subject: answered `done` once answered; when handed back,
+    /// queued by this worker with a failure mark if it was on the failed device (then
+    /// `done`), else answered `busy` (the tokenizer worker queues it).
+    Direct {
+        /// Where to answer the offer.
+        reply: async_nats::Subject,
+        /// The batch as offered, to queue it when the device failed with it in its pass.
+        payload: bytes::Bytes,
+    },
 }
 
 /// A held batch and the last pass it was sent to the device in (0: none yet).
@@ -154,25 +160,38 @@ impl InHand {
             .values()
             .filter_map(|entry| match &entry.held {
                 Held::Queued(message) => Some(jetstream::Message::clone(message)),
-                Held::Direct(_) => None,
+                Held::Direct { .. } => None,
             })
             .collect()
     }
 }
 
-/// Hands one batch back: a queued one that was on the device when it failed is NAKed
-/// (redelivered at once, a delivery counted), one that only waited is queued afresh; a
-/// direct one is answered `busy` (the tokenizer worker queues it).
+/// Hands one batch back. One that was on the device when it failed goes back to the work
+/// queue as a fresh copy counting one failed device more ([`super::poison`]); one that only
+/// waited goes back as it came (a queued one copied afresh, a direct one answered `busy`,
+/// which the tokenizer worker queues).
 async fn hand_back(shared: &Shared, entry: Entry) {
     let on_device = entry.pass != 0 && entry.pass == shared.device.last_pass();
     match entry.held {
-        Held::Queued(message) if on_device => {
-            if let Err(e) = message.ack_with(AckKind::Nak(None)).await {
-                tracing::warn!(error = %e, "NAK not sent; the batch returns after ack_wait");
-            }
-        }
+        Held::Queued(message) if on_device => requeue_failed(shared, &message).await,
         Held::Queued(message) => requeue(shared, &message).await,
-        Held::Direct(reply) => answer_direct(shared, reply, DirectOutcome::Busy).await,
+        Held::Direct { reply, payload } if on_device => {
+            let id = format!("failed-direct-{}", shared.client.new_inbox());
+            let marks = Marks {
+                split: false,
+                failures: 1,
+            };
+            let outcome = match enqueue(shared, payload, &id, marks).await {
+                // The batch is the queue's now: the offer is done with.
+                Ok(()) => DirectOutcome::Done,
+                Err(e) => {
+                    tracing::warn!(error = %e, "a failed direct batch was not queued");
+                    DirectOutcome::Busy
+                }
+            };
+            answer_direct(shared, reply, outcome).await;
+        }
+        Held::Direct { reply, .. } => answer_direct(shared, reply, DirectOutcome::Busy).await,
     }
 }
 
@@ -247,7 +266,10 @@ mod tests {
     use super::*;
 
     fn direct(name: &str) -> Held {
-        Held::Direct(async_nats::Subject::from(name))
+        Held::Direct {
+            reply: async_nats::Subject::from(name),
+            payload: bytes::Bytes::new(),
+        }
     }
 
     #[test]
@@ -260,7 +282,7 @@ mod tests {
         let taken: Vec<(u64, bool)> = hand
             .release_all()
             .into_iter()
-            .map(|entry| (entry.pass, matches!(entry.held, Held::Direct(_))))
+            .map(|entry| (entry.pass, matches!(entry.held, Held::Direct { .. })))
             .collect();
         assert_eq!(taken, [(7, true), (0, true)]);
         // The tasks that held them find nothing left to settle.

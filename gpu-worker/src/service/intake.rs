@@ -69,7 +69,9 @@ pub(super) async fn process(shared: &Shared, messages: Vec<jetstream::Message>) 
             Handling::Split => poison::split(shared, ticket, &message, batch).await,
             Handling::GiveUp => {
                 let delivered = message.info().map_or(0, |info| info.delivered);
-                poison::give_up(shared, ticket, &batch, delivered).await;
+                let failures = poison::Marks::of(message.headers.as_ref()).failures;
+                let why = format!("{failures} failed devices, {delivered} deliveries");
+                poison::give_up(shared, ticket, &batch, &why).await;
             }
         }
     }

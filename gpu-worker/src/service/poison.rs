@@ -12,16 +12,20 @@
 //!   (the worker holding it died) is answered the same way on JetStream's max-deliveries
 //!   advisory ([`answer_max_deliveries`]), then deleted.
 //!
-//! - A worker that leaves hands back the batches that were on the device with a NAK (a
-//!   delivery counts) and puts those that only waited back in the queue as fresh copies
-//!   ([`requeue`]), so only being on the device when it failed counts against a batch.
+//! - A worker whose device fails (a panic, a sticky device error, a hung pass) puts the
+//!   batches of the failed pass back in the queue as fresh copies marked with one failed
+//!   device more ([`FAILURES_HEADER`]), and those that only waited as they came
+//!   ([`requeue`]). A batch marked once runs alone (or is split per request, the parts
+//!   keeping the mark); one marked twice is given up without running: one failure cannot
+//!   tell a poison input from a failing device, a second on another worker can.
 //!
-//! Bound: a poison input makes at most `max_deliver + 1` workers leave (its first delivery,
-//! merged with others; its split batch's deliveries before the last one; one direct offer).
-//! An innocent batch is given up only if it was on the device in `max_deliver - 1` worker
-//! failures (it runs alone after the first, so only if it is a poison itself), or was held
-//! by workers that died at once (SIGKILL, an abort: nothing could be handed back) that
-//! often.
+//! Bound: a poison input makes at most two workers leave when their devices fail in a way
+//! they survive long enough to report (its first pass, merged with others, then its own
+//! batch alone); an innocent request is given up only if it was in the failed passes of two
+//! workers, the second time with no batch-mate to blame. Workers that die at once
+//! (SIGKILL, an abort: nothing could be handed back) leave only JetStream's delivery count:
+//! then a poison input makes at most `max_deliver + 1` workers leave, and an innocent batch
+//! held by workers dying that often is given up too.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -39,6 +43,54 @@ use super::health::Held;
 /// Header marking a batch split out of a redelivered one: it runs alone.
 pub(super) const SPLIT_HEADER: &str = "Qwen3-Embed-Split";
 
+/// Header counting the GPU workers whose device failed (a panic, a sticky device error, a
+/// hung pass) while the batch was in their pass; set by the failing worker when it puts the
+/// batch back in the queue.
+pub(super) const FAILURES_HEADER: &str = "Qwen3-Embed-Failures";
+
+/// Failed devices after which a batch is given up: one failure cannot tell a poison input
+/// from a failing device (the next worker may serve it); a second, in a pass the batch had
+/// to itself, can.
+const GIVE_UP_FAILURES: u32 = 2;
+
+/// What the workers wrote on a batch they put back in the queue.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(super) struct Marks {
+    /// Split out of a redelivered batch: it runs alone.
+    pub(super) split: bool,
+    /// Devices that failed with the batch in their pass ([`FAILURES_HEADER`]).
+    pub(super) failures: u32,
+}
+
+impl Marks {
+    /// The marks in `headers` (none when absent or unreadable).
+    pub(super) fn of(headers: Option<&HeaderMap>) -> Self {
+        let Some(headers) = headers else {
+            return Self::default();
+        };
+        Self {
+            split: headers.get(SPLIT_HEADER).is_some(),
+            failures: headers
+                .get(FAILURES_HEADER)
+                .and_then(|value| value.as_str().parse().ok())
+                .unwrap_or(0),
+        }
+    }
+
+    /// The marks as headers, beside message id `id`.
+    fn headers(self, id: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        if self.split {
+            headers.insert(SPLIT_HEADER, "1");
+        }
+        if self.failures > 0 {
+            headers.insert(FAILURES_HEADER, self.failures.to_string().as_str());
+        }
+        headers.insert(async_nats::header::NATS_MESSAGE_ID, id);
+        headers
+    }
+}
+
 /// How a pulled batch is to be run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Handling {
@@ -53,13 +105,19 @@ pub(super) enum Handling {
 }
 
 /// How to run a batch delivered `delivered` times (`max_deliver` < 2: never given up)
-/// serving `requests` requests, `split` when it was split out of another.
-pub(super) fn handling(delivered: i64, max_deliver: i64, requests: usize, split: bool) -> Handling {
-    if max_deliver > 1 && delivered >= max_deliver {
+/// serving `requests` requests, with the `marks` workers put on it.
+pub(super) fn handling(
+    delivered: i64,
+    max_deliver: i64,
+    requests: usize,
+    marks: Marks,
+) -> Handling {
+    let suspect = delivered > 1 || marks.failures > 0;
+    if marks.failures >= GIVE_UP_FAILURES || (max_deliver > 1 && delivered >= max_deliver) {
         Handling::GiveUp
-    } else if delivered > 1 && requests > 1 {
+    } else if suspect && requests > 1 {
         Handling::Split
-    } else if delivered > 1 || split {
+    } else if suspect || marks.split {
         Handling::Alone
     } else {
         Handling::Merge
@@ -73,15 +131,11 @@ pub(super) fn handling_of(
     batch: &TokenBatch,
 ) -> Handling {
     let delivered = message.info().map_or(1, |info| info.delivered);
-    let split = message
-        .headers
-        .as_ref()
-        .is_some_and(|headers| headers.get(SPLIT_HEADER).is_some());
     handling(
         delivered,
         shared.max_deliver,
         by_request(batch).len(),
-        split,
+        Marks::of(message.headers.as_ref()),
     )
 }
 
@@ -111,19 +165,15 @@ fn by_request(batch: &TokenBatch) -> Vec<TokenBatch> {
 }
 
 /// Puts `payload` in the work queue as a fresh batch with message id `id` (the same id when
-/// retried after a crash, so the queue keeps one copy), `split` marking it as split out of
-/// another; `Err` (why) when the server did not confirm it.
-async fn enqueue(
+/// retried after a crash, so the queue keeps one copy) and `marks`; `Err` (why) when the
+/// server did not confirm it.
+pub(super) async fn enqueue(
     shared: &Shared,
     payload: bytes::Bytes,
     id: &str,
-    split: bool,
+    marks: Marks,
 ) -> Result<(), String> {
-    let mut headers = HeaderMap::new();
-    if split {
-        headers.insert(SPLIT_HEADER, "1");
-    }
-    headers.insert(async_nats::header::NATS_MESSAGE_ID, id);
+    let headers = marks.headers(id);
     match shared
         .queue
         .publish_with_headers(shared.batches_subject.clone(), headers, payload)
@@ -138,13 +188,30 @@ async fn enqueue(
 /// as a fresh copy (no delivery counted against it) and acks the original; NAKs it when the
 /// copy cannot be queued.
 pub(super) async fn requeue(shared: &Shared, message: &jetstream::Message) {
+    requeue_marked(
+        shared,
+        message,
+        Marks::of(message.headers.as_ref()),
+        "requeue",
+    )
+    .await;
+}
+
+/// Puts a batch that was in the pass of a device that failed back in the work queue as a
+/// fresh copy with one failure more ([`FAILURES_HEADER`]), and acks the original; NAKs it
+/// when the copy cannot be queued (then only JetStream's delivery count remembers).
+pub(super) async fn requeue_failed(shared: &Shared, message: &jetstream::Message) {
+    let mut marks = Marks::of(message.headers.as_ref());
+    marks.failures += 1;
+    requeue_marked(shared, message, marks, "failed").await;
+}
+
+/// Queues a copy of `message` with `marks` (message id `{what}-{sequence}-{failures}`, the
+/// same on a retry), then acks the original, or NAKs it when the copy was not queued.
+async fn requeue_marked(shared: &Shared, message: &jetstream::Message, marks: Marks, what: &str) {
     let sequence = message.info().map_or(0, |info| info.stream_sequence);
-    let split = message
-        .headers
-        .as_ref()
-        .is_some_and(|headers| headers.get(SPLIT_HEADER).is_some());
-    let id = format!("requeue-{sequence}");
-    let kind = match enqueue(shared, message.payload.clone(), &id, split).await {
+    let id = format!("{what}-{sequence}-{}", marks.failures);
+    let kind = match enqueue(shared, message.payload.clone(), &id, marks).await {
         Ok(()) => AckKind::Ack,
         Err(e) => {
             tracing::warn!(error = %e, "a held batch could not be queued afresh; NAKing it");
@@ -168,6 +235,11 @@ pub(super) async fn split(
 ) {
     let parts = by_request(&batch);
     let sequence = message.info().map_or(0, |info| info.stream_sequence);
+    // The parts remember the failures of the whole (their own, or a batch-mate's).
+    let marks = Marks {
+        split: true,
+        ..Marks::of(message.headers.as_ref())
+    };
     tracing::warn!(
         requests = parts.len(),
         sequence,
@@ -184,7 +256,7 @@ pub(super) async fn split(
             }
         }
         let queued = match wire::encode(&part) {
-            Ok(payload) => enqueue(shared, payload.into(), &id, true).await,
+            Ok(payload) => enqueue(shared, payload.into(), &id, marks).await,
             Err(e) => Err(e.to_string()),
         };
         if let Err(e) = queued {
@@ -204,10 +276,10 @@ pub(super) async fn split(
     }
 }
 
-/// Answers every request of `batch` (held as `ticket`), on its last delivery, with
-/// `internal` naming the inputs the batch held, and terminates it.
-pub(super) async fn give_up(shared: &Shared, ticket: u64, batch: &TokenBatch, delivered: i64) {
-    answer_exhausted(shared, batch, delivered).await;
+/// Answers every request of `batch` (held as `ticket`), which failed too often (`why`),
+/// with `internal` naming the inputs the batch held, and terminates it.
+pub(super) async fn give_up(shared: &Shared, ticket: u64, batch: &TokenBatch, why: &str) {
+    answer_exhausted(shared, batch, why).await;
     if let Some(Held::Queued(message)) = shared.hand.release(ticket)
         && let Err(e) = message.ack_with(AckKind::Term).await
     {
@@ -215,11 +287,11 @@ pub(super) async fn give_up(shared: &Shared, ticket: u64, batch: &TokenBatch, de
     }
 }
 
-/// Answers every request of a batch delivered `delivered` times with `internal`, naming
+/// Answers every request of a batch that failed too often (`why`) with `internal`, naming
 /// the inputs the batch held.
-async fn answer_exhausted(shared: &Shared, batch: &TokenBatch, delivered: i64) {
+async fn answer_exhausted(shared: &Shared, batch: &TokenBatch, why: &str) {
     tracing::error!(
-        delivered,
+        why,
         sequences = batch.items.len(),
         "a batch every worker that took it failed on is given up; its requests are \
          answered `internal`"
@@ -236,7 +308,7 @@ async fn answer_exhausted(shared: &Shared, batch: &TokenBatch, delivered: i64) {
             ErrorCode::Internal,
             format!(
                 "inputs {} of this request were in a batch that failed every GPU worker that \
-                 took it ({delivered} deliveries); they are not retried",
+                 took it ({why}); they are not retried",
                 inputs.join(", ")
             ),
         );
@@ -282,7 +354,10 @@ pub(super) async fn answer_max_deliveries(
             }
         };
         match wire::decode::<TokenBatch>(&stored.payload) {
-            Ok(batch) => answer_exhausted(&shared, &batch, advisory.deliveries).await,
+            Ok(batch) => {
+                let why = format!("{} deliveries", advisory.deliveries);
+                answer_exhausted(&shared, &batch, &why).await;
+            }
             Err(e) => tracing::error!(error = %e, sequence, "undecodable batch out of deliveries"),
         }
         if let Err(e) = stream.delete_message(sequence).await {
@@ -315,12 +390,50 @@ mod tests {
 
     #[test]
     fn only_a_redelivered_batch_is_kept_apart_and_the_last_delivery_is_given_up() {
-        assert_eq!(handling(1, 5, 3, false), Handling::Merge);
-        assert_eq!(handling(1, 5, 1, true), Handling::Alone);
-        assert_eq!(handling(2, 5, 3, false), Handling::Split);
-        assert_eq!(handling(2, 5, 1, false), Handling::Alone);
-        assert_eq!(handling(4, 5, 1, true), Handling::Alone);
-        assert_eq!(handling(5, 5, 1, true), Handling::GiveUp);
-        assert_eq!(handling(9, -1, 1, false), Handling::Alone, "unlimited");
+        let fresh = Marks::default();
+        let split = Marks {
+            split: true,
+            failures: 0,
+        };
+        assert_eq!(handling(1, 5, 3, fresh), Handling::Merge);
+        assert_eq!(handling(1, 5, 1, split), Handling::Alone);
+        assert_eq!(handling(2, 5, 3, fresh), Handling::Split);
+        assert_eq!(handling(2, 5, 1, fresh), Handling::Alone);
+        assert_eq!(handling(4, 5, 1, split), Handling::Alone);
+        assert_eq!(handling(5, 5, 1, split), Handling::GiveUp);
+        assert_eq!(handling(9, -1, 1, fresh), Handling::Alone, "unlimited");
+    }
+
+    #[test]
+    fn a_batch_on_one_failed_device_runs_apart_and_on_two_is_given_up() {
+        let once = |split| Marks { split, failures: 1 };
+        // Put back fresh (delivered once) by the worker whose device failed.
+        assert_eq!(handling(1, 5, 3, once(false)), Handling::Split);
+        assert_eq!(handling(1, 5, 1, once(false)), Handling::Alone);
+        assert_eq!(handling(1, 5, 1, once(true)), Handling::Alone);
+        let twice = Marks {
+            split: true,
+            failures: 2,
+        };
+        assert_eq!(handling(1, 5, 1, twice), Handling::GiveUp);
+        assert_eq!(
+            handling(1, -1, 1, twice),
+            Handling::GiveUp,
+            "whatever max_deliver"
+        );
+    }
+
+    #[test]
+    fn marks_survive_their_headers() {
+        let marks = Marks {
+            split: true,
+            failures: 1,
+        };
+        let headers = marks.headers("id-1");
+        assert_eq!(Marks::of(Some(&headers)), marks);
+        assert_eq!(Marks::of(None), Marks::default());
+        let mut odd = HeaderMap::new();
+        odd.insert(FAILURES_HEADER, "many");
+        assert_eq!(Marks::of(Some(&odd)), Marks::default());
     }
 }

@@ -210,10 +210,12 @@ fn a_poison_input_fails_only_its_request_and_a_bounded_number_of_workers() {
             "the error names the poison input: {error:?}"
         );
         assert_flawless(&records, "a poison input among the load");
+        // Panicking workers hand their passes back marked: the poison batch is given up
+        // after failing two devices, whatever max_deliver allows.
         assert!(
-            (1..=max_deliver + 1).contains(&exits),
-            "{exits} GPU worker exits; the bound is max_deliver + 1 = {}",
-            max_deliver + 1
+            (1..=2).contains(&exits),
+            "{exits} GPU worker exits; a poison input that panics fails at most two workers \
+             (max_deliver {max_deliver} is the bound only for workers that die at once)"
         );
     });
 }
