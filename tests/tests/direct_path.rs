@@ -303,14 +303,26 @@ async fn a_worker_whose_device_fails_hands_its_offer_back_and_says_why() {
     let client = async_nats::connect(server.url()).await.unwrap();
     wait_for_worker_counts(&client, 0, 1).await;
 
-    // The pass panics: the offer comes back `busy` (the tokenizer worker would queue it),
-    // and its request gets no reply from this worker, not even an error.
+    // The pass panics: the worker puts the batch in the work queue itself, marked with
+    // one failed device (so a second failure elsewhere gives it up), and answers the offer
+    // `done`; its request gets no reply from this worker, not even an error.
     let inbox = client.new_inbox();
     let mut replies = client.subscribe(inbox.clone()).await.unwrap();
-    assert_eq!(
-        offer(&client, &golden_batch(&case, &inbox)).await,
-        DirectOutcome::Busy
-    );
+    let offered = golden_batch(&case, &inbox);
+    assert_eq!(offer(&client, &offered).await, DirectOutcome::Done);
+    let js = jetstream::new(client.clone());
+    let stream = js.get_stream("EMBED_BATCHES").await.unwrap();
+    let queued = stream
+        .get_last_raw_message_by_subject("embed.batches")
+        .await;
+    let queued = queued.expect("the failed direct batch is in the work queue");
+    let failures = queued
+        .headers
+        .get("Qwen3-Embed-Failures")
+        .map(|value| value.as_str().to_string());
+    assert_eq!(failures.as_deref(), Some("1"), "{:?}", queued.headers);
+    let stored: TokenBatch = wire::decode(&queued.payload).unwrap();
+    assert_eq!(stored.token_ids, offered.token_ids);
     // While it leaves, the status subject says why, and it takes no more work.
     let statuses = support::worker_statuses(&client).await;
     let status = statuses
