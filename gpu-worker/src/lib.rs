@@ -1,4 +1,5 @@
-//! The GPU worker: loads a Qwen3 checkpoint and turns packed token batches into embeddings.
+//! The GPU worker: loads a Qwen3 checkpoint and turns packed token batches into embeddings
+//! (or, with `task = rerank`, a Qwen3-Reranker's relevance scores).
 //!
 //! # Layout
 //! - [`model`]: `config.json`, safetensors loading and the Qwen3 forward pass, written

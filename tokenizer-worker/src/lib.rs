@@ -1,4 +1,5 @@
-//! Tokenizer worker: turns embedding requests into packed token batches for the GPU workers.
+//! Tokenizer worker: turns embedding (or, with `task = rerank`, rerank) requests into packed
+//! token batches for the GPU workers.
 //!
 //! # Layout
 //!
@@ -14,14 +15,16 @@
 //!   ([`batcher::Batcher`]).
 //! * [`acks`]: which requests asked for an acknowledgement and how much of each is queued
 //!   ([`acks::Acks`]).
-//! * [`publish`]: publishing a batch to the JetStream work queue under its own
-//!   `Nats-Msg-Id` (so a retry is stored once), retrying until the server confirms it or the
-//!   requests' deadline passes.
+//! * [`publish`]: offering a small batch on the direct subject, and publishing a batch to the
+//!   JetStream work queue under its own `Nats-Msg-Id` (so a retry is stored once) with a TTL
+//!   from its requests' budgets, retrying until the server confirms it or the requests'
+//!   deadline passes.
 //! * [`config`]: the worker's settings.
-//! * [`service`]: the NATS service: request subject in, JetStream batches out; started with
-//!   `task = rerank` it serves the rerank subject and queues pairs on the rerank stream. Its
-//!   modules: the loop and drain, intake checks, the task's frontend, the loop's state,
-//!   dispatch of batches, the status answer.
+//! * [`service`]: the NATS service: request subject in, batches out (small ones offered
+//!   straight to a free GPU worker on the direct subject, the rest to the JetStream work
+//!   queue); started with `task = rerank` it serves the rerank subject and queues pairs on
+//!   the rerank stream. Its modules: the loop and drain, intake checks, the task's
+//!   frontend, the loop's state, dispatch of batches, the status answer.
 
 pub mod acks;
 pub mod batcher;
