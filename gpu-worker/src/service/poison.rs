@@ -32,6 +32,7 @@ use std::sync::Arc;
 
 use async_nats::HeaderMap;
 use async_nats::jetstream::{self, AckKind};
+use common::queue::{MESSAGE_TTL, batch_ttl};
 use common::wire::{self, ErrorCode, ErrorReply, TokenBatch};
 use common::worker::send_error_in_order;
 use futures::StreamExt;
@@ -165,15 +166,24 @@ fn by_request(batch: &TokenBatch) -> Vec<TokenBatch> {
 }
 
 /// Puts `payload` in the work queue as a fresh batch with message id `id` (the same id when
-/// retried after a crash, so the queue keeps one copy) and `marks`; `Err` (why) when the
-/// server did not confirm it.
+/// retried after a crash, so the queue keeps one copy) and `marks`, with a TTL from its
+/// items' budgets as the tokenizer workers give one ([`batch_ttl`]), so a copy whose
+/// requests' time runs out is dropped by the server like the original; `Err` (why) when
+/// the server did not confirm it.
 pub(super) async fn enqueue(
     shared: &Shared,
     payload: bytes::Bytes,
     id: &str,
     marks: Marks,
 ) -> Result<(), String> {
-    let headers = marks.headers(id);
+    let mut headers = marks.headers(id);
+    // Only on the failure paths: decoding the batch again costs nothing that matters there.
+    if let Some(ttl) = wire::decode::<TokenBatch>(&payload)
+        .ok()
+        .and_then(|batch| batch_ttl(batch.items.iter().map(|item| item.budget_ms)))
+    {
+        headers.insert(MESSAGE_TTL, ttl.as_str());
+    }
     match shared
         .queue
         .publish_with_headers(shared.batches_subject.clone(), headers, payload)
