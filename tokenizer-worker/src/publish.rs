@@ -197,7 +197,7 @@ async fn publish_to_queue(queue: &WorkQueue, mut batch: ReadyBatch, msg_id: Stri
         }
         let publish = queue
             .js
-            .publish_with_headers(subject.clone(), headers.clone(), payload);
+            .publish_with_headers(subject.clone(), headers, payload);
         let failure = match publish.await {
             Ok(ack) => match ack.await {
                 Ok(ack) => {
