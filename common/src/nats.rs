@@ -40,6 +40,14 @@ pub struct NatsConfig {
     pub token: Option<String>,
     /// NKey seed (`SU...`).
     pub nkey: Option<String>,
+    /// File holding an NKey seed (what `nats-auth` writes); kept out of the configuration
+    /// so the seed never sits in a TOML file or an environment listing.
+    pub nkey_file: Option<PathBuf>,
+    /// Who this process is on the bus (`gateway`, `tokenizer`, `alice`...): its inbox
+    /// becomes `_INBOX.{identity}` (so NATS permissions can keep each identity to its own
+    /// replies), and a requester's requests go to `{subject}.from.{identity}`, where workers
+    /// accept only reply subjects under that inbox. Unset: `_INBOX` and the bare subjects.
+    pub identity: Option<String>,
     /// `.creds` file (JWT and NKey seed).
     pub creds_file: Option<PathBuf>,
     /// CA certificate (PEM) to verify the servers with; implies TLS.
@@ -64,6 +72,8 @@ impl std::fmt::Debug for NatsConfig {
             .field("password", &redacted(&self.password))
             .field("token", &redacted(&self.token))
             .field("nkey", &redacted(&self.nkey))
+            .field("nkey_file", &self.nkey_file)
+            .field("identity", &self.identity)
             .field("creds_file", &self.creds_file)
             .field("tls_ca_file", &self.tls_ca_file)
             .field("tls_cert_file", &self.tls_cert_file)
@@ -83,6 +93,8 @@ impl Default for NatsConfig {
             password: None,
             token: None,
             nkey: None,
+            nkey_file: None,
+            identity: None,
             creds_file: None,
             tls_ca_file: None,
             tls_cert_file: None,
@@ -133,15 +145,65 @@ impl NatsConfig {
         crate::subjects::Subjects::new(self.subject_prefix.clone())
     }
 
+    /// This identity's inbox prefix: `_INBOX.{identity}`, or `_INBOX` without one. Every
+    /// reply this process asks for (its requests, JetStream API calls) arrives under it.
+    pub fn inbox_prefix(&self) -> String {
+        match &self.identity {
+            Some(identity) => format!("{}.{identity}", crate::subjects::INBOX_ROOT),
+            None => crate::subjects::INBOX_ROOT.to_string(),
+        }
+    }
+
+    /// The NKey seed: `nkey`, or the first non-empty line of `nkey_file`; both set is an
+    /// error.
+    fn nkey_seed(&self) -> Result<Option<String>, ConnectError> {
+        match (&self.nkey, &self.nkey_file) {
+            (Some(_), Some(_)) => Err(ConnectError::Settings(
+                "give nkey or nkey_file, not both".into(),
+            )),
+            (Some(seed), None) => Ok(Some(seed.clone())),
+            (None, Some(path)) => {
+                let text =
+                    std::fs::read_to_string(path).map_err(|source| ConnectError::Credentials {
+                        path: path.clone(),
+                        source,
+                    })?;
+                text.lines()
+                    .map(str::trim)
+                    .find(|line| !line.is_empty())
+                    .map(|seed| Some(seed.to_string()))
+                    .ok_or_else(|| {
+                        ConnectError::Settings(format!("{} holds no NKey seed", path.display()))
+                    })
+            }
+            (None, None) => Ok(None),
+        }
+    }
+
+    /// Checks `identity`: one subject token of letters, digits, `-` and `_`.
+    pub fn validate_identity(&self) -> Result<(), ConnectError> {
+        match &self.identity {
+            Some(identity) if !crate::subjects::is_identity(identity) => {
+                Err(ConnectError::Settings(format!(
+                    "identity `{identity}` must be 1 to {} letters, digits, `-` or `_`",
+                    crate::subjects::MAX_IDENTITY_LEN
+                )))
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// Client options with authentication and TLS applied; `name` identifies the client in
     /// the server's monitoring. Connecting with them fails at once when the server refuses
     /// (tests check refusals this way); [`Self::connect`] adds retrying.
     pub async fn options(&self, name: &str) -> Result<async_nats::ConnectOptions, ConnectError> {
+        self.validate_identity()?;
+        let nkey = self.nkey_seed()?;
         let mut options = match (
             &self.user,
             &self.password,
             &self.token,
-            &self.nkey,
+            &nkey,
             &self.creds_file,
         ) {
             (Some(user), Some(password), None, None, None) => {
@@ -164,7 +226,8 @@ impl NatsConfig {
             (None, None, None, None, None) => async_nats::ConnectOptions::new(),
             _ => {
                 return Err(ConnectError::Settings(
-                    "give exactly one of user+password, token, nkey or creds_file".into(),
+                    "give exactly one of user+password, token, nkey (or nkey_file) or creds_file"
+                        .into(),
                 ));
             }
         };
@@ -188,6 +251,7 @@ impl NatsConfig {
             options = options.require_tls(true);
         }
         Ok(options
+            .custom_inbox_prefix(self.inbox_prefix())
             .name(name)
             .connection_timeout(Duration::from_secs_f64(self.connect_timeout_s.max(0.1)))
             .reconnect_delay_callback(reconnect_delay))
@@ -294,6 +358,54 @@ mod tests {
         assert_eq!(reconnect_delay(5), Duration::from_millis(16));
         assert_eq!(reconnect_delay(11), MAX_RECONNECT_DELAY);
         assert_eq!(reconnect_delay(usize::MAX), MAX_RECONNECT_DELAY);
+    }
+
+    #[test]
+    fn the_identity_names_the_inbox() {
+        assert_eq!(NatsConfig::default().inbox_prefix(), "_INBOX");
+        let config = NatsConfig {
+            identity: Some("gateway".into()),
+            ..NatsConfig::default()
+        };
+        assert_eq!(config.inbox_prefix(), "_INBOX.gateway");
+        assert!(config.validate_identity().is_ok());
+        let bad = NatsConfig {
+            identity: Some("a.b".into()),
+            ..NatsConfig::default()
+        };
+        assert!(matches!(
+            bad.validate_identity(),
+            Err(ConnectError::Settings(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn the_nkey_seed_is_read_from_its_file() {
+        let dir = std::env::temp_dir().join(format!("nkey-file-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("seed");
+        std::fs::write(&path, "\n  SUSEED  \n").unwrap();
+        let config = NatsConfig {
+            nkey_file: Some(path.clone()),
+            ..NatsConfig::default()
+        };
+        assert_eq!(config.nkey_seed().unwrap().as_deref(), Some("SUSEED"));
+        std::fs::write(&path, "\n").unwrap();
+        assert!(matches!(config.nkey_seed(), Err(ConnectError::Settings(_))));
+        let both = NatsConfig {
+            nkey: Some("SU".into()),
+            ..config.clone()
+        };
+        assert!(matches!(both.nkey_seed(), Err(ConnectError::Settings(_))));
+        let missing = NatsConfig {
+            nkey_file: Some(dir.join("absent")),
+            ..NatsConfig::default()
+        };
+        assert!(matches!(
+            missing.nkey_seed(),
+            Err(ConnectError::Credentials { .. })
+        ));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[tokio::test]

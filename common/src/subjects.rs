@@ -3,6 +3,31 @@
 /// Default subject prefix.
 pub const DEFAULT_PREFIX: &str = "embed";
 
+/// Root of every reply inbox; an identity's inbox is `_INBOX.{identity}`.
+pub const INBOX_ROOT: &str = "_INBOX";
+
+/// The token between a request subject and the requester's identity:
+/// `embed.requests.from.alice`.
+pub const FROM_TOKEN: &str = "from";
+
+/// Longest identity (one subject token).
+pub const MAX_IDENTITY_LEN: usize = 64;
+
+/// Whether `identity` can name a requester: 1 to [`MAX_IDENTITY_LEN`] ASCII letters,
+/// digits, `-` or `_` (one subject token, no wildcard).
+pub fn is_identity(identity: &str) -> bool {
+    (1..=MAX_IDENTITY_LEN).contains(&identity.len())
+        && identity
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// Where the replies to `identity`'s requests must go: `_INBOX.{identity}.` (the prefix
+/// its inbox subjects start with).
+pub fn reply_prefix_of(identity: &str) -> String {
+    format!("{INBOX_ROOT}.{identity}.")
+}
+
 /// Queue group the tokenizer workers share on the request subject.
 pub const TOKENIZER_QUEUE_GROUP: &str = "tokenizers";
 
@@ -83,6 +108,25 @@ impl Subjects {
             Task::Embed => self.requests(),
             Task::Rerank => self.rerank(),
         }
+    }
+
+    /// Where `identity` publishes its requests of `task`: `{requests}.from.{identity}`
+    /// (`embed.requests.from.gateway`, `embed.rerank.from.alice`). NATS permissions can
+    /// let each identity publish only on its own; workers hold its replies to its inbox.
+    pub fn requests_from(&self, task: Task, identity: &str) -> String {
+        format!("{}.{FROM_TOKEN}.{identity}", self.requests_for(task))
+    }
+
+    /// The identity a request of `task` arrived from, read off its subject: `Some` for
+    /// `{requests}.from.{identity}`, `None` for the bare request subject (and any other).
+    pub fn requester_of<'a>(&self, task: Task, subject: &'a str) -> Option<&'a str> {
+        let requests = self.requests_for(task);
+        let identity = subject
+            .strip_prefix(requests.as_str())?
+            .strip_prefix('.')?
+            .strip_prefix(FROM_TOKEN)?
+            .strip_prefix('.')?;
+        is_identity(identity).then_some(identity)
     }
 
     /// The batch subject of `task`.
@@ -179,6 +223,39 @@ mod tests {
             subjects.direct_batches_for(Task::Rerank),
             "prod.embed.rerank.direct"
         );
+    }
+
+    #[test]
+    fn requesters_are_read_off_their_subjects() {
+        let subjects = Subjects::new("prod.embed");
+        let from = subjects.requests_from(Task::Embed, "alice");
+        assert_eq!(from, "prod.embed.requests.from.alice");
+        assert_eq!(subjects.requester_of(Task::Embed, &from), Some("alice"));
+        assert_eq!(
+            subjects.requests_from(Task::Rerank, "gateway"),
+            "prod.embed.rerank.from.gateway"
+        );
+        for other in [
+            "prod.embed.requests",
+            "prod.embed.requests.from",
+            "prod.embed.requests.from.a.b",
+            "prod.embed.requests.alice",
+            "prod.embed.rerank.from.alice",
+        ] {
+            assert_eq!(subjects.requester_of(Task::Embed, other), None, "{other}");
+        }
+        assert_eq!(reply_prefix_of("alice"), "_INBOX.alice.");
+        assert!(is_identity("gpu-worker_2"));
+        for bad in [
+            "",
+            "a.b",
+            "a*",
+            ">",
+            "a b",
+            &"x".repeat(MAX_IDENTITY_LEN + 1),
+        ] {
+            assert!(!is_identity(bad), "{bad:?}");
+        }
     }
 
     #[test]
