@@ -259,7 +259,11 @@ impl NatsConfig {
 
     /// Connects (retrying in the background until the first connection succeeds).
     pub async fn connect(&self, name: &str) -> Result<async_nats::Client, ConnectError> {
-        let options = self.options(name).await?.retry_on_initial_connect();
+        let options = self
+            .options(name)
+            .await?
+            .retry_on_initial_connect()
+            .event_callback(|event| async move { log_event(&event) });
         options
             .connect(self.server_urls())
             .await
@@ -291,7 +295,7 @@ impl NatsConfig {
                     tracing::warn!("NATS connection lost; reconnecting");
                     on_event.send_replace(false);
                 }
-                other => tracing::debug!(event = %other, "NATS connection event"),
+                other => log_event(&other),
             }
             async {}
         });
@@ -312,6 +316,18 @@ impl NatsConfig {
             }
         });
         Ok((client, link_rx))
+    }
+}
+
+/// Logs a connection event: what the server refused (a wrong key, a permissions
+/// violation, an authorization timeout) at warn, so a misconfigured identity is seen at
+/// once rather than as silent retries; the rest at debug.
+fn log_event(event: &async_nats::Event) {
+    match event {
+        async_nats::Event::ServerError(error) => {
+            tracing::warn!("NATS server refused this client: {error}");
+        }
+        other => tracing::debug!(event = %other, "NATS connection event"),
     }
 }
 
