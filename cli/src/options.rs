@@ -56,6 +56,15 @@ pub struct Options {
     /// NATS credentials file (`.creds`) for `nats://` URLs.
     #[arg(long, env = "NATS_CREDS")]
     pub nats_creds: Option<PathBuf>,
+    /// NATS NKey seed file (`NAME.nk` from `nats-auth --client NAME`) for `nats://` URLs;
+    /// goes with `--nats-identity NAME`.
+    #[arg(long, env = "NATS_NKEY_FILE", conflicts_with = "nats_creds")]
+    pub nats_nkey_file: Option<PathBuf>,
+    /// Who this client is on the bus, for `nats://` URLs: its inbox becomes
+    /// `_INBOX.{identity}` and its requests go to `{prefix}.requests.from.{identity}`
+    /// (what NATS permissions for this identity allow). Absent: `_INBOX` and the bare subject.
+    #[arg(long, env = "NATS_IDENTITY")]
+    pub nats_identity: Option<String>,
     /// Subject prefix of the deployment for `nats://` URLs (`embed` gives `embed.requests`).
     #[arg(long, default_value = common::subjects::DEFAULT_PREFIX)]
     pub subject_prefix: String,

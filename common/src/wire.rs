@@ -10,8 +10,14 @@
 //! items), which each stage turns into a deadline on its own monotonic clock when the message
 //! arrives ([`budget`]): machines whose wall clocks disagree still agree on how long is left.
 //! The absolute `deadline_ms` is still sent, for logs and for peers that predate the budget.
+//!
+//! [`limits`] caps the lengths of what a requester names (ids, subjects, instructions), which
+//! every batch item copies; [`size`] bounds a batch's encoded size, so batches are cut before
+//! they outgrow the server's `max_payload`.
 
 mod budget;
+pub mod limits;
+pub mod size;
 
 use serde::{Deserialize, Serialize};
 

@@ -11,15 +11,17 @@
 //! 4. on shutdown, send what [`Batcher::drain`] returns.
 //!
 //! Policy:
-//! * A batch is sent as soon as the pending sequences reach either budget
-//!   (`max_batch_tokens` or `max_batch_seqs`), or once the oldest pending sequence has waited
+//! * A batch is sent as soon as the pending sequences reach any budget (`max_batch_tokens`,
+//!   `max_batch_seqs` or `max_batch_bytes`), or once the oldest pending sequence has waited
 //!   `max_wait`, whatever the batch holds then.
 //! * A batch starts with the oldest pending sequence, then takes the following ones in arrival
 //!   order that still fit (first fit, looking at most [`LOOKAHEAD`] sequences ahead), so a
 //!   long sequence is never overtaken by more than one batch.
-//! * A batch never exceeds `max_batch_tokens` tokens or `max_batch_seqs` sequences, except
-//!   that a single sequence longer than `max_batch_tokens` forms a batch alone (the service
-//!   keeps the tokenizer's `max_length` <= `max_batch_tokens`, so this only guards against a
+//! * A batch never exceeds `max_batch_tokens` tokens, `max_batch_seqs` sequences or
+//!   `max_batch_bytes` encoded bytes (by [`common::wire::size`]'s upper bound, so the real
+//!   message is never larger), except that a single sequence over a budget forms a batch
+//!   alone (the service keeps the tokenizer's `max_length` <= `max_batch_tokens`, and checks
+//!   that the largest sequence fits the server's `max_payload`, so this only guards against a
 //!   misconfiguration).
 //! * Inside a batch the sequences are sorted by length (shortest first, stable), without
 //!   padding.
@@ -27,6 +29,7 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
+use common::wire::size::{BATCH_OVERHEAD, sequence_size_bound};
 use common::wire::{BatchItem, TokenBatch};
 
 use crate::deadline::budget_ms;
@@ -60,13 +63,17 @@ pub struct BatcherConfig {
     pub max_batch_tokens: usize,
     /// Most sequences per batch (at least 1): bounds per-sequence buffers on the GPU worker.
     pub max_batch_seqs: usize,
+    /// Most bytes of an encoded batch (more than [`BATCH_OVERHEAD`]): keeps every batch
+    /// under the server's `max_payload` ([`Batcher::set_max_batch_bytes`] follows it).
+    pub max_batch_bytes: usize,
     /// Longest time the oldest pending sequence waits before a partial batch is sent: trades
     /// latency at low load for fuller batches. Zero sends every sequence at once.
     pub max_wait: Duration,
 }
 
 impl BatcherConfig {
-    /// Checks that both budgets are at least 1.
+    /// Checks that the token and sequence budgets are at least 1 and that a batch may hold
+    /// more than its own overhead.
     pub fn validate(&self) -> Result<(), BatcherError> {
         if self.max_batch_tokens == 0 {
             return Err(BatcherError::InvalidConfig(
@@ -77,6 +84,11 @@ impl BatcherConfig {
             return Err(BatcherError::InvalidConfig(
                 "max_batch_seqs must be at least 1".into(),
             ));
+        }
+        if self.max_batch_bytes <= BATCH_OVERHEAD {
+            return Err(BatcherError::InvalidConfig(format!(
+                "max_batch_bytes must be more than {BATCH_OVERHEAD}"
+            )));
         }
         Ok(())
     }
@@ -165,6 +177,8 @@ struct Entry {
     seq: PendingSequence,
     /// When it was pushed; the oldest entry decides the `max_wait` flush.
     arrived: Instant,
+    /// Upper bound of what the sequence adds to an encoded batch.
+    bytes: usize,
 }
 
 /// Packs pending sequences into batches by token budget. See the [module docs](self).
@@ -176,6 +190,8 @@ pub struct Batcher {
     queue: VecDeque<Entry>,
     /// Sum of the pending sequences' tokens.
     pending_tokens: usize,
+    /// Sum of the pending sequences' encoded-size bounds.
+    pending_bytes: usize,
 }
 
 impl Batcher {
@@ -186,6 +202,7 @@ impl Batcher {
             config,
             queue: VecDeque::new(),
             pending_tokens: 0,
+            pending_bytes: 0,
         })
     }
 
@@ -194,13 +211,31 @@ impl Batcher {
         &self.config
     }
 
+    /// Changes the byte budget of the batches formed from now on (the server's `max_payload`
+    /// may change with a reconnection); refuses one [`BatcherConfig::validate`] refuses.
+    pub fn set_max_batch_bytes(&mut self, max_batch_bytes: usize) -> Result<(), BatcherError> {
+        let config = BatcherConfig {
+            max_batch_bytes,
+            ..self.config
+        };
+        config.validate()?;
+        self.config = config;
+        Ok(())
+    }
+
     /// Adds a sequence that arrived at `now`; `now` must not go back in time between calls.
     /// Refuses a sequence that fails [`PendingSequence::validate`]. Call
     /// [`pop_ready`](Self::pop_ready) afterwards: the push may have filled a batch.
     pub fn push(&mut self, seq: PendingSequence, now: Instant) -> Result<(), BatcherError> {
         seq.validate()?;
+        let bytes = sequence_size_bound(&seq.item, seq.token_ids.len());
         self.pending_tokens += seq.token_ids.len();
-        self.queue.push_back(Entry { seq, arrived: now });
+        self.pending_bytes += bytes;
+        self.queue.push_back(Entry {
+            seq,
+            arrived: now,
+            bytes,
+        });
         Ok(())
     }
 
@@ -253,6 +288,7 @@ impl Batcher {
         for entry in self.queue.drain(..) {
             if entry.seq.deadline.is_some_and(|deadline| now >= deadline) {
                 self.pending_tokens -= entry.seq.token_ids.len();
+                self.pending_bytes -= entry.bytes;
                 expired.push(entry.seq.item);
             } else {
                 kept.push_back(entry);
@@ -272,10 +308,11 @@ impl Batcher {
         self.queue.len()
     }
 
-    /// Whether the pending sequences reach either budget.
+    /// Whether the pending sequences reach any budget.
     fn budget_reached(&self) -> bool {
         self.pending_tokens >= self.config.max_batch_tokens
             || self.queue.len() >= self.config.max_batch_seqs
+            || BATCH_OVERHEAD + self.pending_bytes >= self.config.max_batch_bytes
     }
 
     /// Whether the oldest pending sequence has waited `max_wait` at `now`.
@@ -292,13 +329,16 @@ impl Batcher {
         let mut taken: Vec<PendingSequence> = Vec::new();
         let mut skipped: Vec<Entry> = Vec::new();
         let mut tokens = 0;
+        let mut bytes = BATCH_OVERHEAD;
         for entry in self.queue.drain(..window) {
             let len = entry.seq.token_ids.len();
             let fits = taken.len() < self.config.max_batch_seqs
-                && tokens + len <= self.config.max_batch_tokens;
-            // The oldest sequence always goes, alone if it is over the token budget.
+                && tokens + len <= self.config.max_batch_tokens
+                && bytes + entry.bytes <= self.config.max_batch_bytes;
+            // The oldest sequence always goes, alone if it is over a budget.
             if taken.is_empty() || fits {
                 tokens += len;
+                bytes += entry.bytes;
                 taken.push(entry.seq);
             } else {
                 skipped.push(entry);
@@ -311,6 +351,7 @@ impl Batcher {
             return None;
         }
         self.pending_tokens -= tokens;
+        self.pending_bytes -= bytes - BATCH_OVERHEAD;
         taken.sort_by_key(|seq| seq.token_ids.len());
         let mut token_ids = Vec::with_capacity(tokens);
         let mut items = Vec::with_capacity(taken.len());

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use common::subjects::Task;
+use common::subjects::{INBOX_ROOT, Task};
 use serde::Deserialize;
 
 use crate::tokenize::{DEFAULT_INSTRUCTION, DEFAULT_MAX_LENGTH};
@@ -58,6 +58,13 @@ pub struct TokenizerWorkerConfig {
     /// over it is rejected with `too_many_tokens`. Bounds the work one request can put on
     /// the pipeline; must be at least `max_length`.
     pub max_request_tokens: usize,
+    /// Where requests on the bare request subject (`embed.requests`, `embed.rerank`) may ask
+    /// for their replies: their reply subject and `bundle_to` must start with one of these
+    /// prefixes (each ends with `.`). A request whose reply subject does not is dropped and
+    /// logged; one whose `bundle_to` does not is refused with `invalid_request`. Requests on
+    /// `{subject}.from.{identity}` may reply only under `_INBOX.{identity}.`, whatever this
+    /// says. Empty: the bare subjects are not served at all.
+    pub reply_prefixes: Vec<String>,
 }
 
 impl Default for TokenizerWorkerConfig {
@@ -81,6 +88,8 @@ impl Default for TokenizerWorkerConfig {
             // 32 inputs of 8192 tokens, or 2048 of 128: a quarter of `max_pending_tokens`,
             // so no single request fills a worker's queue.
             max_request_tokens: 1 << 18,
+            // Any inbox: what NATS clients use by default, so existing clients keep working.
+            reply_prefixes: vec![format!("{INBOX_ROOT}.")],
         }
     }
 }

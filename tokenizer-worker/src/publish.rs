@@ -44,6 +44,17 @@ const MAX_BACKOFF: Duration = Duration::from_secs(1);
 /// How long a batch whose requests carry no deadline is retried.
 const NO_DEADLINE_PATIENCE: Duration = Duration::from_secs(30);
 
+/// Bytes a batch message keeps free under the server's `max_payload` for its headers (the
+/// server counts them in): `Nats-Msg-Id` and `Nats-TTL` here, the marks a GPU worker adds
+/// when it queues the batch again, and JetStream's own. A few hundred at most.
+pub const HEADER_ROOM: usize = 1024;
+
+/// The most bytes an encoded batch may take on a server whose `max_payload` is
+/// `max_payload`.
+pub fn batch_bytes_limit(max_payload: usize) -> usize {
+    max_payload.saturating_sub(HEADER_ROOM)
+}
+
 /// The message ids of one worker's batches: `{prefix}-{n}`, the prefix unique to the
 /// process (a NUID, as NATS inboxes use), `n` counting its batches.
 #[derive(Debug, Clone)]

@@ -3,7 +3,7 @@
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-use common::wire::deadline_passed;
+use common::wire::{self, deadline_passed};
 use common::wire::{BatchItem, TokenBatch};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -17,6 +17,7 @@ fn config(max_batch_tokens: usize, max_batch_seqs: usize) -> BatcherConfig {
     BatcherConfig {
         max_batch_tokens,
         max_batch_seqs,
+        max_batch_bytes: usize::MAX,
         max_wait: WAIT,
     }
 }
@@ -358,9 +359,16 @@ fn random_workload_sends_every_sequence_exactly_once() {
         let mut rng = StdRng::seed_from_u64(0x5eed_0000 + seed);
         let max_tokens = rng.random_range(8..=512);
         let max_seqs = rng.random_range(1..=32);
+        // Half the seeds with a byte budget that binds before the others.
+        let max_bytes = if seed % 2 == 0 {
+            usize::MAX
+        } else {
+            rng.random_range(200..=4_000)
+        };
         let cfg = BatcherConfig {
             max_batch_tokens: max_tokens,
             max_batch_seqs: max_seqs,
+            max_batch_bytes: max_bytes,
             max_wait: Duration::from_millis(rng.random_range(0..=20)),
         };
         let mut batcher = Batcher::new(cfg).expect("config");
@@ -417,6 +425,11 @@ fn random_workload_sends_every_sequence_exactly_once() {
                 "seed {seed}: {} tokens over budget {max_tokens}",
                 batch.num_tokens()
             );
+            let bytes = wire::encode(batch).expect("encodes").len();
+            assert!(
+                bytes <= max_bytes || batch.items.len() == 1,
+                "seed {seed}: {bytes} bytes over budget {max_bytes}"
+            );
             let mut offset = 0;
             for item in &batch.items {
                 let tokens = &batch.token_ids[offset..offset + item.len as usize];
@@ -439,4 +452,73 @@ fn random_workload_sends_every_sequence_exactly_once() {
             "seed {seed}: a sequence came out twice"
         );
     }
+}
+
+/// Sequences whose ids and subjects are as long as the caps allow: batches close on the
+/// byte budget (before the token and sequence budgets), and every batch's real encoding,
+/// with the largest budgets written into it as a send does, stays within it.
+#[test]
+fn batches_are_cut_by_their_encoded_size() {
+    use common::wire::limits::{MAX_ID_BYTES, MAX_SUBJECT_BYTES};
+    use common::wire::size::{BATCH_OVERHEAD, sequence_size_bound};
+
+    let max_bytes = 8 * 1024;
+    let mut batcher = Batcher::new(BatcherConfig {
+        max_batch_bytes: max_bytes,
+        ..config(100_000, 1_000)
+    })
+    .expect("config");
+    let now = Instant::now();
+    let long = |what: &str, n: u32, cap: usize| {
+        let head = format!("_INBOX.{what}{n}.");
+        format!("{head}{}", "x".repeat(cap - head.len()))
+    };
+    let sequences = 100usize;
+    let mut per_sequence = 0;
+    for n in 0..sequences as u32 {
+        let mut seq = seq("r", n, 3);
+        seq.item.request_id = format!("{n:0>width$}", width = MAX_ID_BYTES);
+        seq.item.reply_to = long("reply", n, MAX_SUBJECT_BYTES);
+        seq.item.bundle_to = Some(long("bundle", n, MAX_SUBJECT_BYTES));
+        per_sequence = sequence_size_bound(&seq.item, 3);
+        batcher.push(seq, now).expect("push");
+    }
+    // Well before any other budget, the bytes fill a batch: it goes without waiting.
+    let batches = batcher.pop_full();
+    assert!(!batches.is_empty(), "the byte budget did not fill a batch");
+    let mut sent: Vec<TokenBatch> = batches_of(batches);
+    sent.extend(batches_of(batcher.drain()));
+    // Every batch holds as many sequences as fit.
+    let per_batch = (max_bytes - BATCH_OVERHEAD) / per_sequence;
+    assert!(per_batch > 1);
+    assert_eq!(sent.len(), sequences.div_ceil(per_batch));
+    let mut items = 0;
+    for mut batch in sent {
+        for item in &mut batch.items {
+            item.budget_ms = u64::MAX;
+            item.deadline_ms = u64::MAX;
+        }
+        let bytes = wire::encode(&batch).expect("encodes").len();
+        assert!(bytes <= max_bytes, "a batch of {bytes} bytes");
+        items += batch.items.len();
+    }
+    assert_eq!(items, sequences);
+}
+
+#[test]
+fn a_byte_budget_below_the_batch_overhead_is_refused() {
+    use common::wire::size::BATCH_OVERHEAD;
+
+    let err = Batcher::new(BatcherConfig {
+        max_batch_bytes: BATCH_OVERHEAD,
+        ..config(10, 10)
+    })
+    .expect_err("no room for an item");
+    assert!(err.to_string().contains("max_batch_bytes"), "{err}");
+    let mut batcher = Batcher::new(config(10, 10)).expect("config");
+    assert!(batcher.set_max_batch_bytes(BATCH_OVERHEAD).is_err());
+    batcher
+        .set_max_batch_bytes(1_000)
+        .expect("a budget with room");
+    assert_eq!(batcher.config().max_batch_bytes, 1_000);
 }

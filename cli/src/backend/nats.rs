@@ -1,9 +1,11 @@
-//! The public NATS API (`docs/protocol.md`): an `EmbedRequest` on `{prefix}.requests` with
-//! a reply subject, answered by chunks (in any order) or one error.
+//! The public NATS API (`docs/protocol.md`): an `EmbedRequest` on `{prefix}.requests` (or,
+//! with `--nats-identity`, `{prefix}.requests.from.{identity}`) with a reply subject,
+//! answered by chunks (in any order) or one error.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use common::nats::NatsConfig;
+use common::subjects::Task;
 use common::wire::{self, EmbedReply, EmbedRequest, ErrorCode};
 use futures::StreamExt;
 
@@ -15,7 +17,7 @@ use crate::options::Options;
 pub struct NatsEmbedder {
     /// The connection, shared by the concurrent requests.
     client: async_nats::Client,
-    /// `{prefix}.requests`.
+    /// `{prefix}.requests`, or `{prefix}.requests.from.{identity}`.
     subject: String,
     /// What every request asks for.
     settings: EmbedSettings,
@@ -34,6 +36,8 @@ impl NatsEmbedder {
             url: url.to_string(),
             subject_prefix: options.subject_prefix.clone(),
             creds_file: options.nats_creds.clone(),
+            nkey_file: options.nats_nkey_file.clone(),
+            identity: options.nats_identity.clone(),
             ..NatsConfig::default()
         };
         let client = config
@@ -45,7 +49,10 @@ impl NatsEmbedder {
             })?;
         Ok(Self {
             client,
-            subject: config.subjects().requests(),
+            subject: match &config.identity {
+                Some(identity) => config.subjects().requests_from(Task::Embed, identity),
+                None => config.subjects().requests(),
+            },
             settings,
             next_id: AtomicU64::new(0),
         })

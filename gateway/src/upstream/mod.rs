@@ -1,6 +1,11 @@
 //! The NATS side: publishing requests (embedding requests on `{prefix}.requests`, rerank
 //! requests on `{prefix}.rerank`), assembling their replies, discovering workers.
 //!
+//! A gateway with a NATS `identity` has its inbox under `_INBOX.{identity}` and publishes on
+//! `{prefix}.requests.from.{identity}` and `{prefix}.rerank.from.{identity}` instead, where
+//! the workers send replies only to that inbox (and NATS permissions can let only this
+//! identity publish); the identity is read off the inbox ([`requester_of_inbox`]).
+//!
 //! The gateway holds ONE wildcard subscription, `{inbox}.>`, and gives each request the
 //! reply subject `{inbox}.{n}`; embedding requests also name `{inbox}.bundle` as their
 //! `bundle_to`, where the workers send the chunks and acknowledgements of many requests
@@ -35,7 +40,7 @@ use std::time::Duration;
 use async_nats::connection::State;
 use async_nats::{Client, HeaderMap};
 use bytes::Bytes;
-use common::subjects::Subjects;
+use common::subjects::{INBOX_ROOT, Subjects, Task, is_identity};
 use common::trace::{LOG_TARGET, RequestTrace};
 use common::wire::{self, EmbedRequest, ErrorReply, RerankRequest};
 use tokio::sync::{oneshot, watch};
@@ -207,13 +212,19 @@ impl Upstream {
     ) -> anyhow::Result<Self> {
         let inbox = client.new_inbox();
         let gateway_id = inbox.rsplit('.').next().unwrap_or("gateway").to_string();
+        let requests_for = |task| match requester_of_inbox(&inbox) {
+            Some(identity) => subjects.requests_from(task, identity),
+            None => subjects.requests_for(task),
+        };
+        let (requests_subject, rerank_subject) =
+            (requests_for(Task::Embed), requests_for(Task::Rerank));
         let subscriber = client.subscribe(format!("{inbox}.>")).await?;
         let pending = PendingMap::default();
         let reader = tokio::spawn(read_replies(subscriber, inbox.clone(), pending.clone()));
         Ok(Self {
             client,
-            requests_subject: subjects.requests(),
-            rerank_subject: subjects.rerank(),
+            requests_subject,
+            rerank_subject,
             bundle_subject: format!("{inbox}.{BUNDLE_TOKEN}"),
             inbox,
             gateway_id,
@@ -497,6 +508,16 @@ impl Outgoing {
     }
 }
 
+/// The identity an inbox belongs to: `Some("gateway")` for `_INBOX.gateway.{nuid}` (the
+/// inbox of a client connected with `identity = "gateway"`), `None` for `_INBOX.{nuid}`.
+fn requester_of_inbox(inbox: &str) -> Option<&str> {
+    let (identity, _nuid) = inbox
+        .strip_prefix(INBOX_ROOT)?
+        .strip_prefix('.')?
+        .rsplit_once('.')?;
+    is_identity(identity).then_some(identity)
+}
+
 /// Sleeps until `at`, or forever when there is none.
 async fn sleep_until_some(at: Option<Instant>) {
     match at {
@@ -514,5 +535,18 @@ struct PendingEntry<'a> {
 impl Drop for PendingEntry<'_> {
     fn drop(&mut self) {
         lock(self.map).remove(&self.n);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_requester_is_read_off_an_identity_inbox() {
+        assert_eq!(requester_of_inbox("_INBOX.gateway.abc123"), Some("gateway"));
+        assert_eq!(requester_of_inbox("_INBOX.abc123"), None);
+        assert_eq!(requester_of_inbox("_INBOX.a.b.c"), None);
+        assert_eq!(requester_of_inbox("other.gateway.abc"), None);
     }
 }

@@ -11,13 +11,14 @@ use common::worker::send_outbox;
 use super::state::State;
 use crate::acks::{DueAck, RequestKey};
 use crate::batcher::Batcher;
-use crate::publish::{Published, offer_batch, publish_batch};
+use crate::publish::{Published, batch_bytes_limit, offer_batch, publish_batch};
 
 impl State {
     /// Sends the ready batches (or, with `all`, every pending one) on: small ones offered
     /// directly while offers are allowed, the rest to the work queue. While partial batches
     /// are held, only full ones go.
     pub(super) fn publish_ready(&mut self, batcher: &mut Batcher, all: bool) {
+        self.follow_max_payload(batcher);
         let batches = if all {
             batcher.drain()
         } else if self.holds_partial_batches() {
@@ -42,6 +43,27 @@ impl State {
                     self.publishes.spawn(publish_batch(queue, batch, msg_id));
                 }
             }
+        }
+    }
+
+    /// Keeps the batches' byte budget under the server's `max_payload`, which a
+    /// reconnection (to another server of a cluster) may change.
+    fn follow_max_payload(&self, batcher: &mut Batcher) {
+        if batcher.pending_seqs() == 0 {
+            return;
+        }
+        let max_payload = self.client.server_info().max_payload;
+        let limit = batch_bytes_limit(max_payload);
+        if max_payload == 0 || limit == batcher.config().max_batch_bytes {
+            return;
+        }
+        match batcher.set_max_batch_bytes(limit) {
+            Ok(()) => tracing::info!(max_payload, "batches now cut to the server's max_payload"),
+            Err(e) => tracing::warn!(
+                max_payload,
+                error = %e,
+                "max_payload too small; batches keep their budget"
+            ),
         }
     }
 

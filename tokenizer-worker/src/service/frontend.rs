@@ -9,13 +9,14 @@ use bytes::Bytes;
 use common::subjects::Task;
 use common::wire::{BatchItem, EmbedRequest, ErrorCode, ErrorReply, InputType, RerankRequest};
 
-use super::intake::{ModelLimits, check_embed, decode};
+use super::intake::{ModelLimits, check_embed, check_lengths, decode};
 use crate::batcher::PendingSequence;
 use crate::budget::RequestBudget;
 use crate::config::TokenizerWorkerConfig;
 use crate::deadline::{Deadline, Receipt};
 use crate::pairs;
 use crate::rerank::{RerankOptions, RerankTemplate};
+use crate::routing::Route;
 use crate::tokenize::{TextTokenizer, TokenizeError, TokenizerOptions};
 
 /// The task's tokenizer and limits.
@@ -74,22 +75,28 @@ impl Frontend {
         })
     }
 
-    /// Decodes a request of this worker's task, which arrived at `received`, and checks what
-    /// can be checked without tokenizing; its deadline against `max_age`, how long the work
-    /// queue keeps a batch. Returns it with its deadline on this worker's clock.
+    /// Decodes a request of this worker's task, which arrived at `received` on a subject
+    /// whose reply rule is `route`, and checks what can be checked without tokenizing: the
+    /// caps on its fields, its `bundle_to`, its deadline against `max_age` (how long the work
+    /// queue keeps a batch). Returns it with its deadline on this worker's clock.
     pub(super) fn check(
         &self,
         payload: &Bytes,
+        route: &Route,
         received: Receipt,
         max_age: Duration,
     ) -> Result<(Checked, Deadline), ErrorReply> {
         Ok(match self {
             Self::Embed { limits, .. } => {
-                let (request, deadline) = check_embed(decode(payload)?, limits, received, max_age)?;
+                let request: EmbedRequest = decode(payload)?;
+                check_lengths(&request.id, request.instruction.as_deref())?;
+                let (request, deadline) = check_embed(request, route, limits, received, max_age)?;
                 (Checked::Embed(request), deadline)
             }
             Self::Rerank { .. } => {
-                let (request, deadline) = pairs::check(decode(payload)?, received, max_age)?;
+                let request: RerankRequest = decode(payload)?;
+                check_lengths(&request.id, request.instruction.as_deref())?;
+                let (request, deadline) = pairs::check(request, received, max_age)?;
                 (Checked::Rerank(request), deadline)
             }
         })

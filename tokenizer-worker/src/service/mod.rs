@@ -1,8 +1,9 @@
-//! The tokenizer worker's NATS service: takes `EmbedRequest`s from the request subject (queue
-//! group, so workers share the load), tokenizes them (small requests on the service loop,
-//! larger ones on a bounded pool of blocking threads), packs the sequences of concurrent
-//! requests into `TokenBatch`es and sends those on: small ones offered straight to a GPU
-//! worker first ([`crate::publish`]), the rest (and those no worker took) to the JetStream
+//! The tokenizer worker's NATS service: takes `EmbedRequest`s from the request subject and
+//! from `{requests}.from.*` (queue group, so workers share the load; each request's replies
+//! held to where its subject allows, [`crate::routing`]), tokenizes them (small requests on
+//! the service loop, larger ones on a bounded pool of blocking threads), packs the sequences
+//! of concurrent requests into `TokenBatch`es and sends those on: small ones offered straight
+//! to a GPU worker first ([`crate::publish`]), the rest (and those no worker took) to the JetStream
 //! work queue. Bad input is answered with an `ErrorReply` at once. A request that set `ack`
 //! gets a `QueuedReply` once all its sequences were served directly or confirmed by the work
 //! queue.
@@ -11,6 +12,10 @@
 //! (its own queue group): each (query, document) pair becomes one reranker prompt
 //! ([`crate::pairs`]), and the batches go to the rerank stream, pulled only by rerank GPU
 //! workers. Rerank requests are acknowledged the same way.
+//!
+//! Batches are cut by their encoded size too, so none outgrows the server's `max_payload`
+//! ([`crate::publish::batch_bytes_limit`]); a worker whose `max_length` could make a single
+//! sequence's batch too large for the server refuses to start.
 //!
 //! One task (the loop in [`run`]) owns the batcher and the acknowledgement book; tokenization
 //! results and publish confirmations reach it over a channel and a join set, so no lock is
@@ -38,7 +43,9 @@ use async_nats::jetstream;
 use common::nats::NatsConfig;
 use common::queue::{QueueConfig, batch_stream_for};
 use common::subjects::{RERANK_TOKENIZER_QUEUE_GROUP, TOKENIZER_QUEUE_GROUP, Task};
+use common::wire::size::{BATCH_OVERHEAD, MAX_ITEM_BYTES, TOKEN_BYTES};
 use futures::StreamExt;
+use futures::stream::SelectAll;
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
 
@@ -49,7 +56,8 @@ use self::status::initial_status;
 use crate::acks::Acks;
 use crate::batcher::{Batcher, BatcherConfig};
 use crate::config::TokenizerWorkerConfig;
-use crate::publish::{BatchIds, WorkQueue};
+use crate::publish::{BatchIds, HEADER_ROOM, WorkQueue, batch_bytes_limit};
+use crate::routing::{DroppedRequests, ReplyRules};
 use common::worker::{flush_at_shutdown, register_service};
 
 /// How often pending sequences are checked for passed deadlines.
@@ -83,6 +91,8 @@ pub async fn run(
         config.max_length
     );
     let task = config.task;
+    let subjects = nats.subjects();
+    let rules = ReplyRules::new(subjects.clone(), task, &config.reply_prefixes)?;
     let frontend = Frontend::load(&config, limits)?;
     let direct =
         (config.direct_max_tokens > 0 && config.max_direct_in_flight > 0).then(|| DirectPath {
@@ -90,23 +100,42 @@ pub async fn run(
             timeout: Duration::from_millis(config.direct_timeout_ms.max(1)),
             max_in_flight: config.max_direct_in_flight,
         });
+
+    let client = nats.connect("tokenizer-worker").await?;
+    let js = jetstream::new(client.clone());
+    // Once it answered, the server has said its `max_payload` (0 while still unknown).
+    batch_stream_for(&js, &subjects, task, &queue).await?;
+    let max_payload = client.server_info().max_payload;
+    let largest_batch = BATCH_OVERHEAD + MAX_ITEM_BYTES + config.max_length * TOKEN_BYTES;
+    anyhow::ensure!(
+        max_payload == 0 || largest_batch <= batch_bytes_limit(max_payload),
+        "the server's max_payload of {max_payload} bytes cannot carry one sequence of \
+         max_length {} tokens: such a batch takes up to {largest_batch} bytes, and \
+         {HEADER_ROOM} are kept for headers; raise max_payload or lower max_length",
+        config.max_length
+    );
     let mut batcher = Batcher::new(BatcherConfig {
         max_batch_tokens: config.max_batch_tokens,
         max_batch_seqs: config.max_batch_seqs,
+        max_batch_bytes: match max_payload {
+            0 => usize::MAX,
+            known => batch_bytes_limit(known),
+        },
         max_wait: Duration::from_millis(config.max_wait_ms),
     })?;
-
-    let client = nats.connect("tokenizer-worker").await?;
-    let subjects = nats.subjects();
-    let js = jetstream::new(client.clone());
-    batch_stream_for(&js, &subjects, task, &queue).await?;
     let (queue_group, service_name) = match task {
         Task::Embed => (TOKENIZER_QUEUE_GROUP, "qwen3-embed-tokenizer"),
         Task::Rerank => (RERANK_TOKENIZER_QUEUE_GROUP, "qwen3-embed-rerank-tokenizer"),
     };
-    let mut requests = client
-        .queue_subscribe(subjects.requests_for(task), queue_group.into())
-        .await?;
+    let request_subjects = rules.request_subjects();
+    let mut requests = SelectAll::new();
+    for subject in &request_subjects {
+        requests.push(
+            client
+                .queue_subscribe(subject.clone(), queue_group.into())
+                .await?,
+        );
+    }
     let mut status_requests = client.subscribe(subjects.status()).await?;
     let _service = register_service(
         &client,
@@ -136,6 +165,8 @@ pub async fn run(
             queue,
         },
         frontend,
+        rules,
+        dropped: DroppedRequests::default(),
         truncate_default: config.truncate,
         max_pending_tokens: config.max_pending_tokens,
         max_request_tokens: config.max_request_tokens,
@@ -151,7 +182,7 @@ pub async fn run(
     tracing::info!(
         task = task.as_str(),
         model = %config.model_name,
-        requests = %state.work_queue.subjects.requests_for(task),
+        requests = %request_subjects.join(" "),
         batches = %state.work_queue.subjects.batches_for(task),
         threads,
         "tokenizer worker ready"
@@ -192,8 +223,10 @@ pub async fn run(
     tracing::info!("tokenizer worker draining");
     // Drain (not unsubscribe): requests the server already routed here are still read and
     // served; new ones go to the other workers of the queue group.
-    if let Err(e) = requests.drain().await {
-        tracing::warn!(error = %e, "draining the request subscription failed");
+    for subscription in requests.iter_mut() {
+        if let Err(e) = subscription.drain().await {
+            tracing::warn!(error = %e, "draining a request subscription failed");
+        }
     }
     while let Some(message) = requests.next().await {
         state.take_request(message, &pool, &done_tx, &mut batcher);

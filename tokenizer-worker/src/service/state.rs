@@ -3,7 +3,10 @@
 //! answering its error, and answering requests whose deadline passed while they waited.
 //!
 //! Every reply path is keyed by the request's reply subject **and** id ([`RequestKey`]): two
-//! requesters may pick the same id, and neither may get the other's replies.
+//! requesters may pick the same id, and neither may get the other's replies. A request whose
+//! reply subject breaks the reply rule of the subject it came on ([`crate::routing`]) is
+//! dropped unanswered, counted and logged (a line per
+//! [`DROPPED_LOG_EVERY`](crate::routing::DROPPED_LOG_EVERY) at most).
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -16,10 +19,15 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
 
 use super::frontend::Frontend;
+use super::intake::id_of;
 use crate::acks::{Acks, RequestKey};
 use crate::batcher::{Batcher, PendingSequence};
 use crate::deadline::Receipt;
 use crate::publish::{BatchIds, Published, WorkQueue};
+use crate::routing::{DroppedRequests, ReplyRules, shortened};
+
+/// Most characters of a hostile request's fields written in a log line.
+const LOGGED_CHARS: usize = 128;
 
 /// Requests with at most this many bytes of text are tokenized on the service loop itself
 /// (tens of microseconds): handing them to the pool costs two thread hand-offs, more than
@@ -60,6 +68,10 @@ pub(super) struct State {
     pub(super) work_queue: WorkQueue,
     /// The task's tokenizer and limits.
     pub(super) frontend: Frontend,
+    /// Where each request's replies may go.
+    pub(super) rules: ReplyRules,
+    /// Requests dropped for their reply subject.
+    pub(super) dropped: DroppedRequests,
     /// Whether inputs over the limit are cut when the request does not say.
     pub(super) truncate_default: bool,
     /// Pending tokens beyond which new requests are refused with `overloaded`.
@@ -97,13 +109,25 @@ impl State {
     ) {
         // The request's budget counts from here, on this worker's monotonic clock.
         let received = Receipt::now();
-        let Some(reply_to) = message.reply.map(|r| r.to_string()) else {
+        let Some(reply_to) = message.reply.as_ref().map(|r| r.to_string()) else {
             tracing::warn!(subject = %message.subject, "request without a reply subject dropped");
             return;
         };
+        let Some(route) = self.rules.route_of(message.subject.as_str()) else {
+            let reason = "its subject names no valid requester";
+            self.drop_unanswerable(&message, "?", &reply_to, reason);
+            return;
+        };
+        if let Err(reason) = route.check("reply subject", &reply_to) {
+            self.drop_unanswerable(&message, route.requester(), &reply_to, &reason);
+            return;
+        }
         let trace = RequestTrace::from_headers(message.headers.as_ref());
         let max_age = self.work_queue.queue.max_age();
-        let (request, deadline) = match self.frontend.check(&message.payload, received, max_age) {
+        let checked = self
+            .frontend
+            .check(&message.payload, &route, received, max_age);
+        let (request, deadline) = match checked {
             Ok(checked) => checked,
             Err(error) => {
                 self.refuse(&reply_to, &error, trace.as_ref());
@@ -220,6 +244,34 @@ impl State {
                 self.refuse(&item.reply_to, &error, item.trace.as_ref());
             }
         }
+    }
+
+    /// Drops a request (from `requester`) whose reply subject `reply_to` breaks the reply
+    /// rule (`reason`): answering would itself send a message to a subject the requester may
+    /// not use. Counted; logged at most once per
+    /// [`DROPPED_LOG_EVERY`](crate::routing::DROPPED_LOG_EVERY).
+    fn drop_unanswerable(
+        &mut self,
+        message: &async_nats::Message,
+        requester: &str,
+        reply_to: &str,
+        reason: &str,
+    ) {
+        let Some(unlogged) = self.dropped.count(Instant::now()) else {
+            return;
+        };
+        let id = id_of(&message.payload).unwrap_or_default();
+        tracing::warn!(
+            requester,
+            subject = shortened(message.subject.as_str(), LOGGED_CHARS),
+            reply = shortened(reply_to, LOGGED_CHARS),
+            id = shortened(&id, LOGGED_CHARS),
+            reason = shortened(reason, 2 * LOGGED_CHARS),
+            dropped = self.dropped.total(),
+            unlogged,
+            "request dropped unanswered: its reply subject breaks the reply rule (a client \
+             aiming answers at another's inbox)"
+        );
     }
 
     /// Answers a request with `error`, logging it on the per-request target.
