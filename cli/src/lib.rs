@@ -12,12 +12,14 @@
 //! - [`output`]: the JSONL and `.npy` writers.
 //! - [`checkpoint`]: the progress file and its crash-safe updates.
 //! - [`error`]: why a job stops.
+//! - [`nats_auth`]: the `nats-auth` tool's NATS identities and permissions per role.
 
 pub mod backend;
 pub mod checkpoint;
 pub mod error;
 pub mod input;
 pub mod job;
+pub mod nats_auth;
 pub mod options;
 pub mod output;
 pub mod retry;

@@ -7,6 +7,7 @@
 #   docker build -f deploy/containers/cpu.Dockerfile --target gateway          -t qwen3-embed/gateway .
 #   docker build -f deploy/containers/cpu.Dockerfile --target tokenizer-worker -t qwen3-embed/tokenizer-worker .
 #   docker build -f deploy/containers/cpu.Dockerfile --target gpu-worker-cpu   -t qwen3-embed/gpu-worker-cpu .
+#   docker build -f deploy/containers/cpu.Dockerfile --target nats-auth        -t qwen3-embed/nats-auth .
 #
 # Run from the repository root (the build context); cpu.Dockerfile.dockerignore keeps
 # target/, .venv*/ and models out of the context. The `io.qwen3-embed.image` label of each
@@ -16,7 +17,7 @@
 ARG RUST_VERSION=1.95
 ARG DEBIAN_RELEASE=bookworm
 
-# ---- builder: the three release binaries, with the locked dependency versions ----------
+# ---- builder: the release binaries, with the locked dependency versions ----------------
 FROM rust:${RUST_VERSION}-slim-${DEBIAN_RELEASE} AS builder
 WORKDIR /src
 COPY . .
@@ -25,8 +26,10 @@ COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
     cargo build --release --locked --bin gateway --bin tokenizer-worker --bin gpu-worker \
+      --bin nats-auth \
  && mkdir -p /out \
- && cp target/release/gateway target/release/tokenizer-worker target/release/gpu-worker /out/ \
+ && cp target/release/gateway target/release/tokenizer-worker target/release/gpu-worker \
+      target/release/nats-auth /out/ \
  && strip /out/*
 
 # ---- runtime: Debian slim, a numeric non-root user, the shipped configuration ----------
@@ -36,7 +39,8 @@ RUN apt-get update \
  && apt-get install -y --no-install-recommends ca-certificates curl \
  && rm -rf /var/lib/apt/lists/* \
  && groupadd --system --gid 10001 qwen3 \
- && useradd --system --uid 10001 --gid 10001 --no-create-home --shell /usr/sbin/nologin qwen3
+ && useradd --system --uid 10001 --gid 10001 --no-create-home --shell /usr/sbin/nologin qwen3 \
+ && install -d -m 0700 -o 10001 -g 10001 /var/lib/qwen3-embed/nats-auth
 COPY deploy/config /etc/qwen3-embed
 ENV QWEN3_EMBED_CONFIG_DIR=/etc/qwen3-embed \
     QWEN3_EMBED_PROFILE=production \
@@ -76,3 +80,15 @@ LABEL io.qwen3-embed.image="qwen3-embed/gpu-worker-cpu" \
 COPY --from=builder /out/gpu-worker /usr/local/bin/gpu-worker
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["/usr/local/bin/gpu-worker", "--backend", "cpu"]
+
+# ---- nats-auth: writes the NATS identities (auth.conf + one NKey seed per role) --------
+# Run once into a volume mounted at /var/lib/qwen3-embed/nats-auth (owned by the image's
+# user, so a fresh Docker volume is too); existing seeds are kept (docs/operations.md,
+# "Security").
+FROM runtime AS nats-auth
+LABEL io.qwen3-embed.image="qwen3-embed/nats-auth" \
+      org.opencontainers.image.title="qwen3-embed nats-auth" \
+      org.opencontainers.image.description="NATS identities and permissions of the Qwen3 embedding service"
+COPY --from=builder /out/nats-auth /usr/local/bin/nats-auth
+ENTRYPOINT ["/usr/local/bin/nats-auth"]
+CMD ["--out", "/var/lib/qwen3-embed/nats-auth"]

@@ -37,7 +37,7 @@ trap stop_stack EXIT
 start_stack() {
     QWEN3_EMBED_BIN_DIR="$bin" NATS_SERVER="$bin/nats-server" RUST_LOG=warn \
         "$here/deploy/local/run.sh" --model "$1" --port "$port" --backend "$backend" \
-        --profile production >>"$log" 2>&1 &
+        --profile production --no-secure >>"$log" 2>&1 &
     stack=$!
     for _ in $(seq 120); do
         python3 -c "import urllib.request, sys; sys.exit(urllib.request.urlopen('$url/health', timeout=1).status != 200)" \

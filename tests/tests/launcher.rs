@@ -4,7 +4,9 @@
 //! HTTP clients is started again while every request is answered with the golden vectors; a
 //! killed nats-server comes back on its port, waiting twice as long when it dies again at
 //! once; a process that dies during start-up stops run.sh; SIGTERM stops everything and
-//! leaves no process behind.
+//! leaves no process behind. With `--secure`, every process connects under its own NATS
+//! identity, an embedding matches the golden vector, and a client without a seed is
+//! refused.
 //!
 //! The binaries must be built first: `cargo build --workspace --bins`.
 //! The tests run one at a time (each starts a whole stack; the machine has two cores).
@@ -89,7 +91,12 @@ impl Launcher {
     /// Starts `run.sh --model <tiny model> --gpu-workers 2 --backend cpu --port <port>` with
     /// the debug binaries, [`FAULT_ENV`] and [`ENV`].
     fn start(port: u16) -> Self {
-        for name in ["gateway", "tokenizer-worker", "gpu-worker"] {
+        Self::start_with(port, &[])
+    }
+
+    /// [`Launcher::start`] with more arguments for run.sh.
+    fn start_with(port: u16, extra_args: &[&str]) -> Self {
+        for name in ["gateway", "tokenizer-worker", "gpu-worker", "nats-auth"] {
             binary(name);
         }
         let unique = format!("{}-{port}", std::process::id());
@@ -101,6 +108,7 @@ impl Launcher {
             .arg(tiny_model_dir())
             .args(["--gpu-workers", "2", "--backend", "cpu"])
             .args(["--port", &port.to_string()])
+            .args(extra_args)
             .env("QWEN3_EMBED_BIN_DIR", bin_dir())
             .env("NATS_SERVER", nats_server_binary())
             .env_remove("NATS_URL")
@@ -469,5 +477,73 @@ fn a_process_dying_during_start_up_stops_run_sh() {
         assert!(launcher.stdout().contains("run.sh: stopping"));
         let left = group_members(launcher.pid());
         assert!(left.is_empty(), "processes left: {left:?}");
+    });
+}
+
+#[test]
+fn secure_stack_gives_every_process_its_own_nats_identity() {
+    serial(async {
+        let auth_dir = std::env::temp_dir().join(format!(
+            "qwen3-embed-run-sh-auth-{}-{}",
+            std::process::id(),
+            free_port()
+        ));
+        let auth = auth_dir.to_str().expect("UTF-8 path");
+        let mut launcher =
+            Launcher::start_with(free_port(), &["--secure", "--nats-auth-dir", auth]);
+        let ready = launcher.wait_ready().await;
+        assert!(
+            launcher
+                .stdout()
+                .contains("run.sh: NATS identities on: seeds in "),
+            "{}",
+            launcher.stdout()
+        );
+        let http = reqwest::Client::new();
+        wait_healthy(&http, &ready.base, START_PATIENCE).await;
+
+        let case = support::golden()["cases"]
+            .as_array()
+            .expect("cases")
+            .iter()
+            .find(|c| c["is_query"] == false)
+            .expect("a document case")
+            .clone();
+        let response = http
+            .post(format!("{}/v1/embeddings", ready.base))
+            .json(&json!({"input": [case["text"]]}))
+            .send()
+            .await
+            .expect("embedding request sent");
+        assert_eq!(response.status(), 200);
+        let answer: serde_json::Value = response.json().await.expect("JSON body");
+        let got = support::floats(&answer["data"][0]["embedding"]);
+        let expected = support::floats(&case["embedding"]);
+        let diff = support::max_abs_diff(&got, &expected);
+        assert!(diff < 2e-5, "max abs diff {diff}");
+
+        // Only the users nats-auth wrote get in: not a client without credentials; the
+        // operator's seed sees every worker.
+        assert!(
+            async_nats::connect(ready.nats_url.as_str()).await.is_err(),
+            "the nats-server of run.sh --secure admitted a client without credentials"
+        );
+        let operator = common::nats::NatsConfig {
+            url: ready.nats_url.clone(),
+            identity: Some("operator".into()),
+            nkey_file: Some(auth_dir.join("operator.nk")),
+            ..common::nats::NatsConfig::default()
+        }
+        .options("operator")
+        .await
+        .expect("operator settings")
+        .connect(ready.nats_url.as_str())
+        .await
+        .expect("the operator's seed is admitted");
+        wait_for_worker_counts(&operator, 1, 2).await;
+
+        let pids: Vec<u32> = ready.pids.values().copied().collect();
+        stop_and_check_clean(&mut launcher, &pids).await;
+        std::fs::remove_dir_all(&auth_dir).expect("remove the seeds");
     });
 }
