@@ -1,5 +1,6 @@
 //! The gateway's typed configuration (`[gateway]` in the configuration files).
 
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -18,6 +19,9 @@ pub const DEFAULT_RERANK_MODEL: &str = "Qwen/Qwen3-Reranker-0.6B";
 
 /// Requests queued per place in flight when `max_queued_requests` is unset.
 pub const DEFAULT_QUEUE_FACTOR: usize = 10;
+
+/// The largest `max_connections` accepted (each connection holds a file descriptor).
+pub const MAX_CONNECTIONS_LIMIT: usize = 1 << 20;
 
 /// Everything the gateway needs to serve; `[gateway]` in the configuration files, with
 /// `nats` read from `[nats]` by the binary.
@@ -80,6 +84,25 @@ pub struct GatewayConfig {
     /// with the file's; never read from configuration files, and redacted in `Debug`.
     #[serde(skip)]
     pub api_keys: ApiKeys,
+    /// Seconds a client has to send a request's headers (and, on a new connection, to finish
+    /// the TLS handshake and start its first request); the connection is closed after it.
+    pub header_read_timeout_s: f64,
+    /// Seconds a client has to send a request's whole body once its headers are in; 408
+    /// after it.
+    pub body_read_timeout_s: f64,
+    /// Seconds a connection may stay open with no request in flight before it is closed.
+    pub idle_timeout_s: f64,
+    /// Connections served at once; at the cap new connections wait in the kernel's listen
+    /// backlog until one closes.
+    pub max_connections: usize,
+    /// PEM certificate chain to serve HTTPS with (with `tls_key_file`); unset serves plain
+    /// HTTP.
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM private key of `tls_cert_file`.
+    pub tls_key_file: Option<PathBuf>,
+    /// Whether to refuse to start on a non-loopback address with no API key configured
+    /// (the production profile sets it); otherwise that only logs a warning.
+    pub require_api_keys_on_public_bind: bool,
     /// NATS connection and subject prefix (`[nats]`, set by the binary).
     #[serde(skip)]
     pub nats: NatsConfig,
@@ -107,6 +130,13 @@ impl Default for GatewayConfig {
             status_cache_ms: 1000,
             api_keys_file: None,
             api_keys: ApiKeys::default(),
+            header_read_timeout_s: 10.0,
+            body_read_timeout_s: 30.0,
+            idle_timeout_s: 60.0,
+            max_connections: 4096,
+            tls_cert_file: None,
+            tls_key_file: None,
+            require_api_keys_on_public_bind: false,
             nats: NatsConfig::default(),
         }
     }
@@ -131,6 +161,37 @@ impl GatewayConfig {
     pub fn tokenizer_ack_timeout(&self) -> Option<Duration> {
         (self.tokenizer_ack_timeout_ms > 0)
             .then(|| Duration::from_millis(self.tokenizer_ack_timeout_ms))
+    }
+
+    /// `header_read_timeout_s` as a duration.
+    pub fn header_read_timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.header_read_timeout_s)
+    }
+
+    /// `body_read_timeout_s` as a duration.
+    pub fn body_read_timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.body_read_timeout_s)
+    }
+
+    /// `idle_timeout_s` as a duration.
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.idle_timeout_s)
+    }
+
+    /// Whether serving on `ip` with `keys` leaves every route but `/health` open to other
+    /// hosts: a non-loopback address and no API key. An error when
+    /// `require_api_keys_on_public_bind` forbids it.
+    pub fn open_public_bind(&self, ip: IpAddr, keys: &ApiKeys) -> anyhow::Result<bool> {
+        let open = !ip.is_loopback() && keys.is_empty();
+        anyhow::ensure!(
+            !(open && self.require_api_keys_on_public_bind),
+            "refusing to serve on {ip} without API keys: /v1/embeddings, /debug and /metrics \
+             would be open to anyone who can reach it (require_api_keys_on_public_bind is set, \
+             as in the production profile). Configure API keys (api_keys_file or \
+             QWEN3_EMBED_API_KEYS), bind a loopback host, or set \
+             QWEN3_EMBED__GATEWAY__REQUIRE_API_KEYS_ON_PUBLIC_BIND=false to serve openly on purpose"
+        );
+        Ok(open)
     }
 
     /// `root_path` without a trailing slash, with a leading one (empty when it is `/`).
@@ -172,6 +233,24 @@ impl GatewayConfig {
             "max_body_bytes must be at least 1"
         );
         anyhow::ensure!(!self.model.is_empty(), "model must not be empty");
+        for (name, seconds) in [
+            ("header_read_timeout_s", self.header_read_timeout_s),
+            ("body_read_timeout_s", self.body_read_timeout_s),
+            ("idle_timeout_s", self.idle_timeout_s),
+        ] {
+            anyhow::ensure!(
+                seconds.is_finite() && seconds > 0.0 && seconds <= 86_400.0,
+                "{name} must be a positive number of seconds, at most a day (got {seconds})"
+            );
+        }
+        anyhow::ensure!(
+            (1..=MAX_CONNECTIONS_LIMIT).contains(&self.max_connections),
+            "max_connections must be between 1 and {MAX_CONNECTIONS_LIMIT}"
+        );
+        anyhow::ensure!(
+            self.tls_cert_file.is_some() == self.tls_key_file.is_some(),
+            "tls_cert_file and tls_key_file go together: set both (HTTPS) or neither (HTTP)"
+        );
         anyhow::ensure!(
             self.root_path
                 .chars()
@@ -254,6 +333,56 @@ mod tests {
         config.root_path = "/api".into();
         config.request_timeout_s = 0.0;
         assert!(config.validate().is_err());
+    }
+
+    #[test]
+    fn edge_limits_are_validated() {
+        let ok = GatewayConfig::default();
+        assert!(ok.validate().is_ok());
+        for bad in [
+            GatewayConfig {
+                header_read_timeout_s: 0.0,
+                ..GatewayConfig::default()
+            },
+            GatewayConfig {
+                body_read_timeout_s: f64::NAN,
+                ..GatewayConfig::default()
+            },
+            GatewayConfig {
+                idle_timeout_s: -1.0,
+                ..GatewayConfig::default()
+            },
+            GatewayConfig {
+                max_connections: 0,
+                ..GatewayConfig::default()
+            },
+            GatewayConfig {
+                tls_cert_file: Some("cert.pem".into()),
+                ..GatewayConfig::default()
+            },
+        ] {
+            assert!(bad.validate().is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_public_bind_without_keys_is_flagged_and_refused_when_required() {
+        let public: IpAddr = "0.0.0.0".parse().unwrap();
+        let loopback: IpAddr = "::1".parse().unwrap();
+        let none = ApiKeys::default();
+        let some = ApiKeys::from_list("secret", "test").unwrap();
+        let mut config = GatewayConfig::default();
+        assert!(config.open_public_bind(public, &none).unwrap());
+        assert!(!config.open_public_bind(public, &some).unwrap());
+        assert!(!config.open_public_bind(loopback, &none).unwrap());
+        config.require_api_keys_on_public_bind = true;
+        let error = config
+            .open_public_bind(public, &none)
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("refusing to serve on 0.0.0.0"), "{error}");
+        assert!(!config.open_public_bind(public, &some).unwrap());
+        assert!(!config.open_public_bind(loopback, &none).unwrap());
     }
 
     #[test]

@@ -8,6 +8,8 @@
 //! # Layout
 //! - [`config`]: [`GatewayConfig`], the `[gateway]` section; [`api_keys`]: the bearer
 //!   tokens clients authenticate with, kept as digests.
+//! - [`edge`]: connections: HTTP/1.1 and h2, optionally over TLS, with header, body and
+//!   idle timeouts and a connection cap.
 //! - [`http`]: the router and one module per endpoint family: [`http::embeddings`]
 //!   (OpenAI `/v1/embeddings`, `/v1/models`), [`http::seed`] (the seed's
 //!   `{root_path}/embedding/api`), [`http::rerank`] (`/v1/rerank` for Cohere and Jina
@@ -33,6 +35,7 @@ pub mod admission;
 pub mod api_keys;
 pub mod cache;
 pub mod config;
+pub mod edge;
 pub mod http;
 pub mod metrics;
 pub mod service;
@@ -47,8 +50,11 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
 
+use crate::api_keys::ApiKeys;
 pub use crate::config::GatewayConfig;
+use crate::edge::EdgeLimits;
 use crate::http::Shared;
 use crate::metrics::Metrics;
 use crate::service::EmbedService;
@@ -65,8 +71,7 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    config.validate()?;
-    let api_keys = config.load_api_keys()?;
+    let (api_keys, tls) = prepare(&config, &listener)?;
     if api_keys.is_empty() {
         tracing::info!("no API key configured: every route is open to any client");
     } else {
@@ -119,13 +124,13 @@ pub async fn run(
 
     tracing::info!(
         addr = %listener.local_addr()?,
+        https = tls.is_some(),
         gateway_id = state.service.upstream.gateway_id(),
         subject = subjects.requests(),
         "gateway listening"
     );
-    let served = axum::serve(listener, http::router(state.clone()))
-        .with_graceful_shutdown(shutdown)
-        .await;
+    let limits = EdgeLimits::from_config(&state.config);
+    edge::serve(listener, http::router(state.clone()), limits, tls, shutdown).await;
     tracing::info!("gateway stopped accepting; in-flight requests finished");
     warm_up.abort();
     upkeep.abort();
@@ -133,7 +138,32 @@ pub async fn run(
     if let Err(e) = client.drain().await {
         tracing::warn!("draining the NATS connection failed: {e}");
     }
-    served.context("serving HTTP")
+    Ok(())
+}
+
+/// Checks what can fail before serving: the settings, the API keys, the exposure of the
+/// bound address, the TLS files. Returns the keys and the TLS acceptor (when HTTPS is
+/// configured), and warns loudly when a public address is served without keys.
+fn prepare(
+    config: &GatewayConfig,
+    listener: &TcpListener,
+) -> anyhow::Result<(ApiKeys, Option<TlsAcceptor>)> {
+    config.validate()?;
+    let api_keys = config.load_api_keys()?;
+    let addr = listener.local_addr().context("reading the bound address")?;
+    if config.open_public_bind(addr.ip(), &api_keys)? {
+        tracing::warn!(
+            %addr,
+            "SERVING A PUBLIC ADDRESS WITHOUT API KEYS: /v1/embeddings, /v1/rerank, /debug and \
+             /metrics are open to anyone who can reach {addr}; configure api_keys_file or \
+             QWEN3_EMBED_API_KEYS, or bind a loopback host"
+        );
+    }
+    let tls = match (&config.tls_cert_file, &config.tls_key_file) {
+        (Some(cert), Some(key)) => Some(edge::load_acceptor(cert, key)?),
+        _ => None,
+    };
+    Ok((api_keys, tls))
 }
 
 /// A gateway running in the background (for tests and embedding in other programs).
@@ -144,18 +174,22 @@ pub struct RunningGateway {
     stop: Option<oneshot::Sender<()>>,
     /// The task running [`run`].
     task: JoinHandle<anyhow::Result<()>>,
+    /// Whether it serves HTTPS.
+    https: bool,
 }
 
 /// Binds `config.host:config.port` (port 0 picks a free one) and runs the gateway in a
 /// background task.
 pub async fn spawn(config: GatewayConfig) -> anyhow::Result<RunningGateway> {
     config.validate()?;
-    // Unreadable or empty key files fail here rather than in the background task.
-    config.load_api_keys()?;
     let listener = TcpListener::bind((config.host.as_str(), config.port))
         .await
         .with_context(|| format!("binding {}:{}", config.host, config.port))?;
+    // Bad key or TLS files and a refused public bind fail here rather than in the
+    // background task.
+    prepare(&config, &listener)?;
     let addr = listener.local_addr()?;
+    let https = config.tls_cert_file.is_some();
     let (stop, stopped) = oneshot::channel::<()>();
     let shutdown = async move {
         // A dropped sender also means stop.
@@ -166,6 +200,7 @@ pub async fn spawn(config: GatewayConfig) -> anyhow::Result<RunningGateway> {
         addr,
         stop: Some(stop),
         task,
+        https,
     })
 }
 
@@ -175,13 +210,15 @@ impl RunningGateway {
         self.addr
     }
 
-    /// Base URL (`http://127.0.0.1:PORT` when bound to every interface).
+    /// Base URL (`http://127.0.0.1:PORT` when bound to every interface; `https://` when
+    /// serving HTTPS).
     pub fn url(&self) -> String {
         let mut addr = self.addr;
         if addr.ip().is_unspecified() {
             addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
         }
-        format!("http://{addr}")
+        let scheme = if self.https { "https" } else { "http" };
+        format!("{scheme}://{addr}")
     }
 
     /// Starts a graceful shutdown without waiting for it.

@@ -55,6 +55,16 @@ impl Harness {
         api_key: Option<&str>,
         tweak: impl FnOnce(&mut GatewayConfig),
     ) -> Self {
+        Self::start_with_client(api_key, reqwest::Client::new(), tweak).await
+    }
+
+    /// Like [`Self::start_with_key`], with `http` as the harness's HTTP client (one that
+    /// trusts a test certificate, or keeps no idle connection).
+    pub async fn start_with_client(
+        api_key: Option<&str>,
+        http: reqwest::Client,
+        tweak: impl FnOnce(&mut GatewayConfig),
+    ) -> Self {
         let nats = NatsServer::start();
         let mut config = GatewayConfig {
             host: "127.0.0.1".into(),
@@ -71,7 +81,6 @@ impl Harness {
         let client = async_nats::connect(nats.url())
             .await
             .expect("test client connects");
-        let http = reqwest::Client::new();
         let harness = Self {
             nats,
             gateway,
