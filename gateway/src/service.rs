@@ -18,6 +18,7 @@ use crate::admission::{Admission, Admitted, Refused};
 use crate::cache::{CacheKey, VectorCache};
 use crate::config::GatewayConfig;
 use crate::http::error::ApiError;
+use crate::http::types::Limits;
 use crate::metrics::Metrics;
 use crate::upstream::assembly::{Embedded, Scored};
 use crate::upstream::discovery::Discovery;
@@ -81,13 +82,6 @@ pub struct RerankJob {
     pub arrival: Arrival,
 }
 
-/// Limits checked before a request is admitted.
-#[derive(Debug, Clone, Copy)]
-struct Limits {
-    max_inputs: usize,
-    max_chars: usize,
-}
-
 /// Turns jobs into vectors; one per gateway, shared by handlers.
 pub struct EmbedService {
     /// Request limits from the configuration.
@@ -115,10 +109,7 @@ impl EmbedService {
         metrics: Metrics,
     ) -> Self {
         Self {
-            limits: Limits {
-                max_inputs: config.max_inputs_per_request,
-                max_chars: config.max_input_chars,
-            },
+            limits: Limits::from_config(config),
             timeout: config.request_timeout(),
             admission: Admission::new(config.max_concurrent_queries, config.queue_limit()),
             cache: VectorCache::new(config.cache_size),
@@ -276,35 +267,14 @@ impl EmbedService {
                 format!("{field} must hold at least one document"),
             ));
         }
-        if job.documents.len() > self.limits.max_inputs {
-            return Err(ApiError::field(
-                field,
-                format!(
-                    "{field} has {} documents; at most {} are allowed per request",
-                    job.documents.len(),
-                    self.limits.max_inputs
-                ),
-            ));
-        }
-        let texts = std::iter::once(("query".to_string(), &job.query)).chain(
-            job.documents
-                .iter()
-                .enumerate()
-                .map(|(index, text)| (format!("{field}[{index}]"), text)),
-        );
-        for (param, text) in texts {
-            if text.len() > self.limits.max_chars {
-                let chars = text.chars().count();
-                if chars > self.limits.max_chars {
-                    return Err(ApiError::field(
-                        param.clone(),
-                        format!(
-                            "{param} has {chars} characters; at most {} are allowed",
-                            self.limits.max_chars
-                        ),
-                    ));
-                }
-            }
+        // Bodies are decoded within these limits already (`http::types`); checked again
+        // here, with the same refusals, for every way a job is made.
+        self.limits
+            .check_count(field, "documents", job.documents.len())?;
+        self.limits.check_text(|| "query".into(), &job.query)?;
+        for (index, text) in job.documents.iter().enumerate() {
+            self.limits
+                .check_text(|| format!("{field}[{index}]"), text)?;
         }
         Ok(())
     }
@@ -314,30 +284,11 @@ impl EmbedService {
         if job.texts.is_empty() {
             return Err(ApiError::field("input", "input must not be empty"));
         }
-        if job.texts.len() > self.limits.max_inputs {
-            return Err(ApiError::field(
-                "input",
-                format!(
-                    "input has {} texts; at most {} are allowed per request",
-                    job.texts.len(),
-                    self.limits.max_inputs
-                ),
-            ));
-        }
+        // Bodies are decoded within these limits already (`http::types`); checked again
+        // here, with the same refusals, for every way a job is made.
+        self.limits.check_count("input", "texts", job.texts.len())?;
         for (index, text) in job.texts.iter().enumerate() {
-            // Characters are never more than bytes: count only texts that could be over.
-            if text.len() > self.limits.max_chars {
-                let chars = text.chars().count();
-                if chars > self.limits.max_chars {
-                    return Err(ApiError::field(
-                        format!("input[{index}]"),
-                        format!(
-                            "input[{index}] has {chars} characters; at most {} are allowed",
-                            self.limits.max_chars
-                        ),
-                    ));
-                }
-            }
+            self.limits.check_text(|| format!("input[{index}]"), text)?;
         }
         if let (Some(dimensions), Some(hidden)) =
             (job.dimensions, self.discovery.known_hidden_size())

@@ -1,5 +1,6 @@
-//! API-key authentication: when keys are configured, every request but `GET /health` (at
-//! the root and under `root_path`) must carry `Authorization: Bearer <key>`; others get 401
+//! API-key authentication: when keys are configured, every request but a `GET` of
+//! [`routes::OPEN_PATHS`] (`/health`, `/openapi.json`, `/docs`, at the root and under
+//! `root_path`) must carry `Authorization: Bearer <key>`; others get 401
 //! with `WWW-Authenticate: Bearer` (see [`ApiError::MissingApiKey`]). Keys are never
 //! logged: failures name only their kind.
 
@@ -8,8 +9,8 @@ use axum::http::{HeaderMap, Method, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
-use super::AppState;
 use super::error::ApiError;
+use super::{AppState, routes};
 
 /// Middleware: lets the request through when authentication is off, the route is open, or
 /// the bearer token is a configured key; answers 401 otherwise.
@@ -28,17 +29,11 @@ pub async fn require_api_key(
     }
 }
 
-/// Whether the request needs no key: health probes (load balancers and orchestrators carry
-/// no credentials).
+/// Whether the request needs no key: a `GET` of one of [`routes::OPEN_PATHS`] (health
+/// probes, the API's description).
 fn is_open(state: &AppState, request: &Request) -> bool {
-    if request.method() != Method::GET && request.method() != Method::HEAD {
-        return false;
-    }
-    let path = request.uri().path();
-    path == "/health"
-        || path
-            .strip_prefix(state.config.route_prefix().as_str())
-            .is_some_and(|rest| rest == "/health")
+    (request.method() == Method::GET || request.method() == Method::HEAD)
+        && routes::is_open(request.uri().path(), &state.config.route_prefix())
 }
 
 /// The token of an `Authorization: Bearer <token>` header (scheme case-insensitive), if

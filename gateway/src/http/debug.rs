@@ -9,6 +9,21 @@ use serde_json::{Value, json};
 use super::AppState;
 
 /// `GET /debug`.
+#[utoipa::path(
+    get,
+    path = "/debug",
+    tag = "Operations",
+    summary = "The gateway's state for operators",
+    responses((
+        status = 200,
+        description = "`gateway_id`, `model`, `uptime_s`, `active_requests`, `admission_limit`, \
+            `queued_requests`, `queue_limit`, `pending_upstream`, `upstream_resends`, `api_keys` \
+            (their count), `queue_depth`, `process.rss_bytes`, `cache` (`enabled`, `entries`, \
+            `capacity`, `hits`, `misses`), `discovery` (`taken_ms`, `error`) and `workers` (each \
+            worker's status as it answered discovery; see docs/protocol.md)",
+        body = Object
+    ))
+)]
 pub async fn debug(State(state): State<AppState>) -> Json<Value> {
     let snapshot = state.discovery.workers().await;
     let service = &state.service;

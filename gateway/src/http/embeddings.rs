@@ -9,38 +9,50 @@ use axum::extract::State;
 use axum::{Extension, Json};
 use base64::Engine;
 use common::trace::RequestTrace;
-use common::wire::InputType;
 use serde::Serialize;
+use utoipa::ToSchema;
+use utoipa::openapi::schema::{Array, ObjectBuilder, OneOfBuilder, Schema, Type};
 
 use super::AppState;
 use super::error::ApiError;
-use super::extract::{Fields, JsonBody};
+use super::extract::JsonBody;
+use super::types::EmbeddingsRequest;
+use super::types::embeddings::EncodingFormat;
 use crate::service::{Arrival, EmbedJob};
 use crate::upstream::assembly::Embedded;
 
-/// How vectors are written in the answer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum EncodingFormat {
-    /// A JSON list of numbers.
-    Float,
-    /// Little-endian f32 bytes, base64-encoded.
-    Base64,
-}
-
 /// The answer of `POST /v1/embeddings`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct EmbeddingList {
+    /// Always `list`.
     object: &'static str,
+    /// One embedding per input, in input order.
     data: Vec<EmbeddingItem>,
+    /// The served model's full name.
     model: String,
+    /// Tokens of the inputs.
     usage: Usage,
 }
 
-#[derive(Debug, Serialize)]
+/// One input's embedding.
+#[derive(Debug, Serialize, ToSchema)]
 struct EmbeddingItem {
+    /// Always `embedding`.
     object: &'static str,
+    /// The input's position.
     index: usize,
+    /// The vector: a list of numbers, or (with `encoding_format: base64`) its little-endian
+    /// f32 bytes in base64.
+    #[schema(schema_with = vector_or_base64)]
     embedding: EmbeddingValue,
+}
+
+fn vector_or_base64() -> Schema {
+    OneOfBuilder::new()
+        .item(Array::new(ObjectBuilder::new().schema_type(Type::Number)))
+        .item(ObjectBuilder::new().schema_type(Type::String))
+        .build()
+        .into()
 }
 
 #[derive(Debug, Serialize)]
@@ -58,21 +70,32 @@ fn serialize_vector<S: serde::Serializer>(
     item.vector.serialize(serializer)
 }
 
-#[derive(Debug, Serialize)]
+/// Token counts of a request.
+#[derive(Debug, Serialize, ToSchema)]
 struct Usage {
+    /// Tokens of the inputs (cache hits count their tokens too).
     prompt_tokens: u64,
+    /// The same as `prompt_tokens`.
     total_tokens: u64,
 }
 
 /// `POST /v1/embeddings`.
+#[utoipa::path(
+    post,
+    path = "/v1/embeddings",
+    tag = "OpenAI",
+    summary = "Embed texts (OpenAI-compatible)",
+    request_body = EmbeddingsRequest,
+    responses((status = 200, description = "One vector per input, in input order", body = EmbeddingList))
+)]
 pub async fn create(
     State(state): State<AppState>,
     Extension(trace): Extension<RequestTrace>,
     Extension(arrival): Extension<Arrival>,
-    JsonBody(mut fields): JsonBody,
+    JsonBody(request): JsonBody<EmbeddingsRequest>,
 ) -> Result<Json<EmbeddingList>, ApiError> {
     let served = &state.config.model;
-    if let Some(model) = fields.string("model")?
+    if let Some(model) = request.model
         && !names_model(&model, served)
     {
         return Err(ApiError::ModelNotFound {
@@ -81,16 +104,17 @@ pub async fn create(
         });
     }
     let job = EmbedJob {
-        texts: fields.input()?,
-        input_type: input_type(&mut fields)?.unwrap_or(state.config.default_input_type),
-        instruction: fields.string("instruction")?,
-        dimensions: fields.dimensions()?,
-        truncate: fields.boolean("truncate")?.or(state.config.truncate),
+        texts: request.input,
+        input_type: request
+            .input_type
+            .unwrap_or(state.config.default_input_type),
+        instruction: request.instruction,
+        dimensions: request.dimensions,
+        truncate: request.truncate.or(state.config.truncate),
         trace,
         arrival,
     };
-    let format = encoding_format(&mut fields)?;
-    // `user` is accepted and ignored, like every other unknown field.
+    let format = request.encoding_format.unwrap_or_default();
     let items = state.service.embed(job).await?;
     let tokens: u64 = items.iter().map(|item| u64::from(item.tokens)).sum();
     let data = items
@@ -116,22 +140,51 @@ pub async fn create(
     }))
 }
 
+/// The answer of `GET /v1/models`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ModelList {
+    /// Always `list`.
+    object: &'static str,
+    /// The one served model.
+    data: Vec<ModelCard>,
+}
+
+/// A served model.
+#[derive(Debug, Serialize, ToSchema)]
+struct ModelCard {
+    /// The model's full name (`Qwen/Qwen3-Embedding-0.6B`).
+    id: String,
+    /// Always `model`.
+    object: &'static str,
+    /// Unix time in seconds when the gateway started.
+    created: u64,
+    /// The organisation in the model's name (`Qwen`), or `owner`.
+    owned_by: String,
+}
+
 /// `GET /v1/models`: the one served model.
-pub async fn models(State(state): State<AppState>) -> Json<serde_json::Value> {
+#[utoipa::path(
+    get,
+    path = "/v1/models",
+    tag = "OpenAI",
+    summary = "List the served model",
+    responses((status = 200, description = "The served embedding model", body = ModelList))
+)]
+pub async fn models(State(state): State<AppState>) -> Json<ModelList> {
     let owner = state
         .config
         .model
         .split_once('/')
         .map_or("owner", |(owner, _)| owner);
-    Json(serde_json::json!({
-        "object": "list",
-        "data": [{
-            "id": state.config.model,
-            "object": "model",
-            "created": state.started_s,
-            "owned_by": owner,
+    Json(ModelList {
+        object: "list",
+        data: vec![ModelCard {
+            id: state.config.model.clone(),
+            object: "model",
+            created: state.started_s,
+            owned_by: owner.to_string(),
         }],
-    }))
+    })
 }
 
 /// Whether a client's `model` names the served one: the full name, or the name without
@@ -141,29 +194,6 @@ pub(crate) fn names_model(requested: &str, served: &str) -> bool {
         || served
             .rsplit_once('/')
             .is_some_and(|(_, name)| name == requested)
-}
-
-fn input_type(fields: &mut Fields) -> Result<Option<InputType>, ApiError> {
-    match fields.string("input_type")?.as_deref() {
-        None => Ok(None),
-        Some("query") => Ok(Some(InputType::Query)),
-        Some("document" | "passage") => Ok(Some(InputType::Document)),
-        Some(other) => Err(ApiError::field(
-            "input_type",
-            format!("input_type must be `query` or `document`, got `{other}`"),
-        )),
-    }
-}
-
-fn encoding_format(fields: &mut Fields) -> Result<EncodingFormat, ApiError> {
-    match fields.string("encoding_format")?.as_deref() {
-        None | Some("float") => Ok(EncodingFormat::Float),
-        Some("base64") => Ok(EncodingFormat::Base64),
-        Some(other) => Err(ApiError::field(
-            "encoding_format",
-            format!("encoding_format must be `float` or `base64`, got `{other}`"),
-        )),
-    }
 }
 
 /// Little-endian f32 bytes of `vector`, base64-encoded (what OpenAI clients decode).

@@ -5,6 +5,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use common::wire::{ErrorCode, ErrorReply};
 use serde::Serialize;
+use utoipa::ToSchema;
 
 /// Why a request failed.
 #[derive(Debug, thiserror::Error)]
@@ -229,18 +230,29 @@ impl ApiError {
     }
 }
 
-/// The JSON error body.
-#[derive(Debug, Serialize)]
-struct ErrorEnvelope<'a> {
+/// The body of every error answer (OpenAI's shape).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody<'a> {
+    /// What went wrong.
     error: ErrorDetail<'a>,
 }
 
-#[derive(Debug, Serialize)]
-struct ErrorDetail<'a> {
+/// What went wrong.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorDetail<'a> {
+    /// A sentence for people, naming the field and the limit where there is one.
     message: String,
+    /// `invalid_request_error` (the request's fault), `rate_limit_error` (429) or
+    /// `server_error`.
     #[serde(rename = "type")]
     kind: &'a str,
+    /// The field at fault (`input`, `input[3]`, `dimensions`, `model`), when there is one.
     param: Option<&'a str>,
+    /// A stable code for programs: `invalid_json`, `invalid_utf8`, `invalid_body`,
+    /// `invalid_value`, `invalid_request`, `too_many_tokens`, `unsupported_media_type`,
+    /// `payload_too_large`, `model_not_found`, `invalid_api_key`, `not_found`,
+    /// `method_not_allowed`, `overloaded`, `no_workers`, `bus_unavailable`, `timeout`,
+    /// `bad_worker_reply` or `internal_error`.
     code: &'a str,
 }
 
@@ -253,7 +265,7 @@ impl IntoResponse for ApiError {
             tracing::debug!(%status, code, "request rejected: {self}");
         }
         let retry_after_s = self.retry_after_s();
-        let body = ErrorEnvelope {
+        let body = ErrorBody {
             error: ErrorDetail {
                 message: self.to_string(),
                 kind,

@@ -7,11 +7,12 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use common::wire::WorkerKind;
 use serde::Serialize;
+use utoipa::ToSchema;
 
 use super::AppState;
 
 /// The health answer (200 when `status` is `ok`, else 503).
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct Health {
     /// `ok` or `unavailable`.
     pub status: &'static str,
@@ -36,6 +37,16 @@ pub struct Health {
 }
 
 /// `GET /health`.
+#[utoipa::path(
+    get,
+    path = "/health",
+    tag = "Operations",
+    summary = "Readiness: workers of both kinds answer discovery (no API key needed)",
+    responses(
+        (status = 200, description = "Ready to serve", body = Health),
+        (status = 503, description = "Cannot serve; `reason` says why", body = Health)
+    )
+)]
 pub async fn health(State(state): State<AppState>) -> Response {
     let snapshot = state.discovery.workers().await;
     let tokenizer_workers = snapshot.loaded(WorkerKind::Tokenizer);

@@ -3,13 +3,17 @@
 
 pub mod auth;
 pub mod debug;
+pub mod docs;
 pub mod embeddings;
 pub mod error;
 pub mod extract;
 pub mod health;
+pub mod openapi;
 pub mod request_id;
 pub mod rerank;
+pub mod routes;
 pub mod seed;
+pub mod types;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -19,7 +23,6 @@ use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::{Method, Uri, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use common::trace::LOG_TARGET;
 use common::wire::{WorkerKind, WorkerStatus};
 use tower_http::trace::{DefaultOnFailure, TraceLayer};
@@ -53,25 +56,15 @@ pub struct Shared {
 /// Handler state: cheap to clone.
 pub type AppState = Arc<Shared>;
 
-/// All routes: OpenAI (`/v1/...`), seed (`{root_path}/embedding/api`), rerank (`/v1/rerank`
-/// and TEI's `/rerank`), health, debug and metrics (at the root and under `root_path`). With
-/// API keys configured, all but health require one (see [`auth`]); refusals are counted by
-/// `track` like any answer.
+/// All routes of the table in [`routes`]: OpenAI (`/v1/...`), seed
+/// (`{root_path}/embedding/api`), rerank (`/v1/rerank` and TEI's `/rerank`), health, debug,
+/// metrics, and the API's description (`/openapi.json`, `/docs`). With API keys configured,
+/// all but [`routes::OPEN_PATHS`] require one (see [`auth`]); refusals are counted by `track`
+/// like any answer.
 pub fn router(state: AppState) -> Router {
-    let prefix = state.config.route_prefix();
-    let mut app = Router::new()
-        .route("/v1/embeddings", post(embeddings::create))
-        .route("/v1/models", get(embeddings::models))
-        .route("/v1/rerank", post(rerank::rerank))
-        .route("/rerank", post(rerank::tei_rerank))
-        .route("/health", get(health::health))
-        .route("/debug", get(debug::debug))
-        .route("/metrics", get(prometheus))
-        .route(&format!("{prefix}/embedding/api"), post(seed::embed));
-    if !prefix.is_empty() {
-        app = app
-            .route(&format!("{prefix}/health"), get(health::health))
-            .route(&format!("{prefix}/debug"), get(debug::debug));
+    let mut app = Router::new();
+    for route in routes::routes(&state.config.route_prefix()) {
+        app = app.route(&route.path, route.handler);
     }
     app.fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -114,6 +107,13 @@ async fn track(State(state): State<AppState>, mut request: Request, next: Next) 
 }
 
 /// `GET /metrics`: the Prometheus text format, with gauges refreshed first.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "Operations",
+    summary = "Prometheus metrics (text format 0.0.4)",
+    responses((status = 200, description = "The gateway's metrics (see docs/operations.md)", body = String, content_type = "text/plain"))
+)]
 async fn prometheus(State(state): State<AppState>) -> Response {
     let snapshot = state.discovery.workers().await;
     state.metrics.set_gauges(Gauges {

@@ -16,58 +16,83 @@ use axum::extract::State;
 use axum::{Extension, Json};
 use common::trace::RequestTrace;
 use serde::Serialize;
+use utoipa::ToSchema;
 
 use super::AppState;
 use super::embeddings::names_model;
 use super::error::ApiError;
 use super::extract::JsonBody;
+use super::types::{RerankRequest, TeiRerankRequest};
 use crate::service::{Arrival, RerankJob};
 use crate::upstream::assembly::Scored;
 
 /// The answer of `POST /v1/rerank`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct RerankResponse {
+    /// The served reranker's full name.
     model: String,
+    /// The documents by score, highest first (ties in document order), at most `top_n`.
     results: Vec<RerankResult>,
+    /// Tokens of the prompts scored.
     usage: RerankUsage,
 }
 
-#[derive(Debug, Serialize)]
+/// One document's score.
+#[derive(Debug, Serialize, ToSchema)]
 struct RerankResult {
+    /// The document's position in the request.
     index: usize,
+    /// The probability that the document answers the query (of `yes` against `no`).
     relevance_score: f32,
+    /// The document's text, with `return_documents: true`.
     #[serde(skip_serializing_if = "Option::is_none")]
     document: Option<DocumentText>,
 }
 
-#[derive(Debug, Serialize)]
+/// A document's text.
+#[derive(Debug, Serialize, ToSchema)]
 struct DocumentText {
+    /// The text.
     text: String,
 }
 
-#[derive(Debug, Serialize)]
+/// Token counts of a rerank request.
+#[derive(Debug, Serialize, ToSchema)]
 struct RerankUsage {
+    /// Tokens of every (query, document) prompt.
     total_tokens: u64,
 }
 
 /// One entry of the answer of `POST /rerank` (TEI).
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct TeiRank {
+    /// The text's position in the request.
     index: usize,
+    /// The probability of `yes`, or with `raw_scores: true` the logit difference
+    /// `logit_yes - logit_no`.
     score: f32,
+    /// The text, with `return_text: true`.
     #[serde(skip_serializing_if = "Option::is_none")]
     text: Option<String>,
 }
 
 /// `POST /v1/rerank`.
+#[utoipa::path(
+    post,
+    path = "/v1/rerank",
+    tag = "Rerank",
+    summary = "Rank documents against a query (Cohere and Jina shape)",
+    request_body = RerankRequest,
+    responses((status = 200, description = "The documents by score, highest first", body = RerankResponse))
+)]
 pub async fn rerank(
     State(state): State<AppState>,
     Extension(trace): Extension<RequestTrace>,
     Extension(arrival): Extension<Arrival>,
-    JsonBody(mut fields): JsonBody,
+    JsonBody(request): JsonBody<RerankRequest>,
 ) -> Result<Json<RerankResponse>, ApiError> {
     let served = &state.config.rerank_model;
-    if let Some(model) = fields.string("model")?
+    if let Some(model) = request.model
         && !names_model(&model, served)
     {
         return Err(ApiError::ModelNotFound {
@@ -76,16 +101,16 @@ pub async fn rerank(
         });
     }
     let job = RerankJob {
-        query: fields.required_string("query")?,
-        documents: fields.texts("documents")?,
+        query: request.query,
+        documents: request.documents,
         documents_field: "documents",
-        instruction: fields.string("instruction")?,
-        truncate: fields.boolean("truncate")?.or(state.config.truncate),
+        instruction: request.instruction,
+        truncate: request.truncate.or(state.config.truncate),
         trace,
         arrival,
     };
-    let top_n = fields.positive_integer("top_n")?;
-    let return_documents = fields.boolean("return_documents")?.unwrap_or(false);
+    let top_n = request.top_n;
+    let return_documents = request.return_documents.unwrap_or(false);
     let documents = job.documents.clone();
     let scored = state.service.rerank(job).await?;
     let total_tokens = scored.iter().map(|s| u64::from(s.tokens)).sum();
@@ -107,23 +132,31 @@ pub async fn rerank(
 }
 
 /// `POST /rerank` (text-embeddings-inference's shape).
+#[utoipa::path(
+    post,
+    path = "/rerank",
+    tag = "Rerank",
+    summary = "Rank texts against a query (text-embeddings-inference shape)",
+    request_body = TeiRerankRequest,
+    responses((status = 200, description = "The texts by score, highest first", body = Vec<TeiRank>))
+)]
 pub async fn tei_rerank(
     State(state): State<AppState>,
     Extension(trace): Extension<RequestTrace>,
     Extension(arrival): Extension<Arrival>,
-    JsonBody(mut fields): JsonBody,
+    JsonBody(request): JsonBody<TeiRerankRequest>,
 ) -> Result<Json<Vec<TeiRank>>, ApiError> {
     let job = RerankJob {
-        query: fields.required_string("query")?,
-        documents: fields.texts("texts")?,
+        query: request.query,
+        documents: request.texts,
         documents_field: "texts",
-        instruction: fields.string("instruction")?,
-        truncate: fields.boolean("truncate")?.or(state.config.truncate),
+        instruction: request.instruction,
+        truncate: request.truncate.or(state.config.truncate),
         trace,
         arrival,
     };
-    let raw_scores = fields.boolean("raw_scores")?.unwrap_or(false);
-    let return_text = fields.boolean("return_text")?.unwrap_or(false);
+    let raw_scores = request.raw_scores.unwrap_or(false);
+    let return_text = request.return_text.unwrap_or(false);
     let texts = job.documents.clone();
     let scored = state.service.rerank(job).await?;
     let ranks = ranked(&scored, None)

@@ -1,0 +1,131 @@
+//! The body of `POST /v1/embeddings` (OpenAI's fields plus `input_type`, `instruction` and
+//! `truncate`).
+
+use common::wire::InputType;
+use serde::Deserialize;
+use serde::de::{IgnoredAny, MapAccess};
+use utoipa::ToSchema;
+
+use super::decode::{RequestBody, Take};
+use super::fields::{Choice, Dimensions, Flag, Input, Text, required};
+use super::limits::Limits;
+use super::schema;
+use crate::config::GatewayConfig;
+
+/// How vectors are written in the answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum EncodingFormat {
+    /// A JSON list of numbers.
+    #[default]
+    Float,
+    /// Little-endian f32 bytes, base64-encoded.
+    Base64,
+}
+
+/// The spellings of `encoding_format`.
+pub const ENCODING_FORMATS: &[(&str, EncodingFormat)] = &[
+    ("float", EncodingFormat::Float),
+    ("base64", EncodingFormat::Base64),
+];
+
+/// The spellings of `input_type` (`passage` means document).
+pub const INPUT_TYPES: &[(&str, InputType)] = &[
+    ("query", InputType::Query),
+    ("document", InputType::Document),
+    ("passage", InputType::Document),
+];
+
+/// A request to embed texts. Fields not listed here (such as OpenAI's `user`) are accepted
+/// and ignored; `null` counts as absent.
+#[derive(Debug, Clone, Default, ToSchema)]
+pub struct EmbeddingsRequest {
+    /// The text, or the list of texts, to embed: at most `max_inputs_per_request` texts
+    /// (default 2048) of at most `max_input_chars` characters each (default 200000). Empty
+    /// and whitespace-only texts are valid. Token id lists are refused.
+    #[schema(schema_with = schema::text_or_texts)]
+    pub input: Vec<String>,
+    /// The served model's name, with or without its organisation
+    /// (`Qwen/Qwen3-Embedding-0.6B` or `Qwen3-Embedding-0.6B`); another name gets 404.
+    pub model: Option<String>,
+    /// `query` (the instruction is applied) or `document` (`passage` is the same); the
+    /// gateway's `default_input_type` when absent.
+    #[schema(schema_with = input_types)]
+    pub input_type: Option<InputType>,
+    /// The task description of queries; the worker's default when absent.
+    pub instruction: Option<String>,
+    /// Output size (Matryoshka truncation, then normalisation): at least 1, at most the
+    /// model's hidden size; the full size when absent.
+    #[schema(minimum = 1)]
+    pub dimensions: Option<u32>,
+    /// `float` (a list of numbers, the default) or `base64` (little-endian f32 bytes).
+    #[schema(schema_with = encoding_formats)]
+    pub encoding_format: Option<EncodingFormat>,
+    /// Shorten texts over the model's token limit instead of refusing them; the gateway's
+    /// `truncate` setting, then the worker's, when absent.
+    pub truncate: Option<bool>,
+}
+
+fn input_types() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+    schema::choice(INPUT_TYPES)
+}
+
+fn encoding_formats() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+    schema::choice(ENCODING_FORMATS)
+}
+
+/// The keys [`EmbeddingsRequest`] reads; others are skipped.
+#[derive(Deserialize)]
+#[serde(field_identifier, rename_all = "snake_case")]
+enum Key {
+    Input,
+    Model,
+    InputType,
+    Instruction,
+    Dimensions,
+    EncodingFormat,
+    Truncate,
+    #[serde(other)]
+    Other,
+}
+
+impl RequestBody for EmbeddingsRequest {
+    fn served_model(config: &GatewayConfig) -> Option<&str> {
+        Some(&config.model)
+    }
+
+    fn read<'de, M: MapAccess<'de>>(mut fields: M, limits: Limits) -> Result<Self, M::Error> {
+        let mut input = None;
+        let mut request = Self::default();
+        while let Some(key) = fields.next_key::<Key>()? {
+            match key {
+                Key::Input => input = fields.next_value_seed(Take(Input(limits)))?,
+                Key::Model => request.model = fields.next_value_seed(Take(Text::named("model")))?,
+                Key::InputType => {
+                    request.input_type = fields.next_value_seed(Take(Choice {
+                        name: "input_type",
+                        choices: INPUT_TYPES,
+                        expected: "`query` or `document`",
+                    }))?;
+                }
+                Key::Instruction => {
+                    request.instruction =
+                        fields.next_value_seed(Take(Text::named("instruction")))?;
+                }
+                Key::Dimensions => request.dimensions = fields.next_value_seed(Take(Dimensions))?,
+                Key::EncodingFormat => {
+                    request.encoding_format = fields.next_value_seed(Take(Choice {
+                        name: "encoding_format",
+                        choices: ENCODING_FORMATS,
+                        expected: "`float` or `base64`",
+                    }))?;
+                }
+                Key::Truncate => {
+                    request.truncate = fields.next_value_seed(Take(Flag("truncate")))?
+                }
+                Key::Other => fields.next_value::<IgnoredAny>().map(drop)?,
+            }
+        }
+        request.input = required("input", input)?;
+        Ok(request)
+    }
+}

@@ -1,0 +1,678 @@
+//! Readers of the field kinds request bodies share: strings, flags, choices, positive
+//! integers, `dimensions`, and the text lists (`input`, `documents`) with the limits applied
+//! while they are read. JSON `null` counts as absent everywhere.
+
+use serde::Deserialize;
+use serde::de::{IgnoredAny, MapAccess, SeqAccess};
+
+use super::decode::{Field, Scalar, Take, refuse};
+use super::limits::Limits;
+use crate::http::error::ApiError;
+
+/// The value of a required field, or the refusal naming it.
+pub fn required<T, E: serde::de::Error>(name: &str, value: Option<T>) -> Result<T, E> {
+    value.ok_or_else(|| refuse(ApiError::field(name, format!("{name} is required"))))
+}
+
+/// An optional string, refused beyond `max_chars` characters when that is set.
+pub struct Text {
+    /// The field.
+    pub name: &'static str,
+    /// The length limit, if the field has one.
+    pub max_chars: Option<Limits>,
+}
+
+impl Text {
+    /// A string field without length limit (names, choices).
+    pub fn named(name: &'static str) -> Self {
+        Self {
+            name,
+            max_chars: None,
+        }
+    }
+
+    /// A string field of at most `limits.max_chars` characters.
+    pub fn limited(name: &'static str, limits: Limits) -> Self {
+        Self {
+            name,
+            max_chars: Some(limits),
+        }
+    }
+}
+
+impl Field<'_> for Text {
+    type Value = Option<String>;
+
+    fn unexpected(&self, kind: &str) -> ApiError {
+        let name = self.name;
+        ApiError::field(name, format!("{name} must be a string, got {kind}"))
+    }
+
+    fn scalar(self, value: Scalar<'_>) -> Result<Option<String>, ApiError> {
+        match value {
+            Scalar::Null => Ok(None),
+            Scalar::Text(text) => {
+                if let Some(limits) = self.max_chars {
+                    limits.check_text(|| self.name.to_string(), text)?;
+                }
+                Ok(Some(text.to_owned()))
+            }
+            other => Err(self.unexpected(other.kind())),
+        }
+    }
+}
+
+/// An optional `true` or `false`.
+pub struct Flag(pub &'static str);
+
+impl Field<'_> for Flag {
+    type Value = Option<bool>;
+
+    fn unexpected(&self, kind: &str) -> ApiError {
+        let name = self.0;
+        ApiError::field(name, format!("{name} must be true or false, got {kind}"))
+    }
+
+    fn scalar(self, value: Scalar<'_>) -> Result<Option<bool>, ApiError> {
+        match value {
+            Scalar::Null => Ok(None),
+            Scalar::Bool(flag) => Ok(Some(flag)),
+            other => Err(self.unexpected(other.kind())),
+        }
+    }
+}
+
+/// An optional string that must be one of `choices` (spelling, value).
+pub struct Choice<T: 'static> {
+    /// The field.
+    pub name: &'static str,
+    /// Accepted spellings and what each means.
+    pub choices: &'static [(&'static str, T)],
+    /// The accepted spellings as the message lists them (`` `float` or `base64` ``).
+    pub expected: &'static str,
+}
+
+impl<T: Copy> Field<'_> for Choice<T> {
+    type Value = Option<T>;
+
+    fn unexpected(&self, kind: &str) -> ApiError {
+        Text::named(self.name).unexpected(kind)
+    }
+
+    fn scalar(self, value: Scalar<'_>) -> Result<Option<T>, ApiError> {
+        match value {
+            Scalar::Null => Ok(None),
+            Scalar::Text(text) => match self.choices.iter().find(|(name, _)| *name == text) {
+                Some(&(_, choice)) => Ok(Some(choice)),
+                None => {
+                    let (name, expected) = (self.name, self.expected);
+                    Err(ApiError::field(
+                        name,
+                        format!("{name} must be {expected}, got `{text}`"),
+                    ))
+                }
+            },
+            other => Err(self.unexpected(other.kind())),
+        }
+    }
+}
+
+/// An optional integer of at least 1 (`top_n`).
+pub struct PositiveInteger(pub &'static str);
+
+impl Field<'_> for PositiveInteger {
+    type Value = Option<usize>;
+
+    fn unexpected(&self, kind: &str) -> ApiError {
+        let name = self.0;
+        ApiError::field(name, format!("{name} must be an integer, got {kind}"))
+    }
+
+    fn scalar(self, value: Scalar<'_>) -> Result<Option<usize>, ApiError> {
+        let name = self.0;
+        let out_of_range = |number: &dyn std::fmt::Display| {
+            ApiError::field(
+                name,
+                format!("{name} must be an integer of at least 1, got {number}"),
+            )
+        };
+        match value {
+            Scalar::Null => Ok(None),
+            Scalar::Unsigned(0) => Err(out_of_range(&0)),
+            Scalar::Unsigned(number) => Ok(Some(usize::try_from(number).unwrap_or(usize::MAX))),
+            Scalar::Signed(number) => Err(out_of_range(&number)),
+            Scalar::Float(number) => Err(out_of_range(&number)),
+            other => Err(self.unexpected(other.kind())),
+        }
+    }
+}
+
+/// The optional `dimensions`: an integer of at least 1 (the upper bound is the model's).
+pub struct Dimensions;
+
+impl Field<'_> for Dimensions {
+    type Value = Option<u32>;
+
+    fn unexpected(&self, kind: &str) -> ApiError {
+        ApiError::field(
+            "dimensions",
+            format!("dimensions must be an integer, got {kind}"),
+        )
+    }
+
+    fn scalar(self, value: Scalar<'_>) -> Result<Option<u32>, ApiError> {
+        let refuse = |message: String| ApiError::field("dimensions", message);
+        match value {
+            Scalar::Null => Ok(None),
+            Scalar::Unsigned(0) => Err(refuse("dimensions must be at least 1, got 0".into())),
+            Scalar::Unsigned(number) => u32::try_from(number)
+                .map(Some)
+                .map_err(|_| refuse(format!("dimensions {number} is too large"))),
+            Scalar::Signed(number) => Err(refuse(format!(
+                "dimensions must be at least 1, got {number}"
+            ))),
+            Scalar::Float(number) => Err(refuse(format!(
+                "dimensions must be an integer, got {number}"
+            ))),
+            other => Err(self.unexpected(other.kind())),
+        }
+    }
+}
+
+/// `input`: one string or a list of strings, at most `max_inputs` of at most `max_chars`
+/// characters each. Token id lists are refused (this API takes text).
+pub struct Input(pub Limits);
+
+impl<'de> Field<'de> for Input {
+    type Value = Option<Vec<String>>;
+
+    fn unexpected(&self, kind: &str) -> ApiError {
+        ApiError::field(
+            "input",
+            format!("input must be a string or a list of strings, got {kind}"),
+        )
+    }
+
+    fn scalar(self, value: Scalar<'_>) -> Result<Option<Vec<String>>, ApiError> {
+        match value {
+            Scalar::Null => Ok(None),
+            Scalar::Text(text) => {
+                self.0.check_text(|| "input[0]".into(), text)?;
+                Ok(Some(vec![text.to_owned()]))
+            }
+            other => Err(self.unexpected(other.kind())),
+        }
+    }
+
+    fn list<S: SeqAccess<'de>>(self, items: S) -> Result<Self::Value, S::Error> {
+        bounded_list(items, self.0, "input", "texts", |index| InputItem {
+            index,
+            limits: self.0,
+        })
+        .map(Some)
+    }
+}
+
+/// One item of an `input` list.
+struct InputItem {
+    index: usize,
+    limits: Limits,
+}
+
+impl<'de> Field<'de> for InputItem {
+    type Value = String;
+
+    fn unexpected(&self, kind: &str) -> ApiError {
+        let index = self.index;
+        ApiError::field(
+            format!("input[{index}]"),
+            format!("input[{index}] must be a string, got {kind}"),
+        )
+    }
+
+    fn scalar(self, value: Scalar<'_>) -> Result<String, ApiError> {
+        match value {
+            Scalar::Text(text) => {
+                self.limits
+                    .check_text(|| format!("input[{}]", self.index), text)?;
+                Ok(text.to_owned())
+            }
+            Scalar::Unsigned(_) | Scalar::Signed(_) | Scalar::Float(_) => Err(token_ids()),
+            other => Err(self.unexpected(other.kind())),
+        }
+    }
+
+    fn list<S: SeqAccess<'de>>(self, items: S) -> Result<String, S::Error> {
+        drop(items);
+        Err(refuse(token_ids()))
+    }
+}
+
+fn token_ids() -> ApiError {
+    ApiError::field("input", "token id input is not supported; send text")
+}
+
+/// A list of documents (`documents`, `texts`): strings, or objects with a string `text` (as
+/// Cohere and Jina clients send them), within the limits. An empty list passes here; the
+/// service refuses it.
+pub struct Documents {
+    /// The field.
+    pub name: &'static str,
+    /// Count and length limits.
+    pub limits: Limits,
+}
+
+impl<'de> Field<'de> for Documents {
+    type Value = Option<Vec<String>>;
+
+    fn unexpected(&self, kind: &str) -> ApiError {
+        let name = self.name;
+        ApiError::field(
+            name,
+            format!("{name} must be a list of strings, got {kind}"),
+        )
+    }
+
+    fn scalar(self, value: Scalar<'_>) -> Result<Self::Value, ApiError> {
+        match value {
+            Scalar::Null => Ok(None),
+            other => Err(self.unexpected(other.kind())),
+        }
+    }
+
+    fn list<S: SeqAccess<'de>>(self, items: S) -> Result<Self::Value, S::Error> {
+        let (name, limits) = (self.name, self.limits);
+        bounded_list(items, limits, name, "documents", |index| Document {
+            name,
+            index,
+            limits,
+        })
+        .map(Some)
+    }
+}
+
+/// One item of a document list.
+struct Document {
+    name: &'static str,
+    index: usize,
+    limits: Limits,
+}
+
+impl Document {
+    fn param(&self) -> String {
+        format!("{}[{}]", self.name, self.index)
+    }
+
+    fn take(&self, text: &str) -> Result<String, ApiError> {
+        self.limits.check_text(|| self.param(), text)?;
+        Ok(text.to_owned())
+    }
+
+    fn not_text(&self) -> ApiError {
+        let param = self.param();
+        ApiError::field(
+            param.clone(),
+            format!("{param} must be a string or an object with a string `text`"),
+        )
+    }
+}
+
+impl<'de> Field<'de> for Document {
+    type Value = String;
+
+    fn unexpected(&self, kind: &str) -> ApiError {
+        let param = self.param();
+        ApiError::field(
+            param.clone(),
+            format!("{param} must be a string, got {kind}"),
+        )
+    }
+
+    fn scalar(self, value: Scalar<'_>) -> Result<String, ApiError> {
+        match value {
+            Scalar::Text(text) => self.take(text),
+            other => Err(self.unexpected(other.kind())),
+        }
+    }
+
+    fn object<M: MapAccess<'de>>(self, mut entries: M) -> Result<String, M::Error> {
+        let mut text = None;
+        while let Some(key) = entries.next_key::<DocumentKey>()? {
+            match key {
+                DocumentKey::Text => {
+                    text = Some(entries.next_value_seed(Take(DocumentText(&self)))?)
+                }
+                DocumentKey::Other => entries.next_value::<IgnoredAny>().map(drop)?,
+            }
+        }
+        text.ok_or_else(|| refuse(self.not_text()))
+    }
+}
+
+/// The keys of a document object: `text`, and others (ignored).
+#[derive(Deserialize)]
+#[serde(field_identifier, rename_all = "snake_case")]
+enum DocumentKey {
+    Text,
+    #[serde(other)]
+    Other,
+}
+
+/// The `text` of a document object.
+struct DocumentText<'a>(&'a Document);
+
+impl Field<'_> for DocumentText<'_> {
+    type Value = String;
+
+    fn unexpected(&self, _kind: &str) -> ApiError {
+        self.0.not_text()
+    }
+
+    fn scalar(self, value: Scalar<'_>) -> Result<String, ApiError> {
+        match value {
+            Scalar::Text(text) => self.0.take(text),
+            other => Err(self.unexpected(other.kind())),
+        }
+    }
+}
+
+/// Reads a list's items with `item(index)`, keeping at most `limits.max_inputs`; beyond
+/// that, the rest are only counted (not kept) for the refusal.
+fn bounded_list<'de, S, F>(
+    mut items: S,
+    limits: Limits,
+    field: &str,
+    noun: &str,
+    item: impl Fn(usize) -> F,
+) -> Result<Vec<String>, S::Error>
+where
+    S: SeqAccess<'de>,
+    F: Field<'de, Value = String>,
+{
+    let mut kept = Vec::new();
+    while kept.len() < limits.max_inputs {
+        match items.next_element_seed(Take(item(kept.len())))? {
+            Some(text) => kept.push(text),
+            None => return Ok(kept),
+        }
+    }
+    // At the limit: whatever follows is only counted, for the refusal.
+    let mut count = kept.len();
+    while items.next_element::<IgnoredAny>()?.is_some() {
+        count += 1;
+    }
+    limits.check_count(field, noun, count).map_err(refuse)?;
+    Ok(kept)
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::super::{EmbeddingsRequest, RerankRequest, SeedRequest, TeiRerankRequest, decode};
+    use super::*;
+
+    const LIMITS: Limits = Limits {
+        max_inputs: 3,
+        max_chars: 5,
+    };
+
+    fn embeddings(body: serde_json::Value) -> Result<EmbeddingsRequest, ApiError> {
+        decode(body.to_string().as_bytes(), LIMITS)
+    }
+
+    fn rerank(body: serde_json::Value) -> Result<RerankRequest, ApiError> {
+        decode(body.to_string().as_bytes(), LIMITS)
+    }
+
+    /// The `param` and message of a field refusal.
+    fn refusal<T: std::fmt::Debug>(result: Result<T, ApiError>) -> (String, String) {
+        match result {
+            Err(ApiError::InvalidField { param, message }) => (param, message),
+            other => panic!("expected a field refusal, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn input_accepts_string_or_list_and_names_bad_items() {
+        assert_eq!(embeddings(json!({"input": "a"})).unwrap().input, ["a"]);
+        assert_eq!(
+            embeddings(json!({"input": ["", " "]})).unwrap().input,
+            ["", " "]
+        );
+        let (param, message) = refusal(embeddings(json!({"input": ["a", {"x": 1}]})));
+        assert_eq!(param, "input[1]");
+        assert_eq!(message, "input[1] must be a string, got an object");
+        let (param, message) = refusal(embeddings(json!({"input": [[1, 2]]})));
+        assert_eq!(
+            (param.as_str(), message.as_str()),
+            ("input", "token id input is not supported; send text")
+        );
+        assert_eq!(refusal(embeddings(json!({"input": [1, 2]}))).0, "input");
+        assert_eq!(refusal(embeddings(json!({}))).1, "input is required");
+        assert_eq!(
+            refusal(embeddings(json!({"input": null}))).1,
+            "input is required"
+        );
+        assert_eq!(
+            refusal(embeddings(json!({"input": 5}))).1,
+            "input must be a string or a list of strings, got a number"
+        );
+    }
+
+    #[test]
+    fn limits_apply_while_reading() {
+        // At the limit: kept.
+        assert_eq!(
+            embeddings(json!({"input": ["a", "b", "c"]}))
+                .unwrap()
+                .input
+                .len(),
+            3
+        );
+        // Beyond it, the rest is only counted: the items past the limit are not read as texts
+        // (a token list there would be refused otherwise).
+        let (param, message) = refusal(embeddings(json!({"input": ["a", "b", "c", [1], 5]})));
+        assert_eq!(param, "input");
+        assert_eq!(
+            message,
+            "input has 5 texts; at most 3 are allowed per request"
+        );
+        // Characters, not bytes: five 2-byte characters pass, six do not.
+        assert!(embeddings(json!({"input": "ééééé"})).is_ok());
+        let (param, message) = refusal(embeddings(json!({"input": ["a", "éééééé"]})));
+        assert_eq!(param, "input[1]");
+        assert_eq!(message, "input[1] has 6 characters; at most 5 are allowed");
+        assert_eq!(
+            refusal(embeddings(json!({"input": "abcdef"}))).0,
+            "input[0]"
+        );
+        // Escaped strings are counted once unescaped.
+        assert!(decode::<EmbeddingsRequest>(br#"{"input": "\u00e9\n\t\"x"}"#, LIMITS).is_ok());
+        // The instruction has no length limit of its own (the body limit bounds it).
+        assert!(embeddings(json!({"input": "a", "instruction": "abcdefgh"})).is_ok());
+        let (param, message) = refusal(rerank(
+            json!({"query": "q", "documents": ["a", "b", "c", "d"]}),
+        ));
+        assert_eq!(param, "documents");
+        assert_eq!(
+            message,
+            "documents has 4 documents; at most 3 are allowed per request"
+        );
+        let (param, _) = refusal(rerank(
+            json!({"query": "q", "documents": ["a", {"text": "abcdef"}]}),
+        ));
+        assert_eq!(param, "documents[1]");
+        assert_eq!(
+            refusal(rerank(json!({"query": "abcdef", "documents": ["a"]}))).0,
+            "query"
+        );
+    }
+
+    #[test]
+    fn dimensions_must_be_a_positive_integer() {
+        assert_eq!(
+            embeddings(json!({"input": "a", "dimensions": 64}))
+                .unwrap()
+                .dimensions,
+            Some(64)
+        );
+        assert_eq!(
+            embeddings(json!({"input": "a", "dimensions": null}))
+                .unwrap()
+                .dimensions,
+            None
+        );
+        for (bad, message) in [
+            (json!(0), "dimensions must be at least 1, got 0"),
+            (json!(-3), "dimensions must be at least 1, got -3"),
+            (json!(1.5), "dimensions must be an integer, got 1.5"),
+            (json!("8"), "dimensions must be an integer, got a string"),
+            (json!(1u64 << 40), "dimensions 1099511627776 is too large"),
+            (
+                json!(u64::MAX),
+                "dimensions 18446744073709551615 is too large",
+            ),
+        ] {
+            let (param, got) = refusal(embeddings(json!({"input": "a", "dimensions": bad})));
+            assert_eq!(
+                (param.as_str(), got.as_str()),
+                ("dimensions", message),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn choices_flags_and_strings_name_their_field() {
+        let request = embeddings(json!({
+            "input": "a", "input_type": "passage", "encoding_format": "base64", "truncate": true,
+            "model": "m", "user": "ignored", "extra": {"deep": [1, {"x": null}]},
+        }))
+        .unwrap();
+        assert_eq!(request.input_type, Some(common::wire::InputType::Document));
+        assert_eq!(request.truncate, Some(true));
+        assert_eq!(request.model.as_deref(), Some("m"));
+        for (body, param, message) in [
+            (
+                json!({"input": "a", "input_type": "question"}),
+                "input_type",
+                "input_type must be `query` or `document`, got `question`",
+            ),
+            (
+                json!({"input": "a", "encoding_format": 1}),
+                "encoding_format",
+                "encoding_format must be a string, got a number",
+            ),
+            (
+                json!({"input": "a", "truncate": "yes"}),
+                "truncate",
+                "truncate must be true or false, got a string",
+            ),
+            (
+                json!({"input": "a", "model": 3}),
+                "model",
+                "model must be a string, got a number",
+            ),
+        ] {
+            let (got_param, got) = refusal(embeddings(body));
+            assert_eq!((got_param.as_str(), got.as_str()), (param, message));
+        }
+        let seed: Result<SeedRequest, _> =
+            decode(br#"{"input": ["a"], "is_query": "yes"}"#, LIMITS);
+        assert_eq!(
+            refusal(seed).1,
+            "is_query must be true or false, got a string"
+        );
+    }
+
+    #[test]
+    fn documents_take_strings_or_text_objects_and_name_bad_items() {
+        let request = rerank(
+            json!({"query": "", "documents": ["a", {"text": "b", "id": 7}, ""], "top_n": 2}),
+        )
+        .unwrap();
+        assert_eq!(request.documents, ["a", "b", ""]);
+        assert_eq!(request.top_n, Some(2));
+        assert_eq!(
+            refusal(rerank(json!({"query": "q", "documents": ["a", 3]}))).0,
+            "documents[1]"
+        );
+        assert_eq!(
+            refusal(rerank(json!({"query": "q", "documents": [{"title": "x"}]}))).1,
+            "documents[0] must be a string or an object with a string `text`"
+        );
+        assert_eq!(
+            refusal(rerank(json!({"query": "q", "documents": "a"}))).0,
+            "documents"
+        );
+        assert_eq!(
+            refusal(rerank(json!({"documents": ["a"]}))).1,
+            "query is required"
+        );
+        assert_eq!(
+            refusal(rerank(json!({"query": "q"}))).1,
+            "documents is required"
+        );
+        for bad in [json!(0), json!(-1), json!(1.5)] {
+            assert_eq!(
+                refusal(rerank(
+                    json!({"query": "q", "documents": ["a"], "top_n": bad})
+                ))
+                .0,
+                "top_n"
+            );
+        }
+        let tei: TeiRerankRequest = decode(
+            br#"{"query": "q", "texts": ["a"], "raw_scores": true, "documents": 5}"#,
+            LIMITS,
+        )
+        .unwrap();
+        assert_eq!(
+            (tei.texts, tei.raw_scores),
+            (vec!["a".to_string()], Some(true))
+        );
+    }
+
+    #[test]
+    fn body_errors_are_precise() {
+        let body = |bytes: &[u8]| decode::<EmbeddingsRequest>(bytes, LIMITS);
+        assert!(matches!(
+            body(b"{\"input\": \"\xff\"}"),
+            Err(ApiError::InvalidUtf8 { offset: 11 })
+        ));
+        assert!(
+            matches!(body(b"[1]"), Err(ApiError::InvalidJson(m)) if m == "expected an object, got a list")
+        );
+        assert!(matches!(body(b"  "), Err(ApiError::InvalidJson(m)) if m == "the body is empty"));
+        assert!(matches!(
+            body(b"{\"input\":"),
+            Err(ApiError::InvalidJson(_))
+        ));
+        assert!(matches!(
+            body(b"{\"input\": \"a\"} x"),
+            Err(ApiError::InvalidJson(_))
+        ));
+        // Deep nesting in an ignored field is skipped without recursion (no stack overflow).
+        let deep = format!(
+            "{{\"input\": \"a\", \"x\": {}{}}}",
+            "[".repeat(100_000),
+            "]".repeat(100_000)
+        );
+        assert!(matches!(
+            body(deep.as_bytes()),
+            Ok(request) if request.input == ["a"]
+        ));
+        // A syntax error after a refusal-free prefix is not mistaken for a stale refusal.
+        assert!(body(b"{\"input\": 5}").is_err());
+        assert!(matches!(
+            body(b"{\"input\": \"a\",}"),
+            Err(ApiError::InvalidJson(_))
+        ));
+        // Duplicate keys: the last one counts, as with any JSON object.
+        assert_eq!(
+            body(br#"{"input": "a", "input": "b"}"#).unwrap().input,
+            ["b"]
+        );
+    }
+}

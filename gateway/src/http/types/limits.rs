@@ -1,0 +1,65 @@
+//! The request limits that protect the service (`max_inputs_per_request`, `max_input_chars`)
+//! and the one wording of their refusals, shared by body decoding and [`crate::service`].
+
+use crate::config::GatewayConfig;
+use crate::http::error::ApiError;
+
+/// How many texts a request may carry and how long each may be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Texts (inputs or documents) per request.
+    pub max_inputs: usize,
+    /// Characters (Unicode scalar values) per text and query.
+    pub max_chars: usize,
+}
+
+impl Limits {
+    /// The limits `config` sets.
+    pub fn from_config(config: &GatewayConfig) -> Self {
+        Self {
+            max_inputs: config.max_inputs_per_request,
+            max_chars: config.max_input_chars,
+        }
+    }
+
+    /// Refuses `count` texts in `field` (counted as `noun`s) when over the limit.
+    pub fn check_count(&self, field: &str, noun: &str, count: usize) -> Result<(), ApiError> {
+        if count <= self.max_inputs {
+            return Ok(());
+        }
+        Err(ApiError::field(
+            field,
+            format!(
+                "{field} has {count} {noun}; at most {} are allowed per request",
+                self.max_inputs
+            ),
+        ))
+    }
+
+    /// Refuses `text` when it has more than `max_chars` characters; `param` names it.
+    pub fn check_text(&self, param: impl FnOnce() -> String, text: &str) -> Result<(), ApiError> {
+        // Characters are never more than bytes: count only texts that could be over.
+        if text.len() <= self.max_chars {
+            return Ok(());
+        }
+        let chars = text.chars().count();
+        if chars <= self.max_chars {
+            return Ok(());
+        }
+        let param = param();
+        Err(ApiError::field(
+            param.clone(),
+            format!(
+                "{param} has {chars} characters; at most {} are allowed",
+                self.max_chars
+            ),
+        ))
+    }
+}
+
+impl Default for Limits {
+    /// The limits of the default configuration.
+    fn default() -> Self {
+        Self::from_config(&GatewayConfig::default())
+    }
+}
