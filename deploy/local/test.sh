@@ -11,6 +11,8 @@ export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 deploy/local/setup.sh
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
+# The fuzz targets (their own workspace, run by hand with cargo fuzz) must keep compiling.
+cargo check --manifest-path fuzz/Cargo.toml --locked
 deploy/local/check-kernels.sh
 # The fault tests run the real binaries as child processes; cargo test does not build them.
 cargo build --workspace --bins --locked
