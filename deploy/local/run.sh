@@ -6,11 +6,19 @@
 # that exits before the stack is healthy stops it all (exit 1). Ctrl-C or SIGTERM stops
 # every process it started.
 #
-#   deploy/local/run.sh --model DIR_OR_HUB_ID [--port N] [--backend cpu|cuda|auto]
+#   deploy/local/run.sh --model DIR_OR_HUB_ID [--host ADDR] [--port N] [--backend cpu|cuda|auto]
 #                       [--tokenizer-workers N] [--gpu-workers N] [--profile dev|production]
 #                       [--nats-url URL] [--rerank-model DIR_OR_HUB_ID]
+#                       [--secure|--no-secure] [--nats-auth-dir DIR]
+#   --host is the gateway's bind address: 127.0.0.1 (this machine only) by default; 0.0.0.0
+#   serves every interface, which the production profile allows only with API keys
+#   (QWEN3_EMBED_API_KEYS or QWEN3_EMBED__GATEWAY__API_KEYS_FILE).
 #   --rerank-model also starts a rerank tokenizer worker and a rerank GPU worker (as many as
 #   --tokenizer-workers / --gpu-workers) for POST /v1/rerank and /rerank.
+#   --secure (the default of --profile production) gives every process its own NATS identity
+#   and NKey (nats-auth writes them once into --nats-auth-dir, default target/run/nats-auth,
+#   and the nats-server run.sh starts admits only them). With --nats-url the server is
+#   yours: --secure then needs --nats-auth-dir, the seeds of the auth.conf it runs.
 # With QWEN3_EMBED_BIN_DIR set it runs the binaries there as they are (no set-up, no build:
 # a machine without Rust, such as the GPU machine of deploy/gpu/serve.sh), and NATS_SERVER
 # names the nats-server binary (default .venv/bin/nats-server).
@@ -19,6 +27,7 @@ repo=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$repo"
 
 model="Qwen/Qwen3-Embedding-0.6B"
+host=127.0.0.1
 port=4008
 backend=auto
 profile=dev
@@ -26,11 +35,14 @@ nats_url=""
 tokenizer_workers=""
 gpu_workers=""
 rerank_model=""
+secure=""        # on, off, or empty: the profile decides
+nats_auth_dir="" # where the NATS seeds are (or are written)
 
-usage() { sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; }
 while (($#)); do
   case "$1" in
     --model) model=$2; shift 2 ;;
+    --host) host=$2; shift 2 ;;
     --port) port=$2; shift 2 ;;
     --backend) backend=$2; shift 2 ;;
     --tokenizer-workers) tokenizer_workers=$2; shift 2 ;;
@@ -38,6 +50,9 @@ while (($#)); do
     --profile) profile=$2; shift 2 ;;
     --nats-url) nats_url=$2; shift 2 ;;
     --rerank-model) rerank_model=$2; shift 2 ;;
+    --secure) secure=on; shift ;;
+    --no-secure) secure=off; shift ;;
+    --nats-auth-dir) nats_auth_dir=$2; shift 2 ;;
     -h|--help) usage; exit 0 ;;
     *) echo "run.sh: unknown argument $1" >&2; usage >&2; exit 2 ;;
   esac
@@ -45,6 +60,15 @@ done
 
 config_dir="$repo/deploy/config"
 [[ -f "$config_dir/$profile.toml" ]] || { echo "run.sh: no profile $config_dir/$profile.toml" >&2; exit 2; }
+# NATS identities: on by default in production.
+if [[ -z "$secure" ]]; then
+  secure=off
+  [[ "$profile" == production ]] && secure=on
+fi
+if [[ "$secure" == on && -n "$nats_url" && -z "$nats_auth_dir" ]]; then
+  echo "run.sh: --secure with --nats-url needs --nats-auth-dir DIR: the seeds (nats-auth --out DIR) of the auth.conf that server runs" >&2
+  exit 2
+fi
 
 # Replica counts: flags, else the profile's [replicas], else default.toml's.
 replicas() { # key
@@ -93,10 +117,10 @@ if [[ -n "${QWEN3_EMBED_BIN_DIR:-}" ]]; then
 else
   deploy/local/setup.sh >/dev/null
   bin_dir="${CARGO_TARGET_DIR:-$repo/target}/release"
-  for bin in gateway tokenizer-worker gpu-worker; do
+  for bin in gateway tokenizer-worker gpu-worker nats-auth; do
     if [[ ! -x "$bin_dir/$bin" || -n "$(find . -path ./target -prune -o -name '*.rs' -newer "$bin_dir/$bin" -print -quit)" ]]; then
       echo "run.sh: building release binaries"
-      cargo build --release --bin gateway --bin tokenizer-worker --bin gpu-worker
+      cargo build --release --bin gateway --bin tokenizer-worker --bin gpu-worker --bin nats-auth
       break
     fi
   done
@@ -222,37 +246,67 @@ stop_all() {
 trap 'stop_all; exit 0' INT TERM
 trap stop_all EXIT
 
+# NATS identities (--secure): one seed per role in $nats_auth_dir. run.sh writes them (once:
+# nats-auth keeps the seeds it finds) when it starts the server itself; an external
+# server's operator hands them over.
+identity_env=() # identity_env ROLE: sets it to the env(1) arguments of ROLE's identity
+identity() {
+  identity_env=()
+  [[ "$secure" == on ]] || return 0
+  local seed="$nats_auth_dir/$1.nk"
+  [[ -r "$seed" ]] || { echo "run.sh: no NATS seed $seed for role $1" >&2; exit 2; }
+  identity_env=(env "QWEN3_EMBED__NATS__IDENTITY=$1" "QWEN3_EMBED__NATS__NKEY_FILE=$seed")
+}
+if [[ "$secure" == on ]]; then
+  if [[ -z "$nats_url" ]]; then
+    nats_auth_dir=${nats_auth_dir:-$repo/target/run/nats-auth}
+    "$bin_dir/nats-auth" --out "$nats_auth_dir" >/dev/null
+    # JetStream and the users nats-auth wrote (an include is read relative to this file).
+    printf '# Written by deploy/local/run.sh --secure.\njetstream: enabled\ninclude "auth.conf"\n' \
+      >"$nats_auth_dir/nats-server.conf"
+  fi
+  [[ -d "$nats_auth_dir" ]] || { echo "run.sh: no NATS seed directory $nats_auth_dir (nats-auth --out DIR writes one)" >&2; exit 2; }
+  nats_auth_dir=$(cd "$nats_auth_dir" && pwd)
+fi
+
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 if [[ -z "$nats_url" ]]; then
   nats_port=$(free_port)
   # A restarted nats-server gets the same port and store (file-stored batches survive).
   nats_store=$(mktemp -d)
   nats_slot=${#names[@]}
-  add nats-server "$nats_server" -a 127.0.0.1 -p "$nats_port" -js -sd "$nats_store"
+  nats_args=(-a 127.0.0.1 -p "$nats_port" -js -sd "$nats_store")
+  [[ "$secure" == off ]] || nats_args+=(-c "$nats_auth_dir/nats-server.conf")
+  add nats-server "$nats_server" "${nats_args[@]}"
   launch "$nats_slot"
   nats_url="nats://127.0.0.1:$nats_port"
   for _ in $(seq 100); do (: >"/dev/tcp/127.0.0.1/$nats_port") 2>/dev/null && break; sleep 0.1; done
 fi
 
 export QWEN3_EMBED_CONFIG_DIR="$config_dir" QWEN3_EMBED_PROFILE="$profile" NATS_URL="$nats_url"
+identity gpu
 for i in $(seq "$gpu_workers"); do
-  add "gpu-worker #$i" "$bin_dir/gpu-worker" --model-dir "$model_dir" --model-name "$model_name" --backend "$backend"
+  add "gpu-worker #$i" "${identity_env[@]}" "$bin_dir/gpu-worker" --model-dir "$model_dir" --model-name "$model_name" --backend "$backend"
 done
+identity tokenizer
 for i in $(seq "$tokenizer_workers"); do
-  add "tokenizer-worker #$i" "$bin_dir/tokenizer-worker" --model-dir "$model_dir" --model-name "$model_name"
+  add "tokenizer-worker #$i" "${identity_env[@]}" "$bin_dir/tokenizer-worker" --model-dir "$model_dir" --model-name "$model_name"
 done
-gateway_args=(--port "$port" --model "$model_name")
+gateway_args=(--host "$host" --port "$port" --model "$model_name")
 if [[ -n "$rerank_dir" ]]; then
   # The reranker's own pools: rerank GPU workers pull only the rerank stream.
+  identity rerank-gpu
   for i in $(seq "$gpu_workers"); do
-    add "rerank gpu-worker #$i" "$bin_dir/gpu-worker" --task rerank --model-dir "$rerank_dir" --model-name "$rerank_name" --backend "$backend"
+    add "rerank gpu-worker #$i" "${identity_env[@]}" "$bin_dir/gpu-worker" --task rerank --model-dir "$rerank_dir" --model-name "$rerank_name" --backend "$backend"
   done
+  identity rerank-tokenizer
   for i in $(seq "$tokenizer_workers"); do
-    add "rerank tokenizer-worker #$i" "$bin_dir/tokenizer-worker" --task rerank --model-dir "$rerank_dir" --model-name "$rerank_name"
+    add "rerank tokenizer-worker #$i" "${identity_env[@]}" "$bin_dir/tokenizer-worker" --task rerank --model-dir "$rerank_dir" --model-name "$rerank_name"
   done
   gateway_args+=(--rerank-model "$rerank_name")
 fi
-add gateway "$bin_dir/gateway" "${gateway_args[@]}"
+identity gateway
+add gateway "${identity_env[@]}" "$bin_dir/gateway" "${gateway_args[@]}"
 for slot in "${!names[@]}"; do
   [[ -n ${pids[slot]} ]] || launch "$slot"
 done
@@ -260,7 +314,11 @@ done
 # Start-up: a process that exits before the stack is healthy stops run.sh. A bad flag, a
 # model it cannot load or a port in use fails the same way on every try: better said at
 # once than restarted for 5 minutes. Supervision starts once /health answers 200.
-url="http://127.0.0.1:$port"
+case "$host" in
+  0.0.0.0 | :: | 127.0.0.1) url="http://127.0.0.1:$port" ;;
+  *:*) url="http://[$host]:$port" ;;
+  *) url="http://$host:$port" ;;
+esac
 healthy() {
   python3 -c "import urllib.request,sys; sys.exit(0 if urllib.request.urlopen('$url/health', timeout=1).status == 200 else 1)" 2>/dev/null
 }
@@ -268,6 +326,7 @@ for _ in $(seq 600); do
   if healthy; then
     echo "run.sh: ready at $url  (OpenAI API: $url/v1/embeddings, seed API: $url/api/v1/embedding/api)"
     echo "run.sh: $tokenizer_workers tokenizer worker(s), $gpu_workers GPU worker(s), backend $backend, NATS $nats_url; Ctrl-C stops"
+    if [[ "$secure" == on ]]; then echo "run.sh: NATS identities on: seeds in $nats_auth_dir (operator.nk for nats CLI work, client.nk for external clients)"; fi
     if [[ -n "$rerank_dir" ]]; then echo "run.sh: reranker $rerank_name: $url/v1/rerank, $url/rerank"; fi
     processes=""
     for slot in "${!names[@]}"; do processes+="${names[slot]} (pid ${pids[slot]}), "; done

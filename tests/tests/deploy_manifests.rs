@@ -94,22 +94,17 @@ fn stream_and_consumer(task: Task) -> (String, &'static str) {
     (shipped_subjects().batch_stream_for(task), consumer)
 }
 
-/// The paths the gateway serves (gateway/src/http/mod.rs, `{prefix}` = the root_path).
+/// The paths the gateway serves under the shipped `root_path` (its own route table).
 fn gateway_routes() -> BTreeSet<String> {
-    let router = read("gateway/src/http/mod.rs");
     let root_path = default_toml()["gateway"]["root_path"]
         .as_str()
         .expect("[gateway] root_path")
         .to_string();
-    let mut routes = BTreeSet::new();
-    for piece in router.split(".route(").skip(1) {
-        if let Some(rest) = piece.strip_prefix('"') {
-            routes.insert(rest[..rest.find('"').unwrap()].to_string());
-        } else if let Some(rest) = piece.strip_prefix("&format!(\"{prefix}") {
-            routes.insert(format!("{root_path}{}", &rest[..rest.find('"').unwrap()]));
-        }
-    }
-    assert!(routes.contains("/health"), "routes parsed: {routes:?}");
+    let routes: BTreeSet<String> = gateway::http::routes::routes(&root_path)
+        .into_iter()
+        .map(|route| route.path)
+        .collect();
+    assert!(routes.contains("/health"), "routes: {routes:?}");
     routes
 }
 
@@ -330,7 +325,8 @@ fn dockerfile_images() -> BTreeMap<String, ImageSource> {
                 .unwrap_or_default()
                 .to_string();
             assert!(
-                ["gateway", "tokenizer-worker", "gpu-worker"].contains(&binary.as_str()),
+                ["gateway", "tokenizer-worker", "gpu-worker", "nats-auth"]
+                    .contains(&binary.as_str()),
                 "{relative} {}: ENTRYPOINT runs {binary}",
                 stage.name
             );
@@ -387,6 +383,7 @@ fn dockerfile_images() -> BTreeMap<String, ImageSource> {
         "qwen3-embed/tokenizer-worker",
         "qwen3-embed/gpu-worker-cpu",
         "qwen3-embed/gpu-worker-cuda",
+        "qwen3-embed/nats-auth",
     ] {
         assert!(images.contains_key(name), "no Dockerfile builds {name}");
     }
@@ -528,13 +525,14 @@ fn compose_files_agree_with_the_code() {
             nats_args.iter().any(|a| a == "-js" || a == "--jetstream"),
             "{file}: NATS without JetStream"
         );
+        check_compose_nats_auth(&doc, &images, file);
         let mut gpu_devices = Vec::new();
         let mut tokenizer_batch = 0.0_f64;
         let mut gpu_batches = Vec::new();
         for (name, service) in services {
             let name = yaml_str(name);
             let context = format!("{file} service {name}");
-            if name == "nats" {
+            if name == "nats" || name == NATS_AUTH_SERVICE {
                 continue;
             }
             let image = yaml_str(&service["image"]);
@@ -569,6 +567,19 @@ fn compose_files_agree_with_the_code() {
                     .find(|v| v["target"].as_str() == Some(target))
                     .unwrap_or_else(|| panic!("{context}: nothing mounted at {target}"))
             };
+            // Its own NATS identity, and that role's seed from the nats-auth volume.
+            let role = expected_role(&source.binary, &strings(&service["command"]));
+            assert_eq!(
+                env.get(IDENTITY_ENV).map(String::as_str),
+                Some(role),
+                "{context}: NATS identity"
+            );
+            let seed = &env[NKEY_FILE_ENV];
+            let (seed_dir, seed_file) = seed.rsplit_once('/').expect("a seed path");
+            assert_eq!(seed_file, format!("{role}.nk"), "{context}: seed");
+            let seeds = target_of(seed_dir);
+            assert_eq!(yaml_str(&seeds["source"]), NATS_AUTH_SERVICE, "{context}");
+            assert_eq!(seeds["read_only"].as_bool(), Some(true), "{context}");
             let config = target_of(&env["QWEN3_EMBED_CONFIG_DIR"]);
             assert_eq!(yaml_str(&config["source"]), "./config", "{context}");
             assert_eq!(config["read_only"].as_bool(), Some(true), "{context}");
@@ -659,6 +670,105 @@ fn compose_files_agree_with_the_code() {
     }
 }
 
+/// The compose service (and volume) that writes the NATS identities.
+const NATS_AUTH_SERVICE: &str = "nats-auth";
+
+/// The settings naming a process's NATS identity and its seed file.
+const IDENTITY_ENV: &str = "QWEN3_EMBED__NATS__IDENTITY";
+/// See [`IDENTITY_ENV`].
+const NKEY_FILE_ENV: &str = "QWEN3_EMBED__NATS__NKEY_FILE";
+
+/// The `nats-auth` role of a process running `binary` with `args`.
+fn expected_role(binary: &str, args: &[String]) -> &'static str {
+    let rerank = args
+        .windows(2)
+        .any(|w| w[0] == "--task" && w[1] == "rerank");
+    match (binary, rerank) {
+        ("gateway", _) => "gateway",
+        ("tokenizer-worker", false) => "tokenizer",
+        ("tokenizer-worker", true) => "rerank-tokenizer",
+        ("gpu-worker", false) => "gpu",
+        ("gpu-worker", true) => "rerank-gpu",
+        _ => panic!("no role for {binary} {args:?}"),
+    }
+}
+
+/// The Kubernetes Secret holding auth.conf and the seeds.
+const NATS_AUTH_SECRET: &str = "qwen3-embed-nats-auth";
+
+/// The users `nats-auth` writes for the shipped prefix: auth.conf holds one NKey user per
+/// role, with allow lists.
+fn nats_auth_conf() -> String {
+    let dir = std::env::temp_dir().join(format!("deploy-manifests-auth-{}", std::process::id()));
+    let settings = embed_jsonl::nats_auth::Settings {
+        out: dir.clone(),
+        prefix: shipped_subjects().prefix().to_string(),
+        clients: vec![embed_jsonl::nats_auth::DEFAULT_CLIENT.into()],
+        rotate: vec![],
+    };
+    embed_jsonl::nats_auth::generate(&settings).expect("nats-auth writes the credentials");
+    let conf = read(dir.join(embed_jsonl::nats_auth::AUTH_CONF));
+    std::fs::remove_dir_all(&dir).unwrap();
+    conf
+}
+
+/// A compose file's nats-server admits only the users of the one-shot `nats-auth` service:
+/// the shipped server configuration includes the auth.conf it writes into their shared
+/// volume, and the server starts after it.
+fn check_compose_nats_auth(doc: &Value, images: &BTreeMap<String, ImageSource>, file: &str) {
+    let auth = &doc["services"][NATS_AUTH_SERVICE];
+    let image = yaml_str(&auth["image"]);
+    assert_eq!(
+        images[image_repository(&image)].binary,
+        "nats-auth",
+        "{file}: the {NATS_AUTH_SERVICE} service runs nats-auth"
+    );
+    assert!(
+        strings(&auth["volumes"])
+            .iter()
+            .any(|v| v.starts_with(&format!("{NATS_AUTH_SERVICE}:/"))),
+        "{file}: nats-auth writes into the {NATS_AUTH_SERVICE} volume"
+    );
+    assert!(doc["volumes"].get(NATS_AUTH_SERVICE).is_some(), "{file}");
+    let nats = &doc["services"]["nats"];
+    assert_eq!(
+        nats["depends_on"][NATS_AUTH_SERVICE]["condition"], "service_completed_successfully",
+        "{file}: nats starts once the credentials are written"
+    );
+    let args = strings(&nats["command"]);
+    let config = args
+        .windows(2)
+        .find(|w| w[0] == "--config" || w[0] == "-c")
+        .map(|w| w[1].clone())
+        .unwrap_or_else(|| panic!("{file}: nats runs no configuration file"));
+    let volumes = strings(&nats["volumes"]);
+    let mounted_from = |target: &str| {
+        volumes
+            .iter()
+            .find_map(|v| {
+                let mut parts = v.split(':');
+                let (source, at) = (parts.next()?, parts.next()?);
+                (at == target).then(|| source.to_string())
+            })
+            .unwrap_or_else(|| panic!("{file}: nothing mounted at {target} in nats"))
+    };
+    let source = mounted_from(&config);
+    let shipped = read(Path::new("deploy").join(&source));
+    let include = shipped
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("include "))
+        .map(|i| i.trim_matches('"').to_string())
+        .unwrap_or_else(|| panic!("{file}: {source} includes no auth.conf"));
+    let config_dir = config.rsplit_once('/').unwrap().0;
+    let (include_dir, include_file) = include.rsplit_once('/').unwrap();
+    assert_eq!(include_file, embed_jsonl::nats_auth::AUTH_CONF, "{file}");
+    assert_eq!(
+        mounted_from(&format!("{config_dir}/{include_dir}")),
+        NATS_AUTH_SERVICE,
+        "{file}: the included auth.conf comes from the {NATS_AUTH_SERVICE} volume"
+    );
+}
+
 // ---------------------------------------------------------------------------------------
 // Kubernetes.
 // ---------------------------------------------------------------------------------------
@@ -744,12 +854,29 @@ fn k8s_manifests_agree_with_the_code() {
             .as_sequence()
             .expect("env")
             .iter()
-            .map(|e| (yaml_str(&e["name"]), yaml_str(&e["value"])))
+            .map(|e| {
+                // A value from a Secret (`valueFrom`) has no literal value.
+                let value = e["value"].as_str().unwrap_or_default().to_string();
+                (yaml_str(&e["name"]), value)
+            })
             .collect();
         for name in env.keys() {
             check_env_name(name, &known, &defaults, &context);
         }
         assert_eq!(env["QWEN3_EMBED_PROFILE"], "production", "{context}");
+        if context.contains("gateway") {
+            // Production serves a public address only with API keys: from a Secret.
+            let keys = container["env"]
+                .as_sequence()
+                .expect("env")
+                .iter()
+                .find(|e| e["name"].as_str() == Some("QWEN3_EMBED_API_KEYS"))
+                .unwrap_or_else(|| panic!("{context}: no QWEN3_EMBED_API_KEYS"));
+            assert!(
+                keys["valueFrom"]["secretKeyRef"]["name"].as_str().is_some(),
+                "{context}: the API keys come from a Secret"
+            );
+        }
         assert!(env["NATS_URL"].starts_with("nats://nats."), "{context}");
         let mounts = container["volumeMounts"]
             .as_sequence()
@@ -776,6 +903,27 @@ fn k8s_manifests_agree_with_the_code() {
             "qwen3-embed-config",
             "{context}"
         );
+        // Its own NATS identity, and only that role's seed out of the Secret.
+        let role = expected_role(&source.binary, &strings(&container["args"]));
+        assert_eq!(
+            env.get(IDENTITY_ENV).map(String::as_str),
+            Some(role),
+            "{context}: NATS identity"
+        );
+        let seed = &env[NKEY_FILE_ENV];
+        let seeds = volume_of(mount_of(seed));
+        assert_eq!(
+            seeds["secret"]["secretName"], NATS_AUTH_SECRET,
+            "{context}: seed"
+        );
+        let items: Vec<String> = seeds["secret"]["items"]
+            .as_sequence()
+            .unwrap_or_else(|| panic!("{context}: the whole Secret is mounted"))
+            .iter()
+            .map(|item| yaml_str(&item["key"]))
+            .collect();
+        assert_eq!(items, [format!("{role}.nk")], "{context}: seeds mounted");
+        assert!(seed.ends_with(&format!("/{role}.nk")), "{context}: {seed}");
         if source.binary != "gateway" {
             let model = mount_of(&env["QWEN3_EMBED_MODEL_DIR"]);
             assert_eq!(model["readOnly"].as_bool(), Some(true), "{context}");
@@ -890,6 +1038,43 @@ fn k8s_manifests_agree_with_the_code() {
         Some(true)
     );
     assert_eq!(values["config"]["monitor"]["port"].as_u64(), Some(8222));
+    // ... and admits only the users of nats-auth's auth.conf, mounted from the Secret.
+    let include = yaml_str(&values["config"]["merge"]["$include"]);
+    assert!(
+        include.ends_with(&format!("/{}", embed_jsonl::nats_auth::AUTH_CONF)),
+        "nats-values.yaml includes {include}"
+    );
+    let volumes = values["podTemplate"]["patch"]
+        .as_sequence()
+        .expect("podTemplate.patch adds the Secret volume");
+    assert!(
+        volumes.iter().any(|p| {
+            let secret = &p["value"]["secret"];
+            secret["secretName"] == NATS_AUTH_SECRET
+                && secret["items"].as_sequence().is_some_and(|items| {
+                    items.len() == 1 && items[0]["key"] == embed_jsonl::nats_auth::AUTH_CONF
+                })
+        }),
+        "nats-values.yaml mounts auth.conf (only) from {NATS_AUTH_SECRET}"
+    );
+    let readme = read("deploy/k8s/README.md");
+    assert!(
+        readme.contains("nats-auth --out") && readme.contains(NATS_AUTH_SECRET),
+        "deploy/k8s/README.md explains the Secret"
+    );
+    let conf = nats_auth_conf();
+    for role in [
+        "gateway",
+        "tokenizer",
+        "gpu",
+        "rerank-tokenizer",
+        "rerank-gpu",
+    ] {
+        assert!(
+            conf.contains(&format!("# {role}\n")),
+            "auth.conf has no {role}"
+        );
+    }
     assert!(read("deploy/k8s/README.md").contains("nats/nats"));
 
     // Kustomize lists every manifest and only images the Dockerfiles build.
