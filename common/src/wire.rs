@@ -38,8 +38,32 @@ pub enum InputType {
     Document,
 }
 
+/// Which end of an over-long input truncation keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TruncationDirection {
+    /// Cut tokens from the left (the start): the end of the text is kept (TEI `Left`,
+    /// Cohere `START`).
+    Left,
+    /// Cut tokens from the right (the end): the start of the text is kept (TEI `Right`,
+    /// Cohere `END`).
+    #[default]
+    Right,
+}
+
+/// The traffic class of a request: interactive work goes before bulk work.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Priority {
+    /// Latency matters (queries, small requests).
+    #[default]
+    Interactive,
+    /// Throughput matters (indexing jobs, large document batches).
+    Bulk,
+}
+
 /// A public embedding request, published on the request subject with a reply subject.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct EmbedRequest {
     /// Caller's id, echoed in every reply so replies can be matched to requests.
     pub id: String,
@@ -79,6 +103,12 @@ pub struct EmbedRequest {
     /// when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bundle_to: Option<String>,
+    /// Which end truncation keeps (with `truncate`); the right end is cut when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub truncation_direction: Option<TruncationDirection>,
+    /// The request's traffic class; chosen by the tokenizer worker from its size when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<Priority>,
 }
 
 /// The acknowledgement a tokenizer worker sends (when the request set `ack`) once all of a
@@ -151,7 +181,7 @@ impl EmbedChunk {
 
 /// A public rerank request, published on the rerank subject with a reply subject: score each
 /// document's relevance to the query.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct RerankRequest {
     /// Caller's id, echoed in every reply.
     pub id: String,
@@ -179,6 +209,10 @@ pub struct RerankRequest {
     /// [`EmbedRequest::ack`]. Off when absent.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub ack: bool,
+    /// The request's traffic class; chosen by the rerank tokenizer worker from its size when
+    /// absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<Priority>,
 }
 
 /// One slice of the answer to a `RerankRequest`: documents `offset..offset + count` of

@@ -215,6 +215,7 @@ fn embed_request() -> impl Strategy<Value = EmbedRequest> {
                     timeout_ms,
                     ack,
                     bundle_to,
+                    ..Default::default()
                 }
             },
         )
@@ -242,6 +243,7 @@ fn rerank_request() -> impl Strategy<Value = RerankRequest> {
                     deadline_ms,
                     timeout_ms,
                     ack,
+                    ..Default::default()
                 }
             },
         )

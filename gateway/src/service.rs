@@ -165,6 +165,7 @@ impl EmbedService {
                 // Set by the upstream from its configuration.
                 ack: false,
                 bundle_to: None,
+                ..Default::default()
             };
             let fresh = self
                 .upstream
@@ -205,6 +206,7 @@ impl EmbedService {
             // Set by the upstream at each publication: what is left of `deadline` then.
             timeout_ms: None,
             ack: false,
+            ..Default::default()
         };
         let scored = self
             .upstream

@@ -111,6 +111,7 @@ async fn assert_golden_over_nats_with_a_timeout(nats: &async_nats::Client, what:
         timeout_ms: Some(20_000),
         ack: true,
         bundle_to: None,
+        ..Default::default()
     };
     let (vectors, _) = embed_over_nats(nats, &request)
         .await

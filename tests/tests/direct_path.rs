@@ -32,6 +32,7 @@ fn document_request(case: &Value, id: &str) -> EmbedRequest {
         timeout_ms: None,
         ack: true,
         bundle_to: None,
+        ..Default::default()
     }
 }
 

@@ -39,6 +39,7 @@ fn request(
         timeout_ms: None,
         ack: false,
         bundle_to: None,
+        ..Default::default()
     }
 }
 

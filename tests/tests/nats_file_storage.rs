@@ -43,6 +43,7 @@ fn case_request(case: &Value, id: String) -> EmbedRequest {
         timeout_ms: None,
         ack: true,
         bundle_to: None,
+        ..Default::default()
     }
 }
 

@@ -406,6 +406,7 @@ fn document_request(id: &str, text: &str) -> EmbedRequest {
         timeout_ms: None,
         ack: false,
         bundle_to: None,
+        ..Default::default()
     }
 }
 

@@ -49,6 +49,7 @@ fn embed_request(id: &str, text: &str) -> EmbedRequest {
         timeout_ms: Some(20_000),
         ack: false,
         bundle_to: None,
+        ..Default::default()
     }
 }
 
@@ -296,6 +297,7 @@ fn rerank_request(
         deadline_ms: None,
         timeout_ms: Some(20_000),
         ack: false,
+        ..Default::default()
     }
 }
 

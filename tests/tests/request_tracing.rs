@@ -167,6 +167,7 @@ async fn one_request_is_followed_across_the_three_stages() {
         timeout_ms: None,
         ack: false,
         bundle_to: None,
+        ..Default::default()
     };
     let mut headers = async_nats::HeaderMap::new();
     headers.insert(REQUEST_ID_HEADER, "nats-caller-7");

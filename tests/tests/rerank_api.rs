@@ -37,6 +37,7 @@ fn request(
         deadline_ms: None,
         timeout_ms: None,
         ack: false,
+        ..Default::default()
     }
 }
 

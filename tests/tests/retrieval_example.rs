@@ -134,6 +134,7 @@ async fn retrieval_example_embeds_searches_and_reranks() {
             deadline_ms: None,
             timeout_ms: None,
             ack: false,
+            ..Default::default()
         },
     )
     .await

@@ -106,6 +106,7 @@ fn request(texts: &[&(String, Vec<f32>)], ack: bool) -> EmbedRequest {
         timeout_ms: None,
         ack,
         bundle_to: None,
+        ..Default::default()
     }
 }
 
@@ -413,6 +414,7 @@ async fn same_id_rerank_requesters_get_their_own_scores_and_acknowledgements() {
         deadline_ms: None,
         timeout_ms: None,
         ack: true,
+        ..Default::default()
     };
     let (mine, theirs) = (request(&cases[0], 3), request(&cases[1], 1));
     let first_replies = publish_for_replies(&first, "embed.rerank", &mine, None).await;

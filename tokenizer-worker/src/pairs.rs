@@ -114,6 +114,7 @@ mod tests {
             deadline_ms,
             timeout_ms: None,
             ack: false,
+            ..Default::default()
         }
     }
 

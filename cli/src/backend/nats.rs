@@ -81,6 +81,7 @@ impl NatsEmbedder {
             // The job retries a whole batch on timeout instead.
             ack: false,
             bundle_to: None,
+            ..Default::default()
         };
         let retry = |message: String| Failure::Retry {
             message,

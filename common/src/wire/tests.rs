@@ -15,6 +15,7 @@ fn request_round_trips_with_named_fields() {
         timeout_ms: None,
         ack: false,
         bundle_to: None,
+        ..Default::default()
     };
     let bytes = encode(&request).unwrap();
     let as_json: serde_json::Value = rmp_serde::from_slice(&bytes).unwrap();
@@ -50,6 +51,31 @@ fn timeouts_are_optional_and_written_only_when_set() {
     let json = serde_json::json!({"id": "q", "query": "", "documents": ["a"], "timeout_ms": 0});
     let rerank: RerankRequest = decode(&rmp_serde::to_vec_named(&json).unwrap()).unwrap();
     assert_eq!((rerank.timeout_ms, rerank.deadline_ms), (Some(0), None));
+}
+
+#[test]
+fn truncation_direction_and_priority_are_optional_lowercase_names() {
+    let json = serde_json::json!({"id": "x", "input": ["a"]});
+    let old: EmbedRequest = decode(&rmp_serde::to_vec_named(&json).unwrap()).unwrap();
+    assert_eq!((old.truncation_direction, old.priority), (None, None));
+    let as_json: serde_json::Value = rmp_serde::from_slice(&encode(&old).unwrap()).unwrap();
+    assert!(as_json.get("truncation_direction").is_none(), "{as_json}");
+    assert!(as_json.get("priority").is_none(), "{as_json}");
+
+    let json = serde_json::json!({
+        "id": "x", "input": ["a"], "truncation_direction": "left", "priority": "bulk"
+    });
+    let new: EmbedRequest = decode(&rmp_serde::to_vec_named(&json).unwrap()).unwrap();
+    assert_eq!(new.truncation_direction, Some(TruncationDirection::Left));
+    assert_eq!(new.priority, Some(Priority::Bulk));
+    assert_eq!(decode::<EmbedRequest>(&encode(&new).unwrap()).unwrap(), new);
+
+    let json =
+        serde_json::json!({"id": "q", "query": "", "documents": ["a"], "priority": "interactive"});
+    let rerank: RerankRequest = decode(&rmp_serde::to_vec_named(&json).unwrap()).unwrap();
+    assert_eq!(rerank.priority, Some(Priority::Interactive));
+    let bad = serde_json::json!({"id": "x", "input": ["a"], "priority": "urgent"});
+    assert!(decode::<EmbedRequest>(&rmp_serde::to_vec_named(&bad).unwrap()).is_err());
 }
 
 #[test]

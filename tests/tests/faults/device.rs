@@ -168,6 +168,7 @@ fn a_poison_input_fails_only_its_request_and_a_bounded_number_of_workers() {
             timeout_ms: None,
             ack: false,
             bundle_to: None,
+            ..Default::default()
         };
         let mut replies = publish_for_replies(&stack.nats, "embed.requests", &request, None).await;
         let mut exits = 0;

@@ -262,6 +262,7 @@ mod tests {
             timeout_ms: None,
             ack: false,
             bundle_to: None,
+            ..Default::default()
         }
     }
 

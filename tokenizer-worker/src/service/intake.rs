@@ -148,6 +148,7 @@ mod tests {
             timeout_ms: None,
             ack: false,
             bundle_to: bundle_to.map(String::from),
+            ..Default::default()
         }
     }
 
