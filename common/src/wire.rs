@@ -109,6 +109,10 @@ pub struct EmbedRequest {
     /// The request's traffic class; chosen by the tokenizer worker from its size when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub priority: Option<Priority>,
+    /// L2-normalize the vectors (after `dimensions` cuts them); `false` returns them as
+    /// pooled. Normalized when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub normalize: Option<bool>,
 }
 
 /// The acknowledgement a tokenizer worker sends (when the request set `ack`) once all of a
@@ -381,7 +385,7 @@ impl TokenBatch {
 }
 
 /// One sequence of a `TokenBatch` and where its vector goes.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct BatchItem {
     /// Id of the request the sequence belongs to.
     pub request_id: String,
@@ -410,6 +414,10 @@ pub struct BatchItem {
     /// Absent from tokenizer workers that predate it, whose `deadline_ms` is read instead.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub budget_ms: u64,
+    /// Return this sequence's vector as pooled, without L2 normalization (the request's
+    /// `normalize: false`). Written only when set.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unnormalized: bool,
 }
 
 /// A GPU worker's answer to a batch offered on the direct subject.

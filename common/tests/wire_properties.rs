@@ -310,6 +310,7 @@ fn batch_item(len: impl Strategy<Value = u32>) -> impl Strategy<Value = BatchIte
                     trace,
                     bundle_to,
                     budget_ms,
+                    ..Default::default()
                 }
             },
         )
@@ -719,6 +720,7 @@ fn validate_does_not_wrap_lengths_past_u32() {
         trace: None,
         bundle_to: None,
         budget_ms: 0,
+        ..Default::default()
     };
     for lens in [
         vec![u32::MAX, 1],

@@ -229,6 +229,7 @@ fn golden_batch(case: &Value, reply_to: &str) -> TokenBatch {
             budget_ms: 0,
             trace: None,
             bundle_to: None,
+            ..Default::default()
         }],
         token_ids,
     }

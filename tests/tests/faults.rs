@@ -449,5 +449,6 @@ fn queued_item(request_id: &str, reply_to: &str, index: u32, total: u32, len: u3
         trace: None,
         bundle_to: None,
         budget_ms: 0,
+        ..Default::default()
     }
 }

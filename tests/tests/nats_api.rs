@@ -451,6 +451,7 @@ async fn a_batch_published_again_under_its_id_is_stored_once() {
                 budget_ms: 0,
                 trace: None,
                 bundle_to: None,
+                ..Default::default()
             }],
         },
         deadlines: vec![None],

@@ -129,6 +129,7 @@ mod tests {
             budget_ms: 0,
             trace: None,
             bundle_to: None,
+            ..Default::default()
         }
     }
 

@@ -88,6 +88,7 @@ pub fn tokenize(
                 bundle_to: None,
                 // Set as the batch is sent, from `deadline.at`.
                 budget_ms: 0,
+                ..Default::default()
             };
             PendingSequence::new(item, encoding.ids, deadline.at).map_err(|e| {
                 ErrorReply::new(Some(request.id.clone()), ErrorCode::Internal, e.to_string())

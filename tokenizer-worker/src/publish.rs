@@ -294,6 +294,7 @@ mod tests {
             trace: None,
             bundle_to: None,
             budget_ms: 0,
+            ..Default::default()
         }
     }
 

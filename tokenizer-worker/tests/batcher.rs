@@ -34,6 +34,7 @@ fn item(request: &str, index: u32, deadline_ms: u64) -> BatchItem {
         trace: None,
         bundle_to: None,
         budget_ms: 0,
+        ..Default::default()
     }
 }
 

@@ -32,6 +32,7 @@ mod tests {
             trace: None,
             bundle_to: None,
             budget_ms,
+            ..Default::default()
         }
     }
 

@@ -27,6 +27,9 @@ const U32_BYTES: usize = 5;
 /// Widest encoded `u64` (`uint 64`).
 const U64_BYTES: usize = 9;
 
+/// A `bool` (one byte: `true` or `false`).
+const BOOL_BYTES: usize = 1;
+
 /// An absent optional value written as `nil`.
 const NIL: usize = 1;
 
@@ -69,7 +72,9 @@ const ITEM_FIXED: usize = FIXMAP_HEADER
     + key("trace")
     + key("bundle_to")
     + key("budget_ms")
-    + U64_BYTES;
+    + U64_BYTES
+    + key("unnormalized")
+    + BOOL_BYTES;
 
 /// A trace context's size besides its strings.
 const TRACE_FIXED: usize = FIXMAP_HEADER + key("request_id") + key("traceparent");
@@ -144,6 +149,7 @@ mod tests {
             )),
             bundle_to: Some(format!("_INBOX.{}", "b".repeat(MAX_SUBJECT_BYTES - 7))),
             budget_ms: u64::MAX,
+            unnormalized: true,
         }
     }
 
@@ -160,6 +166,7 @@ mod tests {
             trace: None,
             bundle_to: None,
             budget_ms: 0,
+            ..Default::default()
         }
     }
 

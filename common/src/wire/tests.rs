@@ -235,6 +235,7 @@ fn batch_validation_checks_lengths() {
         trace: None,
         bundle_to: None,
         budget_ms: 0,
+        ..Default::default()
     };
     let good = TokenBatch {
         token_ids: vec![1, 2, 3],

@@ -22,5 +22,6 @@ pub(super) fn item(
         trace: None,
         bundle_to: None,
         budget_ms: 0,
+        ..Default::default()
     }
 }

@@ -230,6 +230,7 @@ fn tokenize_embed(
                 bundle_to: request.bundle_to.clone(),
                 // Set as the batch is sent, from `deadline.at`.
                 budget_ms: 0,
+                ..Default::default()
             };
             PendingSequence::new(item, ids, deadline.at).map_err(|e| {
                 ErrorReply::new(Some(request.id.clone()), ErrorCode::Internal, e.to_string())
