@@ -12,12 +12,20 @@ use async_nats::jetstream::{self, consumer::pull, stream};
 use serde::Deserialize;
 
 use crate::subjects::{Subjects, Task};
+use crate::wire::Priority;
 
 /// Durable consumer shared by all GPU workers of a deployment.
 pub const GPU_CONSUMER: &str = "gpu-workers";
 
 /// Durable consumer shared by all rerank GPU workers of a deployment (on its own stream).
 pub const RERANK_CONSUMER: &str = "rerank-workers";
+
+/// Durable consumer of the bulk lane's stream, shared by all GPU workers (beside
+/// [`GPU_CONSUMER`] on the interactive stream).
+pub const BULK_GPU_CONSUMER: &str = "gpu-workers-bulk";
+
+/// Durable consumer of the rerank bulk lane's stream, shared by all rerank GPU workers.
+pub const BULK_RERANK_CONSUMER: &str = "rerank-workers-bulk";
 
 /// Where the stream keeps batches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -92,12 +100,24 @@ pub async fn batch_stream_for(
     task: Task,
     config: &QueueConfig,
 ) -> Result<stream::Stream, QueueError> {
-    let name = subjects.batch_stream_for(task);
+    lane_stream_for(js, subjects, task, Priority::Interactive, config).await
+}
+
+/// Creates (or finds) the stream of `task`'s batches in lane `lane` (each lane has its own
+/// stream with the same settings, so GPU workers pull interactive work apart from bulk work).
+pub async fn lane_stream_for(
+    js: &jetstream::Context,
+    subjects: &Subjects,
+    task: Task,
+    lane: Priority,
+    config: &QueueConfig,
+) -> Result<stream::Stream, QueueError> {
+    let name = subjects.lane_stream(task, lane);
     let failed = |e: &dyn std::fmt::Display| QueueError(format!("stream {name}: {e}"));
     let stream = js
         .get_or_create_stream(stream::Config {
             name: name.clone(),
-            subjects: vec![subjects.batches_for(task)],
+            subjects: vec![subjects.lane_batches(task, lane)],
             retention: stream::RetentionPolicy::WorkQueue,
             storage: match config.storage {
                 Storage::Memory => stream::StorageType::Memory,
@@ -150,9 +170,16 @@ pub async fn gpu_consumer(
 
 /// The durable consumer of `task`'s GPU workers.
 pub fn gpu_consumer_name(task: Task) -> &'static str {
-    match task {
-        Task::Embed => GPU_CONSUMER,
-        Task::Rerank => RERANK_CONSUMER,
+    lane_consumer_name(task, Priority::Interactive)
+}
+
+/// The durable consumer of `task`'s GPU workers on the stream of lane `lane`.
+pub fn lane_consumer_name(task: Task, lane: Priority) -> &'static str {
+    match (task, lane) {
+        (Task::Embed, Priority::Interactive) => GPU_CONSUMER,
+        (Task::Rerank, Priority::Interactive) => RERANK_CONSUMER,
+        (Task::Embed, Priority::Bulk) => BULK_GPU_CONSUMER,
+        (Task::Rerank, Priority::Bulk) => BULK_RERANK_CONSUMER,
     }
 }
 
@@ -160,9 +187,14 @@ pub fn gpu_consumer_name(task: Task) -> &'static str {
 /// `task`'s GPU workers (`max_deliver`): it is then never delivered again, but stays in the
 /// stream until `max_age`.
 pub fn max_deliveries_advisory(stream: &str, task: Task) -> String {
+    lane_max_deliveries_advisory(stream, task, Priority::Interactive)
+}
+
+/// [`max_deliveries_advisory`] for the consumer of lane `lane` on its `stream`.
+pub fn lane_max_deliveries_advisory(stream: &str, task: Task, lane: Priority) -> String {
     format!(
         "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{stream}.{}",
-        gpu_consumer_name(task)
+        lane_consumer_name(task, lane)
     )
 }
 
@@ -172,7 +204,18 @@ pub async fn gpu_consumer_for(
     task: Task,
     config: &QueueConfig,
 ) -> Result<jetstream::consumer::PullConsumer, QueueError> {
-    let name = gpu_consumer_name(task);
+    lane_consumer_for(stream, task, Priority::Interactive, config).await
+}
+
+/// Creates (or finds) the durable pull consumer of `task`'s GPU workers on the `stream` of
+/// lane `lane`.
+pub async fn lane_consumer_for(
+    stream: &stream::Stream,
+    task: Task,
+    lane: Priority,
+    config: &QueueConfig,
+) -> Result<jetstream::consumer::PullConsumer, QueueError> {
+    let name = lane_consumer_name(task, lane);
     stream
         .get_or_create_consumer(
             name,
@@ -198,5 +241,22 @@ mod tests {
         assert_eq!(batch_ttl([1_000, 2_001, 10]).as_deref(), Some("3s"));
         assert_eq!(batch_ttl([1_000, 0]), None, "an item without a deadline");
         assert_eq!(batch_ttl([]), None);
+    }
+
+    #[test]
+    fn each_lane_has_its_own_consumer_and_advisory() {
+        assert_eq!(
+            lane_consumer_name(Task::Embed, Priority::Bulk),
+            "gpu-workers-bulk"
+        );
+        assert_eq!(
+            lane_consumer_name(Task::Rerank, Priority::Bulk),
+            "rerank-workers-bulk"
+        );
+        assert_eq!(gpu_consumer_name(Task::Rerank), "rerank-workers");
+        assert_eq!(
+            lane_max_deliveries_advisory("EMBED_BULK_BATCHES", Task::Embed, Priority::Bulk),
+            "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.EMBED_BULK_BATCHES.gpu-workers-bulk"
+        );
     }
 }

@@ -17,8 +17,12 @@ pub struct GpuWorkerConfig {
     /// in `model_dir`, pulling from the rerank stream only).
     pub task: Task,
     /// Model directory in Hugging Face layout.
+    /// A Hugging Face id (`Qwen/Qwen3-Embedding-0.6B`, optionally `@revision`) when no such
+    /// directory exists: the binary resolves it to the cached snapshot, downloading it when
+    /// the network is allowed (`common::model_source`).
     pub model_dir: PathBuf,
-    /// Served model name, reported in status answers.
+    /// Served model name, reported in status answers; empty: the Hugging Face id of
+    /// `model_dir`, or the directory's name.
     pub model_name: String,
     /// Backend that runs the model.
     pub backend: BackendChoice,
@@ -53,6 +57,17 @@ pub struct GpuWorkerConfig {
     /// The least time, in seconds, a pass may run before the watchdog calls it hung (also
     /// the limit of the first passes, before any was timed).
     pub watchdog_min_s: f64,
+    /// Priority lanes: the most tokens of one bulk pass (bulk batches are merged up to it,
+    /// and pulled about as many at a time as fill it). An interactive batch waits for at
+    /// most one bulk pass: at most this many tokens, or one sequence (up to the tokenizer
+    /// workers' `max_length`) when a single sequence is longer.
+    pub bulk_max_pass_tokens: usize,
+    /// Priority lanes: interactive passes run in a row while bulk work waits, before one
+    /// bulk pass goes (so bulk work never starves); at least 1.
+    pub max_interactive_streak: usize,
+    /// Test only: milliseconds every forward pass is held on the device before it runs, to
+    /// make the tiny test model as slow as a real one (lane ordering tests). 0: none.
+    pub test_pass_delay_ms: u64,
     /// Test only: what the device thread does (`abort`, `panic`, `hang`) when a batch
     /// holds `fault_token_id`. Off when either is unset.
     pub fault: Option<FaultAction>,
@@ -95,17 +110,20 @@ impl Default for GpuWorkerConfig {
         Self {
             task: Task::Embed,
             model_dir: PathBuf::from("models/Qwen3-Embedding-0.6B"),
-            model_name: "Qwen/Qwen3-Embedding-0.6B".into(),
+            model_name: String::new(),
             backend: BackendChoice::Auto,
             dtype: Dtype::Auto,
             device: 0,
             gpu_memory_fraction: 0.9,
             max_batches_in_hand: 2,
             merge_batches: 16,
-            max_batch_tokens: 16384,
+            max_batch_tokens: 32768,
             direct_max_wait_ms: 100,
             watchdog_factor: 10.0,
-            watchdog_min_s: 120.0,
+            watchdog_min_s: 300.0,
+            bulk_max_pass_tokens: 4096,
+            max_interactive_streak: 8,
+            test_pass_delay_ms: 0,
             fault: None,
             fault_token_id: None,
         }

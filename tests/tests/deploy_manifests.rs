@@ -7,8 +7,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-use common::queue::{GPU_CONSUMER, RERANK_CONSUMER};
+use common::queue::{GPU_CONSUMER, RERANK_CONSUMER, lane_consumer_name};
 use common::subjects::{DEFAULT_PREFIX, Subjects, Task};
+use common::wire::Priority;
 use e2e_tests::repo_root;
 use serde::Deserialize;
 use serde_yaml_ng::Value;
@@ -1009,13 +1010,21 @@ fn k8s_manifests_agree_with_the_code() {
             })
             .unwrap_or_else(|| panic!("no KEDA ScaledObject scales {gpu}"));
         assert_eq!(scaled["apiVersion"], "keda.sh/v1alpha1");
-        let trigger = &scaled["spec"]["triggers"][0];
-        assert_eq!(trigger["type"], "nats-jetstream");
-        let meta = &trigger["metadata"];
-        assert_eq!(yaml_str(&meta["stream"]), stream, "{gpu}");
-        assert_eq!(yaml_str(&meta["consumer"]), consumer, "{gpu}");
-        assert_eq!(meta["account"], "$G");
-        assert!(yaml_str(&meta["natsServerMonitoringEndpoint"]).ends_with(":8222"));
+        // One trigger per priority lane: the interactive stream's consumer, then the bulk
+        // one's.
+        let bulk = (
+            shipped_subjects().lane_stream(task, Priority::Bulk),
+            lane_consumer_name(task, Priority::Bulk),
+        );
+        for (k, (stream, consumer)) in [(stream, consumer), bulk].into_iter().enumerate() {
+            let trigger = &scaled["spec"]["triggers"][k];
+            assert_eq!(trigger["type"], "nats-jetstream");
+            let meta = &trigger["metadata"];
+            assert_eq!(yaml_str(&meta["stream"]), stream, "{gpu}");
+            assert_eq!(yaml_str(&meta["consumer"]), consumer, "{gpu}");
+            assert_eq!(meta["account"], "$G");
+            assert!(yaml_str(&meta["natsServerMonitoringEndpoint"]).ends_with(":8222"));
+        }
     }
 
     // The HPA scales the tokenizer workers on CPU.

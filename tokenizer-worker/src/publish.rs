@@ -13,6 +13,9 @@
 //! first, until the earliest deadline among the batch's requests; only then are its
 //! requests answered with an error.
 //!
+//! Each batch travels in its lane ([`crate::lane`]): only interactive batches are offered
+//! directly; bulk ones go to the bulk lane's stream.
+//!
 //! Every send of a batch (the offer, each publish attempt) carries each item's budget as it
 //! stands at that moment (`budget_ms`, [`ReadyBatch::stamp_budgets`]): time spent waiting
 //! for a GPU worker's answer or for the server counts against it.
@@ -28,9 +31,9 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream;
 use async_nats::{HeaderMap, RequestErrorKind};
 use bytes::Bytes;
-use common::queue::{MESSAGE_TTL, QueueConfig, batch_stream_for, batch_ttl};
+use common::queue::{MESSAGE_TTL, QueueConfig, batch_ttl, lane_stream_for};
 use common::subjects::{Subjects, Task};
-use common::wire::{self, BatchItem, DirectOutcome, DirectReply, ErrorCode, ErrorReply};
+use common::wire::{self, BatchItem, DirectOutcome, DirectReply, ErrorCode, ErrorReply, Priority};
 use common::worker::send_error;
 
 use crate::batcher::ReadyBatch;
@@ -164,15 +167,25 @@ async fn offer_or_queue(
         ),
         Err(e) => tracing::warn!(error = %e, "direct batch not offered; queueing it"),
     }
-    publish_to_queue(queue, batch, msg_id).await
+    publish_to_queue(queue, Priority::Interactive, batch, msg_id).await
 }
 
-/// Publishes `batch` as message `msg_id` (its `Nats-Msg-Id`: the stream stores the batch
-/// once however often it is published), retrying until the server confirms it or the
+/// Publishes interactive `batch` as message `msg_id` (its `Nats-Msg-Id`: the stream stores
+/// the batch once however often it is published), retrying until the server confirms it or the
 /// earliest deadline of its requests passes; then answers every request in it with
 /// `overloaded`.
 pub async fn publish_batch(queue: WorkQueue, batch: ReadyBatch, msg_id: String) -> Published {
-    publish_to_queue(&queue, batch, msg_id).await
+    publish_to_queue(&queue, Priority::Interactive, batch, msg_id).await
+}
+
+/// [`publish_batch`] for a batch of lane `lane`, to that lane's stream.
+pub async fn publish_lane_batch(
+    queue: WorkQueue,
+    lane: Priority,
+    batch: ReadyBatch,
+    msg_id: String,
+) -> Published {
+    publish_to_queue(&queue, lane, batch, msg_id).await
 }
 
 /// The batch's message with each item's budget as it stands now, or `None` (logged) when
@@ -190,9 +203,14 @@ fn encode(batch: &mut ReadyBatch) -> Option<Bytes> {
 
 /// Publishes `batch` to the work queue as message `msg_id`, retrying as [`publish_batch`]
 /// says; each attempt carries the budgets left at its moment.
-async fn publish_to_queue(queue: &WorkQueue, mut batch: ReadyBatch, msg_id: String) -> Published {
+async fn publish_to_queue(
+    queue: &WorkQueue,
+    lane: Priority,
+    mut batch: ReadyBatch,
+    msg_id: String,
+) -> Published {
     let give_up = give_up_at(&batch, Instant::now());
-    let subject = queue.subjects.batches_for(queue.task);
+    let subject = queue.subjects.lane_batches(queue.task, lane);
     let mut backoff = FIRST_BACKOFF;
     let mut attempts = 0u32;
     loop {
@@ -240,8 +258,8 @@ async fn publish_to_queue(queue: &WorkQueue, mut batch: ReadyBatch, msg_id: Stri
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(MAX_BACKOFF);
         // The stream may be gone with a restarted server (memory storage): re-create it.
-        if let Err(e) = batch_stream_for(&queue.js, &queue.subjects, queue.task, &queue.queue).await
-        {
+        let (js, subjects, queue_config) = (&queue.js, &queue.subjects, &queue.queue);
+        if let Err(e) = lane_stream_for(js, subjects, queue.task, lane, queue_config).await {
             tracing::debug!(error = %e, "work queue stream not (re)created yet");
         }
     }

@@ -64,6 +64,8 @@ impl HttpEmbedder {
             "input": texts,
             "input_type": settings.input_type,
             "encoding_format": "base64",
+            // A batch job: the bulk lane, behind interactive work (`docs/configuration.md`).
+            "priority": "bulk",
         });
         if let Some(instruction) = &settings.instruction {
             body["instruction"] = instruction.as_str().into();

@@ -81,6 +81,8 @@ impl NatsEmbedder {
             // The job retries a whole batch on timeout instead.
             ack: false,
             bundle_to: None,
+            // A batch job: the bulk lane, behind interactive work (`docs/configuration.md`).
+            priority: Some(wire::Priority::Bulk),
             ..Default::default()
         };
         let retry = |message: String| Failure::Retry {

@@ -8,11 +8,11 @@ use std::sync::atomic::Ordering;
 
 use common::subjects::Task;
 use common::trace::{LOG_TARGET, RequestTrace};
-use common::wire::{self, BatchItem, ErrorCode, ErrorReply, TokenBatch};
+use common::wire::{self, BatchItem, ErrorCode, ErrorReply, Priority, TokenBatch};
 use common::worker::send_error_in_order;
 
 use super::Shared;
-use super::replies;
+use super::{lanes, replies};
 use crate::engine::{EngineError, Output, Work};
 
 /// How serving a group of batches ended.
@@ -35,17 +35,21 @@ enum Pass {
     DeviceLost,
 }
 
-/// Runs batches (held as the tickets they come with) merged into one forward pass; when
-/// the merged pass refuses its input (a token outside the vocabulary, say), runs them one
-/// by one, so only the poisoned batch's requests get the error. Counts their tokens off
-/// the load once done.
-pub(super) async fn serve_group(shared: &Shared, group: Vec<(u64, TokenBatch)>) -> Served {
+/// Runs batches of lane `lane` (held as the tickets they come with) merged into one forward
+/// pass; when the merged pass refuses its input (a token outside the vocabulary, say), runs
+/// them one by one, so only the poisoned batch's requests get the error. Counts their
+/// tokens off the load once done.
+pub(super) async fn serve_group(
+    shared: &Shared,
+    group: Vec<(u64, TokenBatch)>,
+    lane: Priority,
+) -> Served {
     let (tickets, batches): (Vec<u64>, Vec<TokenBatch>) = group.into_iter().unzip();
     let tokens = batches.iter().map(TokenBatch::num_tokens).sum();
     let pass = if batches.len() == 1 {
-        serve(shared, &tickets, concat(batches), true).await
+        serve(shared, &tickets, concat(batches), true, lane).await
     } else {
-        match serve(shared, &tickets, concat(batches.clone()), false).await {
+        match serve(shared, &tickets, concat(batches.clone()), false, lane).await {
             Pass::InputRefused => {
                 tracing::warn!(
                     batches = batches.len(),
@@ -53,7 +57,8 @@ pub(super) async fn serve_group(shared: &Shared, group: Vec<(u64, TokenBatch)>) 
                 );
                 let mut alone = Pass::Answered;
                 for (ticket, batch) in tickets.iter().zip(batches) {
-                    alone = serve(shared, std::slice::from_ref(ticket), batch, true).await;
+                    let ticket = std::slice::from_ref(ticket);
+                    alone = serve(shared, ticket, batch, true, lane).await;
                     if alone == Pass::DeviceLost {
                         break;
                     }
@@ -71,7 +76,8 @@ pub(super) async fn serve_group(shared: &Shared, group: Vec<(u64, TokenBatch)>) 
     }
 }
 
-/// Runs one (possibly merged) batch, held as `tickets`, and publishes its chunks. A batch's
+/// Runs one (possibly merged) batch of lane `lane`, held as `tickets`, and publishes its
+/// chunks. A batch's
 /// own failure is answered to every request in it, except an input error when
 /// `answer_input_errors` is false (nothing is sent; the caller runs the parts alone).
 /// Nothing runs, and nothing is answered, once the device is lost.
@@ -80,6 +86,7 @@ async fn serve(
     tickets: &[u64],
     batch: TokenBatch,
     answer_input_errors: bool,
+    lane: Priority,
 ) -> Pass {
     if shared.health.is_failed() {
         return Pass::DeviceLost;
@@ -102,7 +109,7 @@ async fn serve(
     } else {
         let pass = shared.device.new_pass();
         shared.hand.mark(tickets, pass);
-        match run_batch(shared, pass, &live).await {
+        match run_batch(shared, pass, &live, lane).await {
             Ok(output) => {
                 let (outbox, outcome) = match &output {
                     Output::Vectors(vectors) => (
@@ -171,8 +178,14 @@ fn concat(batches: Vec<TokenBatch>) -> TokenBatch {
     merged
 }
 
-/// Runs `batch` on the device as pass `pass` and counts it.
-async fn run_batch(shared: &Shared, pass: u64, batch: &TokenBatch) -> Result<Output, EngineError> {
+/// Runs `batch` on the device as pass `pass` of lane `lane`, once the lane's turn came
+/// ([`lanes::Turns`]), and counts it.
+async fn run_batch(
+    shared: &Shared,
+    pass: u64,
+    batch: &TokenBatch,
+    lane: Priority,
+) -> Result<Output, EngineError> {
     let hidden = shared.device.info().hidden_size;
     let lengths = batch.items.iter().map(|item| item.len as usize).collect();
     let work = match shared.task {
@@ -185,14 +198,22 @@ async fn run_batch(shared: &Shared, pass: u64, batch: &TokenBatch) -> Result<Out
                     dims => dims as usize,
                 })
                 .collect(),
+            normalize: batch.items.iter().map(|item| !item.unnormalized).collect(),
         },
         Task::Rerank => Work::Score,
     };
+    let turn = shared.turns.take(lane).await;
+    lanes::log_pass(lane, pass, batch.num_tokens(), &batch.items);
+    if !shared.test_pass_delay.is_zero() {
+        tokio::time::sleep(shared.test_pass_delay).await;
+    }
     let started = std::time::Instant::now();
     let output = shared
         .device
         .run(pass, batch.token_ids.clone(), lengths, work)
-        .await?;
+        .await;
+    drop(turn);
+    let output = output?;
     shared.load().observe(batch.num_tokens(), started.elapsed());
     let c = &shared.counters;
     c.batches.fetch_add(1, Ordering::Relaxed);

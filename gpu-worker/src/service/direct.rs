@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::wire::{self, DirectOutcome, DirectReply, TokenBatch};
+use common::wire::{self, DirectOutcome, DirectReply, Priority, TokenBatch};
 use futures::StreamExt;
 use tokio::sync::{mpsc, watch};
 
@@ -14,6 +14,7 @@ use super::Shared;
 use super::batching::{Served, merge_by_budget, serve_group};
 use super::health::{Held, hand_back_ticket};
 use super::intake::servable;
+use super::lanes;
 
 /// Limits of the direct path.
 pub(super) struct DirectLimits {
@@ -88,6 +89,7 @@ pub(super) async fn take_direct(
             answer_direct(&shared, reply, DirectOutcome::Busy).await;
             continue;
         }
+        lanes::log_taken(Priority::Interactive, &batch.items);
         let ticket = shared.hand.hold(Held::Direct {
             reply,
             payload: message.payload.clone(),
@@ -132,7 +134,7 @@ async fn run_direct(
         let tagged = waiting.into_iter().map(|d| (d.ticket, d.batch)).collect();
         for group in merge_by_budget(tagged, shared.max_batch_tokens) {
             let tickets: Vec<u64> = group.iter().map(|(ticket, _)| *ticket).collect();
-            let served = serve_group(&shared, group).await;
+            let served = serve_group(&shared, group, Priority::Interactive).await;
             for ticket in tickets {
                 match served {
                     Served::Answered => {

@@ -181,7 +181,9 @@ async fn hand_back(shared: &Shared, entry: Entry) {
                 split: false,
                 failures: 1,
             };
-            let outcome = match enqueue(shared, payload, &id, marks).await {
+            // Direct batches are interactive work.
+            let subject = shared.batches_subject.as_str();
+            let outcome = match enqueue(shared, subject, payload, &id, marks).await {
                 // The batch is the queue's now: the offer is done with.
                 Ok(()) => DirectOutcome::Done,
                 Err(e) => {

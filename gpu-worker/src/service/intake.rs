@@ -2,15 +2,17 @@
 //! as few passes as the token budget allows, then acked (or handed back when the device
 //! was lost meanwhile).
 
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, AckKind, consumer::PullConsumer};
-use common::wire::{self, TokenBatch};
+use common::wire::{self, Priority, TokenBatch};
 use futures::StreamExt;
 
 use super::Shared;
 use super::batching::{Served, fail_batch, merge_by_budget, serve_group};
 use super::health::{Held, hand_back_ticket};
+use super::lanes;
 use super::poison::{self, Handling};
 use crate::engine::EngineError;
 
@@ -48,13 +50,14 @@ pub(super) async fn pull(
         })
 }
 
-/// Serves pulled batches: each is held (in [`super::InHand`]) until settled; one that does
+/// Serves batches pulled from lane `lane`'s stream: each is held (in [`super::InHand`]) until settled; one that does
 /// not decode is terminated, one that is inconsistent has its requests answered with
-/// `invalid_request`. The rest are merged into as few passes as the token budget allows,
+/// `invalid_request`. The rest are merged into as few passes as the lane's token budget
+/// allows (`max_batch_tokens`, or `bulk_max_pass_tokens` for bulk work),
 /// except batches delivered before (they may be what made a worker fail), which run alone,
 /// are split per request, or are given up on their last delivery ([`poison`]). A batch is
 /// acked after its replies are published, or handed back when the device was lost.
-pub(super) async fn process(shared: &Shared, messages: Vec<jetstream::Message>) {
+pub(super) async fn process(shared: &Shared, messages: Vec<jetstream::Message>, lane: Priority) {
     let mut fresh = Vec::with_capacity(messages.len());
     let mut alone = Vec::new();
     for message in messages {
@@ -63,6 +66,7 @@ pub(super) async fn process(shared: &Shared, messages: Vec<jetstream::Message>) 
             settle(shared, ticket, AckKind::Term).await;
             continue;
         };
+        lanes::log_taken(lane, &batch.items);
         match poison::handling_of(shared, &message, &batch) {
             Handling::Merge => fresh.push((ticket, batch)),
             Handling::Alone => alone.push(vec![(ticket, batch)]),
@@ -75,7 +79,12 @@ pub(super) async fn process(shared: &Shared, messages: Vec<jetstream::Message>) 
             }
         }
     }
-    let groups: Vec<_> = merge_by_budget(fresh, shared.max_batch_tokens)
+    if lane == Priority::Bulk && !fresh.is_empty() {
+        let tokens: usize = fresh.iter().map(|(_, batch)| batch.num_tokens()).sum();
+        let mean = tokens / fresh.len();
+        shared.bulk_mean_tokens.store(mean, Ordering::Relaxed);
+    }
+    let groups: Vec<_> = merge_by_budget(fresh, shared.pass_budget(lane))
         .into_iter()
         .chain(alone)
         .collect();
@@ -88,7 +97,7 @@ pub(super) async fn process(shared: &Shared, messages: Vec<jetstream::Message>) 
     );
     for group in groups {
         let tickets: Vec<u64> = group.iter().map(|(ticket, _)| *ticket).collect();
-        let served = serve_group(shared, group).await;
+        let served = serve_group(shared, group, lane).await;
         for ticket in tickets {
             match served {
                 Served::Answered => settle(shared, ticket, AckKind::Ack).await,

@@ -15,6 +15,10 @@
 //! worker at once; `busy` for direct offers), reports itself unhealthy on the status
 //! subject, and [`run`] returns [`Unhealthy`] so the process exits non-zero.
 //!
+//! Priority lanes: interactive and bulk batches come from two streams, each pulled by its
+//! own loop through its own durable consumer with its own batches in hand, and take turns
+//! on the device, interactive first, bulk passes bounded ([`lanes`]).
+//!
 //! Rooms:
 //! - `intake`: pulling from the work queue, decoding and checking batches, acks.
 //! - `poison`: redelivered batches run alone or split per request; the last delivery is
@@ -23,12 +27,14 @@
 //! - `batching`: merging batches into passes, running them, per-batch failures.
 //! - `replies`: chunks of vectors and scores, one builder for both.
 //! - `health`: what the worker holds, the unhealthy path, the watchdog and progress acks.
+//! - `lanes`: turns on the device between interactive and bulk passes.
 //! - `status`: answers on the status subject.
 
 mod batching;
 mod direct;
 mod health;
 mod intake;
+mod lanes;
 mod poison;
 mod replies;
 mod status;
@@ -36,13 +42,16 @@ mod status;
 mod test_items;
 
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use async_nats::jetstream;
+use async_nats::jetstream::{self, consumer::PullConsumer};
 use common::nats::NatsConfig;
-use common::queue::{QueueConfig, batch_stream_for, gpu_consumer_for, max_deliveries_advisory};
+use common::queue::{
+    QueueConfig, lane_consumer_for, lane_max_deliveries_advisory, lane_stream_for,
+};
 use common::subjects::{Subjects, Task};
+use common::wire::Priority;
 use common::worker::{flush_at_shutdown, register_service};
 use tokio::sync::{Semaphore, watch};
 
@@ -106,6 +115,14 @@ struct Shared {
     batches_subject: String,
     /// The queue's `max_deliver`: a batch on its last delivery is answered, not run.
     max_deliver: i64,
+    /// Turns on the device between the lanes.
+    turns: lanes::Turns,
+    /// Token budget of one bulk pass (`bulk_max_pass_tokens`).
+    bulk_max_pass_tokens: usize,
+    /// Mean tokens of the bulk batches pulled last (0: none yet), to size bulk pulls.
+    bulk_mean_tokens: AtomicUsize,
+    /// Test only: how long each pass is held on the device before it runs.
+    test_pass_delay: Duration,
 }
 
 impl Shared {
@@ -115,6 +132,14 @@ impl Shared {
         self.load
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Token budget of one merged pass of `lane`.
+    fn pass_budget(&self, lane: Priority) -> usize {
+        match lane {
+            Priority::Interactive => self.max_batch_tokens,
+            Priority::Bulk => self.bulk_max_pass_tokens.clamp(1, self.max_batch_tokens),
+        }
     }
 }
 
@@ -150,9 +175,25 @@ pub async fn run(
     let client = nats.connect("gpu-worker").await?;
     let subjects = nats.subjects();
     let js = jetstream::new(client.clone());
-    let stream = batch_stream_for(&js, &subjects, task, &queue).await?;
-    let mut consumer = gpu_consumer_for(&stream, task, &queue).await?;
-    tracing::info!(batches = %subjects.batches_for(task), "pulling batches");
+    let mut streams = Vec::new();
+    for lane in LANES {
+        let stream = lane_stream_for(&js, &subjects, task, lane, &queue).await?;
+        let consumer = lane_consumer_for(&stream, task, lane, &queue).await?;
+        streams.push((lane, stream, consumer));
+    }
+    tracing::info!(
+        interactive = %subjects.lane_batches(task, Priority::Interactive),
+        bulk = %subjects.lane_batches(task, Priority::Bulk),
+        bulk_max_pass_tokens = config.bulk_max_pass_tokens,
+        max_interactive_streak = config.max_interactive_streak,
+        "pulling batches"
+    );
+    if config.test_pass_delay_ms > 0 {
+        tracing::warn!(
+            ms = config.test_pass_delay_ms,
+            "the test-only pass delay is set: every pass waits that long"
+        );
+    }
     let shared = Arc::new(Shared {
         client: client.clone(),
         device,
@@ -167,6 +208,10 @@ pub async fn run(
         queue: js.clone(),
         batches_subject: subjects.batches_for(task),
         max_deliver: queue.max_deliver,
+        turns: lanes::Turns::new(config.max_interactive_streak),
+        bulk_max_pass_tokens: config.bulk_max_pass_tokens,
+        bulk_mean_tokens: AtomicUsize::new(0),
+        test_pass_delay: Duration::from_millis(config.test_pass_delay_ms),
     });
     // Subscribed before the worker answers status requests: a worker that is seen is one
     // that takes direct offers.
@@ -182,18 +227,21 @@ pub async fn run(
                 .await?,
         )
     };
-    // Batches that ran out of deliveries: one worker of the pool answers each.
-    let advisories = client
-        .queue_subscribe(
-            max_deliveries_advisory(&subjects.batch_stream_for(task), task),
-            Subjects::direct_queue_group(task).into(),
-        )
-        .await?;
-    let exhausted = tokio::spawn(poison::answer_max_deliveries(
-        Arc::clone(&shared),
-        advisories,
-        stream.clone(),
-    ));
+    // Batches that ran out of deliveries, in either lane: one worker of the pool answers
+    // each.
+    let mut exhausted = Vec::new();
+    for (lane, stream, _) in &streams {
+        let advisory =
+            lane_max_deliveries_advisory(&subjects.lane_stream(task, *lane), task, *lane);
+        let advisories = client
+            .queue_subscribe(advisory, Subjects::direct_queue_group(task).into())
+            .await?;
+        exhausted.push(tokio::spawn(poison::answer_max_deliveries(
+            Arc::clone(&shared),
+            advisories,
+            stream.clone(),
+        )));
+    }
     let status_task = tokio::spawn(status::answer_status(
         client.subscribe(subjects.status()).await?,
         Arc::clone(&shared),
@@ -211,9 +259,9 @@ pub async fn run(
     )
     .await;
 
-    let capacity = Arc::new(Semaphore::new(config.max_batches_in_hand.max(1)));
+    let in_hand = config.max_batches_in_hand.max(1);
     let merge_limit = config.merge_batches.max(1);
-    let (stop_tx, mut stop_rx) = watch::channel(false);
+    let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(async move {
         shutdown.await;
         let _ = stop_tx.send(true);
@@ -235,49 +283,43 @@ pub async fn run(
         exhausted,
         direct,
     };
-    while !*stop_rx.borrow() {
-        // Biased, health first: a worker that lost its device and is asked to stop at once
-        // still leaves as unhealthy (exit non-zero), never as a clean stop.
-        let permit = tokio::select! {
-            biased;
-            () = shared.health.failed() => return leave(&shared, background).await,
-            _ = stop_rx.changed() => break,
-            permit = Arc::clone(&capacity).acquire_owned() => permit?,
-        };
-        // A pull is never abandoned half-way (the server would hand its batches to nobody
-        // until `ack_wait` passed); it ends within a few seconds, and what it brings is
-        // served (or handed back at once when the device was lost meanwhile).
-        match intake::pull(&consumer, merge_limit).await {
-            Ok(messages) if messages.is_empty() => {}
-            Ok(messages) => {
-                let shared = Arc::clone(&shared);
-                tokio::spawn(async move {
-                    intake::process(&shared, messages).await;
-                    drop(permit);
-                });
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "pulling batches failed; retrying");
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                // A restarted server may have lost a memory stream and its consumer (or a
-                // cluster moved them): find or re-create both before the next pull.
-                match batch_stream_for(&js, &subjects, task, &queue).await {
-                    Ok(stream) => match gpu_consumer_for(&stream, task, &queue).await {
-                        Ok(found) => consumer = found,
-                        Err(e) => tracing::warn!(error = %e, "work queue consumer not reachable"),
-                    },
-                    Err(e) => tracing::warn!(error = %e, "work queue stream not reachable"),
-                }
-            }
-        }
+    let pulls: Vec<LanePull> = streams
+        .into_iter()
+        .map(|(lane, _, consumer)| LanePull {
+            lane,
+            consumer,
+            capacity: Arc::new(Semaphore::new(in_hand)),
+        })
+        .collect();
+    let capacities: Vec<Arc<Semaphore>> = pulls.iter().map(|p| Arc::clone(&p.capacity)).collect();
+    let place = QueuePlace {
+        js: js.clone(),
+        subjects: subjects.clone(),
+        task,
+        queue: queue.clone(),
+    };
+    let loops = pulls.into_iter().map(|pull| {
+        pull_lane(
+            Arc::clone(&shared),
+            pull,
+            merge_limit,
+            &place,
+            stop_rx.clone(),
+        )
+    });
+    let ends = futures::future::join_all(loops).await;
+    if ends.contains(&LoopEnd::Unhealthy) {
+        return leave(&shared, background).await;
     }
 
     tracing::info!("gpu worker draining");
-    let all = u32::try_from(config.max_batches_in_hand.max(1)).unwrap_or(u32::MAX);
-    tokio::select! {
-        biased;
-        () = shared.health.failed() => return leave(&shared, background).await,
-        _all_done = capacity.acquire_many(all) => {}
+    let all = u32::try_from(in_hand).unwrap_or(u32::MAX);
+    for capacity in &capacities {
+        tokio::select! {
+            biased;
+            () = shared.health.failed() => return leave(&shared, background).await,
+            _all_done = capacity.acquire_many(all) => {}
+        }
     }
     let mut background = background;
     if let Some(direct) = background.direct.as_mut() {
@@ -305,8 +347,8 @@ struct Background {
     status: tokio::task::JoinHandle<()>,
     /// Watches the device and sends progress acks.
     watchdog: tokio::task::JoinHandle<()>,
-    /// Answers the requests of batches out of deliveries.
-    exhausted: tokio::task::JoinHandle<()>,
+    /// Answers the requests of batches out of deliveries, one task per lane.
+    exhausted: Vec<tokio::task::JoinHandle<()>>,
     /// Takes direct offers, when the worker does.
     direct: Option<tokio::task::JoinHandle<()>>,
 }
@@ -319,7 +361,9 @@ impl Background {
         }
         self.status.abort();
         self.watchdog.abort();
-        self.exhausted.abort();
+        for exhausted in self.exhausted {
+            exhausted.abort();
+        }
     }
 }
 
@@ -338,4 +382,102 @@ async fn leave(shared: &Shared, background: Background) -> anyhow::Result<()> {
     background.abort();
     flush_at_shutdown(&shared.client).await;
     Err(Unhealthy { reason }.into())
+}
+
+/// The lanes, in the order their streams are set up.
+const LANES: [Priority; 2] = [Priority::Interactive, Priority::Bulk];
+
+/// One lane's pulling: its stream's durable consumer and the batches it may hold.
+struct LanePull {
+    /// The lane.
+    lane: Priority,
+    /// The lane's durable consumer (found again after a lost server).
+    consumer: PullConsumer,
+    /// Permits for the lane's batches in hand (`max_batches_in_hand`).
+    capacity: Arc<Semaphore>,
+}
+
+/// Where the work queue lives, to find its streams and consumers again.
+struct QueuePlace {
+    /// JetStream on the worker's connection.
+    js: jetstream::Context,
+    /// The deployment's subjects.
+    subjects: Subjects,
+    /// The worker's task.
+    task: Task,
+    /// Stream and consumer settings.
+    queue: QueueConfig,
+}
+
+/// How a lane's pulling loop ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LoopEnd {
+    /// Asked to stop: the batches in hand are still being served.
+    Stopped,
+    /// The device can no longer compute.
+    Unhealthy,
+}
+
+/// Pulls `pull`'s lane whenever it has room, until `stop` turns true or the worker turns
+/// unhealthy; each pull is served by a task of its own. Interactive pulls take up to
+/// `merge_limit` batches; bulk pulls about as many as fill one bulk pass
+/// ([`lanes::bulk_pull_size`]), so a worker holds little more bulk work than it runs next.
+async fn pull_lane(
+    shared: Arc<Shared>,
+    mut pull: LanePull,
+    merge_limit: usize,
+    place: &QueuePlace,
+    mut stop: watch::Receiver<bool>,
+) -> LoopEnd {
+    let lane = pull.lane;
+    while !*stop.borrow() {
+        // Biased, health first: a worker that lost its device and is asked to stop at once
+        // still leaves as unhealthy (exit non-zero), never as a clean stop.
+        let permit = tokio::select! {
+            biased;
+            () = shared.health.failed() => return LoopEnd::Unhealthy,
+            _ = stop.changed() => break,
+            permit = Arc::clone(&pull.capacity).acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => break,
+            },
+        };
+        let limit = match lane {
+            Priority::Interactive => merge_limit,
+            Priority::Bulk => {
+                let mean = shared.bulk_mean_tokens.load(Ordering::Relaxed);
+                let budget = shared.pass_budget(Priority::Bulk);
+                lanes::bulk_pull_size(budget, (mean > 0).then_some(mean), merge_limit)
+            }
+        };
+        // A pull is never abandoned half-way (the server would hand its batches to nobody
+        // until `ack_wait` passed); it ends within a few seconds, and what it brings is
+        // served (or handed back at once when the device was lost meanwhile).
+        match intake::pull(&pull.consumer, limit).await {
+            Ok(messages) if messages.is_empty() => {}
+            Ok(messages) => {
+                let shared = Arc::clone(&shared);
+                tokio::spawn(async move {
+                    intake::process(&shared, messages, lane).await;
+                    drop(permit);
+                });
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, lane = ?lane, "pulling batches failed; retrying");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                // A restarted server may have lost a memory stream and its consumer (or a
+                // cluster moved them): find or re-create both before the next pull.
+                let (js, subjects, task, queue) =
+                    (&place.js, &place.subjects, place.task, &place.queue);
+                match lane_stream_for(js, subjects, task, lane, queue).await {
+                    Ok(stream) => match lane_consumer_for(&stream, task, lane, queue).await {
+                        Ok(found) => pull.consumer = found,
+                        Err(e) => tracing::warn!(error = %e, "work queue consumer not reachable"),
+                    },
+                    Err(e) => tracing::warn!(error = %e, "work queue stream not reachable"),
+                }
+            }
+        }
+    }
+    LoopEnd::Stopped
 }

@@ -165,13 +165,15 @@ fn by_request(batch: &TokenBatch) -> Vec<TokenBatch> {
     parts
 }
 
-/// Puts `payload` in the work queue as a fresh batch with message id `id` (the same id when
+/// Puts `payload` in the work queue on `subject` (the lane's batch subject the batch came
+/// on) as a fresh batch with message id `id` (the same id when
 /// retried after a crash, so the queue keeps one copy) and `marks`, with a TTL from its
 /// items' budgets as the tokenizer workers give one ([`batch_ttl`]), so a copy whose
 /// requests' time runs out is dropped by the server like the original; `Err` (why) when
 /// the server did not confirm it.
 pub(super) async fn enqueue(
     shared: &Shared,
+    subject: &str,
     payload: bytes::Bytes,
     id: &str,
     marks: Marks,
@@ -186,7 +188,7 @@ pub(super) async fn enqueue(
     }
     match shared
         .queue
-        .publish_with_headers(shared.batches_subject.clone(), headers, payload)
+        .publish_with_headers(subject.to_string(), headers, payload)
         .await
     {
         Ok(ack) => ack.await.map(drop).map_err(|e| e.to_string()),
@@ -221,7 +223,8 @@ pub(super) async fn requeue_failed(shared: &Shared, message: &jetstream::Message
 async fn requeue_marked(shared: &Shared, message: &jetstream::Message, marks: Marks, what: &str) {
     let sequence = message.info().map_or(0, |info| info.stream_sequence);
     let id = format!("{what}-{sequence}-{}", marks.failures);
-    let kind = match enqueue(shared, message.payload.clone(), &id, marks).await {
+    let subject = message.subject.as_str();
+    let kind = match enqueue(shared, subject, message.payload.clone(), &id, marks).await {
         Ok(()) => AckKind::Ack,
         Err(e) => {
             tracing::warn!(error = %e, "a held batch could not be queued afresh; NAKing it");
@@ -266,7 +269,7 @@ pub(super) async fn split(
             }
         }
         let queued = match wire::encode(&part) {
-            Ok(payload) => enqueue(shared, payload.into(), &id, marks).await,
+            Ok(payload) => enqueue(shared, &message.subject, payload.into(), &id, marks).await,
             Err(e) => Err(e.to_string()),
         };
         if let Err(e) = queued {

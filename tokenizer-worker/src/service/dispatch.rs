@@ -1,23 +1,24 @@
 //! The sending side of the service loop: which batches go now (group commit while the work
 //! queue is at its publish limit), whether each is offered directly or published to the work
-//! queue, and what a finished publish settles (acknowledgements due, or requests forgotten
+//! queue (bulk batches only ever to their lane's stream), and what a finished publish settles (acknowledgements due, or requests forgotten
 //! because they were answered with an error).
 
 use std::time::Instant;
 
 use common::outbox::Outbox;
+use common::wire::Priority;
 use common::worker::send_outbox;
 
 use super::state::State;
 use crate::acks::{DueAck, RequestKey};
-use crate::batcher::Batcher;
-use crate::publish::{Published, batch_bytes_limit, offer_batch, publish_batch};
+use crate::lane::{LaneBatch, Lanes};
+use crate::publish::{Published, batch_bytes_limit, offer_batch, publish_lane_batch};
 
 impl State {
-    /// Sends the ready batches (or, with `all`, every pending one) on: small ones offered
-    /// directly while offers are allowed, the rest to the work queue. While partial batches
-    /// are held, only full ones go.
-    pub(super) fn publish_ready(&mut self, batcher: &mut Batcher, all: bool) {
+    /// Sends the ready batches (or, with `all`, every pending one) on: small interactive
+    /// ones offered directly while offers are allowed, the rest to their lane's work queue.
+    /// While partial batches are held, only full ones go.
+    pub(super) fn publish_ready(&mut self, batcher: &mut Lanes, all: bool) {
         self.follow_max_payload(batcher);
         let batches = if all {
             batcher.drain()
@@ -26,7 +27,7 @@ impl State {
         } else {
             batcher.pop_ready(Instant::now())
         };
-        for batch in batches {
+        for LaneBatch { lane, ready: batch } in batches {
             let tokens = batch.batch.num_tokens();
             self.status.batches += 1;
             self.status.sequences += batch.batch.items.len() as u64;
@@ -34,13 +35,18 @@ impl State {
             let queue = self.work_queue.clone();
             let msg_id = self.batch_ids.next_id();
             match &self.direct {
-                Some(direct) if self.can_offer() && tokens <= direct.max_tokens => {
+                Some(direct)
+                    if lane == Priority::Interactive
+                        && self.can_offer()
+                        && tokens <= direct.max_tokens =>
+                {
                     self.offers += 1;
                     self.publishes
                         .spawn(offer_batch(queue, batch, msg_id, direct.timeout));
                 }
                 _ => {
-                    self.publishes.spawn(publish_batch(queue, batch, msg_id));
+                    self.publishes
+                        .spawn(publish_lane_batch(queue, lane, batch, msg_id));
                 }
             }
         }
@@ -48,7 +54,7 @@ impl State {
 
     /// Keeps the batches' byte budget under the server's `max_payload`, which a
     /// reconnection (to another server of a cluster) may change.
-    fn follow_max_payload(&self, batcher: &mut Batcher) {
+    fn follow_max_payload(&self, batcher: &mut Lanes) {
         if batcher.pending_seqs() == 0 {
             return;
         }

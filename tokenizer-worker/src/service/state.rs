@@ -13,16 +13,17 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::trace::{LOG_TARGET, RequestTrace};
-use common::wire::{ErrorCode, ErrorReply, WorkerStatus};
+use common::wire::{ErrorCode, ErrorReply, InputType, Priority, WorkerStatus};
 use common::worker::send_error;
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
 
-use super::frontend::Frontend;
+use super::frontend::{Checked, Frontend};
 use super::intake::id_of;
 use crate::acks::{Acks, RequestKey};
-use crate::batcher::{Batcher, PendingSequence};
+use crate::batcher::PendingSequence;
 use crate::deadline::Receipt;
+use crate::lane::Lanes;
 use crate::publish::{BatchIds, Published, WorkQueue};
 use crate::routing::{DroppedRequests, ReplyRules, shortened};
 
@@ -56,6 +57,10 @@ pub(super) struct Tokenized {
     total: u32,
     /// The request's id and trace context from its headers, passed on to the batch items.
     trace: Option<RequestTrace>,
+    /// The lane the request asked for (`None`: the lane rule decides).
+    priority: Option<Priority>,
+    /// Whether it is a query (queries are interactive unless they ask otherwise).
+    query: bool,
     /// The request's sequences, or the error that answers it.
     result: Result<Vec<PendingSequence>, ErrorReply>,
 }
@@ -105,7 +110,7 @@ impl State {
         message: async_nats::Message,
         pool: &Arc<Semaphore>,
         done_tx: &mpsc::Sender<Tokenized>,
-        batcher: &mut Batcher,
+        batcher: &mut Lanes,
     ) {
         // The request's budget counts from here, on this worker's monotonic clock.
         let received = Receipt::now();
@@ -146,12 +151,15 @@ impl State {
         let truncate = request.truncate().unwrap_or(self.truncate_default);
         let max_tokens = self.max_request_tokens;
         let inline = request.text_bytes() <= INLINE_MAX_BYTES;
+        let (priority, query) = asked_lane(&request);
         let mut done = Tokenized {
             reply_to,
             id: request.id().to_string(),
             ack: request.ack(),
             total: request.len(),
             trace,
+            priority,
+            query,
             result: Ok(Vec::new()),
         };
         if inline {
@@ -184,19 +192,25 @@ impl State {
     }
 
     /// Queues a tokenized request's sequences, or answers its error.
-    pub(super) fn accept(&mut self, done: Tokenized, batcher: &mut Batcher) {
+    pub(super) fn accept(&mut self, done: Tokenized, batcher: &mut Lanes) {
         let trace = done.trace.as_ref();
         match done.result {
             Ok(mut sequences) => {
                 let now = Instant::now();
                 let count = sequences.len();
+                let tokens = sequences
+                    .iter()
+                    .map(|seq| seq.token_ids.len())
+                    .sum::<usize>();
+                let lane = batcher.rule().lane_of(done.priority, done.query, tokens);
                 tracing::debug!(
                     target: LOG_TARGET,
                     id = %done.id,
                     request_id = trace.map_or("", |t| t.request_id()),
                     trace_id = trace.map_or("", |t| t.trace_id()),
                     sequences = count,
-                    tokens = sequences.iter().map(|seq| seq.token_ids.len()).sum::<usize>(),
+                    tokens,
+                    lane = ?lane,
                     "tokenized"
                 );
                 if let Some(trace) = trace {
@@ -206,7 +220,7 @@ impl State {
                     }
                 }
                 for seq in sequences {
-                    if let Err(e) = batcher.push(seq, now) {
+                    if let Err(e) = batcher.push(lane, seq, now) {
                         let error = ErrorReply::new(
                             Some(done.id.clone()),
                             ErrorCode::Internal,
@@ -230,7 +244,7 @@ impl State {
 
     /// Answers requests whose deadline passed while their sequences waited: each request
     /// (reply subject and id) once, however many of its sequences expired.
-    pub(super) fn expire(&mut self, batcher: &mut Batcher) {
+    pub(super) fn expire(&mut self, batcher: &mut Lanes) {
         let mut answered = HashSet::new();
         for item in batcher.remove_expired(Instant::now()) {
             let key = RequestKey::of(&item);
@@ -285,5 +299,14 @@ impl State {
             "refused"
         );
         send_error(&self.client, reply_to, error);
+    }
+}
+
+/// The lane `request` asked for, and whether it is a query: what the lane rule reads
+/// besides its size. A rerank request is never a query here (its size decides).
+fn asked_lane(request: &Checked) -> (Option<Priority>, bool) {
+    match request {
+        Checked::Embed(request) => (request.priority, request.input_type == InputType::Query),
+        Checked::Rerank(request) => (request.priority, false),
     }
 }
