@@ -1,5 +1,7 @@
 //! NATS subject names, all under one configurable prefix (default `embed`).
 
+use crate::wire::Priority;
+
 /// Default subject prefix.
 pub const DEFAULT_PREFIX: &str = "embed";
 
@@ -129,11 +131,56 @@ impl Subjects {
         is_identity(identity).then_some(identity)
     }
 
+    /// Tokenize and decode calls (`TokenizerCall`), answered over core NATS request/reply by
+    /// the embedding tokenizer workers in their queue group; no GPU work.
+    pub fn tokenize(&self) -> String {
+        format!("{}.tokenize", self.prefix)
+    }
+
+    /// Where `identity` publishes its tokenize calls: `{tokenize}.from.{identity}`.
+    pub fn tokenize_from(&self, identity: &str) -> String {
+        format!("{}.{FROM_TOKEN}.{identity}", self.tokenize())
+    }
+
+    /// The identity a tokenize call arrived from, read off its subject, as
+    /// [`requester_of`](Self::requester_of) does for requests.
+    pub fn tokenize_requester_of<'a>(&self, subject: &'a str) -> Option<&'a str> {
+        let identity = subject
+            .strip_prefix(self.tokenize().as_str())?
+            .strip_prefix('.')?
+            .strip_prefix(FROM_TOKEN)?
+            .strip_prefix('.')?;
+        is_identity(identity).then_some(identity)
+    }
+
     /// The batch subject of `task`.
     pub fn batches_for(&self, task: Task) -> String {
         match task {
             Task::Embed => self.batches(),
             Task::Rerank => self.rerank_batches(),
+        }
+    }
+
+    /// The batch subject of `task`'s lane `lane`: interactive batches on
+    /// [`batches_for`](Self::batches_for), bulk ones on `{batches}.bulk` (`embed.batches.bulk`,
+    /// `embed.rerank.batches.bulk`), a stream of their own so GPU workers pull them apart.
+    pub fn lane_batches(&self, task: Task, lane: Priority) -> String {
+        match lane {
+            Priority::Interactive => self.batches_for(task),
+            Priority::Bulk => format!("{}.bulk", self.batches_for(task)),
+        }
+    }
+
+    /// Name of the JetStream stream holding `task`'s batches of lane `lane`:
+    /// [`batch_stream_for`](Self::batch_stream_for) for interactive work, `EMBED_BULK_BATCHES`
+    /// and `EMBED_RERANK_BULK_BATCHES` for bulk work.
+    pub fn lane_stream(&self, task: Task, lane: Priority) -> String {
+        match (lane, task) {
+            (Priority::Interactive, _) => self.batch_stream_for(task),
+            (Priority::Bulk, Task::Embed) => format!("{}_BULK_BATCHES", self.stream_stem()),
+            (Priority::Bulk, Task::Rerank) => {
+                format!("{}_RERANK_BULK_BATCHES", self.stream_stem())
+            }
         }
     }
 
@@ -223,6 +270,31 @@ mod tests {
             subjects.direct_batches_for(Task::Rerank),
             "prod.embed.rerank.direct"
         );
+        let bulk = Priority::Bulk;
+        assert_eq!(
+            subjects.lane_batches(Task::Embed, Priority::Interactive),
+            "prod.embed.batches"
+        );
+        assert_eq!(
+            subjects.lane_batches(Task::Embed, bulk),
+            "prod.embed.batches.bulk"
+        );
+        assert_eq!(
+            subjects.lane_batches(Task::Rerank, bulk),
+            "prod.embed.rerank.batches.bulk"
+        );
+        assert_eq!(
+            subjects.lane_stream(Task::Embed, Priority::Interactive),
+            "PROD_EMBED_BATCHES"
+        );
+        assert_eq!(
+            subjects.lane_stream(Task::Embed, bulk),
+            "PROD_EMBED_BULK_BATCHES"
+        );
+        assert_eq!(
+            subjects.lane_stream(Task::Rerank, bulk),
+            "PROD_EMBED_RERANK_BULK_BATCHES"
+        );
     }
 
     #[test]
@@ -244,6 +316,12 @@ mod tests {
         ] {
             assert_eq!(subjects.requester_of(Task::Embed, other), None, "{other}");
         }
+        assert_eq!(subjects.tokenize(), "prod.embed.tokenize");
+        let tokenize = subjects.tokenize_from("alice");
+        assert_eq!(tokenize, "prod.embed.tokenize.from.alice");
+        assert_eq!(subjects.tokenize_requester_of(&tokenize), Some("alice"));
+        assert_eq!(subjects.tokenize_requester_of("prod.embed.tokenize"), None);
+        assert_eq!(subjects.tokenize_requester_of(&from), None);
         assert_eq!(reply_prefix_of("alice"), "_INBOX.alice.");
         assert!(is_identity("gpu-worker_2"));
         for bad in [

@@ -18,6 +18,7 @@
 mod budget;
 pub mod limits;
 pub mod size;
+pub mod tokenize;
 
 use serde::{Deserialize, Serialize};
 
@@ -512,6 +513,10 @@ pub struct WorkerStatus {
     /// Absent while it serves.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unhealthy: Option<String>,
+    /// Most tokens of one input the worker accepts (tokenizer workers: their `max_length`);
+    /// longer inputs are refused or truncated. Absent from other workers and older ones.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_input_tokens: Option<u32>,
 }
 
 impl WorkerStatus {

@@ -167,14 +167,14 @@ fn expected_status(probe: &Probe) -> StatusCode {
     let is_bool = |name: &str| field(name).is_none_or(Value::is_boolean);
     let one_of =
         |name: &str, allowed: &[&str]| field(name).is_none_or(|v| allowed.iter().any(|a| v == a));
+    // A text that truncation will cut is never refused for its length.
+    let truncating = probe.path == OPENAI && field("truncate") == Some(&Value::Bool(true));
+    let text_ok = |text: &str| truncating || text.chars().count() <= MAX_INPUT_CHARS;
     let input_ok = match field("input") {
-        Some(Value::String(text)) => text.chars().count() <= MAX_INPUT_CHARS,
+        Some(Value::String(text)) => text_ok(text),
         Some(Value::Array(items)) => {
             (1..=MAX_INPUTS).contains(&items.len())
-                && items.iter().all(|item| {
-                    item.as_str()
-                        .is_some_and(|text| text.chars().count() <= MAX_INPUT_CHARS)
-                })
+                && items.iter().all(|item| item.as_str().is_some_and(text_ok))
         }
         _ => false,
     };

@@ -137,7 +137,7 @@ async fn golden_vectors_through_seed_and_openai_routes() {
     let (status, answer) = post(
         &http,
         &format!("{base}/v1/embeddings"),
-        json!({"input": "word ".repeat(9000)}),
+        json!({"input": "word ".repeat(33_000)}),
     )
     .await;
     assert_eq!(status, 400, "{answer}");
@@ -145,7 +145,7 @@ async fn golden_vectors_through_seed_and_openai_routes() {
         answer["error"]["message"]
             .as_str()
             .unwrap()
-            .contains("8192"),
+            .contains("32768"),
         "{answer}"
     );
 

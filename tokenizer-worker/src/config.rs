@@ -5,7 +5,11 @@ use std::path::PathBuf;
 use common::subjects::{INBOX_ROOT, Task};
 use serde::Deserialize;
 
-use crate::tokenize::{DEFAULT_INSTRUCTION, DEFAULT_MAX_LENGTH};
+use crate::tokenize::DEFAULT_INSTRUCTION;
+
+/// The `max_length` that stands for the model's own `max_position_embeddings` (32,768 for
+/// Qwen3-Embedding): the default, and what a configuration without the key gets.
+pub const MAX_LENGTH_OF_MODEL: usize = 0;
 
 /// Everything a tokenizer worker needs besides the NATS connection.
 #[derive(Debug, Clone, Deserialize)]
@@ -16,13 +20,18 @@ pub struct TokenizerWorkerConfig {
     /// reranker's). Each task has its own subject, queue group and batch stream.
     pub task: Task,
     /// Model directory holding `tokenizer.json` and `config.json`.
+    /// A Hugging Face id (`Qwen/Qwen3-Embedding-0.6B`, optionally `@revision`) when no such
+    /// directory exists: the binary resolves it to the cached snapshot, downloading it when
+    /// the network is allowed (`common::model_source`).
     pub model_dir: PathBuf,
-    /// Served model name, reported in status answers.
+    /// Served model name, reported in status answers; empty: the Hugging Face id of
+    /// `model_dir`, or the directory's name.
     pub model_name: String,
     /// Task description for queries without an instruction of their own.
     pub default_instruction: String,
-    /// Most tokens of one input, `<|endoftext|>` included (the official code uses 8192; the
-    /// model accepts up to its `max_position_embeddings`).
+    /// Most tokens of one input, `<|endoftext|>` included. Absent (or 0): the model's
+    /// `max_position_embeddings` from its `config.json` (32,768 for Qwen3-Embedding), which
+    /// the worker puts here at start; a larger value is refused at start.
     pub max_length: usize,
     /// Whether inputs over `max_length` are cut (keeping the final `<|endoftext|>`) when the
     /// request does not say; otherwise they are rejected with `too_many_tokens`.
@@ -65,6 +74,15 @@ pub struct TokenizerWorkerConfig {
     /// `{subject}.from.{identity}` may reply only under `_INBOX.{identity}.`, whatever this
     /// says. Empty: the bare subjects are not served at all.
     pub reply_prefixes: Vec<String>,
+    /// Priority lanes: interactive and bulk work travel apart and GPU workers run
+    /// interactive passes first (`crate::lane`). `false`: one lane, everything interactive.
+    pub lanes: bool,
+    /// A request without a `priority` is interactive when it is a query or holds at most
+    /// this many tokens (all its inputs together), bulk otherwise.
+    pub interactive_max_tokens: usize,
+    /// Most tokens of one bulk batch: keep it at most the GPU workers'
+    /// `bulk_max_pass_tokens`, so a bulk batch is one bounded pass.
+    pub bulk_max_batch_tokens: usize,
 }
 
 impl Default for TokenizerWorkerConfig {
@@ -72,11 +90,12 @@ impl Default for TokenizerWorkerConfig {
         Self {
             task: Task::Embed,
             model_dir: PathBuf::from("models/Qwen3-Embedding-0.6B"),
-            model_name: "Qwen/Qwen3-Embedding-0.6B".into(),
+            model_name: String::new(),
             default_instruction: DEFAULT_INSTRUCTION.into(),
-            max_length: DEFAULT_MAX_LENGTH,
+            max_length: MAX_LENGTH_OF_MODEL,
             truncate: false,
-            max_batch_tokens: 16384,
+            // One sequence of the model's full length fits.
+            max_batch_tokens: 32768,
             max_batch_seqs: 256,
             max_wait_ms: 0,
             max_publishes_in_flight: 1,
@@ -85,11 +104,14 @@ impl Default for TokenizerWorkerConfig {
             max_direct_in_flight: 64,
             threads: 0,
             max_pending_tokens: 1 << 20,
-            // 32 inputs of 8192 tokens, or 2048 of 128: a quarter of `max_pending_tokens`,
+            // 8 inputs of 32768 tokens, or 2048 of 128: a quarter of `max_pending_tokens`,
             // so no single request fills a worker's queue.
             max_request_tokens: 1 << 18,
             // Any inbox: what NATS clients use by default, so existing clients keep working.
             reply_prefixes: vec![format!("{INBOX_ROOT}.")],
+            lanes: true,
+            interactive_max_tokens: 2048,
+            bulk_max_batch_tokens: 4096,
         }
     }
 }

@@ -13,6 +13,9 @@
 //! * [`batcher`]: pure, I/O-free packing of the sequences of concurrent requests into
 //!   [`common::wire::TokenBatch`]es by token, sequence and encoded-size budgets, with a
 //!   maximum wait and deadline expiry ([`batcher::Batcher`]).
+//! * [`lane`]: priority lanes: which lane a request travels in (its `priority`, else
+//!   queries and small requests interactive, large ones bulk) and one batcher per lane
+//!   ([`lane::Lanes`]), so batches never mix lanes.
 //! * [`acks`]: which requests asked for an acknowledgement and how much of each is queued
 //!   ([`acks::Acks`]).
 //! * [`publish`]: offering a small batch on the direct subject, and publishing a batch to the
@@ -33,6 +36,7 @@ pub mod batcher;
 pub mod budget;
 pub mod config;
 pub mod deadline;
+pub mod lane;
 pub mod pairs;
 pub mod publish;
 pub mod rerank;

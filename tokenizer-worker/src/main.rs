@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use clap::Parser;
 use common::config::ConfigSource;
+use common::model_source::{self, HubEnv, ModelFiles};
 use common::nats::NatsConfig;
 use common::queue::QueueConfig;
 use common::subjects::Task;
@@ -25,10 +26,11 @@ struct Args {
     /// reranker's model directory); each has its own subject and batch stream.
     #[arg(long, value_enum, env = "QWEN3_EMBED_TASK")]
     task: Option<Task>,
-    /// Model directory with `tokenizer.json` and `config.json`.
+    /// Model directory with `tokenizer.json` and `config.json`, or a Hugging Face id
+    /// (`Qwen/Qwen3-Embedding-0.6B[@revision]`) found in or downloaded to its cache.
     #[arg(long, env = "QWEN3_EMBED_MODEL_DIR")]
     model_dir: Option<PathBuf>,
-    /// Served model name (reported to the gateway).
+    /// Served model name (reported to the gateway; default: the id, or the directory's name).
     #[arg(long)]
     model_name: Option<String>,
     /// NATS server URL(s), comma-separated.
@@ -64,6 +66,15 @@ fn main() -> anyhow::Result<()> {
         config.threads = threads;
     }
     let runtime = tokio::runtime::Runtime::new()?;
+    let model = runtime.block_on(model_source::resolve(
+        &config.model_dir,
+        ModelFiles::Tokenizer,
+        &HubEnv::from_env(),
+    ))?;
+    if config.model_name.is_empty() {
+        config.model_name = model.default_name();
+    }
+    config.model_dir = model.dir;
     runtime.block_on(tokenizer_worker::service::run(
         config,
         nats,

@@ -7,11 +7,18 @@
 //! once, from the post-processor, never from the last id of a given text: the text
 //! `"<|endoftext|>"` itself encodes to `[151643, 151643]` (the added token, then the appended
 //! one), as transformers does.
+//!
+//! Truncation works on the ids of the whole text, so the ids kept are always the tokenizer's
+//! own: on the right the first `max_length - 1` ids are kept, on the left the last ones, and
+//! for a query the template (`Instruct: {instruction}\nQuery:`) is never cut, only the text
+//! after it. Either way the sequence ends with `<|endoftext|>`.
 
 use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 
 use common::wire::InputType;
+use common::wire::TruncationDirection;
+use common::wire::tokenize::{TokenSpan, TokenizedText};
 use tokenizers::Tokenizer;
 
 /// The token every sequence ends with and whose hidden state is pooled.
@@ -21,8 +28,9 @@ pub const END_OF_TEXT: &str = "<|endoftext|>";
 pub const DEFAULT_INSTRUCTION: &str =
     "Given a web search query, retrieve relevant passages that answer the query";
 
-/// Token limit the official Qwen3-Embedding code truncates at.
-pub const DEFAULT_MAX_LENGTH: usize = 8192;
+/// Qwen3-Embedding's context length (`max_position_embeddings` in its `config.json`): the
+/// token limit when none is given.
+pub const DEFAULT_MAX_LENGTH: usize = 32768;
 
 /// Text encoded at load time to find out whether the post-processor appends `<|endoftext|>`.
 const PROBE_TEXT: &str = "a";
@@ -78,6 +86,26 @@ pub enum TokenizeError {
         tokens: usize,
         /// The configured limit.
         max: usize,
+    },
+    /// Left truncation keeps a query's template whole, and the template alone takes all the
+    /// tokens the limit allows.
+    #[error(
+        "the query template (instruction included) takes {tokens} tokens, leaving none of the \
+         limit of {max} tokens for the text; shorten the instruction"
+    )]
+    TemplateTooLong {
+        /// Tokens of the template.
+        tokens: usize,
+        /// The configured limit.
+        max: usize,
+    },
+    /// An id to decode is not in the vocabulary.
+    #[error("token id {id} is not in the vocabulary of {vocab_size} tokens")]
+    UnknownId {
+        /// The id.
+        id: u32,
+        /// Ids run from 0 to one less than this.
+        vocab_size: usize,
     },
     /// The options are out of range.
     #[error("invalid tokenizer options: {0}")]
@@ -273,15 +301,17 @@ impl TextTokenizer {
 
     /// Formats and tokenizes one text; the ids end with exactly one appended `<|endoftext|>`.
     ///
-    /// When the sequence is longer than [`max_length`](Self::max_length): with `truncate` the
-    /// first `max_length - 1` tokens and the final `<|endoftext|>` are kept, without it the
+    /// When the sequence is longer than [`max_length`](Self::max_length): with `truncate`
+    /// `Right`, the first `max_length - 1` tokens and the final `<|endoftext|>` are kept; with
+    /// `Left`, the template's tokens (a query's `Instruct: ...\nQuery:`, nothing for a
+    /// document), the last tokens of the text and the final `<|endoftext|>`; with `None`, the
     /// result is [`TokenizeError::TooLong`].
     pub fn encode(
         &self,
         text: &str,
         kind: InputType,
         instruction: Option<&str>,
-        truncate: bool,
+        truncate: Option<TruncationDirection>,
     ) -> Result<Vec<u32>, TokenizeError> {
         let (head, rest) = self.split(text, kind, instruction);
         // `encode_fast` skips the offsets, which are not needed; the ids are the same.
@@ -289,26 +319,183 @@ impl TextTokenizer {
             .inner
             .encode_fast(rest.as_ref(), true)
             .map_err(TokenizeError::Tokenizer)?;
-        let ids = encoding.get_ids();
-        let body = if self.post_processor_appends_eot {
-            // The post-processor's `<|endoftext|>` is the last id; it is put back below.
+        let body = self.body(encoding.get_ids());
+        let max = self.options.max_length;
+        let tokens = head.len() + body.len() + 1;
+        let mut out = Vec::with_capacity(tokens.min(max));
+        match truncate {
+            _ if tokens <= max => out.extend(head.iter().chain(body)),
+            None => return Err(TokenizeError::TooLong { tokens, max }),
+            Some(TruncationDirection::Right) => {
+                out.extend(head.iter().chain(body).take(max - 1));
+            }
+            Some(TruncationDirection::Left) => {
+                let template = head.len() + self.template_tokens(&rest, kind, head.len())?;
+                if template >= max - 1 {
+                    return Err(TokenizeError::TemplateTooLong {
+                        tokens: template,
+                        max,
+                    });
+                }
+                let cut = tokens - max;
+                out.extend(head.iter().chain(body).take(template));
+                out.extend(head.iter().chain(body).skip(template + cut));
+            }
+        }
+        out.push(self.eot_id);
+        Ok(out)
+    }
+
+    /// The ids of a text without the `<|endoftext|>` the post-processor appends (it is put
+    /// back by the caller).
+    fn body<'a>(&self, ids: &'a [u32]) -> &'a [u32] {
+        if self.post_processor_appends_eot {
             &ids[..ids.len().saturating_sub(1)]
         } else {
             ids
-        };
-        let max = self.options.max_length;
-        let tokens = head.len() + body.len() + 1;
-        let keep = if tokens <= max {
-            tokens - 1
-        } else if truncate {
-            max - 1
+        }
+    }
+
+    /// How many of the first ids of `rest` (what follows `head_len` ids known from load) are
+    /// the query template's: those starting before the end of `...Query:`. Tokenizes `rest`
+    /// again, with offsets; only over-long queries cut on the left get here.
+    fn template_tokens(
+        &self,
+        rest: &str,
+        kind: InputType,
+        head_len: usize,
+    ) -> Result<usize, TokenizeError> {
+        if kind == InputType::Document {
+            return Ok(0);
+        }
+        // `rest` is `Query:{text}` after a head known from load, the whole formatted query
+        // otherwise; either way the template ends right after the first `Query:`.
+        let template_end = if head_len > 0 {
+            QUERY_LABEL.len()
         } else {
-            return Err(TokenizeError::TooLong { tokens, max });
+            rest.find(&format!("\n{QUERY_LABEL}"))
+                .map_or(0, |at| at + 1 + QUERY_LABEL.len())
         };
-        let mut out = Vec::with_capacity(keep + 1);
-        out.extend(head.iter().chain(body).take(keep));
-        out.push(self.eot_id);
-        Ok(out)
+        let encoding = self
+            .inner
+            .encode(rest, true)
+            .map_err(TokenizeError::Tokenizer)?;
+        Ok(encoding
+            .get_offsets()
+            .iter()
+            .take_while(|(start, _)| *start < template_end)
+            .count())
+    }
+
+    /// The ids the model reads for `text` (template and, with `add_special_tokens`, the final
+    /// `<|endoftext|>`), never truncated; with `return_tokens` also each token's text, whether
+    /// it is special and its byte offsets in the formatted text.
+    pub fn tokens(
+        &self,
+        text: &str,
+        kind: InputType,
+        instruction: Option<&str>,
+        add_special_tokens: bool,
+        return_tokens: bool,
+    ) -> Result<TokenizedText, TokenizeError> {
+        // The same ids as `encode` (the head known from load included), never cut.
+        let (head, rest) = self.split(text, kind, instruction);
+        let encoding = self
+            .inner
+            .encode_fast(rest.as_ref(), true)
+            .map_err(TokenizeError::Tokenizer)?;
+        let body = self.body(encoding.get_ids());
+        let mut ids = [head, body, &[self.eot_id]].concat();
+        if !return_tokens {
+            if !add_special_tokens {
+                ids.pop();
+            }
+            return Ok(TokenizedText {
+                ids,
+                tokens: Vec::new(),
+            });
+        }
+        let formatted = self.format(text, kind, instruction);
+        let (whole_ids, offsets) = self.whole(&formatted)?;
+        if whole_ids != ids {
+            // The load-time check of the head makes this impossible for the probed texts;
+            // should a text still tokenize differently whole, its offsets would not fit.
+            return Err(TokenizeError::InvalidOptions(
+                "the query head tokenized apart changes this text's ids; offsets are not \
+                 available for it"
+                    .into(),
+            ));
+        }
+        let specials = self.special_ids();
+        let last = ids.len() - 1;
+        let mut tokens: Vec<TokenSpan> = ids
+            .iter()
+            .zip(&offsets)
+            .enumerate()
+            .map(|(at, (id, (start, stop)))| {
+                if at == last {
+                    // The final `<|endoftext|>` is the model's, not the text's.
+                    return TokenSpan {
+                        text: END_OF_TEXT.to_owned(),
+                        special: true,
+                        start: None,
+                        stop: None,
+                    };
+                }
+                TokenSpan {
+                    text: formatted.get(*start..*stop).unwrap_or_default().to_owned(),
+                    special: specials.contains(id),
+                    start: u32::try_from(*start).ok(),
+                    stop: u32::try_from(*stop).ok(),
+                }
+            })
+            .collect();
+        if !add_special_tokens {
+            ids.pop();
+            tokens.pop();
+        }
+        Ok(TokenizedText { ids, tokens })
+    }
+
+    /// The ids of the whole `formatted` text ending with exactly one appended
+    /// `<|endoftext|>`, and their byte offsets (those of the appended one are `(0, 0)`).
+    fn whole(
+        &self,
+        formatted: &str,
+    ) -> Result<(Vec<u32>, Vec<tokenizers::Offsets>), TokenizeError> {
+        let encoding = self
+            .inner
+            .encode(formatted, true)
+            .map_err(TokenizeError::Tokenizer)?;
+        let mut ids = encoding.get_ids().to_vec();
+        let mut offsets = encoding.get_offsets().to_vec();
+        if !self.post_processor_appends_eot {
+            ids.push(self.eot_id);
+            offsets.push((0, 0));
+        }
+        Ok((ids, offsets))
+    }
+
+    /// Ids of the special added tokens (`<|endoftext|>`, `<|im_start|>`, ...).
+    fn special_ids(&self) -> Vec<u32> {
+        self.inner
+            .get_added_tokens_decoder()
+            .into_iter()
+            .filter(|(_, token)| token.special)
+            .map(|(id, _)| id)
+            .collect()
+    }
+
+    /// The text of `ids`, leaving special tokens out when `skip_special_tokens`; an id
+    /// outside the vocabulary is refused by value.
+    pub fn decode(&self, ids: &[u32], skip_special_tokens: bool) -> Result<String, TokenizeError> {
+        let vocab_size = self.inner.get_vocab_size(true);
+        if let Some(&id) = ids.iter().find(|&&id| id as usize >= vocab_size) {
+            return Err(TokenizeError::UnknownId { id, vocab_size });
+        }
+        self.inner
+            .decode(ids, skip_special_tokens)
+            .map_err(TokenizeError::Tokenizer)
     }
 
     /// Encodes several texts of one request (same kind, instruction and truncation), one
@@ -319,7 +506,7 @@ impl TextTokenizer {
         texts: &[S],
         kind: InputType,
         instruction: Option<&str>,
-        truncate: bool,
+        truncate: Option<TruncationDirection>,
     ) -> Vec<Result<Vec<u32>, TokenizeError>> {
         texts
             .iter()
@@ -351,6 +538,6 @@ mod tests {
             .expect_err("max_length 1 must be rejected");
         assert!(err.to_string().contains("got 1"), "{err}");
         assert!(TokenizerOptions::default().validate().is_ok());
-        assert_eq!(TokenizerOptions::default().max_length, 8192);
+        assert_eq!(TokenizerOptions::default().max_length, 32768);
     }
 }

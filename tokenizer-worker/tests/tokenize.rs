@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use common::wire::InputType;
+use common::wire::{InputType, TruncationDirection};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::Value;
@@ -122,7 +122,7 @@ fn base_tokenizer(options: TokenizerOptions) -> TextTokenizer {
 fn assert_golden(tokenizer: &TextTokenizer, what: &str) {
     for case in cases() {
         let ids = tokenizer
-            .encode(&case.text, case.kind, case.instruction.as_deref(), false)
+            .encode(&case.text, case.kind, case.instruction.as_deref(), None)
             .unwrap_or_else(|err| panic!("{what}: case {}: {err}", case.id));
         assert_eq!(ids, case.input_ids, "{what}: case {}", case.id);
     }
@@ -149,7 +149,7 @@ fn query_without_instruction_uses_the_default_and_documents_are_untouched() {
     );
     assert_eq!(
         tokenizer
-            .encode(&web.text, InputType::Query, None, false)
+            .encode(&web.text, InputType::Query, None, None)
             .expect("encode"),
         web.input_ids
     );
@@ -168,7 +168,7 @@ fn custom_default_instruction_is_used() {
     });
     let custom = case("query_custom_task");
     let ids = tokenizer
-        .encode(&custom.text, InputType::Query, None, false)
+        .encode(&custom.text, InputType::Query, None, None)
         .expect("encode");
     assert_eq!(ids, custom.input_ids);
 }
@@ -178,7 +178,7 @@ fn every_golden_case_encodes_exactly() {
     let tokenizer = tokenizer();
     assert!(tokenizer.post_processor_appends_eot());
     assert_eq!(tokenizer.eot_id(), EOT);
-    assert_eq!(tokenizer.max_length(), 8192);
+    assert_eq!(tokenizer.max_length(), 32768);
     assert_golden(tokenizer, "embedding tokenizer");
 }
 
@@ -186,11 +186,11 @@ fn every_golden_case_encodes_exactly() {
 fn literal_endoftext_and_empty_text() {
     let tokenizer = tokenizer();
     let ids = tokenizer
-        .encode("<|endoftext|>", InputType::Document, None, false)
+        .encode("<|endoftext|>", InputType::Document, None, None)
         .expect("encode");
     assert_eq!(ids, vec![EOT, EOT]);
     let ids = tokenizer
-        .encode("", InputType::Document, None, false)
+        .encode("", InputType::Document, None, None)
         .expect("encode");
     assert_eq!(ids, vec![EOT]);
 }
@@ -224,16 +224,196 @@ fn truncation_keeps_the_first_tokens_and_the_final_endoftext() {
     expected.push(EOT);
     for tokenizer in [with_options(options.clone()), base_tokenizer(options)] {
         let ids = tokenizer
-            .encode(&long.text, long.kind, None, true)
+            .encode(
+                &long.text,
+                long.kind,
+                None,
+                Some(TruncationDirection::Right),
+            )
             .expect("truncated");
         assert_eq!(ids, expected);
         // Short texts are untouched by truncation.
         let short = case("en_short");
         let ids = tokenizer
-            .encode(&short.text, short.kind, None, true)
+            .encode(
+                &short.text,
+                short.kind,
+                None,
+                Some(TruncationDirection::Right),
+            )
             .expect("short");
         assert_eq!(ids, short.input_ids);
     }
+}
+
+#[test]
+fn left_truncation_keeps_the_last_tokens_of_a_document() {
+    let long = case("long_2000");
+    let body = &long.input_ids[..long.input_ids.len() - 1];
+    let options = TokenizerOptions {
+        max_length: 100,
+        ..TokenizerOptions::default()
+    };
+    // The tokenizer's own ids of the whole text: the last 99 of them, then `<|endoftext|>`.
+    let mut expected = body[body.len() - 99..].to_vec();
+    expected.push(EOT);
+    for tokenizer in [with_options(options.clone()), base_tokenizer(options)] {
+        let ids = tokenizer
+            .encode(&long.text, long.kind, None, Some(TruncationDirection::Left))
+            .expect("truncated");
+        assert_eq!(ids, expected);
+        let short = case("en_short");
+        let ids = tokenizer
+            .encode(
+                &short.text,
+                short.kind,
+                None,
+                Some(TruncationDirection::Left),
+            )
+            .expect("short");
+        assert_eq!(ids, short.input_ids, "short texts are untouched");
+    }
+}
+
+#[test]
+fn left_truncation_of_a_query_keeps_its_template_whole() {
+    // Starts with a space, so `Query:` and the text are tokenized apart.
+    let text = " rust is a language for reliable software".repeat(40);
+    let roomy = with_options(TokenizerOptions::default());
+    let template = roomy
+        .encode("", InputType::Query, None, None)
+        .expect("template");
+    let template = &template[..template.len() - 1];
+    let whole = roomy
+        .encode(&text, InputType::Query, None, None)
+        .expect("whole query");
+    assert_eq!(&whole[..template.len()], template, "the template leads");
+    let body = &whole[template.len()..whole.len() - 1];
+
+    let max = 64;
+    let options = TokenizerOptions {
+        max_length: max,
+        ..TokenizerOptions::default()
+    };
+    let mut expected = template.to_vec();
+    expected.extend_from_slice(&body[body.len() - (max - 1 - template.len())..]);
+    expected.push(EOT);
+    for tokenizer in [with_options(options.clone()), base_tokenizer(options)] {
+        let ids = tokenizer
+            .encode(
+                &text,
+                InputType::Query,
+                None,
+                Some(TruncationDirection::Left),
+            )
+            .expect("truncated");
+        assert_eq!(ids.len(), max);
+        assert_eq!(ids, expected);
+        // A custom instruction (tokenized with the text, not reused from load) too.
+        let custom = tokenizer
+            .encode(
+                &text,
+                InputType::Query,
+                Some("Find code"),
+                Some(TruncationDirection::Left),
+            )
+            .expect("custom instruction");
+        let head = roomy
+            .encode("", InputType::Query, Some("Find code"), None)
+            .expect("custom template");
+        let head = &head[..head.len() - 1];
+        assert_eq!(&custom[..head.len()], head);
+        assert_eq!(
+            &custom[custom.len() - 10..],
+            &expected[expected.len() - 10..]
+        );
+    }
+
+    // A template that leaves no room for the text is refused, naming both numbers.
+    let tight = with_options(TokenizerOptions {
+        max_length: template.len(),
+        ..TokenizerOptions::default()
+    });
+    let error = tight
+        .encode(
+            &text,
+            InputType::Query,
+            None,
+            Some(TruncationDirection::Left),
+        )
+        .expect_err("no room for the text");
+    assert!(
+        matches!(error, TokenizeError::TemplateTooLong { tokens, max } if tokens == template.len() && max == template.len()),
+        "{error:?}"
+    );
+}
+
+#[test]
+fn tokens_are_the_ids_the_model_reads_with_their_offsets() {
+    let tokenizer = with_options(TokenizerOptions {
+        max_length: 16,
+        ..TokenizerOptions::default()
+    });
+    for case in cases() {
+        let instruction = case.instruction.as_deref();
+        // Never truncated, whatever the limit.
+        let plain = tokenizer
+            .tokens(&case.text, case.kind, instruction, true, false)
+            .expect("ids");
+        assert_eq!(plain.ids, case.input_ids, "{}", case.id);
+        assert!(plain.tokens.is_empty());
+        let detailed = tokenizer
+            .tokens(&case.text, case.kind, instruction, true, true)
+            .expect("tokens");
+        assert_eq!(detailed.ids, case.input_ids, "{}", case.id);
+        assert_eq!(detailed.tokens.len(), detailed.ids.len(), "{}", case.id);
+        let last = detailed.tokens.last().expect("a last token");
+        assert_eq!(
+            (last.text.as_str(), last.special, last.start),
+            ("<|endoftext|>", true, None)
+        );
+        // The pieces cover the formatted text, in order, where their offsets say.
+        let mut end = 0;
+        for token in &detailed.tokens[..detailed.tokens.len() - 1] {
+            let (start, stop) = (token.start.unwrap() as usize, token.stop.unwrap() as usize);
+            assert!(start >= end.min(start) && stop >= start, "{}", case.id);
+            assert_eq!(case.formatted.get(start..stop), Some(token.text.as_str()));
+            end = stop;
+        }
+        assert_eq!(end, case.formatted.len(), "{}", case.id);
+        let bare = tokenizer
+            .tokens(&case.text, case.kind, instruction, false, true)
+            .expect("without the final token");
+        assert_eq!(bare.ids, case.input_ids[..case.input_ids.len() - 1]);
+        assert_eq!(bare.tokens.len(), bare.ids.len());
+    }
+    let literal = case("literal_endoftext");
+    let tokens = tokenizer
+        .tokens(&literal.text, literal.kind, None, true, true)
+        .expect("tokens");
+    assert!(tokens.tokens[0].special && tokens.tokens[0].start == Some(0));
+}
+
+#[test]
+fn decode_gives_the_text_back_and_refuses_unknown_ids() {
+    let tokenizer = tokenizer();
+    for id in ["en_short", "zh_sentence", "emoji", "code_snippet"] {
+        let case = case(id);
+        assert_eq!(
+            tokenizer.decode(&case.input_ids, true).expect("decodes"),
+            case.text,
+            "{id}"
+        );
+        let with_special = tokenizer.decode(&case.input_ids, false).expect("decodes");
+        assert_eq!(with_special, format!("{}<|endoftext|>", case.text));
+    }
+    let error = tokenizer.decode(&[785, 999_999_999], true).unwrap_err();
+    assert!(
+        error
+            .to_string()
+            .starts_with("token id 999999999 is not in the vocabulary of"),
+        "{error}"
+    );
 }
 
 #[test]
@@ -245,7 +425,7 @@ fn limit_is_inclusive_and_too_long_names_both_lengths() {
         ..TokenizerOptions::default()
     });
     let ids = exact
-        .encode(&long.text, long.kind, None, false)
+        .encode(&long.text, long.kind, None, None)
         .expect("fits exactly");
     assert_eq!(ids, long.input_ids);
 
@@ -254,7 +434,7 @@ fn limit_is_inclusive_and_too_long_names_both_lengths() {
         ..TokenizerOptions::default()
     });
     let err = short
-        .encode(&long.text, long.kind, None, false)
+        .encode(&long.text, long.kind, None, None)
         .expect_err("one token too many");
     assert!(
         matches!(err, TokenizeError::TooLong { tokens: t, max: m } if t == tokens && m == tokens - 1),
@@ -273,12 +453,17 @@ fn smallest_limit_keeps_one_token_and_endoftext() {
     });
     let literal = case("literal_endoftext");
     let ids = tokenizer
-        .encode(&literal.text, literal.kind, None, false)
+        .encode(&literal.text, literal.kind, None, None)
         .expect("two tokens fit");
     assert_eq!(ids, vec![EOT, EOT]);
     let short = case("en_short");
     let ids = tokenizer
-        .encode(&short.text, short.kind, None, true)
+        .encode(
+            &short.text,
+            short.kind,
+            None,
+            Some(TruncationDirection::Right),
+        )
         .expect("truncated");
     assert_eq!(ids, vec![short.input_ids[0], EOT]);
 }
@@ -290,7 +475,7 @@ fn encode_batch_reports_each_text() {
         ..TokenizerOptions::default()
     });
     let texts = [case("en_short").text.as_str(), &case("long_600").text, ""];
-    let results = tokenizer.encode_batch(&texts, InputType::Document, None, false);
+    let results = tokenizer.encode_batch(&texts, InputType::Document, None, None);
     assert_eq!(results.len(), 3);
     assert_eq!(
         results[0].as_ref().expect("short"),
@@ -314,7 +499,7 @@ fn concurrent_use_from_threads_gives_the_golden_ids() {
             scope.spawn(move || {
                 for case in chunk {
                     let ids = tokenizer
-                        .encode(&case.text, case.kind, case.instruction.as_deref(), false)
+                        .encode(&case.text, case.kind, case.instruction.as_deref(), None)
                         .expect("encode");
                     assert_eq!(ids, case.input_ids, "case {}", case.id);
                 }
@@ -433,13 +618,13 @@ fn default_query_head_reused_gives_the_ids_of_the_whole_query() {
         for _ in 0..3000 {
             let text = tricky_text(&mut rng);
             let ids = tokenizer
-                .encode(&text, InputType::Query, None, false)
+                .encode(&text, InputType::Query, None, None)
                 .expect("encode");
             // Both tokenizers give the ids of the fixture's, which appends `<|endoftext|>`.
             assert_eq!(ids, whole_ids(&tokenizer, &text), "{what}: query {text:?}");
             // The default instruction given explicitly takes the same path.
             let explicit = tokenizer
-                .encode(&text, InputType::Query, Some(DEFAULT_INSTRUCTION), false)
+                .encode(&text, InputType::Query, Some(DEFAULT_INSTRUCTION), None)
                 .expect("encode");
             assert_eq!(explicit, ids, "{what}: query {text:?}");
         }
@@ -450,7 +635,7 @@ fn default_query_head_reused_gives_the_ids_of_the_whole_query() {
 fn truncation_can_end_inside_the_reused_query_head() {
     let web = case("query_web_1");
     let head_len = tokenizer()
-        .encode("", InputType::Query, None, false)
+        .encode("", InputType::Query, None, None)
         .expect("encode")
         .len()
         - 1;
@@ -460,7 +645,12 @@ fn truncation_can_end_inside_the_reused_query_head() {
             ..TokenizerOptions::default()
         });
         let ids = tokenizer
-            .encode(&web.text, InputType::Query, None, true)
+            .encode(
+                &web.text,
+                InputType::Query,
+                None,
+                Some(TruncationDirection::Right),
+            )
             .expect("truncated");
         let mut expected = web.input_ids[..max_length - 1].to_vec();
         expected.push(EOT);
@@ -495,7 +685,7 @@ fn query_head_is_tokenized_whole_when_a_split_would_change_the_ids() {
     assert!(!tokenizer.reuses_default_query_head());
     let web = case("query_web_1");
     let ids = tokenizer
-        .encode(&web.text, InputType::Query, None, false)
+        .encode(&web.text, InputType::Query, None, None)
         .expect("encode");
     assert_eq!(ids[0], 151644);
     assert_eq!(ids[1..], web.input_ids[..]);

@@ -11,8 +11,9 @@
 //! the request (a GPU worker from a queued batch, a tokenizer worker in bundles and after a
 //! failed queueing), so every worker may publish under `_INBOX.>`; requesters cannot.
 
-use common::queue::gpu_consumer_name;
+use common::queue::lane_consumer_name;
 use common::subjects::{INBOX_ROOT, Subjects, Task};
+use common::wire::Priority;
 
 /// The gateway's role.
 pub const GATEWAY: &str = "gateway";
@@ -93,16 +94,23 @@ fn tokenizer(subjects: &Subjects, task: Task, name: &str) -> Role {
     let requests = subjects.requests_for(task);
     let mut publish = vec![
         subjects.batches_for(task),
+        subjects.lane_batches(task, Priority::Bulk),
         subjects.direct_batches_for(task),
         all_inboxes(),
     ];
     publish.extend(stream_setup(&subjects.batch_stream_for(task)));
+    publish.extend(stream_setup(&subjects.lane_stream(task, Priority::Bulk)));
     let mut subscribe = vec![
         requests.clone(),
         format!("{requests}.from.*"),
         subjects.status(),
         own_inbox(name),
     ];
+    if task == Task::Embed {
+        // Tokenize and decode calls, answered by the embedding tokenizers.
+        let calls = subjects.tokenize();
+        subscribe.extend([format!("{calls}.from.*"), calls]);
+    }
     subscribe.extend(service_discovery(service_name(TOKENIZER, task)));
     Role {
         name: name.to_string(),
@@ -115,23 +123,29 @@ fn tokenizer(subjects: &Subjects, task: Task, name: &str) -> Role {
 /// durable consumer, puts split batches back, deletes batches that ran out of deliveries,
 /// takes direct offers, answers requesters and status requests.
 fn gpu(subjects: &Subjects, task: Task, name: &str) -> Role {
-    let stream = subjects.batch_stream_for(task);
-    let consumer = gpu_consumer_name(task);
-    let mut publish = vec![subjects.batches_for(task), all_inboxes()];
-    publish.extend(stream_setup(&stream));
-    publish.extend([
-        format!("$JS.API.CONSUMER.INFO.{stream}.{consumer}"),
-        format!("$JS.API.CONSUMER.CREATE.{stream}.{consumer}"),
-        format!("$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}"),
-        format!("$JS.API.STREAM.MSG.DELETE.{stream}"),
-        format!("$JS.ACK.{stream}.{consumer}.>"),
-    ]);
+    let mut publish = vec![all_inboxes()];
     let mut subscribe = vec![
         subjects.direct_batches_for(task),
-        common::queue::max_deliveries_advisory(&stream, task),
         subjects.status(),
         own_inbox(name),
     ];
+    // Each priority lane: its stream, its durable consumer, its advisory.
+    for lane in [Priority::Interactive, Priority::Bulk] {
+        let stream = subjects.lane_stream(task, lane);
+        let consumer = lane_consumer_name(task, lane);
+        publish.push(subjects.lane_batches(task, lane));
+        publish.extend(stream_setup(&stream));
+        publish.extend([
+            format!("$JS.API.CONSUMER.INFO.{stream}.{consumer}"),
+            format!("$JS.API.CONSUMER.CREATE.{stream}.{consumer}"),
+            format!("$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}"),
+            format!("$JS.API.STREAM.MSG.DELETE.{stream}"),
+            format!("$JS.ACK.{stream}.{consumer}.>"),
+        ]);
+        subscribe.push(common::queue::lane_max_deliveries_advisory(
+            &stream, task, lane,
+        ));
+    }
     subscribe.extend(service_discovery(service_name(GPU, task)));
     Role {
         name: name.to_string(),
@@ -141,12 +155,13 @@ fn gpu(subjects: &Subjects, task: Task, name: &str) -> Role {
 }
 
 /// A requester named `name` (the gateway, an external client): publishes requests of both
-/// tasks on its own `from` subjects and reads its own inbox. The gateway also asks for
+/// tasks and tokenize calls on its own `from` subjects and reads its own inbox. The gateway also asks for
 /// status.
 fn requester(subjects: &Subjects, name: &str, asks_status: bool) -> Role {
     let mut publish = vec![
         subjects.requests_from(Task::Embed, name),
         subjects.requests_from(Task::Rerank, name),
+        subjects.tokenize_from(name),
     ];
     if asks_status {
         publish.push(subjects.status());
@@ -206,7 +221,11 @@ mod tests {
         let alice = role(&roles, "alice");
         assert_eq!(
             alice.publish,
-            ["embed.requests.from.alice", "embed.rerank.from.alice"]
+            [
+                "embed.requests.from.alice",
+                "embed.rerank.from.alice",
+                "embed.tokenize.from.alice"
+            ]
         );
         assert_eq!(alice.subscribe, ["_INBOX.alice.>"]);
     }
@@ -222,6 +241,28 @@ mod tests {
         assert!(gpu.subscribe.contains(
             &"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.PROD_EMBED_BATCHES.gpu-workers".into()
         ));
+        // The bulk lane: its own stream and consumer, pulled by the same workers.
+        for subject in [
+            "prod.embed.batches.bulk",
+            "$JS.API.CONSUMER.MSG.NEXT.PROD_EMBED_BULK_BATCHES.gpu-workers-bulk",
+            "$JS.ACK.PROD_EMBED_BULK_BATCHES.gpu-workers-bulk.>",
+        ] {
+            assert!(gpu.publish.contains(&subject.into()), "{subject}");
+        }
+        assert!(gpu.subscribe.contains(
+            &"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.PROD_EMBED_BULK_BATCHES.gpu-workers-bulk"
+                .into()
+        ));
+        let embed_tokenizer = role(&roles, TOKENIZER);
+        for subject in [
+            "prod.embed.batches.bulk",
+            "$JS.API.STREAM.CREATE.PROD_EMBED_BULK_BATCHES",
+        ] {
+            assert!(
+                embed_tokenizer.publish.contains(&subject.into()),
+                "{subject}"
+            );
+        }
         let rerank = role(&roles, RERANK_GPU);
         assert!(
             rerank
@@ -239,6 +280,17 @@ mod tests {
                 .subscribe
                 .contains(&"prod.embed.rerank.from.*".into())
         );
+        // Tokenize calls go to the embedding tokenizers only.
+        assert!(
+            !tokenizer
+                .subscribe
+                .iter()
+                .any(|s| s.contains("embed.tokenize"))
+        );
+        let tokenizer = role(&roles, TOKENIZER);
+        for subject in ["prod.embed.tokenize", "prod.embed.tokenize.from.*"] {
+            assert!(tokenizer.subscribe.contains(&subject.into()), "{subject}");
+        }
         for worker in [TOKENIZER, GPU, RERANK_TOKENIZER, RERANK_GPU] {
             let worker = role(&roles, worker);
             assert!(

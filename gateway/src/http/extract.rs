@@ -28,7 +28,7 @@ impl<T: RequestBody> FromRequest<AppState> for JsonBody<T> {
                 ApiError::BodyRead(rejection.body_text())
             }
         })?;
-        let limits = Limits::from_config(&state.config);
+        let limits = Limits::for_bodies(&state.config);
         match decode::<T>(&body, limits) {
             Ok(request) => Ok(Self(request)),
             // Another model's name answers 404 whatever else is wrong (the model is

@@ -31,6 +31,7 @@ pub mod assembly;
 pub mod discovery;
 pub mod resend;
 mod routing;
+pub mod tokenize;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -178,6 +179,8 @@ pub struct Upstream {
     requests_subject: String,
     /// Subject rerank requests are published on.
     rerank_subject: String,
+    /// Subject tokenize and decode calls are sent on.
+    tokenize_subject: String,
     /// This gateway's inbox; reply subjects are `{inbox}.{n}`.
     inbox: String,
     /// Where workers may send bundled replies: `{inbox}.bundle`.
@@ -218,6 +221,10 @@ impl Upstream {
         };
         let (requests_subject, rerank_subject) =
             (requests_for(Task::Embed), requests_for(Task::Rerank));
+        let tokenize_subject = match requester_of_inbox(&inbox) {
+            Some(identity) => subjects.tokenize_from(identity),
+            None => subjects.tokenize(),
+        };
         let subscriber = client.subscribe(format!("{inbox}.>")).await?;
         let pending = PendingMap::default();
         let reader = tokio::spawn(read_replies(subscriber, inbox.clone(), pending.clone()));
@@ -225,6 +232,7 @@ impl Upstream {
             client,
             requests_subject,
             rerank_subject,
+            tokenize_subject,
             bundle_subject: format!("{inbox}.{BUNDLE_TOKEN}"),
             inbox,
             gateway_id,

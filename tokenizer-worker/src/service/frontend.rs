@@ -102,6 +102,14 @@ impl Frontend {
         })
     }
 
+    /// The embedding tokenizer, which also serves tokenize calls; `None` for rerank.
+    pub(super) fn text_tokenizer(&self) -> Option<Arc<TextTokenizer>> {
+        match self {
+            Self::Embed { tokenizer, .. } => Some(Arc::clone(tokenizer)),
+            Self::Rerank { .. } => None,
+        }
+    }
+
     /// Tokenizes a checked request due by `deadline` into its sequences, whose replies go to
     /// `reply_to`.
     pub(super) fn tokenize(
@@ -182,7 +190,8 @@ impl Checked {
     }
 }
 
-/// Tokenizes every text of an embedding request due by `deadline` (on a blocking thread).
+/// Tokenizes every text of an embedding request due by `deadline` (on a blocking thread),
+/// cutting over-long texts at the request's `truncation_direction` when `truncate`.
 /// The first text that fails fails the whole request, naming its index; so does the first
 /// text that takes the request's total past `max_tokens` (the rest are not tokenized).
 fn tokenize_embed(
@@ -199,13 +208,14 @@ fn tokenize_embed(
         InputType::Document => None,
     };
     let total = request.input.len() as u32;
+    let direction = truncate.then(|| request.truncation_direction.unwrap_or_default());
     request
         .input
         .iter()
         .enumerate()
         .map(|(index, text)| {
             let ids = tokenizer
-                .encode(text, request.input_type, instruction, truncate)
+                .encode(text, request.input_type, instruction, direction)
                 .map_err(|e| {
                     let code = match e {
                         TokenizeError::TooLong { .. } => ErrorCode::TooManyTokens,
@@ -225,12 +235,12 @@ fn tokenize_embed(
                 total,
                 len: ids.len() as u32,
                 dims: request.dimensions.unwrap_or(0),
+                unnormalized: request.normalize == Some(false),
                 deadline_ms: deadline.unix_ms,
                 trace: None,
                 bundle_to: request.bundle_to.clone(),
                 // Set as the batch is sent, from `deadline.at`.
                 budget_ms: 0,
-                ..Default::default()
             };
             PendingSequence::new(item, ids, deadline.at).map_err(|e| {
                 ErrorReply::new(Some(request.id.clone()), ErrorCode::Internal, e.to_string())
@@ -275,7 +285,7 @@ mod tests {
             .iter()
             .map(|t| {
                 tokenizer
-                    .encode(t, InputType::Document, None, false)
+                    .encode(t, InputType::Document, None, None)
                     .unwrap()
                     .len()
             })

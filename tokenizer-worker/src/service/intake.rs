@@ -10,6 +10,7 @@ use bytes::Bytes;
 use common::wire::limits::{MAX_ID_BYTES, MAX_INSTRUCTION_CHARS, over_bytes, over_chars};
 use common::wire::{self, EmbedRequest, ErrorCode, ErrorReply};
 
+use crate::config::MAX_LENGTH_OF_MODEL;
 use crate::deadline::{self, Deadline, Receipt};
 use crate::routing::Route;
 
@@ -26,6 +27,25 @@ pub(super) struct ModelLimits {
 /// Qwen3's context length, for a `config.json` that does not name it.
 fn default_max_positions() -> usize {
     32768
+}
+
+impl ModelLimits {
+    /// The token limit of a worker configured with `max_length`: the model's
+    /// `max_position_embeddings` for [`MAX_LENGTH_OF_MODEL`], the configured value when it
+    /// is within them; refused (naming both) when it is not.
+    pub(super) fn max_length(&self, configured: usize) -> anyhow::Result<usize> {
+        let positions = self.max_position_embeddings;
+        if configured == MAX_LENGTH_OF_MODEL {
+            return Ok(positions);
+        }
+        anyhow::ensure!(
+            configured <= positions,
+            "max_length {configured} exceeds the model's {positions} positions \
+             (max_position_embeddings in its config.json); set it to at most {positions}, or \
+             leave it out to use the model's"
+        );
+        Ok(configured)
+    }
 }
 
 /// Reads the model's limits from `config.json` in `dir`.
@@ -172,6 +192,22 @@ mod tests {
             Duration::from_secs(60),
         )
         .map(drop)
+    }
+
+    #[test]
+    fn max_length_defaults_to_the_model_and_may_not_exceed_it() {
+        let limits = ModelLimits {
+            hidden_size: 32,
+            max_position_embeddings: 32768,
+        };
+        assert_eq!(limits.max_length(MAX_LENGTH_OF_MODEL).unwrap(), 32768);
+        assert_eq!(limits.max_length(512).unwrap(), 512);
+        assert_eq!(limits.max_length(32768).unwrap(), 32768);
+        let error = limits.max_length(40000).unwrap_err().to_string();
+        assert!(
+            error.contains("max_length 40000 exceeds the model's 32768 positions"),
+            "{error}"
+        );
     }
 
     #[test]

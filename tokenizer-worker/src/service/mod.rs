@@ -29,7 +29,10 @@
 //! * `state`: what the loop owns; taking, queueing, refusing and expiring requests;
 //! * `dispatch`: sending batches on and settling what their publishes did;
 //! * `status`: the answer on the status subject.
+//! * `calls`: tokenize and decode calls on the tokenize subject (embedding workers only),
+//!   served beside the loop on the same pool of blocking threads.
 
+mod calls;
 mod dispatch;
 mod frontend;
 mod intake;
@@ -54,8 +57,9 @@ use self::intake::read_model_limits;
 use self::state::{DirectPath, State, Tokenized};
 use self::status::initial_status;
 use crate::acks::Acks;
-use crate::batcher::{Batcher, BatcherConfig};
+use crate::batcher::BatcherConfig;
 use crate::config::TokenizerWorkerConfig;
+use crate::lane::{LaneRule, Lanes};
 use crate::publish::{BatchIds, HEADER_ROOM, WorkQueue, batch_bytes_limit};
 use crate::routing::{DroppedRequests, ReplyRules};
 use common::worker::{flush_at_shutdown, register_service};
@@ -72,12 +76,8 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let limits = read_model_limits(&config.model_dir)?;
-    anyhow::ensure!(
-        config.max_length <= limits.max_position_embeddings,
-        "max_length {} exceeds the model's {} positions",
-        config.max_length,
-        limits.max_position_embeddings
-    );
+    let mut config = config;
+    config.max_length = limits.max_length(config.max_length)?;
     anyhow::ensure!(
         config.max_batch_tokens >= config.max_length,
         "max_batch_tokens {} must be at least max_length {}",
@@ -105,6 +105,8 @@ pub async fn run(
     let js = jetstream::new(client.clone());
     // Once it answered, the server has said its `max_payload` (0 while still unknown).
     batch_stream_for(&js, &subjects, task, &queue).await?;
+    common::queue::lane_stream_for(&js, &subjects, task, common::wire::Priority::Bulk, &queue)
+        .await?;
     let max_payload = client.server_info().max_payload;
     let largest_batch = BATCH_OVERHEAD + MAX_ITEM_BYTES + config.max_length * TOKEN_BYTES;
     anyhow::ensure!(
@@ -114,15 +116,18 @@ pub async fn run(
          {HEADER_ROOM} are kept for headers; raise max_payload or lower max_length",
         config.max_length
     );
-    let mut batcher = Batcher::new(BatcherConfig {
-        max_batch_tokens: config.max_batch_tokens,
-        max_batch_seqs: config.max_batch_seqs,
-        max_batch_bytes: match max_payload {
-            0 => usize::MAX,
-            known => batch_bytes_limit(known),
+    let mut batcher = Lanes::new(
+        LaneRule::of(&config),
+        BatcherConfig {
+            max_batch_tokens: config.max_batch_tokens,
+            max_batch_seqs: config.max_batch_seqs,
+            max_batch_bytes: match max_payload {
+                0 => usize::MAX,
+                known => batch_bytes_limit(known),
+            },
+            max_wait: Duration::from_millis(config.max_wait_ms),
         },
-        max_wait: Duration::from_millis(config.max_wait_ms),
-    })?;
+    )?;
     let (queue_group, service_name) = match task {
         Task::Embed => (TOKENIZER_QUEUE_GROUP, "qwen3-embed-tokenizer"),
         Task::Rerank => (RERANK_TOKENIZER_QUEUE_GROUP, "qwen3-embed-rerank-tokenizer"),
@@ -154,6 +159,23 @@ pub async fn run(
         config.threads
     };
     let pool = Arc::new(Semaphore::new(threads));
+    let calls = match frontend.text_tokenizer() {
+        Some(tokenizer) => Some(
+            calls::Calls::start(
+                &client,
+                &subjects,
+                &config.reply_prefixes,
+                tokenizer,
+                pool.clone(),
+                calls::CallLimits {
+                    max_tokens: config.max_request_tokens,
+                    max_payload,
+                },
+            )
+            .await?,
+        ),
+        None => None,
+    };
     let (done_tx, mut done_rx) = mpsc::channel::<Tokenized>(1024);
     let mut state = State {
         client: client.clone(),
@@ -173,7 +195,7 @@ pub async fn run(
         max_publishes_in_flight: config.max_publishes_in_flight,
         direct,
         offers: 0,
-        status: initial_status(task, config.model_name.clone(), threads, limits.hidden_size),
+        status: initial_status(task, &config, threads, limits.hidden_size),
         tokenizing: 0,
         publishes: JoinSet::new(),
         batch_ids: BatchIds::new(&client),
@@ -221,6 +243,9 @@ pub async fn run(
     }
 
     tracing::info!("tokenizer worker draining");
+    if let Some(calls) = calls {
+        calls.stop().await;
+    }
     // Drain (not unsubscribe): requests the server already routed here are still read and
     // served; new ones go to the other workers of the queue group.
     for subscription in requests.iter_mut() {

@@ -5,19 +5,22 @@ use common::wire::{WorkerKind, WorkerStatus};
 use common::worker;
 
 use super::state::State;
-use crate::batcher::Batcher;
+use crate::config::TokenizerWorkerConfig;
+use crate::lane::Lanes;
 
-/// The status of a tokenizer worker for `task` serving `model` (`hidden_size` wide) with
-/// `threads` tokenizer threads, before any work.
+/// The status of a tokenizer worker for `task` with `config` (its model `hidden_size` wide)
+/// and `threads` tokenizer threads, before any work.
 pub(super) fn initial_status(
     task: Task,
-    model: String,
+    config: &TokenizerWorkerConfig,
     threads: usize,
     hidden_size: u32,
 ) -> WorkerStatus {
+    let model = config.model_name.clone();
     WorkerStatus {
         device: Some(format!("cpu ({threads} tokenizer threads)")),
         hidden_size: Some(hidden_size),
+        max_input_tokens: Some(u32::try_from(config.max_length).unwrap_or(u32::MAX)),
         ..worker::initial_status("tokenizer", WorkerKind::tokenizer(task), model)
     }
 }
@@ -25,7 +28,7 @@ pub(super) fn initial_status(
 impl State {
     /// Answers one status request with the counters, and the sequences in hand (pending in
     /// `batcher` or being tokenized) as `in_flight`.
-    pub(super) async fn answer_status(&mut self, message: async_nats::Message, batcher: &Batcher) {
+    pub(super) async fn answer_status(&mut self, message: async_nats::Message, batcher: &Lanes) {
         self.status.in_flight = (batcher.pending_seqs() + self.tokenizing) as u64;
         worker::answer_status(&self.client, message, &self.status).await;
     }

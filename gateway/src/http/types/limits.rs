@@ -1,5 +1,11 @@
 //! The request limits that protect the service (`max_inputs_per_request`, `max_input_chars`)
 //! and the one wording of their refusals, shared by body decoding and [`crate::service`].
+//!
+//! Bodies are read within [`Limits::for_bodies`]: the count limit, and no character limit
+//! beyond the body's own size, because whether a text may be longer than `max_input_chars`
+//! depends on fields that may come after it (`truncate`): a text that truncation will cut is
+//! never refused for its length. The service applies the character limit once the whole
+//! request is known ([`Limits::check_untruncated_text`]).
 
 use crate::config::GatewayConfig;
 use crate::http::error::ApiError;
@@ -20,6 +26,34 @@ impl Limits {
             max_inputs: config.max_inputs_per_request,
             max_chars: config.max_input_chars,
         }
+    }
+
+    /// The limits bodies are read within: `config`'s count limit, and characters bounded only
+    /// by `max_body_bytes` (no string in a body that size is longer), so that the length of a
+    /// text is judged by the service, which knows whether it will be truncated.
+    pub fn for_bodies(config: &GatewayConfig) -> Self {
+        Self {
+            max_inputs: config.max_inputs_per_request,
+            max_chars: config.max_input_chars.max(config.max_body_bytes),
+        }
+    }
+
+    /// Refuses `text`, to be embedded without truncation, when it has more than `max_chars`
+    /// characters: the message names its length and the limit, and how to have it cut.
+    pub fn check_untruncated_text(
+        &self,
+        param: impl FnOnce() -> String,
+        text: &str,
+    ) -> Result<(), ApiError> {
+        self.check_text(param, text).map_err(|error| match error {
+            ApiError::InvalidField { param, message } => ApiError::InvalidField {
+                param,
+                message: format!(
+                    "{message}; send `truncate: true` to have it cut to the model's token limit"
+                ),
+            },
+            other => other,
+        })
     }
 
     /// Refuses `count` texts in `field` (counted as `noun`s) when over the limit.
