@@ -95,6 +95,7 @@ pub fn initial_status(id_prefix: &str, kind: WorkerKind, model: String) -> Worke
         in_flight: 0,
         started_ms,
         unhealthy: None,
+        max_input_tokens: None,
     }
 }
 

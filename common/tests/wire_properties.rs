@@ -377,6 +377,7 @@ fn worker_status() -> impl Strategy<Value = WorkerStatus> {
                     in_flight,
                     started_ms,
                     unhealthy: None,
+                    max_input_tokens: None,
                 }
             },
         )

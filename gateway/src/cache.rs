@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use lru::LruCache;
 
-use common::wire::InputType;
+use common::wire::{InputType, TruncationDirection};
 
 use crate::upstream::assembly::Embedded;
 
@@ -30,6 +30,10 @@ pub struct CacheKey {
     /// Truncation as sent: a truncated vector must not answer a request that asked for an
     /// error on over-long input.
     pub truncate: Option<bool>,
+    /// Which end truncation keeps, as sent.
+    pub truncation_direction: Option<TruncationDirection>,
+    /// Normalization as sent: an unnormalized vector must not answer a normalized request.
+    pub normalize: Option<bool>,
 }
 
 /// The cache with its hit and miss counts; disabled when its size is 0.
@@ -129,6 +133,8 @@ mod tests {
             instruction: instruction.map(Into::into),
             dimensions: None,
             truncate: None,
+            truncation_direction: None,
+            normalize: None,
         }
     }
 
@@ -142,7 +148,16 @@ mod tests {
         cache.insert(key("a", None), value.clone());
         assert_eq!(cache.get(&key("a", None)), Some(value));
         assert_eq!(cache.get(&key("a", Some("task"))), None);
-        assert_eq!((cache.hits(), cache.misses()), (1, 1));
+        let raw = CacheKey {
+            normalize: Some(false),
+            ..key("a", None)
+        };
+        assert_eq!(
+            cache.get(&raw),
+            None,
+            "a normalized vector for a raw request"
+        );
+        assert_eq!((cache.hits(), cache.misses()), (1, 2));
     }
 
     #[test]

@@ -103,6 +103,10 @@ pub struct GatewayConfig {
     /// Whether to refuse to start on a non-loopback address with no API key configured
     /// (the production profile sets it); otherwise that only logs a warning.
     pub require_api_keys_on_public_bind: bool,
+    /// Origins (`https://app.example.com`) whose pages may call the API from a browser (CORS);
+    /// `["*"]` allows every origin. Empty (the default) sends no CORS headers. Credentials
+    /// (cookies) are never allowed; the API key goes in the `Authorization` header.
+    pub cors_allowed_origins: Vec<String>,
     /// NATS connection and subject prefix (`[nats]`, set by the binary).
     #[serde(skip)]
     pub nats: NatsConfig,
@@ -137,6 +141,7 @@ impl Default for GatewayConfig {
             tls_cert_file: None,
             tls_key_file: None,
             require_api_keys_on_public_bind: false,
+            cors_allowed_origins: Vec::new(),
             nats: NatsConfig::default(),
         }
     }
@@ -261,6 +266,7 @@ impl GatewayConfig {
             self.route_prefix() != "/v1",
             "root_path /v1 would collide with the OpenAI routes"
         );
+        crate::http::cors::check_origins(&self.cors_allowed_origins)?;
         Ok(())
     }
 

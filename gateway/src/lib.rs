@@ -38,6 +38,7 @@ pub mod config;
 pub mod edge;
 pub mod http;
 pub mod metrics;
+pub mod quantize;
 pub mod service;
 pub mod upstream;
 

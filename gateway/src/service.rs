@@ -11,7 +11,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::trace::RequestTrace;
-use common::wire::{self, EmbedRequest, InputType, RerankRequest};
+use common::wire::tokenize::{TokenizerAnswer, TokenizerCall};
+use common::wire::{self, EmbedRequest, InputType, Priority, RerankRequest, TruncationDirection};
 use tokio::time::Instant;
 
 use crate::admission::{Admission, Admitted, Refused};
@@ -57,6 +58,12 @@ pub struct EmbedJob {
     pub dimensions: Option<u32>,
     /// Truncate over-long inputs; the worker's default when `None`.
     pub truncate: Option<bool>,
+    /// Which end truncation keeps; the start when `None`.
+    pub truncation_direction: Option<TruncationDirection>,
+    /// L2-normalize the vectors; normalized when `None`.
+    pub normalize: Option<bool>,
+    /// The traffic class; the tokenizer worker's size rule when `None`.
+    pub priority: Option<Priority>,
     /// The request id and trace context passed to the workers.
     pub trace: RequestTrace,
     /// When the request arrived (its deadline runs from here).
@@ -138,6 +145,8 @@ impl EmbedService {
                 instruction: job.instruction.clone(),
                 dimensions: job.dimensions,
                 truncate: job.truncate,
+                truncation_direction: job.truncation_direction,
+                normalize: job.normalize,
             });
             if let Some(hit) = key.as_ref().and_then(|key| self.cache.get(key)) {
                 answers[index] = Some(hit);
@@ -165,7 +174,9 @@ impl EmbedService {
                 // Set by the upstream from its configuration.
                 ack: false,
                 bundle_to: None,
-                ..Default::default()
+                truncation_direction: job.truncation_direction,
+                normalize: job.normalize,
+                priority: job.priority,
             };
             let fresh = self
                 .upstream
@@ -224,6 +235,21 @@ impl EmbedService {
         Ok(scored)
     }
 
+    /// Admits a tokenize or decode call (it arrived at `arrival`) and asks a tokenizer worker
+    /// for its answer; the texts were checked against the limits by the caller.
+    pub async fn tokenizer_call(
+        &self,
+        call: &TokenizerCall,
+        arrival: Arrival,
+    ) -> Result<TokenizerAnswer, ApiError> {
+        let (deadline, _) = self.deadline(arrival);
+        let _admitted = self.admit(deadline).await?;
+        self.upstream
+            .tokenizer_call(call, deadline)
+            .await
+            .map_err(|e| self.upstream_error(e))
+    }
+
     /// The deadline of a request that arrived at `arrival`: on the monotonic clock, and as
     /// Unix milliseconds for logs and older workers.
     fn deadline(&self, arrival: Arrival) -> (Instant, u64) {
@@ -269,8 +295,8 @@ impl EmbedService {
                 format!("{field} must hold at least one document"),
             ));
         }
-        // Bodies are decoded within these limits already (`http::types`); checked again
-        // here, with the same refusals, for every way a job is made.
+        // Bodies are decoded within the count limit already (`http::types`); checked again
+        // here, with the same refusals, for every way a job is made, with the length limit.
         self.limits
             .check_count(field, "documents", job.documents.len())?;
         self.limits.check_text(|| "query".into(), &job.query)?;
@@ -286,11 +312,16 @@ impl EmbedService {
         if job.texts.is_empty() {
             return Err(ApiError::field("input", "input must not be empty"));
         }
-        // Bodies are decoded within these limits already (`http::types`); checked again
-        // here, with the same refusals, for every way a job is made.
+        // Bodies are decoded within the count limit already (`http::types`); checked again
+        // here, with the same refusals, for every way a job is made, with the length limit.
         self.limits.check_count("input", "texts", job.texts.len())?;
-        for (index, text) in job.texts.iter().enumerate() {
-            self.limits.check_text(|| format!("input[{index}]"), text)?;
+        // A text that truncation will cut is never refused for its length: the worker reads
+        // at most `max_length` tokens of it (bodies bound its size).
+        if job.truncate != Some(true) {
+            for (index, text) in job.texts.iter().enumerate() {
+                self.limits
+                    .check_untruncated_text(|| format!("input[{index}]"), text)?;
+            }
         }
         if let (Some(dimensions), Some(hidden)) =
             (job.dimensions, self.discovery.known_hidden_size())

@@ -4,7 +4,7 @@
 mod support;
 
 use base64::Engine;
-use common::wire::{EmbedRequest, InputType, WorkerKind};
+use common::wire::{EmbedRequest, InputType, Priority, TruncationDirection, WorkerKind};
 use serde_json::json;
 use support::{FAKE_DIMS, Harness, error_of, expected_tokens, expected_vector, status};
 
@@ -83,7 +83,8 @@ async fn options_travel_to_the_worker() {
     let response = harness
         .post_json(
             "/v1/embeddings",
-            json!({"input": "q", "input_type": "query", "instruction": "Find code", "dimensions": 3}),
+            json!({"input": "q", "input_type": "query", "instruction": "Find code", "dimensions": 3,
+                   "priority": "bulk", "truncation_direction": "left"}),
         )
         .await;
     assert_eq!(response.status(), 200);
@@ -104,6 +105,34 @@ async fn options_travel_to_the_worker() {
     assert_eq!(requests[1].input_type, InputType::Document);
     assert_eq!(requests[1].truncate, Some(false));
     assert!(requests[0].id != requests[1].id);
+    assert_eq!(requests[0].priority, Some(Priority::Bulk));
+    assert_eq!(
+        requests[0].truncation_direction,
+        Some(TruncationDirection::Left)
+    );
+    assert_eq!(
+        (requests[1].priority, requests[1].truncation_direction),
+        (None, None)
+    );
+
+    // The seed route takes a priority too; a wrong one is refused by name.
+    let response = harness
+        .post_json(
+            "/api/v1/embedding/api",
+            json!({"input": ["s"], "priority": "interactive"}),
+        )
+        .await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(worker.requests()[2].priority, Some(Priority::Interactive));
+    let response = harness
+        .post_json(
+            "/v1/embeddings",
+            json!({"input": "x", "priority": "urgent"}),
+        )
+        .await;
+    assert_eq!(response.status(), 400);
+    let error = error_of(response).await;
+    assert_eq!(error["param"], "priority", "{error}");
 }
 
 #[tokio::test]

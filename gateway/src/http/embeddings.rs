@@ -1,14 +1,15 @@
 //! The OpenAI-compatible API: `POST /v1/embeddings` and `GET /v1/models`.
 //!
 //! Extensions beyond OpenAI's fields: `input_type` (`query` | `document`, `passage` meaning
-//! document), `instruction` (the task description of queries) and `truncate`.
+//! document), `instruction` (the task description of queries), `truncate` and
+//! `truncation_direction` (`left` | `right`).
 
 use std::sync::Arc;
 
 use axum::extract::State;
 use axum::{Extension, Json};
-use base64::Engine;
 use common::trace::RequestTrace;
+use common::wire::WorkerKind;
 use serde::Serialize;
 use utoipa::ToSchema;
 use utoipa::openapi::schema::{Array, ObjectBuilder, OneOfBuilder, Schema, Type};
@@ -18,6 +19,7 @@ use super::error::ApiError;
 use super::extract::JsonBody;
 use super::types::EmbeddingsRequest;
 use super::types::embeddings::EncodingFormat;
+use crate::quantize::base64_f32;
 use crate::service::{Arrival, EmbedJob};
 use crate::upstream::assembly::Embedded;
 
@@ -111,6 +113,9 @@ pub async fn create(
         instruction: request.instruction,
         dimensions: request.dimensions,
         truncate: request.truncate.or(state.config.truncate),
+        truncation_direction: request.truncation_direction,
+        normalize: None,
+        priority: request.priority,
         trace,
         arrival,
     };
@@ -145,7 +150,7 @@ pub async fn create(
 pub struct ModelList {
     /// Always `list`.
     object: &'static str,
-    /// The one served model.
+    /// The served models.
     data: Vec<ModelCard>,
 }
 
@@ -160,30 +165,62 @@ struct ModelCard {
     created: u64,
     /// The organisation in the model's name (`Qwen`), or `owner`.
     owned_by: String,
+    /// `embedding` or `rerank`.
+    kind: &'static str,
+    /// Width of the vectors (embedding models; null before a GPU worker answers).
+    dimensions: Option<u32>,
+    /// Most tokens of one input (the tokenizer workers' `max_length`; null before one
+    /// answers). For the reranker: of one query and document prompt.
+    max_input_length: Option<u32>,
 }
 
-/// `GET /v1/models`: the one served model.
+/// `GET /v1/models`: the embedding model, and the rerank model while rerank workers serve.
 #[utoipa::path(
     get,
     path = "/v1/models",
     tag = "OpenAI",
-    summary = "List the served model",
-    responses((status = 200, description = "The served embedding model", body = ModelList))
+    summary = "List the served models",
+    responses((status = 200, description = "The served embedding model, and the reranker while rerank workers serve", body = ModelList))
 )]
 pub async fn models(State(state): State<AppState>) -> Json<ModelList> {
-    let owner = state
-        .config
-        .model
-        .split_once('/')
-        .map_or("owner", |(owner, _)| owner);
+    let snapshot = state.discovery.workers().await;
+    let max_input_length = |kind: WorkerKind| {
+        snapshot
+            .workers
+            .iter()
+            .filter(|w| w.kind == kind && w.serving())
+            .filter_map(|w| w.max_input_tokens)
+            .min()
+    };
+    let card = |id: &str, kind, dimensions, max_input_length| ModelCard {
+        id: id.to_string(),
+        object: "model",
+        created: state.started_s,
+        owned_by: id
+            .split_once('/')
+            .map_or("owner", |(owner, _)| owner)
+            .to_string(),
+        kind,
+        dimensions,
+        max_input_length,
+    };
+    let mut data = vec![card(
+        &state.config.model,
+        "embedding",
+        snapshot.hidden_size(),
+        max_input_length(WorkerKind::Tokenizer),
+    )];
+    if snapshot.loaded(WorkerKind::RerankTokenizer) > 0 {
+        data.push(card(
+            &state.config.rerank_model,
+            "rerank",
+            None,
+            max_input_length(WorkerKind::RerankTokenizer),
+        ));
+    }
     Json(ModelList {
         object: "list",
-        data: vec![ModelCard {
-            id: state.config.model.clone(),
-            object: "model",
-            created: state.started_s,
-            owned_by: owner.to_string(),
-        }],
+        data,
     })
 }
 
@@ -196,27 +233,9 @@ pub(crate) fn names_model(requested: &str, served: &str) -> bool {
             .is_some_and(|(_, name)| name == requested)
 }
 
-/// Little-endian f32 bytes of `vector`, base64-encoded (what OpenAI clients decode).
-fn base64_f32(vector: &[f32]) -> String {
-    let bytes = common::wire::f32_le_bytes([vector]);
-    base64::engine::general_purpose::STANDARD.encode(bytes)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn base64_is_little_endian_f32() {
-        let encoded = base64_f32(&[1.0, -2.5]);
-        let bytes = base64::engine::general_purpose::STANDARD
-            .decode(encoded)
-            .unwrap();
-        assert_eq!(
-            bytes,
-            [1.0f32.to_le_bytes(), (-2.5f32).to_le_bytes()].concat()
-        );
-    }
 
     #[test]
     fn model_names_match_with_or_without_organisation() {

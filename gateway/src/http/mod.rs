@@ -2,6 +2,8 @@
 //! family.
 
 pub mod auth;
+pub mod cohere;
+pub mod cors;
 pub mod debug;
 pub mod docs;
 pub mod embeddings;
@@ -13,6 +15,9 @@ pub mod request_id;
 pub mod rerank;
 pub mod routes;
 pub mod seed;
+pub mod tei;
+pub mod tei_error;
+pub mod tokenize;
 pub mod types;
 
 use std::sync::Arc;
@@ -72,6 +77,10 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             auth::require_api_key,
         ))
+        // Outside the key check: preflights carry no key and are answered here.
+        .layer(tower::util::option_layer(cors::layer(
+            &state.config.cors_allowed_origins,
+        )))
         .layer(middleware::from_fn_with_state(state.clone(), track))
         .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
         // Failures are logged once, by `ApiError`; health probes answering 503 are not errors.

@@ -9,9 +9,11 @@ use utoipa::openapi::schema::{ObjectBuilder, Type};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
 use utoipa::openapi::{Components, ContentBuilder, Paths, Ref, ResponseBuilder};
 
+use super::cohere::{COHERE_TAG, CohereErrorBody};
 use super::error::ErrorBody;
 use super::routes::{is_open, routes};
-use super::{debug, docs, embeddings, health, rerank, seed};
+use super::tei_error::{TEI_TAG, TeiErrorBody};
+use super::{cohere, debug, docs, embeddings, health, rerank, seed, tei};
 
 /// Name of the API-key security scheme in the document.
 pub const API_KEY_SCHEME: &str = "api_key";
@@ -33,14 +35,23 @@ pub const API_KEY_SCHEME: &str = "api_key";
         embeddings::models,
         rerank::rerank,
         rerank::tei_rerank,
+        tei::embed,
+        tei::embed_at_root,
+        tei::info,
+        cohere::embed,
+        cohere::rerank,
         seed::embed,
+        super::tokenize::tei_tokenize,
+        super::tokenize::tei_decode,
+        super::tokenize::vllm_tokenize,
+        super::tokenize::vllm_detokenize,
         health::health,
         debug::debug,
         super::prometheus,
         docs::openapi_json,
         docs::reference,
     ),
-    components(schemas(ErrorBody))
+    components(schemas(ErrorBody, TeiErrorBody, CohereErrorBody))
 )]
 struct ApiDoc;
 
@@ -101,11 +112,19 @@ fn add_refusals(operation: &mut Operation, open: bool) {
             ("504", "The request's deadline (`request_timeout_s`) passed (`timeout`)"),
         ]);
     }
+    let tagged = |tag| operation.tags.iter().flatten().any(|t| t == tag);
+    let error_body = if tagged(TEI_TAG) {
+        "TeiErrorBody"
+    } else if tagged(COHERE_TAG) {
+        "CohereErrorBody"
+    } else {
+        "ErrorBody"
+    };
     for (status, description) in refusals {
         let mut response = ResponseBuilder::new().description(description).content(
             "application/json",
             ContentBuilder::new()
-                .schema(Some(Ref::from_schema_name("ErrorBody")))
+                .schema(Some(Ref::from_schema_name(error_body)))
                 .build(),
         );
         if matches!(status, "429" | "503") {

@@ -10,7 +10,8 @@
 //!   "usage": {"total_tokens"}}`.
 //! * `/rerank`: `query`, `texts`, `raw_scores` (the logit difference `logit_yes - logit_no`
 //!   instead of the probability), `return_text`, `truncate`, plus `instruction`; answers a
-//!   JSON array of `{"index", "score", "text"?}`.
+//!   JSON array of `{"index", "score", "text"?}`; refusals answer TEI's
+//!   `{"error", "error_type"}` ([`super::tei_error`]).
 
 use axum::extract::State;
 use axum::{Extension, Json};
@@ -22,6 +23,7 @@ use super::AppState;
 use super::embeddings::names_model;
 use super::error::ApiError;
 use super::extract::JsonBody;
+use super::tei_error::{TeiError, TeiJson};
 use super::types::{RerankRequest, TeiRerankRequest};
 use crate::service::{Arrival, RerankJob};
 use crate::upstream::assembly::Scored;
@@ -135,7 +137,7 @@ pub async fn rerank(
 #[utoipa::path(
     post,
     path = "/rerank",
-    tag = "Rerank",
+    tag = "TEI",
     summary = "Rank texts against a query (text-embeddings-inference shape)",
     request_body = TeiRerankRequest,
     responses((status = 200, description = "The texts by score, highest first", body = Vec<TeiRank>))
@@ -144,8 +146,8 @@ pub async fn tei_rerank(
     State(state): State<AppState>,
     Extension(trace): Extension<RequestTrace>,
     Extension(arrival): Extension<Arrival>,
-    JsonBody(request): JsonBody<TeiRerankRequest>,
-) -> Result<Json<Vec<TeiRank>>, ApiError> {
+    TeiJson(request): TeiJson<TeiRerankRequest>,
+) -> Result<Json<Vec<TeiRank>>, TeiError> {
     let job = RerankJob {
         query: request.query,
         documents: request.texts,
@@ -178,7 +180,7 @@ pub async fn tei_rerank(
 }
 
 /// Document indices by score, highest first (ties in document order), at most `top_n`.
-fn ranked(scored: &[Scored], top_n: Option<usize>) -> Vec<usize> {
+pub(crate) fn ranked(scored: &[Scored], top_n: Option<usize>) -> Vec<usize> {
     let mut order: Vec<usize> = (0..scored.len()).collect();
     // Stable: equal scores keep document order. The difference of logits orders exactly
     // like the probability and does not saturate at 1.0 for very relevant documents.

@@ -5,7 +5,7 @@ use axum::routing::{MethodRouter, get, post};
 use utoipa::Path;
 use utoipa::openapi::path::{HttpMethod, Operation};
 
-use super::{AppState, debug, docs, embeddings, health, prometheus, rerank, seed};
+use super::{AppState, cohere, debug, docs, embeddings, health, prometheus, rerank, seed, tei};
 
 /// Routes that need no API key when keys are configured, at the root and under `root_path`:
 /// health probes (load balancers carry no credentials) and the API's description (it holds
@@ -66,7 +66,25 @@ fn endpoints() -> Vec<Endpoint> {
         endpoint::<embeddings::__path_models>(|| get(embeddings::models), Root),
         endpoint::<rerank::__path_rerank>(|| post(rerank::rerank), Root),
         endpoint::<rerank::__path_tei_rerank>(|| post(rerank::tei_rerank), Root),
+        endpoint::<tei::__path_embed>(|| post(tei::embed), Root),
+        endpoint::<tei::__path_embed_at_root>(|| post(tei::embed_at_root), Root),
+        endpoint::<tei::__path_info>(|| get(tei::info), Root),
+        endpoint::<cohere::__path_embed>(|| post(cohere::embed), Root),
+        endpoint::<cohere::__path_rerank>(|| post(cohere::rerank), Root),
         endpoint::<seed::__path_embed>(|| post(seed::embed), Prefixed),
+        endpoint::<super::tokenize::__path_tei_tokenize>(
+            || post(super::tokenize::tei_tokenize),
+            Root,
+        ),
+        endpoint::<super::tokenize::__path_tei_decode>(|| post(super::tokenize::tei_decode), Root),
+        endpoint::<super::tokenize::__path_vllm_tokenize>(
+            || post(super::tokenize::vllm_tokenize),
+            Root,
+        ),
+        endpoint::<super::tokenize::__path_vllm_detokenize>(
+            || post(super::tokenize::vllm_detokenize),
+            Root,
+        ),
         endpoint::<health::__path_health>(|| get(health::health), Both),
         endpoint::<debug::__path_debug>(|| get(debug::debug), Both),
         endpoint::<super::__path_prometheus>(|| get(prometheus), Root),

@@ -62,6 +62,9 @@ pub async fn embed(
         instruction: request.instruction,
         dimensions: request.dimensions,
         truncate: state.config.truncate,
+        truncation_direction: None,
+        normalize: None,
+        priority: request.priority,
         trace,
         arrival,
     };

@@ -201,6 +201,7 @@ pub fn status(kind: WorkerKind, id: &str, loaded: bool, in_flight: u64) -> Worke
         in_flight,
         started_ms: wire::now_ms(),
         unhealthy: None,
+        max_input_tokens: None,
     }
 }
 

@@ -1,7 +1,7 @@
-//! The body of `POST /v1/embeddings` (OpenAI's fields plus `input_type`, `instruction` and
-//! `truncate`).
+//! The body of `POST /v1/embeddings` (OpenAI's fields plus `input_type`, `instruction`,
+//! `truncate` and `truncation_direction`).
 
-use common::wire::InputType;
+use common::wire::{InputType, Priority, TruncationDirection};
 use serde::Deserialize;
 use serde::de::{IgnoredAny, MapAccess};
 use utoipa::ToSchema;
@@ -10,6 +10,7 @@ use super::decode::{RequestBody, Take};
 use super::fields::{Choice, Dimensions, Flag, Input, Text, required};
 use super::limits::Limits;
 use super::schema;
+use super::tei::TRUNCATION_DIRECTIONS;
 use crate::config::GatewayConfig;
 
 /// How vectors are written in the answer.
@@ -63,6 +64,19 @@ pub struct EmbeddingsRequest {
     /// Shorten texts over the model's token limit instead of refusing them; the gateway's
     /// `truncate` setting, then the worker's, when absent.
     pub truncate: Option<bool>,
+    /// Which end truncation cuts: `right` (the default: the start is kept) or `left` (the end
+    /// is kept; a query's instruction is never cut). TEI's `Left`/`Right` are accepted too.
+    #[schema(schema_with = truncation_directions)]
+    pub truncation_direction: Option<TruncationDirection>,
+    /// The traffic class: `interactive` (latency first) or `bulk` (indexing jobs: queued in
+    /// their own lane, behind interactive work). Absent: queries and small requests are
+    /// interactive, large ones bulk.
+    #[schema(schema_with = schema::priorities)]
+    pub priority: Option<Priority>,
+}
+
+fn truncation_directions() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+    schema::choice(TRUNCATION_DIRECTIONS)
 }
 
 fn input_types() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
@@ -84,6 +98,8 @@ enum Key {
     Dimensions,
     EncodingFormat,
     Truncate,
+    TruncationDirection,
+    Priority,
     #[serde(other)]
     Other,
 }
@@ -121,6 +137,16 @@ impl RequestBody for EmbeddingsRequest {
                 }
                 Key::Truncate => {
                     request.truncate = fields.next_value_seed(Take(Flag("truncate")))?
+                }
+                Key::TruncationDirection => {
+                    request.truncation_direction = fields.next_value_seed(Take(Choice {
+                        name: "truncation_direction",
+                        choices: TRUNCATION_DIRECTIONS,
+                        expected: "`left` or `right`",
+                    }))?;
+                }
+                Key::Priority => {
+                    request.priority = fields.next_value_seed(Take(schema::PRIORITY))?;
                 }
                 Key::Other => fields.next_value::<IgnoredAny>().map(drop)?,
             }

@@ -6,6 +6,7 @@
 //! descriptions), a `#[serde(field_identifier)]` key enum with `#[serde(other)] Other`, and a
 //! [`RequestBody`] impl reading each key with a reader from [`fields`].
 
+pub mod cohere;
 pub mod decode;
 pub mod embeddings;
 pub mod fields;
@@ -13,6 +14,8 @@ pub mod limits;
 pub mod rerank;
 pub mod schema;
 pub mod seed;
+pub mod tei;
+pub mod tokenize;
 
 pub use decode::{RequestBody, decode};
 pub use embeddings::EmbeddingsRequest;

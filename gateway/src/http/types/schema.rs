@@ -33,6 +33,24 @@ pub fn documents() -> Schema {
         .into()
 }
 
+/// The spellings of `priority` and the lane each names.
+pub const PRIORITIES: &[(&str, common::wire::Priority)] = &[
+    ("interactive", common::wire::Priority::Interactive),
+    ("bulk", common::wire::Priority::Bulk),
+];
+
+/// How `priority` reads: one of [`PRIORITIES`].
+pub const PRIORITY: super::fields::Choice<common::wire::Priority> = super::fields::Choice {
+    name: "priority",
+    choices: PRIORITIES,
+    expected: "`interactive` or `bulk`",
+};
+
+/// The schema of `priority`.
+pub fn priorities() -> RefOr<Schema> {
+    choice(PRIORITIES)
+}
+
 /// An optional string among the spellings of `choices`.
 pub fn choice<T>(choices: &[(&str, T)]) -> RefOr<Schema> {
     ObjectBuilder::new()

@@ -1,5 +1,6 @@
 //! The body of the seed's `POST {root_path}/embedding/api`.
 
+use common::wire::Priority;
 use serde::Deserialize;
 use serde::de::{IgnoredAny, MapAccess};
 use utoipa::ToSchema;
@@ -23,6 +24,9 @@ pub struct SeedRequest {
     /// Output size: at least 1, at most the model's hidden size.
     #[schema(minimum = 1)]
     pub dimensions: Option<u32>,
+    /// The traffic class: `interactive` or `bulk` (as for `/v1/embeddings`).
+    #[schema(schema_with = schema::priorities)]
+    pub priority: Option<Priority>,
 }
 
 /// The keys [`SeedRequest`] reads; others are skipped.
@@ -33,6 +37,7 @@ enum Key {
     IsQuery,
     Instruction,
     Dimensions,
+    Priority,
     #[serde(other)]
     Other,
 }
@@ -52,6 +57,9 @@ impl RequestBody for SeedRequest {
                         fields.next_value_seed(Take(Text::named("instruction")))?;
                 }
                 Key::Dimensions => request.dimensions = fields.next_value_seed(Take(Dimensions))?,
+                Key::Priority => {
+                    request.priority = fields.next_value_seed(Take(schema::PRIORITY))?;
+                }
                 Key::Other => fields.next_value::<IgnoredAny>().map(drop)?,
             }
         }

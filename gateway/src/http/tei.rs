@@ -1,0 +1,167 @@
+//! text-embeddings-inference's embedding routes, so TEI users can switch: `POST /embed`
+//! (and `POST /`, where `huggingface_hub`'s `InferenceClient(base_url=...)` posts) answering
+//! `[[f32]]`, and `GET /info`. Refusals answer TEI's `{error, error_type}` ([`super::tei_error`]).
+
+use axum::extract::State;
+use axum::{Extension, Json};
+use common::trace::RequestTrace;
+use common::wire::{InputType, WorkerKind};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use super::AppState;
+use super::tei_error::{TeiError, TeiJson};
+use super::types::tei::TeiEmbedRequest;
+use crate::service::{Arrival, EmbedJob};
+
+/// `POST /embed`.
+#[utoipa::path(
+    post,
+    path = "/embed",
+    operation_id = "tei_embed",
+    tag = "TEI",
+    summary = "Embed texts (text-embeddings-inference shape)",
+    request_body = TeiEmbedRequest,
+    responses((status = 200, description = "One vector per input, in input order", body = Vec<Vec<f32>>))
+)]
+pub async fn embed(
+    State(state): State<AppState>,
+    Extension(trace): Extension<RequestTrace>,
+    Extension(arrival): Extension<Arrival>,
+    TeiJson(request): TeiJson<TeiEmbedRequest>,
+) -> Result<Json<Vec<Vec<f32>>>, TeiError> {
+    let job = EmbedJob {
+        texts: request.inputs,
+        input_type: request.prompt_name.unwrap_or(InputType::Document),
+        instruction: None,
+        dimensions: request.dimensions,
+        truncate: request.truncate.or(state.config.truncate),
+        truncation_direction: request.truncation_direction,
+        normalize: request.normalize,
+        priority: None,
+        trace,
+        arrival,
+    };
+    let items = state.service.embed(job).await?;
+    Ok(Json(items.iter().map(|item| item.vector.clone()).collect()))
+}
+
+/// `POST /`: `POST /embed` where TEI serves its model's default route.
+#[utoipa::path(
+    post,
+    path = "/",
+    operation_id = "tei_embed_at_root",
+    tag = "TEI",
+    summary = "Embed texts (TEI's default route, as `/embed`)",
+    request_body = TeiEmbedRequest,
+    responses((status = 200, description = "One vector per input, in input order", body = Vec<Vec<f32>>))
+)]
+pub async fn embed_at_root(
+    state: State<AppState>,
+    trace: Extension<RequestTrace>,
+    arrival: Extension<Arrival>,
+    request: TeiJson<TeiEmbedRequest>,
+) -> Result<Json<Vec<Vec<f32>>>, TeiError> {
+    embed(state, trace, arrival, request).await
+}
+
+/// The answer of `GET /info` (TEI's fields this gateway knows).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Info {
+    /// The served embedding model's name.
+    model_id: String,
+    /// The model's revision: unknown to the gateway, always null.
+    model_sha: Option<String>,
+    /// The GPU workers' number type (`float32`, `bfloat16`, `float16`), null before one
+    /// answers.
+    model_dtype: Option<String>,
+    /// `{"embedding": {"pooling": "last_token"}}`.
+    model_type: ModelType,
+    /// `max_concurrent_queries`: requests served at once (more wait in the queue).
+    max_concurrent_requests: usize,
+    /// Most tokens of one input (the tokenizer workers' `max_length`), null before one
+    /// answers.
+    max_input_length: Option<u32>,
+    /// `max_inputs_per_request`: most texts in one request.
+    max_client_batch_size: usize,
+    /// Tokenizer workers serving now.
+    tokenization_workers: usize,
+    /// The gateway's version.
+    version: &'static str,
+}
+
+/// What kind of model is served.
+#[derive(Debug, Serialize, ToSchema)]
+struct ModelType {
+    /// An embedding model.
+    embedding: Pooling,
+}
+
+/// How token states become one vector.
+#[derive(Debug, Serialize, ToSchema)]
+struct Pooling {
+    /// Always `last_token` (Qwen3-Embedding).
+    pooling: &'static str,
+}
+
+/// `GET /info`.
+#[utoipa::path(
+    get,
+    path = "/info",
+    operation_id = "tei_info",
+    tag = "TEI",
+    summary = "The served model and the limits (text-embeddings-inference shape)",
+    responses((status = 200, description = "Model and limits", body = Info))
+)]
+pub async fn info(State(state): State<AppState>) -> Json<Info> {
+    let snapshot = state.discovery.workers().await;
+    let serving = |kind| {
+        snapshot
+            .workers
+            .iter()
+            .filter(move |w| w.kind == kind && w.serving())
+    };
+    let model_dtype = serving(WorkerKind::Gpu)
+        .find_map(|w| w.backend.as_deref())
+        .map(dtype_of_backend);
+    Json(Info {
+        model_id: state.config.model.clone(),
+        model_sha: None,
+        model_dtype,
+        model_type: ModelType {
+            embedding: Pooling {
+                pooling: "last_token",
+            },
+        },
+        max_concurrent_requests: state.config.max_concurrent_queries,
+        max_input_length: serving(WorkerKind::Tokenizer)
+            .filter_map(|w| w.max_input_tokens)
+            .min(),
+        max_client_batch_size: state.config.max_inputs_per_request,
+        tokenization_workers: snapshot.loaded(WorkerKind::Tokenizer),
+        version: env!("CARGO_PKG_VERSION"),
+    })
+}
+
+/// TEI's name of the number type of a backend (`cpu-f32` is `float32`).
+fn dtype_of_backend(backend: &str) -> String {
+    let kind = backend.rsplit('-').next().unwrap_or(backend);
+    match kind {
+        "f32" => "float32".into(),
+        "bf16" => "bfloat16".into(),
+        "f16" => "float16".into(),
+        other => other.into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backends_name_their_dtype() {
+        assert_eq!(dtype_of_backend("cpu-f32"), "float32");
+        assert_eq!(dtype_of_backend("cuda-bf16"), "bfloat16");
+        assert_eq!(dtype_of_backend("cuda-f16"), "float16");
+    }
+}
