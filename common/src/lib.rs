@@ -18,9 +18,13 @@
 //!   outbox, micro-service registration.
 //! - [`trace`]: request ids and W3C trace context across the stages.
 //! - [`telemetry`]: logging set-up for the binaries.
+//! - `model_source` (feature `hub`, the workers'): a model directory, or a Hugging Face id
+//!   found in or downloaded to the standard cache.
 //! - [`shutdown`]: Ctrl-C / SIGTERM handling.
 
 pub mod config;
+#[cfg(feature = "hub")]
+pub mod model_source;
 pub mod nats;
 pub mod outbox;
 pub mod queue;

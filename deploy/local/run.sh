@@ -87,7 +87,7 @@ resolve_model() { # DIR_OR_HUB_ID
     (cd "$model" && pwd)
     return
   fi
-  local cache="${HF_HOME:-$HOME/.cache/huggingface}/hub/models--${model//\//--}/snapshots"
+  local cache="${HF_HUB_CACHE:-${HF_HOME:-$HOME/.cache/huggingface}/hub}/models--${model//\//--}/snapshots"
   local snapshots=("$cache"/*/)
   local snapshot=${snapshots[0]}
   if [[ -f "$snapshot/config.json" ]]; then

@@ -182,7 +182,9 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<BenchReport> {
     let pass = || -> anyhow::Result<()> {
         for batch in &batches {
             let dims = vec![info.hidden_size; batch.lengths.len()];
-            model.compute(&batch.token_ids, &batch.lengths, &Work::Embed { dims })?;
+            let normalize = vec![true; dims.len()];
+            let work = Work::Embed { dims, normalize };
+            model.compute(&batch.token_ids, &batch.lengths, &work)?;
         }
         Ok(())
     };

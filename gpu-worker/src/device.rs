@@ -307,7 +307,10 @@ mod tests {
     }
 
     fn embed(dims: usize) -> Work {
-        Work::Embed { dims: vec![dims] }
+        Work::Embed {
+            dims: vec![dims],
+            normalize: vec![true],
+        }
     }
 
     #[tokio::test]

@@ -377,7 +377,10 @@ mod tests {
             Task::Rerank,
         )
         .expect("the tiny reranker loads");
-        let embed = Work::Embed { dims: vec![8, 4] };
+        let embed = Work::Embed {
+            dims: vec![8, 4],
+            normalize: vec![true, false],
+        };
         let (ids, lengths) = ([1, 2, 3, 4, 5], [3, 2]);
         match embedder.compute(&ids, &lengths, &embed) {
             Ok(Output::Vectors(vectors)) => {

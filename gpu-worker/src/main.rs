@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 use common::config::ConfigSource;
+use common::model_source::{self, HubEnv, ModelFiles};
 use common::nats::NatsConfig;
 use common::queue::QueueConfig;
 use common::subjects::Task;
@@ -32,10 +33,11 @@ struct Args {
     /// rerank batches only); each task has its own stream and worker pool.
     #[arg(long, value_enum, env = "QWEN3_EMBED_TASK")]
     task: Option<Task>,
-    /// Model directory in Hugging Face layout.
+    /// Model directory in Hugging Face layout, or a Hugging Face id
+    /// (`Qwen/Qwen3-Embedding-0.6B[@revision]`) found in or downloaded to its cache.
     #[arg(long, env = "QWEN3_EMBED_MODEL_DIR")]
     model_dir: Option<PathBuf>,
-    /// Served model name (reported to the gateway).
+    /// Served model name (reported to the gateway; default: the id, or the directory's name).
     #[arg(long)]
     model_name: Option<String>,
     /// Backend that runs the model.
@@ -95,6 +97,15 @@ fn main() -> anyhow::Result<()> {
         nats.url = url;
     }
     let runtime = tokio::runtime::Runtime::new()?;
+    let model = runtime.block_on(model_source::resolve(
+        &config.model_dir,
+        ModelFiles::Weights,
+        &HubEnv::from_env(),
+    ))?;
+    if config.model_name.is_empty() {
+        config.model_name = model.default_name();
+    }
+    config.model_dir = model.dir;
     let result = runtime.block_on(gpu_worker::service::run(
         config,
         nats,

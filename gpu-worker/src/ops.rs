@@ -341,13 +341,15 @@ pub trait Ops {
     /// The last row of every sequence, `(num_seqs, cols)`.
     fn last_rows(&self, x: &Self::Tensor, layout: &Self::Layout) -> OpResult<Self::Tensor>;
     /// Pooling head on the last rows `(num_seqs, hidden)`: final RMSNorm, then for each row
-    /// its first `dims[i]` values, L2-normalized. Returns the vectors on the host.
+    /// its first `dims[i]` values, L2-normalized when `normalize[i]` (else as they are).
+    /// Returns the vectors on the host.
     fn pool(
         &self,
         last: &Self::Tensor,
         norm: &Self::Vector,
         eps: f32,
         dims: &[usize],
+        normalize: &[bool],
     ) -> OpResult<Vec<Vec<f32>>>;
     /// Copies a tensor to the host as f32, row-major (the reranker's logits; traces and tests).
     fn to_host(&self, x: &Self::Tensor) -> OpResult<Vec<f32>>;

@@ -439,6 +439,8 @@ fn pool_matches_cpu() {
         let rows = 6;
         let weight = Weight::norm(&mut rng, cols);
         let dims: Vec<usize> = [1, cols, cols / 2, 16.min(cols), 3, cols - 1].to_vec();
+        // Mixed in one pass, as merged batches are (`normalize: false` requests).
+        let normalize = [true, false, true, false, false, true];
         let (x_cpu, x_gpu) = both(
             &gpu,
             rows,
@@ -452,10 +454,17 @@ fn pool_matches_cpu() {
                 &CpuBackend::F32.vector(weight.view()).unwrap(),
                 1e-6,
                 &dims,
+                &normalize,
             )
             .unwrap();
         let got = gpu
-            .pool(&x_gpu, &gpu.vector(weight.view()).unwrap(), 1e-6, &dims)
+            .pool(
+                &x_gpu,
+                &gpu.vector(weight.view()).unwrap(),
+                1e-6,
+                &dims,
+                &normalize,
+            )
             .unwrap();
         for (row, (g, w)) in got.iter().zip(&want).enumerate() {
             assert_close(&format!("pool {cols} row {row}"), g, w, F32);

@@ -458,18 +458,24 @@ impl Ops for CpuBackend {
         norm: &Vec<f32>,
         eps: f32,
         dims: &[usize],
+        normalize: &[bool],
     ) -> OpResult<Vec<Vec<f32>>> {
         check_cols("pool", "last", last.cols, norm.len())?;
-        if dims.len() != last.rows || dims.iter().any(|&d| d == 0 || d > last.cols) {
+        if dims.len() != last.rows
+            || normalize.len() != last.rows
+            || dims.iter().any(|&d| d == 0 || d > last.cols)
+        {
             return Err(shape_error(
                 "pool",
                 format!(
-                    "output sizes {dims:?} for {} rows of {}",
-                    last.rows, last.cols
+                    "output sizes {dims:?} and {} normalize flags for {} rows of {}",
+                    normalize.len(),
+                    last.rows,
+                    last.cols
                 ),
             ));
         }
-        Ok(pool::pool(&last.data, norm, eps, dims))
+        Ok(pool::pool(&last.data, norm, eps, dims, normalize))
     }
 
     fn to_host(&self, x: &CpuTensor) -> OpResult<Vec<f32>> {

@@ -81,7 +81,7 @@ kernel_registry! {
         last_rows_bf16,
     }
     pool {
-        /// Pooling head: final norm, truncation, L2 normalization.
+        /// Pooling head: final norm, truncation, L2 normalization where asked.
         pool,
     }
 }

@@ -470,8 +470,9 @@ impl Ops for CudaBackend {
         norm: &CudaVector,
         eps: f32,
         dims: &[usize],
+        normalize: &[bool],
     ) -> OpResult<Vec<Vec<f32>>> {
-        pool::pool(self, last, norm, eps, dims)
+        pool::pool(self, last, norm, eps, dims, normalize)
     }
 
     fn to_host(&self, x: &CudaTensor) -> OpResult<Vec<f32>> {

@@ -5,23 +5,29 @@ use crate::ops::OpResult;
 use cudarc::driver::PushKernelArg;
 
 /// Final RMSNorm of the f32 last rows, truncation of row `r` to `dims[r]` values, L2
-/// normalization; the vectors come back to the host.
+/// normalization when `normalize[r]`; the vectors come back to the host.
 pub(super) fn pool(
     gpu: &CudaBackend,
     last: &CudaTensor,
     norm: &CudaVector,
     eps: f32,
     dims: &[usize],
+    normalize: &[bool],
 ) -> OpResult<Vec<Vec<f32>>> {
     const OP: &str = "pool";
     let input = last.f32(OP, "last")?;
     check_cols(OP, "last", last.cols, norm.len())?;
-    if dims.len() != last.rows || dims.iter().any(|&d| d == 0 || d > last.cols) {
+    if dims.len() != last.rows
+        || normalize.len() != last.rows
+        || dims.iter().any(|&d| d == 0 || d > last.cols)
+    {
         return Err(shape_error(
             OP,
             format!(
-                "output sizes {dims:?} for {} rows of {}",
-                last.rows, last.cols
+                "output sizes {dims:?} and {} normalize flags for {} rows of {}",
+                normalize.len(),
+                last.rows,
+                last.cols
             ),
         ));
     }
@@ -29,16 +35,20 @@ pub(super) fn pool(
     let cols = int(OP, "cols", last.cols)?;
     let kept: Vec<u32> = dims.iter().map(|&d| d as u32).collect();
     let kept = gpu.upload(OP, &kept)?;
+    let flags: Vec<u32> = normalize.iter().map(|&n| u32::from(n)).collect();
+    let flags = gpu.upload(OP, &flags)?;
     let mut out = gpu.alloc::<f32>(OP, last.rows * last.cols)?;
-    // SAFETY: pool(const float* last, const float* w, const unsigned* dims, float* out, int
-    // cols, float eps): last and out hold (rows, cols), w holds cols, dims one value in
-    // 1..=cols per row (checked); one block per row.
+    // SAFETY: pool(const float* last, const float* w, const unsigned* dims, const unsigned*
+    // normalize, float* out, int cols, float eps): last and out hold (rows, cols), w holds
+    // cols, dims one value in 1..=cols per row and normalize one flag per row (checked); one
+    // block per row.
     unsafe {
         gpu.stream
             .launch_builder(&gpu.kernels.pool)
             .arg(input)
             .arg(&norm.data)
             .arg(&kept)
+            .arg(&flags)
             .arg(&mut out)
             .arg(&cols)
             .arg(&eps)

@@ -15,6 +15,9 @@ pub enum Work {
     Embed {
         /// Output size of each sequence.
         dims: Vec<usize>,
+        /// Whether each sequence's vector is L2-normalized (`false`: `normalize: false` in
+        /// its request, the pooled vector as it is).
+        normalize: Vec<bool>,
     },
     /// Rerank scores.
     Score,
@@ -41,8 +44,9 @@ pub enum Output {
 
 /// The head on top of the decoder: what a loaded model turns its last hidden states into.
 pub enum Head<B: Ops> {
-    /// Embeddings: final norm, Matryoshka truncation and L2 normalization of the last token
-    /// ([`Qwen3::embed`]); no weights of its own.
+    /// Embeddings: final norm, Matryoshka truncation and (unless a request said
+    /// `normalize: false`) L2 normalization of the last token ([`Qwen3::embed`]); no weights
+    /// of its own.
     Embed,
     /// Rerank scores from the `yes` / `no` LM-head rows.
     Rerank(RerankHead<B>),
@@ -60,8 +64,8 @@ impl<B: Ops> Head<B> {
         work: &Work,
     ) -> Result<Output, ModelError> {
         match (self, work) {
-            (Self::Embed, Work::Embed { dims }) => model
-                .embed(backend, token_ids, layout, dims)
+            (Self::Embed, Work::Embed { dims, normalize }) => model
+                .embed_each(backend, token_ids, layout, dims, normalize)
                 .map(Output::Vectors),
             (Self::Rerank(head), Work::Score) => head
                 .score(backend, model, token_ids, layout)

@@ -182,10 +182,33 @@ impl<B: Ops> Qwen3<B> {
         layout: &BatchLayout,
         dims: &[usize],
     ) -> Result<Vec<Vec<f32>>, ModelError> {
+        let normalize = vec![true; dims.len()];
+        self.embed_each(backend, token_ids, layout, dims, &normalize)
+    }
+
+    /// [`Self::embed`] with a choice per sequence: sequence `s` truncated to `dims[s]` values
+    /// (Matryoshka), then L2-normalized when `normalize[s]`, else returned as the final norm
+    /// left it at the last token (cut, not rescaled).
+    pub fn embed_each(
+        &self,
+        backend: &B,
+        token_ids: &[u32],
+        layout: &BatchLayout,
+        dims: &[usize],
+        normalize: &[bool],
+    ) -> Result<Vec<Vec<f32>>, ModelError> {
         self.check_dims(layout, dims)?;
+        if normalize.len() != layout.num_seqs() {
+            return Err(ModelError::Input(format!(
+                "{} normalize flags for {} sequences",
+                normalize.len(),
+                layout.num_seqs()
+            )));
+        }
         let last = self.last_hidden(backend, token_ids, layout)?;
-        // Final norm on the last tokens, Matryoshka truncation, L2 normalization.
-        Ok(backend.pool(&last, &self.norm, self.config.rms_norm_eps, dims)?)
+        // Final norm on the last tokens, Matryoshka truncation, L2 normalization where asked.
+        let eps = self.config.rms_norm_eps;
+        Ok(backend.pool(&last, &self.norm, eps, dims, normalize)?)
     }
 
     /// The final RMSNorm of hidden states `(rows, hidden)`, such as [`Self::last_hidden`]'s:
