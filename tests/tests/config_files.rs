@@ -67,7 +67,8 @@ fn every_documented_key_exists_in_default_toml() {
         {
             continue;
         }
-        let header = format!("[{section}]");
+        // A section header starts its line (comments may name sections too).
+        let header = format!("\n[{section}]\n");
         let body = default
             .split(&header)
             .nth(1)

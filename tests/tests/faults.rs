@@ -345,11 +345,11 @@ fn poisoned_batches_fail_only_their_own_requests() {
                 items: vec![item("bad-length", 2)],
             },
         ];
-        // A batch larger than the GPU workers' budget (`[gpu] max_batch_tokens`, 16384 by
+        // A batch larger than the GPU workers' budget (`[gpu] max_batch_tokens`, 32768 by
         // default): refused as if the device could not hold it.
         let oversized = TokenBatch {
-            token_ids: vec![1; 16_385],
-            items: vec![item("too-big", 16_385)],
+            token_ids: vec![1; 32_769],
+            items: vec![item("too-big", 32_769)],
         };
         let js = async_nats::jetstream::new(stack.nats.clone());
         let mut payloads: Vec<Vec<u8>> = poisoned
