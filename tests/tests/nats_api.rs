@@ -173,7 +173,7 @@ async fn nats_api_matches_golden_and_survives_concurrency_and_bad_input() {
             ErrorCode::InvalidRequest,
         ),
         (
-            bad(base.clone(), |r| r.input = vec!["word ".repeat(9000)]),
+            bad(base.clone(), |r| r.input = vec!["word ".repeat(33_000)]),
             ErrorCode::TooManyTokens,
         ),
         // Chunks sent there would be lost: refused before any work.
@@ -195,12 +195,12 @@ async fn nats_api_matches_golden_and_survives_concurrency_and_bad_input() {
     embed_over_nats(&client, &timed)
         .await
         .expect("a request with a budget and no absolute deadline");
-    let mut long = bad(base.clone(), |r| r.input = vec!["word ".repeat(9000)]);
+    let mut long = bad(base.clone(), |r| r.input = vec!["word ".repeat(33_000)]);
     long.truncate = Some(true);
     let (_, tokens) = embed_over_nats(&client, &long)
         .await
         .expect("truncated input embeds");
-    assert_eq!(tokens[0], 8192);
+    assert_eq!(tokens[0], 32768);
 
     // Undecodable bytes: an error map without an id.
     let inbox = client.new_inbox();
