@@ -517,6 +517,10 @@ pub struct WorkerStatus {
     /// longer inputs are refused or truncated. Absent from other workers and older ones.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_input_tokens: Option<u32>,
+    /// Most tokens of one batch the worker sends (tokenizer workers: their
+    /// `max_batch_tokens`). Absent from other workers and older ones.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_batch_tokens: Option<u32>,
 }
 
 impl WorkerStatus {

@@ -96,6 +96,7 @@ pub fn initial_status(id_prefix: &str, kind: WorkerKind, model: String) -> Worke
         started_ms,
         unhealthy: None,
         max_input_tokens: None,
+        max_batch_tokens: None,
     }
 }
 

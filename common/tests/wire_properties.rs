@@ -378,6 +378,7 @@ fn worker_status() -> impl Strategy<Value = WorkerStatus> {
                     started_ms,
                     unhealthy: None,
                     max_input_tokens: None,
+                    max_batch_tokens: None,
                 }
             },
         )

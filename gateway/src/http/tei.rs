@@ -82,6 +82,9 @@ pub struct Info {
     /// Most tokens of one input (the tokenizer workers' `max_length`), null before one
     /// answers.
     max_input_length: Option<u32>,
+    /// Most tokens of one batch sent to the GPU workers (the tokenizer workers'
+    /// `max_batch_tokens`), null before one answers.
+    max_batch_tokens: Option<u32>,
     /// `max_inputs_per_request`: most texts in one request.
     max_client_batch_size: usize,
     /// Tokenizer workers serving now.
@@ -136,6 +139,9 @@ pub async fn info(State(state): State<AppState>) -> Json<Info> {
         max_concurrent_requests: state.config.max_concurrent_queries,
         max_input_length: serving(WorkerKind::Tokenizer)
             .filter_map(|w| w.max_input_tokens)
+            .min(),
+        max_batch_tokens: serving(WorkerKind::Tokenizer)
+            .filter_map(|w| w.max_batch_tokens)
             .min(),
         max_client_batch_size: state.config.max_inputs_per_request,
         tokenization_workers: snapshot.loaded(WorkerKind::Tokenizer),

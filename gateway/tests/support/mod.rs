@@ -202,6 +202,7 @@ pub fn status(kind: WorkerKind, id: &str, loaded: bool, in_flight: u64) -> Worke
         started_ms: wire::now_ms(),
         unhealthy: None,
         max_input_tokens: None,
+        max_batch_tokens: None,
     }
 }
 

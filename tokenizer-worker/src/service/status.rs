@@ -21,6 +21,7 @@ pub(super) fn initial_status(
         device: Some(format!("cpu ({threads} tokenizer threads)")),
         hidden_size: Some(hidden_size),
         max_input_tokens: Some(u32::try_from(config.max_length).unwrap_or(u32::MAX)),
+        max_batch_tokens: Some(u32::try_from(config.max_batch_tokens).unwrap_or(u32::MAX)),
         ..worker::initial_status("tokenizer", WorkerKind::tokenizer(task), model)
     }
 }
