@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use common::queue::{QueueConfig, batch_stream};
 use common::subjects::Task;
 use common::wire::{
-    self, BatchItem, EmbedChunk, EmbedReply, EmbedRequest, ErrorCode, InputType, ReplyBundle,
-    TokenBatch,
+    self, BatchItem, EmbedChunk, EmbedReply, EmbedRequest, ErrorCode, InputType, Priority,
+    ReplyBundle, TokenBatch,
 };
 use e2e_tests::{NatsServer, tiny_model_dir};
 use futures::StreamExt;
@@ -336,6 +336,9 @@ async fn bundled_replies_carry_every_chunk_and_acknowledgement() {
             .collect();
         let mut req = request(&format!("b-{n}"), texts, InputType::Document, None);
         req.ack = true;
+        // One lane, so every queued batch may join one pass: without a priority, a request
+        // holding the long golden document would go to the bulk lane and run apart.
+        req.priority = Some(Priority::Interactive);
         published.push((req, format!("{inbox}.own.{n}")));
     }
     // One bad request: its error comes on its own subject, never in a bundle.
