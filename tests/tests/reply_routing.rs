@@ -398,8 +398,11 @@ async fn batches_are_cut_by_size_under_a_small_max_payload() {
     let model = tiny_model_dir();
     // Sequences wait up to half a second for company: the requests below pile up in one
     // batcher, whose uncut batch would be several times the server's limit.
+    // One sequence of `max_length` tokens must fit the 64 KiB payload (the worker refuses to
+    // start otherwise): 8,192 tokens at most 5 bytes each do, the model's 32,768 do not.
     let config = tokenizer_worker::config::TokenizerWorkerConfig {
         max_wait_ms: 500,
+        max_length: 8192,
         ..tokenizer_config(&model)
     };
     let _tokenizer = start_tokenizer_configured(config, nats_config(&server));
