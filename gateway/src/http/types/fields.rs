@@ -252,6 +252,47 @@ fn token_ids() -> ApiError {
     ApiError::field("input", "token id input is not supported; send text")
 }
 
+/// A field holding one string or a list of strings (TEI's `inputs`), within the limits:
+/// the count, and the length of each text (the single string's too).
+pub struct TextOrTexts {
+    /// The field.
+    pub name: &'static str,
+    /// Count and length limits.
+    pub limits: Limits,
+}
+
+impl<'de> Field<'de> for TextOrTexts {
+    type Value = Option<Vec<String>>;
+
+    fn unexpected(&self, kind: &str) -> ApiError {
+        let name = self.name;
+        ApiError::field(
+            name,
+            format!("{name} must be a string or a list of strings, got {kind}"),
+        )
+    }
+
+    fn scalar(self, value: Scalar<'_>) -> Result<Self::Value, ApiError> {
+        match value {
+            Scalar::Null => Ok(None),
+            Scalar::Text(text) => {
+                self.limits
+                    .check_text(|| format!("{}[0]", self.name), text)?;
+                Ok(Some(vec![text.to_owned()]))
+            }
+            other => Err(self.unexpected(other.kind())),
+        }
+    }
+
+    fn list<S: SeqAccess<'de>>(self, items: S) -> Result<Self::Value, S::Error> {
+        Documents {
+            name: self.name,
+            limits: self.limits,
+        }
+        .list(items)
+    }
+}
+
 /// A list of documents (`documents`, `texts`): strings, or objects with a string `text` (as
 /// Cohere and Jina clients send them), within the limits. An empty list passes here; the
 /// service refuses it.

@@ -2,14 +2,13 @@
 
 use common::wire::{InputType, TruncationDirection};
 use serde::Deserialize;
-use serde::de::{IgnoredAny, MapAccess, SeqAccess};
+use serde::de::{IgnoredAny, MapAccess};
 use utoipa::ToSchema;
 
-use super::decode::{Field, RequestBody, Scalar, Take};
-use super::fields::{Choice, Dimensions, Documents, Flag, required};
+use super::decode::{RequestBody, Take};
+use super::fields::{Choice, Dimensions, Flag, TextOrTexts, required};
 use super::limits::Limits;
 use super::schema;
-use crate::http::error::ApiError;
 
 /// The spellings of `truncation_direction` (TEI writes `Left`/`Right`, `huggingface_hub`
 /// `left`/`right`).
@@ -80,7 +79,12 @@ impl RequestBody for TeiEmbedRequest {
         let mut request = Self::default();
         while let Some(key) = fields.next_key::<Key>()? {
             match key {
-                Key::Inputs => inputs = fields.next_value_seed(Take(Inputs(limits)))?,
+                Key::Inputs => {
+                    inputs = fields.next_value_seed(Take(TextOrTexts {
+                        name: "inputs",
+                        limits,
+                    }))?
+                }
                 Key::Normalize => {
                     request.normalize = fields.next_value_seed(Take(Flag("normalize")))?;
                 }
@@ -110,43 +114,10 @@ impl RequestBody for TeiEmbedRequest {
     }
 }
 
-/// `inputs`: one string or a list of strings, within the limits.
-struct Inputs(Limits);
-
-impl<'de> Field<'de> for Inputs {
-    type Value = Option<Vec<String>>;
-
-    fn unexpected(&self, kind: &str) -> ApiError {
-        ApiError::field(
-            "inputs",
-            format!("inputs must be a string or a list of strings, got {kind}"),
-        )
-    }
-
-    fn scalar(self, value: Scalar<'_>) -> Result<Self::Value, ApiError> {
-        match value {
-            Scalar::Null => Ok(None),
-            Scalar::Text(text) => {
-                self.0.check_text(|| "inputs[0]".into(), text)?;
-                Ok(Some(vec![text.to_owned()]))
-            }
-            other => Err(self.unexpected(other.kind())),
-        }
-    }
-
-    fn list<S: SeqAccess<'de>>(self, items: S) -> Result<Self::Value, S::Error> {
-        let name = "inputs";
-        Documents {
-            name,
-            limits: self.0,
-        }
-        .list(items)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::http::error::ApiError;
     use crate::http::types::decode;
 
     fn limits() -> Limits {

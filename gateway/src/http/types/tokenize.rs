@@ -10,7 +10,7 @@ use utoipa::openapi::schema::{Array, ObjectBuilder, OneOfBuilder, Schema, Type};
 
 use super::decode::{Field, RequestBody, Scalar, Take, refuse};
 use super::embeddings::INPUT_TYPES;
-use super::fields::{Choice, Documents, Flag, Text, required};
+use super::fields::{Choice, Flag, Text, TextOrTexts, required};
 use super::limits::Limits;
 use super::schema;
 use super::tei::PROMPT_NAMES;
@@ -127,7 +127,12 @@ impl RequestBody for TeiTokenizeRequest {
         let mut request = Self::default();
         while let Some(key) = fields.next_key::<Key>()? {
             match key {
-                Key::Inputs => inputs = fields.next_value_seed(Take(Inputs(limits)))?,
+                Key::Inputs => {
+                    inputs = fields.next_value_seed(Take(TextOrTexts {
+                        name: "inputs",
+                        limits,
+                    }))?
+                }
                 Key::AddSpecialTokens => {
                     request.add_special_tokens =
                         fields.next_value_seed(Take(Flag("add_special_tokens")))?;
@@ -239,36 +244,6 @@ impl RequestBody for VllmDetokenizeRequest {
         }
         request.tokens = required("tokens", tokens)?;
         Ok(request)
-    }
-}
-
-/// `inputs`: one string or a list of strings, at most `max_inputs` of them.
-struct Inputs(Limits);
-
-impl<'de> Field<'de> for Inputs {
-    type Value = Option<Vec<String>>;
-
-    fn unexpected(&self, kind: &str) -> ApiError {
-        ApiError::field(
-            "inputs",
-            format!("inputs must be a string or a list of strings, got {kind}"),
-        )
-    }
-
-    fn scalar(self, value: Scalar<'_>) -> Result<Self::Value, ApiError> {
-        match value {
-            Scalar::Null => Ok(None),
-            Scalar::Text(text) => Ok(Some(vec![text.to_owned()])),
-            other => Err(self.unexpected(other.kind())),
-        }
-    }
-
-    fn list<S: SeqAccess<'de>>(self, items: S) -> Result<Self::Value, S::Error> {
-        Documents {
-            name: "inputs",
-            limits: self.0,
-        }
-        .list(items)
     }
 }
 
@@ -466,6 +441,16 @@ mod tests {
                 json!({"inputs": "a", "prompt_name": "x"})
             )),
             "prompt_name"
+        );
+        // A text over the character limit is refused alone as in a list.
+        let long = "x".repeat(101);
+        assert_eq!(
+            param(read::<TeiTokenizeRequest>(json!({"inputs": long}))),
+            "inputs[0]"
+        );
+        assert_eq!(
+            param(read::<TeiTokenizeRequest>(json!({"inputs": ["a", long]}))),
+            "inputs[1]"
         );
 
         let flat: TeiDecodeRequest = read(json!({"ids": [1, 2]})).unwrap();
