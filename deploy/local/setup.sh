@@ -44,7 +44,7 @@ if [[ ! -x /usr/bin/chromium ]]; then
   if [[ $EUID -eq 0 ]]; then
     echo "setup: installing chromium (apt-get)"
     apt-get update
-    apt-get install -y --no-install-recommends chromium
+    DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium
   else
     echo "setup: /usr/bin/chromium is missing and this is not root: install Debian's chromium" \
       "package (tests/tests/cors_browser.rs skips without it)" >&2
