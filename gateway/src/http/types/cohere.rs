@@ -7,9 +7,10 @@ use utoipa::ToSchema;
 use utoipa::openapi::schema::{Array, ObjectBuilder, Schema, Type};
 
 use super::decode::{Field, RequestBody, Scalar, Take, refuse};
-use super::fields::{Choice, Dimensions, Documents, PositiveInteger, Text, required};
+use super::fields::{Choice, Dimensions, PositiveInteger, Text, required};
 use super::limits::Limits;
 use super::schema;
+use super::texts::Documents;
 use crate::config::GatewayConfig;
 use crate::http::error::ApiError;
 

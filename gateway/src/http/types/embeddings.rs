@@ -7,10 +7,11 @@ use serde::de::{IgnoredAny, MapAccess};
 use utoipa::ToSchema;
 
 use super::decode::{RequestBody, Take};
-use super::fields::{Choice, Dimensions, Flag, Input, Text, required};
+use super::fields::{Choice, Dimensions, Flag, Text, required};
 use super::limits::Limits;
 use super::schema;
 use super::tei::TRUNCATION_DIRECTIONS;
+use super::texts::Input;
 use crate::config::GatewayConfig;
 
 /// How vectors are written in the answer.

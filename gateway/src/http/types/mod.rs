@@ -15,6 +15,7 @@ pub mod rerank;
 pub mod schema;
 pub mod seed;
 pub mod tei;
+pub mod texts;
 pub mod tokenize;
 
 pub use decode::{RequestBody, decode};

@@ -6,9 +6,10 @@ use serde::de::{IgnoredAny, MapAccess};
 use utoipa::ToSchema;
 
 use super::decode::{RequestBody, Take};
-use super::fields::{Documents, Flag, PositiveInteger, Text, required};
+use super::fields::{Flag, PositiveInteger, Text, required};
 use super::limits::Limits;
 use super::schema;
+use super::texts::Documents;
 use crate::config::GatewayConfig;
 
 /// A request to rank documents against a query (`/v1/rerank`). Other fields are ignored;

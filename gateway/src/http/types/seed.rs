@@ -6,9 +6,10 @@ use serde::de::{IgnoredAny, MapAccess};
 use utoipa::ToSchema;
 
 use super::decode::{RequestBody, Take};
-use super::fields::{Dimensions, Flag, Input, Text, required};
+use super::fields::{Dimensions, Flag, Text, required};
 use super::limits::Limits;
 use super::schema;
+use super::texts::Input;
 
 /// A request to embed texts, in the seed's shape. Other fields are ignored; `null` counts as
 /// absent.

@@ -6,9 +6,10 @@ use serde::de::{IgnoredAny, MapAccess};
 use utoipa::ToSchema;
 
 use super::decode::{RequestBody, Take};
-use super::fields::{Choice, Dimensions, Flag, TextOrTexts, required};
+use super::fields::{Choice, Dimensions, Flag, required};
 use super::limits::Limits;
 use super::schema;
+use super::texts::TextOrTexts;
 
 /// The spellings of `truncation_direction` (TEI writes `Left`/`Right`, `huggingface_hub`
 /// `left`/`right`).

@@ -10,10 +10,11 @@ use utoipa::openapi::schema::{Array, ObjectBuilder, OneOfBuilder, Schema, Type};
 
 use super::decode::{Field, RequestBody, Scalar, Take, refuse};
 use super::embeddings::INPUT_TYPES;
-use super::fields::{Choice, Flag, Text, TextOrTexts, required};
+use super::fields::{Choice, Flag, Text, required};
 use super::limits::Limits;
 use super::schema;
 use super::tei::PROMPT_NAMES;
+use super::texts::TextOrTexts;
 use crate::config::GatewayConfig;
 use crate::http::error::ApiError;
 
