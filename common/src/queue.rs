@@ -83,6 +83,38 @@ impl QueueConfig {
 #[error("JetStream work queue: {0}")]
 pub struct QueueError(String);
 
+/// How long a starting worker keeps trying to create or find its streams and consumers
+/// before it gives up: a JetStream cluster that is still electing leaders (a fresh cluster,
+/// a node restarting) refuses or times out such calls for a while.
+pub const SETUP_PATIENCE: Duration = Duration::from_secs(60);
+
+/// Runs `attempt` (creating or finding a stream or consumer) until it succeeds, retrying
+/// with a growing pause (250 ms doubling to 4 s) for up to `patience`, and logging each
+/// refusal; the last error once `patience` ran out.
+pub async fn until_ready<T, F, Fut>(
+    what: &str,
+    patience: Duration,
+    mut attempt: F,
+) -> Result<T, QueueError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, QueueError>>,
+{
+    let started = tokio::time::Instant::now();
+    let mut pause = Duration::from_millis(250);
+    loop {
+        match attempt().await {
+            Ok(ready) => return Ok(ready),
+            Err(e) if started.elapsed() + pause >= patience => return Err(e),
+            Err(e) => {
+                tracing::warn!(error = %e, what, retry_in_ms = pause.as_millis() as u64, "JetStream not ready; retrying");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(4));
+            }
+        }
+    }
+}
+
 /// Creates (or finds) the embedding batch stream.
 pub async fn batch_stream(
     js: &jetstream::Context,
@@ -234,6 +266,37 @@ pub async fn lane_consumer_for(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn setup_is_retried_until_it_succeeds_or_patience_runs_out() {
+        let mut calls = 0;
+        let ready = until_ready("stream", SETUP_PATIENCE, || {
+            calls += 1;
+            let result = if calls < 3 {
+                Err(QueueError("not yet".into()))
+            } else {
+                Ok(calls)
+            };
+            async move { result }
+        })
+        .await;
+        assert_eq!(ready.unwrap(), 3);
+
+        let started = tokio::time::Instant::now();
+        let refused: Result<(), _> = until_ready("stream", Duration::from_secs(1), || async {
+            Err(QueueError("no JetStream".into()))
+        })
+        .await;
+        assert_eq!(
+            refused.unwrap_err().to_string(),
+            "JetStream work queue: no JetStream"
+        );
+        // Tries at 0, 250 and 750 ms; the next pause would end past the patience.
+        assert!(
+            started.elapsed() >= Duration::from_millis(750),
+            "retried first"
+        );
+    }
 
     #[test]
     fn a_batch_lives_as_long_as_its_longest_budget_in_whole_seconds() {

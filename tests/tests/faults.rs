@@ -17,10 +17,11 @@ mod support;
 
 use std::time::Duration;
 
-use common::queue::{QueueConfig, batch_stream};
-use common::subjects::Subjects;
+use common::queue::{QueueConfig, batch_stream, lane_stream_for};
+use common::subjects::{Subjects, Task};
 use common::wire::{
-    self, BatchItem, EmbedReply, EmbedRequest, ErrorCode, ErrorReply, InputType, TokenBatch,
+    self, BatchItem, EmbedReply, EmbedRequest, ErrorCode, ErrorReply, InputType, Priority,
+    TokenBatch,
 };
 use e2e_tests::harness::{DEADLINE, FAULT_ENV, serial, signal, wait_serving};
 use e2e_tests::load::{Load, Record, assert_flawless, failures};
@@ -410,7 +411,13 @@ async fn wait_for_jetstream(urls: &str, queue: &QueueConfig) {
     let js = async_nats::jetstream::new(client);
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        match batch_stream(&js, &Subjects::default(), queue).await {
+        let subjects = Subjects::default();
+        let interactive = batch_stream(&js, &subjects, queue).await;
+        let bulk = match interactive {
+            Ok(_) => lane_stream_for(&js, &subjects, Task::Embed, Priority::Bulk, queue).await,
+            Err(e) => Err(e),
+        };
+        match bulk {
             Ok(_) => return,
             Err(e) => assert!(Instant::now() < deadline, "JetStream never came up: {e}"),
         }

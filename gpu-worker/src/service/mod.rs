@@ -48,7 +48,8 @@ use std::time::Duration;
 use async_nats::jetstream::{self, consumer::PullConsumer};
 use common::nats::NatsConfig;
 use common::queue::{
-    QueueConfig, lane_consumer_for, lane_max_deliveries_advisory, lane_stream_for,
+    QueueConfig, SETUP_PATIENCE, lane_consumer_for, lane_max_deliveries_advisory, lane_stream_for,
+    until_ready,
 };
 use common::subjects::{Subjects, Task};
 use common::wire::Priority;
@@ -177,8 +178,12 @@ pub async fn run(
     let js = jetstream::new(client.clone());
     let mut streams = Vec::new();
     for lane in LANES {
-        let stream = lane_stream_for(&js, &subjects, task, lane, &queue).await?;
-        let consumer = lane_consumer_for(&stream, task, lane, &queue).await?;
+        let (stream, consumer) = until_ready("the work queue", SETUP_PATIENCE, || async {
+            let stream = lane_stream_for(&js, &subjects, task, lane, &queue).await?;
+            let consumer = lane_consumer_for(&stream, task, lane, &queue).await?;
+            Ok((stream, consumer))
+        })
+        .await?;
         streams.push((lane, stream, consumer));
     }
     tracing::info!(

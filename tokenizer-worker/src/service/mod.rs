@@ -44,8 +44,9 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
 use common::nats::NatsConfig;
-use common::queue::{QueueConfig, batch_stream_for};
+use common::queue::{QueueConfig, SETUP_PATIENCE, batch_stream_for, lane_stream_for, until_ready};
 use common::subjects::{RERANK_TOKENIZER_QUEUE_GROUP, TOKENIZER_QUEUE_GROUP, Task};
+use common::wire::Priority;
 use common::wire::size::{BATCH_OVERHEAD, MAX_ITEM_BYTES, TOKEN_BYTES};
 use futures::StreamExt;
 use futures::stream::SelectAll;
@@ -104,9 +105,11 @@ pub async fn run(
     let client = nats.connect("tokenizer-worker").await?;
     let js = jetstream::new(client.clone());
     // Once it answered, the server has said its `max_payload` (0 while still unknown).
-    batch_stream_for(&js, &subjects, task, &queue).await?;
-    common::queue::lane_stream_for(&js, &subjects, task, common::wire::Priority::Bulk, &queue)
-        .await?;
+    until_ready("the work queue", SETUP_PATIENCE, || async {
+        batch_stream_for(&js, &subjects, task, &queue).await?;
+        lane_stream_for(&js, &subjects, task, Priority::Bulk, &queue).await
+    })
+    .await?;
     let max_payload = client.server_info().max_payload;
     let largest_batch = BATCH_OVERHEAD + MAX_ITEM_BYTES + config.max_length * TOKEN_BYTES;
     anyhow::ensure!(
