@@ -60,6 +60,11 @@ pub struct NatsConfig {
     pub tls_required: bool,
     /// Seconds to wait for the first connection.
     pub connect_timeout_s: f64,
+    /// Workers only: serve this worker's model on subjects of its own,
+    /// `{subject_prefix}.models.{token}` with the token derived from the model's name, beside
+    /// the deployment's default model (false: the prefix's own subjects). Gateways find such
+    /// models in the workers' status replies and route requests by their `model` field.
+    pub model_subjects: bool,
 }
 
 impl std::fmt::Debug for NatsConfig {
@@ -80,6 +85,7 @@ impl std::fmt::Debug for NatsConfig {
             .field("tls_key_file", &self.tls_key_file)
             .field("tls_required", &self.tls_required)
             .field("connect_timeout_s", &self.connect_timeout_s)
+            .field("model_subjects", &self.model_subjects)
             .finish()
     }
 }
@@ -101,6 +107,7 @@ impl Default for NatsConfig {
             tls_key_file: None,
             tls_required: false,
             connect_timeout_s: 5.0,
+            model_subjects: false,
         }
     }
 }
@@ -143,6 +150,15 @@ impl NatsConfig {
     /// The subjects of this deployment.
     pub fn subjects(&self) -> crate::subjects::Subjects {
         crate::subjects::Subjects::new(self.subject_prefix.clone())
+    }
+
+    /// The subjects a worker serving model `model_name` works on: its own route when
+    /// [`model_subjects`](Self::model_subjects) is set, else the deployment's default ones.
+    pub fn worker_subjects(&self, model_name: &str) -> crate::subjects::Subjects {
+        let token = self
+            .model_subjects
+            .then(|| crate::subjects::model_token(model_name));
+        self.subjects().routed(token.as_deref())
     }
 
     /// This identity's inbox prefix: `_INBOX.{identity}`, or `_INBOX` without one. Every

@@ -1,4 +1,11 @@
 //! NATS subject names, all under one configurable prefix (default `embed`).
+//!
+//! One deployment serves any number of models. The default model of each task works on the
+//! prefix's own subjects (`embed.requests`, `EMBED_BATCHES`); every other model works on a
+//! route of its own, `{prefix}.models.{token}` (`embed.models.qwen-qwen3-embedding-4b.requests`,
+//! stream `EMBED_MODELS_QWEN-QWEN3-EMBEDDING-4B_BATCHES`), where the token is derived from
+//! the model's name by [`model_token`]. Status requests stay on `{prefix}.status` for every
+//! model, so one scatter-gather finds them all.
 
 use crate::wire::Priority;
 
@@ -28,6 +35,26 @@ pub fn is_identity(identity: &str) -> bool {
 /// its inbox subjects start with).
 pub fn reply_prefix_of(identity: &str) -> String {
     format!("{INBOX_ROOT}.{identity}.")
+}
+
+/// The token between the prefix and a model's route: `embed.models.{token}`.
+pub const MODELS_TOKEN: &str = "models";
+
+/// Longest model token (one subject token).
+pub const MAX_MODEL_TOKEN_LEN: usize = 64;
+
+/// The subject token of model `name`: ASCII letters and digits lowercased, `_` kept, every
+/// other character (`/`, `.`, spaces...) becomes `-`; at most [`MAX_MODEL_TOKEN_LEN`]
+/// characters (`Qwen/Qwen3-Embedding-4B` gives `qwen-qwen3-embedding-4b`).
+pub fn model_token(name: &str) -> String {
+    name.chars()
+        .map(|c| match c {
+            'a'..='z' | '0'..='9' | '_' => c,
+            'A'..='Z' => c.to_ascii_lowercase(),
+            _ => '-',
+        })
+        .take(MAX_MODEL_TOKEN_LEN)
+        .collect()
 }
 
 /// Queue group the tokenizer workers share on the request subject.
@@ -64,23 +91,57 @@ impl Task {
     }
 }
 
-/// The subjects of one deployment, derived from its prefix.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// The subjects of one deployment's model, derived from the deployment's prefix and the
+/// model's route (none for the default model).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Subjects {
+    /// The deployment's prefix: status requests go under it whatever the route.
+    root: String,
+    /// Where the model's work subjects live: the root, or `{root}.models.{token}`.
     prefix: String,
+    /// The model's token, when it has a route of its own.
+    route: Option<String>,
 }
 
 impl Subjects {
-    /// Subjects under `prefix` (e.g. `embed` gives `embed.requests`).
+    /// The default model's subjects under `prefix` (e.g. `embed` gives `embed.requests`).
     pub fn new(prefix: impl Into<String>) -> Self {
+        let root = prefix.into();
         Self {
-            prefix: prefix.into(),
+            prefix: root.clone(),
+            root,
+            route: None,
         }
     }
 
-    /// The prefix itself.
+    /// The subjects of the model whose route is `token` (see [`model_token`]) in the same
+    /// deployment: work subjects under `{prefix}.models.{token}`, status on the prefix's.
+    /// `None` gives the default model's subjects.
+    pub fn routed(&self, token: Option<&str>) -> Self {
+        match token {
+            None => Self::new(self.root.clone()),
+            Some(token) => Self {
+                root: self.root.clone(),
+                prefix: format!("{}.{MODELS_TOKEN}.{token}", self.root),
+                route: Some(token.to_string()),
+            },
+        }
+    }
+
+    /// The model's route token, `None` for the default model's subjects.
+    pub fn route(&self) -> Option<&str> {
+        self.route.as_deref()
+    }
+
+    /// Where the model's work subjects live: the deployment's prefix, or
+    /// `{prefix}.models.{token}` for a routed model.
     pub fn prefix(&self) -> &str {
         &self.prefix
+    }
+
+    /// The deployment's prefix, whatever the route.
+    pub fn root(&self) -> &str {
+        &self.root
     }
 
     /// Public embedding requests (`EmbedRequest`), served by the tokenizer workers.
@@ -210,9 +271,10 @@ impl Subjects {
         }
     }
 
-    /// Status requests: every worker answers with a `WorkerStatus` (scatter-gather).
+    /// Status requests: every worker answers with a `WorkerStatus` (scatter-gather). The
+    /// same subject for every model of the deployment.
     pub fn status(&self) -> String {
-        format!("{}.status", self.prefix)
+        format!("{}.status", self.root)
     }
 
     /// Name of the JetStream stream holding the batches.
@@ -295,6 +357,41 @@ mod tests {
             subjects.lane_stream(Task::Rerank, bulk),
             "PROD_EMBED_RERANK_BULK_BATCHES"
         );
+    }
+
+    #[test]
+    fn a_routed_model_has_its_own_work_subjects_and_streams_and_the_shared_status() {
+        let token = model_token("Qwen/Qwen3-Embedding-4B");
+        assert_eq!(token, "qwen-qwen3-embedding-4b");
+        assert_eq!(model_token("a.b c_D"), "a-b-c_d");
+        assert_eq!(model_token(&"x".repeat(100)).len(), MAX_MODEL_TOKEN_LEN);
+        let base = Subjects::new("prod.embed");
+        let routed = base.routed(Some(&token));
+        assert_eq!(routed.route(), Some("qwen-qwen3-embedding-4b"));
+        assert_eq!(routed.root(), "prod.embed");
+        assert_eq!(
+            routed.requests(),
+            "prod.embed.models.qwen-qwen3-embedding-4b.requests"
+        );
+        assert_eq!(
+            routed.requests_from(Task::Rerank, "gateway"),
+            "prod.embed.models.qwen-qwen3-embedding-4b.rerank.from.gateway"
+        );
+        assert_eq!(
+            routed.lane_batches(Task::Embed, Priority::Bulk),
+            "prod.embed.models.qwen-qwen3-embedding-4b.batches.bulk"
+        );
+        assert_eq!(
+            routed.batch_stream(),
+            "PROD_EMBED_MODELS_QWEN_QWEN3_EMBEDDING_4B_BATCHES"
+        );
+        assert_eq!(routed.status(), "prod.embed.status");
+        assert_eq!(
+            routed.tokenize(),
+            "prod.embed.models.qwen-qwen3-embedding-4b.tokenize"
+        );
+        assert_eq!(routed.routed(None), base);
+        assert_eq!(base.route(), None);
     }
 
     #[test]

@@ -521,6 +521,10 @@ pub struct WorkerStatus {
     /// `max_batch_tokens`). Absent from other workers and older ones.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_batch_tokens: Option<u32>,
+    /// The model's route token when it works on subjects of its own
+    /// (`{prefix}.models.{route}`, see `common::subjects`); absent for the default model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub route: Option<String>,
 }
 
 impl WorkerStatus {

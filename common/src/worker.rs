@@ -97,6 +97,7 @@ pub fn initial_status(id_prefix: &str, kind: WorkerKind, model: String) -> Worke
         unhealthy: None,
         max_input_tokens: None,
         max_batch_tokens: None,
+        route: None,
     }
 }
 

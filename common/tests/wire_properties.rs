@@ -379,6 +379,7 @@ fn worker_status() -> impl Strategy<Value = WorkerStatus> {
                     unhealthy: None,
                     max_input_tokens: None,
                     max_batch_tokens: None,
+                    route: Some("qwen-qwen3-embedding-4b".into()),
                 }
             },
         )

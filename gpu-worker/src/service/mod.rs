@@ -174,7 +174,7 @@ pub async fn run(
         "model loaded"
     );
     let client = nats.connect("gpu-worker").await?;
-    let subjects = nats.subjects();
+    let subjects = nats.worker_subjects(&config.model_name);
     let js = jetstream::new(client.clone());
     let mut streams = Vec::new();
     for lane in LANES {
@@ -250,7 +250,7 @@ pub async fn run(
     let status_task = tokio::spawn(status::answer_status(
         client.subscribe(subjects.status()).await?,
         Arc::clone(&shared),
-        status::initial(&config, &info),
+        status::initial(&config, &info, subjects.route()),
     ));
     let watchdog = tokio::spawn(health::watch_device(Arc::clone(&shared), config.clone()));
     let (service_name, what) = match task {

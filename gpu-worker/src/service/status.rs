@@ -11,9 +11,14 @@ use super::Shared;
 use crate::config::GpuWorkerConfig;
 use crate::engine::EngineInfo;
 
-/// The worker's status before any batch.
-pub(super) fn initial(config: &GpuWorkerConfig, info: &EngineInfo) -> WorkerStatus {
+/// The worker's status before any batch; `route` is its model's route token, if it has one.
+pub(super) fn initial(
+    config: &GpuWorkerConfig,
+    info: &EngineInfo,
+    route: Option<&str>,
+) -> WorkerStatus {
     WorkerStatus {
+        route: route.map(str::to_string),
         backend: Some(info.backend.clone()),
         device: Some(info.device.description.clone()),
         device_memory_used: info.device.memory_used,

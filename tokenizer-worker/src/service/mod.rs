@@ -92,7 +92,7 @@ pub async fn run(
         config.max_length
     );
     let task = config.task;
-    let subjects = nats.subjects();
+    let subjects = nats.worker_subjects(&config.model_name);
     let rules = ReplyRules::new(subjects.clone(), task, &config.reply_prefixes)?;
     let frontend = Frontend::load(&config, limits)?;
     let direct =
@@ -180,6 +180,7 @@ pub async fn run(
         None => None,
     };
     let (done_tx, mut done_rx) = mpsc::channel::<Tokenized>(1024);
+    let status = initial_status(task, &config, threads, limits.hidden_size, subjects.route());
     let mut state = State {
         client: client.clone(),
         work_queue: WorkQueue {
@@ -198,7 +199,7 @@ pub async fn run(
         max_publishes_in_flight: config.max_publishes_in_flight,
         direct,
         offers: 0,
-        status: initial_status(task, &config, threads, limits.hidden_size),
+        status,
         tokenizing: 0,
         publishes: JoinSet::new(),
         batch_ids: BatchIds::new(&client),

@@ -9,15 +9,18 @@ use crate::config::TokenizerWorkerConfig;
 use crate::lane::Lanes;
 
 /// The status of a tokenizer worker for `task` with `config` (its model `hidden_size` wide)
-/// and `threads` tokenizer threads, before any work.
+/// and `threads` tokenizer threads, on the model's route `route` (if it has one), before
+/// any work.
 pub(super) fn initial_status(
     task: Task,
     config: &TokenizerWorkerConfig,
     threads: usize,
     hidden_size: u32,
+    route: Option<&str>,
 ) -> WorkerStatus {
     let model = config.model_name.clone();
     WorkerStatus {
+        route: route.map(str::to_string),
         device: Some(format!("cpu ({threads} tokenizer threads)")),
         hidden_size: Some(hidden_size),
         max_input_tokens: Some(u32::try_from(config.max_length).unwrap_or(u32::MAX)),
