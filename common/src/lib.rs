@@ -17,7 +17,8 @@
 //! - [`worker`]: what every worker does besides its own work: error replies, sending an
 //!   outbox, micro-service registration.
 //! - [`trace`]: request ids and W3C trace context across the stages.
-//! - [`telemetry`]: logging set-up for the binaries.
+//! - [`telemetry`]: logging set-up for the binaries, and the `[telemetry]` settings.
+//! - [`otlp`]: OTLP trace export, one span per stage of a request.
 //! - `model_source` (feature `hub`, the workers'): a model directory, or a Hugging Face id
 //!   found in or downloaded to the standard cache.
 //! - [`shutdown`]: Ctrl-C / SIGTERM handling.
@@ -26,6 +27,7 @@ pub mod config;
 #[cfg(feature = "hub")]
 pub mod model_source;
 pub mod nats;
+pub mod otlp;
 pub mod outbox;
 pub mod queue;
 pub mod shutdown;

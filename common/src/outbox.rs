@@ -118,6 +118,7 @@ mod tests {
             dims: dims as u32,
             embeddings: wire::f32_le_bytes([vec![0.5; dims].as_slice()]),
             tokens: vec![3],
+            timings: None,
         })
     }
 

@@ -3,7 +3,7 @@
 //! One deployment serves any number of models. The default model of each task works on the
 //! prefix's own subjects (`embed.requests`, `EMBED_BATCHES`); every other model works on a
 //! route of its own, `{prefix}.models.{token}` (`embed.models.qwen-qwen3-embedding-4b.requests`,
-//! stream `EMBED_MODELS_QWEN-QWEN3-EMBEDDING-4B_BATCHES`), where the token is derived from
+//! stream `EMBED_MODELS_QWEN_QWEN3_EMBEDDING_4B_BATCHES`), where the token is derived from
 //! the model's name by [`model_token`]. Status requests stay on `{prefix}.status` for every
 //! model, so one scatter-gather finds them all.
 

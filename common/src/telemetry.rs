@@ -1,4 +1,5 @@
-//! Logging set-up shared by the binaries (`tracing`, filtered by `RUST_LOG`).
+//! Logging set-up shared by the binaries (`tracing`, filtered by `RUST_LOG`), and the
+//! `[telemetry]` settings of trace export ([`crate::otlp`]).
 
 use std::io::IsTerminal;
 
@@ -28,4 +29,28 @@ pub fn init(format: LogFormat) {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().try_init(),
     };
+}
+
+/// The `[telemetry]` section (every binary): where traces go.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TelemetryConfig {
+    /// Base URL of an OTLP/HTTP collector (`http://collector:4318`; spans go to its
+    /// `/v1/traces` as JSON). Empty: no trace export.
+    pub otlp_endpoint: String,
+    /// The service name spans carry; empty: the binary's own (`qwen3-embed-gateway`,
+    /// `qwen3-embed-tokenizer`, `qwen3-embed-gpu`, or their `-rerank-` twins).
+    pub service_name: String,
+    /// How often buffered spans are sent, in milliseconds.
+    pub export_delay_ms: u64,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        Self {
+            otlp_endpoint: String::new(),
+            service_name: String::new(),
+            export_delay_ms: 5000,
+        }
+    }
 }

@@ -18,6 +18,7 @@
 mod budget;
 pub mod limits;
 pub mod size;
+pub mod timings;
 pub mod tokenize;
 
 use serde::{Deserialize, Serialize};
@@ -26,6 +27,7 @@ use crate::subjects::Task;
 use crate::trace::RequestTrace;
 
 pub use self::budget::remaining_ms;
+pub use self::timings::{BatchPath, ItemTimings, StageTimings};
 
 /// Whether a text is a search query (gets the instruction template) or a document (taken as is).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
@@ -146,6 +148,9 @@ pub struct EmbedChunk {
     pub embeddings: Vec<u8>,
     /// Tokens the model read for each item (template and `<|endoftext|>` included).
     pub tokens: Vec<u32>,
+    /// Where the request spent its time, per stage ([`timings`]); absent from older workers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timings: Option<StageTimings>,
 }
 
 impl EmbedChunk {
@@ -240,6 +245,9 @@ pub struct RerankChunk {
     pub logit_no: Vec<f32>,
     /// Tokens the model read per pair (the whole prompt).
     pub tokens: Vec<u32>,
+    /// Where the request spent its time, per stage ([`timings`]); absent from older workers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timings: Option<StageTimings>,
 }
 
 impl RerankChunk {
@@ -419,6 +427,9 @@ pub struct BatchItem {
     /// `normalize: false`). Written only when set.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub unnormalized: bool,
+    /// What the tokenizer worker measured of the request ([`timings`]); absent from older ones.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timings: Option<ItemTimings>,
 }
 
 /// A GPU worker's answer to a batch offered on the direct subject.
@@ -525,6 +536,9 @@ pub struct WorkerStatus {
     /// (`{prefix}.models.{route}`, see `common::subjects`); absent for the default model.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub route: Option<String>,
+    /// GPU workers: milliseconds spent in forward passes since start (utilisation is its rate).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_busy_ms: Option<u64>,
 }
 
 impl WorkerStatus {

@@ -98,6 +98,7 @@ pub fn initial_status(id_prefix: &str, kind: WorkerKind, model: String) -> Worke
         max_input_tokens: None,
         max_batch_tokens: None,
         route: None,
+        device_busy_ms: None,
     }
 }
 

@@ -265,6 +265,7 @@ fn embed_chunk() -> impl Strategy<Value = EmbedChunk> {
                 dims,
                 embeddings,
                 tokens,
+                timings: None,
             },
         )
 }
@@ -380,6 +381,7 @@ fn worker_status() -> impl Strategy<Value = WorkerStatus> {
                     max_input_tokens: None,
                     max_batch_tokens: None,
                     route: Some("qwen-qwen3-embedding-4b".into()),
+                    device_busy_ms: None,
                 }
             },
         )
@@ -584,6 +586,7 @@ proptest! {
             dims,
             embeddings: (0..byte_len).map(|i| (i as u8).wrapping_mul(31) ^ seed).collect(),
             tokens: vec![7; token_len],
+            timings: None,
         };
         let consistent = byte_len as u128 == expected_bytes
             && token_len as u128 == u128::from(count)
@@ -631,6 +634,7 @@ fn vectors_rejects_overflowing_shape() {
             dims,
             embeddings: Vec::new(),
             tokens: Vec::new(),
+            timings: None,
         };
         assert!(chunk.vectors().is_err(), "{count} x {dims}");
     }

@@ -32,6 +32,16 @@ pub struct Admission {
 pub struct Admitted {
     /// The permit; released on drop.
     _permit: OwnedSemaphorePermit,
+    /// How long the request waited in the queue for it (zero when a place was free).
+    waited: Duration,
+}
+
+impl Admitted {
+    /// How long the request waited for its place (zero when one was free at once): the
+    /// admission wait of the per-stage metrics.
+    pub fn waited(&self) -> Duration {
+        self.waited
+    }
 }
 
 /// Why a request was not admitted.
@@ -109,7 +119,10 @@ impl Admission {
             Ok(Ok(permit)) => {
                 let waited_ms = u64::try_from(waited.as_millis()).unwrap_or(u64::MAX);
                 self.last_wait_ms.store(waited_ms, Ordering::Relaxed);
-                Ok(Admitted { _permit: permit })
+                Ok(Admitted {
+                    _permit: permit,
+                    waited,
+                })
             }
             // The semaphore is never closed; treat it as a wait that found no place.
             Ok(Err(_)) | Err(_) => Err(Refused::DeadlinePassed { waited }),
@@ -119,7 +132,10 @@ impl Admission {
     /// A place that is free now, if any, without queueing for one.
     fn free_place(&self) -> Option<Admitted> {
         let permit = self.places.clone().try_acquire_owned().ok()?;
-        Some(Admitted { _permit: permit })
+        Some(Admitted {
+            _permit: permit,
+            waited: Duration::ZERO,
+        })
     }
 
     /// One more request in the queue, unless it is full.
@@ -277,6 +293,24 @@ mod tests {
         drop(holder);
         next.await.unwrap().unwrap();
         assert_eq!((admission.active(), admission.queued()), (0, 0));
+    }
+
+    #[tokio::test]
+    async fn an_admitted_request_knows_how_long_it_waited() {
+        let admission = Arc::new(Admission::new(1, 1));
+        let holder = admission.admit(later()).await.unwrap();
+        assert_eq!(holder.waited(), Duration::ZERO, "a free place is no wait");
+        let waiting = {
+            let admission = admission.clone();
+            tokio::spawn(async move { admission.admit(later()).await.map(|a| a.waited()) })
+        };
+        while admission.queued() == 0 {
+            tokio::task::yield_now().await;
+        }
+        tokio::time::sleep(Duration::from_millis(120)).await;
+        drop(holder);
+        let waited = waiting.await.unwrap().unwrap();
+        assert!(waited >= Duration::from_millis(100), "waited {waited:?}");
     }
 
     #[tokio::test]

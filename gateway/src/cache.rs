@@ -16,9 +16,12 @@ use common::wire::{InputType, TruncationDirection};
 
 use crate::upstream::assembly::Embedded;
 
-/// Everything that decides a vector: the text and the options sent with it.
+/// Everything that decides a vector: the model, the text and the options sent with it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct CacheKey {
+    /// The model's route (`None` for the default model): the same text under two models
+    /// never shares an entry.
+    pub route: Option<String>,
     /// The text as sent.
     pub text: String,
     /// Query or document.
@@ -128,6 +131,7 @@ mod tests {
 
     fn key(text: &str, instruction: Option<&str>) -> CacheKey {
         CacheKey {
+            route: None,
             text: text.into(),
             input_type: InputType::Query,
             instruction: instruction.map(Into::into),
@@ -158,6 +162,33 @@ mod tests {
             "a normalized vector for a raw request"
         );
         assert_eq!((cache.hits(), cache.misses()), (1, 2));
+    }
+
+    #[test]
+    fn another_model_never_hits_the_defaults_vector() {
+        let cache = VectorCache::new(10);
+        let value = Arc::new(Embedded {
+            vector: vec![1.0],
+            tokens: 2,
+        });
+        cache.insert(key("a", None), value.clone());
+        let routed = CacheKey {
+            route: Some("acme-embedder".into()),
+            ..key("a", None)
+        };
+        assert_eq!(cache.get(&routed), None);
+        cache.insert(
+            routed.clone(),
+            Arc::new(Embedded {
+                vector: vec![2.0],
+                tokens: 2,
+            }),
+        );
+        assert_eq!(cache.get(&key("a", None)), Some(value));
+        assert_eq!(
+            cache.get(&routed).map(|v| v.vector.clone()),
+            Some(vec![2.0])
+        );
     }
 
     #[test]

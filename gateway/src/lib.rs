@@ -1,9 +1,10 @@
 //! The gateway: HTTP front door of the Qwen3 embedding and reranking pipeline. It
-//! validates requests, admits at most `max_concurrent_queries` at once (queueing up to
-//! `max_queued_requests` more, first come first served), answers what its LRU cache holds
-//! and publishes the rest as one `EmbedRequest` on `{prefix}.requests` (rerank requests as
-//! one `RerankRequest` on `{prefix}.rerank`, never cached), then assembles the workers'
-//! chunks into one answer.
+//! validates requests, picks the model each names (the configured defaults, or any model
+//! whose workers answer discovery on a route of their own), admits at most
+//! `max_concurrent_queries` at once (queueing up to `max_queued_requests` more, first come
+//! first served), answers what its LRU cache holds and publishes the rest as one
+//! `EmbedRequest` on the model's `{prefix}.requests` (rerank requests as one `RerankRequest`
+//! on `{prefix}.rerank`, never cached), then assembles the workers' chunks into one answer.
 //!
 //! # Layout
 //! - [`config`]: [`GatewayConfig`], the `[gateway]` section; [`api_keys`]: the bearer
@@ -18,6 +19,8 @@
 //!   [`http::request_id`] gives every request an `X-Request-Id` and a W3C trace context;
 //!   [`http::extract`] reads JSON bodies field by field and [`http::error`] maps every
 //!   failure to a status and an OpenAI-style body in one place.
+//! - [`models`]: the served models (defaults and discovered ones) and the rule that picks
+//!   a request's.
 //! - [`service`]: one request from validation to vectors or scores (limits, admission,
 //!   cache, upstream).
 //! - [`admission`]: the in-flight limit and its FIFO queue; [`cache`]: the vector LRU;
@@ -38,6 +41,7 @@ pub mod config;
 pub mod edge;
 pub mod http;
 pub mod metrics;
+pub mod models;
 pub mod quantize;
 pub mod service;
 pub mod upstream;
@@ -58,6 +62,7 @@ pub use crate::config::GatewayConfig;
 use crate::edge::EdgeLimits;
 use crate::http::Shared;
 use crate::metrics::Metrics;
+use crate::models::{Defaults, Models};
 use crate::service::EmbedService;
 use crate::upstream::Upstream;
 use crate::upstream::discovery::Discovery;
@@ -87,11 +92,13 @@ pub async fn run(
         .await
         .context("connecting to NATS")?;
     let subjects = config.nats.subjects();
+    let metrics = Metrics::new();
     let upstream = Upstream::start(
         client.clone(),
         &subjects,
         link,
         config.tokenizer_ack_timeout(),
+        metrics.clone(),
     )
     .await
     .context("subscribing to the reply inbox")?;
@@ -101,18 +108,19 @@ pub async fn run(
         Duration::from_millis(config.status_wait_ms),
         Duration::from_millis(config.status_cache_ms),
     ));
-    let metrics = Metrics::new();
-    let service = EmbedService::new(&config, upstream, discovery.clone(), metrics.clone());
+    let service = EmbedService::new(&config, upstream, metrics.clone());
+    let models = Models::new(Defaults::of_config(&config), discovery.clone());
     let state = Arc::new(Shared {
         started_s: common::wire::now_ms() / 1000,
         config,
         service,
+        models,
         discovery: discovery.clone(),
         metrics: metrics.clone(),
         api_keys,
     });
 
-    // Learn the workers (and the model's hidden size) before the first health check.
+    // Learn the workers (the models and their hidden sizes) before the first request.
     let patience = Duration::from_secs_f64(state.config.nats.connect_timeout_s.clamp(0.1, 60.0));
     let warm_up = tokio::spawn(async move { discovery.warm_up(patience).await });
     let upkeep = tokio::spawn(async move {

@@ -5,8 +5,9 @@ use anyhow::Context;
 use clap::Parser;
 use common::config::ConfigSource;
 use common::nats::NatsConfig;
+use common::otlp;
 use common::queue::QueueConfig;
-use common::telemetry::{self, LogFormat};
+use common::telemetry::{self, LogFormat, TelemetryConfig};
 use gateway::GatewayConfig;
 use gateway::api_keys::{API_KEYS_ENV, ApiKeys};
 
@@ -87,8 +88,15 @@ async fn main() -> anyhow::Result<()> {
         config.api_keys = ApiKeys::from_list(&list, API_KEYS_ENV)?;
     }
     config.validate_against(&args.source.load::<QueueConfig>("queue")?)?;
+    let exporter = otlp::init(
+        &args.source.load::<TelemetryConfig>("telemetry")?,
+        "qwen3-embed-gateway",
+    )?;
     let listener = tokio::net::TcpListener::bind((config.host.as_str(), config.port))
         .await
         .with_context(|| format!("binding {}:{}", config.host, config.port))?;
-    gateway::run(config, listener, common::shutdown::signal()).await
+    let result = gateway::run(config, listener, common::shutdown::signal()).await;
+    // Off the runtime's threads: the exporter's shutdown blocks while the last spans go.
+    tokio::task::spawn_blocking(move || exporter.shutdown()).await?;
+    result
 }

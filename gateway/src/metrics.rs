@@ -24,12 +24,18 @@
 //! | `embed_worker_batches_total`, `embed_worker_sequences_total`, `embed_worker_tokens_total` | counter | `kind` |
 //! | `embed_worker_device_memory_used_bytes` | gauge | |
 //!
+//! The per-stage metrics (`embed_admission_wait_seconds`, `embed_stage_*`, batch sizes,
+//! direct-path outcomes, per-GPU-worker memory and busy time) are in [`stages`].
+//!
 //! The `embed_worker_*` counters are the sums over the workers discovery found, as they
 //! report them: the mean GPU batch size is `rate(embed_worker_sequences_total{kind="gpu"})`
 //! over `rate(embed_worker_batches_total{kind="gpu"})` (in tokens, the same with
 //! `embed_worker_tokens_total`), and the model's tokens/s is the rate of the tokens counter.
 
+mod stages;
+
 use std::sync::Arc;
+use std::time::Duration;
 
 use metrics::{
     Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram,
@@ -37,11 +43,17 @@ use metrics::{
 use metrics_exporter_prometheus::{
     Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
 };
+use metrics_util::MetricKindMask;
+
+pub use self::stages::{RequestStages, StageSink};
 
 /// Latency buckets, seconds: embedding requests take milliseconds to tens of seconds.
 const LATENCY_BUCKETS: &[f64] = &[
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
 ];
+
+/// How long a per-worker series stays after its worker stopped answering discovery.
+const GONE_WORKER_SERIES: Duration = Duration::from_secs(300);
 
 /// Handle to this gateway's metrics; cheap to clone.
 #[derive(Clone)]
@@ -61,11 +73,15 @@ impl Default for Metrics {
 impl Metrics {
     /// A fresh recorder with every metric described.
     pub fn new() -> Self {
-        let recorder = PrometheusBuilder::new()
+        // Gauges are set before every scrape, so only those of workers gone go idle.
+        let builder =
+            PrometheusBuilder::new().idle_timeout(MetricKindMask::GAUGE, Some(GONE_WORKER_SERIES));
+        let recorder = builder
             .set_buckets_for_metric(
                 Matcher::Full("embed_http_request_duration_seconds".into()),
                 LATENCY_BUCKETS,
             )
+            .and_then(stages::with_buckets)
             .map(PrometheusBuilder::build_recorder)
             .unwrap_or_else(|_| PrometheusBuilder::new().build_recorder());
         let handle = recorder.handle();
@@ -74,6 +90,7 @@ impl Metrics {
             handle,
         };
         metrics.with(describe);
+        metrics.with(stages::describe);
         metrics
     }
 
@@ -321,6 +338,40 @@ mod tests {
             "{text}"
         );
         assert!(!b.render().contains("embed_tokens_total 42"));
+    }
+
+    #[test]
+    fn gpu_workers_get_their_own_series_and_admission_waits_are_timed() {
+        use common::wire::{WorkerKind, WorkerStatus};
+
+        let status = |id: &str, kind| WorkerStatus {
+            device_memory_used: Some(2048),
+            device_memory_total: Some(8192),
+            device_busy_ms: Some(1500),
+            ..common::worker::initial_status(id, kind, "qwen3-tiny".into())
+        };
+        let gpu = status("gpu", WorkerKind::Gpu);
+        let tokenizer = status("tok", WorkerKind::Tokenizer);
+        let metrics = Metrics::new();
+        metrics.set_worker_gauges(&[gpu.clone(), tokenizer]);
+        metrics.admission_wait("qwen3-tiny", Duration::from_millis(30));
+        let text = metrics.render();
+        let labels = format!(
+            r#"{{worker="{}",model="qwen3-tiny",kind="gpu"}}"#,
+            gpu.worker_id
+        );
+        for line in [
+            format!("embed_gpu_worker_memory_used_bytes{labels} 2048"),
+            format!("embed_gpu_worker_memory_total_bytes{labels} 8192"),
+            format!("embed_gpu_worker_busy_seconds{labels} 1.5"),
+            r#"embed_admission_wait_seconds_count{model="qwen3-tiny"} 1"#.to_string(),
+        ] {
+            assert!(text.lines().any(|l| l == line), "no `{line}` in\n{text}");
+        }
+        assert!(
+            !text.contains("kind=\"tokenizer\""),
+            "tokenizers have no device:\n{text}"
+        );
     }
 
     #[test]

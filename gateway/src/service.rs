@@ -1,6 +1,6 @@
 //! One embedding request from validation to vectors: limits, admission, cache, upstream.
-//! Both HTTP APIs (seed and OpenAI) turn their bodies into an [`EmbedJob`] and call
-//! [`EmbedService::embed`]. Both rerank APIs (Cohere/Jina and TEI) turn theirs into a
+//! Every embedding route turns its body into an [`EmbedJob`] for the model the request named
+//! (picked by [`crate::models`]) and calls [`EmbedService::embed`]. Both rerank APIs (Cohere/Jina and TEI) turn theirs into a
 //! [`RerankJob`] and call [`EmbedService::rerank`]: the same limits, admission and deadline,
 //! no cache. A request's deadline runs from its [`Arrival`], so the time it waits in the
 //! admission queue counts against it. The deadline is kept on the monotonic clock; the
@@ -21,8 +21,8 @@ use crate::config::GatewayConfig;
 use crate::http::error::ApiError;
 use crate::http::types::Limits;
 use crate::metrics::Metrics;
+use crate::models::ServedModel;
 use crate::upstream::assembly::{Embedded, Scored};
-use crate::upstream::discovery::Discovery;
 use crate::upstream::{Upstream, UpstreamError};
 
 /// When a request arrived at the gateway; its deadline runs from here.
@@ -45,9 +45,11 @@ impl Arrival {
     }
 }
 
-/// What to embed, as both APIs describe it.
+/// What to embed, as every embedding API describes it.
 #[derive(Debug, Clone)]
 pub struct EmbedJob {
+    /// The model that embeds it (its route, its vector width).
+    pub model: Arc<ServedModel>,
     /// The texts, in answer order (empty and whitespace-only texts are valid).
     pub texts: Vec<String>,
     /// Query (instruction applied) or document.
@@ -70,9 +72,11 @@ pub struct EmbedJob {
     pub arrival: Arrival,
 }
 
-/// What to rerank, as both rerank APIs describe it.
+/// What to rerank, as every rerank API describes it.
 #[derive(Debug, Clone)]
 pub struct RerankJob {
+    /// The reranker that scores it.
+    pub model: Arc<ServedModel>,
     /// The query every document is judged against (may be empty).
     pub query: String,
     /// The documents, in answer order (empty texts are valid).
@@ -99,47 +103,41 @@ pub struct EmbedService {
     pub admission: Admission,
     /// Finished vectors.
     pub cache: VectorCache,
-    /// The request subject.
+    /// The workers' request subjects.
     pub upstream: Upstream,
-    /// Worker discovery (for the hidden size bound on `dimensions`).
-    pub discovery: Arc<Discovery>,
     /// Where counts go.
     metrics: Metrics,
 }
 
 impl EmbedService {
     /// A service with `config`'s limits over `upstream`.
-    pub fn new(
-        config: &GatewayConfig,
-        upstream: Upstream,
-        discovery: Arc<Discovery>,
-        metrics: Metrics,
-    ) -> Self {
+    pub fn new(config: &GatewayConfig, upstream: Upstream, metrics: Metrics) -> Self {
         Self {
             limits: Limits::from_config(config),
             timeout: config.request_timeout(),
             admission: Admission::new(config.max_concurrent_queries, config.queue_limit()),
             cache: VectorCache::new(config.cache_size),
             upstream,
-            discovery,
             metrics,
         }
     }
 
-    /// Validates `job`, admits it, answers what the cache holds and asks the workers for
-    /// the rest; the vectors come back in input order.
+    /// Validates `job`, admits it, answers what the cache holds and asks its model's
+    /// workers for the rest; the vectors come back in input order.
     pub async fn embed(&self, job: EmbedJob) -> Result<Vec<Arc<Embedded>>, ApiError> {
         self.check(&job)?;
         let (deadline, deadline_ms) = self.deadline(job.arrival);
-        let _admitted = self.admit(deadline).await?;
+        let _admitted = self.admit(deadline, &job.model.name).await?;
 
         let total = job.texts.len();
         let mut answers: Vec<Option<Arc<Embedded>>> = vec![None; total];
         // Inputs the cache could not answer: their position and cache key.
         let mut misses: Vec<(usize, Option<CacheKey>)> = Vec::new();
         let mut miss_texts: Vec<String> = Vec::new();
+        let route = job.model.route.as_deref();
         for (index, text) in job.texts.into_iter().enumerate() {
             let key = self.cache.is_enabled().then(|| CacheKey {
+                route: job.model.route.clone(),
                 text: text.clone(),
                 input_type: job.input_type,
                 instruction: job.instruction.clone(),
@@ -180,7 +178,7 @@ impl EmbedService {
             };
             let fresh = self
                 .upstream
-                .embed(request, deadline, &job.trace)
+                .embed(request, route, deadline, &job.trace)
                 .await
                 .map_err(|e| self.upstream_error(e))?;
             let tokens: u64 = fresh.iter().map(|item| u64::from(item.tokens)).sum();
@@ -201,12 +199,12 @@ impl EmbedService {
             .collect())
     }
 
-    /// Validates `job`, admits it and asks the rerank workers for one score per document,
-    /// in document order.
+    /// Validates `job`, admits it and asks its reranker's workers for one score per
+    /// document, in document order.
     pub async fn rerank(&self, job: RerankJob) -> Result<Vec<Scored>, ApiError> {
         self.check_rerank(&job)?;
         let (deadline, deadline_ms) = self.deadline(job.arrival);
-        let _admitted = self.admit(deadline).await?;
+        let _admitted = self.admit(deadline, &job.model.name).await?;
         let request = RerankRequest {
             id: String::new(),
             query: job.query,
@@ -221,7 +219,7 @@ impl EmbedService {
         };
         let scored = self
             .upstream
-            .rerank(request, deadline, &job.trace)
+            .rerank(request, job.model.route.as_deref(), deadline, &job.trace)
             .await
             .map_err(|e| match e {
                 UpstreamError::NoResponders => {
@@ -236,16 +234,17 @@ impl EmbedService {
     }
 
     /// Admits a tokenize or decode call (it arrived at `arrival`) and asks a tokenizer worker
-    /// for its answer; the texts were checked against the limits by the caller.
+    /// of `model` for its answer; the texts were checked against the limits by the caller.
     pub async fn tokenizer_call(
         &self,
         call: &TokenizerCall,
+        model: &ServedModel,
         arrival: Arrival,
     ) -> Result<TokenizerAnswer, ApiError> {
         let (deadline, _) = self.deadline(arrival);
-        let _admitted = self.admit(deadline).await?;
+        let _admitted = self.admit(deadline, &model.name).await?;
         self.upstream
-            .tokenizer_call(call, deadline)
+            .tokenizer_call(call, model.route.as_deref(), deadline)
             .await
             .map_err(|e| self.upstream_error(e))
     }
@@ -260,10 +259,11 @@ impl EmbedService {
         )
     }
 
-    /// A place under the in-flight limit, after waiting in the queue if need be; refused
-    /// (and counted) when the queue is full or `deadline` passes while waiting.
-    async fn admit(&self, deadline: Instant) -> Result<Admitted, ApiError> {
-        self.admission.admit(deadline).await.map_err(|refused| {
+    /// A place under the in-flight limit for a request of `model`, after waiting in the
+    /// queue if need be (the wait is recorded); refused (and counted) when the queue is full
+    /// or `deadline` passes while waiting.
+    async fn admit(&self, deadline: Instant, model: &str) -> Result<Admitted, ApiError> {
+        let admitted = self.admission.admit(deadline).await.map_err(|refused| {
             tracing::debug!("not admitted: {refused}");
             match refused {
                 Refused::QueueFull {
@@ -283,7 +283,9 @@ impl EmbedService {
                     ApiError::Timeout(self.timeout.as_secs_f64())
                 }
             }
-        })
+        })?;
+        self.metrics.admission_wait(model, admitted.waited());
+        Ok(admitted)
     }
 
     /// Limits of a rerank request: document count, query and document length.
@@ -307,7 +309,8 @@ impl EmbedService {
         Ok(())
     }
 
-    /// Limits that do not need a worker: input count, text length, `dimensions`.
+    /// Limits that do not need a worker: input count, text length, `dimensions` (at most the
+    /// width its model's GPU workers report).
     fn check(&self, job: &EmbedJob) -> Result<(), ApiError> {
         if job.texts.is_empty() {
             return Err(ApiError::field("input", "input must not be empty"));
@@ -323,13 +326,15 @@ impl EmbedService {
                     .check_untruncated_text(|| format!("input[{index}]"), text)?;
             }
         }
-        if let (Some(dimensions), Some(hidden)) =
-            (job.dimensions, self.discovery.known_hidden_size())
+        if let (Some(dimensions), Some(hidden)) = (job.dimensions, job.model.hidden_size)
             && dimensions > hidden
         {
             return Err(ApiError::field(
                 "dimensions",
-                format!("dimensions is {dimensions}; the model's largest is {hidden}"),
+                format!(
+                    "dimensions is {dimensions}; the largest is {hidden} for model `{}`",
+                    job.model.name
+                ),
             ));
         }
         Ok(())

@@ -20,6 +20,7 @@ use gateway::GatewayConfig;
 use gateway::api_keys::ApiKeys;
 use gateway::http::{Shared, router};
 use gateway::metrics::Metrics;
+use gateway::models::{Defaults, Models};
 use gateway::service::EmbedService;
 use gateway::upstream::Upstream;
 use gateway::upstream::discovery::Discovery;
@@ -58,7 +59,8 @@ async fn build_router(server: &NatsServer) -> Router {
         .expect("connected within 10 s")
         .expect("flush");
     let subjects = config.nats.subjects();
-    let upstream = Upstream::start(client.clone(), &subjects, link, None)
+    let metrics = Metrics::new();
+    let upstream = Upstream::start(client.clone(), &subjects, link, None, metrics.clone())
         .await
         .expect("reply inbox");
     let discovery = Arc::new(Discovery::new(
@@ -67,11 +69,12 @@ async fn build_router(server: &NatsServer) -> Router {
         Duration::from_millis(50),
         Duration::from_millis(1000),
     ));
-    let metrics = Metrics::new();
-    let service = EmbedService::new(&config, upstream, discovery.clone(), metrics.clone());
+    let service = EmbedService::new(&config, upstream, metrics.clone());
+    let models = Models::new(Defaults::of_config(&config), discovery.clone());
     router(Arc::new(Shared {
         config,
         service,
+        models,
         discovery,
         metrics,
         started_s: 0,

@@ -114,6 +114,7 @@ async fn deadline_gives_504_and_late_chunks_are_ignored() {
         dims: 1,
         embeddings: wire::f32_le_bytes([&[1.0f32][..]]),
         tokens: vec![1],
+        timings: None,
     };
     harness
         .client

@@ -6,9 +6,10 @@ use clap::{Parser, Subcommand};
 use common::config::ConfigSource;
 use common::model_source::{self, HubEnv, ModelFiles};
 use common::nats::NatsConfig;
+use common::otlp;
 use common::queue::QueueConfig;
 use common::subjects::Task;
-use common::telemetry::{self, LogFormat};
+use common::telemetry::{self, LogFormat, TelemetryConfig};
 use gpu_worker::bench::{self, BenchArgs};
 use gpu_worker::config::GpuWorkerConfig;
 use gpu_worker::engine::{BackendChoice, Dtype};
@@ -75,6 +76,7 @@ fn main() -> anyhow::Result<()> {
     let mut config: GpuWorkerConfig = args.source.load("gpu")?;
     let mut nats: NatsConfig = args.source.load("nats")?;
     let queue: QueueConfig = args.source.load("queue")?;
+    let telemetry: TelemetryConfig = args.source.load("telemetry")?;
     if let Some(task) = args.task {
         config.task = task;
     }
@@ -106,6 +108,11 @@ fn main() -> anyhow::Result<()> {
         config.model_name = model.default_name();
     }
     config.model_dir = model.dir;
+    let service = match config.task {
+        Task::Embed => "qwen3-embed-gpu",
+        Task::Rerank => "qwen3-embed-rerank-gpu",
+    };
+    let exporter = otlp::init(&telemetry, service)?;
     let result = runtime.block_on(gpu_worker::service::run(
         config,
         nats,
@@ -115,5 +122,6 @@ fn main() -> anyhow::Result<()> {
     // Tasks still waiting on a hung device are dropped, not awaited; the device thread is
     // never joined: it ends with the process, which exits non-zero when `run` failed.
     runtime.shutdown_timeout(RUNTIME_SHUTDOWN);
+    exporter.shutdown();
     result
 }

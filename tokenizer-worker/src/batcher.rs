@@ -157,10 +157,14 @@ pub struct ReadyBatch {
 
 impl ReadyBatch {
     /// Sets each item's `budget_ms` to what is left of its deadline at `now` (0 for none, at
-    /// least 1 otherwise): call it right before each send of the batch.
+    /// least 1 otherwise), and its time here so far (`timings.sent_ms`): call it right before
+    /// each send of the batch.
     pub fn stamp_budgets(&mut self, now: Instant) {
         for (item, deadline) in self.batch.items.iter_mut().zip(&self.deadlines) {
             item.budget_ms = budget_ms(*deadline, now);
+            if let Some(timings) = &mut item.timings {
+                timings.stamp_sent(now);
+            }
         }
     }
 

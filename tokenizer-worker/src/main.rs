@@ -6,9 +6,10 @@ use clap::Parser;
 use common::config::ConfigSource;
 use common::model_source::{self, HubEnv, ModelFiles};
 use common::nats::NatsConfig;
+use common::otlp;
 use common::queue::QueueConfig;
 use common::subjects::Task;
-use common::telemetry::{self, LogFormat};
+use common::telemetry::{self, LogFormat, TelemetryConfig};
 use tokenizer_worker::config::TokenizerWorkerConfig;
 
 /// mimalloc: the services allocate many small short-lived buffers per request, where it
@@ -50,6 +51,7 @@ fn main() -> anyhow::Result<()> {
     let mut config: TokenizerWorkerConfig = args.source.load("tokenizer")?;
     let mut nats: NatsConfig = args.source.load("nats")?;
     let queue: QueueConfig = args.source.load("queue")?;
+    let telemetry: TelemetryConfig = args.source.load("telemetry")?;
     if let Some(task) = args.task {
         config.task = task;
     }
@@ -75,10 +77,17 @@ fn main() -> anyhow::Result<()> {
         config.model_name = model.default_name();
     }
     config.model_dir = model.dir;
-    runtime.block_on(tokenizer_worker::service::run(
+    let service = match config.task {
+        Task::Embed => "qwen3-embed-tokenizer",
+        Task::Rerank => "qwen3-embed-rerank-tokenizer",
+    };
+    let exporter = otlp::init(&telemetry, service)?;
+    let result = runtime.block_on(tokenizer_worker::service::run(
         config,
         nats,
         queue,
         common::shutdown::signal(),
-    ))
+    ));
+    exporter.shutdown();
+    result
 }

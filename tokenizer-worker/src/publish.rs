@@ -167,6 +167,12 @@ async fn offer_or_queue(
         ),
         Err(e) => tracing::warn!(error = %e, "direct batch not offered; queueing it"),
     }
+    // The GPU worker that pulls it reports a direct-path fallback.
+    for item in &mut batch.batch.items {
+        if let Some(timings) = &mut item.timings {
+            timings.offered = true;
+        }
+    }
     publish_to_queue(queue, Priority::Interactive, batch, msg_id).await
 }
 
@@ -324,6 +330,24 @@ mod tests {
             },
             deadlines,
         }
+    }
+
+    #[test]
+    fn each_send_stamps_the_time_the_request_spent_here() {
+        let now = Instant::now();
+        let ms = Duration::from_millis;
+        let mut ready = batch(vec![None, None]);
+        ready.batch.items[0].timings = Some(wire::ItemTimings::tokenized(now, now + ms(3)));
+        ready.stamp_budgets(now + ms(10));
+        let sent = |ready: &ReadyBatch| ready.batch.items[0].timings.clone().unwrap().sent_ms;
+        assert!((sent(&ready) - 10.0).abs() < 1e-3, "{}", sent(&ready));
+        // A later send (a publish after a refused offer) counts the wait too.
+        ready.stamp_budgets(now + ms(25));
+        assert!((sent(&ready) - 25.0).abs() < 1e-3, "{}", sent(&ready));
+        assert_eq!(
+            ready.batch.items[1].timings, None,
+            "an item without timings keeps none"
+        );
     }
 
     #[test]

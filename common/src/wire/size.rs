@@ -74,7 +74,8 @@ const ITEM_FIXED: usize = FIXMAP_HEADER
     + key("budget_ms")
     + U64_BYTES
     + key("unnormalized")
-    + BOOL_BYTES;
+    + BOOL_BYTES
+    + super::timings::ITEM_TIMINGS_BYTES;
 
 /// A trace context's size besides its strings.
 const TRACE_FIXED: usize = FIXMAP_HEADER + key("request_id") + key("traceparent");
@@ -150,6 +151,12 @@ mod tests {
             bundle_to: Some(format!("_INBOX.{}", "b".repeat(MAX_SUBJECT_BYTES - 7))),
             budget_ms: u64::MAX,
             unnormalized: true,
+            timings: Some(crate::wire::ItemTimings {
+                tokenize_ms: f32::MAX,
+                sent_ms: f32::MAX,
+                offered: true,
+                received: None,
+            }),
         }
     }
 

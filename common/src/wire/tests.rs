@@ -107,6 +107,7 @@ fn reply_decodes_as_chunk_or_error() {
         dims: 2,
         embeddings: f32_le_bytes([&[1.0f32, 2.0][..], &[3.0, 4.0][..]]),
         tokens: vec![3, 4],
+        timings: None,
     };
     let reply: EmbedReply = decode(&encode(&chunk).unwrap()).unwrap();
     let EmbedReply::Chunk(decoded) = reply else {
@@ -149,6 +150,7 @@ fn rerank_messages_round_trip_and_chunks_are_checked() {
         logit_yes: vec![0.0, -1.0],
         logit_no: vec![0.0, 0.1],
         tokens: vec![9, 10],
+        timings: None,
     };
     assert!(chunk.validate().is_ok());
     let reply: RerankReply = decode(&encode(&chunk).unwrap()).unwrap();
@@ -224,6 +226,7 @@ fn chunk_with_wrong_byte_count_is_rejected() {
         dims: 2,
         embeddings: vec![0; 12],
         tokens: vec![1, 1],
+        timings: None,
     };
     assert!(chunk.vectors().is_err());
 }

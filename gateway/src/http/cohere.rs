@@ -1,17 +1,18 @@
 //! Cohere's v2 API, so the Cohere SDK (`cohere.ClientV2(base_url=...)`) works unchanged:
 //! `POST /v2/embed` (every `embedding_types`, computed by [`crate::quantize`]) and
-//! `POST /v2/rerank`. Refusals answer Cohere's `{"message"}` with the gateway's status.
+//! `POST /v2/rerank`. Their `model` picks the model ([`crate::models`]); absent, the
+//! configured default. Refusals answer Cohere's `{"message"}` with the gateway's status.
 
 use axum::extract::{FromRequest, Request, State};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
+use common::subjects::Task;
 use common::trace::RequestTrace;
 use common::wire::InputType;
 use serde::Serialize;
 use utoipa::ToSchema;
 
 use super::AppState;
-use super::embeddings::names_model;
 use super::error::ApiError;
 use super::extract::JsonBody;
 use super::rerank::ranked;
@@ -148,11 +149,15 @@ pub async fn embed(
     Extension(arrival): Extension<Arrival>,
     CohereJson(request): CohereJson<CohereEmbedRequest>,
 ) -> Result<Json<CohereEmbedResponse>, CohereError> {
-    check_model(request.model.as_deref(), &state.config.model)?;
+    let model = state
+        .models
+        .resolve(Task::Embed, request.model.as_deref())
+        .await?;
     // END (cut the end) unless the request says otherwise; NONE refuses over-long texts.
     let direction = request.truncate.unwrap_or(Some(Default::default()));
     let id = trace.request_id.clone().unwrap_or_default();
     let job = EmbedJob {
+        model,
         texts: request.texts.clone(),
         input_type: request.input_type.unwrap_or(InputType::Document),
         instruction: None,
@@ -233,9 +238,13 @@ pub async fn rerank(
     Extension(arrival): Extension<Arrival>,
     CohereJson(request): CohereJson<CohereRerankRequest>,
 ) -> Result<Json<CohereRerankResponse>, CohereError> {
-    check_model(request.model.as_deref(), &state.config.rerank_model)?;
+    let model = state
+        .models
+        .resolve(Task::Rerank, request.model.as_deref())
+        .await?;
     let id = trace.request_id.clone().unwrap_or_default();
     let job = RerankJob {
+        model,
         query: request.query,
         documents: request.documents,
         documents_field: "documents",
@@ -259,15 +268,4 @@ pub async fn rerank(
         results,
         meta: meta(input_tokens),
     }))
-}
-
-/// Refuses a `model` that names another model than `served`.
-fn check_model(requested: Option<&str>, served: &str) -> Result<(), ApiError> {
-    match requested {
-        Some(model) if !names_model(model, served) => Err(ApiError::ModelNotFound {
-            requested: model.to_string(),
-            served: served.to_string(),
-        }),
-        _ => Ok(()),
-    }
 }

@@ -1,12 +1,13 @@
 //! `GET /debug` (and under `root_path`): what an operator needs to see why the gateway is
 //! slow or refusing: admission (in flight and queued), pending requests, queue depth,
-//! memory, cache, every worker.
+//! memory, cache, every model with its workers, every worker.
 
 use axum::Json;
 use axum::extract::State;
 use serde_json::{Value, json};
 
 use super::AppState;
+use super::models::debug_list;
 
 /// `GET /debug`.
 #[utoipa::path(
@@ -19,13 +20,16 @@ use super::AppState;
         description = "`gateway_id`, `model`, `uptime_s`, `active_requests`, `admission_limit`, \
             `queued_requests`, `queue_limit`, `pending_upstream`, `upstream_resends`, `api_keys` \
             (their count), `queue_depth`, `process.rss_bytes`, `cache` (`enabled`, `entries`, \
-            `capacity`, `hits`, `misses`), `discovery` (`taken_ms`, `error`) and `workers` (each \
+            `capacity`, `hits`, `misses`), `discovery` (`taken_ms`, `error`), `models` (every served \
+            model: `model` (its name), `task`, `route` (null for the defaults), `hidden_size`, \
+            `serving_workers` and `workers`, the worker ids by kind) and `workers` (each \
             worker's status as it answered discovery; see docs/protocol.md)",
         body = Object
     ))
 )]
 pub async fn debug(State(state): State<AppState>) -> Json<Value> {
     let snapshot = state.discovery.workers().await;
+    let catalog = state.models.catalog_of(&snapshot);
     let service = &state.service;
     let cache = &service.cache;
     Json(json!({
@@ -52,6 +56,7 @@ pub async fn debug(State(state): State<AppState>) -> Json<Value> {
             "taken_ms": snapshot.taken_ms,
             "error": snapshot.error,
         },
+        "models": debug_list(&catalog),
         "workers": snapshot.workers.as_slice(),
     }))
 }

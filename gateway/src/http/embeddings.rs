@@ -1,4 +1,6 @@
-//! The OpenAI-compatible API: `POST /v1/embeddings` and `GET /v1/models`.
+//! The OpenAI-compatible API: `POST /v1/embeddings` (`GET /v1/models` is in
+//! [`super::models`]). The body's `model` picks the model ([`crate::models`]); absent, the
+//! configured default.
 //!
 //! Extensions beyond OpenAI's fields: `input_type` (`query` | `document`, `passage` meaning
 //! document), `instruction` (the task description of queries), `truncate` and
@@ -8,8 +10,8 @@ use std::sync::Arc;
 
 use axum::extract::State;
 use axum::{Extension, Json};
+use common::subjects::Task;
 use common::trace::RequestTrace;
-use common::wire::WorkerKind;
 use serde::Serialize;
 use utoipa::ToSchema;
 use utoipa::openapi::schema::{Array, ObjectBuilder, OneOfBuilder, Schema, Type};
@@ -30,7 +32,7 @@ pub struct EmbeddingList {
     object: &'static str,
     /// One embedding per input, in input order.
     data: Vec<EmbeddingItem>,
-    /// The served model's full name.
+    /// The full name of the model that embedded the inputs.
     model: String,
     /// Tokens of the inputs.
     usage: Usage,
@@ -96,16 +98,12 @@ pub async fn create(
     Extension(arrival): Extension<Arrival>,
     JsonBody(request): JsonBody<EmbeddingsRequest>,
 ) -> Result<Json<EmbeddingList>, ApiError> {
-    let served = &state.config.model;
-    if let Some(model) = request.model
-        && !names_model(&model, served)
-    {
-        return Err(ApiError::ModelNotFound {
-            requested: model,
-            served: served.clone(),
-        });
-    }
+    let model = state
+        .models
+        .resolve(Task::Embed, request.model.as_deref())
+        .await?;
     let job = EmbedJob {
+        model: model.clone(),
         texts: request.input,
         input_type: request
             .input_type
@@ -137,111 +135,10 @@ pub async fn create(
     Ok(Json(EmbeddingList {
         object: "list",
         data,
-        model: served.clone(),
+        model: model.name.clone(),
         usage: Usage {
             prompt_tokens: tokens,
             total_tokens: tokens,
         },
     }))
-}
-
-/// The answer of `GET /v1/models`.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct ModelList {
-    /// Always `list`.
-    object: &'static str,
-    /// The served models.
-    data: Vec<ModelCard>,
-}
-
-/// A served model.
-#[derive(Debug, Serialize, ToSchema)]
-struct ModelCard {
-    /// The model's full name (`Qwen/Qwen3-Embedding-0.6B`).
-    id: String,
-    /// Always `model`.
-    object: &'static str,
-    /// Unix time in seconds when the gateway started.
-    created: u64,
-    /// The organisation in the model's name (`Qwen`), or `owner`.
-    owned_by: String,
-    /// `embedding` or `rerank`.
-    kind: &'static str,
-    /// Width of the vectors (embedding models; null before a GPU worker answers).
-    dimensions: Option<u32>,
-    /// Most tokens of one input (the tokenizer workers' `max_length`; null before one
-    /// answers). For the reranker: of one query and document prompt.
-    max_input_length: Option<u32>,
-}
-
-/// `GET /v1/models`: the embedding model, and the rerank model while rerank workers serve.
-#[utoipa::path(
-    get,
-    path = "/v1/models",
-    tag = "OpenAI",
-    summary = "List the served models",
-    responses((status = 200, description = "The served embedding model, and the reranker while rerank workers serve", body = ModelList))
-)]
-pub async fn models(State(state): State<AppState>) -> Json<ModelList> {
-    let snapshot = state.discovery.workers().await;
-    let max_input_length = |kind: WorkerKind| {
-        snapshot
-            .workers
-            .iter()
-            .filter(|w| w.kind == kind && w.serving())
-            .filter_map(|w| w.max_input_tokens)
-            .min()
-    };
-    let card = |id: &str, kind, dimensions, max_input_length| ModelCard {
-        id: id.to_string(),
-        object: "model",
-        created: state.started_s,
-        owned_by: id
-            .split_once('/')
-            .map_or("owner", |(owner, _)| owner)
-            .to_string(),
-        kind,
-        dimensions,
-        max_input_length,
-    };
-    let mut data = vec![card(
-        &state.config.model,
-        "embedding",
-        snapshot.hidden_size(),
-        max_input_length(WorkerKind::Tokenizer),
-    )];
-    if snapshot.loaded(WorkerKind::RerankTokenizer) > 0 {
-        data.push(card(
-            &state.config.rerank_model,
-            "rerank",
-            None,
-            max_input_length(WorkerKind::RerankTokenizer),
-        ));
-    }
-    Json(ModelList {
-        object: "list",
-        data,
-    })
-}
-
-/// Whether a client's `model` names the served one: the full name, or the name without
-/// its organisation (`Qwen3-Embedding-0.6B`).
-pub(crate) fn names_model(requested: &str, served: &str) -> bool {
-    requested == served
-        || served
-            .rsplit_once('/')
-            .is_some_and(|(_, name)| name == requested)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn model_names_match_with_or_without_organisation() {
-        let served = "Qwen/Qwen3-Embedding-0.6B";
-        assert!(names_model(served, served));
-        assert!(names_model("Qwen3-Embedding-0.6B", served));
-        assert!(!names_model("text-embedding-3-small", served));
-    }
 }

@@ -3,6 +3,7 @@
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use common::subjects::Task;
 use common::wire::{ErrorCode, ErrorReply};
 use serde::Serialize;
 use utoipa::ToSchema;
@@ -39,13 +40,20 @@ pub enum ApiError {
         /// What is wrong with it.
         message: String,
     },
-    /// The request names a model this gateway does not serve.
-    #[error("model `{requested}` does not exist; this server serves `{served}`")]
+    /// The request names a model this gateway does not serve for the route's task.
+    #[error(
+        "model `{requested}` does not exist; this server serves {}: {}",
+        task_models(.task),
+        quoted_list(.served)
+    )]
     ModelNotFound {
         /// The name the client sent.
         requested: String,
-        /// The name served.
-        served: String,
+        /// The route's task.
+        task: Task,
+        /// The names of the task's models served: the default first, then the discovered
+        /// ones by name.
+        served: Vec<String>,
     },
     /// API keys are configured and the request carries none.
     #[error("missing API key; send it as `Authorization: Bearer <key>`")]
@@ -230,6 +238,23 @@ impl ApiError {
     }
 }
 
+/// What a task's models are called in messages.
+fn task_models(task: &Task) -> &'static str {
+    match task {
+        Task::Embed => "these embedding models",
+        Task::Rerank => "these rerank models",
+    }
+}
+
+/// `names` quoted and separated by commas: `` `a`, `b` ``.
+fn quoted_list(names: &[String]) -> String {
+    names
+        .iter()
+        .map(|name| format!("`{name}`"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// The body of every error answer (OpenAI's shape).
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ErrorBody<'a> {
@@ -308,6 +333,21 @@ mod tests {
         assert_eq!(
             status(ErrorCode::Internal),
             StatusCode::INTERNAL_SERVER_ERROR
+        );
+    }
+
+    #[test]
+    fn an_unknown_model_names_the_models_of_its_task() {
+        let error = ApiError::ModelNotFound {
+            requested: "other".into(),
+            task: Task::Rerank,
+            served: vec!["Qwen/Qwen3-Reranker-0.6B".into(), "acme/r".into()],
+        };
+        assert_eq!(error.status(), StatusCode::NOT_FOUND);
+        assert_eq!(
+            error.to_string(),
+            "model `other` does not exist; this server serves these rerank models: \
+             `Qwen/Qwen3-Reranker-0.6B`, `acme/r`"
         );
     }
 

@@ -6,7 +6,6 @@ use axum::extract::{FromRequest, Request};
 use axum::http::{StatusCode, header};
 
 use super::AppState;
-use super::embeddings::names_model;
 use super::error::ApiError;
 use super::types::decode::ModelName;
 use super::types::{Limits, RequestBody, decode};
@@ -29,23 +28,23 @@ impl<T: RequestBody> FromRequest<AppState> for JsonBody<T> {
             }
         })?;
         let limits = Limits::for_bodies(&state.config);
-        match decode::<T>(&body, limits) {
-            Ok(request) => Ok(Self(request)),
-            // Another model's name answers 404 whatever else is wrong (the model is
-            // checked first): `model` alone is read again, on this error path only.
-            Err(error @ ApiError::InvalidField { .. }) => match T::served_model(&state.config) {
-                Some(served) => match decode::<ModelName>(&body, limits) {
-                    Ok(ModelName(Some(requested))) if !names_model(&requested, served) => {
-                        Err(ApiError::ModelNotFound {
-                            requested,
-                            served: served.to_string(),
-                        })
-                    }
+        let error = match decode::<T>(&body, limits) {
+            Ok(request) => return Ok(Self(request)),
+            Err(error) => error,
+        };
+        // A model not served answers 404 whatever else is wrong (the model is checked
+        // first): `model` alone is read again, on this error path only.
+        let (ApiError::InvalidField { .. }, Some(task)) = (&error, T::model_task()) else {
+            return Err(error);
+        };
+        match decode::<ModelName>(&body, limits) {
+            Ok(ModelName(Some(requested))) => {
+                match state.models.resolve(task, Some(&requested)).await {
+                    Err(not_found @ ApiError::ModelNotFound { .. }) => Err(not_found),
                     _ => Err(error),
-                },
-                None => Err(error),
-            },
-            Err(error) => Err(error),
+                }
+            }
+            _ => Err(error),
         }
     }
 }

@@ -10,6 +10,7 @@ pub mod embeddings;
 pub mod error;
 pub mod extract;
 pub mod health;
+pub mod models;
 pub mod openapi;
 pub mod request_id;
 pub mod rerank;
@@ -36,17 +37,21 @@ use tracing::Level;
 use crate::api_keys::ApiKeys;
 use crate::config::GatewayConfig;
 use crate::metrics::{Gauges, Metrics, WorkerTotals};
+use crate::models::Models;
 use crate::service::{Arrival, EmbedService};
 use crate::upstream::discovery::Discovery;
 
 use self::error::ApiError;
 
-/// What every handler shares: configuration, the embedding service, discovery, metrics.
+/// What every handler shares: configuration, the embedding service, the models, discovery,
+/// metrics.
 pub struct Shared {
     /// The configuration the gateway started with.
     pub config: GatewayConfig,
     /// Admission, cache and upstream requests.
     pub service: EmbedService,
+    /// The served models: which one a request's `model` names.
+    pub models: Models,
     /// Worker discovery for health, debug and metrics.
     pub discovery: Arc<Discovery>,
     /// This gateway's metrics.
@@ -125,6 +130,7 @@ async fn track(State(state): State<AppState>, mut request: Request, next: Next) 
 )]
 async fn prometheus(State(state): State<AppState>) -> Response {
     let snapshot = state.discovery.workers().await;
+    state.metrics.set_worker_gauges(&snapshot.workers);
     state.metrics.set_gauges(Gauges {
         in_flight: state.service.admission.active(),
         in_flight_limit: state.service.admission.limit(),

@@ -13,7 +13,7 @@ use super::cohere::{COHERE_TAG, CohereErrorBody};
 use super::error::ErrorBody;
 use super::routes::{is_open, routes};
 use super::tei_error::{TEI_TAG, TeiErrorBody};
-use super::{cohere, debug, docs, embeddings, health, rerank, seed, tei};
+use super::{cohere, debug, docs, embeddings, health, models, rerank, seed, tei};
 
 /// Name of the API-key security scheme in the document.
 pub const API_KEY_SCHEME: &str = "api_key";
@@ -32,7 +32,7 @@ pub const API_KEY_SCHEME: &str = "api_key";
     ),
     paths(
         embeddings::create,
-        embeddings::models,
+        models::models,
         rerank::rerank,
         rerank::tei_rerank,
         tei::embed,

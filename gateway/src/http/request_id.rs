@@ -8,6 +8,7 @@ use axum::extract::Request;
 use axum::http::{HeaderMap, HeaderValue};
 use axum::middleware::Next;
 use axum::response::Response;
+use common::otlp::{self, KeyValue, StageSpan};
 use common::trace::{
     REQUEST_ID_HEADER, RequestTrace, TRACEPARENT_HEADER, TraceParent, new_request_id,
 };
@@ -15,7 +16,10 @@ use tracing::Instrument as _;
 
 /// Assigns the request's id and trace context, runs it inside its span and echoes the id.
 pub async fn assign(mut request: Request, next: Next) -> Response {
+    let started = std::time::SystemTime::now();
+    let caller = caller_parent(request.headers());
     let trace = incoming(request.headers());
+    let own = trace.parent();
     let span = tracing::info_span!(
         "http_request",
         request_id = trace.request_id(),
@@ -27,7 +31,32 @@ pub async fn assign(mut request: Request, next: Next) -> Response {
     if let Some(id) = echoed {
         response.headers_mut().insert(REQUEST_ID_HEADER, id);
     }
+    if let Some(own) = own.filter(|_| otlp::enabled()) {
+        otlp::record(StageSpan {
+            name: "gateway",
+            // The caller's span is the parent (none: this is the trace's root).
+            parent: TraceParent {
+                parent_id: caller.map_or(0, |caller| caller.parent_id),
+                ..own
+            },
+            span_id: own.parent_id,
+            start: started,
+            end: std::time::SystemTime::now(),
+            attributes: vec![KeyValue::new(
+                "http.status_code",
+                i64::from(response.status().as_u16()),
+            )],
+        });
+    }
     response
+}
+
+/// The caller's valid `traceparent`, if it sent one.
+fn caller_parent(headers: &HeaderMap) -> Option<TraceParent> {
+    headers
+        .get(TRACEPARENT_HEADER)
+        .and_then(|value| value.to_str().ok())
+        .and_then(TraceParent::parse)
 }
 
 /// The request's trace: the caller's valid request id or a new one, and a child of the

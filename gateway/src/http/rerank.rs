@@ -4,23 +4,25 @@
 //! Both score every document against the query with the Qwen3-Reranker (the probability of
 //! `yes` against `no`) and answer sorted by score, highest first (ties by document order).
 //!
-//! * `/v1/rerank`: `model`, `query`, `documents` (strings, or objects with `text`), `top_n`,
+//! * `/v1/rerank`: `model` (picks the reranker, [`crate::models`]; absent, the configured
+//!   default), `query`, `documents` (strings, or objects with `text`), `top_n`,
 //!   `return_documents` (default false), plus `instruction` and `truncate`; answers
 //!   `{"model", "results": [{"index", "relevance_score", "document"?: {"text"}}],
 //!   "usage": {"total_tokens"}}`.
-//! * `/rerank`: `query`, `texts`, `raw_scores` (the logit difference `logit_yes - logit_no`
-//!   instead of the probability), `return_text`, `truncate`, plus `instruction`; answers a
-//!   JSON array of `{"index", "score", "text"?}`; refusals answer TEI's
-//!   `{"error", "error_type"}` ([`super::tei_error`]).
+//! * `/rerank` (always the default reranker: TEI's body names no model): `query`, `texts`,
+//!   `raw_scores` (the logit difference `logit_yes - logit_no` instead of the probability),
+//!   `return_text`, `truncate`, plus `instruction`; answers a JSON array of
+//!   `{"index", "score", "text"?}`; refusals answer TEI's `{"error", "error_type"}`
+//!   ([`super::tei_error`]).
 
 use axum::extract::State;
 use axum::{Extension, Json};
+use common::subjects::Task;
 use common::trace::RequestTrace;
 use serde::Serialize;
 use utoipa::ToSchema;
 
 use super::AppState;
-use super::embeddings::names_model;
 use super::error::ApiError;
 use super::extract::JsonBody;
 use super::tei_error::{TeiError, TeiJson};
@@ -31,7 +33,7 @@ use crate::upstream::assembly::Scored;
 /// The answer of `POST /v1/rerank`.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct RerankResponse {
-    /// The served reranker's full name.
+    /// The full name of the reranker that scored the documents.
     model: String,
     /// The documents by score, highest first (ties in document order), at most `top_n`.
     results: Vec<RerankResult>,
@@ -93,16 +95,12 @@ pub async fn rerank(
     Extension(arrival): Extension<Arrival>,
     JsonBody(request): JsonBody<RerankRequest>,
 ) -> Result<Json<RerankResponse>, ApiError> {
-    let served = &state.config.rerank_model;
-    if let Some(model) = request.model
-        && !names_model(&model, served)
-    {
-        return Err(ApiError::ModelNotFound {
-            requested: model,
-            served: served.clone(),
-        });
-    }
+    let model = state
+        .models
+        .resolve(Task::Rerank, request.model.as_deref())
+        .await?;
     let job = RerankJob {
+        model: model.clone(),
         query: request.query,
         documents: request.documents,
         documents_field: "documents",
@@ -127,7 +125,7 @@ pub async fn rerank(
         })
         .collect();
     Ok(Json(RerankResponse {
-        model: served.clone(),
+        model: model.name.clone(),
         results,
         usage: RerankUsage { total_tokens },
     }))
@@ -148,7 +146,9 @@ pub async fn tei_rerank(
     Extension(arrival): Extension<Arrival>,
     TeiJson(request): TeiJson<TeiRerankRequest>,
 ) -> Result<Json<Vec<TeiRank>>, TeiError> {
+    let model = state.models.resolve(Task::Rerank, None).await?;
     let job = RerankJob {
+        model,
         query: request.query,
         documents: request.texts,
         documents_field: "texts",

@@ -5,7 +5,9 @@ use axum::routing::{MethodRouter, get, post};
 use utoipa::Path;
 use utoipa::openapi::path::{HttpMethod, Operation};
 
-use super::{AppState, cohere, debug, docs, embeddings, health, prometheus, rerank, seed, tei};
+use super::{
+    AppState, cohere, debug, docs, embeddings, health, models, prometheus, rerank, seed, tei,
+};
 
 /// Routes that need no API key when keys are configured, at the root and under `root_path`:
 /// health probes (load balancers carry no credentials) and the API's description (it holds
@@ -63,7 +65,7 @@ fn endpoints() -> Vec<Endpoint> {
     use Placement::{Both, Prefixed, Root};
     vec![
         endpoint::<embeddings::__path_create>(|| post(embeddings::create), Root),
-        endpoint::<embeddings::__path_models>(|| get(embeddings::models), Root),
+        endpoint::<models::__path_models>(|| get(models::models), Root),
         endpoint::<rerank::__path_rerank>(|| post(rerank::rerank), Root),
         endpoint::<rerank::__path_tei_rerank>(|| post(rerank::tei_rerank), Root),
         endpoint::<tei::__path_embed>(|| post(tei::embed), Root),

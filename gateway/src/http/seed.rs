@@ -1,9 +1,11 @@
 //! The seed's API, kept for existing clients: `POST {root_path}/embedding/api` with
 //! `{"input": [texts] | "text", "is_query": bool, "instruction"?: str, "dimensions"?: int}`,
-//! answered with a JSON list of vectors in input order.
+//! answered with a JSON list of vectors in input order. The body names no model: the
+//! configured default embeds.
 
 use axum::extract::State;
 use axum::{Extension, Json};
+use common::subjects::Task;
 use common::trace::RequestTrace;
 use common::wire::InputType;
 use serde::Serialize;
@@ -52,7 +54,9 @@ pub async fn embed(
     Extension(arrival): Extension<Arrival>,
     JsonBody(request): JsonBody<SeedRequest>,
 ) -> Result<Json<Vectors>, ApiError> {
+    let model = state.models.resolve(Task::Embed, None).await?;
     let job = EmbedJob {
+        model,
         texts: request.input,
         input_type: if request.is_query.unwrap_or(false) {
             InputType::Query

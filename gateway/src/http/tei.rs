@@ -1,15 +1,18 @@
 //! text-embeddings-inference's embedding routes, so TEI users can switch: `POST /embed`
 //! (and `POST /`, where `huggingface_hub`'s `InferenceClient(base_url=...)` posts) answering
-//! `[[f32]]`, and `GET /info`. Refusals answer TEI's `{error, error_type}` ([`super::tei_error`]).
+//! `[[f32]]`, and `GET /info`. TEI's bodies name no model: the configured default embeds.
+//! Refusals answer TEI's `{error, error_type}` ([`super::tei_error`]).
 
 use axum::extract::State;
 use axum::{Extension, Json};
+use common::subjects::Task;
 use common::trace::RequestTrace;
 use common::wire::{InputType, WorkerKind};
 use serde::Serialize;
 use utoipa::ToSchema;
 
 use super::AppState;
+use super::models::{ModelCard, cards};
 use super::tei_error::{TeiError, TeiJson};
 use super::types::tei::TeiEmbedRequest;
 use crate::service::{Arrival, EmbedJob};
@@ -30,7 +33,9 @@ pub async fn embed(
     Extension(arrival): Extension<Arrival>,
     TeiJson(request): TeiJson<TeiEmbedRequest>,
 ) -> Result<Json<Vec<Vec<f32>>>, TeiError> {
+    let model = state.models.resolve(Task::Embed, None).await?;
     let job = EmbedJob {
+        model,
         texts: request.inputs,
         input_type: request.prompt_name.unwrap_or(InputType::Document),
         instruction: None,
@@ -68,7 +73,7 @@ pub async fn embed_at_root(
 /// The answer of `GET /info` (TEI's fields this gateway knows).
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Info {
-    /// The served embedding model's name.
+    /// The default embedding model's name (TEI's fields describe it).
     model_id: String,
     /// The model's revision: unknown to the gateway, always null.
     model_sha: Option<String>,
@@ -87,10 +92,13 @@ pub struct Info {
     max_batch_tokens: Option<u32>,
     /// `max_inputs_per_request`: most texts in one request.
     max_client_batch_size: usize,
-    /// Tokenizer workers serving now.
+    /// The default embedding model's tokenizer workers serving now.
     tokenization_workers: usize,
     /// The gateway's version.
     version: &'static str,
+    /// Every served model, as `GET /v1/models` lists them (an extension of TEI's fields,
+    /// which describe the default embedding model).
+    models: Vec<ModelCard>,
 }
 
 /// What kind of model is served.
@@ -118,12 +126,9 @@ struct Pooling {
 )]
 pub async fn info(State(state): State<AppState>) -> Json<Info> {
     let snapshot = state.discovery.workers().await;
-    let serving = |kind| {
-        snapshot
-            .workers
-            .iter()
-            .filter(move |w| w.kind == kind && w.serving())
-    };
+    let catalog = state.models.catalog_of(&snapshot);
+    let default = catalog.default_of(Task::Embed);
+    let serving = |kind| default.serving_of(kind);
     let model_dtype = serving(WorkerKind::Gpu)
         .find_map(|w| w.backend.as_deref())
         .map(dtype_of_backend);
@@ -144,8 +149,9 @@ pub async fn info(State(state): State<AppState>) -> Json<Info> {
             .filter_map(|w| w.max_batch_tokens)
             .min(),
         max_client_batch_size: state.config.max_inputs_per_request,
-        tokenization_workers: snapshot.loaded(WorkerKind::Tokenizer),
+        tokenization_workers: serving(WorkerKind::Tokenizer).count(),
         version: env!("CARGO_PKG_VERSION"),
+        models: cards(&state, &catalog),
     })
 }
 

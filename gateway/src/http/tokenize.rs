@@ -1,11 +1,14 @@
 //! Tokenize and decode: TEI's `POST /tokenize` and `POST /decode` (errors in TEI's shape),
 //! vLLM's `POST /v1/tokenize` and `POST /v1/detokenize`. The ids are those the model reads:
 //! a query's include its instruction template, and (unless `add_special_tokens` is false)
-//! the final `<|endoftext|>`. Served by the embedding tokenizer workers over the tokenize
-//! subject (`docs/protocol.md`); nothing is truncated here.
+//! the final `<|endoftext|>`. Served by the embedding tokenizer workers of the model over its
+//! tokenize subject (`docs/protocol.md`): vLLM's `model` picks it ([`crate::models`]), TEI's
+//! routes (no `model`) and an absent one use the configured default. Nothing is truncated
+//! here.
 
 use axum::extract::State;
 use axum::{Extension, Json};
+use common::subjects::Task;
 use common::trace::RequestTrace;
 use common::wire::InputType;
 use common::wire::tokenize::{
@@ -15,7 +18,6 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use super::AppState;
-use super::embeddings::names_model;
 use super::error::ApiError;
 use super::extract::JsonBody;
 use super::tei_error::{TeiError, TeiJson};
@@ -23,6 +25,7 @@ use super::types::Limits;
 use super::types::tokenize::{
     TeiDecodeRequest, TeiTokenizeRequest, VllmDetokenizeRequest, VllmTokenizeRequest,
 };
+use crate::models::ServedModel;
 use crate::service::Arrival;
 
 /// One token in TEI's shape.
@@ -92,7 +95,8 @@ pub async fn tei_tokenize(
         add_special_tokens: request.add_special_tokens.unwrap_or(true),
         return_tokens: true,
     };
-    let reply = tokenize(&state, call, arrival).await?;
+    let model = state.models.resolve(Task::Embed, None).await?;
+    let reply = tokenize(&state, call, &model, arrival).await?;
     let mut answer = Vec::with_capacity(reply.sequences.len());
     for sequence in reply.sequences {
         if sequence.tokens.len() != sequence.ids.len() {
@@ -136,7 +140,8 @@ pub async fn tei_decode(
         sequences: request.ids,
         skip_special_tokens: request.skip_special_tokens.unwrap_or(true),
     };
-    Ok(Json(decode(&state, call, arrival).await?))
+    let model = state.models.resolve(Task::Embed, None).await?;
+    Ok(Json(decode(&state, call, &model, arrival).await?))
 }
 
 /// `POST /v1/tokenize` (vLLM).
@@ -154,7 +159,10 @@ pub async fn vllm_tokenize(
     Extension(arrival): Extension<Arrival>,
     JsonBody(request): JsonBody<VllmTokenizeRequest>,
 ) -> Result<Json<VllmTokenizeResponse>, ApiError> {
-    check_model(&state, request.model)?;
+    let model = state
+        .models
+        .resolve(Task::Embed, request.model.as_deref())
+        .await?;
     Limits::from_config(&state.config).check_text(|| "prompt".into(), &request.prompt)?;
     let with_strs = request.return_token_strs.unwrap_or(false);
     let call = TokenizeRequest {
@@ -165,7 +173,7 @@ pub async fn vllm_tokenize(
         add_special_tokens: request.add_special_tokens.unwrap_or(true),
         return_tokens: with_strs,
     };
-    let reply = tokenize(&state, call, arrival).await?;
+    let reply = tokenize(&state, call, &model, arrival).await?;
     let max_model_len = reply.max_length;
     let Some(sequence) = reply.sequences.into_iter().next() else {
         return Err(ApiError::BadReply("no sequence for the prompt".into()));
@@ -193,40 +201,33 @@ pub async fn vllm_detokenize(
     Extension(arrival): Extension<Arrival>,
     JsonBody(request): JsonBody<VllmDetokenizeRequest>,
 ) -> Result<Json<VllmDetokenizeResponse>, ApiError> {
-    check_model(&state, request.model)?;
+    let model = state
+        .models
+        .resolve(Task::Embed, request.model.as_deref())
+        .await?;
     let call = DecodeRequest {
         id: trace.request_id().to_string(),
         sequences: vec![request.tokens],
         skip_special_tokens: true,
     };
-    let prompt = decode(&state, call, arrival)
+    let prompt = decode(&state, call, &model, arrival)
         .await?
         .pop()
         .unwrap_or_default();
     Ok(Json(VllmDetokenizeResponse { prompt }))
 }
 
-/// Refuses a `model` that names another model than the served one.
-fn check_model(state: &AppState, model: Option<String>) -> Result<(), ApiError> {
-    let served = &state.config.model;
-    match model {
-        Some(requested) if !names_model(&requested, served) => Err(ApiError::ModelNotFound {
-            requested,
-            served: served.clone(),
-        }),
-        _ => Ok(()),
-    }
-}
-
-/// Asks a tokenizer worker for the ids of `request`'s texts, one sequence per text.
+/// Asks a tokenizer worker of `model` for the ids of `request`'s texts, one sequence per
+/// text.
 async fn tokenize(
     state: &AppState,
     request: TokenizeRequest,
+    model: &ServedModel,
     arrival: Arrival,
 ) -> Result<TokenizeReply, ApiError> {
     let inputs = request.inputs.len();
     let call = TokenizerCall::Tokenize(request);
-    match state.service.tokenizer_call(&call, arrival).await? {
+    match state.service.tokenizer_call(&call, model, arrival).await? {
         TokenizerAnswer::Tokens(reply) if reply.sequences.len() == inputs => Ok(reply),
         _ => Err(ApiError::BadReply(format!(
             "the answer to a tokenize call is not {inputs} token sequences"
@@ -234,15 +235,16 @@ async fn tokenize(
     }
 }
 
-/// Asks a tokenizer worker for the text of each of `request`'s id sequences.
+/// Asks a tokenizer worker of `model` for the text of each of `request`'s id sequences.
 async fn decode(
     state: &AppState,
     request: DecodeRequest,
+    model: &ServedModel,
     arrival: Arrival,
 ) -> Result<Vec<String>, ApiError> {
     let sequences = request.sequences.len();
     let call = TokenizerCall::Decode(request);
-    match state.service.tokenizer_call(&call, arrival).await? {
+    match state.service.tokenizer_call(&call, model, arrival).await? {
         TokenizerAnswer::Texts(reply) if reply.texts.len() == sequences => Ok(reply.texts),
         _ => Err(ApiError::BadReply(format!(
             "the answer to a decode call is not {sequences} texts"

@@ -1,8 +1,19 @@
 //! Putting one request's answer together from its chunks, which may arrive in any order:
 //! vectors of an embedding request ([`Assembly`]), scores of a rerank request
 //! ([`ScoreAssembly`]). Pure logic: no I/O, unit-tested here.
+//!
+//! An assembly made with a [`StageSink`] also folds the timings its chunks carry into one
+//! observation per stage ([`stages`], the recording rules) and records it once, when the
+//! answer is complete.
+
+mod stages;
+
+use std::time::Instant;
 
 use common::wire::{EmbedChunk, RerankChunk};
+
+pub use self::stages::StageTally;
+use crate::metrics::StageSink;
 
 /// One finished embedding and the tokens the model read for it.
 #[derive(Debug, Clone, PartialEq)]
@@ -22,15 +33,31 @@ pub struct Assembly {
     filled: usize,
     /// Vector length, fixed by the first chunk so every item agrees.
     dims: Option<u32>,
+    /// What the chunks said about the stages.
+    tally: StageTally,
+    /// Where the stages go once complete; `None` when not recorded (or recorded already).
+    sink: Option<StageSink>,
 }
 
 impl Assembly {
-    /// An empty assembly for a request of `total` inputs.
+    /// An empty assembly for a request of `total` inputs, published now; its stages are not
+    /// recorded.
     pub fn new(total: usize) -> Self {
         Self {
             slots: vec![None; total],
             filled: 0,
             dims: None,
+            tally: StageTally::new(Instant::now()),
+            sink: None,
+        }
+    }
+
+    /// An empty assembly for a request of `total` inputs, published now, whose stages go to
+    /// `sink` once it is complete.
+    pub fn recorded(total: usize, sink: StageSink) -> Self {
+        Self {
+            sink: Some(sink),
+            ..Self::new(total)
         }
     }
 
@@ -62,6 +89,7 @@ impl Assembly {
             ));
         }
         let vectors = chunk.vectors().map_err(|e| e.to_string())?;
+        self.tally.observe(chunk.timings.as_ref(), Instant::now());
         self.dims = Some(chunk.dims);
         for ((slot, vector), &tokens) in self.slots[start..end]
             .iter_mut()
@@ -72,6 +100,10 @@ impl Assembly {
                 self.filled += 1;
             }
             *slot = Some(Embedded { vector, tokens });
+        }
+        if self.is_complete() {
+            let tokens = self.slots.iter().flatten().map(|item| item.tokens);
+            record(&mut self.sink, &self.tally, tokens);
         }
         Ok(self.is_complete())
     }
@@ -107,14 +139,30 @@ pub struct ScoreAssembly {
     slots: Vec<Option<Scored>>,
     /// Slots filled; the request is done when it reaches `slots.len()`.
     filled: usize,
+    /// What the chunks said about the stages.
+    tally: StageTally,
+    /// Where the stages go once complete; `None` when not recorded (or recorded already).
+    sink: Option<StageSink>,
 }
 
 impl ScoreAssembly {
-    /// An empty assembly for a request of `total` documents.
+    /// An empty assembly for a request of `total` documents, published now; its stages are
+    /// not recorded.
     pub fn new(total: usize) -> Self {
         Self {
             slots: vec![None; total],
             filled: 0,
+            tally: StageTally::new(Instant::now()),
+            sink: None,
+        }
+    }
+
+    /// An empty assembly for a request of `total` documents, published now, whose stages go
+    /// to `sink` once it is complete.
+    pub fn recorded(total: usize, sink: StageSink) -> Self {
+        Self {
+            sink: Some(sink),
+            ..Self::new(total)
         }
     }
 
@@ -148,12 +196,30 @@ impl ScoreAssembly {
                 tokens: chunk.tokens[k],
             });
         }
+        self.tally.observe(chunk.timings.as_ref(), Instant::now());
+        if self.filled == total {
+            let tokens = self.slots.iter().flatten().map(|scored| scored.tokens);
+            record(&mut self.sink, &self.tally, tokens);
+        }
         Ok(self.filled == total)
     }
 
     /// The scores in document order; `None` while some are missing.
     pub fn finish(self) -> Option<Vec<Scored>> {
         self.slots.into_iter().collect()
+    }
+}
+
+/// Records a complete request's stages into `sink` (once: the sink is taken), its inputs
+/// having `tokens` tokens each.
+fn record(sink: &mut Option<StageSink>, tally: &StageTally, tokens: impl Iterator<Item = u32>) {
+    let Some(sink) = sink.take() else {
+        return;
+    };
+    let done = Instant::now();
+    let input_tokens = tokens.map(u64::from).sum();
+    if let Some(stages) = tally.finish(input_tokens, done) {
+        sink.record(&stages, tally.first_chunk().unwrap_or(done), done);
     }
 }
 
@@ -171,6 +237,7 @@ mod tests {
             dims: 2,
             embeddings: f32_le_bytes(rows.iter().map(|r| &r[..])),
             tokens: rows.iter().map(|r| r[0] as u32).collect(),
+            timings: None,
         }
     }
 
@@ -215,6 +282,64 @@ mod tests {
         assert!(assembly.add(&other_dims).is_err());
     }
 
+    #[test]
+    fn a_complete_answer_records_each_stage_once() {
+        use common::trace::RequestTrace;
+        use common::wire::{BatchPath, Priority, StageTimings};
+
+        let metrics = crate::metrics::Metrics::new();
+        let sink = StageSink::new(metrics.clone(), &RequestTrace::default());
+        let mut assembly = Assembly::recorded(3, sink);
+        let timed = |offset, rows: &[[f32; 2]], path| EmbedChunk {
+            timings: Some(StageTimings {
+                model: "qwen3-tiny".into(),
+                lane: Priority::Bulk,
+                path,
+                tokenize_ms: 0.2,
+                tokenizer_ms: 0.4,
+                forward_ms: 2.0,
+                batch_sequences: 2,
+                batch_tokens: 9,
+            }),
+            ..chunk(offset, rows, 3)
+        };
+        assert_eq!(
+            assembly.add(&timed(0, &[[1.0, 0.0], [2.0, 0.0]], BatchPath::Fallback)),
+            Ok(false)
+        );
+        let text = metrics.render();
+        assert!(
+            !text.contains("embed_stage_forward_seconds_count"),
+            "early:\n{text}"
+        );
+        assert_eq!(
+            assembly.add(&timed(2, &[[4.0, 0.0]], BatchPath::Direct)),
+            Ok(true)
+        );
+        let text = metrics.render();
+        let labels = r#"{model="qwen3-tiny",lane="bulk""#;
+        for name in [
+            "embed_stage_tokenize_seconds_count",
+            "embed_stage_assembly_seconds_count",
+            "embed_batch_tokens_count",
+        ] {
+            let line = format!("{name}{labels}}} 1");
+            assert!(text.lines().any(|l| l == line), "no `{line}` in\n{text}");
+        }
+        let queued = format!("embed_stage_forward_seconds_count{labels},path=\"queue\"}} 1");
+        assert!(
+            text.lines().any(|l| l == queued),
+            "no `{queued}` in\n{text}"
+        );
+        // 1 + 2 + 4 tokens (the test chunks count a row's first value as its tokens).
+        assert!(
+            text.contains(r#"embed_request_input_tokens_sum{model="qwen3-tiny",lane="bulk"} 7"#),
+            "{text}"
+        );
+        let fallback = r#"embed_direct_path_total{model="qwen3-tiny",outcome="fallback"} 1"#;
+        assert!(text.lines().any(|l| l == fallback), "{text}");
+    }
+
     fn score_chunk(offset: u32, scores: &[f32], total: u32) -> RerankChunk {
         RerankChunk {
             id: "r".into(),
@@ -225,7 +350,40 @@ mod tests {
             logit_yes: scores.to_vec(),
             logit_no: vec![0.0; scores.len()],
             tokens: vec![7; scores.len()],
+            timings: None,
         }
+    }
+
+    #[test]
+    fn a_complete_rerank_answer_records_its_stages_once() {
+        use common::trace::RequestTrace;
+        use common::wire::{BatchPath, Priority, StageTimings};
+
+        let metrics = crate::metrics::Metrics::new();
+        let sink = StageSink::new(metrics.clone(), &RequestTrace::default());
+        let mut assembly = ScoreAssembly::recorded(2, sink);
+        let timed = RerankChunk {
+            timings: Some(StageTimings {
+                model: "reranker".into(),
+                lane: Priority::Interactive,
+                path: BatchPath::Direct,
+                tokenize_ms: 0.1,
+                tokenizer_ms: 0.1,
+                forward_ms: 1.0,
+                batch_sequences: 2,
+                batch_tokens: 14,
+            }),
+            ..score_chunk(0, &[0.1, 0.2], 2)
+        };
+        assert_eq!(assembly.add(&timed), Ok(true));
+        let text = metrics.render();
+        let labels = r#"{model="reranker",lane="interactive",path="direct"}"#;
+        let line = format!("embed_stage_forward_seconds_count{labels} 1");
+        assert!(text.lines().any(|l| l == line), "no `{line}` in\n{text}");
+        let hits = r#"embed_direct_path_total{model="reranker",outcome="hit"} 1"#;
+        assert!(text.lines().any(|l| l == hits), "{text}");
+        let tokens = r#"embed_request_input_tokens_sum{model="reranker",lane="interactive"} 14"#;
+        assert!(text.contains(tokens), "{text}");
     }
 
     #[test]

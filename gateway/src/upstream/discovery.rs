@@ -1,12 +1,13 @@
 //! Worker discovery: a scatter-gather on the status subject, cached briefly.
 //!
-//! Every worker (tokenizer and GPU) answers an empty message on `{prefix}.status` with one
-//! `WorkerStatus`. Their number is unknown, so a discovery always waits `status_wait`
-//! (unless the server says nobody listens). The result is reused for `status_ttl` so that
-//! `/health` under load costs NATS one scatter-gather per TTL.
+//! Every worker (tokenizer and GPU, of every model) answers an empty message on
+//! `{prefix}.status` with one `WorkerStatus`. Their number is unknown, so a discovery always
+//! waits `status_wait` (unless the server says nobody listens). The result is reused for
+//! `status_ttl` so that `/health` under load costs NATS one scatter-gather per TTL. The latest
+//! successful result stays readable without waiting ([`Discovery::latest_good`]): requests
+//! pick their model from it (`crate::models`).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use async_nats::connection::State;
@@ -47,15 +48,6 @@ impl Snapshot {
             .map(|w| w.in_flight)
             .sum()
     }
-
-    /// The smallest hidden size a loaded GPU worker reports, when any does.
-    pub fn hidden_size(&self) -> Option<u32> {
-        self.workers
-            .iter()
-            .filter(|w| w.kind == WorkerKind::Gpu && w.serving())
-            .filter_map(|w| w.hidden_size)
-            .min()
-    }
 }
 
 /// Finds the workers of this deployment; one per gateway, shared by handlers.
@@ -70,8 +62,9 @@ pub struct Discovery {
     ttl: Duration,
     /// The latest snapshot; the lock also makes concurrent callers share one gather.
     latest: Mutex<Option<Snapshot>>,
-    /// Hidden size from the latest snapshot (0 = unknown), readable without waiting.
-    hidden_size: AtomicU32,
+    /// The latest snapshot of a discovery that ran, readable without waiting for a gather
+    /// in progress.
+    latest_good: std::sync::Mutex<Option<Snapshot>>,
 }
 
 impl Discovery {
@@ -83,7 +76,7 @@ impl Discovery {
             wait,
             ttl,
             latest: Mutex::new(None),
-            hidden_size: AtomicU32::new(0),
+            latest_good: std::sync::Mutex::new(None),
         }
     }
 
@@ -96,30 +89,49 @@ impl Discovery {
                 return snapshot.clone();
             }
         }
+        self.gather_into(&mut latest).await
+    }
+
+    /// Discovers now, whatever the age of the cached snapshot (a request named a model
+    /// not seen yet).
+    pub async fn refresh(&self) -> Snapshot {
+        let mut latest = self.latest.lock().await;
+        self.gather_into(&mut latest).await
+    }
+
+    /// The latest snapshot of a discovery that ran (not one that failed for want of a
+    /// connection), without waiting; `None` before the first.
+    pub fn latest_good(&self) -> Option<Snapshot> {
+        self.lock_good().clone()
+    }
+
+    /// Gathers a new snapshot and keeps it as `latest` (and as the latest good one when
+    /// the discovery ran).
+    async fn gather_into(&self, latest: &mut Option<Snapshot>) -> Snapshot {
         let snapshot = self.gather().await;
-        let hidden = snapshot.hidden_size();
-        self.hidden_size
-            .store(hidden.unwrap_or(0), Ordering::Relaxed);
+        if snapshot.error.is_none() {
+            *self.lock_good() = Some(snapshot.clone());
+        }
         *latest = Some(snapshot.clone());
         snapshot
     }
 
+    /// Locks the latest good snapshot; it is replaced whole, so a panic while the lock was
+    /// held leaves nothing inconsistent and poisoning is ignored.
+    fn lock_good(&self) -> std::sync::MutexGuard<'_, Option<Snapshot>> {
+        self.latest_good
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
     /// Waits until the client is connected (at most `patience`), then discovers: run once at
-    /// start so the hidden size is known before the first request.
+    /// start so the models and their hidden sizes are known before the first request.
     pub async fn warm_up(&self, patience: Duration) {
         let end = Instant::now() + patience;
         while self.client.connection_state() != State::Connected && Instant::now() < end {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         self.workers().await;
-    }
-
-    /// The model's hidden size as last reported by a GPU worker, without waiting.
-    pub fn known_hidden_size(&self) -> Option<u32> {
-        match self.hidden_size.load(Ordering::Relaxed) {
-            0 => None,
-            size => Some(size),
-        }
     }
 
     /// Asks every worker for its status and gathers the answers for `wait`.

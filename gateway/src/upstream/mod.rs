@@ -1,6 +1,11 @@
 //! The NATS side: publishing requests (embedding requests on `{prefix}.requests`, rerank
 //! requests on `{prefix}.rerank`), assembling their replies, discovering workers.
 //!
+//! Each request goes to its model's subjects: the default model's are the prefix's own; a
+//! model with a route of its own (see `common::subjects`) has them under
+//! `{prefix}.models.{route}`. The caller names the route ([`crate::models`] picks it); one
+//! inbox serves every model's replies.
+//!
 //! A gateway with a NATS `identity` has its inbox under `_INBOX.{identity}` and publishes on
 //! `{prefix}.requests.from.{identity}` and `{prefix}.rerank.from.{identity}` instead, where
 //! the workers send replies only to that inbox (and NATS permissions can let only this
@@ -51,6 +56,7 @@ use tokio::time::Instant;
 use self::assembly::{Assembly, Embedded, ScoreAssembly, Scored};
 use self::resend::Resend;
 use self::routing::read_replies;
+use crate::metrics::{Metrics, StageSink};
 
 /// How long a waiting request gives a dropped connection to come back before it fails
 /// with `NotConnected`; a cluster client fails over to another server well within it.
@@ -175,12 +181,11 @@ fn lock(map: &PendingMap) -> MutexGuard<'_, HashMap<u64, Pending>> {
 pub struct Upstream {
     /// The connection.
     client: Client,
-    /// Subject embedding requests are published on.
-    requests_subject: String,
-    /// Subject rerank requests are published on.
-    rerank_subject: String,
-    /// Subject tokenize and decode calls are sent on.
-    tokenize_subject: String,
+    /// The deployment's subjects (the default model's); a routed model's derive from them.
+    subjects: Subjects,
+    /// The identity this gateway publishes as (`{requests}.from.{identity}`), read off its
+    /// inbox; `None` publishes on the bare request subjects.
+    identity: Option<String>,
     /// This gateway's inbox; reply subjects are `{inbox}.{n}`.
     inbox: String,
     /// Where workers may send bundled replies: `{inbox}.bundle`.
@@ -201,6 +206,8 @@ pub struct Upstream {
     ack_timeout: Option<Duration>,
     /// Requests published again (unacknowledged or after a reconnection), for metrics.
     resends: AtomicU64,
+    /// Where each answered request's stages go (its assembly records them).
+    metrics: Metrics,
 }
 
 impl Upstream {
@@ -212,27 +219,18 @@ impl Upstream {
         subjects: &Subjects,
         link: watch::Receiver<bool>,
         ack_timeout: Option<Duration>,
+        metrics: Metrics,
     ) -> anyhow::Result<Self> {
         let inbox = client.new_inbox();
         let gateway_id = inbox.rsplit('.').next().unwrap_or("gateway").to_string();
-        let requests_for = |task| match requester_of_inbox(&inbox) {
-            Some(identity) => subjects.requests_from(task, identity),
-            None => subjects.requests_for(task),
-        };
-        let (requests_subject, rerank_subject) =
-            (requests_for(Task::Embed), requests_for(Task::Rerank));
-        let tokenize_subject = match requester_of_inbox(&inbox) {
-            Some(identity) => subjects.tokenize_from(identity),
-            None => subjects.tokenize(),
-        };
+        let identity = requester_of_inbox(&inbox).map(str::to_string);
         let subscriber = client.subscribe(format!("{inbox}.>")).await?;
         let pending = PendingMap::default();
         let reader = tokio::spawn(read_replies(subscriber, inbox.clone(), pending.clone()));
         Ok(Self {
             client,
-            requests_subject,
-            rerank_subject,
-            tokenize_subject,
+            subjects: subjects.routed(None),
+            identity,
             bundle_subject: format!("{inbox}.{BUNDLE_TOKEN}"),
             inbox,
             gateway_id,
@@ -242,6 +240,7 @@ impl Upstream {
             link,
             ack_timeout,
             resends: AtomicU64::new(0),
+            metrics,
         })
     }
 
@@ -255,18 +254,40 @@ impl Upstream {
         &self.gateway_id
     }
 
+    /// Where requests of `task` for the model on `route` (`None`: the default model) are
+    /// published: `{requests}.from.{identity}` with an identity, else the bare subject.
+    pub fn request_subject(&self, task: Task, route: Option<&str>) -> String {
+        let subjects = self.subjects.routed(route);
+        match &self.identity {
+            Some(identity) => subjects.requests_from(task, identity),
+            None => subjects.requests_for(task),
+        }
+    }
+
+    /// Where tokenize and decode calls for the model on `route` are sent:
+    /// `{tokenize}.from.{identity}` with an identity, else the bare subject.
+    pub fn tokenize_subject(&self, route: Option<&str>) -> String {
+        let subjects = self.subjects.routed(route);
+        match &self.identity {
+            Some(identity) => subjects.tokenize_from(identity),
+            None => subjects.tokenize(),
+        }
+    }
+
     /// Requests waiting for replies now.
     pub fn pending(&self) -> usize {
         lock(&self.pending).len()
     }
 
-    /// Publishes `request` (its `id` is replaced by a unique one) and waits until its answer
-    /// is complete, a worker reports an error, or `deadline` passes. Unacknowledged, it is
-    /// published again (same id and reply subject); after a lost connection, it is published
-    /// again once reconnected, or fails with `NotConnected` after [`RECONNECT_GRACE`].
+    /// Publishes `request` for the model on `route` (its `id` is replaced by a unique one)
+    /// and waits until its answer is complete, a worker reports an error, or `deadline`
+    /// passes. Unacknowledged, it is published again (same id and reply subject); after a
+    /// lost connection, it is published again once reconnected, or fails with
+    /// `NotConnected` after [`RECONNECT_GRACE`].
     pub async fn embed(
         &self,
         mut request: EmbedRequest,
+        route: Option<&str>,
         deadline: Instant,
         trace: &RequestTrace,
     ) -> Outcome<Vec<Embedded>> {
@@ -276,12 +297,16 @@ impl Upstream {
         request.bundle_to = Some(self.bundle_subject.clone());
         let (done, answer) = oneshot::channel();
         let collector = Collector::Embed {
-            assembly: Assembly::new(request.input.len()),
+            assembly: Assembly::recorded(
+                request.input.len(),
+                StageSink::new(self.metrics.clone(), trace),
+            ),
             done,
         };
         let exchange = Exchange {
             n,
             id: request.id.clone(),
+            subject: self.request_subject(Task::Embed, route),
             collector,
             request: Outgoing::Embed(request),
             headers: trace.to_headers(),
@@ -290,13 +315,14 @@ impl Upstream {
         self.exchange(exchange, answer, deadline).await
     }
 
-    /// Publishes a rerank `request` on the rerank subject (its `id` replaced by a unique
-    /// one) and waits for every document's score, a worker's error, or `deadline`. Like an
-    /// embedding request it asks for an acknowledgement and is published again when none
-    /// comes in time or after a lost connection; its replies are not bundled.
+    /// Publishes a rerank `request` on the rerank subject of the model on `route` (its `id`
+    /// replaced by a unique one) and waits for every document's score, a worker's error, or
+    /// `deadline`. Like an embedding request it asks for an acknowledgement and is published
+    /// again when none comes in time or after a lost connection; its replies are not bundled.
     pub async fn rerank(
         &self,
         mut request: RerankRequest,
+        route: Option<&str>,
         deadline: Instant,
         trace: &RequestTrace,
     ) -> Outcome<Vec<Scored>> {
@@ -305,12 +331,16 @@ impl Upstream {
         request.ack = self.ack_timeout.is_some();
         let (done, answer) = oneshot::channel();
         let collector = Collector::Rerank {
-            assembly: ScoreAssembly::new(request.documents.len()),
+            assembly: ScoreAssembly::recorded(
+                request.documents.len(),
+                StageSink::new(self.metrics.clone(), trace),
+            ),
             done,
         };
         let exchange = Exchange {
             n,
             id: request.id.clone(),
+            subject: self.request_subject(Task::Rerank, route),
             collector,
             request: Outgoing::Rerank(request),
             headers: trace.to_headers(),
@@ -348,7 +378,7 @@ impl Upstream {
         Ok(Bytes::from(payload))
     }
 
-    /// Registers a request, publishes it on its kind's subject and waits for its answer,
+    /// Registers a request, publishes it on its subject and waits for its answer,
     /// publishing it again when unacknowledged or after a reconnection.
     async fn exchange<T>(
         &self,
@@ -359,6 +389,7 @@ impl Upstream {
         let Exchange {
             n,
             id,
+            subject,
             collector,
             mut request,
             headers,
@@ -367,10 +398,6 @@ impl Upstream {
         // Refused before it is registered when too large; later encodings only shrink
         // (`timeout_ms` only decreases).
         let payload = self.encode(&mut request, deadline)?;
-        let subject = match collector {
-            Collector::Embed { .. } => self.requests_subject.clone(),
-            Collector::Rerank { .. } => self.rerank_subject.clone(),
-        };
         let pending = Pending {
             id: id.clone(),
             collector,
@@ -485,6 +512,8 @@ struct Exchange {
     n: u64,
     /// The request's id, checked against each reply's.
     id: String,
+    /// Where it is published: its task's request subject for its model.
+    subject: String,
     /// Where the replies are assembled.
     collector: Collector,
     /// The request, encoded anew (with the budget left) for every publication.

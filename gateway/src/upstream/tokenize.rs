@@ -1,6 +1,7 @@
-//! Tokenize and decode calls: one core NATS request/reply on the tokenize subject
-//! (`{prefix}.tokenize`, or `{tokenize}.from.{identity}` for a gateway with an identity),
-//! answered by an embedding tokenizer worker. No acknowledgement and no resend: a call is
+//! Tokenize and decode calls: one core NATS request/reply on the tokenize subject of the
+//! call's model (`{prefix}.tokenize`, `{prefix}.models.{route}.tokenize`, or
+//! `{tokenize}.from.{identity}` for a gateway with an identity), answered by an embedding
+//! tokenizer worker of that model. No acknowledgement and no resend: a call is
 //! cheap and idempotent, and one that gets no answer by its deadline fails with `Timeout`.
 
 use async_nats::{Request, RequestErrorKind};
@@ -10,11 +11,12 @@ use tokio::time::Instant;
 use super::{Upstream, UpstreamError};
 
 impl Upstream {
-    /// Sends `call` and waits for its answer until `deadline`; a worker's refusal is
-    /// [`UpstreamError::Worker`].
+    /// Sends `call` to the tokenizer workers of the model on `route` and waits for its
+    /// answer until `deadline`; a worker's refusal is [`UpstreamError::Worker`].
     pub async fn tokenizer_call(
         &self,
         call: &TokenizerCall,
+        route: Option<&str>,
         deadline: Instant,
     ) -> Result<TokenizerAnswer, UpstreamError> {
         let payload = wire::encode(call).map_err(|e| UpstreamError::Publish(e.to_string()))?;
@@ -29,7 +31,7 @@ impl Upstream {
         let request = Request::new().payload(payload.into()).timeout(Some(left));
         let message = self
             .client
-            .send_request(self.tokenize_subject.clone(), request)
+            .send_request(self.tokenize_subject(route), request)
             .await
             .map_err(|e| match e.kind() {
                 RequestErrorKind::NoResponders => UpstreamError::NoResponders,

@@ -10,14 +10,16 @@
 //! - `!garbage`: answers with bytes that are not a reply;
 //! - anything else: a vector derived from the text (see [`expected_vector`]).
 //!
-//! Answers come as chunks of `chunk_size` items, last chunk first (out of order).
+//! Answers come as chunks of `chunk_size` items, last chunk first (out of order). A fake
+//! tokenizer may serve a model's route of its own ([`Harness::fake_tokenizer_on`]); its
+//! vectors are then shifted by a bias, so answers show which model computed them.
 
 #![allow(dead_code)]
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::subjects::{Subjects, TOKENIZER_QUEUE_GROUP};
+use common::subjects::{Subjects, TOKENIZER_QUEUE_GROUP, model_token};
 use common::wire::{
     self, EmbedChunk, EmbedRequest, ErrorCode, ErrorReply, WorkerKind, WorkerStatus,
 };
@@ -151,7 +153,20 @@ impl Harness {
 
     /// Starts a fake tokenizer worker answering in chunks of `chunk_size`.
     pub async fn fake_tokenizer(&self, chunk_size: usize) -> FakeTokenizer {
-        FakeTokenizer::start(self.client.clone(), &self.subjects, chunk_size).await
+        FakeTokenizer::start(self.client.clone(), &self.subjects, chunk_size, 0.0).await
+    }
+
+    /// Starts a fake tokenizer worker of model `model` on its own route (the subjects of
+    /// `model_token(model)`), answering in chunks of `chunk_size` with vectors shifted by
+    /// `bias` (see [`biased_vector`]).
+    pub async fn fake_tokenizer_on(
+        &self,
+        model: &str,
+        chunk_size: usize,
+        bias: f32,
+    ) -> FakeTokenizer {
+        let subjects = self.subjects.routed(Some(&model_token(model)));
+        FakeTokenizer::start(self.client.clone(), &subjects, chunk_size, bias).await
     }
 
     /// Answers status queries with `statuses`.
@@ -183,26 +198,34 @@ pub async fn sync(client: &async_nats::Client) {
         .await;
 }
 
-/// A status answer of a loaded worker of `kind`.
+/// A status answer of a worker of `kind` serving the default model, as an up-to-date worker
+/// sends it (optional fields it does not report left out).
 pub fn status(kind: WorkerKind, id: &str, loaded: bool, in_flight: u64) -> WorkerStatus {
+    let gpu = kind == WorkerKind::Gpu;
+    let status = serde_json::json!({
+        "worker_id": id,
+        "kind": kind,
+        "model": gateway::config::DEFAULT_MODEL,
+        "loaded": loaded,
+        "backend": gpu.then_some("cpu-f32"),
+        "hidden_size": gpu.then_some(8),
+        "batches": 0,
+        "sequences": 0,
+        "tokens": 0,
+        "in_flight": in_flight,
+        "started_ms": wire::now_ms(),
+    });
+    serde_json::from_value(status).expect("a valid worker status")
+}
+
+/// The status answer of a loaded worker of `kind` serving `model` on its own route, GPU
+/// workers with vectors `hidden_size` wide.
+pub fn routed_status(kind: WorkerKind, id: &str, model: &str, hidden_size: u32) -> WorkerStatus {
     WorkerStatus {
-        worker_id: id.into(),
-        kind,
-        model: gateway::config::DEFAULT_MODEL.into(),
-        loaded,
-        backend: (kind == WorkerKind::Gpu).then(|| "cpu-f32".into()),
-        device: None,
-        device_memory_used: None,
-        device_memory_total: None,
-        hidden_size: (kind == WorkerKind::Gpu).then_some(8),
-        batches: 0,
-        sequences: 0,
-        tokens: 0,
-        in_flight,
-        started_ms: wire::now_ms(),
-        unhealthy: None,
-        max_input_tokens: None,
-        max_batch_tokens: None,
+        model: model.into(),
+        hidden_size: matches!(kind, WorkerKind::Gpu).then_some(hidden_size),
+        route: Some(model_token(model)),
+        ..status(kind, id, true, 0)
     }
 }
 
@@ -215,6 +238,15 @@ pub fn expected_vector(text: &str, dims: u32) -> Vec<f32> {
         .map(|i| {
             text.len() as f32 + i as f32 / 10.0 + text.bytes().next().unwrap_or(0) as f32 * 100.0
         })
+        .collect()
+}
+
+/// The vector a fake worker with `bias` computes for `text` at `dims`: [`expected_vector`]
+/// with `bias` added to every component.
+pub fn biased_vector(text: &str, dims: u32, bias: f32) -> Vec<f32> {
+    expected_vector(text, dims)
+        .into_iter()
+        .map(|x| x + bias)
         .collect()
 }
 
@@ -233,7 +265,12 @@ pub struct FakeTokenizer {
 }
 
 impl FakeTokenizer {
-    async fn start(client: async_nats::Client, subjects: &Subjects, chunk_size: usize) -> Self {
+    async fn start(
+        client: async_nats::Client,
+        subjects: &Subjects,
+        chunk_size: usize,
+        bias: f32,
+    ) -> Self {
         let mut subscriber = client
             .queue_subscribe(subjects.requests(), TOKENIZER_QUEUE_GROUP.into())
             .await
@@ -269,7 +306,7 @@ impl FakeTokenizer {
                     client.clone(),
                     reply.to_string(),
                     request,
-                    chunk_size,
+                    (chunk_size, bias),
                     release.clone(),
                 ));
             }
@@ -318,7 +355,7 @@ async fn answer(
     client: async_nats::Client,
     reply: String,
     request: EmbedRequest,
-    chunk_size: usize,
+    (chunk_size, bias): (usize, f32),
     mut release: watch::Receiver<bool>,
 ) {
     for text in &request.input {
@@ -359,7 +396,7 @@ async fn answer(
         .collect();
     for &start in starts.iter().rev() {
         let texts = &request.input[start..(start + chunk_size).min(request.input.len())];
-        let vectors: Vec<Vec<f32>> = texts.iter().map(|t| expected_vector(t, dims)).collect();
+        let vectors: Vec<Vec<f32>> = texts.iter().map(|t| biased_vector(t, dims, bias)).collect();
         let chunk = EmbedChunk {
             id: request.id.clone(),
             offset: start as u32,
@@ -368,6 +405,7 @@ async fn answer(
             dims,
             embeddings: wire::f32_le_bytes(vectors.iter().map(Vec::as_slice)),
             tokens: texts.iter().map(|t| expected_tokens(t)).collect(),
+            timings: None,
         };
         let _ = client
             .publish(reply.clone(), wire::encode(&chunk).unwrap().into())

@@ -5,6 +5,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::Ordering;
+use std::time::{Instant, SystemTime};
 
 use common::subjects::Task;
 use common::trace::{LOG_TARGET, RequestTrace};
@@ -12,7 +13,8 @@ use common::wire::{self, BatchItem, ErrorCode, ErrorReply, Priority, TokenBatch}
 use common::worker::send_error_in_order;
 
 use super::Shared;
-use super::{lanes, replies};
+use super::stages::{PassTiming, Stamp, Via, Waiting};
+use super::{lanes, replies, stages};
 use crate::engine::{EngineError, Output, Work};
 
 /// How serving a group of batches ended.
@@ -35,21 +37,37 @@ enum Pass {
     DeviceLost,
 }
 
-/// Runs batches of lane `lane` (held as the tickets they come with) merged into one forward
-/// pass; when the merged pass refuses its input (a token outside the vocabulary, say), runs
-/// them one by one, so only the poisoned batch's requests get the error. Counts their
-/// tokens off the load once done.
+/// A batch in hand: the ticket it is held under, and since when its requests wait for a
+/// device (when it entered the work queue, or reached this worker directly).
+pub(super) type Taken = (u64, SystemTime);
+
+/// Runs batches of lane `lane` that came `via` the work queue or the direct subject (held as
+/// the tickets they come with) merged into one forward pass; when the merged pass refuses
+/// its input (a token outside the vocabulary, say), runs them one by one, so only the
+/// poisoned batch's requests get the error. Counts their tokens off the load once done.
 pub(super) async fn serve_group(
     shared: &Shared,
-    group: Vec<(u64, TokenBatch)>,
+    group: Vec<(Taken, TokenBatch)>,
     lane: Priority,
+    via: Via,
 ) -> Served {
-    let (tickets, batches): (Vec<u64>, Vec<TokenBatch>) = group.into_iter().unzip();
+    let mut waiting = Waiting::new(via);
+    for ((_, since), batch) in &group {
+        waiting.add(batch, *since);
+    }
+    let (tickets, batches): (Vec<u64>, Vec<TokenBatch>) = group
+        .into_iter()
+        .map(|((ticket, _), batch)| (ticket, batch))
+        .unzip();
     let tokens = batches.iter().map(TokenBatch::num_tokens).sum();
+    let run = Run {
+        lane,
+        waiting: &waiting,
+    };
     let pass = if batches.len() == 1 {
-        serve(shared, &tickets, concat(batches), true, lane).await
+        serve(shared, &tickets, concat(batches), true, &run).await
     } else {
-        match serve(shared, &tickets, concat(batches.clone()), false, lane).await {
+        match serve(shared, &tickets, concat(batches.clone()), false, &run).await {
             Pass::InputRefused => {
                 tracing::warn!(
                     batches = batches.len(),
@@ -58,7 +76,7 @@ pub(super) async fn serve_group(
                 let mut alone = Pass::Answered;
                 for (ticket, batch) in tickets.iter().zip(batches) {
                     let ticket = std::slice::from_ref(ticket);
-                    alone = serve(shared, ticket, batch, true, lane).await;
+                    alone = serve(shared, ticket, batch, true, &run).await;
                     if alone == Pass::DeviceLost {
                         break;
                     }
@@ -76,8 +94,16 @@ pub(super) async fn serve_group(
     }
 }
 
-/// Runs one (possibly merged) batch of lane `lane`, held as `tickets`, and publishes its
-/// chunks. A batch's
+/// What the passes of one group share: their lane, and since when their requests wait.
+struct Run<'a> {
+    /// The lane.
+    lane: Priority,
+    /// How the group came, and since when each request waits.
+    waiting: &'a Waiting,
+}
+
+/// Runs one (possibly merged) batch of `run`'s lane, held as `tickets`, and publishes its
+/// chunks (each stamped with its request's timings, [`stages`]). A batch's
 /// own failure is answered to every request in it, except an input error when
 /// `answer_input_errors` is false (nothing is sent; the caller runs the parts alone).
 /// Nothing runs, and nothing is answered, once the device is lost.
@@ -86,8 +112,9 @@ async fn serve(
     tickets: &[u64],
     batch: TokenBatch,
     answer_input_errors: bool,
-    lane: Priority,
+    run: &Run<'_>,
 ) -> Pass {
+    let lane = run.lane;
     if shared.health.is_failed() {
         return Pass::DeviceLost;
     }
@@ -110,18 +137,25 @@ async fn serve(
         let pass = shared.device.new_pass();
         shared.hand.mark(tickets, pass);
         match run_batch(shared, pass, &live, lane).await {
-            Ok(output) => {
+            Ok((output, timing)) => {
+                let stamp = Stamp {
+                    model: &shared.model_name,
+                    lane,
+                    via: run.waiting.via(),
+                    pass: timing,
+                };
                 let (outbox, outcome) = match &output {
                     Output::Vectors(vectors) => (
-                        replies::embeddings(&live.items, vectors, shared.max_payload),
+                        replies::embeddings(&live.items, vectors, shared.max_payload, &stamp),
                         "embedded",
                     ),
                     Output::Scores(scores) => (
-                        replies::scores(&live.items, scores, shared.max_payload),
+                        replies::scores(&live.items, scores, shared.max_payload, &stamp),
                         "scored",
                     ),
                 };
                 replies::publish(&shared.client, outbox, shared.max_payload).await;
+                stages::record_spans(&live.items, run.waiting, &stamp);
                 log_requests(&live.items, outcome);
                 Pass::Answered
             }
@@ -179,13 +213,14 @@ fn concat(batches: Vec<TokenBatch>) -> TokenBatch {
 }
 
 /// Runs `batch` on the device as pass `pass` of lane `lane`, once the lane's turn came
-/// ([`lanes::Turns`]), and counts it.
+/// ([`lanes::Turns`]), and counts it (its time on the device too); returns its output and
+/// when it ran.
 async fn run_batch(
     shared: &Shared,
     pass: u64,
     batch: &TokenBatch,
     lane: Priority,
-) -> Result<Output, EngineError> {
+) -> Result<(Output, PassTiming), EngineError> {
     let hidden = shared.device.info().hidden_size;
     let lengths = batch.items.iter().map(|item| item.len as usize).collect();
     let work = match shared.task {
@@ -207,21 +242,31 @@ async fn run_batch(
     if !shared.test_pass_delay.is_zero() {
         tokio::time::sleep(shared.test_pass_delay).await;
     }
-    let started = std::time::Instant::now();
+    let started = Instant::now();
     let output = shared
         .device
         .run(pass, batch.token_ids.clone(), lengths, work)
         .await;
     drop(turn);
     let output = output?;
-    shared.load().observe(batch.num_tokens(), started.elapsed());
+    let ended = Instant::now();
+    let took = ended.saturating_duration_since(started);
+    shared.load().observe(batch.num_tokens(), took);
     let c = &shared.counters;
+    let took_us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+    c.busy_us.fetch_add(took_us, Ordering::Relaxed);
     c.batches.fetch_add(1, Ordering::Relaxed);
     c.sequences
         .fetch_add(batch.items.len() as u64, Ordering::Relaxed);
     c.tokens
         .fetch_add(batch.num_tokens() as u64, Ordering::Relaxed);
-    Ok(output)
+    let timing = PassTiming {
+        started,
+        ended,
+        sequences: batch.items.len(),
+        tokens: batch.num_tokens(),
+    };
+    Ok((output, timing))
 }
 
 /// Removes items whose deadline passed (answering their requests once: a request is its

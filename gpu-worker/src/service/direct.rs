@@ -4,7 +4,7 @@
 //! them. An unhealthy worker answers every offer `busy` and hands back those it took.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use common::wire::{self, DirectOutcome, DirectReply, Priority, TokenBatch};
 use futures::StreamExt;
@@ -15,6 +15,7 @@ use super::batching::{Served, merge_by_budget, serve_group};
 use super::health::{Held, hand_back_ticket};
 use super::intake::servable;
 use super::lanes;
+use super::stages::Via;
 
 /// Limits of the direct path.
 pub(super) struct DirectLimits {
@@ -29,6 +30,8 @@ pub(super) struct DirectLimits {
 struct DirectBatch {
     /// Where the offer's answer goes, held until answered.
     ticket: u64,
+    /// When it was taken (its requests wait for the device from then).
+    taken: SystemTime,
     /// The batch.
     batch: TokenBatch,
 }
@@ -94,7 +97,15 @@ pub(super) async fn take_direct(
             reply,
             payload: message.payload.clone(),
         });
-        if taken_tx.send(DirectBatch { ticket, batch }).is_err() {
+        let taken = SystemTime::now();
+        if taken_tx
+            .send(DirectBatch {
+                ticket,
+                taken,
+                batch,
+            })
+            .is_err()
+        {
             // The runner is gone (a bug): let the tokenizer worker queue the batch.
             tracing::error!("direct batch runner stopped; this is a bug");
             shared.load().finish(tokens);
@@ -131,10 +142,13 @@ async fn run_direct(
                 Err(_) => break,
             }
         }
-        let tagged = waiting.into_iter().map(|d| (d.ticket, d.batch)).collect();
+        let tagged = waiting
+            .into_iter()
+            .map(|d| ((d.ticket, d.taken), d.batch))
+            .collect();
         for group in merge_by_budget(tagged, shared.max_batch_tokens) {
-            let tickets: Vec<u64> = group.iter().map(|(ticket, _)| *ticket).collect();
-            let served = serve_group(&shared, group, Priority::Interactive).await;
+            let tickets: Vec<u64> = group.iter().map(|((ticket, _), _)| *ticket).collect();
+            let served = serve_group(&shared, group, Priority::Interactive, Via::Direct).await;
             for ticket in tickets {
                 match served {
                     Served::Answered => {

@@ -3,7 +3,7 @@
 //! was lost meanwhile).
 
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use async_nats::jetstream::{self, AckKind, consumer::PullConsumer};
 use common::wire::{self, Priority, TokenBatch};
@@ -14,6 +14,7 @@ use super::batching::{Served, fail_batch, merge_by_budget, serve_group};
 use super::health::{Held, hand_back_ticket};
 use super::lanes;
 use super::poison::{self, Handling};
+use super::stages::Via;
 use crate::engine::EngineError;
 
 /// How long one pull waits for a batch before asking again.
@@ -62,14 +63,19 @@ pub(super) async fn process(shared: &Shared, messages: Vec<jetstream::Message>, 
     let mut alone = Vec::new();
     for message in messages {
         let ticket = shared.hand.hold(Held::Queued(Box::new(message.clone())));
+        // On the server's clock: when the batch entered the work queue.
+        let since = message.info().map_or_else(
+            |_| SystemTime::now(),
+            |info| SystemTime::from(info.published),
+        );
         let Some(batch) = servable(shared, &message.payload).await else {
             settle(shared, ticket, AckKind::Term).await;
             continue;
         };
         lanes::log_taken(lane, &batch.items);
         match poison::handling_of(shared, &message, &batch) {
-            Handling::Merge => fresh.push((ticket, batch)),
-            Handling::Alone => alone.push(vec![(ticket, batch)]),
+            Handling::Merge => fresh.push(((ticket, since), batch)),
+            Handling::Alone => alone.push(vec![((ticket, since), batch)]),
             Handling::Split => poison::split(shared, ticket, &message, batch).await,
             Handling::GiveUp => {
                 let delivered = message.info().map_or(0, |info| info.delivered);
@@ -96,8 +102,8 @@ pub(super) async fn process(shared: &Shared, messages: Vec<jetstream::Message>, 
             .sum(),
     );
     for group in groups {
-        let tickets: Vec<u64> = group.iter().map(|(ticket, _)| *ticket).collect();
-        let served = serve_group(shared, group, lane).await;
+        let tickets: Vec<u64> = group.iter().map(|((ticket, _), _)| *ticket).collect();
+        let served = serve_group(shared, group, lane, Via::Queue).await;
         for ticket in tickets {
             match served {
                 Served::Answered => settle(shared, ticket, AckKind::Ack).await,

@@ -29,6 +29,7 @@
 //! - `health`: what the worker holds, the unhealthy path, the watchdog and progress acks.
 //! - `lanes`: turns on the device between interactive and bulk passes.
 //! - `status`: answers on the status subject.
+//! - `stages`: what each chunk tells the per-stage telemetry, and the pass's spans.
 
 mod batching;
 mod direct;
@@ -37,6 +38,7 @@ mod intake;
 mod lanes;
 mod poison;
 mod replies;
+mod stages;
 mod status;
 #[cfg(test)]
 mod test_items;
@@ -85,6 +87,8 @@ struct Counters {
     tokens: AtomicU64,
     /// Batches being served now.
     in_flight: AtomicU64,
+    /// Microseconds spent in forward passes (its rate is the device's utilisation).
+    busy_us: AtomicU64,
 }
 
 /// What every batch task needs.
@@ -103,6 +107,8 @@ struct Shared {
     max_batch_tokens: usize,
     /// Embeddings or rerank scores.
     task: Task,
+    /// The served model's name, which every chunk's timings carry.
+    model_name: String,
     /// Tokens in hand and the measured time per token, for taking direct batches.
     load: std::sync::Mutex<Load>,
     /// Whether the device can still compute, and why not.
@@ -207,6 +213,7 @@ pub async fn run(
         max_payload: client.server_info().max_payload,
         max_batch_tokens: config.max_batch_tokens,
         task,
+        model_name: config.model_name.clone(),
         load: std::sync::Mutex::new(Load::default()),
         health: Health::default(),
         hand: InHand::default(),

@@ -9,6 +9,7 @@ use common::outbox::{BUNDLE_OVERHEAD, Outbox};
 use common::wire::{self, BatchItem, EmbedChunk, RerankChunk};
 use serde::Serialize;
 
+use super::stages::Stamp;
 use crate::model::rerank::RerankScore;
 
 /// Room left in a message for everything but the per-item values.
@@ -82,8 +83,14 @@ fn collect<R: Serialize>(
     outbox
 }
 
-/// The chunks of an embedding batch; `items[k]` got `vectors[k]`.
-pub(super) fn embeddings(items: &[BatchItem], vectors: &[Vec<f32>], max_payload: usize) -> Outbox {
+/// The chunks of an embedding batch; `items[k]` got `vectors[k]`. Each chunk carries its
+/// request's timings (`stamp`).
+pub(super) fn embeddings(
+    items: &[BatchItem],
+    vectors: &[Vec<f32>],
+    max_payload: usize,
+    stamp: &Stamp<'_>,
+) -> Outbox {
     collect(
         items,
         max_payload,
@@ -97,13 +104,20 @@ pub(super) fn embeddings(items: &[BatchItem], vectors: &[Vec<f32>], max_payload:
             dims: run.positions.first().map_or(0, |&p| vectors[p].len()) as u32,
             embeddings: wire::f32_le_bytes(run.positions.iter().map(|&p| vectors[p].as_slice())),
             tokens: run.positions.iter().map(|&p| items[p].len).collect(),
+            timings: Some(stamp.timings(run.positions.iter().map(|&p| &items[p]))),
         },
     )
 }
 
-/// The chunks of a rerank batch; `items[k]` was scored `scores[k]`. Rerank replies are
-/// never bundled (bundles carry embedding replies only).
-pub(super) fn scores(items: &[BatchItem], scores: &[RerankScore], max_payload: usize) -> Outbox {
+/// The chunks of a rerank batch; `items[k]` was scored `scores[k]`, each chunk with its
+/// request's timings (`stamp`). Rerank replies are never bundled (bundles carry embedding
+/// replies only).
+pub(super) fn scores(
+    items: &[BatchItem],
+    scores: &[RerankScore],
+    max_payload: usize,
+    stamp: &Stamp<'_>,
+) -> Outbox {
     collect(
         items,
         max_payload,
@@ -120,6 +134,7 @@ pub(super) fn scores(items: &[BatchItem], scores: &[RerankScore], max_payload: u
                 logit_yes: picked().map(|s| s.logit_yes).collect(),
                 logit_no: picked().map(|s| s.logit_no).collect(),
                 tokens: run.positions.iter().map(|&p| items[p].len).collect(),
+                timings: Some(stamp.timings(run.positions.iter().map(|&p| &items[p]))),
             }
         },
     )
@@ -140,6 +155,7 @@ mod tests {
     use super::*;
     use common::wire::{EmbedReply, ReplyBundle};
 
+    use crate::service::stages::{Via, stamp};
     use crate::service::test_items::item;
 
     #[test]
@@ -155,7 +171,8 @@ mod tests {
             bundled,
         ];
         let vectors: Vec<Vec<f32>> = (0..4).map(|k| vec![k as f32; 2]).collect();
-        let messages = embeddings(&items, &vectors, 1 << 20).into_messages(1 << 20);
+        let stamp = stamp(Via::Direct);
+        let messages = embeddings(&items, &vectors, 1 << 20, &stamp).into_messages(1 << 20);
         let mut got = BTreeMap::new();
         for (subject, payload) in messages {
             let replies = match wire::decode::<EmbedReply>(&payload) {
@@ -166,6 +183,12 @@ mod tests {
                 let EmbedReply::Chunk(chunk) = reply else {
                     panic!("not a chunk: {reply:?}")
                 };
+                let timings = chunk.timings.as_ref().expect("every chunk carries timings");
+                assert_eq!(
+                    (timings.model.as_str(), timings.batch_tokens),
+                    ("qwen3-tiny", 30)
+                );
+                assert_eq!(timings.path, common::wire::BatchPath::Direct);
                 let firsts: Vec<f32> = chunk.vectors().unwrap().iter().map(|v| v[0]).collect();
                 got.insert((subject.clone(), chunk.id, chunk.offset), firsts);
             }
@@ -192,7 +215,8 @@ mod tests {
             .collect();
         // Room for two documents per chunk.
         let max_payload = CHUNK_OVERHEAD + BUNDLE_OVERHEAD + 2 * BYTES_PER_SCORE;
-        let messages = scores(&items, &scored, max_payload).into_messages(max_payload);
+        let stamp = stamp(Via::Queue);
+        let messages = scores(&items, &scored, max_payload, &stamp).into_messages(max_payload);
         let chunks: Vec<(String, RerankChunk)> = messages
             .into_iter()
             .map(|(subject, payload)| (subject, wire::decode(&payload).unwrap()))
@@ -220,5 +244,6 @@ mod tests {
         assert_eq!(chunks[0].1.logit_yes, [2.0, 3.0]);
         assert_eq!(chunks[1].1.scores, [scored[0].score]);
         assert!(chunks.iter().all(|(_, c)| c.validate().is_ok()));
+        assert!(chunks.iter().all(|(_, c)| c.timings.is_some()));
     }
 }

@@ -45,6 +45,7 @@ pub(super) async fn answer_status(
         status.sequences = c.sequences.load(Ordering::Relaxed);
         status.tokens = c.tokens.load(Ordering::Relaxed);
         status.in_flight = c.in_flight.load(Ordering::Relaxed);
+        status.device_busy_ms = Some(c.busy_us.load(Ordering::Relaxed) / 1000);
         status.unhealthy = shared.health.reason().map(str::to_string);
         status.loaded = status.unhealthy.is_none();
         worker::answer_status(&shared.client, message, &status).await;

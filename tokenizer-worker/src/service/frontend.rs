@@ -241,6 +241,8 @@ fn tokenize_embed(
                 bundle_to: request.bundle_to.clone(),
                 // Set as the batch is sent, from `deadline.at`.
                 budget_ms: 0,
+                // Set once the request is tokenized, and stamped again as the batch is sent.
+                timings: None,
             };
             PendingSequence::new(item, ids, deadline.at).map_err(|e| {
                 ErrorReply::new(Some(request.id.clone()), ErrorCode::Internal, e.to_string())

@@ -29,6 +29,8 @@
 //! * `state`: what the loop owns; taking, queueing, refusing and expiring requests;
 //! * `dispatch`: sending batches on and settling what their publishes did;
 //! * `status`: the answer on the status subject.
+//! * `stages`: what the per-stage telemetry gets of each request (its items' timings, its
+//!   `tokenize` span).
 //! * `calls`: tokenize and decode calls on the tokenize subject (embedding workers only),
 //!   served beside the loop on the same pool of blocking threads.
 
@@ -36,6 +38,7 @@ mod calls;
 mod dispatch;
 mod frontend;
 mod intake;
+mod stages;
 mod state;
 mod status;
 

@@ -20,6 +20,7 @@ use tokio::task::JoinSet;
 
 use super::frontend::{Checked, Frontend};
 use super::intake::id_of;
+use super::stages::{self, Tokenize};
 use crate::acks::{Acks, RequestKey};
 use crate::batcher::PendingSequence;
 use crate::deadline::Receipt;
@@ -61,6 +62,8 @@ pub(super) struct Tokenized {
     priority: Option<Priority>,
     /// Whether it is a query (queries are interactive unless they ask otherwise).
     query: bool,
+    /// When it arrived here (its tokenize time and time here count from this).
+    received: Instant,
     /// The request's sequences, or the error that answers it.
     result: Result<Vec<PendingSequence>, ErrorReply>,
 }
@@ -160,6 +163,7 @@ impl State {
             trace,
             priority,
             query,
+            received: received.at,
             result: Ok(Vec::new()),
         };
         if inline {
@@ -213,12 +217,22 @@ impl State {
                     lane = ?lane,
                     "tokenized"
                 );
-                if let Some(trace) = trace {
-                    let downstream = trace.child();
+                let downstream = trace.map(RequestTrace::child);
+                if let Some(downstream) = &downstream {
                     for seq in &mut sequences {
                         seq.item.trace = Some(downstream.clone());
                     }
                 }
+                let stage = Tokenize {
+                    received: done.received,
+                    ready: now,
+                    trace,
+                    downstream: downstream.as_ref(),
+                    model: &self.status.model,
+                    lane,
+                    tokens,
+                };
+                stages::tokenized(&mut sequences, &stage);
                 for seq in sequences {
                     if let Err(e) = batcher.push(lane, seq, now) {
                         let error = ErrorReply::new(

@@ -11,8 +11,8 @@ use super::fields::{Choice, Dimensions, PositiveInteger, Text, required};
 use super::limits::Limits;
 use super::schema;
 use super::texts::Documents;
-use crate::config::GatewayConfig;
 use crate::http::error::ApiError;
+use common::subjects::Task;
 
 /// Cohere's `input_type`s: `search_query` gets the query instruction, the others none.
 pub const INPUT_TYPES: &[(&str, InputType)] = &[
@@ -61,7 +61,8 @@ pub const TRUNCATES: &[(&str, Option<TruncationDirection>)] = &[
 /// `inputs`) are ignored; `null` counts as absent.
 #[derive(Debug, Clone, Default, ToSchema)]
 pub struct CohereEmbedRequest {
-    /// The served model's name, with or without its organisation; another name gets 404.
+    /// Which embedding model embeds: a served model's name, with or without its organisation;
+    /// the configured default when absent; a name no model answers to gets 404.
     pub model: Option<String>,
     /// The texts (limits as for `input` of `/v1/embeddings`).
     #[schema(schema_with = schema::documents)]
@@ -106,7 +107,8 @@ fn embedding_types() -> Schema {
 /// ignored; `null` counts as absent.
 #[derive(Debug, Clone, Default, ToSchema)]
 pub struct CohereRerankRequest {
-    /// The served reranker's name, with or without its organisation; another name gets 404.
+    /// Which reranker scores: a served reranker's name, with or without its organisation;
+    /// the configured default when absent; a name no reranker answers to gets 404.
     pub model: Option<String>,
     /// The query every document is judged against.
     pub query: String,
@@ -137,8 +139,8 @@ enum Key {
 }
 
 impl RequestBody for CohereEmbedRequest {
-    fn served_model(config: &GatewayConfig) -> Option<&str> {
-        Some(&config.model)
+    fn model_task() -> Option<Task> {
+        Some(Task::Embed)
     }
 
     fn read<'de, M: MapAccess<'de>>(mut fields: M, limits: Limits) -> Result<Self, M::Error> {
@@ -185,8 +187,8 @@ impl RequestBody for CohereEmbedRequest {
 }
 
 impl RequestBody for CohereRerankRequest {
-    fn served_model(config: &GatewayConfig) -> Option<&str> {
-        Some(&config.rerank_model)
+    fn model_task() -> Option<Task> {
+        Some(Task::Rerank)
     }
 
     fn read<'de, M: MapAccess<'de>>(mut fields: M, limits: Limits) -> Result<Self, M::Error> {

@@ -14,7 +14,8 @@ use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
 
 use super::fields::Text;
 use super::limits::Limits;
-use crate::config::GatewayConfig;
+use common::subjects::Task;
+
 use crate::http::error::ApiError;
 
 thread_local! {
@@ -24,11 +25,9 @@ thread_local! {
 
 /// A request body type: read from the fields of the body's JSON object.
 pub trait RequestBody: Sized {
-    /// The model the body's `model` must name, for bodies that have one: it is checked
-    /// before the other fields, so a body naming another model gets 404 whatever else is
-    /// wrong with it.
-    fn served_model(config: &GatewayConfig) -> Option<&str> {
-        let _ = config;
+    /// The task whose models the body's `model` names, for bodies that have one: a body
+    /// naming no model of that task gets 404 whatever else is wrong with it.
+    fn model_task() -> Option<Task> {
         None
     }
 

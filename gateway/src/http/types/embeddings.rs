@@ -12,7 +12,7 @@ use super::limits::Limits;
 use super::schema;
 use super::tei::TRUNCATION_DIRECTIONS;
 use super::texts::Input;
-use crate::config::GatewayConfig;
+use common::subjects::Task;
 
 /// How vectors are written in the answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -46,8 +46,9 @@ pub struct EmbeddingsRequest {
     /// and whitespace-only texts are valid. Token id lists are refused.
     #[schema(schema_with = schema::text_or_texts)]
     pub input: Vec<String>,
-    /// The served model's name, with or without its organisation
-    /// (`Qwen/Qwen3-Embedding-0.6B` or `Qwen3-Embedding-0.6B`); another name gets 404.
+    /// Which embedding model embeds: a served model's name, with or without its organisation
+    /// (`Qwen/Qwen3-Embedding-0.6B` or `Qwen3-Embedding-0.6B`); the configured default when
+    /// absent; a name no model answers to gets 404.
     pub model: Option<String>,
     /// `query` (the instruction is applied) or `document` (`passage` is the same); the
     /// gateway's `default_input_type` when absent.
@@ -106,8 +107,8 @@ enum Key {
 }
 
 impl RequestBody for EmbeddingsRequest {
-    fn served_model(config: &GatewayConfig) -> Option<&str> {
-        Some(&config.model)
+    fn model_task() -> Option<Task> {
+        Some(Task::Embed)
     }
 
     fn read<'de, M: MapAccess<'de>>(mut fields: M, limits: Limits) -> Result<Self, M::Error> {

@@ -10,13 +10,14 @@ use super::fields::{Flag, PositiveInteger, Text, required};
 use super::limits::Limits;
 use super::schema;
 use super::texts::Documents;
-use crate::config::GatewayConfig;
+use common::subjects::Task;
 
 /// A request to rank documents against a query (`/v1/rerank`). Other fields are ignored;
 /// `null` counts as absent.
 #[derive(Debug, Clone, Default, ToSchema)]
 pub struct RerankRequest {
-    /// The served reranker's name, with or without its organisation; another name gets 404.
+    /// Which reranker scores: a served reranker's name, with or without its organisation;
+    /// the configured default when absent; a name no reranker answers to gets 404.
     pub model: Option<String>,
     /// The query every document is judged against (may be empty; at most `max_input_chars`
     /// characters).
@@ -75,8 +76,8 @@ enum Key {
 }
 
 impl RequestBody for RerankRequest {
-    fn served_model(config: &GatewayConfig) -> Option<&str> {
-        Some(&config.rerank_model)
+    fn model_task() -> Option<Task> {
+        Some(Task::Rerank)
     }
 
     fn read<'de, M: MapAccess<'de>>(mut fields: M, limits: Limits) -> Result<Self, M::Error> {

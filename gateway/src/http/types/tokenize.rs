@@ -15,8 +15,8 @@ use super::limits::Limits;
 use super::schema;
 use super::tei::PROMPT_NAMES;
 use super::texts::TextOrTexts;
-use crate::config::GatewayConfig;
 use crate::http::error::ApiError;
+use common::subjects::Task;
 
 /// TEI's `POST /tokenize`: the ids the model reads for each text. Other fields are ignored;
 /// `null` counts as absent.
@@ -50,7 +50,8 @@ pub struct TeiDecodeRequest {
 /// refused). Other fields are ignored.
 #[derive(Debug, Clone, Default, ToSchema)]
 pub struct VllmTokenizeRequest {
-    /// The served model's name, with or without its organisation; another name gets 404.
+    /// Whose tokenizer: a served embedding model's name, with or without its organisation;
+    /// the configured default when absent; a name no model answers to gets 404.
     pub model: Option<String>,
     /// The text (at most `max_input_chars` characters).
     pub prompt: String,
@@ -69,7 +70,8 @@ pub struct VllmTokenizeRequest {
 /// vLLM's `POST /v1/detokenize`. Other fields are ignored.
 #[derive(Debug, Clone, Default, ToSchema)]
 pub struct VllmDetokenizeRequest {
-    /// The served model's name, with or without its organisation; another name gets 404.
+    /// Whose tokenizer: a served embedding model's name, with or without its organisation;
+    /// the configured default when absent; a name no model answers to gets 404.
     pub model: Option<String>,
     /// The ids to turn back into text (special tokens are left out).
     #[schema(schema_with = id_list)]
@@ -177,8 +179,8 @@ impl RequestBody for TeiDecodeRequest {
 }
 
 impl RequestBody for VllmTokenizeRequest {
-    fn served_model(config: &GatewayConfig) -> Option<&str> {
-        Some(&config.model)
+    fn model_task() -> Option<Task> {
+        Some(Task::Embed)
     }
 
     fn read<'de, M: MapAccess<'de>>(mut fields: M, _: Limits) -> Result<Self, M::Error> {
@@ -225,8 +227,8 @@ impl RequestBody for VllmTokenizeRequest {
 }
 
 impl RequestBody for VllmDetokenizeRequest {
-    fn served_model(config: &GatewayConfig) -> Option<&str> {
-        Some(&config.model)
+    fn model_task() -> Option<Task> {
+        Some(Task::Embed)
     }
 
     fn read<'de, M: MapAccess<'de>>(mut fields: M, _: Limits) -> Result<Self, M::Error> {
