@@ -6,19 +6,26 @@
 # that exits before the stack is healthy stops it all (exit 1). Ctrl-C or SIGTERM stops
 # every process it started.
 #
-#   deploy/local/run.sh --model DIR_OR_HUB_ID [--host ADDR] [--port N] [--backend cpu|cuda|auto]
+#   deploy/local/run.sh --model DIR_OR_HUB_ID... [--host ADDR] [--port N] [--backend cpu|cuda|auto]
 #                       [--tokenizer-workers N] [--gpu-workers N] [--profile dev|production]
-#                       [--nats-url URL] [--rerank-model DIR_OR_HUB_ID]
+#                       [--nats-url URL] [--rerank-model DIR_OR_HUB_ID]...
 #                       [--secure|--no-secure] [--nats-auth-dir DIR]
 #   --host is the gateway's bind address: 127.0.0.1 (this machine only) by default; 0.0.0.0
 #   serves every interface, which the production profile allows only with API keys
 #   (QWEN3_EMBED_API_KEYS or QWEN3_EMBED__GATEWAY__API_KEYS_FILE).
-#   --rerank-model also starts a rerank tokenizer worker and a rerank GPU worker (as many as
-#   --tokenizer-workers / --gpu-workers) for POST /v1/rerank and /rerank.
+#   --model may be given more than once. The first is the default embedding model (requests
+#   without a `model` field, the seed API); each further one gets a pool of its own
+#   (--tokenizer-workers tokenizer and --gpu-workers GPU workers) serving it on subjects of
+#   its own ([nats] model_subjects), for requests whose `model` names it. A model's name is
+#   its directory's name, or the hub id; no two may share a subject token (docs/protocol.md).
+#   --rerank-model also starts rerank tokenizer and rerank GPU workers (as many as
+#   --tokenizer-workers / --gpu-workers) for POST /v1/rerank and /rerank; it too may be
+#   given more than once, the first being the default reranker.
 #   --secure (the default of --profile production) gives every process its own NATS identity
 #   and NKey (nats-auth writes them once into --nats-auth-dir, default target/run/nats-auth,
-#   and the nats-server run.sh starts admits only them). With --nats-url the server is
-#   yours: --secure then needs --nats-auth-dir, the seeds of the auth.conf it runs.
+#   with the models after the first, and the nats-server run.sh starts admits only them).
+#   With --nats-url the server is yours: --secure then needs --nats-auth-dir, the seeds of
+#   the auth.conf it runs (nats-auth --model NAME for each further model).
 # With QWEN3_EMBED_BIN_DIR set it runs the binaries there as they are (no set-up, no build:
 # a machine without Rust, such as the GPU machine of deploy/gpu/serve.sh), and NATS_SERVER
 # names the nats-server binary (default .venv/bin/nats-server).
@@ -26,7 +33,7 @@ set -euo pipefail
 repo=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$repo"
 
-model="Qwen/Qwen3-Embedding-0.6B"
+models=()        # --model, in order: the first is the default
 host=127.0.0.1
 port=4008
 backend=auto
@@ -34,14 +41,14 @@ profile=dev
 nats_url=""
 tokenizer_workers=""
 gpu_workers=""
-rerank_model=""
+rerank_models=() # --rerank-model, in order: the first is the default
 secure=""        # on, off, or empty: the profile decides
 nats_auth_dir="" # where the NATS seeds are (or are written)
 
-usage() { sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,31p' "$0" | sed 's/^# \{0,1\}//'; }
 while (($#)); do
   case "$1" in
-    --model) model=$2; shift 2 ;;
+    --model) models+=("$2"); shift 2 ;;
     --host) host=$2; shift 2 ;;
     --port) port=$2; shift 2 ;;
     --backend) backend=$2; shift 2 ;;
@@ -49,7 +56,7 @@ while (($#)); do
     --gpu-workers) gpu_workers=$2; shift 2 ;;
     --profile) profile=$2; shift 2 ;;
     --nats-url) nats_url=$2; shift 2 ;;
-    --rerank-model) rerank_model=$2; shift 2 ;;
+    --rerank-model) rerank_models+=("$2"); shift 2 ;;
     --secure) secure=on; shift ;;
     --no-secure) secure=off; shift ;;
     --nats-auth-dir) nats_auth_dir=$2; shift 2 ;;
@@ -57,6 +64,7 @@ while (($#)); do
     *) echo "run.sh: unknown argument $1" >&2; usage >&2; exit 2 ;;
   esac
 done
+((${#models[@]})) || models=("Qwen/Qwen3-Embedding-0.6B")
 
 config_dir="$repo/deploy/config"
 [[ -f "$config_dir/$profile.toml" ]] || { echo "run.sh: no profile $config_dir/$profile.toml" >&2; exit 2; }
@@ -101,15 +109,50 @@ resolve_model() { # DIR_OR_HUB_ID
   fi
   .venv/bin/python deploy/local/download_model.py "$model"
 }
-model_dir=$(resolve_model "$model" | tail -n 1)
-model_name=$model
-[[ -d "$model" ]] && model_name=$(basename "$model_dir")
-rerank_dir=""
-rerank_name=""
-if [[ -n "$rerank_model" ]]; then
-  rerank_dir=$(resolve_model "$rerank_model" | tail -n 1)
-  rerank_name=$rerank_model
-  [[ -d "$rerank_model" ]] && rerank_name=$(basename "$rerank_dir")
+# model_token NAME: the subject token of a model, as common::subjects::model_token makes it:
+# ASCII letters and digits lowercased, `_` kept, anything else `-`, at most 64 characters.
+model_token() {
+  local token=${1,,}
+  token=${token//[^a-z0-9_]/-}
+  echo "${token:0:64}"
+}
+
+# resolve_models FLAG DIR_OR_HUB_ID...: sets model_dirs and model_names, one each per model:
+# its directory and its name (the directory's name, or the hub id). Two models of one task
+# must not share a subject token (their workers would serve each other's requests).
+model_dirs=()
+model_names=()
+resolve_models() {
+  local flag=$1 spec name token i tokens=()
+  model_dirs=()
+  model_names=()
+  for spec in "${@:2}"; do
+    model_dirs+=("$(resolve_model "$spec" | tail -n 1)")
+    name=$spec
+    [[ -d "$spec" ]] && name=$(basename "${model_dirs[-1]}")
+    token=$(model_token "$name")
+    for i in "${!tokens[@]}"; do
+      if [[ ${model_names[i]} == "$name" ]]; then
+        echo "run.sh: $flag $name is given twice" >&2
+        exit 2
+      elif [[ ${tokens[i]} == "$token" ]]; then
+        echo "run.sh: $flag ${model_names[i]} and $flag $name share the subject token $token; give one another name (its directory's)" >&2
+        exit 2
+      fi
+    done
+    tokens+=("$token")
+    model_names+=("$name")
+  done
+}
+resolve_models --model "${models[@]}"
+embed_dirs=("${model_dirs[@]}")
+embed_names=("${model_names[@]}")
+rerank_dirs=()
+rerank_names=()
+if ((${#rerank_models[@]})); then
+  resolve_models --rerank-model "${rerank_models[@]}"
+  rerank_dirs=("${model_dirs[@]}")
+  rerank_names=("${model_names[@]}")
 fi
 
 if [[ -n "${QWEN3_EMBED_BIN_DIR:-}" ]]; then
@@ -260,7 +303,12 @@ identity() {
 if [[ "$secure" == on ]]; then
   if [[ -z "$nats_url" ]]; then
     nats_auth_dir=${nats_auth_dir:-$repo/target/run/nats-auth}
-    "$bin_dir/nats-auth" --out "$nats_auth_dir" >/dev/null
+    # The models after the first of each task work on subjects of their own: their roles
+    # may use them too.
+    routed_models=()
+    for name in "${embed_names[@]:1}"; do routed_models+=(--model "$name"); done
+    for name in "${rerank_names[@]:1}"; do routed_models+=(--rerank-model "$name"); done
+    "$bin_dir/nats-auth" --out "$nats_auth_dir" "${routed_models[@]}" >/dev/null
     # JetStream and the users nats-auth wrote (an include is read relative to this file).
     printf '# Written by deploy/local/run.sh --secure.\njetstream: enabled\ninclude "auth.conf"\n' \
       >"$nats_auth_dir/nats-server.conf"
@@ -284,27 +332,51 @@ if [[ -z "$nats_url" ]]; then
 fi
 
 export QWEN3_EMBED_CONFIG_DIR="$config_dir" QWEN3_EMBED_PROFILE="$profile" NATS_URL="$nats_url"
-identity gpu
-for i in $(seq "$gpu_workers"); do
-  add "gpu-worker #$i" "${identity_env[@]}" "$bin_dir/gpu-worker" --model-dir "$model_dir" --model-name "$model_name" --backend "$backend"
-done
-identity tokenizer
-for i in $(seq "$tokenizer_workers"); do
-  add "tokenizer-worker #$i" "${identity_env[@]}" "$bin_dir/tokenizer-worker" --model-dir "$model_dir" --model-name "$model_name"
-done
-gateway_args=(--host "$host" --port "$port" --model "$model_name")
-if [[ -n "$rerank_dir" ]]; then
-  # The reranker's own pools: rerank GPU workers pull only the rerank stream.
-  identity rerank-gpu
+# add_pool TASK INDEX: adds the GPU and tokenizer workers of model INDEX of TASK (embed or
+# rerank). The first model of a task works on the default subjects; every further one on
+# subjects of its own (QWEN3_EMBED__NATS__MODEL_SUBJECTS), its workers named after it in
+# run.sh's lines ("gpu-worker NAME #1").
+add_pool() {
+  local task=$1 index=$2 dir name label="" role="" task_args=() suffix="" i
+  if [[ $task == rerank ]]; then
+    dir=${rerank_dirs[index]} name=${rerank_names[index]}
+    label="rerank " role="rerank-" task_args=(--task rerank)
+  else
+    dir=${embed_dirs[index]} name=${embed_names[index]}
+  fi
+  ((index == 0)) || suffix=" $name"
+  worker_env "${role}gpu" "$index"
   for i in $(seq "$gpu_workers"); do
-    add "rerank gpu-worker #$i" "${identity_env[@]}" "$bin_dir/gpu-worker" --task rerank --model-dir "$rerank_dir" --model-name "$rerank_name" --backend "$backend"
+    add "${label}gpu-worker$suffix #$i" "${worker_env[@]}" "$bin_dir/gpu-worker" "${task_args[@]}" \
+      --model-dir "$dir" --model-name "$name" --backend "$backend"
   done
-  identity rerank-tokenizer
+  worker_env "${role}tokenizer" "$index"
   for i in $(seq "$tokenizer_workers"); do
-    add "rerank tokenizer-worker #$i" "${identity_env[@]}" "$bin_dir/tokenizer-worker" --task rerank --model-dir "$rerank_dir" --model-name "$rerank_name"
+    add "${label}tokenizer-worker$suffix #$i" "${worker_env[@]}" "$bin_dir/tokenizer-worker" "${task_args[@]}" \
+      --model-dir "$dir" --model-name "$name"
   done
-  gateway_args+=(--rerank-model "$rerank_name")
-fi
+}
+# worker_env ROLE INDEX: sets worker_env to the env(1) arguments of a worker of ROLE serving
+# model INDEX of its task: its NATS identity (--secure), and its own subjects after the first
+# model; empty when it needs neither.
+worker_env=()
+worker_env() {
+  identity "$1"
+  worker_env=("${identity_env[@]}")
+  if (($2 > 0)); then worker_env=(env QWEN3_EMBED__NATS__MODEL_SUBJECTS=true "${identity_env[@]:1}"); fi
+}
+# listed NAME...: the names as one line, the first marked as the default.
+listed() {
+  local line="$1 (default)" name
+  for name in "${@:2}"; do line+=", $name"; done
+  echo "$line"
+}
+for index in "${!embed_names[@]}"; do add_pool embed "$index"; done
+# The gateway serves the default models by name and finds the others in the workers'
+# status answers. The rerankers' pools pull only the rerank streams.
+gateway_args=(--host "$host" --port "$port" --model "${embed_names[0]}")
+for index in "${!rerank_names[@]}"; do add_pool rerank "$index"; done
+if ((${#rerank_names[@]})); then gateway_args+=(--rerank-model "${rerank_names[0]}"); fi
 identity gateway
 add gateway "${identity_env[@]}" "$bin_dir/gateway" "${gateway_args[@]}"
 for slot in "${!names[@]}"; do
@@ -325,9 +397,10 @@ healthy() {
 for _ in $(seq 600); do
   if healthy; then
     echo "run.sh: ready at $url  (OpenAI API: $url/v1/embeddings, seed API: $url/api/v1/embedding/api)"
-    echo "run.sh: $tokenizer_workers tokenizer worker(s), $gpu_workers GPU worker(s), backend $backend, NATS $nats_url; Ctrl-C stops"
+    echo "run.sh: $tokenizer_workers tokenizer worker(s), $gpu_workers GPU worker(s) per model, backend $backend, NATS $nats_url; Ctrl-C stops"
     if [[ "$secure" == on ]]; then echo "run.sh: NATS identities on: seeds in $nats_auth_dir (operator.nk for nats CLI work, client.nk for external clients)"; fi
-    if [[ -n "$rerank_dir" ]]; then echo "run.sh: reranker $rerank_name: $url/v1/rerank, $url/rerank"; fi
+    echo "run.sh: embedding models: $(listed "${embed_names[@]}")"
+    if ((${#rerank_names[@]})); then echo "run.sh: rerankers: $(listed "${rerank_names[@]}"): $url/v1/rerank, $url/rerank"; fi
     processes=""
     for slot in "${!names[@]}"; do processes+="${names[slot]} (pid ${pids[slot]}), "; done
     echo "run.sh: processes: ${processes%, }; each is restarted when it exits"

@@ -6,336 +6,39 @@
 //! once; a process that dies during start-up stops run.sh; SIGTERM stops everything and
 //! leaves no process behind. With `--secure`, every process connects under its own NATS
 //! identity, an embedding matches the golden vector, and a client without a seed is
-//! refused.
+//! refused. With two `--model`s, each model is served by its own pool, the second on
+//! subjects of its own under the identities nats-auth wrote for it, chosen by the request's
+//! `model`; an unknown model gets 404, and two models sharing a subject token are refused.
 //!
 //! The binaries must be built first: `cargo build --workspace --bins`.
 //! The tests run one at a time (each starts a whole stack; the machine has two cores).
 
 #[path = "faults/load.rs"]
 mod load;
+#[path = "launcher/stack.rs"]
+mod stack;
 mod support;
 
-use std::collections::BTreeMap;
-use std::fs::File;
 use std::net::TcpListener;
-use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::Duration;
 
-use e2e_tests::harness::{FAULT_ENV, serial, signal, wait_serving};
+use common::wire::{WorkerKind, WorkerStatus};
+use e2e_tests::free_port;
+use e2e_tests::harness::{serial, signal, wait_serving};
 use e2e_tests::load::{Load, assert_flawless};
-use e2e_tests::process::{bin_dir, binary};
-use e2e_tests::{free_port, nats_server_binary, repo_root, tiny_model_dir};
 use load::embedding_templates;
 use serde_json::json;
-use support::{wait_for_worker_counts, wait_healthy};
+use stack::{
+    Launcher, RESTART_PATIENCE, START_PATIENCE, alive, group_members, line_after, operator,
+    restarted_pid, stop_and_check_clean, supervision_lines,
+};
+use support::{wait_for_worker_counts, wait_healthy, worker_statuses};
 use tokio::time::{Instant, sleep};
-
-/// Settings run.sh passes on to every process, over its default (`dev`) profile, besides
-/// [`FAULT_ENV`] (a dead GPU worker's batches come back after 2 s; requests have 15 s): the
-/// load's 20 clients are all admitted (the profile admits 10 at once); no answer cache, so
-/// every request reaches the workers.
-const ENV: &[(&str, &str)] = &[
-    ("QWEN3_EMBED__GATEWAY__MAX_CONCURRENT_QUERIES", "64"),
-    ("QWEN3_EMBED__GATEWAY__CACHE_SIZE", "0"),
-];
 
 /// Concurrent HTTP clients of the load.
 const CLIENTS: usize = 20;
-
-/// How long the stack may take to answer /health (debug binaries, tiny model).
-const START_PATIENCE: Duration = Duration::from_secs(60);
-
-/// How long a restart may take to show: the backoffs of these tests (1 s, 2 s) plus a
-/// process start, with a wide margin.
-const RESTART_PATIENCE: Duration = Duration::from_secs(30);
-
-/// How long run.sh may take to stop after SIGTERM: it gives the stages 10 s to drain, then
-/// stops the nats-server.
-const STOP_PATIENCE: Duration = Duration::from_secs(30);
-
-/// `deploy/local/run.sh` running as the leader of its own process group; the whole group is
-/// killed (SIGKILL) on drop, so a failing test leaves no process behind.
-struct Launcher {
-    child: Child,
-    /// run.sh's stdout (its ready lines, the processes' logs).
-    stdout: PathBuf,
-    /// run.sh's stderr (its supervision lines, the processes' logs).
-    stderr: PathBuf,
-    /// Its exit status once reaped.
-    exited: Option<ExitStatus>,
-}
-
-/// What run.sh said when the stack became healthy.
-struct Ready {
-    /// The gateway's base URL.
-    base: String,
-    /// The URL of the nats-server run.sh started.
-    nats_url: String,
-    /// The pid of each process by its name in run.sh's lines (`gpu-worker #1`).
-    pids: BTreeMap<String, u32>,
-}
-
-impl Ready {
-    /// The pid of process `name`.
-    fn pid(&self, name: &str) -> u32 {
-        *self
-            .pids
-            .get(name)
-            .unwrap_or_else(|| panic!("run.sh named no {name}: {:?}", self.pids))
-    }
-}
-
-impl Launcher {
-    /// Starts `run.sh --model <tiny model> --gpu-workers 2 --backend cpu --port <port>` with
-    /// the debug binaries, [`FAULT_ENV`] and [`ENV`].
-    fn start(port: u16) -> Self {
-        Self::start_with(port, &[])
-    }
-
-    /// [`Launcher::start`] with more arguments for run.sh.
-    fn start_with(port: u16, extra_args: &[&str]) -> Self {
-        for name in ["gateway", "tokenizer-worker", "gpu-worker", "nats-auth"] {
-            binary(name);
-        }
-        let unique = format!("{}-{port}", std::process::id());
-        let stdout = std::env::temp_dir().join(format!("qwen3-embed-run-sh-{unique}.out"));
-        let stderr = std::env::temp_dir().join(format!("qwen3-embed-run-sh-{unique}.err"));
-        let mut command = Command::new(repo_root().join("deploy/local/run.sh"));
-        command
-            .arg("--model")
-            .arg(tiny_model_dir())
-            .args(["--gpu-workers", "2", "--backend", "cpu"])
-            .args(["--port", &port.to_string()])
-            .args(extra_args)
-            .env("QWEN3_EMBED_BIN_DIR", bin_dir())
-            .env("NATS_SERVER", nats_server_binary())
-            .env_remove("NATS_URL")
-            .env_remove("QWEN3_EMBED_CONFIG_DIR")
-            .env_remove("QWEN3_EMBED_PROFILE")
-            .env("NO_COLOR", "1")
-            .env(
-                "RUST_LOG",
-                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
-            )
-            .envs(FAULT_ENV.iter().chain(ENV).copied())
-            .stdin(Stdio::null())
-            .stdout(File::create(&stdout).expect("create run.sh's stdout file"))
-            .stderr(File::create(&stderr).expect("create run.sh's stderr file"))
-            .process_group(0);
-        let child = command.spawn().expect("start deploy/local/run.sh");
-        Self {
-            child,
-            stdout,
-            stderr,
-            exited: None,
-        }
-    }
-
-    /// Its pid, which is also its process group's id.
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// Everything it wrote to stdout so far.
-    fn stdout(&self) -> String {
-        std::fs::read_to_string(&self.stdout).unwrap_or_default()
-    }
-
-    /// Everything it wrote to stderr so far.
-    fn stderr(&self) -> String {
-        std::fs::read_to_string(&self.stderr).unwrap_or_default()
-    }
-
-    /// Waits up to `patience` for it to exit; its status, or `None` if still running.
-    async fn wait_exit(&mut self, patience: Duration) -> Option<ExitStatus> {
-        let deadline = Instant::now() + patience;
-        loop {
-            if self.exited.is_none() {
-                self.exited = self.child.try_wait().expect("poll run.sh");
-            }
-            if self.exited.is_some() || Instant::now() >= deadline {
-                return self.exited;
-            }
-            sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    /// Waits until the stack is healthy and returns what run.sh said about it.
-    async fn wait_ready(&mut self) -> Ready {
-        let deadline = Instant::now() + START_PATIENCE;
-        loop {
-            let stdout = self.stdout();
-            if let Some(processes) = line_after(&stdout, "run.sh: processes: ") {
-                let base = line_after(&stdout, "run.sh: ready at ")
-                    .and_then(|rest| rest.split_whitespace().next())
-                    .expect("the ready line precedes the processes line")
-                    .to_string();
-                let nats_url = stdout
-                    .lines()
-                    .find_map(|line| line.split_once(", NATS ")?.1.split_once(';'))
-                    .expect("run.sh names its NATS URL")
-                    .0
-                    .to_string();
-                return Ready {
-                    base,
-                    nats_url,
-                    pids: parse_processes(processes),
-                };
-            }
-            if let Some(status) = self.wait_exit(Duration::ZERO).await {
-                panic!("run.sh exited with {status} before the stack was ready");
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the stack was not ready within {START_PATIENCE:?}"
-            );
-            sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    /// Waits until a line of its stderr starts with `prefix`; that line.
-    async fn wait_for_stderr(&self, prefix: &str, patience: Duration) -> String {
-        let deadline = Instant::now() + patience;
-        loop {
-            let stderr = self.stderr();
-            if let Some(line) = stderr.lines().find(|line| line.starts_with(prefix)) {
-                return line.to_string();
-            }
-            assert!(
-                Instant::now() < deadline,
-                "run.sh wrote no line `{prefix}...` within {patience:?}"
-            );
-            sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    /// Sends it SIGTERM and waits until it exits; its status.
-    async fn stop(&mut self) -> ExitStatus {
-        signal(self.pid(), "TERM");
-        self.wait_exit(STOP_PATIENCE)
-            .await
-            .unwrap_or_else(|| panic!("run.sh did not stop within {STOP_PATIENCE:?} of SIGTERM"))
-    }
-}
-
-impl Drop for Launcher {
-    fn drop(&mut self) {
-        // The whole group: run.sh and everything it started, whatever state it is in.
-        let _ = Command::new("kill")
-            .args(["-KILL", "--", &format!("-{}", self.pid())])
-            .stderr(Stdio::null())
-            .status();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            for (what, text) in [("stdout", self.stdout()), ("stderr", self.stderr())] {
-                let tail: Vec<&str> = text.lines().rev().take(40).collect();
-                eprintln!("---- last lines of run.sh's {what} ----");
-                for line in tail.iter().rev() {
-                    eprintln!("{line}");
-                }
-            }
-        }
-        let _ = std::fs::remove_file(&self.stdout);
-        let _ = std::fs::remove_file(&self.stderr);
-    }
-}
-
-/// The rest of the first line of `text` that starts with `prefix`.
-fn line_after<'a>(text: &'a str, prefix: &str) -> Option<&'a str> {
-    text.lines().find_map(|line| line.strip_prefix(prefix))
-}
-
-/// `nats-server (pid 1), gpu-worker #1 (pid 2); each is ...` as names and pids.
-fn parse_processes(list: &str) -> BTreeMap<String, u32> {
-    let (list, _) = list.split_once(';').unwrap_or((list, ""));
-    list.split(", ")
-        .map(|entry| {
-            let (name, pid) = entry
-                .rsplit_once(" (pid ")
-                .unwrap_or_else(|| panic!("not `NAME (pid N)`: {entry}"));
-            let pid = pid
-                .trim_end_matches(')')
-                .parse()
-                .expect("a pid is a number");
-            (name.to_string(), pid)
-        })
-        .collect()
-}
-
-/// How many of run.sh's own lines in `stderr` contain `needle` (the processes' log lines
-/// are in the same stream).
-fn supervision_lines(stderr: &str, needle: &str) -> usize {
-    stderr
-        .lines()
-        .filter(|line| line.starts_with("run.sh: ") && line.contains(needle))
-        .count()
-}
-
-/// The pid in a supervision line `run.sh: NAME restarted (pid N)`.
-fn restarted_pid(line: &str) -> u32 {
-    line.rsplit_once("(pid ")
-        .and_then(|(_, pid)| pid.trim_end_matches(')').parse().ok())
-        .unwrap_or_else(|| panic!("no pid in `{line}`"))
-}
-
-/// A process's state letter and process group, from `/proc/<pid>/stat`; `None` when there
-/// is no such process.
-fn state_and_group(pid: u32) -> Option<(char, u32)> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // `pid (comm) state ppid pgrp ...`; comm may hold spaces and parentheses.
-    let (_, rest) = stat.rsplit_once(')')?;
-    let mut fields = rest.split_whitespace();
-    let state = fields.next()?.chars().next()?;
-    let group = fields.nth(1)?.parse().ok()?;
-    Some((state, group))
-}
-
-/// Whether process `pid` runs (exists and is no zombie).
-fn alive(pid: u32) -> bool {
-    state_and_group(pid).is_some_and(|(state, _)| state != 'Z')
-}
-
-/// The live processes of process group `group`.
-fn group_members(group: u32) -> Vec<u32> {
-    let entries = std::fs::read_dir("/proc").expect("read /proc");
-    entries
-        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|&pid| state_and_group(pid).is_some_and(|(s, g)| g == group && s != 'Z'))
-        .collect()
-}
-
-/// Sends run.sh SIGTERM and checks it exits 0 having stopped everything: none of `pids`
-/// runs, nothing of its process group is left, and nothing was restarted meanwhile.
-async fn stop_and_check_clean(launcher: &mut Launcher, pids: &[u32]) {
-    let restarts_before = supervision_lines(&launcher.stderr(), " restarted (pid ");
-    let status = launcher.stop().await;
-    assert!(
-        status.success(),
-        "run.sh exited with {status} after SIGTERM"
-    );
-    assert!(launcher.stdout().contains("run.sh: stopping"));
-    // run.sh waits for its children before it exits; allow the kernel a moment anyway.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let left: Vec<u32> = pids.iter().copied().filter(|&pid| alive(pid)).collect();
-        let group = group_members(launcher.pid());
-        if left.is_empty() && group.is_empty() {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "processes left after run.sh stopped: {left:?}, its group: {group:?}"
-        );
-        sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(
-        supervision_lines(&launcher.stderr(), " restarted (pid "),
-        restarts_before,
-        "a process was restarted during shutdown"
-    );
-}
 
 #[test]
 fn gpu_worker_killed_under_load_is_restarted_and_no_request_fails() {
@@ -528,22 +231,228 @@ fn secure_stack_gives_every_process_its_own_nats_identity() {
             async_nats::connect(ready.nats_url.as_str()).await.is_err(),
             "the nats-server of run.sh --secure admitted a client without credentials"
         );
-        let operator = common::nats::NatsConfig {
-            url: ready.nats_url.clone(),
-            identity: Some("operator".into()),
-            nkey_file: Some(auth_dir.join("operator.nk")),
-            ..common::nats::NatsConfig::default()
-        }
-        .options("operator")
-        .await
-        .expect("operator settings")
-        .connect(ready.nats_url.as_str())
-        .await
-        .expect("the operator's seed is admitted");
+        let operator = operator(&ready, &auth_dir).await;
         wait_for_worker_counts(&operator, 1, 2).await;
 
         let pids: Vec<u32> = ready.pids.values().copied().collect();
         stop_and_check_clean(&mut launcher, &pids).await;
         std::fs::remove_dir_all(&auth_dir).expect("remove the seeds");
     });
+}
+
+/// The name run.sh gives the second model: its directory's name.
+const SECOND_MODEL: &str = "qwen3-tiny-second";
+
+/// A copy of the tiny model in a directory named [`SECOND_MODEL`] under `parent`: the same
+/// weights under another name, so its vectors are the golden ones too.
+fn second_model_dir(parent: &Path) -> PathBuf {
+    let dir = parent.join(SECOND_MODEL);
+    std::fs::create_dir_all(&dir).expect("create the second model's directory");
+    for entry in std::fs::read_dir(e2e_tests::tiny_model_dir()).expect("read the tiny model") {
+        let entry = entry.expect("a directory entry");
+        std::fs::copy(entry.path(), dir.join(entry.file_name())).expect("copy a model file");
+    }
+    dir
+}
+
+/// Sequences computed so far by the GPU workers of model `name`, as they report them.
+fn sequences_of(statuses: &[WorkerStatus], name: &str) -> u64 {
+    statuses
+        .iter()
+        .filter(|s| s.kind == WorkerKind::Gpu && s.model == name)
+        .map(|s| s.sequences)
+        .sum()
+}
+
+/// Embeds the golden document case through `/v1/embeddings`, naming `model` when given;
+/// checks the vector against the golden one and returns the `model` the answer names.
+async fn embed_golden(http: &reqwest::Client, base: &str, model: Option<&str>) -> String {
+    let case = support::golden()["cases"]
+        .as_array()
+        .expect("cases")
+        .iter()
+        .find(|c| c["is_query"] == false)
+        .expect("a document case")
+        .clone();
+    let mut body = json!({"input": [case["text"]]});
+    if let Some(model) = model {
+        body["model"] = json!(model);
+    }
+    let response = http
+        .post(format!("{base}/v1/embeddings"))
+        .json(&body)
+        .send()
+        .await
+        .expect("embedding request sent");
+    let status = response.status();
+    let answer: serde_json::Value = response.json().await.expect("JSON body");
+    assert_eq!(status, 200, "model {model:?}: {answer}");
+    let got = support::floats(&answer["data"][0]["embedding"]);
+    let diff = support::max_abs_diff(&got, &support::floats(&case["embedding"]));
+    assert!(diff < 2e-5, "model {model:?}: max abs diff {diff}");
+    answer["model"]
+        .as_str()
+        .expect("the answer names its model")
+        .to_string()
+}
+
+#[test]
+fn two_models_are_served_each_by_its_own_pool() {
+    serial(async {
+        let base_dir = std::env::temp_dir().join(format!(
+            "qwen3-embed-run-sh-models-{}-{}",
+            std::process::id(),
+            free_port()
+        ));
+        let second = second_model_dir(&base_dir);
+        let auth_dir = base_dir.join("nats-auth");
+        let mut launcher = Launcher::start_with(
+            free_port(),
+            &[
+                "--model",
+                second.to_str().expect("UTF-8 path"),
+                "--secure",
+                "--nats-auth-dir",
+                auth_dir.to_str().expect("UTF-8 path"),
+            ],
+        );
+        let ready = launcher.wait_ready().await;
+        let stdout = launcher.stdout();
+        assert!(
+            stdout.contains(&format!(
+                "run.sh: embedding models: qwen3-tiny (default), {SECOND_MODEL}\n"
+            )),
+            "{stdout}"
+        );
+        for process in [
+            "gpu-worker #1",
+            "tokenizer-worker #1",
+            "gpu-worker qwen3-tiny-second #1",
+            "gpu-worker qwen3-tiny-second #2",
+            "tokenizer-worker qwen3-tiny-second #1",
+        ] {
+            ready.pid(process);
+        }
+        let http = reqwest::Client::new();
+        wait_healthy(&http, &ready.base, START_PATIENCE).await;
+
+        // Both pools answer the one status subject, the second on its own route, all under
+        // the identities nats-auth wrote (a worker refused its subjects would have exited
+        // and stopped run.sh's start).
+        let operator = operator(&ready, &auth_dir).await;
+        wait_for_worker_counts(&operator, 2, 4).await;
+        let statuses = worker_statuses(&operator).await;
+        for status in &statuses {
+            let route = (status.model == SECOND_MODEL).then_some(SECOND_MODEL);
+            assert_eq!(status.route.as_deref(), route, "{status:?}");
+        }
+        for (kind, count) in [(WorkerKind::Tokenizer, 1), (WorkerKind::Gpu, 2)] {
+            let serving = |name: &str| {
+                let of = |s: &&WorkerStatus| s.kind == kind && s.model == name;
+                statuses.iter().filter(of).count()
+            };
+            assert_eq!(serving("qwen3-tiny"), count, "{kind:?}: {statuses:?}");
+            assert_eq!(serving(SECOND_MODEL), count, "{kind:?}: {statuses:?}");
+        }
+
+        // Each request is computed by the pool of the model it names: the default one for
+        // none, the second's for its name.
+        for (requested, served) in [
+            (None, "qwen3-tiny"),
+            (Some("qwen3-tiny"), "qwen3-tiny"),
+            (Some(SECOND_MODEL), SECOND_MODEL),
+        ] {
+            let before = worker_statuses(&operator).await;
+            let named = embed_golden(&http, &ready.base, requested).await;
+            assert_eq!(named, served, "requested {requested:?}");
+            let other = if served == SECOND_MODEL {
+                "qwen3-tiny"
+            } else {
+                SECOND_MODEL
+            };
+            let deadline = Instant::now() + Duration::from_secs(10);
+            let after = loop {
+                let after = worker_statuses(&operator).await;
+                if sequences_of(&after, served) > sequences_of(&before, served) {
+                    break after;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "no GPU worker of {served} computed the request for {requested:?}"
+                );
+                sleep(Duration::from_millis(100)).await;
+            };
+            assert_eq!(
+                sequences_of(&after, other),
+                sequences_of(&before, other),
+                "{other}'s pool computed the request for {requested:?}"
+            );
+        }
+
+        // A model nobody serves: 404 naming the models that are.
+        let response = http
+            .post(format!("{}/v1/embeddings", ready.base))
+            .json(&json!({"model": "no-such-model", "input": ["x"]}))
+            .send()
+            .await
+            .expect("request sent");
+        assert_eq!(response.status(), 404);
+        let error: serde_json::Value = response.json().await.expect("JSON body");
+        assert_eq!(error["error"]["code"], "model_not_found", "{error}");
+        let message = error["error"]["message"].as_str().expect("a message");
+        for name in ["no-such-model", "qwen3-tiny", SECOND_MODEL] {
+            assert!(message.contains(name), "{message}");
+        }
+        let listed: serde_json::Value = http
+            .get(format!("{}/v1/models", ready.base))
+            .send()
+            .await
+            .expect("models listed")
+            .json()
+            .await
+            .expect("JSON body");
+        let ids: Vec<&str> = listed["data"]
+            .as_array()
+            .expect("data")
+            .iter()
+            .filter_map(|m| m["id"].as_str())
+            .collect();
+        assert!(
+            ids.contains(&"qwen3-tiny") && ids.contains(&SECOND_MODEL),
+            "{listed}"
+        );
+
+        let pids: Vec<u32> = ready.pids.values().copied().collect();
+        stop_and_check_clean(&mut launcher, &pids).await;
+        std::fs::remove_dir_all(&base_dir).expect("remove the second model and the seeds");
+    });
+}
+
+#[test]
+fn two_models_sharing_a_subject_token_are_refused() {
+    let base_dir = std::env::temp_dir().join(format!(
+        "qwen3-embed-run-sh-same-token-{}-{}",
+        std::process::id(),
+        free_port()
+    ));
+    // `Qwen3-Tiny` and `qwen3-tiny` differ as names, not as subject tokens.
+    let upper = base_dir.join("Qwen3-Tiny");
+    std::fs::create_dir_all(&upper).expect("create the directory");
+    let output = Command::new(e2e_tests::repo_root().join("deploy/local/run.sh"))
+        .arg("--model")
+        .arg(e2e_tests::tiny_model_dir())
+        .arg("--model")
+        .arg(&upper)
+        .env("QWEN3_EMBED_BIN_DIR", e2e_tests::process::bin_dir())
+        .output()
+        .expect("run deploy/local/run.sh");
+    std::fs::remove_dir_all(&base_dir).expect("remove the directory");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(
+            "run.sh: --model qwen3-tiny and --model Qwen3-Tiny share the subject token qwen3-tiny"
+        ),
+        "{stderr}"
+    );
 }

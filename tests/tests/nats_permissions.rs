@@ -5,12 +5,14 @@
 //! the stream; a GPU worker cannot delete the stream either; a connection without
 //! credentials, or with a seed the server does not know, is refused; a rotated key is
 //! refused once the server reloads, while the new seed and the other roles get in. The
-//! real pipeline, each
-//! stage under its own role, serves embeddings over HTTP and to an external client over
-//! NATS without a single permission violation in the server's log.
+//! real pipeline, each stage under its own role, serves embeddings over HTTP and to an
+//! external client over NATS without a single permission violation in the server's log. A
+//! model on subjects of its own is served under its task's roles ([`routed_models`]).
 //!
 //! The binaries must be built first: `cargo build --workspace --bins` (for `nats-auth`).
 
+#[path = "nats_permissions/routed_models.rs"]
+mod routed_models;
 mod support;
 
 use std::path::{Path, PathBuf};
@@ -57,13 +59,18 @@ impl Secured {
     /// Writes credentials with `nats-auth` (roles plus the client `client`) and starts a
     /// nats-server with JetStream and the written `auth.conf`.
     fn start(name: &str) -> Self {
+        Self::start_with(name, &[])
+    }
+
+    /// [`Secured::start`] with more arguments for `nats-auth`.
+    fn start_with(name: &str, nats_auth_args: &[&str]) -> Self {
         let base = std::env::temp_dir().join(format!(
             "qwen3-nats-permissions-{name}-{}-{}",
             std::process::id(),
             free_port()
         ));
         let dir = base.join("auth");
-        run_nats_auth(&dir);
+        run_nats_auth_with(&dir, nats_auth_args);
         let log = base.join("nats-server.log");
         // The server's name in its configuration file too: a reload (SIGHUP) reads the file
         // again and refuses a name that changed from the command line's.

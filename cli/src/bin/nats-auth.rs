@@ -6,7 +6,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use embed_jsonl::nats_auth::{AUTH_CONF, DEFAULT_CLIENT, SeedState, Settings, generate};
+use embed_jsonl::nats_auth::{
+    AUTH_CONF, DEFAULT_CLIENT, RoutedModels, SeedState, Settings, generate,
+};
 
 /// Writes NATS credentials for every role of a qwen3-embed deployment: `auth.conf` (include
 /// it in nats-server's configuration) and `<role>.nk` (the NKey seed each process reads
@@ -29,6 +31,16 @@ struct Options {
     /// rerank-gpu, operator or a client.
     #[arg(long)]
     rotate: Vec<String>,
+    /// An embedding model served on subjects of its own (repeatable), by the name its
+    /// workers report (`--model-name`; workers with `[nats] model_subjects = true`): the
+    /// tokenizer and gpu roles may serve it, the gateway and clients request it. The
+    /// default model needs none.
+    #[arg(long = "model", value_name = "NAME")]
+    models: Vec<String>,
+    /// A reranker served on subjects of its own (repeatable), as `--model` for the
+    /// rerank-tokenizer and rerank-gpu roles.
+    #[arg(long = "rerank-model", value_name = "NAME")]
+    rerank_models: Vec<String>,
 }
 
 fn main() -> ExitCode {
@@ -38,6 +50,10 @@ fn main() -> ExitCode {
         prefix: options.prefix,
         clients: options.clients,
         rotate: options.rotate,
+        models: RoutedModels {
+            embed: options.models,
+            rerank: options.rerank_models,
+        },
     };
     match generate(&settings) {
         Ok(generated) => {

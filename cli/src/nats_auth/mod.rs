@@ -3,6 +3,10 @@
 //! (`auth.conf`, [`conf`]) and one seed file per role (`<role>.nk`, mode 0600, in a
 //! directory of mode 0700).
 //!
+//! Models served on subjects of their own (`[nats] model_subjects`) are named with
+//! `--model` and `--rerank-model`: the roles of their task may also use those models'
+//! subjects ([`RoutedModels`]).
+//!
 //! Seeds are kept: running the tool again reuses every seed it finds (adding the roles
 //! that have none) and rewrites `auth.conf` from them, so it is safe to run on every
 //! start. `--rotate ROLE` replaces that role's seed; nats-server then needs a reload and
@@ -16,10 +20,10 @@ use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-use common::subjects::is_identity;
+use common::subjects::{is_identity, model_token};
 use nkeys::KeyPair;
 
-pub use roles::{Role, SERVICE_ROLES, roles};
+pub use roles::{Role, RoutedModels, SERVICE_ROLES, roles};
 
 /// The name of the configuration include in the output directory.
 pub const AUTH_CONF: &str = "auth.conf";
@@ -38,6 +42,8 @@ pub struct Settings {
     pub clients: Vec<String>,
     /// Roles whose seeds are replaced.
     pub rotate: Vec<String>,
+    /// The models served on subjects of their own, beside the default ones.
+    pub models: RoutedModels,
 }
 
 /// What became of a role's seed.
@@ -76,6 +82,9 @@ pub enum NatsAuthError {
     /// A client identity is a service role's, or given twice.
     #[error("client `{0}` is a service role's name or given twice; pick another")]
     DuplicateClient(String),
+    /// A model name gives no subject token (it is empty).
+    #[error("{0} `{1}`: a model name must not be empty")]
+    Model(&'static str, String),
     /// `--rotate` names no role of this deployment.
     #[error("--rotate {0}: no such role (roles: {1})")]
     UnknownRole(String, String),
@@ -101,7 +110,7 @@ pub enum NatsAuthError {
 /// then `auth.conf` naming their public keys.
 pub fn generate(settings: &Settings) -> Result<Vec<Generated>, NatsAuthError> {
     check(settings)?;
-    let roles = roles(&settings.prefix, &settings.clients);
+    let roles = roles(&settings.prefix, &settings.clients, &settings.models);
     DirBuilder::new()
         .recursive(true)
         .mode(0o700)
@@ -139,10 +148,18 @@ pub fn generate(settings: &Settings) -> Result<Vec<Generated>, NatsAuthError> {
     Ok(generated)
 }
 
-/// Refuses a bad prefix, bad or colliding client names and unknown roles to rotate.
+/// Refuses a bad prefix, empty model names, bad or colliding client names and unknown
+/// roles to rotate.
 fn check(settings: &Settings) -> Result<(), NatsAuthError> {
     if !settings.prefix.split('.').all(is_identity) {
         return Err(NatsAuthError::Prefix(settings.prefix.clone()));
+    }
+    if let Some((flag, name)) = settings
+        .models
+        .named()
+        .find(|(_, name)| model_token(name).is_empty())
+    {
+        return Err(NatsAuthError::Model(flag, name.to_string()));
     }
     let mut names: Vec<&str> = SERVICE_ROLES.to_vec();
     for client in &settings.clients {
@@ -228,6 +245,7 @@ mod tests {
             prefix: "embed".into(),
             clients: vec![DEFAULT_CLIENT.into()],
             rotate: vec![],
+            models: RoutedModels::default(),
         }
     }
 
@@ -309,6 +327,17 @@ mod tests {
             ..base.clone()
         };
         assert!(refused(rotate).contains("--rotate nobody"));
+        let unnamed = Settings {
+            models: RoutedModels {
+                embed: vec!["qwen3-big".into()],
+                rerank: vec![String::new()],
+            },
+            ..base.clone()
+        };
+        assert_eq!(
+            refused(unnamed),
+            "--rerank-model ``: a model name must not be empty"
+        );
         assert!(!dir.exists(), "nothing is written for refused settings");
 
         std::fs::create_dir_all(&dir).unwrap();
