@@ -1,13 +1,15 @@
 //! Test support: a real `nats-server` on a free port (or a cluster of three), the fixture
 //! locations, the pipeline's binaries as child processes ([`process`]), and what the tests
 //! of whole stacks under faults share: running alone, signals, waiting until a stack serves
-//! ([`harness`]), and a background load of checked requests ([`load`]).
+//! ([`harness`]), a background load of checked requests ([`load`]), and random-weight
+//! models generated once per target directory for tests that need a second shape ([`models`]).
 //!
 //! The server binary is `$NATS_SERVER`, else `.venv/bin/nats-server` in the repository (put
 //! there by `deploy/local/setup.sh`), else `nats-server` on `PATH`.
 
 pub mod harness;
 pub mod load;
+pub mod models;
 pub mod process;
 
 use std::io::{BufRead, BufReader};
