@@ -356,6 +356,62 @@ async fn a_model_whose_workers_start_later_is_served_without_restart() {
 }
 
 #[tokio::test]
+async fn health_asks_for_the_default_models_workers_not_another_models() {
+    let harness = Harness::start(|_| {}).await;
+    let only_second = vec![
+        routed_status(WorkerKind::Tokenizer, "second-tok", SECOND, SECOND_WIDTH),
+        routed_status(WorkerKind::Gpu, "second-gpu", SECOND, SECOND_WIDTH),
+    ];
+    let statuses = harness.fake_statuses(only_second).await;
+    // Until discovery has seen the second pool, a 503 would prove nothing.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let debug: Value = harness.get("/debug").await.json().await.unwrap();
+        let models = debug["models"].as_array().cloned().unwrap_or_default();
+        if models.iter().any(|m| m["model"] == SECOND) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "discovery never saw the pool"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let response = harness.get("/health").await;
+    assert_eq!(
+        response.status(),
+        503,
+        "only another model's workers answer"
+    );
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["tokenizer_workers"], 0);
+    assert_eq!(body["gpu_workers"], 0);
+    statuses.abort();
+
+    let both = harness.fake_statuses(two_pools()).await;
+    // The first answer may come from the cache of the previous discovery: wait it out.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let response = harness.get("/health").await;
+        if response.status() == 200 {
+            let body: Value = response.json().await.unwrap();
+            assert_eq!(
+                body["tokenizer_workers"], 1,
+                "the second pool is not counted"
+            );
+            assert_eq!(body["gpu_workers"], 1);
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "health never became ready"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    both.abort();
+}
+
+#[tokio::test]
 async fn rerank_and_tokenize_calls_go_to_the_named_models_subjects() {
     let harness = Harness::start(|_| {}).await;
     let mut statuses = two_pools();

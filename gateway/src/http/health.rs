@@ -1,5 +1,7 @@
 //! `GET /health` (and under `root_path`): ready only when at least one tokenizer worker and
-//! one GPU worker with the model loaded answer discovery.
+//! one GPU worker of the default embedding model (the bare subjects, the model requests
+//! without `model` go to) answer discovery with the model loaded. Workers of further models
+//! (routes of their own) and rerank workers do not make the gateway ready.
 
 use axum::Json;
 use axum::extract::State;
@@ -20,9 +22,9 @@ pub struct Health {
     pub model: String,
     /// Whether a GPU worker has the model loaded.
     pub model_loaded: bool,
-    /// Loaded tokenizer workers that answered.
+    /// Loaded tokenizer workers of the default model that answered.
     pub tokenizer_workers: usize,
-    /// Loaded GPU workers that answered.
+    /// Loaded GPU workers of the default model that answered.
     pub gpu_workers: usize,
     /// Loaded rerank tokenizer workers that answered (rerank is optional: health does not
     /// depend on them).
@@ -49,8 +51,8 @@ pub struct Health {
 )]
 pub async fn health(State(state): State<AppState>) -> Response {
     let snapshot = state.discovery.workers().await;
-    let tokenizer_workers = snapshot.loaded(WorkerKind::Tokenizer);
-    let gpu_workers = snapshot.loaded(WorkerKind::Gpu);
+    let tokenizer_workers = snapshot.loaded_default(WorkerKind::Tokenizer);
+    let gpu_workers = snapshot.loaded_default(WorkerKind::Gpu);
     let reason = match (&snapshot.error, tokenizer_workers, gpu_workers) {
         (Some(error), _, _) => Some(error.clone()),
         (None, 0, 0) => {

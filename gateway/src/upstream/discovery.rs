@@ -40,6 +40,15 @@ impl Snapshot {
             .count()
     }
 
+    /// Workers of `kind` serving a task's default model (no route of their own), with their
+    /// model loaded and not unhealthy: what `/health` asks for.
+    pub fn loaded_default(&self, kind: WorkerKind) -> usize {
+        self.workers
+            .iter()
+            .filter(|w| w.kind == kind && w.route.is_none() && w.serving())
+            .count()
+    }
+
     /// Sequences waiting in the tokenizer workers (the pipeline's queue depth).
     pub fn queue_depth(&self) -> u64 {
         self.workers
