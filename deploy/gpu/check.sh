@@ -77,7 +77,7 @@ if QWEN3_REQUIRE_NVRTC=1 timeout "$(cap 90)" "$here/tests/cuda_kernels_compile" 
 else
     kernels=FAIL
 fi
-note "kernels (NVRTC, sm_80 + sm_90): $kernels"
+note "kernels (NVRTC, sm_80 + sm_90 + sm_90a): $kernels"
 
 # --- 2. CUDA tests, each in its own process: a sticky device error (an illegal address, say)
 #        poisons the whole process's context, and must not hide the tests after it ---------------

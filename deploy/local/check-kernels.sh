@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Compiles every CUDA kernel (gpu-worker/kernels/*.cu) with NVRTC for sm_80 and sm_90 on a
-# machine without a GPU, failing on any error or warning, and prints ptxas' register and spill
-# report. NVRTC comes from the pinned pip wheel in .venv-cuda (created on first use). The
-# kernels include no CUDA header, so no include path is needed.
+# Compiles every CUDA kernel (gpu-worker/kernels/*.cu) with NVRTC for sm_80 (A100), sm_90
+# (H100/H200) and sm_90a (Hopper with its architecture-specific features) on a machine without
+# a GPU, failing on any error or warning or on a register spill in a kernel the model runs at
+# production sizes, and prints ptxas' register and spill report. NVRTC comes from the pinned
+# pip wheel in .venv-cuda (created on first use). The kernels include no CUDA header, so no
+# include path is needed.
 #
 # Usage: deploy/local/check-kernels.sh   (from anywhere; about a minute on a cold build)
 set -euo pipefail

@@ -1,6 +1,7 @@
-// Helpers shared by every kernel in this folder: bf16 <-> f32 conversion and sums across a
-// warp or a block. Self-contained on purpose: the kernels include no CUDA header, so NVRTC
-// needs no include path at run time (src/cuda/compile.rs passes this file in memory).
+// Helpers shared by every kernel in this folder: bf16 <-> f32 conversion, 16-byte loads and
+// stores of eight values, and sums across a warp or a block. Self-contained on purpose: the
+// kernels include no CUDA header, so NVRTC needs no include path at run time
+// (src/cuda/compile.rs passes this file in memory).
 #pragma once
 
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
@@ -27,6 +28,40 @@ __device__ __forceinline__ unsigned int pack_bf16x2(float lo, float hi) {
     unsigned int r;
     asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
     return r;
+}
+
+// Eight consecutive values moved in 16-byte accesses, as the one-warp-per-row kernels do: two
+// float4 for f32, one uint4 for bf16. `p` must be 16-byte aligned (their launchers check).
+__device__ __forceinline__ void load_f32x8(const float* p, float v[8]) {
+    const float4 a = reinterpret_cast<const float4*>(p)[0];
+    const float4 b = reinterpret_cast<const float4*>(p)[1];
+    v[0] = a.x; v[1] = a.y; v[2] = a.z; v[3] = a.w;
+    v[4] = b.x; v[5] = b.y; v[6] = b.z; v[7] = b.w;
+}
+
+__device__ __forceinline__ void store_f32x8(float* p, const float v[8]) {
+    reinterpret_cast<float4*>(p)[0] = make_float4(v[0], v[1], v[2], v[3]);
+    reinterpret_cast<float4*>(p)[1] = make_float4(v[4], v[5], v[6], v[7]);
+}
+
+__device__ __forceinline__ void load_bf16x8(const bf16* p, float v[8]) {
+    const uint4 raw = *reinterpret_cast<const uint4*>(p);
+    const unsigned int words[4] = {raw.x, raw.y, raw.z, raw.w};
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        v[2 * i] = __uint_as_float(words[i] << 16);  // the lower index sits in the low half
+        v[2 * i + 1] = __uint_as_float(words[i] & 0xffff0000u);
+    }
+}
+
+__device__ __forceinline__ void store_bf16x8(bf16* p, const float v[8]) {
+    *reinterpret_cast<uint4*>(p) = make_uint4(pack_bf16x2(v[0], v[1]), pack_bf16x2(v[2], v[3]),
+                                              pack_bf16x2(v[4], v[5]), pack_bf16x2(v[6], v[7]));
+}
+
+// The row of the calling warp in a one-warp-per-row launch (blockDim (32, rows per block)).
+__device__ __forceinline__ long long row_of_warp() {
+    return (long long)blockIdx.x * blockDim.y + threadIdx.y;
 }
 
 __device__ __forceinline__ float warp_sum(float v) {

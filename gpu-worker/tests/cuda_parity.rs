@@ -171,16 +171,26 @@ fn embed_matches_cpu() {
     }
 }
 
+/// Shapes of the row-wise ops `rms_norm`, `add_rms_norm` and `add`, covering both of their
+/// kernels (see `src/cuda/rms_norm.rs`): widths that are a multiple of 8 take the
+/// one-warp-per-row vector kernels (8 = one busy lane, 1000 = lanes with unequal shares,
+/// 1024 = the real hidden size), the others the scalar kernels (36, 100); row counts that are
+/// not a multiple of the 8 rows of a vector block.
+const ROW_SHAPES: &[(usize, usize)] = &[
+    (1, 32),
+    (3, 8),
+    (9, 36),
+    (3, 100),
+    (37, 1024),
+    (5, 1000),
+    (13, 1024),
+];
+
 #[test]
 fn rms_norm_matches_cpu() {
     let Some(gpu) = gpu() else { return };
     let mut rng = StdRng::seed_from_u64(2);
-    for (rows, cols, scale) in [
-        (1, 16, 1.0),
-        (3, 100, 0.05),
-        (37, 1024, 1.0),
-        (5, 1000, 30.0),
-    ] {
+    for (&(rows, cols), scale) in ROW_SHAPES.iter().zip([1.0, 0.05, 30.0].into_iter().cycle()) {
         let weight = Weight::norm(&mut rng, cols);
         let (x_cpu, x_gpu) = both(
             &gpu,
@@ -196,11 +206,21 @@ fn rms_norm_matches_cpu() {
                 1e-6,
             )
             .unwrap();
+        let w_gpu = gpu.vector(weight.view()).unwrap();
         let got = gpu
-            .rms_norm(&x_gpu, &gpu.vector(weight.view()).unwrap(), 1e-6)
+            .to_host(&gpu.rms_norm(&x_gpu, &w_gpu, 1e-6).unwrap())
             .unwrap();
         let what = format!("rms_norm {rows}x{cols}");
-        assert_close(&what, &gpu.to_host(&got).unwrap(), &want.data, BF16);
+        assert_close(&what, &got, &want.data, BF16);
+
+        // The last row alone (the last, partly filled block of a batch) is bit-identical.
+        let last_row = &x_cpu.data[(rows - 1) * cols..];
+        let x_last = gpu.upload_tensor(1, cols, last_row, ActDtype::F32).unwrap();
+        let alone = gpu
+            .to_host(&gpu.rms_norm(&x_last, &w_gpu, 1e-6).unwrap())
+            .unwrap();
+        let what = format!("rms_norm {rows}x{cols}, last row alone");
+        assert_close(&what, &alone, &got[(rows - 1) * cols..], EXACT);
     }
 }
 
@@ -208,7 +228,7 @@ fn rms_norm_matches_cpu() {
 fn add_rms_norm_and_add_match_cpu() {
     let Some(gpu) = gpu() else { return };
     let mut rng = StdRng::seed_from_u64(3);
-    for (rows, cols) in [(1, 32), (9, 100), (33, 1024)] {
+    for &(rows, cols) in ROW_SHAPES {
         let weight = Weight::norm(&mut rng, cols);
         let residual = uniform(&mut rng, rows * cols, 0.1);
         let delta = uniform(&mut rng, rows * cols, 0.1);

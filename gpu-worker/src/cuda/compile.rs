@@ -1,6 +1,6 @@
 //! Run-time compilation of `kernels/*.cu` (the files of the registry, [`KERNELS`]) with
 //! NVRTC, usable without a GPU (the kernel check in CI and `deploy/local/check-kernels.sh`
-//! compiles for `sm_80` and `sm_90` this way).
+//! compiles for `sm_80`, `sm_90` and `sm_90a` this way).
 //!
 //! The sources are built into the binary. They include only `common.cuh`, which is handed to
 //! NVRTC in memory: no CUDA header and no include path is needed at run time, only
@@ -38,6 +38,11 @@ const COMMON_HEADER: (&str, &str) = ("common.cuh", include_str!("../../kernels/c
 pub enum Target {
     /// Machine code for exactly this architecture (`sm_90` is `Cubin(90)`).
     Cubin(u32),
+    /// Machine code for exactly this architecture with its architecture-specific features
+    /// (`sm_90a` is `ArchSpecificCubin(90)`: Hopper's `wgmma`, `setmaxnreg`), which loads on
+    /// that architecture only. No kernel uses such features yet, so [`Target::for_device`]
+    /// never picks it; the compile check builds it so that the kernels stay ready for it.
+    ArchSpecificCubin(u32),
     /// PTX for this virtual architecture (`compute_90` is `Ptx(90)`), compiled by the driver
     /// at load.
     Ptx(u32),
@@ -75,6 +80,7 @@ impl fmt::Display for Target {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Target::Cubin(arch) => write!(f, "sm_{arch}"),
+            Target::ArchSpecificCubin(arch) => write!(f, "sm_{arch}a"),
             Target::Ptx(arch) => write!(f, "compute_{arch}"),
         }
     }
@@ -83,21 +89,25 @@ impl fmt::Display for Target {
 impl FromStr for Target {
     type Err = CompileError;
 
-    /// Parses `sm_XY` (CUBIN) or `compute_XY` (PTX).
+    /// Parses `sm_XY` (CUBIN), `sm_XYa` (arch-specific CUBIN) or `compute_XY` (PTX).
     fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let invalid =
+            || CompileError::Unsupported(format!("`{s}` is not sm_XY, sm_XYa or compute_XY"));
         let parse = |digits: &str| {
-            digits
-                .parse::<u32>()
-                .map_err(|_| CompileError::Unsupported(format!("`{s}` is not sm_XY or compute_XY")))
+            if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(invalid());
+            }
+            digits.parse::<u32>().map_err(|_| invalid())
         };
-        if let Some(digits) = s.strip_prefix("sm_") {
-            Ok(Target::Cubin(parse(digits)?))
+        if let Some(arch) = s.strip_prefix("sm_") {
+            match arch.strip_suffix('a') {
+                Some(digits) => Ok(Target::ArchSpecificCubin(parse(digits)?)),
+                None => Ok(Target::Cubin(parse(arch)?)),
+            }
         } else if let Some(digits) = s.strip_prefix("compute_") {
             Ok(Target::Ptx(parse(digits)?))
         } else {
-            Err(CompileError::Unsupported(format!(
-                "`{s}` is not sm_XY or compute_XY"
-            )))
+            Err(invalid())
         }
     }
 }
@@ -234,7 +244,7 @@ impl Program {
         let mut size = 0usize;
         let mut image;
         match target {
-            Target::Cubin(_) => {
+            Target::Cubin(_) | Target::ArchSpecificCubin(_) => {
                 // SAFETY: the program compiled for a real architecture; `size` is valid.
                 check("nvrtcGetCUBINSize", unsafe {
                     sys::nvrtcGetCUBINSize(self.0, &mut size)
@@ -346,10 +356,37 @@ mod tests {
     #[test]
     fn targets_parse_and_print() {
         assert_eq!("sm_90".parse::<Target>().unwrap(), Target::Cubin(90));
+        assert_eq!(
+            "sm_90a".parse::<Target>().unwrap(),
+            Target::ArchSpecificCubin(90)
+        );
         assert_eq!("compute_80".parse::<Target>().unwrap(), Target::Ptx(80));
-        assert!("sm90".parse::<Target>().is_err());
-        assert!("sm_x".parse::<Target>().is_err());
+        for bad in [
+            "sm90",
+            "sm_x",
+            "sm_a",
+            "sm_90aa",
+            "sm_+90",
+            "compute_90a",
+            "sm_",
+            "",
+        ] {
+            assert!(bad.parse::<Target>().is_err(), "`{bad}` parsed");
+        }
         assert_eq!(Target::Cubin(86).to_string(), "sm_86");
+        assert_eq!(Target::ArchSpecificCubin(90).to_string(), "sm_90a");
+        assert_eq!(Target::Ptx(80).to_string(), "compute_80");
+        for target in [
+            Target::Cubin(80),
+            Target::ArchSpecificCubin(90),
+            Target::Ptx(90),
+        ] {
+            assert_eq!(target.to_string().parse::<Target>().unwrap(), target);
+        }
+        assert_eq!(
+            Target::ArchSpecificCubin(90).arch_option(),
+            "--gpu-architecture=sm_90a"
+        );
     }
 
     #[test]

@@ -49,10 +49,16 @@ kernel_registry! {
         rms_norm,
         /// Residual add fused with RMSNorm.
         add_rms_norm,
+        /// `rms_norm`, one warp per row with 16-byte accesses (widths a multiple of 8).
+        rms_norm_vec8,
+        /// `add_rms_norm`, one warp per row with 16-byte accesses (widths a multiple of 8).
+        add_rms_norm_vec8,
     }
     add {
         /// Residual add, f32 += bf16.
         add,
+        /// `add`, one warp per row with 16-byte accesses (widths a multiple of 8).
+        add_vec8,
     }
     qk_norm_rope {
         /// Per-head q/k RMSNorm and rotary embedding, in place.

@@ -10,6 +10,8 @@
 //! - `tensor`, `layout`: device tensors, uploaded batch layouts.
 //! - One launcher per kernel, checking shapes before it launches: `embed`, `rms_norm`,
 //!   `add`, `linear` (cuBLAS), `qk_norm_rope`, `attention`, `silu_mul`, `last_rows`, `pool`.
+//! - `row_path`: the choice between the one-warp-per-row vector kernels and the
+//!   one-block-per-row scalar kernels of `rms_norm` and `add`.
 //!
 //! # Numerics
 //! The residual stream is f32: embeddings widen exactly from bf16, and every layer's output
@@ -42,6 +44,7 @@ mod linear;
 mod pool;
 mod qk_norm_rope;
 mod rms_norm;
+mod row_path;
 mod silu_mul;
 mod tensor;
 
