@@ -14,6 +14,7 @@
 //! across requests) and look again, so a model whose workers just started is served at once;
 //! still nothing answers 404 `model_not_found` naming the task's models.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -26,6 +27,13 @@ use crate::upstream::discovery::{Discovery, Snapshot};
 
 /// Least time between two discoveries run because a request named an unknown model.
 pub const MISS_REFRESH_INTERVAL: Duration = Duration::from_secs(1);
+
+/// How long a worker that answered a discovery still counts for routing and the model
+/// listings after it stops answering: a busy worker may miss one scatter-gather's window
+/// (`status_wait_ms`), and its model must not flicker to 404 because of that. A model whose
+/// workers are all gone answers 503 `no_workers` for this long, then 404. `/health` and the
+/// worker gauges take no grace: they count what the latest discovery heard.
+pub const WORKER_GRACE: Duration = Duration::from_secs(30);
 
 /// The configured default model of each task.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -225,6 +233,8 @@ pub struct Models {
     /// When a request's unknown model last made discovery run; the lock also makes the
     /// requests missing at the same time wait for that one discovery.
     last_miss_refresh: tokio::sync::Mutex<Option<Instant>>,
+    /// Every worker heard within [`WORKER_GRACE`], by id: when it last answered and what.
+    seen: Mutex<HashMap<String, (Instant, WorkerStatus)>>,
 }
 
 impl Models {
@@ -239,12 +249,32 @@ impl Models {
                 catalog,
             }),
             last_miss_refresh: tokio::sync::Mutex::new(None),
+            seen: Mutex::new(HashMap::new()),
         }
     }
 
-    /// The catalog of `snapshot` (a discovery just run, for listings).
+    /// The catalog of `snapshot` (a discovery just run, for listings), with the workers
+    /// that answered an earlier one within [`WORKER_GRACE`] of it but not this one.
     pub fn catalog_of(&self, snapshot: &Snapshot) -> Catalog {
-        Catalog::new(&self.defaults, &snapshot.workers)
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        for worker in snapshot.workers.iter() {
+            let heard = seen
+                .entry(worker.worker_id.clone())
+                .or_insert_with(|| (snapshot.taken, worker.clone()));
+            if heard.0 <= snapshot.taken {
+                *heard = (snapshot.taken, worker.clone());
+            }
+        }
+        seen.retain(|_, (heard, _)| {
+            snapshot.taken.saturating_duration_since(*heard) < WORKER_GRACE
+        });
+        let mut workers = snapshot.workers.to_vec();
+        workers.extend(
+            seen.values()
+                .filter(|(_, w)| !snapshot.workers.iter().any(|s| s.worker_id == w.worker_id))
+                .map(|(_, w)| w.clone()),
+        );
+        Catalog::new(&self.defaults, &workers)
     }
 
     /// The catalog of the latest successful discovery, without waiting for one.

@@ -412,6 +412,56 @@ async fn health_asks_for_the_default_models_workers_not_another_models() {
 }
 
 #[tokio::test]
+async fn a_model_whose_workers_miss_a_discovery_stays_served() {
+    let harness = Harness::start(|config| config.status_cache_ms = 50).await;
+    let second = harness.fake_tokenizer_on(SECOND, 8, SECOND_BIAS).await;
+    let statuses = harness.fake_statuses(two_pools()).await;
+    let request = json!({"input": ["busy"], "model": SECOND});
+    let response = harness.post_json("/v1/embeddings", request.clone()).await;
+    assert_eq!(response.status(), 200);
+    let listed = |body: &Value| {
+        body["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["id"] == SECOND)
+    };
+    let models: Value = harness.get("/v1/models").await.json().await.unwrap();
+    assert!(listed(&models), "{models}");
+
+    // The second pool's status answers stop (a busy worker misses the window); the default
+    // pool keeps answering. Discoveries after that still route the second model.
+    statuses.abort();
+    let _default_only = harness
+        .fake_statuses(vec![
+            status(WorkerKind::Tokenizer, "default-tok", true, 0),
+            status(WorkerKind::Gpu, "default-gpu", true, 0),
+        ])
+        .await;
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let models: Value = harness.get("/v1/models").await.json().await.unwrap();
+        assert!(
+            listed(&models),
+            "dropped after one missed discovery: {models}"
+        );
+    }
+    let debug: Value = harness.get("/debug").await.json().await.unwrap();
+    assert!(
+        !debug["workers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|w| w["worker_id"] == "second-tok"),
+        "the latest discovery did not hear it: {debug}"
+    );
+    let uncached = json!({"input": ["still busy"], "model": SECOND});
+    let response = harness.post_json("/v1/embeddings", uncached).await;
+    assert_eq!(response.status(), 200, "routed within the grace");
+    assert_eq!(second.requests().len(), 2);
+}
+
+#[tokio::test]
 async fn rerank_and_tokenize_calls_go_to_the_named_models_subjects() {
     let harness = Harness::start(|_| {}).await;
     let mut statuses = two_pools();

@@ -287,15 +287,25 @@ async fn cohere_and_hub_clients_get_golden_vectors() {
     assert!(info["max_client_batch_size"].as_u64().unwrap() >= 1);
 
     // /v1/models: both models, with kind, dimensions and input length.
-    let models: Value = http
-        .get(format!("{base}/v1/models"))
-        .bearer_auth(API_KEY)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    // A discovery's window (`status_wait_ms`) may miss a worker busy on a loaded machine:
+    // ask again until the reranker is heard, for at most 5 s.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let models: Value = loop {
+        let models: Value = http
+            .get(format!("{base}/v1/models"))
+            .bearer_auth(API_KEY)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let listed = models["data"].as_array().unwrap().len();
+        if listed == 2 || tokio::time::Instant::now() > deadline {
+            break models;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
     let data = models["data"].as_array().unwrap();
     let model = |id: &str| data.iter().find(|m| m["id"] == id).cloned();
     let embedding = model(MODEL).expect("the embedding model is listed");
