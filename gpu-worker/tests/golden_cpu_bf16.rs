@@ -1,6 +1,7 @@
 //! The CPU backend's bf16 mode against transformers' float32 outputs in the qwen3-tiny
-//! fixture: cosine >= 0.9999 for every case, on the avx512_bf16 kernel (where the CPU has
-//! it) and on the portable kernel, and the same vectors whatever the batch composition.
+//! fixture: cosine >= 0.9999 for every case, on the AMX and avx512_bf16 kernels (where the
+//! CPU has them) and on the portable kernel, and the same vectors whatever the batch
+//! composition.
 
 mod fixture;
 
@@ -9,16 +10,18 @@ use gpu_worker::cpu::linear_bf16::Kernel;
 use gpu_worker::model::qwen3::Qwen3;
 use gpu_worker::ops::BatchLayout;
 
-/// The bf16 backends this machine can run: the portable kernel always, the fast one where
-/// the CPU has it.
+/// The bf16 backends this machine can run: the portable kernel always, the fast ones where
+/// the CPU has them.
 fn backends() -> Vec<CpuBackend> {
-    let mut backends = vec![CpuBackend::with_kernel(Kernel::Portable)];
-    if Kernel::detect() == Kernel::Avx512Bf16 {
-        backends.push(CpuBackend::with_kernel(Kernel::Avx512Bf16));
-    } else {
-        println!("skipped: this CPU has no avx512_bf16; only the portable kernel is checked");
+    for kernel in [Kernel::Avx512Bf16, Kernel::Amx] {
+        if !kernel.supported() {
+            println!("skipped: this CPU cannot run {}", kernel.name());
+        }
     }
-    backends
+    Kernel::all_supported()
+        .into_iter()
+        .map(CpuBackend::with_kernel)
+        .collect()
 }
 
 fn load(backend: &CpuBackend) -> Qwen3<CpuBackend> {

@@ -65,15 +65,12 @@ fn every_case_matches_transformers() {
 
 /// The bf16 CPU backend (bf16 weights, the `(2, hidden)` head matrix packed like any other)
 /// stays within the CUDA backend's tolerances of transformers' f32 logits, on the portable
-/// kernel and on `avx512_bf16` where the CPU has it.
+/// kernel and on `avx512_bf16` and AMX where the CPU has them.
 #[test]
 fn bf16_scores_stay_close_to_transformers() {
     let golden = golden();
-    let mut backends = vec![CpuBackend::with_kernel(Kernel::Portable)];
-    if Kernel::detect() == Kernel::Avx512Bf16 {
-        backends.push(CpuBackend::with_kernel(Kernel::Avx512Bf16));
-    }
-    for backend in backends {
+    for kernel in Kernel::all_supported() {
+        let backend = CpuBackend::with_kernel(kernel);
         let reranker = Reranker::load(&fixture::reranker_dir(), &backend).expect("fixture loads");
         let (mut max_logit, mut max_score) = (0.0f64, 0.0f64);
         for case in golden["cases"].as_array().unwrap() {

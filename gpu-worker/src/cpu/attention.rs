@@ -7,6 +7,7 @@
 use gemm::Parallelism;
 use rayon::prelude::*;
 
+use super::attention_amx::attend_amx;
 use super::attention_bf16::attend_bf16;
 use super::exp::exp;
 use super::linear_bf16::Kernel;
@@ -79,6 +80,7 @@ pub fn attention(
         let operands = Operands::of(&task, shape, q.len(), kv.len());
         let block = match products {
             Products::F32 => attend(q, kv, &operands),
+            Products::Bf16(Kernel::Amx) => attend_amx(q, kv, &operands),
             Products::Bf16(kernel) => attend_bf16(q, kv, &operands, kernel),
         };
         (task, block)

@@ -34,8 +34,8 @@ pub fn attend_bf16(q: &[f32], kv: &[f32], operands: &Operands, kernel: Kernel) -
     for (r, out) in q_words.chunks_exact_mut(d_pairs).enumerate() {
         pack_activations(kernel, &q[q_at + r * width..][..d], out);
     }
-    let k_panels = pack_keys(kv, k_at, width, d, keys, kernel);
-    let v_panels = pack_values(kv, v_at, width, d, keys, kernel);
+    let k_panels = pack_keys(kv, k_at, width, d, keys, d_pairs, kernel);
+    let v_panels = pack_values(kv, v_at, width, d, keys, key_pairs, kernel);
 
     // 1. Scores (rows, key_panels * PANEL), unscaled; a tile stops at the panel holding the
     //    last key its last row sees.
@@ -82,23 +82,29 @@ pub fn attend_bf16(q: &[f32], kv: &[f32], operands: &Operands, kernel: Kernel) -
     out
 }
 
-/// The `keys` k rows (`d` values each, `width` apart from `kv[k_at]`) as weight panels:
-/// panel `p` holds keys `p * PANEL ..`, word `qd * PANEL + key % PANEL` pairs that key's
-/// values `2 qd` and `2 qd + 1`. Keys past `keys` in the last panel are zero.
-fn pack_keys(
+/// The `keys` k rows (`d` values each, `width` apart from `kv[k_at]`) as weight panels of
+/// `d_stride >= ceil(d / 2)` pairs: panel `p` holds keys `p * PANEL ..`, word `qd * PANEL +
+/// key % PANEL` pairs that key's values `2 qd` and `2 qd + 1`. Keys past `keys` in the last
+/// panel, and pairs past the head, are zero.
+pub(super) fn pack_keys(
     kv: &[f32],
     k_at: usize,
     width: usize,
     d: usize,
     keys: usize,
+    d_stride: usize,
     kernel: Kernel,
 ) -> Vec<u32> {
     let d_pairs = d.div_ceil(2);
-    let mut panels = vec![0u32; keys.div_ceil(PANEL) * d_pairs * PANEL];
+    assert!(
+        d_stride >= d_pairs,
+        "pack_keys stride checked by the caller; this is a bug"
+    );
+    let mut panels = vec![0u32; keys.div_ceil(PANEL) * d_stride * PANEL];
     let mut words = vec![0u32; d_pairs];
     for key in 0..keys {
         pack_activations(kernel, &kv[k_at + key * width..][..d], &mut words);
-        let base = (key / PANEL) * d_pairs * PANEL + key % PANEL;
+        let base = (key / PANEL) * d_stride * PANEL + key % PANEL;
         for (qd, &word) in words.iter().enumerate() {
             panels[base + qd * PANEL] = word;
         }
@@ -106,19 +112,25 @@ fn pack_keys(
     panels
 }
 
-/// The `keys` v rows, transposed, as weight panels: panel `p` holds columns `p * PANEL ..` of
-/// the head, word `qk * PANEL + col % PANEL` pairs that column's values at keys `2 qk` and
-/// `2 qk + 1` (zero past `keys`, and in columns past `d`).
-fn pack_values(
+/// The `keys` v rows, transposed, as weight panels of `key_stride >= ceil(keys / 2)` pairs:
+/// panel `p` holds columns `p * PANEL ..` of the head, word `qk * PANEL + col % PANEL` pairs
+/// that column's values at keys `2 qk` and `2 qk + 1` (zero past `keys`, and in columns past
+/// `d`).
+pub(super) fn pack_values(
     kv: &[f32],
     v_at: usize,
     width: usize,
     d: usize,
     keys: usize,
+    key_stride: usize,
     kernel: Kernel,
 ) -> Vec<u32> {
     let key_pairs = keys.div_ceil(2);
-    let mut panels = vec![0u32; d.div_ceil(PANEL) * key_pairs * PANEL];
+    assert!(
+        key_stride >= key_pairs,
+        "pack_values stride checked by the caller; this is a bug"
+    );
+    let mut panels = vec![0u32; d.div_ceil(PANEL) * key_stride * PANEL];
     let (mut even, mut odd) = (vec![0u32; d.div_ceil(2)], vec![0u32; d.div_ceil(2)]);
     // The bf16 value of column `c` in a packed row: half `c % 2` of word `c / 2`.
     let value = |words: &[u32], c: usize| (words[c / 2] >> (16 * (c % 2))) & 0xffff;
@@ -130,7 +142,7 @@ fn pack_values(
             odd.fill(0);
         }
         for c in 0..d {
-            let at = (c / PANEL) * key_pairs * PANEL + qk * PANEL + c % PANEL;
+            let at = (c / PANEL) * key_stride * PANEL + qk * PANEL + c % PANEL;
             panels[at] = value(&even, c) | (value(&odd, c) << 16);
         }
     }
@@ -206,12 +218,13 @@ mod tests {
     }
 
     #[test]
-    fn matches_f32_attention_on_both_kernels() {
-        let mut kernels = vec![Kernel::Portable];
-        if Kernel::detect() == Kernel::Avx512Bf16 {
-            kernels.push(Kernel::Avx512Bf16);
-        } else {
+    fn matches_f32_attention_on_every_kernel() {
+        let kernels = Kernel::all_supported();
+        if !Kernel::Avx512Bf16.supported() {
             println!("skipped the avx512_bf16 kernel: this CPU has none");
+        }
+        if !Kernel::Amx.supported() {
+            println!("skipped the AMX kernel: this CPU has none");
         }
         for (i, kernel) in kernels.into_iter().enumerate() {
             let seed = 10 * i as u64;

@@ -17,7 +17,7 @@ use rayon::prelude::*;
 
 /// The packing the tiles read, for the ops that call [`tile_into`] (bf16 attention).
 pub use super::pack_bf16::{Kernel, PANEL, pack_activations};
-use super::pack_bf16::{PackedBf16, has_avx512_bf16, pack_rows, unpair};
+use super::pack_bf16::{PackedBf16, pack_rows, unpair};
 use super::silu_mul::silu;
 
 /// Rows per register tile: 12 rows x 2 registers = 24 accumulators of the 32 registers.
@@ -46,9 +46,12 @@ pub fn linear_bf16(x: &[f32], w: &PackedBf16, rows: usize, out: &mut [f32], kern
         "linear_bf16 operands checked by the caller; this is a bug"
     );
     assert!(
-        kernel != Kernel::Avx512Bf16 || has_avx512_bf16(),
-        "Avx512Bf16 chosen without CPU support; this is a bug"
+        kernel.supported(),
+        "{kernel:?} chosen without CPU support; this is a bug"
     );
+    if kernel == Kernel::Amx {
+        return super::linear_amx::linear_amx(x, w, rows, out);
+    }
     if rows == 0 || w.n == 0 {
         return;
     }
@@ -103,9 +106,12 @@ pub fn linear_silu_mul_bf16(
         "linear_silu_mul_bf16 operands checked by the caller; this is a bug"
     );
     assert!(
-        kernel != Kernel::Avx512Bf16 || has_avx512_bf16(),
-        "Avx512Bf16 chosen without CPU support; this is a bug"
+        kernel.supported(),
+        "{kernel:?} chosen without CPU support; this is a bug"
     );
+    if kernel == Kernel::Amx {
+        return super::linear_amx::linear_silu_mul_amx(x, w, rows, out);
+    }
     if rows == 0 || half == 0 {
         return;
     }
@@ -129,15 +135,24 @@ pub fn linear_silu_mul_bf16(
                 let dst = unsafe {
                     std::slice::from_raw_parts_mut(out_ptr.at((r0 + r) * half + p * PANEL), PANEL)
                 };
-                match kernel {
-                    #[cfg(target_arch = "x86_64")]
-                    // SAFETY: CPU support for this kernel is asserted above.
-                    Kernel::Avx512Bf16 => unsafe { avx512::silu_mul_row(g_row, u_row, dst) },
-                    _ => silu_mul_row(g_row, u_row, dst),
-                }
+                silu_mul_into(kernel, g_row, u_row, dst);
             }
         }
     });
+}
+
+/// `out = silu(gate) * up`, element by element, on AVX-512 where `kernel` uses it.
+pub(super) fn silu_mul_into(kernel: Kernel, gate: &[f32], up: &[f32], out: &mut [f32]) {
+    assert!(
+        kernel.supported(),
+        "{kernel:?} chosen without CPU support; this is a bug"
+    );
+    match kernel {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: CPU support for this kernel is asserted above.
+        Kernel::Avx512Bf16 | Kernel::Amx => unsafe { avx512::silu_mul_row(gate, up, out) },
+        _ => silu_mul_row(gate, up, out),
+    }
 }
 
 /// `out = silu(gate) * up`, element by element.
@@ -203,7 +218,7 @@ pub fn tile_into(
             && panel.len() >= k_pairs * PANEL
             && out.len() >= (a.count - 1) * out_stride + PANEL
             && out_stride >= PANEL
-            && (kernel != Kernel::Avx512Bf16 || has_avx512_bf16()),
+            && kernel.supported(),
         "tile operands out of bounds; this is a bug"
     );
     // SAFETY: the rows written lie inside `out` (asserted), which is borrowed mutably.
@@ -228,8 +243,8 @@ unsafe fn run_tile(
     debug_assert!(panel.len() >= k_pairs * PANEL);
     match kernel {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: the caller's contract.
-        Kernel::Avx512Bf16 => unsafe { avx512::tile(a, panel, k_pairs, dst, stride) },
+        // SAFETY: the caller's contract (AMX implies avx512_bf16: `amx::available`).
+        Kernel::Avx512Bf16 | Kernel::Amx => unsafe { avx512::tile(a, panel, k_pairs, dst, stride) },
         // SAFETY: the caller's contract.
         _ => unsafe { portable_tile(a, panel, k_pairs, dst, stride) },
     }
@@ -423,7 +438,7 @@ mod tests {
 
     #[test]
     fn avx512_kernel_matches_reference() {
-        if Kernel::detect() != Kernel::Avx512Bf16 {
+        if !Kernel::Avx512Bf16.supported() {
             println!("skipped: this CPU has no avx512_bf16");
             return;
         }
@@ -433,9 +448,23 @@ mod tests {
     }
 
     #[test]
+    fn amx_kernel_matches_reference() {
+        if !Kernel::Amx.supported() {
+            println!("skipped: this CPU has no AMX (or the kernel refused the tile state)");
+            return;
+        }
+        // Also a full two-tile block with remainders in every dimension, and more rows
+        // than one block.
+        let more = [(32, 64, 64), (33, 96, 65), (70, 300, 100)];
+        for (i, &(rows, k, n)) in SHAPES.iter().chain(&more).enumerate() {
+            check(rows, k, n, Kernel::Amx, 300 + i as u64);
+        }
+    }
+
+    #[test]
     fn fused_silu_equals_product_then_silu() {
-        let kernels = [Kernel::Portable, Kernel::detect()];
-        for (seed, &(rows, k, n)) in [(1, 3, 64), (13, 130, 128), (30, 255, 192)]
+        let kernels = Kernel::all_supported();
+        for (seed, &(rows, k, n)) in [(1, 3, 64), (13, 130, 128), (30, 255, 192), (40, 64, 128)]
             .iter()
             .enumerate()
         {
@@ -444,7 +473,7 @@ mod tests {
             let w: Vec<f32> = (0..n * k).map(|_| rng.random_range(-1.0..1.0)).collect();
             let packed = PackedBf16::pack(n, k, |r, out| out.copy_from_slice(&w[r * k..][..k]));
             assert!(fuses_silu(&packed));
-            for kernel in kernels {
+            for &kernel in &kernels {
                 let mut gate_up = vec![f32::NAN; rows * n];
                 linear_bf16(&x, &packed, rows, &mut gate_up, kernel);
                 let mut want = vec![f32::NAN; rows * n / 2];

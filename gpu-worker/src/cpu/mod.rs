@@ -13,12 +13,15 @@
 //! to [`Ops`], checking shapes.
 
 pub mod add;
+pub mod amx;
 pub mod attention;
+pub mod attention_amx;
 pub mod attention_bf16;
 pub mod embed;
 pub mod exp;
 pub mod last_rows;
 pub mod linear;
+pub mod linear_amx;
 pub mod linear_bf16;
 pub mod pack_bf16;
 pub mod pool;
@@ -208,6 +211,7 @@ impl Ops for CpuBackend {
     fn device_info(&self) -> DeviceInfo {
         let products = match (self.precision, self.bf16_kernel) {
             (CpuPrecision::F32, _) => "f32 products",
+            (CpuPrecision::Bf16, Kernel::Amx) => "bf16 products on AMX tiles (amx_bf16)",
             (CpuPrecision::Bf16, Kernel::Avx512Bf16) => "bf16 products on avx512_bf16",
             (CpuPrecision::Bf16, Kernel::Portable) => "bf16 products, portable (no avx512_bf16)",
         };

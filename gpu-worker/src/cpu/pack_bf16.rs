@@ -12,6 +12,8 @@
 use half::bf16;
 use rayon::prelude::*;
 
+use super::amx::STEP_PAIRS;
+
 /// Output columns per packed panel (two 512-bit registers of f32).
 pub const PANEL: usize = 32;
 
@@ -24,7 +26,10 @@ pub struct PackedBf16 {
     pub k: usize,
     /// `ceil(k / 2)`: the reduction runs over pairs (an odd `k` is padded with a zero).
     pub(super) k_pairs: usize,
-    /// `ceil(n / PANEL)` panels of `k_pairs * PANEL` words (columns past `n` are zero).
+    /// Pairs stored per column: `k_pairs` rounded up to whole AMX tile steps
+    /// ([`STEP_PAIRS`]), the padding zero.
+    pub(super) k_stride: usize,
+    /// `ceil(n / PANEL)` panels of `k_stride * PANEL` words (columns past `n` are zero).
     words: Vec<u32>,
 }
 
@@ -46,13 +51,14 @@ impl PackedBf16 {
     /// in bf16 round trip exactly; others round to nearest even).
     pub fn pack(n: usize, k: usize, mut row: impl FnMut(usize, &mut [f32])) -> Self {
         let k_pairs = k.div_ceil(2);
+        let k_stride = k_pairs.next_multiple_of(STEP_PAIRS);
         let panels = n.div_ceil(PANEL);
-        let mut words = vec![0u32; panels * k_pairs * PANEL];
+        let mut words = vec![0u32; panels * k_stride * PANEL];
         let mut values = vec![0.0f32; 2 * k_pairs];
         for r in 0..n {
             row(r, &mut values[..k]);
             let (panel, col) = (r / PANEL, r % PANEL);
-            let base = panel * k_pairs * PANEL + col;
+            let base = panel * k_stride * PANEL + col;
             for (q, two) in values.chunks_exact(2).enumerate() {
                 words[base + q * PANEL] = pair(bf16::from_f32(two[0]), bf16::from_f32(two[1]));
             }
@@ -61,13 +67,15 @@ impl PackedBf16 {
             n,
             k,
             k_pairs,
+            k_stride,
             words,
         }
     }
 
-    /// Panel `p`: `k_pairs * PANEL` words, [`PANEL`] columns per pair of input features.
+    /// Panel `p`: `k_stride * PANEL` words, [`PANEL`] columns per pair of input features
+    /// (pairs past `k_pairs` zero).
     pub(super) fn panel(&self, p: usize) -> &[u32] {
-        &self.words[p * self.k_pairs * PANEL..][..self.k_pairs * PANEL]
+        &self.words[p * self.k_stride * PANEL..][..self.k_stride * PANEL]
     }
 }
 
@@ -87,6 +95,8 @@ pub fn has_avx512_bf16() -> bool {
 /// Which implementation runs the products.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kernel {
+    /// AMX tiles (`tdpbf16ps`) for the projections, `vdpbf16ps` for the rest.
+    Amx,
     /// `vdpbf16ps` register tiles.
     Avx512Bf16,
     /// The portable loop (same arithmetic).
@@ -94,12 +104,49 @@ pub enum Kernel {
 }
 
 impl Kernel {
-    /// The fastest kernel this CPU runs.
+    /// The fastest kernel this CPU runs (AMX, then avx512_bf16, then the portable loop).
     pub fn detect() -> Self {
-        if has_avx512_bf16() {
+        if super::amx::available() {
+            Self::Amx
+        } else if has_avx512_bf16() {
             Self::Avx512Bf16
         } else {
             Self::Portable
+        }
+    }
+
+    /// Every kernel this CPU runs, the portable loop first: what tests compare.
+    pub fn all_supported() -> Vec<Self> {
+        let mut kernels = vec![Self::Portable];
+        if has_avx512_bf16() {
+            kernels.push(Self::Avx512Bf16);
+        }
+        if super::amx::available() {
+            kernels.push(Self::Amx);
+        }
+        kernels
+    }
+
+    /// Whether the CPU runs this kernel.
+    pub fn supported(self) -> bool {
+        match self {
+            Self::Amx => super::amx::available(),
+            Self::Avx512Bf16 => has_avx512_bf16(),
+            Self::Portable => true,
+        }
+    }
+
+    /// Whether the vector work around the products (packing, SwiGLU) runs on AVX-512.
+    pub fn uses_avx512(self) -> bool {
+        matches!(self, Self::Amx | Self::Avx512Bf16)
+    }
+
+    /// The name `/debug`, the worker's status and `bench` print for the matrix path.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Amx => "amx_bf16",
+            Self::Avx512Bf16 => "avx512_bf16",
+            Self::Portable => "portable",
         }
     }
 }
@@ -124,13 +171,13 @@ pub(super) fn pack_rows(
 /// `ceil(row.len() / 2)` words of `out`), on `kernel`'s instructions.
 pub fn pack_activations(kernel: Kernel, row: &[f32], out: &mut [u32]) {
     assert!(
-        out.len() >= row.len().div_ceil(2) && (kernel != Kernel::Avx512Bf16 || has_avx512_bf16()),
+        out.len() >= row.len().div_ceil(2) && kernel.supported(),
         "pack_activations operands checked by the caller; this is a bug"
     );
     match kernel {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: CPU support and the length of `out` are asserted above.
-        Kernel::Avx512Bf16 => unsafe { avx512::pack_row(row, out) },
+        Kernel::Avx512Bf16 | Kernel::Amx => unsafe { avx512::pack_row(row, out) },
         _ => pack_row(row, out),
     }
 }
@@ -185,7 +232,7 @@ mod tests {
 
     #[test]
     fn both_kernels_pack_activations_alike() {
-        if Kernel::detect() != Kernel::Avx512Bf16 {
+        if !Kernel::Avx512Bf16.supported() {
             println!("skipped: this CPU has no avx512_bf16");
             return;
         }
@@ -208,6 +255,11 @@ mod tests {
         let packed = PackedBf16::pack(1, 3, |_, out| out.copy_from_slice(&[1.0, 1.0 + 1e-3, -2.5]));
         let (a, b) = unpair(packed.words[0]);
         let (c, pad) = unpair(packed.words[PANEL]);
+        assert_eq!(
+            packed.k_stride, STEP_PAIRS,
+            "pairs padded to a whole tile step"
+        );
+        assert!(packed.words[2 * PANEL..].iter().all(|&w| w == 0));
         assert_eq!((a, b, c, pad), (1.0, 1.0, -2.5, 0.0));
     }
 }

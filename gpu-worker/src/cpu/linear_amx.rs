@@ -1,0 +1,207 @@
+//! `x @ w^T` with bf16 weights on AMX tiles: the [`super::linear_bf16`] products (and its
+//! fused SwiGLU) where [`Kernel::Amx`] is chosen. Same operands, same arithmetic (exact bf16
+//! products, f32 sums), so the same values up to the order of the f32 sums.
+//!
+//! # Blocking
+//! Threads split the weight panels (32 columns, two B tiles). A thread walks its panel's
+//! reduction in chunks of [`CHUNK_STEPS`] tile steps: the chunk (16 KiB of weights) stays
+//! in L1 while every block of 32 activation rows (two A tiles, packed by
+//! [`amx::pack_blocked`]) streams past it, the block's four C tiles reloaded from and stored
+//! to the thread's accumulator between chunks. A last block of at most 16 rows uses one A
+//! tile.
+
+use rayon::prelude::*;
+
+use super::amx::{self, Blocked, Start, TILE_ROWS, Tiles};
+use super::linear_bf16::silu_mul_into;
+use super::pack_bf16::{Kernel, PANEL, PackedBf16};
+
+/// Rows of a full block: two A tiles.
+const BLOCK_ROWS: usize = 2 * TILE_ROWS;
+
+/// Tile steps (32 input features each) per chunk of the reduction: a panel's chunk is
+/// `CHUNK_STEPS` KiB x 2.
+const CHUNK_STEPS: usize = 8;
+
+/// The output matrix, written by panel tasks that each own a disjoint set of columns.
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+// SAFETY: every task writes only the columns of its own panel (disjoint from every other
+// task's), and the buffer outlives the parallel loop that borrows it.
+unsafe impl Send for OutPtr {}
+// SAFETY: as above: shared only to hand each task its own disjoint columns.
+unsafe impl Sync for OutPtr {}
+
+impl OutPtr {
+    /// Row `r`, columns `c0 .. c0 + cols` of a matrix `n` wide.
+    ///
+    /// # Safety
+    /// Those elements lie inside the matrix, and no one else touches them meanwhile.
+    unsafe fn row(self, r: usize, n: usize, c0: usize, cols: usize) -> &'static mut [f32] {
+        // SAFETY: the caller's contract.
+        unsafe { std::slice::from_raw_parts_mut(self.0.add(r * n + c0), cols) }
+    }
+}
+
+/// Where a panel's finished blocks go when they are whole: the output matrix, `n` wide,
+/// the panel's columns from `c0`.
+#[derive(Clone, Copy)]
+struct Direct {
+    out: OutPtr,
+    n: usize,
+    c0: usize,
+}
+
+/// The products of all activation rows with one panel, accumulated over the reduction in
+/// chunks in `acc` (the rows, padded to whole tiles, [`PANEL`] values each). With `direct`,
+/// a whole block's last chunk is stored straight into the output instead ([`is_direct`]
+/// says which rows); the other rows stay in `acc`.
+///
+/// # Safety
+/// With `direct`: the panel's [`PANEL`] columns of every row lie inside the output and no
+/// one else touches them meanwhile.
+unsafe fn panel_products(
+    tiles: &Tiles,
+    a: Blocked<'_>,
+    rows: usize,
+    panel: &[u32],
+    acc: &mut [f32],
+    direct: Option<Direct>,
+) {
+    for first in (0..a.steps).step_by(CHUNK_STEPS) {
+        let chunk = first..(first + CHUNK_STEPS).min(a.steps);
+        let last = chunk.end == a.steps;
+        for r0 in (0..rows).step_by(BLOCK_ROWS) {
+            let a_tiles = (rows - r0).min(BLOCK_ROWS).div_ceil(TILE_ROWS);
+            let group = r0 / TILE_ROWS;
+            let steps = chunk.clone();
+            match direct {
+                Some(Direct { out, n, c0 }) if last && is_direct(rows, r0) => {
+                    let start = match first {
+                        0 => Start::Zero,
+                        _ => Start::From(&acc[r0 * PANEL..], PANEL),
+                    };
+                    // SAFETY: the block's rows are whole rows of the output (`is_direct`),
+                    // its columns the panel's: the caller's contract.
+                    unsafe {
+                        let dst = out.0.add(r0 * n + c0);
+                        tiles.products_to(a, group, a_tiles, panel, steps, start, dst, n);
+                    }
+                }
+                _ => {
+                    let start = if first == 0 {
+                        Start::Zero
+                    } else {
+                        Start::Accumulate
+                    };
+                    let dst = &mut acc[r0 * PANEL..];
+                    tiles.products(a, group, a_tiles, panel, steps, start, dst, PANEL);
+                }
+            }
+        }
+    }
+}
+
+/// Whether the block holding row `r` (of `rows`) is whole tiles of real rows, so it can be
+/// stored straight into the output.
+fn is_direct(rows: usize, r: usize) -> bool {
+    let r0 = r / BLOCK_ROWS * BLOCK_ROWS;
+    r0 + (rows - r0).min(BLOCK_ROWS).div_ceil(TILE_ROWS) * TILE_ROWS <= rows
+}
+
+/// A thread's tile state and accumulators: `count` buffers of `rows` (padded to whole
+/// tiles) by [`PANEL`] values.
+fn worker(rows: usize, count: usize) -> (Tiles, Vec<Vec<f32>>) {
+    let tiles = Tiles::configure().expect("Kernel::Amx chosen without AMX; this is a bug");
+    let padded = rows.div_ceil(TILE_ROWS) * TILE_ROWS;
+    (tiles, vec![vec![0.0; padded * PANEL]; count])
+}
+
+/// `out (rows, n) = bf16(x) (rows, k) @ w^T` with f32 accumulation, on AMX tiles.
+pub fn linear_amx(x: &[f32], w: &PackedBf16, rows: usize, out: &mut [f32]) {
+    assert!(
+        x.len() == rows * w.k && out.len() == rows * w.n && amx::available(),
+        "linear_amx operands checked by the caller; this is a bug"
+    );
+    if rows == 0 || w.n == 0 {
+        return;
+    }
+    let steps = w.k_stride / amx::STEP_PAIRS;
+    let words = amx::pack_blocked(x, rows, w.k, steps);
+    let a = Blocked {
+        words: &words,
+        steps,
+    };
+    let n = w.n;
+    let out_ptr = OutPtr(out.as_mut_ptr());
+    let panels = (0..n.div_ceil(PANEL)).into_par_iter();
+    panels.for_each_init(
+        || worker(rows, 1),
+        |(tiles, acc), p| {
+            let acc = &mut acc[0];
+            let cols = (n - p * PANEL).min(PANEL);
+            let direct = (cols == PANEL).then_some(Direct {
+                out: out_ptr,
+                n,
+                c0: p * PANEL,
+            });
+            // SAFETY: rows * n is `out`'s length (checked above) and a whole panel's columns lie
+            // inside it; no other task writes panel `p`'s columns, and `out` is borrowed
+            // mutably for the whole loop.
+            unsafe { panel_products(tiles, a, rows, w.panel(p), acc, direct) };
+            for (r, values) in acc.chunks_exact(PANEL).take(rows).enumerate() {
+                if direct.is_some() && is_direct(rows, r) {
+                    continue;
+                }
+                // SAFETY: as above, for row r < rows and columns `p * PANEL .. + cols` <= n.
+                unsafe { out_ptr.row(r, n, p * PANEL, cols) }.copy_from_slice(&values[..cols]);
+            }
+        },
+    );
+}
+
+/// SwiGLU fused with its projection on AMX tiles: `out (rows, n / 2) = silu(g) * u` where
+/// `g | u = bf16(x) @ w^T`, as [`super::linear_bf16::linear_silu_mul_bf16`] computes it.
+pub fn linear_silu_mul_amx(x: &[f32], w: &PackedBf16, rows: usize, out: &mut [f32]) {
+    let half = w.n / 2;
+    assert!(
+        super::linear_bf16::fuses_silu(w)
+            && x.len() == rows * w.k
+            && out.len() == rows * half
+            && amx::available(),
+        "linear_silu_mul_amx operands checked by the caller; this is a bug"
+    );
+    if rows == 0 || half == 0 {
+        return;
+    }
+    let steps = w.k_stride / amx::STEP_PAIRS;
+    let words = amx::pack_blocked(x, rows, w.k, steps);
+    let a = Blocked {
+        words: &words,
+        steps,
+    };
+    let up_panels = half / PANEL;
+    let out_ptr = OutPtr(out.as_mut_ptr());
+    let panels = (0..up_panels).into_par_iter();
+    panels.for_each_init(
+        || worker(rows, 2),
+        |(tiles, acc), p| {
+            let [gate, up] = &mut acc[..] else {
+                unreachable!("two accumulators")
+            };
+            // SAFETY: no direct output: everything stays in the accumulators.
+            unsafe {
+                panel_products(tiles, a, rows, w.panel(p), gate, None);
+                panel_products(tiles, a, rows, w.panel(p + up_panels), up, None);
+            }
+            let pairs = gate.chunks_exact(PANEL).zip(up.chunks_exact(PANEL));
+            for (r, (g, u)) in pairs.take(rows).enumerate() {
+                // SAFETY: row r < rows and columns `p * PANEL .. (p + 1) * PANEL` <= n / 2 lie
+                // inside `out` (rows * n / 2, checked above); no other task touches panel `p`'s
+                // columns, and `out` is borrowed mutably for the whole loop.
+                let dst = unsafe { out_ptr.row(r, half, p * PANEL, PANEL) };
+                silu_mul_into(Kernel::Amx, g, u, dst);
+            }
+        },
+    );
+}
