@@ -2,8 +2,9 @@
 # Forward-pass throughput on the CPU, ours next to PyTorch + transformers, in one run on one
 # machine: a random 0.6B-shaped model, batches of 8 x 128 and 1 x 512 tokens, in f32 and in
 # bf16. Prints a markdown table (paste into docs/benchmarks.md) and keeps the JSON lines; with
-# bf16, also both sides' rate in GFLOP/s against the CPU's bf16 dot-product ceiling measured by
-# `gpu-worker/examples/bf16_peak.rs` (the instruction the bf16 products run on).
+# bf16, also both sides' rate in GFLOP/s against the ceiling of the matrix path ours runs on,
+# measured by `gpu-worker/examples/bf16_peak.rs` (AMX tiles where the CPU has them, else the
+# `vdpbf16ps` dot product). Names the CPU model and the matrix path first.
 #
 #   bench/cpu_forward.sh [MODEL_DIR] [ITERS] [DTYPES]     (DTYPES default: "f32 bf16")
 # Needs: ../shared/tools/make-random-qwen3.py (numpy) when MODEL_DIR does not exist, and
@@ -23,6 +24,7 @@ fi
 export CARGO_TARGET_DIR="$repo/target/rel"
 cargo build --release -q -p gpu-worker --bin gpu-worker --example bf16_peak
 ours=$CARGO_TARGET_DIR/release/gpu-worker
+echo "CPU: $(lscpu | sed -n 's/^Model name: *//p' | head -n 1), $(nproc) threads"
 log=$(mktemp)
 for dtype in $dtypes; do
   for shape in "8 128" "1 512"; do
@@ -46,7 +48,14 @@ for ours, torch in zip(rows[0::2], rows[1::2]):
 if sys.argv[3]:
     config = load_config(sys.argv[2])
     peak = json.loads(sys.argv[3])["gflops"]
-    print(f"\nbf16 dot-product ceiling (bf16_peak, all cores): {peak:.0f} GFLOP/s")
+    peak_line = json.loads(sys.argv[3])
+    path = peak_line["path"]
+    if path == "amx_bf16":
+        peak = peak_line["amx_gflops"]
+        print(f"\nmatrix path: {path}; AMX tdpbf16ps ceiling (bf16_peak, all cores): {peak:.0f} GFLOP/s "
+              f"(vdpbf16ps: {peak_line['gflops']:.0f})")
+    else:
+        print(f"\nmatrix path: {path}; vdpbf16ps ceiling (bf16_peak, all cores): {peak:.0f} GFLOP/s")
     for ours, torch in zip(rows[0::2], rows[1::2]):
         if ours["dtype"] != "bf16":
             continue

@@ -27,7 +27,7 @@ pub struct GpuWorkerConfig {
     /// Backend that runs the model.
     pub backend: BackendChoice,
     /// Precision of the forward pass: `auto` (f32 on the CPU, bf16 with CUDA), `f32` (CPU
-    /// only, the exact reference) or `bf16` (CPU: half the weight memory, avx512_bf16).
+    /// only, the exact reference) or `bf16` (CPU: half the weight memory, AMX or avx512_bf16).
     pub dtype: Dtype,
     /// CUDA device ordinal.
     pub device: usize,

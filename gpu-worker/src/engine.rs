@@ -127,8 +127,8 @@ pub enum Dtype {
     Auto,
     /// f32 everywhere (the exact CPU mode; not offered by the CUDA backend).
     F32,
-    /// bf16 weights and products, f32 accumulation (CPU: the avx512_bf16 instructions when
-    /// present, a portable loop otherwise).
+    /// bf16 weights and products, f32 accumulation (CPU: AMX tiles, else the avx512_bf16
+    /// instructions when present, a portable loop otherwise).
     Bf16,
 }
 

@@ -45,7 +45,7 @@ struct Args {
     #[arg(long, value_enum)]
     backend: Option<BackendChoice>,
     /// Precision of the forward pass (auto: f32 on the CPU, bf16 with CUDA; bf16 on the CPU
-    /// halves the weights' memory and runs on avx512_bf16 where the CPU has it).
+    /// halves the weights' memory and runs on AMX tiles or avx512_bf16 where the CPU has them).
     #[arg(long, value_enum)]
     dtype: Option<Dtype>,
     /// CUDA device ordinal.

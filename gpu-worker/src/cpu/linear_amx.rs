@@ -8,7 +8,10 @@
 //! in L1 while every block of 32 activation rows (two A tiles, packed by
 //! [`amx::pack_blocked`]) streams past it, the block's four C tiles reloaded from and stored
 //! to the thread's accumulator between chunks. A last block of at most 16 rows uses one A
-//! tile.
+//! tile. A large batch goes through in parts of [`PART_ROWS`] rows, each part's packed
+//! activations staying in L2 while all panels pass.
+
+use std::ops::Range;
 
 use rayon::prelude::*;
 
@@ -18,6 +21,11 @@ use super::pack_bf16::{Kernel, PANEL, PackedBf16};
 
 /// Rows of a full block: two A tiles.
 const BLOCK_ROWS: usize = 2 * TILE_ROWS;
+
+/// Activation rows multiplied with every panel before the next rows start: their packed
+/// values (512 KiB at 1,024 input features) stay in L2 while the weights stream past, where
+/// all rows of a large batch would be fetched again from memory for every panel.
+const PART_ROWS: usize = 256;
 
 /// Tile steps (32 input features each) per chunk of the reduction: a panel's chunk is
 /// `CHUNK_STEPS` KiB x 2.
@@ -52,10 +60,11 @@ struct Direct {
     c0: usize,
 }
 
-/// The products of all activation rows with one panel, accumulated over the reduction in
-/// chunks in `acc` (the rows, padded to whole tiles, [`PANEL`] values each). With `direct`,
-/// a whole block's last chunk is stored straight into the output instead ([`is_direct`]
-/// says which rows); the other rows stay in `acc`.
+/// The products of the activation rows `part` (of `rows`; `part.start` a multiple of
+/// [`BLOCK_ROWS`]) with one panel, accumulated over the reduction in chunks in `acc` (row
+/// `r` at `(r - part.start) * PANEL`, whole tiles). With `direct`, a whole block's last
+/// chunk is stored straight into the output instead ([`is_direct`] says which rows); the
+/// other rows stay in `acc`.
 ///
 /// # Safety
 /// With `direct`: the panel's [`PANEL`] columns of every row lie inside the output and no
@@ -63,7 +72,7 @@ struct Direct {
 unsafe fn panel_products(
     tiles: &Tiles,
     a: Blocked<'_>,
-    rows: usize,
+    (rows, part): (usize, Range<usize>),
     panel: &[u32],
     acc: &mut [f32],
     direct: Option<Direct>,
@@ -71,15 +80,16 @@ unsafe fn panel_products(
     for first in (0..a.steps).step_by(CHUNK_STEPS) {
         let chunk = first..(first + CHUNK_STEPS).min(a.steps);
         let last = chunk.end == a.steps;
-        for r0 in (0..rows).step_by(BLOCK_ROWS) {
+        for r0 in part.clone().step_by(BLOCK_ROWS) {
             let a_tiles = (rows - r0).min(BLOCK_ROWS).div_ceil(TILE_ROWS);
             let group = r0 / TILE_ROWS;
             let steps = chunk.clone();
+            let at = (r0 - part.start) * PANEL;
             match direct {
                 Some(Direct { out, n, c0 }) if last && is_direct(rows, r0) => {
                     let start = match first {
                         0 => Start::Zero,
-                        _ => Start::From(&acc[r0 * PANEL..], PANEL),
+                        _ => Start::From(&acc[at..], PANEL),
                     };
                     // SAFETY: the block's rows are whole rows of the output (`is_direct`),
                     // its columns the panel's: the caller's contract.
@@ -94,7 +104,7 @@ unsafe fn panel_products(
                     } else {
                         Start::Accumulate
                     };
-                    let dst = &mut acc[r0 * PANEL..];
+                    let dst = &mut acc[at..];
                     tiles.products(a, group, a_tiles, panel, steps, start, dst, PANEL);
                 }
             }
@@ -134,30 +144,39 @@ pub fn linear_amx(x: &[f32], w: &PackedBf16, rows: usize, out: &mut [f32]) {
     };
     let n = w.n;
     let out_ptr = OutPtr(out.as_mut_ptr());
-    let panels = (0..n.div_ceil(PANEL)).into_par_iter();
-    panels.for_each_init(
-        || worker(rows, 1),
-        |(tiles, acc), p| {
-            let acc = &mut acc[0];
-            let cols = (n - p * PANEL).min(PANEL);
-            let direct = (cols == PANEL).then_some(Direct {
-                out: out_ptr,
-                n,
-                c0: p * PANEL,
-            });
-            // SAFETY: rows * n is `out`'s length (checked above) and a whole panel's columns lie
-            // inside it; no other task writes panel `p`'s columns, and `out` is borrowed
-            // mutably for the whole loop.
-            unsafe { panel_products(tiles, a, rows, w.panel(p), acc, direct) };
-            for (r, values) in acc.chunks_exact(PANEL).take(rows).enumerate() {
-                if direct.is_some() && is_direct(rows, r) {
-                    continue;
+    for part in parts(rows) {
+        let panels = (0..n.div_ceil(PANEL)).into_par_iter();
+        panels.for_each_init(
+            || worker(part.len(), 1),
+            |(tiles, acc), p| {
+                let acc = &mut acc[0];
+                let cols = (n - p * PANEL).min(PANEL);
+                let direct = (cols == PANEL).then_some(Direct {
+                    out: out_ptr,
+                    n,
+                    c0: p * PANEL,
+                });
+                // SAFETY: rows * n is `out`'s length (checked above) and a whole panel's columns
+                // lie inside it; no other task writes panel `p`'s columns, and `out` is borrowed
+                // mutably for the whole loop.
+                unsafe { panel_products(tiles, a, (rows, part.clone()), w.panel(p), acc, direct) };
+                for (r, values) in part.clone().zip(acc.chunks_exact(PANEL)) {
+                    if direct.is_some() && is_direct(rows, r) {
+                        continue;
+                    }
+                    // SAFETY: as above, for row r < rows and columns `p * PANEL .. + cols` <= n.
+                    unsafe { out_ptr.row(r, n, p * PANEL, cols) }.copy_from_slice(&values[..cols]);
                 }
-                // SAFETY: as above, for row r < rows and columns `p * PANEL .. + cols` <= n.
-                unsafe { out_ptr.row(r, n, p * PANEL, cols) }.copy_from_slice(&values[..cols]);
-            }
-        },
-    );
+            },
+        );
+    }
+}
+
+/// The activation rows in parts of at most [`PART_ROWS`].
+fn parts(rows: usize) -> impl Iterator<Item = Range<usize>> {
+    (0..rows)
+        .step_by(PART_ROWS)
+        .map(move |r0| r0..(r0 + PART_ROWS).min(rows))
 }
 
 /// SwiGLU fused with its projection on AMX tiles: `out (rows, n / 2) = silu(g) * u` where
@@ -182,26 +201,29 @@ pub fn linear_silu_mul_amx(x: &[f32], w: &PackedBf16, rows: usize, out: &mut [f3
     };
     let up_panels = half / PANEL;
     let out_ptr = OutPtr(out.as_mut_ptr());
-    let panels = (0..up_panels).into_par_iter();
-    panels.for_each_init(
-        || worker(rows, 2),
-        |(tiles, acc), p| {
-            let [gate, up] = &mut acc[..] else {
-                unreachable!("two accumulators")
-            };
-            // SAFETY: no direct output: everything stays in the accumulators.
-            unsafe {
-                panel_products(tiles, a, rows, w.panel(p), gate, None);
-                panel_products(tiles, a, rows, w.panel(p + up_panels), up, None);
-            }
-            let pairs = gate.chunks_exact(PANEL).zip(up.chunks_exact(PANEL));
-            for (r, (g, u)) in pairs.take(rows).enumerate() {
-                // SAFETY: row r < rows and columns `p * PANEL .. (p + 1) * PANEL` <= n / 2 lie
-                // inside `out` (rows * n / 2, checked above); no other task touches panel `p`'s
-                // columns, and `out` is borrowed mutably for the whole loop.
-                let dst = unsafe { out_ptr.row(r, half, p * PANEL, PANEL) };
-                silu_mul_into(Kernel::Amx, g, u, dst);
-            }
-        },
-    );
+    for part in parts(rows) {
+        let panels = (0..up_panels).into_par_iter();
+        panels.for_each_init(
+            || worker(part.len(), 2),
+            |(tiles, acc), p| {
+                let [gate, up] = &mut acc[..] else {
+                    unreachable!("two accumulators")
+                };
+                let rows_part = (rows, part.clone());
+                // SAFETY: no direct output: everything stays in the accumulators.
+                unsafe {
+                    panel_products(tiles, a, rows_part.clone(), w.panel(p), gate, None);
+                    panel_products(tiles, a, rows_part, w.panel(p + up_panels), up, None);
+                }
+                let pairs = gate.chunks_exact(PANEL).zip(up.chunks_exact(PANEL));
+                for (r, (g, u)) in part.clone().zip(pairs) {
+                    // SAFETY: row r < rows and columns `p * PANEL .. (p + 1) * PANEL` <= n / 2
+                    // lie inside `out` (rows * n / 2, checked above); no other task touches
+                    // panel `p`'s columns, and `out` is borrowed mutably for the whole loop.
+                    let dst = unsafe { out_ptr.row(r, half, p * PANEL, PANEL) };
+                    silu_mul_into(Kernel::Amx, g, u, dst);
+                }
+            },
+        );
+    }
 }

@@ -453,9 +453,9 @@ mod tests {
             println!("skipped: this CPU has no AMX (or the kernel refused the tile state)");
             return;
         }
-        // Also a full two-tile block with remainders in every dimension, and more rows
-        // than one block.
-        let more = [(32, 64, 64), (33, 96, 65), (70, 300, 100)];
+        // Also a full two-tile block, remainders in every dimension, more rows than one
+        // block, and more than one part of rows (`linear_amx::PART_ROWS`).
+        let more = [(32, 64, 64), (33, 96, 65), (70, 300, 100), (300, 64, 40)];
         for (i, &(rows, k, n)) in SHAPES.iter().chain(&more).enumerate() {
             check(rows, k, n, Kernel::Amx, 300 + i as u64);
         }
@@ -464,7 +464,7 @@ mod tests {
     #[test]
     fn fused_silu_equals_product_then_silu() {
         let kernels = Kernel::all_supported();
-        for (seed, &(rows, k, n)) in [(1, 3, 64), (13, 130, 128), (30, 255, 192), (40, 64, 128)]
+        for (seed, &(rows, k, n)) in [(1, 3, 64), (13, 130, 128), (30, 255, 192), (300, 64, 128)]
             .iter()
             .enumerate()
         {

@@ -1,16 +1,18 @@
 //! The CPU backend: every op on the host, using every core. In f32 ([`CpuBackend::F32`]) it
 //! is the exact reference (matches transformers in float32) and the twin each CUDA kernel is
 //! tested against; in bf16 ([`CpuBackend::bf16`]) the weights stay bf16 and the matrix
-//! products (projections and attention's two) run on the CPU's bf16 dot-product
-//! instructions with f32 sums, everything else still in f32.
+//! products (projections and attention's two) run with f32 sums on the fastest bf16 path
+//! the CPU has, chosen once at start ([`pack_bf16::Kernel::detect`]): AMX tiles, then the
+//! `avx512_bf16` dot product, then a portable loop; everything else stays in f32.
 //!
 //! # Layout
 //! One file per op, each a plain function on slices: [`embed`], [`rms_norm`], [`add`],
-//! [`qk_norm_rope`], [`attention`] (its bf16 products in [`attention_bf16`]), [`silu_mul`],
-//! [`linear`] (f32) and [`linear_bf16`] (with SwiGLU fused in), [`last_rows`], [`pool`];
-//! [`exp`] is the vectorizable `e^x` they share, [`pack_bf16`] the packed operands of the bf16
-//! products. [`spare`] keeps large activation buffers between ops. This module binds the ops
-//! to [`Ops`], checking shapes.
+//! [`qk_norm_rope`], [`attention`] (its bf16 products in [`attention_bf16`], on AMX in
+//! [`attention_amx`]), [`silu_mul`], [`linear`] (f32) and [`linear_bf16`] (with SwiGLU fused
+//! in; on AMX in [`linear_amx`]), [`last_rows`], [`pool`]; [`exp`] is the vectorizable `e^x`
+//! they share, [`pack_bf16`] the packed operands of the bf16 products and the kernel choice,
+//! [`amx`] the tile unit. [`spare`] keeps large activation buffers between ops. This module
+//! binds the ops to [`Ops`], checking shapes.
 
 pub mod add;
 pub mod amx;
