@@ -6,7 +6,7 @@ use std::time::Instant;
 use common::subjects::Task;
 use serde::Serialize;
 
-use crate::engine::{self, BackendChoice, Dtype, EngineOptions, Work};
+use crate::engine::{self, BackendChoice, CpuKernel, Dtype, EngineOptions, Work};
 
 /// Settings of a benchmark run.
 #[derive(Debug, Clone, clap::Args)]
@@ -20,6 +20,9 @@ pub struct BenchArgs {
     /// Compute precision (auto: f32 on the CPU, bf16 with CUDA).
     #[arg(long, value_enum, default_value_t = Dtype::Auto)]
     pub dtype: Dtype,
+    /// The bf16 CPU backend's matrix path (auto: the fastest this CPU runs).
+    #[arg(long, value_enum, default_value_t = CpuKernel::Auto)]
+    pub cpu_kernel: CpuKernel,
     /// Sequences per batch (at most).
     #[arg(long, default_value_t = 8)]
     pub batch: usize,
@@ -163,6 +166,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<BenchReport> {
         &EngineOptions {
             backend: args.backend,
             dtype: args.dtype,
+            cpu_kernel: args.cpu_kernel,
             device: args.device,
             gpu_memory_fraction: args.gpu_memory_fraction,
             max_batch_tokens: Some(max_tokens),

@@ -7,7 +7,7 @@ use common::subjects::Task;
 use serde::Deserialize;
 
 use crate::device::{FaultAction, FaultHook};
-use crate::engine::{BackendChoice, Dtype, EngineOptions};
+use crate::engine::{BackendChoice, CpuKernel, Dtype, EngineOptions};
 
 /// Everything a GPU worker needs besides the NATS connection and the work queue.
 #[derive(Debug, Clone, Deserialize)]
@@ -29,6 +29,10 @@ pub struct GpuWorkerConfig {
     /// Precision of the forward pass: `auto` (f32 on the CPU, bf16 with CUDA), `f32` (CPU
     /// only, the exact reference) or `bf16` (CPU: half the weight memory, AMX or avx512_bf16).
     pub dtype: Dtype,
+    /// The bf16 CPU backend's matrix path: `auto` (AMX tiles, then `avx512_bf16`, then a
+    /// portable loop: the first this CPU runs), or `amx`, `avx512_bf16`, `portable` (start-up
+    /// fails when the CPU cannot run the one named). Ignored in f32 and with CUDA.
+    pub cpu_kernel: CpuKernel,
     /// CUDA device ordinal.
     pub device: usize,
     /// Share of the device's memory this worker may use (Ray Serve's fractional `num_gpus`:
@@ -81,6 +85,7 @@ impl GpuWorkerConfig {
         EngineOptions {
             backend: self.backend,
             dtype: self.dtype,
+            cpu_kernel: self.cpu_kernel,
             device: self.device,
             gpu_memory_fraction: self.gpu_memory_fraction,
             max_batch_tokens: Some(self.max_batch_tokens),
@@ -113,6 +118,7 @@ impl Default for GpuWorkerConfig {
             model_name: String::new(),
             backend: BackendChoice::Auto,
             dtype: Dtype::Auto,
+            cpu_kernel: CpuKernel::Auto,
             device: 0,
             gpu_memory_fraction: 0.9,
             max_batches_in_hand: 2,

@@ -11,6 +11,7 @@ use common::subjects::Task;
 use common::wire::ErrorCode;
 
 use crate::cpu::CpuBackend;
+use crate::cpu::pack_bf16::Kernel;
 use crate::cuda::{self, CudaBackend, CudaOptions};
 use crate::model::config::Qwen3Config;
 use crate::model::heads::Head;
@@ -132,6 +133,56 @@ pub enum Dtype {
     Bf16,
 }
 
+/// The CPU's bf16 matrix path (the bf16 CPU backend only): the fastest this CPU runs, or
+/// one named (start-up fails when the CPU cannot run it).
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    serde::Deserialize,
+    serde::Serialize,
+    clap::ValueEnum,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum CpuKernel {
+    /// AMX tiles, then `avx512_bf16`, then the portable loop: the first this CPU runs.
+    #[default]
+    Auto,
+    /// AMX tiles (`amx_bf16`; the kernel must grant the tile state).
+    Amx,
+    /// The `vdpbf16ps` dot product (`avx512_bf16`).
+    #[value(name = "avx512_bf16")]
+    Avx512Bf16,
+    /// The portable loop.
+    Portable,
+}
+
+impl CpuKernel {
+    /// The kernel this choice names on this CPU; an error naming the choice when the CPU
+    /// cannot run it.
+    pub fn resolve(self) -> Result<Kernel, EngineError> {
+        let kernel = match self {
+            Self::Auto => return Ok(Kernel::detect()),
+            Self::Amx => Kernel::Amx,
+            Self::Avx512Bf16 => Kernel::Avx512Bf16,
+            Self::Portable => Kernel::Portable,
+        };
+        if kernel.supported() {
+            Ok(kernel)
+        } else {
+            Err(EngineError::Config(format!(
+                "cpu_kernel {} is not available on this CPU (or, for AMX, the kernel refused the \
+                 tile state); this CPU runs {}: set cpu_kernel to auto",
+                kernel.name(),
+                Kernel::detect().name()
+            )))
+        }
+    }
+}
+
 /// How to place the model.
 #[derive(Debug, Clone)]
 pub struct EngineOptions {
@@ -141,6 +192,8 @@ pub struct EngineOptions {
     pub device: usize,
     /// Precision of the forward pass.
     pub dtype: Dtype,
+    /// The bf16 CPU backend's matrix path.
+    pub cpu_kernel: CpuKernel,
     /// Share of the device's memory the worker may take (CUDA).
     pub gpu_memory_fraction: f64,
     /// Largest batch in tokens the worker must accept; refused at start when the memory
@@ -154,6 +207,7 @@ impl EngineOptions {
         Self {
             backend: BackendChoice::Cpu,
             dtype: Dtype::F32,
+            cpu_kernel: CpuKernel::Auto,
             device: 0,
             gpu_memory_fraction: 1.0,
             max_batch_tokens: None,
@@ -180,12 +234,12 @@ fn load_error(e: ModelError) -> EngineError {
     EngineError::Start(e.to_string())
 }
 
-/// The CPU backend in the precision `options` ask for.
-fn cpu_backend(options: &EngineOptions) -> CpuBackend {
-    match options.dtype {
+/// The CPU backend in the precision (and, in bf16, on the matrix path) `options` ask for.
+fn cpu_backend(options: &EngineOptions) -> Result<CpuBackend, EngineError> {
+    Ok(match options.dtype {
         Dtype::Auto | Dtype::F32 => CpuBackend::F32,
-        Dtype::Bf16 => CpuBackend::bf16(),
-    }
+        Dtype::Bf16 => CpuBackend::with_kernel(options.cpu_kernel.resolve()?),
+    })
 }
 
 /// The CUDA backend `options` ask for.
@@ -231,7 +285,7 @@ pub fn load(
     task: Task,
 ) -> Result<Box<dyn DeviceModel>, EngineError> {
     if !uses_cuda(options) {
-        let loaded = Loaded::new(cpu_backend(options), dir, task).map_err(load_error)?;
+        let loaded = Loaded::new(cpu_backend(options)?, dir, task).map_err(load_error)?;
         return Ok(Box::new(loaded));
     }
     let loaded = Loaded::new(cuda_backend(options)?, dir, task).map_err(load_error)?;

@@ -12,7 +12,7 @@ use common::subjects::Task;
 use common::telemetry::{self, LogFormat, TelemetryConfig};
 use gpu_worker::bench::{self, BenchArgs};
 use gpu_worker::config::GpuWorkerConfig;
-use gpu_worker::engine::{BackendChoice, Dtype};
+use gpu_worker::engine::{BackendChoice, CpuKernel, Dtype};
 
 /// How long the runtime's shutdown waits for blocking tasks once `run` returned.
 const RUNTIME_SHUTDOWN: std::time::Duration = std::time::Duration::from_secs(1);
@@ -48,6 +48,9 @@ struct Args {
     /// halves the weights' memory and runs on AMX tiles or avx512_bf16 where the CPU has them).
     #[arg(long, value_enum)]
     dtype: Option<Dtype>,
+    /// The bf16 CPU backend's matrix path (auto: AMX, then avx512_bf16, then portable).
+    #[arg(long, value_enum)]
+    cpu_kernel: Option<CpuKernel>,
     /// CUDA device ordinal.
     #[arg(long)]
     device: Option<usize>,
@@ -91,6 +94,9 @@ fn main() -> anyhow::Result<()> {
     }
     if let Some(dtype) = args.dtype {
         config.dtype = dtype;
+    }
+    if let Some(kernel) = args.cpu_kernel {
+        config.cpu_kernel = kernel;
     }
     if let Some(device) = args.device {
         config.device = device;

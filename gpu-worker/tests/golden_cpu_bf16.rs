@@ -82,22 +82,32 @@ fn batch_composition_does_not_change_vectors() {
 }
 
 #[test]
-fn both_kernels_agree() {
+fn every_kernel_agrees_with_the_portable_one() {
     let cases = fixture::case_ids(&fixture::golden());
     let backends = backends();
-    let [portable, fast] = &backends[..] else {
-        return; // printed "skipped" in backends()
+    let [portable, fast @ ..] = &backends[..] else {
+        unreachable!("the portable kernel always runs")
     };
-    let (slow_model, fast_model) = (load(portable), load(fast));
+    if fast.is_empty() {
+        return; // printed "skipped" in backends()
+    }
+    let slow_model = load(portable);
     let hidden = slow_model.config().hidden_size;
     let all: Vec<usize> = (0..cases.len()).collect();
     let (packed, layout) = fixture::pack(&cases, &all);
     let dims = vec![hidden; all.len()];
     let a = slow_model.embed(portable, &packed, &layout, &dims).unwrap();
-    let b = fast_model.embed(fast, &packed, &layout, &dims).unwrap();
-    for (i, (x, y)) in a.iter().zip(&b).enumerate() {
-        // Same bf16 operands, f32 sums in a different order.
-        let diff = fixture::max_abs_diff(x, y);
-        assert!(diff < 1e-4, "case {i}: kernels differ by {diff}");
+    for backend in fast {
+        let b = load(backend)
+            .embed(backend, &packed, &layout, &dims)
+            .unwrap();
+        for (i, (x, y)) in a.iter().zip(&b).enumerate() {
+            // Same bf16 operands, f32 sums in a different order.
+            let diff = fixture::max_abs_diff(x, y);
+            assert!(
+                diff < 1e-4,
+                "{backend:?}: case {i}: kernels differ by {diff}"
+            );
+        }
     }
 }

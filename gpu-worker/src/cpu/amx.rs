@@ -5,8 +5,8 @@
 //! Eight tile registers of 16 rows x 64 bytes. `tdpbf16ps C, A, B` adds to the 16 x 16 f32
 //! tile C the product of A (16 rows x 32 bf16 values: 16 pairs) and B (16 rows of 16 pairs,
 //! one pair per output column): the same paired layout as `vdpbf16ps`, so the panels of
-//! [`super::pack_bf16::PackedBf16`] are B tiles as they are (a panel's 32 columns are two B
-//! tiles, rows [`PANEL`] words apart). Each product is exact in f32 and the sums are f32, as
+//! [`super::pack_bf16::PackedBf16`] are B tiles as they are (each step of a panel's 32
+//! columns is two B tiles, 1 KiB contiguous each). Each product is exact in f32 and the sums are f32, as
 //! on the other kernels.
 //!
 //! # Using it
@@ -18,7 +18,7 @@
 
 use rayon::prelude::*;
 
-use super::pack_bf16::{Kernel, PANEL, pack_activations};
+use super::pack_bf16::{HALF, Kernel, PANEL, pack_activations};
 
 /// Pairs of input features one tile step reduces over (a tile row is 16 words).
 pub const STEP_PAIRS: usize = 16;
@@ -229,15 +229,16 @@ impl Tiles {
     unsafe fn block<const A_TILES: usize>(&self, op: BlockPointers, steps: std::ops::Range<usize>) {
         use std::arch::asm;
         const { assert!(A_TILES == 1 || A_TILES == 2) };
-        let (b_stride, a_stride, c_stride) = (PANEL * 4, 64usize, op.c_stride * 4);
+        // Both operands' tiles are 1 KiB contiguous: 64-byte rows.
+        let (b_stride, a_stride, c_stride) = (64usize, 64usize, op.c_stride * 4);
         let c_lower = op.c.wrapping_add(TILE_ROWS * op.c_stride);
         let c_in_stride = op.c_in_stride * 4;
         let c_in_lower = op.c_in.wrapping_add(TILE_ROWS * op.c_in_stride);
         // SAFETY (every block below): the tiles are configured on this thread (`self`); the
         // addresses read and written lie inside the buffers the caller vouches for: A tile
         // (t, s) is 1 KiB at `a + t * a_group_words + s * A_TILE_WORDS`, B tiles of step `s`
-        // are 16 rows of 64 bytes from `panel + s * STEP_PAIRS * PANEL` (+ 16 words), 128
-        // bytes apart; C tiles are 16 rows of 64 bytes at `c` (+ 16 floats, + 16 rows).
+        // are 1 KiB each at `panel + s * STEP_PAIRS * PANEL` (+ 256 words); C tiles are 16
+        // rows of 64 bytes at `c` (+ 16 floats, + 16 rows).
         unsafe {
             if !op.c_in.is_null() {
                 asm!(
@@ -283,7 +284,7 @@ impl Tiles {
                         a0 = in(reg) a0,
                         a1 = in(reg) a0.add(op.a_group_words),
                         b = in(reg) b,
-                        b1 = in(reg) b.add(16),
+                        b1 = in(reg) b.add(STEP_PAIRS * HALF),
                         as_ = in(reg) a_stride,
                         bs = in(reg) b_stride,
                         options(readonly, nostack),
@@ -297,7 +298,7 @@ impl Tiles {
                         "tdpbf16ps tmm1, tmm4, tmm7",
                         a0 = in(reg) a0,
                         b = in(reg) b,
-                        b1 = in(reg) b.add(16),
+                        b1 = in(reg) b.add(STEP_PAIRS * HALF),
                         as_ = in(reg) a_stride,
                         bs = in(reg) b_stride,
                         options(readonly, nostack),
@@ -398,17 +399,16 @@ pub fn pack_blocked_rows<'a>(
     let group_words = steps * A_TILE_WORDS;
     let mut out = vec![0u32; rows.div_ceil(TILE_ROWS) * group_words];
     let pack_group = |(g, group): (usize, &mut [u32])| {
-        let mut words = vec![0u32; steps * STEP_PAIRS];
         for rr in 0..TILE_ROWS.min(rows - g * TILE_ROWS) {
             let values = row(g * TILE_ROWS + rr);
             assert!(
-                values.len().div_ceil(2) <= words.len(),
+                values.len().div_ceil(2) <= steps * STEP_PAIRS,
                 "a row longer than its steps; this is a bug"
             );
-            words.fill(0);
-            pack_activations(Kernel::Avx512Bf16, values, &mut words);
-            for (s, chunk) in words.chunks_exact(STEP_PAIRS).enumerate() {
-                group[s * A_TILE_WORDS + rr * STEP_PAIRS..][..STEP_PAIRS].copy_from_slice(chunk);
+            // Each step's 32 values go straight to their tile row (zero past the row's end).
+            for (s, chunk) in values.chunks(2 * STEP_PAIRS).enumerate() {
+                let words = &mut group[s * A_TILE_WORDS + rr * STEP_PAIRS..][..STEP_PAIRS];
+                pack_activations(Kernel::Avx512Bf16, chunk, words);
             }
         }
     };

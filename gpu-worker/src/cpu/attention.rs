@@ -7,7 +7,7 @@
 use gemm::Parallelism;
 use rayon::prelude::*;
 
-use super::attention_amx::attend_amx;
+use super::attention_amx::{PackedKv, attend_amx, pack_kv};
 use super::attention_bf16::attend_bf16;
 use super::exp::exp;
 use super::linear_bf16::Kernel;
@@ -24,6 +24,8 @@ const PARALLEL_MIN_FLOPS: usize = 1 << 20;
 /// sequence whose keys start at row `k_start` of `kv`; row `r` sees `visible0 + (r - rows.start)`
 /// keys.
 struct Task {
+    /// The sequence.
+    seq: usize,
     head: usize,
     rows: std::ops::Range<usize>,
     k_start: usize,
@@ -64,6 +66,7 @@ pub fn attention(
                 // Keys visible to the block's first row.
                 let visible0 = k_len - (q_end - q_start) + (block - q_start) + 1;
                 tasks.push(Task {
+                    seq: s,
                     head,
                     rows,
                     k_start,
@@ -76,19 +79,42 @@ pub fn attention(
         .iter()
         .map(|task| task.rows.len() * (task.visible0 + task.rows.len()) * d)
         .sum();
+    let parallel = flops >= PARALLEL_MIN_FLOPS;
+    // On AMX, each sequence's K and V per key/value head are packed once for all its tasks.
+    let packed: Vec<PackedKv> = match products {
+        Products::Bf16(Kernel::Amx) => {
+            let heads = shape.num_kv_heads;
+            let pack = |i: usize| {
+                let (s, kv_head) = (i / heads, i % heads);
+                let (k_start, k_end) = (cu_k[s] as usize, cu_k[s + 1] as usize);
+                pack_kv(kv, shape, k_start, k_end - k_start, kv_head)
+            };
+            let units = (cu_k.len() - 1) * heads;
+            if parallel {
+                (0..units).into_par_iter().map(pack).collect()
+            } else {
+                (0..units).map(pack).collect()
+            }
+        }
+        _ => Vec::new(),
+    };
+    let group = shape.num_heads / shape.num_kv_heads;
     let run = |task: Task| {
         let operands = Operands::of(&task, shape, q.len(), kv.len());
         let block = match products {
             Products::F32 => attend(q, kv, &operands),
-            Products::Bf16(Kernel::Amx) => attend_amx(q, kv, &operands),
+            Products::Bf16(Kernel::Amx) => {
+                let kv_index = task.seq * shape.num_kv_heads + task.head / group;
+                attend_amx(q, &operands, &packed[kv_index])
+            }
             Products::Bf16(kernel) => attend_bf16(q, kv, &operands, kernel),
         };
         (task, block)
     };
-    let blocks: Vec<(Task, Vec<f32>)> = if flops < PARALLEL_MIN_FLOPS {
-        tasks.into_iter().map(run).collect()
-    } else {
+    let blocks: Vec<(Task, Vec<f32>)> = if parallel {
         tasks.into_par_iter().map(run).collect()
+    } else {
+        tasks.into_iter().map(run).collect()
     };
     // Every (row, head) block is written below.
     let mut out = super::spare::for_overwrite(q_rows * out_width);

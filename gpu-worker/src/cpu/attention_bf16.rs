@@ -9,6 +9,7 @@
 
 use super::attention::{Operands, softmax};
 use super::linear_bf16::{Kernel, PANEL, TileRows, pack_activations, tile_into};
+use super::pack_bf16::{panel_word, panel_words};
 
 /// The task's output, `(rows, head_dim)`: attention of its query rows in `q` over the keys
 /// and values in `kv`, as [`Operands`] places them.
@@ -44,7 +45,7 @@ pub fn attend_bf16(q: &[f32], kv: &[f32], operands: &Operands, kernel: Kernel) -
     for (r0, a) in TileRows::tiles(&q_words, d_pairs, rows) {
         let seen = visible0 + r0 + a.count - 1;
         for p in 0..seen.div_ceil(PANEL) {
-            let panel = &k_panels[p * d_pairs * PANEL..][..d_pairs * PANEL];
+            let panel = &k_panels[p * panel_words(d_pairs)..][..panel_words(d_pairs)];
             let out = &mut scores[r0 * s_stride + p * PANEL..];
             tile_into(kernel, a, panel, d_pairs, out, s_stride);
         }
@@ -66,7 +67,7 @@ pub fn attend_bf16(q: &[f32], kv: &[f32], operands: &Operands, kernel: Kernel) -
     for (r0, a) in TileRows::tiles(&p_words, key_pairs, rows) {
         let seen_pairs = (visible0 + r0 + a.count - 1).div_ceil(2);
         for p in 0..d_panels {
-            let panel = &v_panels[p * key_pairs * PANEL..][..key_pairs * PANEL];
+            let panel = &v_panels[p * panel_words(key_pairs)..][..panel_words(key_pairs)];
             let dst = &mut out[r0 * o_stride + p * PANEL..];
             tile_into(kernel, a, panel, seen_pairs, dst, o_stride);
         }
@@ -83,9 +84,9 @@ pub fn attend_bf16(q: &[f32], kv: &[f32], operands: &Operands, kernel: Kernel) -
 }
 
 /// The `keys` k rows (`d` values each, `width` apart from `kv[k_at]`) as weight panels of
-/// `d_stride >= ceil(d / 2)` pairs: panel `p` holds keys `p * PANEL ..`, word `qd * PANEL +
-/// key % PANEL` pairs that key's values `2 qd` and `2 qd + 1`. Keys past `keys` in the last
-/// panel, and pairs past the head, are zero.
+/// `d_stride >= ceil(d / 2)` pairs (`panel_words(d_stride)` words each): panel `p` holds
+/// keys `p * PANEL ..`, word `panel_word(qd, key % PANEL)` pairs that key's values `2 qd`
+/// and `2 qd + 1`. Keys past `keys` in the last panel, and pairs past the head, are zero.
 pub(super) fn pack_keys(
     kv: &[f32],
     k_at: usize,
@@ -100,22 +101,22 @@ pub(super) fn pack_keys(
         d_stride >= d_pairs,
         "pack_keys stride checked by the caller; this is a bug"
     );
-    let mut panels = vec![0u32; keys.div_ceil(PANEL) * d_stride * PANEL];
+    let mut panels = vec![0u32; keys.div_ceil(PANEL) * panel_words(d_stride)];
     let mut words = vec![0u32; d_pairs];
     for key in 0..keys {
         pack_activations(kernel, &kv[k_at + key * width..][..d], &mut words);
-        let base = (key / PANEL) * d_stride * PANEL + key % PANEL;
+        let base = (key / PANEL) * panel_words(d_stride);
         for (qd, &word) in words.iter().enumerate() {
-            panels[base + qd * PANEL] = word;
+            panels[base + panel_word(qd, key % PANEL)] = word;
         }
     }
     panels
 }
 
-/// The `keys` v rows, transposed, as weight panels of `key_stride >= ceil(keys / 2)` pairs:
-/// panel `p` holds columns `p * PANEL ..` of the head, word `qk * PANEL + col % PANEL` pairs
-/// that column's values at keys `2 qk` and `2 qk + 1` (zero past `keys`, and in columns past
-/// `d`).
+/// The `keys` v rows, transposed, as weight panels of `key_stride >= ceil(keys / 2)` pairs
+/// (`panel_words(key_stride)` words each): panel `p` holds columns `p * PANEL ..` of the
+/// head, word `panel_word(qk, col % PANEL)` pairs that column's values at keys `2 qk` and
+/// `2 qk + 1` (zero past `keys`, and in columns past `d`).
 pub(super) fn pack_values(
     kv: &[f32],
     v_at: usize,
@@ -130,7 +131,7 @@ pub(super) fn pack_values(
         key_stride >= key_pairs,
         "pack_values stride checked by the caller; this is a bug"
     );
-    let mut panels = vec![0u32; d.div_ceil(PANEL) * key_stride * PANEL];
+    let mut panels = vec![0u32; d.div_ceil(PANEL) * panel_words(key_stride)];
     let (mut even, mut odd) = (vec![0u32; d.div_ceil(2)], vec![0u32; d.div_ceil(2)]);
     // The bf16 value of column `c` in a packed row: half `c % 2` of word `c / 2`.
     let value = |words: &[u32], c: usize| (words[c / 2] >> (16 * (c % 2))) & 0xffff;
@@ -142,7 +143,7 @@ pub(super) fn pack_values(
             odd.fill(0);
         }
         for c in 0..d {
-            let at = (c / PANEL) * key_stride * PANEL + qk * PANEL + c % PANEL;
+            let at = (c / PANEL) * panel_words(key_stride) + panel_word(qk, c % PANEL);
             panels[at] = value(&even, c) | (value(&odd, c) << 16);
         }
     }

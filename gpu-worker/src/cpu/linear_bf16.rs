@@ -15,9 +15,9 @@
 
 use rayon::prelude::*;
 
+use super::pack_bf16::{HALF, PackedBf16, pack_rows, panel_word, panel_words, unpair};
 /// The packing the tiles read, for the ops that call [`tile_into`] (bf16 attention).
 pub use super::pack_bf16::{Kernel, PANEL, pack_activations};
-use super::pack_bf16::{PackedBf16, pack_rows, unpair};
 use super::silu_mul::silu;
 
 /// Rows per register tile: 12 rows x 2 registers = 24 accumulators of the 32 registers.
@@ -215,7 +215,7 @@ pub fn tile_into(
     assert!(
         (1..=TILE_ROWS).contains(&a.count)
             && a.words.len() >= (a.count - 1) * a.stride + k_pairs
-            && panel.len() >= k_pairs * PANEL
+            && panel.len() >= panel_words(k_pairs)
             && out.len() >= (a.count - 1) * out_stride + PANEL
             && out_stride >= PANEL
             && kernel.supported(),
@@ -240,7 +240,7 @@ unsafe fn run_tile(
     stride: usize,
 ) {
     debug_assert!(a.words.len() >= (a.count - 1) * a.stride + k_pairs);
-    debug_assert!(panel.len() >= k_pairs * PANEL);
+    debug_assert!(panel.len() >= panel_words(k_pairs));
     match kernel {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: the caller's contract (AMX implies avx512_bf16: `amx::available`).
@@ -266,8 +266,8 @@ unsafe fn portable_tile(
         acc.fill(0.0);
         for (q, &a_word) in a.words[r * a.stride..][..k_pairs].iter().enumerate() {
             let (a0, a1) = unpair(a_word);
-            for (sum, &w_word) in acc.iter_mut().zip(&panel[q * PANEL..][..PANEL]) {
-                let (w0, w1) = unpair(w_word);
+            for (col, sum) in acc.iter_mut().enumerate() {
+                let (w0, w1) = unpair(panel[panel_word(q, col)]);
                 *sum += a0 * w0 + a1 * w1;
             }
         }
@@ -280,7 +280,7 @@ unsafe fn portable_tile(
 mod avx512 {
     use std::arch::x86_64::*;
 
-    use super::{PANEL, TileRows};
+    use super::{HALF, TileRows, panel_word};
 
     /// Reinterprets 16 words as 32 bf16 values (the same 512 bits).
     #[target_feature(enable = "avx512f,avx512bf16")]
@@ -294,7 +294,7 @@ mod avx512 {
     ///
     /// # Safety
     /// The CPU must support avx512f and avx512bf16; `a` holds `(R - 1) * a_stride +
-    /// k_pairs` words and `panel` `k_pairs * PANEL`; `R` rows of `PANEL` values at `dst`,
+    /// k_pairs` words and `panel` `panel_words(k_pairs)`; `R` rows of `PANEL` values at `dst`,
     /// `stride` apart, are writable and written by no one else meanwhile.
     #[target_feature(enable = "avx512f,avx512bf16")]
     unsafe fn tile_of<const R: usize>(
@@ -305,15 +305,16 @@ mod avx512 {
         dst: *mut f32,
         stride: usize,
     ) {
-        debug_assert!(a.len() >= (R - 1) * a_stride + k_pairs && panel.len() >= k_pairs * PANEL);
+        debug_assert!(a.len() >= (R - 1) * a_stride + k_pairs);
+        debug_assert!(panel.len() >= super::panel_words(k_pairs));
         let mut acc = [[_mm512_setzero_ps(); 2]; R];
         let (a_ptr, w_ptr) = (a.as_ptr(), panel.as_ptr());
         for q in 0..k_pairs {
-            // SAFETY: `q < k_pairs`, so words `q * PANEL .. q * PANEL + 32` are inside
-            // `panel`, and word `r * a_stride + q` (r < R) is inside `a` (caller's contract).
+            // SAFETY: `q < k_pairs`, so the 16 words at `panel_word(q, 0)` and at
+            // `panel_word(q, 16)` are inside `panel`, and word `r * a_stride + q` (r < R) is inside `a` (caller's contract).
             unsafe {
-                let w0 = _mm512_loadu_si512(w_ptr.add(q * PANEL).cast());
-                let w1 = _mm512_loadu_si512(w_ptr.add(q * PANEL + 16).cast());
+                let w0 = _mm512_loadu_si512(w_ptr.add(panel_word(q, 0)).cast());
+                let w1 = _mm512_loadu_si512(w_ptr.add(panel_word(q, HALF)).cast());
                 let (w0, w1) = (as_bf16_pairs(w0), as_bf16_pairs(w1));
                 for (r, acc) in acc.iter_mut().enumerate() {
                     let x = _mm512_set1_epi32(*a_ptr.add(r * a_stride + q) as i32);

@@ -7,6 +7,9 @@
 //! products to that lane's f32 accumulator. So weights are packed once at load into panels
 //! of [`PANEL`] output columns: for each pair of input features `(2q, 2q + 1)`, one 32-bit
 //! word per column holding `w[col][2q]` (low half) and `w[col][2q + 1]` (high half).
+//! Within a panel the words go in steps of 16 pairs, each step two halves of 16 columns,
+//! each half 16 pairs x 16 columns ([`panel_word`]): one AMX B tile, 1 KiB contiguous (a
+//! strided tile load is slower), and for `vdpbf16ps` two 64-byte rows 1 KiB apart.
 //! Activations are rounded to bf16 and paired the same way, one row at a time.
 
 use half::bf16;
@@ -33,6 +36,22 @@ pub struct PackedBf16 {
     words: Vec<u32>,
 }
 
+/// Where the word of pair `q`, column `col` (< [`PANEL`]) of a panel sits in it.
+#[inline(always)]
+pub fn panel_word(q: usize, col: usize) -> usize {
+    let step = q / STEP_PAIRS;
+    let half = col / HALF;
+    step * STEP_PAIRS * PANEL + half * STEP_PAIRS * HALF + (q % STEP_PAIRS) * HALF + col % HALF
+}
+
+/// Words of a panel holding `pairs` pairs (whole steps: the padding is zero).
+pub fn panel_words(pairs: usize) -> usize {
+    pairs.next_multiple_of(STEP_PAIRS) * PANEL
+}
+
+/// Columns of one half of a panel step: one AMX B tile, one 512-bit register of f32.
+pub const HALF: usize = 16;
+
 /// Packs two bf16 values into the word layout `vdpbf16ps` reads: `lo` in bits 0..16.
 fn pair(lo: bf16, hi: bf16) -> u32 {
     u32::from(lo.to_bits()) | (u32::from(hi.to_bits()) << 16)
@@ -58,9 +77,10 @@ impl PackedBf16 {
         for r in 0..n {
             row(r, &mut values[..k]);
             let (panel, col) = (r / PANEL, r % PANEL);
-            let base = panel * k_stride * PANEL + col;
+            let base = panel * k_stride * PANEL;
             for (q, two) in values.chunks_exact(2).enumerate() {
-                words[base + q * PANEL] = pair(bf16::from_f32(two[0]), bf16::from_f32(two[1]));
+                let word = pair(bf16::from_f32(two[0]), bf16::from_f32(two[1]));
+                words[base + panel_word(q, col)] = word;
             }
         }
         Self {
@@ -73,7 +93,7 @@ impl PackedBf16 {
     }
 
     /// Panel `p`: `k_stride * PANEL` words, [`PANEL`] columns per pair of input features
-    /// (pairs past `k_pairs` zero).
+    /// (pairs past `k_pairs` zero), laid out by [`panel_word`].
     pub(super) fn panel(&self, p: usize) -> &[u32] {
         &self.words[p * self.k_stride * PANEL..][..self.k_stride * PANEL]
     }
@@ -254,12 +274,16 @@ mod tests {
     fn packing_rounds_to_nearest_even() {
         let packed = PackedBf16::pack(1, 3, |_, out| out.copy_from_slice(&[1.0, 1.0 + 1e-3, -2.5]));
         let (a, b) = unpair(packed.words[0]);
-        let (c, pad) = unpair(packed.words[PANEL]);
+        let (c, pad) = unpair(packed.words[panel_word(1, 0)]);
         assert_eq!(
             packed.k_stride, STEP_PAIRS,
             "pairs padded to a whole tile step"
         );
-        assert!(packed.words[2 * PANEL..].iter().all(|&w| w == 0));
+        let rest = packed.words.iter().enumerate().skip(1);
+        assert!(
+            rest.filter(|&(i, _)| i != panel_word(1, 0))
+                .all(|(_, &w)| w == 0)
+        );
         assert_eq!((a, b, c, pad), (1.0, 1.0, -2.5, 0.0));
     }
 }
