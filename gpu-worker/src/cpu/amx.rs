@@ -18,7 +18,8 @@
 
 use rayon::prelude::*;
 
-use super::pack_bf16::{HALF, Kernel, PANEL, pack_activations};
+use super::aligned::Aligned;
+use super::pack_bf16::{HALF, Kernel, PANEL, pack_activations_strided};
 
 /// Pairs of input features one tile step reduces over (a tile row is 16 words).
 pub const STEP_PAIRS: usize = 16;
@@ -381,7 +382,7 @@ impl Drop for Tiles {
 /// the blocked layout [`Tiles::block`] reads: for each group of 16 rows, for each of
 /// `steps` steps, 16 rows of [`STEP_PAIRS`] words, contiguous, so a tile load reads one
 /// 1 KiB run. Pairs past `k` and rows past `rows` (up to a whole group) are zero.
-pub fn pack_blocked(x: &[f32], rows: usize, k: usize, steps: usize) -> Vec<u32> {
+pub fn pack_blocked(x: &[f32], rows: usize, k: usize, steps: usize) -> Aligned<u32> {
     assert!(
         x.len() == rows * k,
         "pack_blocked operands checked by the caller; this is a bug"
@@ -395,9 +396,9 @@ pub fn pack_blocked_rows<'a>(
     rows: usize,
     steps: usize,
     row: impl Fn(usize) -> &'a [f32] + Sync,
-) -> Vec<u32> {
+) -> Aligned<u32> {
     let group_words = steps * A_TILE_WORDS;
-    let mut out = vec![0u32; rows.div_ceil(TILE_ROWS) * group_words];
+    let mut out = Aligned::zeroed(rows.div_ceil(TILE_ROWS) * group_words);
     let pack_group = |(g, group): (usize, &mut [u32])| {
         for rr in 0..TILE_ROWS.min(rows - g * TILE_ROWS) {
             let values = row(g * TILE_ROWS + rr);
@@ -406,10 +407,8 @@ pub fn pack_blocked_rows<'a>(
                 "a row longer than its steps; this is a bug"
             );
             // Each step's 32 values go straight to their tile row (zero past the row's end).
-            for (s, chunk) in values.chunks(2 * STEP_PAIRS).enumerate() {
-                let words = &mut group[s * A_TILE_WORDS + rr * STEP_PAIRS..][..STEP_PAIRS];
-                pack_activations(Kernel::Avx512Bf16, chunk, words);
-            }
+            let words = &mut group[rr * STEP_PAIRS..];
+            pack_activations_strided(Kernel::Avx512Bf16, values, words, A_TILE_WORDS);
         }
     };
     if rows * steps < 64 {

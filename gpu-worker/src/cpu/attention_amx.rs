@@ -5,6 +5,7 @@
 //! key/value head ([`pack_kv`]) for every task that reads them: each query block, and both
 //! query heads of a group.
 
+use super::aligned::Aligned;
 use super::amx::{self, Blocked, STEP_PAIRS, Start, TILE_ROWS, Tiles};
 use super::attention::{Operands, softmax};
 use super::attention_bf16::{pack_keys, pack_values};
@@ -18,8 +19,8 @@ const BLOCK_ROWS: usize = 2 * TILE_ROWS;
 /// panels of 32 keys over the head's pairs, V transposed as panels of 32 head columns over
 /// the keys' pairs, both padded to whole tile steps with zeros.
 pub struct PackedKv {
-    k: Vec<u32>,
-    v: Vec<u32>,
+    k: Aligned<u32>,
+    v: Aligned<u32>,
     /// Keys packed.
     keys: usize,
     /// Tile steps of the head dimension (the K panels' reduction).
@@ -85,7 +86,7 @@ pub fn attend_amx(q: &[f32], operands: &Operands, packed: &PackedKv) -> Vec<f32>
     // 1. Scores, unscaled; a block stops at the panel holding the last key its last row
     //    sees.
     let s_stride = key_panels * PANEL;
-    let mut scores = vec![0.0f32; padded_rows * s_stride];
+    let mut scores = Aligned::<f32>::zeroed(padded_rows * s_stride);
     for r0 in (0..rows).step_by(BLOCK_ROWS) {
         let count = (rows - r0).min(BLOCK_ROWS);
         let seen = visible0 + r0 + count - 1;
@@ -120,7 +121,7 @@ pub fn attend_amx(q: &[f32], operands: &Operands, packed: &PackedKv) -> Vec<f32>
 
     // 3. Output: a block sums over the key steps its last row sees.
     let o_stride = d_panels * PANEL;
-    let mut out = vec![0.0f32; padded_rows * o_stride];
+    let mut out = Aligned::<f32>::zeroed(padded_rows * o_stride);
     for r0 in (0..rows).step_by(BLOCK_ROWS) {
         let count = (rows - r0).min(BLOCK_ROWS);
         let seen_steps = (visible0 + r0 + count - 1).div_ceil(2).div_ceil(STEP_PAIRS);
@@ -145,14 +146,10 @@ pub fn attend_amx(q: &[f32], operands: &Operands, packed: &PackedKv) -> Vec<f32>
             );
         }
     }
-    out.truncate(rows * o_stride);
-    if o_stride != d {
-        // A head dimension that is not whole panels: drop the padding columns.
-        out = out
-            .chunks_exact(o_stride)
-            .flat_map(|row| &row[..d])
-            .copied()
-            .collect();
+    // The task's rows, without the padding rows and columns of whole tiles.
+    let mut values = Vec::with_capacity(rows * d);
+    for row in out.chunks_exact(o_stride).take(rows) {
+        values.extend_from_slice(&row[..d]);
     }
-    out
+    values
 }

@@ -7,6 +7,7 @@
 //! Causal masking skips work as well as values: a tile of query rows multiplies only the key
 //! panels and key pairs its last row can see.
 
+use super::aligned::Aligned;
 use super::attention::{Operands, softmax};
 use super::linear_bf16::{Kernel, PANEL, TileRows, pack_activations, tile_into};
 use super::pack_bf16::{panel_word, panel_words};
@@ -95,13 +96,13 @@ pub(super) fn pack_keys(
     keys: usize,
     d_stride: usize,
     kernel: Kernel,
-) -> Vec<u32> {
+) -> Aligned<u32> {
     let d_pairs = d.div_ceil(2);
     assert!(
         d_stride >= d_pairs,
         "pack_keys stride checked by the caller; this is a bug"
     );
-    let mut panels = vec![0u32; keys.div_ceil(PANEL) * panel_words(d_stride)];
+    let mut panels = Aligned::zeroed(keys.div_ceil(PANEL) * panel_words(d_stride));
     let mut words = vec![0u32; d_pairs];
     for key in 0..keys {
         pack_activations(kernel, &kv[k_at + key * width..][..d], &mut words);
@@ -125,13 +126,13 @@ pub(super) fn pack_values(
     keys: usize,
     key_stride: usize,
     kernel: Kernel,
-) -> Vec<u32> {
+) -> Aligned<u32> {
     let key_pairs = keys.div_ceil(2);
     assert!(
         key_stride >= key_pairs,
         "pack_values stride checked by the caller; this is a bug"
     );
-    let mut panels = vec![0u32; d.div_ceil(PANEL) * panel_words(key_stride)];
+    let mut panels = Aligned::zeroed(d.div_ceil(PANEL) * panel_words(key_stride));
     let (mut even, mut odd) = (vec![0u32; d.div_ceil(2)], vec![0u32; d.div_ceil(2)]);
     // The bf16 value of column `c` in a packed row: half `c % 2` of word `c / 2`.
     let value = |words: &[u32], c: usize| (words[c / 2] >> (16 * (c % 2))) & 0xffff;

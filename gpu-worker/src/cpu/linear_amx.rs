@@ -15,6 +15,7 @@ use std::ops::Range;
 
 use rayon::prelude::*;
 
+use super::aligned::Aligned;
 use super::amx::{self, Blocked, Start, TILE_ROWS, Tiles};
 use super::linear_bf16::silu_mul_into;
 use super::pack_bf16::{Kernel, PANEL, PackedBf16};
@@ -121,10 +122,10 @@ fn is_direct(rows: usize, r: usize) -> bool {
 
 /// A thread's tile state and accumulators: `count` buffers of `rows` (padded to whole
 /// tiles) by [`PANEL`] values.
-fn worker(rows: usize, count: usize) -> (Tiles, Vec<Vec<f32>>) {
+fn worker(rows: usize, count: usize) -> (Tiles, Vec<Aligned<f32>>) {
     let tiles = Tiles::configure().expect("Kernel::Amx chosen without AMX; this is a bug");
     let padded = rows.div_ceil(TILE_ROWS) * TILE_ROWS;
-    (tiles, vec![vec![0.0; padded * PANEL]; count])
+    (tiles, vec![Aligned::zeroed(padded * PANEL); count])
 }
 
 /// `out (rows, n) = bf16(x) (rows, k) @ w^T` with f32 accumulation, on AMX tiles.

@@ -11,10 +11,11 @@
 //! [`attention_amx`]), [`silu_mul`], [`linear`] (f32) and [`linear_bf16`] (with SwiGLU fused
 //! in; on AMX in [`linear_amx`]), [`last_rows`], [`pool`]; [`exp`] is the vectorizable `e^x`
 //! they share, [`pack_bf16`] the packed operands of the bf16 products and the kernel choice,
-//! [`amx`] the tile unit. [`spare`] keeps large activation buffers between ops. This module
+//! [`amx`] the tile unit, [`aligned`] their buffers. [`spare`] keeps large activation buffers between ops. This module
 //! binds the ops to [`Ops`], checking shapes.
 
 pub mod add;
+pub mod aligned;
 pub mod amx;
 pub mod attention;
 pub mod attention_amx;

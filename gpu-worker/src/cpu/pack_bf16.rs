@@ -15,6 +15,7 @@
 use half::bf16;
 use rayon::prelude::*;
 
+use super::aligned::Aligned;
 use super::amx::STEP_PAIRS;
 
 /// Output columns per packed panel (two 512-bit registers of f32).
@@ -33,7 +34,7 @@ pub struct PackedBf16 {
     /// ([`STEP_PAIRS`]), the padding zero.
     pub(super) k_stride: usize,
     /// `ceil(n / PANEL)` panels of `k_stride * PANEL` words (columns past `n` are zero).
-    words: Vec<u32>,
+    words: Aligned<u32>,
 }
 
 /// Where the word of pair `q`, column `col` (< [`PANEL`]) of a panel sits in it.
@@ -72,7 +73,7 @@ impl PackedBf16 {
         let k_pairs = k.div_ceil(2);
         let k_stride = k_pairs.next_multiple_of(STEP_PAIRS);
         let panels = n.div_ceil(PANEL);
-        let mut words = vec![0u32; panels * k_stride * PANEL];
+        let mut words = Aligned::zeroed(panels * k_stride * PANEL);
         let mut values = vec![0.0f32; 2 * k_pairs];
         for r in 0..n {
             row(r, &mut values[..k]);
@@ -190,15 +191,35 @@ pub(super) fn pack_rows(
 /// One row of activations rounded to bf16 and paired like the weights (into the first
 /// `ceil(row.len() / 2)` words of `out`), on `kernel`'s instructions.
 pub fn pack_activations(kernel: Kernel, row: &[f32], out: &mut [u32]) {
+    pack_activations_strided(kernel, row, out, CHUNK_WORDS);
+}
+
+/// Words of one run of a strided row ([`pack_activations_strided`]): 32 values.
+pub const CHUNK_WORDS: usize = 16;
+
+/// [`pack_activations`] in runs of [`CHUNK_WORDS`] words, run `c` at `out[c * stride..]`
+/// (the AMX tile layout: one run per tile row).
+pub fn pack_activations_strided(kernel: Kernel, row: &[f32], out: &mut [u32], stride: usize) {
+    let words = row.len().div_ceil(2);
+    let last = words.saturating_sub(1) / CHUNK_WORDS;
     assert!(
-        out.len() >= row.len().div_ceil(2) && kernel.supported(),
+        stride >= CHUNK_WORDS
+            && (words == 0 || out.len() >= last * stride + (words - last * CHUNK_WORDS))
+            && kernel.supported(),
         "pack_activations operands checked by the caller; this is a bug"
     );
     match kernel {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: CPU support and the length of `out` are asserted above.
-        Kernel::Avx512Bf16 | Kernel::Amx => unsafe { avx512::pack_row(row, out) },
-        _ => pack_row(row, out),
+        Kernel::Avx512Bf16 | Kernel::Amx => unsafe { avx512::pack_row(row, out, stride) },
+        _ => pack_row_strided(row, out, stride),
+    }
+}
+
+/// [`pack_row`] in runs of [`CHUNK_WORDS`] words, `stride` apart.
+fn pack_row_strided(row: &[f32], out: &mut [u32], stride: usize) {
+    for (c, values) in row.chunks(2 * CHUNK_WORDS).enumerate() {
+        pack_row(values, &mut out[c * stride..]);
     }
 }
 
@@ -217,29 +238,31 @@ fn pack_row(row: &[f32], out: &mut [u32]) {
 mod avx512 {
     use std::arch::x86_64::*;
 
-    /// [`super::pack_row`] with `vcvtne2ps2bf16` on 32 values at a time. Same rounding
-    /// (nearest even), except that the instruction takes subnormal inputs (below 1.2e-38)
-    /// as zero.
+    /// [`super::pack_row_strided`] with `vcvtne2ps2bf16` on 32 values at a time. Same
+    /// rounding (nearest even), except that the instruction takes subnormal inputs (below
+    /// 1.2e-38) as zero.
     ///
     /// # Safety
-    /// The CPU must support avx512f and avx512bf16; `out` holds `ceil(row.len() / 2)` words.
+    /// The CPU must support avx512f and avx512bf16; `out` holds the runs
+    /// `pack_activations_strided` asserts.
     #[target_feature(enable = "avx512f,avx512bf16")]
-    pub(super) unsafe fn pack_row(row: &[f32], out: &mut [u32]) {
+    pub(super) unsafe fn pack_row(row: &[f32], out: &mut [u32], stride: usize) {
         let whole = row.len() / 32;
-        debug_assert!(out.len() >= row.len().div_ceil(2));
         for c in 0..whole {
             // SAFETY: values `32 c .. 32 c + 32` lie inside `row` (c < whole) and words
-            // `16 c .. 16 c + 16` inside `out` (the contract).
+            // `stride c .. stride c + 16` inside `out` (the contract).
             unsafe {
                 let lo = _mm512_loadu_ps(row.as_ptr().add(32 * c));
                 let hi = _mm512_loadu_ps(row.as_ptr().add(32 * c + 16));
                 // The second operand fills the low half: values stay in order.
                 let bf16 = _mm512_cvtne2ps_pbh(hi, lo);
                 let words = std::mem::transmute::<__m512bh, __m512i>(bf16);
-                _mm512_storeu_si512(out.as_mut_ptr().add(16 * c).cast(), words);
+                _mm512_storeu_si512(out.as_mut_ptr().add(stride * c).cast(), words);
             }
         }
-        super::pack_row(&row[32 * whole..], &mut out[16 * whole..]);
+        if row.len() > 32 * whole {
+            super::pack_row(&row[32 * whole..], &mut out[stride * whole..]);
+        }
     }
 }
 
@@ -267,6 +290,27 @@ mod tests {
             let portable = pack_rows(&x, 3, k, k.div_ceil(2), Kernel::Portable);
             let fast = pack_rows(&x, 3, k, k.div_ceil(2), Kernel::Avx512Bf16);
             assert_eq!(portable, fast, "k = {k}");
+        }
+    }
+
+    #[test]
+    fn strided_runs_hold_the_contiguous_words() {
+        let mut rng = StdRng::seed_from_u64(8);
+        for k in [1usize, 31, 32, 33, 100, 128] {
+            let row: Vec<f32> = (0..k).map(|_| rng.random_range(-4.0..4.0)).collect();
+            let mut contiguous = vec![0u32; k.div_ceil(2)];
+            pack_activations(Kernel::Portable, &row, &mut contiguous);
+            for kernel in Kernel::all_supported() {
+                let stride = 40;
+                let mut strided = vec![u32::MAX; k.div_ceil(32) * stride];
+                pack_activations_strided(kernel, &row, &mut strided, stride);
+                for (j, &word) in contiguous.iter().enumerate() {
+                    let at = (j / CHUNK_WORDS) * stride + j % CHUNK_WORDS;
+                    assert_eq!(strided[at], word, "{kernel:?} k = {k}: word {j}");
+                }
+                // Words between the runs are left alone.
+                assert_eq!(strided[CHUNK_WORDS], u32::MAX, "{kernel:?} k = {k}");
+            }
         }
     }
 
