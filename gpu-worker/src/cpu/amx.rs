@@ -378,11 +378,11 @@ impl Drop for Tiles {
     }
 }
 
-/// Activations `(rows, k)` rounded to bf16 and paired (as [`pack_activations`] does), in
-/// the blocked layout [`Tiles::block`] reads: for each group of 16 rows, for each of
+/// Activations `(rows, k)` rounded to bf16 and paired (as [`pack_activations_strided`]
+/// does), in the blocked layout [`Tiles::block`] reads: for each group of 16 rows, for each of
 /// `steps` steps, 16 rows of [`STEP_PAIRS`] words, contiguous, so a tile load reads one
 /// 1 KiB run. Pairs past `k` and rows past `rows` (up to a whole group) are zero.
-pub fn pack_blocked(x: &[f32], rows: usize, k: usize, steps: usize) -> Aligned<u32> {
+pub fn pack_blocked(x: &[f32], rows: usize, k: usize, steps: usize) -> PackedRows {
     assert!(
         x.len() == rows * k,
         "pack_blocked operands checked by the caller; this is a bug"
@@ -396,29 +396,128 @@ pub fn pack_blocked_rows<'a>(
     rows: usize,
     steps: usize,
     row: impl Fn(usize) -> &'a [f32] + Sync,
-) -> Aligned<u32> {
+) -> PackedRows {
     let group_words = steps * A_TILE_WORDS;
-    let mut out = Aligned::zeroed(rows.div_ceil(TILE_ROWS) * group_words);
+    let mut out = PackedRows::take(rows.div_ceil(TILE_ROWS) * group_words);
+    let row_words = steps * STEP_PAIRS;
     let pack_group = |(g, group): (usize, &mut [u32])| {
-        for rr in 0..TILE_ROWS.min(rows - g * TILE_ROWS) {
-            let values = row(g * TILE_ROWS + rr);
+        for rr in 0..TILE_ROWS {
+            let r = g * TILE_ROWS + rr;
+            let values: &[f32] = if r < rows { row(r) } else { &[] };
+            let written = values.len().div_ceil(2);
             assert!(
-                values.len().div_ceil(2) <= steps * STEP_PAIRS,
+                written <= row_words,
                 "a row longer than its steps; this is a bug"
             );
-            // Each step's 32 values go straight to their tile row (zero past the row's end).
+            // Each step's 32 values go straight to their tile row...
             let words = &mut group[rr * STEP_PAIRS..];
             pack_activations_strided(Kernel::Avx512Bf16, values, words, A_TILE_WORDS);
+            // ...and the rest of the row is zeroed (the buffer may hold an earlier pack).
+            for j in written..row_words {
+                words[(j / STEP_PAIRS) * A_TILE_WORDS + j % STEP_PAIRS] = 0;
+            }
         }
     };
+    let words = out.words_mut();
     if rows * steps < 64 {
-        out.chunks_exact_mut(group_words.max(1))
-            .enumerate()
-            .for_each(pack_group);
+        let groups = words.chunks_exact_mut(group_words.max(1));
+        groups.enumerate().for_each(pack_group);
     } else {
-        out.par_chunks_exact_mut(group_words.max(1))
-            .enumerate()
-            .for_each(pack_group);
+        let groups = words.par_chunks_exact_mut(group_words.max(1));
+        groups.enumerate().for_each(pack_group);
     }
     out
+}
+
+/// Packed activations larger than this are not kept for reuse (a 32k-token batch would hold
+/// hundreds of MiB).
+const KEEP_MAX_WORDS: usize = 4 << 20;
+
+thread_local! {
+    /// The last packed-activation buffer a thread gave back, for its next pack: fresh ones
+    /// come zeroed from the system (page faults and zeroing were 2% of a bf16 pass).
+    static KEPT_ROWS: std::cell::RefCell<Option<Aligned<u32>>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Packed activation rows ([`pack_blocked`]) in a buffer on loan from the thread's kept one,
+/// given back on drop.
+pub struct PackedRows {
+    buffer: Aligned<u32>,
+    len: usize,
+}
+
+impl PackedRows {
+    /// A buffer of at least `len` words, its values unspecified.
+    fn take(len: usize) -> Self {
+        let kept = KEPT_ROWS.with_borrow_mut(Option::take);
+        let buffer = match kept {
+            Some(buffer) if buffer.len() >= len => buffer,
+            _ => Aligned::zeroed(len),
+        };
+        Self { buffer, len }
+    }
+
+    fn words_mut(&mut self) -> &mut [u32] {
+        &mut self.buffer[..self.len]
+    }
+}
+
+impl std::ops::Deref for PackedRows {
+    type Target = [u32];
+
+    fn deref(&self) -> &[u32] {
+        &self.buffer[..self.len]
+    }
+}
+
+impl Drop for PackedRows {
+    fn drop(&mut self) {
+        let buffer = std::mem::replace(&mut self.buffer, Aligned::zeroed(0));
+        if buffer.len() <= KEEP_MAX_WORDS {
+            KEPT_ROWS.with_borrow_mut(|kept| {
+                if kept.as_ref().is_none_or(|k| k.len() < buffer.len()) {
+                    *kept = Some(buffer);
+                }
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cpu::pack_bf16::pack_activations;
+
+    /// The blocked layout built word by word from [`pack_activations`]: zero past each row
+    /// and in the padding rows.
+    fn reference(rows: &[Vec<f32>], steps: usize) -> Vec<u32> {
+        let mut out = vec![0u32; rows.len().div_ceil(TILE_ROWS) * steps * A_TILE_WORDS];
+        for (r, values) in rows.iter().enumerate() {
+            let mut words = vec![0u32; steps * STEP_PAIRS];
+            pack_activations(Kernel::Portable, values, &mut words);
+            for (j, &word) in words.iter().enumerate() {
+                let (g, rr) = (r / TILE_ROWS, r % TILE_ROWS);
+                let at = (g * steps + j / STEP_PAIRS) * A_TILE_WORDS + rr * STEP_PAIRS;
+                out[at + j % STEP_PAIRS] = word;
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn a_reused_buffer_packs_as_a_fresh_one() {
+        if !Kernel::Avx512Bf16.supported() {
+            println!("skipped: this CPU has no avx512_bf16");
+            return;
+        }
+        // First a large pack of NaNs, kept by this thread for the next one.
+        let nans = vec![f32::NAN; 64 * 256];
+        drop(pack_blocked(&nans, 64, 256, 8));
+        // Then rows of different, odd lengths, fewer than a group's worth in the last group.
+        let rows: Vec<Vec<f32>> = (0..19)
+            .map(|r| (0..(3 * r + 1)).map(|i| (i as f32 - 20.0) / 8.0).collect())
+            .collect();
+        let got = pack_blocked_rows(rows.len(), 2, |r| &rows[r]);
+        assert_eq!(&got[..], &reference(&rows, 2)[..]);
+    }
 }

@@ -120,12 +120,47 @@ fn is_direct(rows: usize, r: usize) -> bool {
     r0 + (rows - r0).min(BLOCK_ROWS).div_ceil(TILE_ROWS) * TILE_ROWS <= rows
 }
 
-/// A thread's tile state and accumulators: `count` buffers of `rows` (padded to whole
-/// tiles) by [`PANEL`] values.
-fn worker(rows: usize, count: usize) -> (Tiles, Vec<Aligned<f32>>) {
+/// A thread's tile state and accumulators: `count` buffers of at least `rows` (padded to
+/// whole tiles) by [`PANEL`] values.
+fn worker(rows: usize, count: usize) -> (Tiles, Accumulators) {
     let tiles = Tiles::configure().expect("Kernel::Amx chosen without AMX; this is a bug");
     let padded = rows.div_ceil(TILE_ROWS) * TILE_ROWS;
-    (tiles, vec![Aligned::zeroed(padded * PANEL); count])
+    (tiles, Accumulators::take(count, padded * PANEL))
+}
+
+thread_local! {
+    /// Accumulators a thread used before, kept for its next projection: at most
+    /// `PART_ROWS * PANEL` values each, they are reused rather than zeroed afresh (zeroing
+    /// them was 2% of a bf16 pass).
+    static KEPT: std::cell::RefCell<Vec<Aligned<f32>>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Accumulator buffers on loan from the thread's [`KEPT`] ones, given back on drop. Their
+/// values are whatever the last user left: every block writes its rows before reading them.
+struct Accumulators(Vec<Aligned<f32>>);
+
+impl Accumulators {
+    /// `count` buffers of at least `len` values.
+    fn take(count: usize, len: usize) -> Self {
+        let mut kept = KEPT.with_borrow_mut(std::mem::take);
+        kept.retain(|buffer| buffer.len() >= len);
+        kept.truncate(count);
+        while kept.len() < count {
+            kept.push(Aligned::zeroed(len.max(PART_ROWS * PANEL)));
+        }
+        Self(kept)
+    }
+}
+
+impl Drop for Accumulators {
+    fn drop(&mut self) {
+        let buffers = std::mem::take(&mut self.0);
+        KEPT.with_borrow_mut(|kept| {
+            if kept.len() < 2 {
+                kept.extend(buffers);
+            }
+        });
+    }
 }
 
 /// `out (rows, n) = bf16(x) (rows, k) @ w^T` with f32 accumulation, on AMX tiles.
@@ -150,7 +185,7 @@ pub fn linear_amx(x: &[f32], w: &PackedBf16, rows: usize, out: &mut [f32]) {
         panels.for_each_init(
             || worker(part.len(), 1),
             |(tiles, acc), p| {
-                let acc = &mut acc[0];
+                let acc = &mut acc.0[0];
                 let cols = (n - p * PANEL).min(PANEL);
                 let direct = (cols == PANEL).then_some(Direct {
                     out: out_ptr,
@@ -207,7 +242,7 @@ pub fn linear_silu_mul_amx(x: &[f32], w: &PackedBf16, rows: usize, out: &mut [f3
         panels.for_each_init(
             || worker(part.len(), 2),
             |(tiles, acc), p| {
-                let [gate, up] = &mut acc[..] else {
+                let [gate, up] = &mut acc.0[..] else {
                     unreachable!("two accumulators")
                 };
                 let rows_part = (rows, part.clone());
