@@ -6,8 +6,9 @@
 //! tile C the product of A (16 rows x 32 bf16 values: 16 pairs) and B (16 rows of 16 pairs,
 //! one pair per output column): the same paired layout as `vdpbf16ps`, so the panels of
 //! [`super::pack_bf16::PackedBf16`] are B tiles as they are (each step of a panel's 32
-//! columns is two B tiles, 1 KiB contiguous each). Each product is exact in f32 and the sums are f32, as
-//! on the other kernels.
+//! columns is two B tiles, 1 KiB contiguous each). Each product is exact in f32 and the sums
+//! are f32, as on the other kernels. Every operand starts on a 64-byte line
+//! ([`super::aligned`]): a tile row across two lines runs at a third of the speed.
 //!
 //! # Using it
 //! Linux hands out the tile state only on request ([`available`] asks once for the whole
