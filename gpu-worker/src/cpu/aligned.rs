@@ -12,7 +12,6 @@ use std::ops::{Deref, DerefMut};
 struct Line<T: Copy>([T; 16]);
 
 /// `len` values starting on a cache line.
-#[derive(Clone)]
 pub struct Aligned<T: Copy> {
     lines: Vec<Line<T>>,
     len: usize,

@@ -225,8 +225,9 @@ impl Tiles {
     /// # Safety
     /// For every step `s` in `steps`: `A_TILES` tiles of 1 KiB at `op.a` plus `t *
     /// a_group_words + s * A_TILE_WORDS` and `STEP_PAIRS * PANEL` words at `op.panel` plus
-    /// `s * STEP_PAIRS * PANEL` are readable; `16 * A_TILES` rows of 32 floats at `op.c_in` (unless null) are
-    /// readable and at `op.c` writable, strides `>= 32`, touched by no one else meanwhile.
+    /// `s * STEP_PAIRS * PANEL` are readable; `16 * A_TILES` rows of 32 floats at `op.c_in`
+    /// (unless null) are readable and at `op.c` writable, strides `>= 32`, touched by no one
+    /// else meanwhile.
     #[cfg(target_arch = "x86_64")]
     unsafe fn block<const A_TILES: usize>(&self, op: BlockPointers, steps: std::ops::Range<usize>) {
         use std::arch::asm;

@@ -87,23 +87,24 @@ pub fn attend_amx(q: &[f32], operands: &Operands, packed: &PackedKv) -> Vec<f32>
     //    sees.
     let s_stride = key_panels * PANEL;
     let mut scores = Aligned::<f32>::zeroed(padded_rows * s_stride);
+    let q_rows = Blocked {
+        words: &q_tiles,
+        steps: d_steps,
+    };
     for r0 in (0..rows).step_by(BLOCK_ROWS) {
         let count = (rows - r0).min(BLOCK_ROWS);
         let seen = visible0 + r0 + count - 1;
+        let (group, a_tiles) = (r0 / TILE_ROWS, count.div_ceil(TILE_ROWS));
         for p in 0..seen.div_ceil(PANEL) {
             let panel = &k_panels[p * k_panel_words..][..k_panel_words];
             let out = &mut scores[r0 * s_stride + p * PANEL..];
-            let (group, a_tiles) = (r0 / TILE_ROWS, count.div_ceil(TILE_ROWS));
-            let q_rows = Blocked {
-                words: &q_tiles,
-                steps: d_steps,
-            };
+            let steps = 0..d_steps;
             tiles.products(
                 q_rows,
                 group,
                 a_tiles,
                 panel,
-                0..d_steps,
+                steps,
                 Start::Zero,
                 out,
                 s_stride,
@@ -122,6 +123,10 @@ pub fn attend_amx(q: &[f32], operands: &Operands, packed: &PackedKv) -> Vec<f32>
     // 3. Output: a block sums over the key steps its last row sees.
     let o_stride = d_panels * PANEL;
     let mut out = Aligned::<f32>::zeroed(padded_rows * o_stride);
+    let p_rows = Blocked {
+        words: &p_tiles,
+        steps: key_steps,
+    };
     for r0 in (0..rows).step_by(BLOCK_ROWS) {
         let count = (rows - r0).min(BLOCK_ROWS);
         let seen_steps = (visible0 + r0 + count - 1).div_ceil(2).div_ceil(STEP_PAIRS);
@@ -129,10 +134,6 @@ pub fn attend_amx(q: &[f32], operands: &Operands, packed: &PackedKv) -> Vec<f32>
         for p in 0..d_panels {
             let panel = &v_panels[p * v_panel_words..][..v_panel_words];
             let dst = &mut out[r0 * o_stride + p * PANEL..];
-            let p_rows = Blocked {
-                words: &p_tiles,
-                steps: key_steps,
-            };
             let steps = 0..seen_steps;
             tiles.products(
                 p_rows,

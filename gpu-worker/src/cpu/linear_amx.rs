@@ -17,7 +17,7 @@ use rayon::prelude::*;
 
 use super::aligned::Aligned;
 use super::amx::{self, Blocked, Start, TILE_ROWS, Tiles};
-use super::linear_bf16::silu_mul_into;
+use super::linear_bf16::{OutPtr, silu_mul_into};
 use super::pack_bf16::{Kernel, PANEL, PackedBf16};
 
 /// Rows of a full block: two A tiles.
@@ -31,26 +31,6 @@ const PART_ROWS: usize = 256;
 /// Tile steps (32 input features each) per chunk of the reduction: a panel's chunk is
 /// `CHUNK_STEPS` KiB x 2.
 const CHUNK_STEPS: usize = 8;
-
-/// The output matrix, written by panel tasks that each own a disjoint set of columns.
-#[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
-// SAFETY: every task writes only the columns of its own panel (disjoint from every other
-// task's), and the buffer outlives the parallel loop that borrows it.
-unsafe impl Send for OutPtr {}
-// SAFETY: as above: shared only to hand each task its own disjoint columns.
-unsafe impl Sync for OutPtr {}
-
-impl OutPtr {
-    /// Row `r`, columns `c0 .. c0 + cols` of a matrix `n` wide.
-    ///
-    /// # Safety
-    /// Those elements lie inside the matrix, and no one else touches them meanwhile.
-    unsafe fn row(self, r: usize, n: usize, c0: usize, cols: usize) -> &'static mut [f32] {
-        // SAFETY: the caller's contract.
-        unsafe { std::slice::from_raw_parts_mut(self.0.add(r * n + c0), cols) }
-    }
-}
 
 /// Where a panel's finished blocks go when they are whole: the output matrix, `n` wide,
 /// the panel's columns from `c0`.
@@ -95,7 +75,7 @@ unsafe fn panel_products(
                     // SAFETY: the block's rows are whole rows of the output (`is_direct`),
                     // its columns the panel's: the caller's contract.
                     unsafe {
-                        let dst = out.0.add(r0 * n + c0);
+                        let dst = out.at(r0 * n + c0);
                         tiles.products_to(a, group, a_tiles, panel, steps, start, dst, n);
                     }
                 }

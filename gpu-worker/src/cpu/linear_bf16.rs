@@ -23,9 +23,10 @@ use super::silu_mul::silu;
 /// Rows per register tile: 12 rows x 2 registers = 24 accumulators of the 32 registers.
 pub const TILE_ROWS: usize = 12;
 
-/// The output matrix, written by panel tasks that each own a disjoint set of columns.
+/// The output matrix, written by panel tasks that each own a disjoint set of columns (here
+/// and in [`super::linear_amx`]).
 #[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
+pub(super) struct OutPtr(pub(super) *mut f32);
 // SAFETY: every task writes only the columns of its own panel (disjoint from every other
 // task's), and the buffer outlives the parallel loop that borrows it.
 unsafe impl Send for OutPtr {}
@@ -34,8 +35,23 @@ unsafe impl Sync for OutPtr {}
 
 impl OutPtr {
     /// The address of element `offset` (a method, so closures capture the whole wrapper).
-    fn at(self, offset: usize) -> *mut f32 {
+    pub(super) fn at(self, offset: usize) -> *mut f32 {
         self.0.wrapping_add(offset)
+    }
+
+    /// Row `r`, columns `c0 .. c0 + cols` of a matrix `n` wide.
+    ///
+    /// # Safety
+    /// Those elements lie inside the matrix, and no one else touches them meanwhile.
+    pub(super) unsafe fn row(
+        self,
+        r: usize,
+        n: usize,
+        c0: usize,
+        cols: usize,
+    ) -> &'static mut [f32] {
+        // SAFETY: the caller's contract.
+        unsafe { std::slice::from_raw_parts_mut(self.at(r * n + c0), cols) }
     }
 }
 
@@ -132,9 +148,7 @@ pub fn linear_silu_mul_bf16(
                 // n / 2 lie inside `out` (rows * n / 2, checked above); no other task
                 // touches panel `p`'s columns, and `out` is borrowed mutably for the whole
                 // parallel loop.
-                let dst = unsafe {
-                    std::slice::from_raw_parts_mut(out_ptr.at((r0 + r) * half + p * PANEL), PANEL)
-                };
+                let dst = unsafe { out_ptr.row(r0 + r, half, p * PANEL, PANEL) };
                 silu_mul_into(kernel, g_row, u_row, dst);
             }
         }

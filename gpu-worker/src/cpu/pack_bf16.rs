@@ -138,14 +138,11 @@ impl Kernel {
 
     /// Every kernel this CPU runs, the portable loop first: what tests compare.
     pub fn all_supported() -> Vec<Self> {
-        let mut kernels = vec![Self::Portable];
-        if has_avx512_bf16() {
-            kernels.push(Self::Avx512Bf16);
-        }
-        if super::amx::available() {
-            kernels.push(Self::Amx);
-        }
-        kernels
+        let slowest_first = [Self::Portable, Self::Avx512Bf16, Self::Amx];
+        slowest_first
+            .into_iter()
+            .filter(|k| k.supported())
+            .collect()
     }
 
     /// Whether the CPU runs this kernel.
