@@ -97,9 +97,17 @@ const CONFIG: TileConfig = TileConfig {
 };
 
 /// The tile state of the calling thread, configured for the kernels here until dropped.
-/// Holds `!Send` so the configuration and the instructions stay on one thread.
+/// Holds `!Send` so the configuration and the instructions stay on one thread. Holders nest:
+/// while one waits inside a parallel loop, rayon may run a stolen task on the same thread
+/// that configures and drops its own; only the last holder out releases the state (a
+/// release under a live holder made its next tile instruction fault: SIGILL).
 pub struct Tiles {
     _one_thread: std::marker::PhantomData<*const ()>,
+}
+
+thread_local! {
+    /// Live [`Tiles`] on this thread.
+    static HOLDERS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
 }
 
 impl Tiles {
@@ -108,12 +116,16 @@ impl Tiles {
         if !available() {
             return None;
         }
+        let holders = HOLDERS.get();
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: AMX is available and granted to this process (checked above); `CONFIG` is
-        // a valid palette-1 configuration, 64 bytes, 64-byte aligned.
-        unsafe {
-            std::arch::asm!("ldtilecfg [{0}]", in(reg) &CONFIG, options(nostack, readonly));
+        if holders == 0 {
+            // SAFETY: AMX is available and granted to this process (checked above); `CONFIG`
+            // is a valid palette-1 configuration, 64 bytes, 64-byte aligned.
+            unsafe {
+                std::arch::asm!("ldtilecfg [{0}]", in(reg) &CONFIG, options(nostack, readonly));
+            }
         }
+        HOLDERS.set(holders + 1);
         Some(Self {
             _one_thread: std::marker::PhantomData,
         })
@@ -371,11 +383,15 @@ struct BlockPointers {
 
 impl Drop for Tiles {
     fn drop(&mut self) {
+        let holders = HOLDERS.get() - 1;
+        HOLDERS.set(holders);
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: releasing the tile state this thread configured; no tile data is needed
-        // after this point.
-        unsafe {
-            std::arch::asm!("tilerelease", options(nomem, nostack));
+        if holders == 0 {
+            // SAFETY: releasing the tile state this thread configured, held by no one else
+            // now; no tile data is needed after this point.
+            unsafe {
+                std::arch::asm!("tilerelease", options(nomem, nostack));
+            }
         }
     }
 }
@@ -504,6 +520,28 @@ mod tests {
             }
         }
         out
+    }
+
+    /// A holder dropped while another lives on the same thread (a stolen rayon task inside
+    /// a waiting one) leaves the tiles configured: without nesting, the outer holder's next
+    /// product faults (SIGILL, the whole test binary).
+    #[test]
+    fn a_nested_holder_leaves_the_tiles_configured() {
+        if !available() {
+            println!("skipped: this CPU has no AMX (or the kernel refused the tile state)");
+            return;
+        }
+        let outer = Tiles::configure().expect("AMX available");
+        drop(Tiles::configure().expect("AMX available"));
+        let a = Aligned::<u32>::zeroed(A_TILE_WORDS);
+        let panel = Aligned::<u32>::zeroed(STEP_PAIRS * PANEL);
+        let mut out = Aligned::<f32>::zeroed(TILE_ROWS * PANEL);
+        let rows = Blocked {
+            words: &a,
+            steps: 1,
+        };
+        outer.products(rows, 0, 1, &panel, 0..1, Start::Zero, &mut out, PANEL);
+        assert!(out.iter().all(|&v| v == 0.0));
     }
 
     #[test]
