@@ -41,11 +41,19 @@ struct Direct {
     c0: usize,
 }
 
+/// One panel's share of a task: its weights, the accumulator its sums build up in (row `r`
+/// at `(r - part.start) * PANEL`, whole tiles), and, with `direct`, where a whole block's
+/// last chunk is stored instead ([`is_direct`] says which rows; the others stay in `acc`).
+struct Target<'a> {
+    panel: &'a [u32],
+    acc: &'a mut [f32],
+    direct: Option<Direct>,
+}
+
 /// The products of the activation rows `part` (of `rows`; `part.start` a multiple of
-/// [`BLOCK_ROWS`]) with one panel, accumulated over the reduction in chunks in `acc` (row
-/// `r` at `(r - part.start) * PANEL`, whole tiles). With `direct`, a whole block's last
-/// chunk is stored straight into the output instead ([`is_direct`] says which rows); the
-/// other rows stay in `acc`.
+/// [`BLOCK_ROWS`]) with each target's panel, accumulated over the reduction in chunks. Each
+/// block's A tiles serve every target before the next block's are loaded, so they come from
+/// L1 for all but the first panel.
 ///
 /// # Safety
 /// With `direct`: the panel's [`PANEL`] columns of every row lie inside the output and no
@@ -54,41 +62,74 @@ unsafe fn panel_products(
     tiles: &Tiles,
     a: Blocked<'_>,
     (rows, part): (usize, Range<usize>),
-    panel: &[u32],
-    acc: &mut [f32],
-    direct: Option<Direct>,
+    targets: &mut [Target<'_>],
 ) {
     for first in (0..a.steps).step_by(CHUNK_STEPS) {
         let chunk = first..(first + CHUNK_STEPS).min(a.steps);
         let last = chunk.end == a.steps;
-        for r0 in part.clone().step_by(BLOCK_ROWS) {
+        let blocks = part.len().div_ceil(BLOCK_ROWS);
+        for (block, r0) in part.clone().step_by(BLOCK_ROWS).enumerate() {
             let a_tiles = (rows - r0).min(BLOCK_ROWS).div_ceil(TILE_ROWS);
             let group = r0 / TILE_ROWS;
-            let steps = chunk.clone();
             let at = (r0 - part.start) * PANEL;
-            match direct {
-                Some(Direct { out, n, c0 }) if last && is_direct(rows, r0) => {
-                    let start = match first {
-                        0 => Start::Zero,
-                        _ => Start::From(&acc[at..], PANEL),
-                    };
-                    // SAFETY: the block's rows are whole rows of the output (`is_direct`),
-                    // its columns the panel's: the caller's contract.
-                    unsafe {
-                        let dst = out.at(r0 * n + c0);
-                        tiles.products_to(a, group, a_tiles, panel, steps, start, dst, n);
+            for target in targets.iter_mut() {
+                prefetch_share(target.panel, chunk.end, (block, blocks));
+                let steps = chunk.clone();
+                match target.direct {
+                    Some(Direct { out, n, c0 }) if last && is_direct(rows, r0) => {
+                        let start = match first {
+                            0 => Start::Zero,
+                            _ => Start::From(&target.acc[at..], PANEL),
+                        };
+                        // SAFETY: the block's rows are whole rows of the output (`is_direct`),
+                        // its columns the panel's: the caller's contract.
+                        unsafe {
+                            let dst = out.at(r0 * n + c0);
+                            tiles.products_to(
+                                a,
+                                group,
+                                a_tiles,
+                                target.panel,
+                                steps,
+                                start,
+                                dst,
+                                n,
+                            );
+                        }
+                    }
+                    _ => {
+                        let start = if first == 0 {
+                            Start::Zero
+                        } else {
+                            Start::Accumulate
+                        };
+                        let dst = &mut target.acc[at..];
+                        tiles.products(a, group, a_tiles, target.panel, steps, start, dst, PANEL);
                     }
                 }
-                _ => {
-                    let start = if first == 0 {
-                        Start::Zero
-                    } else {
-                        Start::Accumulate
-                    };
-                    let dst = &mut acc[at..];
-                    tiles.products(a, group, a_tiles, panel, steps, start, dst, PANEL);
-                }
             }
+        }
+    }
+}
+
+/// Cache lines of one chunk of a panel.
+const CHUNK_LINES: usize = CHUNK_STEPS * amx::STEP_PAIRS * PANEL * 4 / 64;
+
+/// Asks for share `block` of `blocks` of the panel's chunk starting at tile step `step` to
+/// be brought into L2 while the current chunk's products run: the weights stream from
+/// memory or L3, and the hardware prefetchers fetch them too late for the tile unit. Past
+/// the panel's end lie the next panel's first steps, the thread's likely next weights; a
+/// prefetch never faults, wherever it points.
+fn prefetch_share(panel: &[u32], step: usize, (block, blocks): (usize, usize)) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_MM_HINT_T1, _mm_prefetch};
+        let next = panel.as_ptr().wrapping_add(step * amx::STEP_PAIRS * PANEL);
+        let lines = CHUNK_LINES * block / blocks..CHUNK_LINES * (block + 1) / blocks;
+        for line in lines {
+            // SAFETY: a prefetch is a hint: it reads nothing the program sees and never
+            // faults, whatever the address.
+            unsafe { _mm_prefetch::<_MM_HINT_T1>(next.wrapping_add(line * 16).cast()) };
         }
     }
 }
@@ -165,17 +206,21 @@ pub fn linear_amx(x: &[f32], w: &PackedBf16, rows: usize, out: &mut [f32]) {
         panels.for_each_init(
             || worker(part.len(), 1),
             |(tiles, acc), p| {
-                let acc = &mut acc.0[0];
                 let cols = (n - p * PANEL).min(PANEL);
-                let direct = (cols == PANEL).then_some(Direct {
-                    out: out_ptr,
-                    n,
-                    c0: p * PANEL,
-                });
+                let mut target = [Target {
+                    panel: w.panel(p),
+                    acc: &mut acc.0[0],
+                    direct: (cols == PANEL).then_some(Direct {
+                        out: out_ptr,
+                        n,
+                        c0: p * PANEL,
+                    }),
+                }];
                 // SAFETY: rows * n is `out`'s length (checked above) and a whole panel's columns
                 // lie inside it; no other task writes panel `p`'s columns, and `out` is borrowed
                 // mutably for the whole loop.
-                unsafe { panel_products(tiles, a, (rows, part.clone()), w.panel(p), acc, direct) };
+                unsafe { panel_products(tiles, a, (rows, part.clone()), &mut target) };
+                let [Target { acc, direct, .. }] = target;
                 for (r, values) in part.clone().zip(acc.chunks_exact(PANEL)) {
                     if direct.is_some() && is_direct(rows, r) {
                         continue;
@@ -225,12 +270,21 @@ pub fn linear_silu_mul_amx(x: &[f32], w: &PackedBf16, rows: usize, out: &mut [f3
                 let [gate, up] = &mut acc.0[..] else {
                     unreachable!("two accumulators")
                 };
-                let rows_part = (rows, part.clone());
+                let mut targets = [
+                    Target {
+                        panel: w.panel(p),
+                        acc: gate,
+                        direct: None,
+                    },
+                    Target {
+                        panel: w.panel(p + up_panels),
+                        acc: up,
+                        direct: None,
+                    },
+                ];
                 // SAFETY: no direct output: everything stays in the accumulators.
-                unsafe {
-                    panel_products(tiles, a, rows_part.clone(), w.panel(p), gate, None);
-                    panel_products(tiles, a, rows_part, w.panel(p + up_panels), up, None);
-                }
+                unsafe { panel_products(tiles, a, (rows, part.clone()), &mut targets) };
+                let [gate, up] = targets.map(|target| target.acc);
                 let pairs = gate.chunks_exact(PANEL).zip(up.chunks_exact(PANEL));
                 for (r, (g, u)) in part.clone().zip(pairs) {
                     // SAFETY: row r < rows and columns `p * PANEL .. (p + 1) * PANEL` <= n / 2
