@@ -338,6 +338,16 @@ pub trait Ops {
     fn linear_silu_mul(&self, x: &Self::Tensor, gate_up: &Self::Matrix) -> OpResult<Self::Tensor> {
         self.silu_mul(&self.linear(x, gate_up)?)
     }
+    /// The whole MLP, `linear(linear_silu_mul(x, gate_up), down)`. Backends that fuse it
+    /// override it; by default its two halves run one after the other.
+    fn mlp(
+        &self,
+        x: &Self::Tensor,
+        gate_up: &Self::Matrix,
+        down: &Self::Matrix,
+    ) -> OpResult<Self::Tensor> {
+        self.linear(&self.linear_silu_mul(x, gate_up)?, down)
+    }
     /// The last row of every sequence, `(num_seqs, cols)`.
     fn last_rows(&self, x: &Self::Tensor, layout: &Self::Layout) -> OpResult<Self::Tensor>;
     /// Pooling head on the last rows `(num_seqs, hidden)`: final RMSNorm, then for each row

@@ -447,14 +447,24 @@ pub fn pack_blocked_rows<'a>(
     out
 }
 
+/// The word where tile step `step` of row `r` starts in the blocked layout of
+/// [`pack_blocked`] with `steps` steps a group: [`STEP_PAIRS`] words, a tile row.
+pub fn blocked_word(r: usize, step: usize, steps: usize) -> usize {
+    (r / TILE_ROWS * steps + step) * A_TILE_WORDS + r % TILE_ROWS * STEP_PAIRS
+}
+
 /// Packed activations larger than this are not kept for reuse (a 32k-token batch would hold
 /// hundreds of MiB).
 const KEEP_MAX_WORDS: usize = 4 << 20;
 
+/// Packed-activation buffers a thread keeps: the MLP holds two at once (its input's and
+/// the SwiGLU values').
+const KEEP_BUFFERS: usize = 2;
+
 thread_local! {
-    /// The last packed-activation buffer a thread gave back, for its next pack: fresh ones
+    /// The last packed-activation buffers a thread gave back, for its next packs: fresh ones
     /// come zeroed from the system (page faults and zeroing were 2% of a bf16 pass).
-    static KEPT_ROWS: std::cell::RefCell<Option<Aligned<u32>>> = const { std::cell::RefCell::new(None) };
+    static KEPT_ROWS: std::cell::RefCell<Vec<Aligned<u32>>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// Packed activation rows ([`pack_blocked`]) in a buffer on loan from the thread's kept one,
@@ -467,15 +477,37 @@ pub struct PackedRows {
 impl PackedRows {
     /// A buffer of at least `len` words, its values unspecified.
     fn take(len: usize) -> Self {
-        let kept = KEPT_ROWS.with_borrow_mut(Option::take);
-        let buffer = match kept {
-            Some(buffer) if buffer.len() >= len => buffer,
-            _ => Aligned::zeroed(len),
-        };
+        let kept = KEPT_ROWS.with_borrow_mut(|kept| {
+            // The smallest that fits, leaving the larger ones for larger packs.
+            let fits = kept
+                .iter()
+                .enumerate()
+                .filter(|(_, buffer)| buffer.len() >= len);
+            let (smallest, _) = fits.min_by_key(|(_, buffer)| buffer.len())?;
+            Some(kept.swap_remove(smallest))
+        });
+        let buffer = kept.unwrap_or_else(|| Aligned::zeroed(len));
         Self { buffer, len }
     }
 
-    fn words_mut(&mut self) -> &mut [u32] {
+    /// A buffer for `rows` rows of `steps` tile steps in the blocked layout, for a producer
+    /// to write: the padding rows of the last group are zero, the real rows' words
+    /// unspecified.
+    pub fn for_rows(rows: usize, steps: usize) -> Self {
+        let group_words = steps * A_TILE_WORDS;
+        let mut out = Self::take(rows.div_ceil(TILE_ROWS) * group_words);
+        if !rows.is_multiple_of(TILE_ROWS) {
+            let words = out.words_mut();
+            let last = words.len() - group_words;
+            for step in words[last..].chunks_exact_mut(A_TILE_WORDS) {
+                step[rows % TILE_ROWS * STEP_PAIRS..].fill(0);
+            }
+        }
+        out
+    }
+
+    /// The words, for writing.
+    pub fn words_mut(&mut self) -> &mut [u32] {
         &mut self.buffer[..self.len]
     }
 }
@@ -493,9 +525,10 @@ impl Drop for PackedRows {
         let buffer = std::mem::replace(&mut self.buffer, Aligned::zeroed(0));
         if buffer.len() <= KEEP_MAX_WORDS {
             KEPT_ROWS.with_borrow_mut(|kept| {
-                if kept.as_ref().is_none_or(|k| k.len() < buffer.len()) {
-                    *kept = Some(buffer);
-                }
+                kept.push(buffer);
+                // The largest ones serve the most packs.
+                kept.sort_by_key(|buffer| std::cmp::Reverse(buffer.len()));
+                kept.truncate(KEEP_BUFFERS);
             });
         }
     }

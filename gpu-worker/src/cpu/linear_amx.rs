@@ -1,6 +1,8 @@
 //! `x @ w^T` with bf16 weights on AMX tiles: the [`super::linear_bf16`] products (and its
 //! fused SwiGLU) where [`Kernel::Amx`] is chosen. Same operands, same arithmetic (exact bf16
-//! products, f32 sums), so the same values up to the order of the f32 sums.
+//! products, f32 sums), so the same values up to the order of the f32 sums. The whole MLP
+//! ([`mlp_amx`]) runs as one op: the SwiGLU values go from the accumulators straight into
+//! the down projection's tiles, never written out in f32.
 //!
 //! # Blocking
 //! Threads split the weight panels (32 columns, two B tiles). A thread walks its panel's
@@ -9,7 +11,8 @@
 //! [`amx::pack_blocked`]) streams past it, the block's four C tiles reloaded from and stored
 //! to the thread's accumulator between chunks. A last block of at most 16 rows uses one A
 //! tile. A large batch goes through in parts of [`PART_ROWS`] rows, each part's packed
-//! activations staying in L2 while all panels pass.
+//! activations staying in L2 while all panels pass. The next chunk of weights is prefetched
+//! into L2 a share per block ([`prefetch_share`]).
 
 use std::ops::Range;
 
@@ -18,7 +21,7 @@ use rayon::prelude::*;
 use super::aligned::Aligned;
 use super::amx::{self, Blocked, Start, TILE_ROWS, Tiles};
 use super::linear_bf16::{OutPtr, silu_mul_into};
-use super::pack_bf16::{Kernel, PANEL, PackedBf16};
+use super::pack_bf16::{CHUNK_WORDS, Kernel, PANEL, PackedBf16, pack_activations_strided};
 
 /// Rows of a full block: two A tiles.
 const BLOCK_ROWS: usize = 2 * TILE_ROWS;
@@ -195,10 +198,19 @@ pub fn linear_amx(x: &[f32], w: &PackedBf16, rows: usize, out: &mut [f32]) {
     }
     let steps = w.k_stride / amx::STEP_PAIRS;
     let words = amx::pack_blocked(x, rows, w.k, steps);
-    let a = Blocked {
-        words: &words,
-        steps,
-    };
+    project(
+        Blocked {
+            words: &words,
+            steps,
+        },
+        w,
+        rows,
+        out,
+    );
+}
+
+/// `out (rows, n) = a @ w^T` for activations already in the blocked layout.
+fn project(a: Blocked<'_>, w: &PackedBf16, rows: usize, out: &mut [f32]) {
     let n = w.n;
     let out_ptr = OutPtr(out.as_mut_ptr());
     for part in parts(rows) {
@@ -216,9 +228,9 @@ pub fn linear_amx(x: &[f32], w: &PackedBf16, rows: usize, out: &mut [f32]) {
                         c0: p * PANEL,
                     }),
                 }];
-                // SAFETY: rows * n is `out`'s length (checked above) and a whole panel's columns
-                // lie inside it; no other task writes panel `p`'s columns, and `out` is borrowed
-                // mutably for the whole loop.
+                // SAFETY: rows * n is `out`'s length (the callers check it) and a whole
+                // panel's columns lie inside it; no other task writes panel `p`'s columns, and
+                // `out` is borrowed mutably for the whole loop.
                 unsafe { panel_products(tiles, a, (rows, part.clone()), &mut target) };
                 let [Target { acc, direct, .. }] = target;
                 for (r, values) in part.clone().zip(acc.chunks_exact(PANEL)) {
@@ -256,12 +268,103 @@ pub fn linear_silu_mul_amx(x: &[f32], w: &PackedBf16, rows: usize, out: &mut [f3
     }
     let steps = w.k_stride / amx::STEP_PAIRS;
     let words = amx::pack_blocked(x, rows, w.k, steps);
-    let a = Blocked {
-        words: &words,
-        steps,
+    let sink = SwigluOut::Values {
+        out: OutPtr(out.as_mut_ptr()),
+        half,
     };
-    let up_panels = half / PANEL;
-    let out_ptr = OutPtr(out.as_mut_ptr());
+    // SAFETY: `out` holds rows * n / 2 values (asserted) and is borrowed mutably.
+    unsafe {
+        swiglu(
+            Blocked {
+                words: &words,
+                steps,
+            },
+            w,
+            rows,
+            sink,
+        )
+    };
+}
+
+/// Whether [`mlp_amx`] runs this MLP: SwiGLU fuses with `gate_up` and `down` reduces over
+/// its output, whose every panel is then one tile step of `down`'s operand.
+pub fn fuses_mlp(gate_up: &PackedBf16, down: &PackedBf16) -> bool {
+    super::linear_bf16::fuses_silu(gate_up)
+        && down.k == gate_up.n / 2
+        && down.k_stride / amx::STEP_PAIRS == down.k / PANEL
+}
+
+/// The whole MLP on AMX tiles: `out (rows, down.n) = (silu(g) * u) @ down^T` where `g | u =
+/// bf16(x) @ gate_up^T`. The SwiGLU values go from the accumulators straight into `down`'s
+/// blocked operand, rounded to bf16 as [`amx::pack_blocked`] rounds them, so the result is
+/// [`linear_silu_mul_amx`] then [`linear_amx`], value for value, without the f32
+/// intermediate written out and read back.
+pub fn mlp_amx(x: &[f32], gate_up: &PackedBf16, down: &PackedBf16, rows: usize, out: &mut [f32]) {
+    assert!(
+        fuses_mlp(gate_up, down)
+            && x.len() == rows * gate_up.k
+            && out.len() == rows * down.n
+            && amx::available(),
+        "mlp_amx operands checked by the caller; this is a bug"
+    );
+    if rows == 0 || down.n == 0 {
+        return;
+    }
+    let steps = gate_up.k_stride / amx::STEP_PAIRS;
+    let down_steps = down.k_stride / amx::STEP_PAIRS;
+    let mut act = amx::PackedRows::for_rows(rows, down_steps);
+    {
+        let words = amx::pack_blocked(x, rows, gate_up.k, steps);
+        let sink = SwigluOut::Blocked {
+            words: WordsPtr(act.words_mut().as_mut_ptr()),
+            steps: down_steps,
+        };
+        // SAFETY: `act` holds whole groups of `rows` rows of `down_steps` steps, one per
+        // panel of `gate_up`'s up half (`fuses_mlp`), and is borrowed mutably here.
+        unsafe {
+            swiglu(
+                Blocked {
+                    words: &words,
+                    steps,
+                },
+                gate_up,
+                rows,
+                sink,
+            )
+        };
+    }
+    let act = Blocked {
+        words: &act,
+        steps: down_steps,
+    };
+    project(act, down, rows, out);
+}
+
+/// Blocked activation words written by panel tasks, each its own tile step of every row.
+#[derive(Clone, Copy)]
+struct WordsPtr(*mut u32);
+// SAFETY: every task writes only its own panel's step (disjoint from every other task's),
+// and the buffer outlives the parallel loop that borrows it.
+unsafe impl Send for WordsPtr {}
+unsafe impl Sync for WordsPtr {}
+
+/// Where [`swiglu`] puts a panel's 32 values of a row.
+#[derive(Clone, Copy)]
+enum SwigluOut {
+    /// f32 rows `half` wide.
+    Values { out: OutPtr, half: usize },
+    /// The next projection's blocked activations, `steps` tile steps a group of rows: panel
+    /// `p` of row `r` is step `p` of that row, rounded to bf16 and paired.
+    Blocked { words: WordsPtr, steps: usize },
+}
+
+/// `silu(g) * u` for `g | u = a @ w^T`, into `sink`.
+///
+/// # Safety
+/// `sink` holds every row of `rows` for every panel of `w`'s up half, borrowed by no one
+/// else meanwhile.
+unsafe fn swiglu(a: Blocked<'_>, w: &PackedBf16, rows: usize, sink: SwigluOut) {
+    let up_panels = w.n / 2 / PANEL;
     for part in parts(rows) {
         let panels = (0..up_panels).into_par_iter();
         panels.for_each_init(
@@ -287,13 +390,93 @@ pub fn linear_silu_mul_amx(x: &[f32], w: &PackedBf16, rows: usize, out: &mut [f3
                 let [gate, up] = targets.map(|target| target.acc);
                 let pairs = gate.chunks_exact(PANEL).zip(up.chunks_exact(PANEL));
                 for (r, (g, u)) in part.clone().zip(pairs) {
-                    // SAFETY: row r < rows and columns `p * PANEL .. (p + 1) * PANEL` <= n / 2
-                    // lie inside `out` (rows * n / 2, checked above); no other task touches
-                    // panel `p`'s columns, and `out` is borrowed mutably for the whole loop.
-                    let dst = unsafe { out_ptr.row(r, half, p * PANEL, PANEL) };
-                    silu_mul_into(Kernel::Amx, g, u, dst);
+                    match sink {
+                        SwigluOut::Values { out, half } => {
+                            // SAFETY: row r < rows and columns `p * PANEL .. (p + 1) * PANEL`
+                            // lie inside the sink (the contract); no other task touches panel
+                            // `p`'s columns.
+                            let dst = unsafe { out.row(r, half, p * PANEL, PANEL) };
+                            silu_mul_into(Kernel::Amx, g, u, dst);
+                        }
+                        SwigluOut::Blocked { words, steps } => {
+                            let mut values = [0.0f32; PANEL];
+                            silu_mul_into(Kernel::Amx, g, u, &mut values);
+                            let at = amx::blocked_word(r, p, steps);
+                            // SAFETY: step p of row r lies inside the sink (the contract);
+                            // no other task writes step p.
+                            let dst = unsafe {
+                                std::slice::from_raw_parts_mut(words.0.add(at), amx::STEP_PAIRS)
+                            };
+                            pack_activations_strided(Kernel::Amx, &values, dst, CHUNK_WORDS);
+                        }
+                    }
                 }
             },
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+
+    use super::*;
+
+    /// Weights `(n, k)` in [-1, 1), packed.
+    fn weights(rng: &mut StdRng, n: usize, k: usize) -> PackedBf16 {
+        let w: Vec<f32> = (0..n * k).map(|_| rng.random_range(-1.0..1.0)).collect();
+        PackedBf16::pack(n, k, |r, out| out.copy_from_slice(&w[r * k..][..k]))
+    }
+
+    #[test]
+    fn the_fused_mlp_equals_its_two_halves() {
+        if !amx::available() {
+            println!("skipped: no AMX");
+            return;
+        }
+        // One row, rows short of a tile, a part and a half with a short last group, and an
+        // output narrower than a panel.
+        for (seed, &(rows, k, inter, n)) in [
+            (1, 64, 64, 64),
+            (13, 96, 128, 40),
+            (300, 64, 96, 96),
+            (32, 1024, 3072, 1024),
+        ]
+        .iter()
+        .enumerate()
+        {
+            let mut rng = StdRng::seed_from_u64(500 + seed as u64);
+            let x: Vec<f32> = (0..rows * k).map(|_| rng.random_range(-2.0..2.0)).collect();
+            let gate_up = weights(&mut rng, 2 * inter, k);
+            let down = weights(&mut rng, n, inter);
+            assert!(fuses_mlp(&gate_up, &down));
+            let mut act = vec![f32::NAN; rows * inter];
+            linear_silu_mul_amx(&x, &gate_up, rows, &mut act);
+            let mut want = vec![f32::NAN; rows * n];
+            linear_amx(&act, &down, rows, &mut want);
+            // Buffers left full of NaN by an earlier pack: the fused path must write or
+            // zero every word it reads.
+            drop(amx::pack_blocked(
+                &vec![f32::NAN; rows * inter],
+                rows,
+                inter,
+                inter / 32,
+            ));
+            let mut got = vec![f32::NAN; rows * n];
+            mlp_amx(&x, &gate_up, &down, rows, &mut got);
+            assert_eq!(got, want, "{rows} x {k} -> {inter} -> {n}");
+        }
+    }
+
+    #[test]
+    fn an_mlp_whose_halves_do_not_meet_is_not_fused() {
+        let mut rng = StdRng::seed_from_u64(9);
+        let gate_up = weights(&mut rng, 128, 32);
+        assert!(!fuses_mlp(&gate_up, &weights(&mut rng, 32, 96)));
+        assert!(!fuses_mlp(
+            &weights(&mut rng, 96, 32),
+            &weights(&mut rng, 32, 48)
+        ));
     }
 }

@@ -9,10 +9,11 @@
 //! One file per op, each a plain function on slices: [`embed`], [`rms_norm`], [`add`],
 //! [`qk_norm_rope`], [`attention`] (its bf16 products in [`attention_bf16`], on AMX in
 //! [`attention_amx`]), [`silu_mul`], [`linear`] (f32) and [`linear_bf16`] (with SwiGLU fused
-//! in; on AMX in [`linear_amx`]), [`last_rows`], [`pool`]; [`exp`] is the vectorizable `e^x`
-//! they share, [`pack_bf16`] the packed operands of the bf16 products and the kernel choice,
-//! [`amx`] the tile unit, [`aligned`] their buffers. [`spare`] keeps large activation buffers between ops. This module
-//! binds the ops to [`Ops`], checking shapes.
+//! in; on AMX in [`linear_amx`], which also runs the whole MLP as one op), [`last_rows`],
+//! [`pool`]; [`exp`] is the vectorizable `e^x` they share, [`pack_bf16`] the packed operands
+//! of the bf16 products and the kernel choice, [`amx`] the tile unit, [`aligned`] their
+//! buffers. [`spare`] keeps large activation buffers between ops. This module binds the ops
+//! to [`Ops`], checking shapes.
 
 pub mod add;
 pub mod aligned;
@@ -441,6 +442,20 @@ impl Ops for CpuBackend {
             }
             _ => self.silu_mul(&self.linear(x, gate_up)?),
         }
+    }
+
+    fn mlp(&self, x: &CpuTensor, gate_up: &CpuMatrix, down: &CpuMatrix) -> OpResult<CpuTensor> {
+        if let (MatrixValues::Bf16(gate_up_packed), MatrixValues::Bf16(down_packed)) =
+            (&gate_up.values, &down.values)
+            && self.bf16_kernel == Kernel::Amx
+            && linear_amx::fuses_mlp(gate_up_packed, down_packed)
+        {
+            check_cols("mlp", "x", x.cols, gate_up.cols)?;
+            let mut out = CpuTensor::for_overwrite(x.rows, down.rows);
+            linear_amx::mlp_amx(&x.data, gate_up_packed, down_packed, x.rows, &mut out.data);
+            return Ok(out);
+        }
+        self.linear(&self.linear_silu_mul(x, gate_up)?, down)
     }
 
     fn last_rows(&self, x: &CpuTensor, layout: &CpuLayout) -> OpResult<CpuTensor> {

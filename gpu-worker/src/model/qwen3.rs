@@ -284,8 +284,7 @@ impl<B: Ops> Qwen3<B> {
             let h_mlp = backend.add_rms_norm(&mut x, &o, &layer.post_attention_layernorm, eps)?;
             trace(TracePoint::PostAttentionNorm(i), &h_mlp);
             // 6. SwiGLU MLP: (rows, hidden) -> (rows, 2 I) -> (rows, I) -> (rows, hidden).
-            let act = backend.linear_silu_mul(&h_mlp, &layer.gate_up_proj)?;
-            let mlp = backend.linear(&act, &layer.down_proj)?;
+            let mlp = backend.mlp(&h_mlp, &layer.gate_up_proj, &layer.down_proj)?;
             trace(TracePoint::Mlp(i), &mlp);
             // 7. Residual, fused with the next layer's input norm.
             match self.layers.get(i + 1) {
