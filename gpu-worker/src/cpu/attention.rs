@@ -10,7 +10,7 @@ use rayon::prelude::*;
 use super::attention_amx::{PackedKv, attend_amx, pack_kv};
 use super::attention_bf16::attend_bf16;
 use super::exp::exp;
-use super::linear_bf16::Kernel;
+use super::linear_bf16::{Kernel, OutPtr};
 use crate::ops::AttentionShape;
 
 /// Query rows per task: large enough for the GEMM to run at speed, small enough that a
@@ -99,6 +99,10 @@ pub fn attention(
         _ => Vec::new(),
     };
     let group = shape.num_heads / shape.num_kv_heads;
+    // Every (row, head) block is written below, each by its own task: the copy runs on
+    // every thread rather than after the parallel loop on one.
+    let mut out = super::spare::for_overwrite(q_rows * out_width);
+    let out_ptr = OutPtr(out.as_mut_ptr());
     let run = |task: Task| {
         let operands = Operands::of(&task, shape, q.len(), kv.len());
         let block = match products {
@@ -109,19 +113,17 @@ pub fn attention(
             }
             Products::Bf16(kernel) => attend_bf16(q, kv, &operands, kernel),
         };
-        (task, block)
-    };
-    let blocks: Vec<(Task, Vec<f32>)> = if parallel {
-        tasks.into_par_iter().map(run).collect()
-    } else {
-        tasks.into_iter().map(run).collect()
-    };
-    // Every (row, head) block is written below.
-    let mut out = super::spare::for_overwrite(q_rows * out_width);
-    for (task, block) in blocks {
         for (r, values) in task.rows.clone().zip(block.chunks_exact(d)) {
-            out[r * out_width + task.head * d..][..d].copy_from_slice(values);
+            // SAFETY: row r < q_rows and head `task.head < num_heads` lie inside `out`
+            // (q_rows * out_width); no other task has this (row, head), and `out` outlives
+            // the loop.
+            unsafe { out_ptr.row(r, out_width, task.head * d, d) }.copy_from_slice(values);
         }
+    };
+    if parallel {
+        tasks.into_par_iter().for_each(run);
+    } else {
+        tasks.into_iter().for_each(run);
     }
     out
 }

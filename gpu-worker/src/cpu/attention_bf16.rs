@@ -10,7 +10,7 @@
 use super::aligned::Aligned;
 use super::attention::{Operands, softmax};
 use super::linear_bf16::{Kernel, PANEL, TileRows, pack_activations, tile_into};
-use super::pack_bf16::{panel_word, panel_words};
+use super::pack_bf16::{HALF, panel_word, panel_words};
 
 /// The task's output, `(rows, head_dim)`: attention of its query rows in `q` over the keys
 /// and values in `kv`, as [`Operands`] places them.
@@ -134,8 +134,6 @@ pub(super) fn pack_values(
     );
     let mut panels = Aligned::zeroed(d.div_ceil(PANEL) * panel_words(key_stride));
     let (mut even, mut odd) = (vec![0u32; d.div_ceil(2)], vec![0u32; d.div_ceil(2)]);
-    // The bf16 value of column `c` in a packed row: half `c % 2` of word `c / 2`.
-    let value = |words: &[u32], c: usize| (words[c / 2] >> (16 * (c % 2))) & 0xffff;
     for qk in 0..key_pairs {
         pack_activations(kernel, &kv[v_at + 2 * qk * width..][..d], &mut even);
         if 2 * qk + 1 < keys {
@@ -143,9 +141,20 @@ pub(super) fn pack_values(
         } else {
             odd.fill(0);
         }
-        for c in 0..d {
-            let at = (c / PANEL) * panel_words(key_stride) + panel_word(qk, c % PANEL);
-            panels[at] = value(&even, c) | (value(&odd, c) << 16);
+        // Columns `c0 .. c0 + HALF` of key pair qk are contiguous words of one panel; word
+        // `w` of a packed row holds columns 2w (low half) and 2w + 1 (high half).
+        for c0 in (0..d).step_by(HALF) {
+            let at = (c0 / PANEL) * panel_words(key_stride) + panel_word(qk, c0 % PANEL);
+            let dst = &mut panels[at..at + HALF.min(d - c0)];
+            let (e, o) = (&even[c0 / 2..], &odd[c0 / 2..]);
+            for (j, word) in dst.iter_mut().enumerate() {
+                let (e, o) = (e[j / 2], o[j / 2]);
+                *word = if j % 2 == 0 {
+                    (e & 0xffff) | (o << 16)
+                } else {
+                    (e >> 16) | (o & 0xffff_0000)
+                };
+            }
         }
     }
     panels

@@ -23,14 +23,15 @@ use super::silu_mul::silu;
 /// Rows per register tile: 12 rows x 2 registers = 24 accumulators of the 32 registers.
 pub const TILE_ROWS: usize = 12;
 
-/// The output matrix, written by panel tasks that each own a disjoint set of columns (here
-/// and in [`super::linear_amx`]).
+/// An output matrix written by parallel tasks that each own a disjoint set of elements: the
+/// columns of a panel (here and in [`super::linear_amx`]), the (row, head) blocks of
+/// [`super::attention`].
 #[derive(Clone, Copy)]
 pub(super) struct OutPtr(pub(super) *mut f32);
-// SAFETY: every task writes only the columns of its own panel (disjoint from every other
-// task's), and the buffer outlives the parallel loop that borrows it.
+// SAFETY: every task writes only its own elements (disjoint from every other task's), and
+// the buffer outlives the parallel loop that borrows it.
 unsafe impl Send for OutPtr {}
-// SAFETY: as above: shared only to hand each task its own disjoint columns.
+// SAFETY: as above: shared only to hand each task its own disjoint elements.
 unsafe impl Sync for OutPtr {}
 
 impl OutPtr {
