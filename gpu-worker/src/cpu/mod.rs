@@ -180,7 +180,9 @@ fn check_cols(op: &'static str, what: &str, found: usize, expected: usize) -> Op
     Ok(())
 }
 
-/// Dot product in eight independent lanes, so the compiler vectorizes it.
+/// Dot product in eight independent lanes, so the compiler vectorizes it (inlined, so it
+/// takes its caller's vector width).
+#[inline(always)]
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut lanes = [0.0f32; 8];
     let (a_chunks, b_chunks) = (a.chunks_exact(8), b.chunks_exact(8));

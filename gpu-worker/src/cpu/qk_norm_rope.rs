@@ -4,7 +4,7 @@
 use rayon::prelude::*;
 
 use super::PARALLEL_MIN_ELEMENTS;
-use super::rms_norm::norm_row;
+use super::rms_norm::{norm_in_place, wide};
 use crate::ops::AttentionShape;
 
 /// Rotary tables for positions `0..len`: `cos[p * half + i]`, `sin[..]` with angle
@@ -37,14 +37,15 @@ impl RopeTable {
 
     /// Rotates one head in place at `position` (rotate-half layout: element `i` pairs with
     /// element `i + head_dim / 2`).
+    #[inline(always)]
     pub fn rotate(&self, head: &mut [f32], position: usize) {
         let (lo, hi) = head.split_at_mut(self.half);
         let cos = &self.cos[position * self.half..][..self.half];
         let sin = &self.sin[position * self.half..][..self.half];
-        for i in 0..self.half {
-            let (a, b) = (lo[i], hi[i]);
-            lo[i] = a * cos[i] - b * sin[i];
-            hi[i] = b * cos[i] + a * sin[i];
+        for (((lo, hi), &cos), &sin) in lo.iter_mut().zip(hi).zip(cos).zip(sin) {
+            let (a, b) = (*lo, *hi);
+            *lo = a * cos - b * sin;
+            *hi = b * cos + a * sin;
         }
     }
 }
@@ -60,16 +61,17 @@ pub fn qk_norm_rope(
     eps: f32,
     table: &RopeTable,
 ) {
-    let d = shape.head_dim;
-    let normed_heads = shape.num_heads + shape.num_kv_heads;
     let step = |(row, &position): (&mut [f32], &u32)| {
-        let mut scratch = vec![0.0; d];
-        for (h, head) in row[..normed_heads * d].chunks_exact_mut(d).enumerate() {
-            let weight = if h < shape.num_heads { q_norm } else { k_norm };
-            norm_row(head, weight, eps, &mut scratch);
-            head.copy_from_slice(&scratch);
-            table.rotate(head, position as usize);
+        let row = Row {
+            row,
+            position: position as usize,
+        };
+        #[cfg(target_arch = "x86_64")]
+        if wide() {
+            // SAFETY: the CPU has avx512f (`wide`).
+            return unsafe { norm_rope_row_avx512(row, q_norm, k_norm, shape, eps, table) };
         }
+        norm_rope_row(row, q_norm, k_norm, shape, eps, table)
     };
     if qkv.len() < PARALLEL_MIN_ELEMENTS {
         qkv.chunks_exact_mut(shape.qkv_width())
@@ -79,5 +81,85 @@ pub fn qk_norm_rope(
         qkv.par_chunks_exact_mut(shape.qkv_width())
             .zip(positions.par_iter())
             .for_each(step);
+    }
+}
+
+/// One row of the fused tensor and its position in its sequence.
+struct Row<'a> {
+    row: &'a mut [f32],
+    position: usize,
+}
+
+/// [`qk_norm_rope`] on one row.
+#[inline(always)]
+fn norm_rope_row(
+    Row { row, position }: Row<'_>,
+    q_norm: &[f32],
+    k_norm: &[f32],
+    shape: AttentionShape,
+    eps: f32,
+    table: &RopeTable,
+) {
+    let d = shape.head_dim;
+    let normed_heads = shape.num_heads + shape.num_kv_heads;
+    for (h, head) in row[..normed_heads * d].chunks_exact_mut(d).enumerate() {
+        let weight = if h < shape.num_heads { q_norm } else { k_norm };
+        norm_in_place(head, weight, eps);
+        table.rotate(head, position);
+    }
+}
+
+/// [`norm_rope_row`] compiled for 512-bit vectors (the same operations in the same order as
+/// the portable build, so the same values).
+///
+/// # Safety
+/// The CPU must support avx512f.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn norm_rope_row_avx512(
+    row: Row<'_>,
+    q_norm: &[f32],
+    k_norm: &[f32],
+    shape: AttentionShape,
+    eps: f32,
+    table: &RopeTable,
+) {
+    norm_rope_row(row, q_norm, k_norm, shape, eps, table)
+}
+
+#[cfg(test)]
+mod tests {
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+
+    use super::*;
+
+    #[test]
+    fn the_wide_row_matches_the_portable_one() {
+        if !wide() {
+            println!("skipped: no avx512f");
+            return;
+        }
+        let mut rng = StdRng::seed_from_u64(13);
+        for (heads, kv_heads, d) in [(2, 1, 16), (16, 8, 128), (4, 2, 6)] {
+            let shape = AttentionShape {
+                num_heads: heads,
+                num_kv_heads: kv_heads,
+                head_dim: d,
+            };
+            let table = RopeTable::new(40, d, 1_000_000.0);
+            let mut values =
+                |n: usize| -> Vec<f32> { (0..n).map(|_| rng.random_range(-3.0..3.0)).collect() };
+            let (q_norm, k_norm, row) = (values(d), values(d), values(shape.qkv_width()));
+            let (mut portable, mut wide) = (row.clone(), row);
+            fn at(row: &mut [f32]) -> Row<'_> {
+                Row { row, position: 37 }
+            }
+            norm_rope_row(at(&mut portable), &q_norm, &k_norm, shape, 1e-6, &table);
+            // SAFETY: the CPU has avx512f (checked above).
+            unsafe { norm_rope_row_avx512(at(&mut wide), &q_norm, &k_norm, shape, 1e-6, &table) };
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&wide), bits(&portable), "{heads} heads of {d}");
+        }
     }
 }
