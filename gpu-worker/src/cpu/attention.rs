@@ -7,8 +7,8 @@
 use gemm::Parallelism;
 use rayon::prelude::*;
 
-use super::attention_amx::{PackedKv, attend_amx, pack_kv};
-use super::attention_bf16::attend_bf16;
+use super::attention_amx::attend_amx;
+use super::attention_bf16::{PackedKv, attend_bf16, pack_kv};
 use super::exp::exp;
 use super::linear_bf16::{Kernel, OutPtr};
 use crate::ops::AttentionShape;
@@ -80,14 +80,14 @@ pub fn attention(
         .map(|task| task.rows.len() * (task.visible0 + task.rows.len()) * d)
         .sum();
     let parallel = flops >= PARALLEL_MIN_FLOPS;
-    // On AMX, each sequence's K and V per key/value head are packed once for all its tasks.
+    // In bf16, each sequence's K and V per key/value head are packed once for all its tasks.
     let packed: Vec<PackedKv> = match products {
-        Products::Bf16(Kernel::Amx) => {
+        Products::Bf16(kernel) => {
             let heads = shape.num_kv_heads;
             let pack = |i: usize| {
                 let (s, kv_head) = (i / heads, i % heads);
                 let (k_start, k_end) = (cu_k[s] as usize, cu_k[s + 1] as usize);
-                pack_kv(kv, shape, k_start, k_end - k_start, kv_head)
+                pack_kv(kv, shape, (k_start, k_end - k_start), kv_head, kernel)
             };
             let units = (cu_k.len() - 1) * heads;
             if parallel {
@@ -96,7 +96,7 @@ pub fn attention(
                 (0..units).map(pack).collect()
             }
         }
-        _ => Vec::new(),
+        Products::F32 => Vec::new(),
     };
     let group = shape.num_heads / shape.num_kv_heads;
     // Every (row, head) block is written below, each by its own task: the copy runs on
@@ -107,11 +107,13 @@ pub fn attention(
         let operands = Operands::of(&task, shape, q.len(), kv.len());
         let block = match products {
             Products::F32 => attend(q, kv, &operands),
-            Products::Bf16(Kernel::Amx) => {
-                let kv_index = task.seq * shape.num_kv_heads + task.head / group;
-                attend_amx(q, &operands, &packed[kv_index])
+            Products::Bf16(kernel) => {
+                let kv_packed = &packed[task.seq * shape.num_kv_heads + task.head / group];
+                match kernel {
+                    Kernel::Amx => attend_amx(q, &operands, kv_packed),
+                    _ => attend_bf16(q, &operands, kv_packed, kernel),
+                }
             }
-            Products::Bf16(kernel) => attend_bf16(q, kv, &operands, kernel),
         };
         for (r, values) in task.rows.clone().zip(block.chunks_exact(d)) {
             // SAFETY: row r < q_rows and head `task.head < num_heads` lie inside `out`

@@ -1,57 +1,17 @@
 //! One attention task with bf16 products on AMX tiles: [`super::attention_bf16`]'s
 //! algorithm (K packed as a weight matrix, V transposed as one, f32 softmax between the two
 //! products, causal masking that skips work) on [`amx::Tiles`] blocks of 32 query rows by
-//! 32 keys (scores) or 32 head columns (output). K and V are packed once per sequence and
-//! key/value head ([`pack_kv`]) for every task that reads them: each query block, and both
-//! query heads of a group.
+//! 32 keys (scores) or 32 head columns (output), reading K and V as
+//! [`super::attention_bf16::pack_kv`] packed them once per sequence and key/value head.
 
 use super::aligned::Aligned;
 use super::amx::{self, Blocked, STEP_PAIRS, Start, TILE_ROWS, Tiles};
 use super::attention::{Operands, softmax};
-use super::attention_bf16::{pack_keys, pack_values};
-use super::linear_bf16::{Kernel, PANEL};
-use crate::ops::AttentionShape;
+use super::attention_bf16::PackedKv;
+use super::linear_bf16::PANEL;
 
 /// Query rows per block: two A tiles.
 const BLOCK_ROWS: usize = 2 * TILE_ROWS;
-
-/// The keys and values of one key/value head of one sequence, packed for the tiles: K as
-/// panels of 32 keys over the head's pairs, V transposed as panels of 32 head columns over
-/// the keys' pairs, both padded to whole tile steps with zeros.
-pub struct PackedKv {
-    k: Aligned<u32>,
-    v: Aligned<u32>,
-    /// Keys packed.
-    keys: usize,
-    /// Tile steps of the head dimension (the K panels' reduction).
-    d_steps: usize,
-    /// Tile steps of the keys (the V panels' reduction).
-    key_steps: usize,
-}
-
-/// Packs key/value head `kv_head` of the sequence whose `keys` rows start at row `k_start`
-/// of the fused q|k|v tensor `kv`.
-pub fn pack_kv(
-    kv: &[f32],
-    shape: AttentionShape,
-    k_start: usize,
-    keys: usize,
-    kv_head: usize,
-) -> PackedKv {
-    let (width, d) = (shape.qkv_width(), shape.head_dim);
-    let k_at = k_start * width + (shape.num_heads + kv_head) * d;
-    let v_at = k_start * width + (shape.num_heads + shape.num_kv_heads + kv_head) * d;
-    let d_steps = d.div_ceil(2).div_ceil(STEP_PAIRS);
-    let key_steps = keys.div_ceil(2).div_ceil(STEP_PAIRS);
-    let (d_stride, key_stride) = (d_steps * STEP_PAIRS, key_steps * STEP_PAIRS);
-    PackedKv {
-        k: pack_keys(kv, k_at, width, d, keys, d_stride, Kernel::Amx),
-        v: pack_values(kv, v_at, width, d, keys, key_stride, Kernel::Amx),
-        keys,
-        d_steps,
-        key_steps,
-    }
-}
 
 /// The task's output, `(rows, head_dim)`: attention of its query rows in `q`, as
 /// [`Operands`] places them, over the first `operands.keys` keys and values of `packed`.
@@ -66,12 +26,12 @@ pub fn attend_amx(q: &[f32], operands: &Operands, packed: &PackedKv) -> Vec<f32>
         ..
     } = operands;
     assert!(
-        keys <= packed.keys && d.div_ceil(2).div_ceil(STEP_PAIRS) == packed.d_steps,
+        keys <= packed.keys && d.div_ceil(2).next_multiple_of(STEP_PAIRS) == packed.d_stride,
         "attention operands beyond the packed keys; this is a bug"
     );
     let tiles = Tiles::configure().expect("Kernel::Amx chosen without AMX; this is a bug");
     // Both reductions run over whole tile steps: the head's pairs, then the keys' pairs.
-    let d_steps = packed.d_steps;
+    let d_steps = packed.d_stride / STEP_PAIRS;
     let key_steps = keys.div_ceil(2).div_ceil(STEP_PAIRS);
     let key_panels = keys.div_ceil(PANEL);
     let d_panels = d.div_ceil(PANEL);
@@ -81,7 +41,7 @@ pub fn attend_amx(q: &[f32], operands: &Operands, packed: &PackedKv) -> Vec<f32>
     let q_tiles = amx::pack_blocked_rows(rows, d_steps, |r| &q[q_at + r * width..][..d]);
     let (k_panels, v_panels) = (&packed.k, &packed.v);
     let k_panel_words = d_steps * STEP_PAIRS * PANEL;
-    let v_panel_words = packed.key_steps * STEP_PAIRS * PANEL;
+    let v_panel_words = packed.key_stride * PANEL;
 
     // 1. Scores, unscaled; a block stops at the panel holding the last key its last row
     //    sees.

@@ -8,13 +8,56 @@
 //! panels and key pairs its last row can see.
 
 use super::aligned::Aligned;
+use super::amx::STEP_PAIRS;
 use super::attention::{Operands, softmax};
 use super::linear_bf16::{Kernel, PANEL, TileRows, pack_activations, tile_into};
 use super::pack_bf16::{HALF, panel_word, panel_words};
+use crate::ops::AttentionShape;
 
-/// The task's output, `(rows, head_dim)`: attention of its query rows in `q` over the keys
-/// and values in `kv`, as [`Operands`] places them.
-pub fn attend_bf16(q: &[f32], kv: &[f32], operands: &Operands, kernel: Kernel) -> Vec<f32> {
+/// The keys and values of one key/value head of one sequence, packed as weight panels: K as
+/// panels of 32 keys over the head's pairs, V transposed as panels of 32 head columns over
+/// the keys' pairs, both padded with zeros to whole tile steps (16 pairs), so the AMX tiles
+/// read them as they are. Packed once for every task that reads them: each query block, and
+/// every query head of the group.
+pub struct PackedKv {
+    /// K panels, `panel_words(d_stride)` words each.
+    pub(super) k: Aligned<u32>,
+    /// V panels, `panel_words(key_stride)` words each.
+    pub(super) v: Aligned<u32>,
+    /// Keys packed.
+    pub(super) keys: usize,
+    /// Pairs of a K panel: the head's, padded to whole steps.
+    pub(super) d_stride: usize,
+    /// Pairs of a V panel: the keys', padded to whole steps.
+    pub(super) key_stride: usize,
+}
+
+/// Packs key/value head `kv_head` of the sequence whose `keys` rows start at row `k_start`
+/// of the fused q|k|v tensor `kv`, rounding on `kernel`'s instructions.
+pub fn pack_kv(
+    kv: &[f32],
+    shape: AttentionShape,
+    (k_start, keys): (usize, usize),
+    kv_head: usize,
+    kernel: Kernel,
+) -> PackedKv {
+    let (width, d) = (shape.qkv_width(), shape.head_dim);
+    let k_at = k_start * width + (shape.num_heads + kv_head) * d;
+    let v_at = k_start * width + (shape.num_heads + shape.num_kv_heads + kv_head) * d;
+    let d_stride = d.div_ceil(2).next_multiple_of(STEP_PAIRS);
+    let key_stride = keys.div_ceil(2).next_multiple_of(STEP_PAIRS);
+    PackedKv {
+        k: pack_keys(kv, k_at, width, d, keys, d_stride, kernel),
+        v: pack_values(kv, v_at, width, d, keys, key_stride, kernel),
+        keys,
+        d_stride,
+        key_stride,
+    }
+}
+
+/// The task's output, `(rows, head_dim)`: attention of its query rows in `q`, as
+/// [`Operands`] places them, over the first `operands.keys` keys and values of `packed`.
+pub fn attend_bf16(q: &[f32], operands: &Operands, packed: &PackedKv, kernel: Kernel) -> Vec<f32> {
     let &Operands {
         width,
         head_dim: d,
@@ -22,22 +65,26 @@ pub fn attend_bf16(q: &[f32], kv: &[f32], operands: &Operands, kernel: Kernel) -
         visible0,
         keys,
         q_at,
-        k_at,
-        v_at,
         ..
     } = operands;
     let d_pairs = d.div_ceil(2);
     let key_pairs = keys.div_ceil(2);
     let key_panels = keys.div_ceil(PANEL);
     let d_panels = d.div_ceil(PANEL);
+    assert!(
+        keys <= packed.keys && d_pairs.next_multiple_of(STEP_PAIRS) == packed.d_stride,
+        "attention operands beyond the packed keys; this is a bug"
+    );
 
     // Q rows, paired along the head dimension.
     let mut q_words = vec![0u32; rows * d_pairs];
     for (r, out) in q_words.chunks_exact_mut(d_pairs).enumerate() {
         pack_activations(kernel, &q[q_at + r * width..][..d], out);
     }
-    let k_panels = pack_keys(kv, k_at, width, d, keys, d_pairs, kernel);
-    let v_panels = pack_values(kv, v_at, width, d, keys, key_pairs, kernel);
+    let (k_panel_words, v_panel_words) =
+        (panel_words(packed.d_stride), panel_words(packed.key_stride));
+    let k_panels = &packed.k;
+    let v_panels = &packed.v;
 
     // 1. Scores (rows, key_panels * PANEL), unscaled; a tile stops at the panel holding the
     //    last key its last row sees.
@@ -46,7 +93,7 @@ pub fn attend_bf16(q: &[f32], kv: &[f32], operands: &Operands, kernel: Kernel) -
     for (r0, a) in TileRows::tiles(&q_words, d_pairs, rows) {
         let seen = visible0 + r0 + a.count - 1;
         for p in 0..seen.div_ceil(PANEL) {
-            let panel = &k_panels[p * panel_words(d_pairs)..][..panel_words(d_pairs)];
+            let panel = &k_panels[p * k_panel_words..][..k_panel_words];
             let out = &mut scores[r0 * s_stride + p * PANEL..];
             tile_into(kernel, a, panel, d_pairs, out, s_stride);
         }
@@ -68,7 +115,7 @@ pub fn attend_bf16(q: &[f32], kv: &[f32], operands: &Operands, kernel: Kernel) -
     for (r0, a) in TileRows::tiles(&p_words, key_pairs, rows) {
         let seen_pairs = (visible0 + r0 + a.count - 1).div_ceil(2);
         for p in 0..d_panels {
-            let panel = &v_panels[p * panel_words(key_pairs)..][..panel_words(key_pairs)];
+            let panel = &v_panels[p * v_panel_words..][..v_panel_words];
             let dst = &mut out[r0 * o_stride + p * PANEL..];
             tile_into(kernel, a, panel, seen_pairs, dst, o_stride);
         }
@@ -88,7 +135,7 @@ pub fn attend_bf16(q: &[f32], kv: &[f32], operands: &Operands, kernel: Kernel) -
 /// `d_stride >= ceil(d / 2)` pairs (`panel_words(d_stride)` words each): panel `p` holds
 /// keys `p * PANEL ..`, word `panel_word(qd, key % PANEL)` pairs that key's values `2 qd`
 /// and `2 qd + 1`. Keys past `keys` in the last panel, and pairs past the head, are zero.
-pub(super) fn pack_keys(
+fn pack_keys(
     kv: &[f32],
     k_at: usize,
     width: usize,
@@ -118,7 +165,7 @@ pub(super) fn pack_keys(
 /// (`panel_words(key_stride)` words each): panel `p` holds columns `p * PANEL ..` of the
 /// head, word `panel_word(qk, col % PANEL)` pairs that column's values at keys `2 qk` and
 /// `2 qk + 1` (zero past `keys`, and in columns past `d`).
-pub(super) fn pack_values(
+fn pack_values(
     kv: &[f32],
     v_at: usize,
     width: usize,
