@@ -466,6 +466,17 @@ pub enum WorkerKind {
 }
 
 impl WorkerKind {
+    /// The kind's name as statuses spell it (`tokenizer`, `gpu`, `rerank_tokenizer`,
+    /// `rerank_gpu`): the gateway's `/debug`, `/v1/models` and metric labels use it too.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Tokenizer => "tokenizer",
+            Self::Gpu => "gpu",
+            Self::RerankTokenizer => "rerank_tokenizer",
+            Self::RerankGpu => "rerank_gpu",
+        }
+    }
+
     /// The tokenizer stage of `task`.
     pub fn tokenizer(task: Task) -> Self {
         match task {

@@ -375,6 +375,46 @@ mod tests {
     }
 
     #[test]
+    fn workers_and_backlog_are_counted_per_model() {
+        use common::wire::{WorkerKind, WorkerStatus};
+
+        let status = |id: &str, kind, model: &str, in_flight| WorkerStatus {
+            in_flight,
+            ..common::worker::initial_status(id, kind, model.into())
+        };
+        let unhealthy = WorkerStatus {
+            unhealthy: Some("device lost".into()),
+            ..status("gpu-b2", WorkerKind::Gpu, "b", 0)
+        };
+        let metrics = Metrics::new();
+        metrics.set_model_gauges(&[
+            status("tok-a1", WorkerKind::Tokenizer, "a", 3),
+            status("tok-a2", WorkerKind::Tokenizer, "a", 4),
+            status("gpu-a1", WorkerKind::Gpu, "a", 1),
+            status("tok-b1", WorkerKind::Tokenizer, "b", 5),
+            status("gpu-b1", WorkerKind::Gpu, "b", 0),
+            unhealthy,
+            status("rtok-r1", WorkerKind::RerankTokenizer, "r", 9),
+        ]);
+        let text = metrics.render();
+        for line in [
+            r#"embed_model_workers{kind="tokenizer",model="a"} 2"#,
+            r#"embed_model_workers{kind="gpu",model="a"} 1"#,
+            r#"embed_model_workers{kind="tokenizer",model="b"} 1"#,
+            r#"embed_model_workers{kind="gpu",model="b"} 1"#,
+            r#"embed_model_workers{kind="rerank_tokenizer",model="r"} 1"#,
+            r#"embed_model_queue_depth{model="a"} 7"#,
+            r#"embed_model_queue_depth{model="b"} 5"#,
+        ] {
+            assert!(text.lines().any(|l| l == line), "no `{line}` in\n{text}");
+        }
+        assert!(
+            !text.contains(r#"embed_model_queue_depth{model="r"}"#),
+            "the embedding backlog counts embedding tokenizers only:\n{text}"
+        );
+    }
+
+    #[test]
     fn admission_gauges_are_rendered() {
         let metrics = Metrics::new();
         metrics.set_gauges(Gauges {

@@ -312,7 +312,13 @@ async fn health_debug_and_metrics_see_the_workers() {
     assert_eq!(response.status(), 200);
 
     let metrics = harness.get("/metrics").await.text().await.unwrap();
-    for needle in [
+    let model = gateway::config::DEFAULT_MODEL;
+    let per_model = [
+        format!(r#"embed_model_workers{{kind="tokenizer",model="{model}"}} 2"#),
+        format!(r#"embed_model_workers{{kind="gpu",model="{model}"}} 1"#),
+        format!(r#"embed_model_queue_depth{{model="{model}"}} 7"#),
+    ];
+    for needle in per_model.iter().map(String::as_str).chain([
         "embed_queue_depth 7",
         r#"embed_workers{kind="tokenizer"} 2"#,
         r#"embed_workers{kind="gpu"} 1"#,
@@ -320,7 +326,7 @@ async fn health_debug_and_metrics_see_the_workers() {
         "embed_tokens_total 3",
         r#"embed_http_request_duration_seconds_bucket{route="/v1/embeddings""#,
         r#"embed_http_requests_total{route="/health",status="200"} 1"#,
-    ] {
+    ]) {
         assert!(metrics.contains(needle), "missing {needle} in\n{metrics}");
     }
     statuses.abort();

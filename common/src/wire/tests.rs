@@ -262,3 +262,18 @@ fn batch_validation_checks_lengths() {
     };
     assert!(empty_item.validate().is_err());
 }
+
+#[test]
+fn worker_kind_names_are_the_status_spelling() {
+    for kind in [
+        WorkerKind::Tokenizer,
+        WorkerKind::Gpu,
+        WorkerKind::RerankTokenizer,
+        WorkerKind::RerankGpu,
+    ] {
+        assert_eq!(
+            serde_json::to_value(kind).unwrap(),
+            serde_json::json!(kind.name())
+        );
+    }
+}

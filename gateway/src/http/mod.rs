@@ -131,6 +131,7 @@ async fn track(State(state): State<AppState>, mut request: Request, next: Next) 
 async fn prometheus(State(state): State<AppState>) -> Response {
     let snapshot = state.discovery.workers().await;
     state.metrics.set_worker_gauges(&snapshot.workers);
+    state.metrics.set_model_gauges(&snapshot.workers);
     state.metrics.set_gauges(Gauges {
         in_flight: state.service.admission.active(),
         in_flight_limit: state.service.admission.limit(),

@@ -115,7 +115,7 @@ pub fn debug_list(catalog: &Catalog) -> Value {
             let mut workers: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
             for worker in &model.workers {
                 workers
-                    .entry(kind_name(worker.kind))
+                    .entry(worker.kind.name())
                     .or_default()
                     .push(&worker.worker_id);
             }
@@ -130,31 +130,4 @@ pub fn debug_list(catalog: &Catalog) -> Value {
         })
         .collect();
     Value::Array(models)
-}
-
-/// A worker kind's name, as worker statuses spell it.
-fn kind_name(kind: WorkerKind) -> &'static str {
-    match kind {
-        WorkerKind::Tokenizer => "tokenizer",
-        WorkerKind::Gpu => "gpu",
-        WorkerKind::RerankTokenizer => "rerank_tokenizer",
-        WorkerKind::RerankGpu => "rerank_gpu",
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn kind_names_are_the_status_spelling() {
-        for kind in [
-            WorkerKind::Tokenizer,
-            WorkerKind::Gpu,
-            WorkerKind::RerankTokenizer,
-            WorkerKind::RerankGpu,
-        ] {
-            assert_eq!(json!(kind), json!(kind_name(kind)));
-        }
-    }
 }

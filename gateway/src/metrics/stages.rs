@@ -1,6 +1,7 @@
 //! Per-stage metrics: where each request served spent its time, per model and lane, from what
 //! the workers measured and sent along in the request's chunks ([`common::wire::timings`]);
-//! the admission wait measured here; the GPU workers' memory and busy time from discovery.
+//! the admission wait measured here; the GPU workers' memory and busy time, and the workers
+//! and backlog of each model, from discovery.
 //!
 //! | name | kind | labels |
 //! |---|---|---|
@@ -14,11 +15,14 @@
 //! | `embed_direct_path_total` | counter | `model`, `outcome` (`hit`, `fallback`) |
 //! | `embed_gpu_worker_memory_used_bytes`, `embed_gpu_worker_memory_total_bytes` | gauge | `worker`, `model`, `kind` |
 //! | `embed_gpu_worker_busy_seconds` | gauge (rising) | `worker`, `model`, `kind` |
+//! | `embed_model_workers` | gauge | `kind`, `model` |
+//! | `embed_model_queue_depth` | gauge | `model` |
 //!
 //! Every request answered from the workers is observed once per stage ([`RequestStages`]);
 //! `path` is `direct` when every batch of the request was taken on the direct path, `queue`
 //! otherwise.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use common::otlp::{self, KeyValue, StageSpan};
@@ -169,6 +173,33 @@ impl Metrics {
             }
         });
     }
+
+    /// Workers serving per kind and model, and each model's tokenizer backlog, from
+    /// discovery: `embed_workers` and `embed_queue_depth` split by model, so that several
+    /// models on one bus can be told apart. A worker that answered but does not serve counts
+    /// 0; a model gone is no longer set and its series leave after a while (gauges go idle).
+    pub fn set_model_gauges(&self, workers: &[WorkerStatus]) {
+        let mut serving: BTreeMap<(&'static str, &str), usize> = BTreeMap::new();
+        let mut backlog: BTreeMap<&str, u64> = BTreeMap::new();
+        for worker in workers {
+            let count = serving
+                .entry((worker.kind.name(), &worker.model))
+                .or_default();
+            *count += usize::from(worker.serving());
+            if worker.kind == WorkerKind::Tokenizer {
+                *backlog.entry(&worker.model).or_default() += worker.in_flight;
+            }
+        }
+        self.with(|| {
+            for ((kind, model), count) in serving {
+                gauge!("embed_model_workers", "kind" => kind, "model" => model.to_string())
+                    .set(count as f64);
+            }
+            for (model, depth) in backlog {
+                gauge!("embed_model_queue_depth", "model" => model.to_string()).set(depth as f64);
+            }
+        });
+    }
 }
 
 /// Where a finished request's stages go: this gateway's metrics, and (when traces are
@@ -277,6 +308,16 @@ pub(super) fn describe() {
         "embed_gpu_worker_memory_total_bytes",
         Unit::Bytes,
         "Device memory of a GPU worker's device, per worker."
+    );
+    describe_gauge!(
+        "embed_model_workers",
+        Unit::Count,
+        "Workers of a kind serving a model, as discovery found them."
+    );
+    describe_gauge!(
+        "embed_model_queue_depth",
+        Unit::Count,
+        "Sequences waiting in a model's tokenizer workers."
     );
     describe_gauge!(
         "embed_gpu_worker_busy_seconds",
