@@ -199,9 +199,43 @@ async fn refusal_message(response: reqwest::Response, name: &str) -> String {
         .to_string()
 }
 
-/// A value of the wrong type for any field: an object.
-fn wrong() -> Value {
-    json!({"wrong": true})
+/// The object schema a property holds (directly or as one of its choices), if any.
+fn object_schema<'a>(property: &'a Value, schemas: &'a Value) -> Option<&'a Value> {
+    let choices = property["oneOf"].as_array().into_iter().flatten();
+    let reference = std::iter::once(property)
+        .chain(choices)
+        .find_map(|p| p["$ref"].as_str())?;
+    let schema = &schemas[reference.rsplit('/').next().unwrap()];
+    (schema["type"] == "object").then_some(schema)
+}
+
+/// A valid value of an object schema: each required field with a text, a list of one text,
+/// a list of one token id, or (nested objects) a valid object.
+fn valid_object(schema: &Value, schemas: &Value) -> Value {
+    let mut valid = json!({});
+    for name in schema["required"].as_array().into_iter().flatten() {
+        let name = name.as_str().unwrap();
+        let property = &schema["properties"][name];
+        let items = &property["items"];
+        valid[name] = if let Some(object) = object_schema(property, schemas) {
+            valid_object(object, schemas)
+        } else if property["type"] != "array" {
+            json!("a")
+        } else if items["type"] == "integer" || items["oneOf"][0]["type"] == "integer" {
+            json!([1])
+        } else {
+            json!(["a"])
+        };
+    }
+    valid
+}
+
+/// A value of the wrong type for a field: an object, or a string where it takes an object.
+fn wrong(property: &Value, schemas: &Value) -> Value {
+    match object_schema(property, schemas) {
+        Some(_) => json!("wrong"),
+        None => json!({"wrong": true}),
+    }
 }
 
 #[tokio::test]
@@ -222,23 +256,10 @@ async fn every_documented_request_field_is_read_and_named_in_refusals() {
             .as_array()
             .map(|names| names.iter().filter_map(Value::as_str).collect())
             .unwrap_or_default();
-        // A valid body: each required field with a text, a list of one text, or a list of
-        // one token id.
-        let mut valid = json!({});
-        for name in &required {
-            let property = &schema["properties"][name];
-            let items = &property["items"];
-            valid[name] = if property["type"] != "array" {
-                json!("a")
-            } else if items["type"] == "integer" || items["oneOf"][0]["type"] == "integer" {
-                json!([1])
-            } else {
-                json!(["a"])
-            };
-        }
-        for name in schema["properties"].as_object().unwrap().keys() {
+        let valid = valid_object(schema, schemas);
+        for (name, property) in schema["properties"].as_object().unwrap() {
             let mut body = valid.clone();
-            body[name] = wrong();
+            body[name] = wrong(property, schemas);
             let response = harness.post_json(path, body).await;
             assert_eq!(response.status(), 400, "{path} {name}");
             let message = refusal_message(response, name).await;

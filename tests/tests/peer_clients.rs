@@ -1,8 +1,9 @@
 //! The clients users arrive with, against the real stack (nats-server, tokenizer and CPU GPU
 //! workers for the tiny model and its reranker, the gateway with an API key): the `cohere`
 //! SDK (`ClientV2.embed` with every embedding type, `rerank`) and `huggingface_hub`'s
-//! `InferenceClient.feature_extraction`, every vector compared with golden.json (quantized
-//! ones with the reference quantization of the golden vectors); TEI's `/embed` and `/info`
+//! `InferenceClient.feature_extraction` and `.sentence_similarity`, every vector (and score)
+//! compared with golden.json (quantized ones with the reference quantization of the golden
+//! vectors); TEI's `/embed` and `/info`
 //! over HTTP with TEI's error body; `/v1/models` listing both models; CORS preflights over
 //! HTTP (tests/tests/cors_browser.rs checks them from pages in headless Chromium).
 
@@ -46,6 +47,8 @@ hub = InferenceClient(base_url=base, api_key=key)
 out["hub"] = hub.feature_extraction(documents[0]).tolist()
 out["hub_query"] = InferenceClient(model=base + "/embed", api_key=key).feature_extraction(
     queries[0], prompt_name="query").tolist()
+out["similarity"] = InferenceClient(model=base + "/similarity", api_key=key).sentence_similarity(
+    documents[0], other_sentences=documents[1:4])
 print(json.dumps(out))
 "#;
 
@@ -198,6 +201,22 @@ async fn cohere_and_hub_clients_get_golden_vectors() {
         &out["hub_query"][0],
         &queries[0]["embedding"],
         "hub prompt_name=query",
+    );
+
+    // TEI's /similarity through the hub client: the cosine of golden's (normalized) vectors.
+    let similarity = floats(&out["similarity"]);
+    let source = floats(&documents[0]["embedding"]);
+    let want: Vec<f32> = documents[1..4]
+        .iter()
+        .map(|case| {
+            let other = floats(&case["embedding"]);
+            source.iter().zip(&other).map(|(a, b)| a * b).sum()
+        })
+        .collect();
+    assert_eq!(similarity.len(), 3, "{}", out["similarity"]);
+    assert!(
+        max_abs_diff(&similarity, &want) < 1e-5,
+        "similarity {similarity:?} against golden {want:?}"
     );
 
     // Rerank: the best two of the documents, highest first, scores in (0, 1).

@@ -25,7 +25,8 @@ pub const API_KEY_SCHEME: &str = "api_key";
     info(
         title = "qwen3-embed gateway",
         description = "Embeddings and reranking with Qwen3 models: OpenAI-compatible \
-            `/v1/embeddings`, Cohere/Jina `/v1/rerank`, text-embeddings-inference `/rerank`, the \
+            `/v1/embeddings`, Cohere/Jina `/v1/rerank`, text-embeddings-inference `/embed`, \
+            `/similarity` and `/rerank`, the \
             seed's `{root_path}/embedding/api`, and operations routes. Every error answers \
             `ErrorBody` with a stable `code`. With API keys configured, every route but \
             `/health`, `/openapi.json` and `/docs` needs `Authorization: Bearer <key>`."
@@ -37,6 +38,7 @@ pub const API_KEY_SCHEME: &str = "api_key";
         rerank::tei_rerank,
         tei::embed,
         tei::embed_at_root,
+        tei::similarity,
         tei::info,
         cohere::embed,
         cohere::rerank,

@@ -70,6 +70,7 @@ fn endpoints() -> Vec<Endpoint> {
         endpoint::<rerank::__path_tei_rerank>(|| post(rerank::tei_rerank), Root),
         endpoint::<tei::__path_embed>(|| post(tei::embed), Root),
         endpoint::<tei::__path_embed_at_root>(|| post(tei::embed_at_root), Root),
+        endpoint::<tei::__path_similarity>(|| post(tei::similarity), Root),
         endpoint::<tei::__path_info>(|| get(tei::info), Root),
         endpoint::<cohere::__path_embed>(|| post(cohere::embed), Root),
         endpoint::<cohere::__path_rerank>(|| post(cohere::rerank), Root),

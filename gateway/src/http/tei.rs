@@ -1,6 +1,6 @@
 //! text-embeddings-inference's embedding routes, so TEI users can switch: `POST /embed`
 //! (and `POST /`, where `huggingface_hub`'s `InferenceClient(base_url=...)` posts) answering
-//! `[[f32]]`, and `GET /info`. TEI's bodies name no model: the configured default embeds.
+//! `[[f32]]`, `POST /similarity` answering `[f32]`, and `GET /info`. TEI's bodies name no model: the configured default embeds.
 //! Refusals answer TEI's `{error, error_type}` ([`super::tei_error`]).
 
 use axum::extract::State;
@@ -14,6 +14,7 @@ use utoipa::ToSchema;
 use super::AppState;
 use super::models::{ModelCard, cards};
 use super::tei_error::{TeiError, TeiJson};
+use super::types::similarity::{SimilarityInputs, TeiSimilarityRequest};
 use super::types::tei::TeiEmbedRequest;
 use crate::service::{Arrival, EmbedJob};
 
@@ -68,6 +69,69 @@ pub async fn embed_at_root(
     request: TeiJson<TeiEmbedRequest>,
 ) -> Result<Json<Vec<Vec<f32>>>, TeiError> {
     embed(state, trace, arrival, request).await
+}
+
+/// `POST /similarity`: the cosine similarity of each sentence with the source sentence, all
+/// embedded in one request by the default model (normalized, full width).
+#[utoipa::path(
+    post,
+    path = "/similarity",
+    operation_id = "tei_similarity",
+    tag = "TEI",
+    summary = "Compare sentences with a source sentence (text-embeddings-inference shape)",
+    request_body = TeiSimilarityRequest,
+    responses((status = 200, description = "The cosine similarity of each sentence with the source, in order", body = Vec<f32>))
+)]
+pub async fn similarity(
+    State(state): State<AppState>,
+    Extension(trace): Extension<RequestTrace>,
+    Extension(arrival): Extension<Arrival>,
+    TeiJson(request): TeiJson<TeiSimilarityRequest>,
+) -> Result<Json<Vec<f32>>, TeiError> {
+    let model = state.models.resolve(Task::Embed, None).await?;
+    let parameters = request.parameters.unwrap_or_default();
+    let SimilarityInputs {
+        source_sentence,
+        sentences,
+    } = request.inputs;
+    let texts: Vec<String> = std::iter::once(source_sentence).chain(sentences).collect();
+    let job = EmbedJob {
+        model,
+        texts,
+        input_type: parameters.prompt_name.unwrap_or(InputType::Document),
+        instruction: None,
+        dimensions: None,
+        truncate: parameters.truncate.or(state.config.truncate),
+        truncation_direction: parameters.truncation_direction,
+        normalize: Some(true),
+        priority: None,
+        trace,
+        arrival,
+    };
+    let items = state.service.embed(job).await?;
+    let Some((source, others)) = items.split_first() else {
+        return Ok(Json(Vec::new()));
+    };
+    let scores = others
+        .iter()
+        .map(|item| cosine(&source.vector, &item.vector))
+        .collect();
+    Ok(Json(scores))
+}
+
+/// The cosine similarity of two vectors (0 where either is zero).
+fn cosine(a: &[f32], b: &[f32]) -> f32 {
+    let dot = |x: &[f32], y: &[f32]| -> f64 {
+        x.iter()
+            .zip(y)
+            .map(|(&x, &y)| f64::from(x) * f64::from(y))
+            .sum()
+    };
+    let norms = (dot(a, a) * dot(b, b)).sqrt();
+    if norms == 0.0 {
+        return 0.0;
+    }
+    (dot(a, b) / norms) as f32
 }
 
 /// The answer of `GET /info` (TEI's fields this gateway knows).

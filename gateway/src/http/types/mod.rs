@@ -14,6 +14,7 @@ pub mod limits;
 pub mod rerank;
 pub mod schema;
 pub mod seed;
+pub mod similarity;
 pub mod tei;
 pub mod texts;
 pub mod tokenize;
