@@ -79,6 +79,8 @@ fn compose_files_agree_with_the_code() {
         check_compose_nats_auth(&doc, &images, file);
         second_model::check_compose(&doc, file);
         let mut gpu_devices = Vec::new();
+        // Those of services outside every profile (what `up` starts by default).
+        let mut default_devices = Vec::new();
         let mut tokenizer_batch = 0.0_f64;
         let mut gpu_batches = Vec::new();
         for (name, service) in services {
@@ -170,8 +172,12 @@ fn compose_files_agree_with_the_code() {
                         let device =
                             device_arg(&args).unwrap_or_else(|| panic!("{context}: --device"));
                         let fraction = effective(&env, &profile, "gpu", "gpu_memory_fraction");
+                        let optional = !strings(&service["profiles"]).is_empty();
                         for _ in 0..replicas {
                             gpu_devices.push((device, fraction));
+                            if !optional {
+                                default_devices.push((device, fraction));
+                            }
                         }
                         gpu_batches.push(effective(&env, &profile, "gpu", "max_batch_tokens"));
                     } else {
@@ -201,7 +207,9 @@ fn compose_files_agree_with_the_code() {
         }
         match file.as_str() {
             "compose.yaml" => {
-                assert_eq!(gpu_devices, vec![(0, 0.45), (0, 0.45)], "{file}");
+                // The seed's layout; a second model (its profile) on a card of its own.
+                assert_eq!(default_devices, vec![(0, 0.45), (0, 0.45)], "{file}");
+                assert!(per_card.len() == 2, "{file}: {gpu_devices:?}");
             }
             "compose.multi-gpu.yaml" => {
                 assert!(gpu_devices.len() >= 2, "{file}");
