@@ -432,6 +432,28 @@ pub struct BatchItem {
     pub timings: Option<ItemTimings>,
 }
 
+impl BatchItem {
+    /// Sequence `index` of `total` of request `request_id`, answered on `reply_to`, `len`
+    /// tokens long; every other field at its default (the model's width, no deadline, budget,
+    /// trace or bundle subject, normalized).
+    pub fn new(
+        request_id: impl Into<String>,
+        reply_to: impl Into<String>,
+        index: u32,
+        total: u32,
+        len: u32,
+    ) -> Self {
+        Self {
+            request_id: request_id.into(),
+            reply_to: reply_to.into(),
+            index,
+            total,
+            len,
+            ..Self::default()
+        }
+    }
+}
+
 /// A GPU worker's answer to a batch offered on the direct subject.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DirectReply {

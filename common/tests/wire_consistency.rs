@@ -178,19 +178,7 @@ proptest! {
 /// Lengths whose sum is 2^32 (0 when summed in `u32`) or 2^33 must not match an empty buffer.
 #[test]
 fn validate_does_not_wrap_lengths_past_u32() {
-    let item = |len| BatchItem {
-        request_id: "r".into(),
-        reply_to: "_INBOX.1".into(),
-        index: 0,
-        total: 1,
-        len,
-        dims: 0,
-        deadline_ms: 0,
-        trace: None,
-        bundle_to: None,
-        budget_ms: 0,
-        ..Default::default()
-    };
+    let item = |len| BatchItem::new("r", "_INBOX.1", 0, 1, len);
     for lens in [
         vec![u32::MAX, 1],
         vec![1 << 31, 1 << 31],

@@ -335,7 +335,7 @@ fn poisoned_batches_fail_only_their_own_requests() {
             .subscribe(format!("{inbox}.>"))
             .await
             .expect("subscribe");
-        let item = |id: &str, len| queued_item(id, &format!("{inbox}.{id}"), 0, 1, len);
+        let item = |id: &str, len| BatchItem::new(id, format!("{inbox}.{id}"), 0, 1, len);
         let poisoned = [
             TokenBatch {
                 token_ids: vec![u32::MAX, 151_643],
@@ -440,22 +440,4 @@ async fn node_serving(cluster: &NatsCluster, name: &str) -> usize {
         }
     }
     panic!("no node serves a client named {name}");
-}
-
-/// Sequence `index` of `total` of request `request_id` (answered on `reply_to`), `len`
-/// tokens long, as a tokenizer worker would queue it but with no deadline.
-fn queued_item(request_id: &str, reply_to: &str, index: u32, total: u32, len: u32) -> BatchItem {
-    BatchItem {
-        request_id: request_id.into(),
-        reply_to: reply_to.into(),
-        index,
-        total,
-        len,
-        dims: 0,
-        deadline_ms: 0,
-        trace: None,
-        bundle_to: None,
-        budget_ms: 0,
-        ..Default::default()
-    }
 }

@@ -233,19 +233,7 @@ fn chunk_with_wrong_byte_count_is_rejected() {
 
 #[test]
 fn batch_validation_checks_lengths() {
-    let item = |len| BatchItem {
-        request_id: "r".into(),
-        reply_to: "_INBOX.1".into(),
-        index: 0,
-        total: 1,
-        len,
-        dims: 0,
-        deadline_ms: 0,
-        trace: None,
-        bundle_to: None,
-        budget_ms: 0,
-        ..Default::default()
-    };
+    let item = |len| BatchItem::new("r", "_INBOX.1", 0, 1, len);
     let good = TokenBatch {
         token_ids: vec![1, 2, 3],
         items: vec![item(1), item(2)],

@@ -356,7 +356,6 @@ fn log_requests(items: &[BatchItem], outcome: &'static str) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::service::test_items::item;
 
     fn batch(tokens: usize) -> TokenBatch {
         TokenBatch {
@@ -385,11 +384,11 @@ mod tests {
     fn concatenation_keeps_sequences_in_order() {
         let a = TokenBatch {
             token_ids: vec![1, 2],
-            items: vec![item("a", "r", 0, 1, 2)],
+            items: vec![BatchItem::new("a", "r", 0, 1, 2)],
         };
         let b = TokenBatch {
             token_ids: vec![3],
-            items: vec![item("b", "r", 0, 1, 1)],
+            items: vec![BatchItem::new("b", "r", 0, 1, 1)],
         };
         let merged = concat(vec![a, b]);
         assert_eq!(merged.token_ids, vec![1, 2, 3]);
@@ -400,10 +399,10 @@ mod tests {
     #[test]
     fn two_clients_with_the_same_id_are_two_requests() {
         let items = [
-            item("1", "_INBOX.a", 0, 1, 1),
-            item("1", "_INBOX.b", 0, 1, 1),
-            item("1", "_INBOX.a", 0, 1, 1),
-            item("2", "_INBOX.a", 0, 1, 1),
+            BatchItem::new("1", "_INBOX.a", 0, 1, 1),
+            BatchItem::new("1", "_INBOX.b", 0, 1, 1),
+            BatchItem::new("1", "_INBOX.a", 0, 1, 1),
+            BatchItem::new("2", "_INBOX.a", 0, 1, 1),
         ];
         assert_eq!(
             requests(&items),

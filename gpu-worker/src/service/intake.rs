@@ -162,18 +162,19 @@ async fn settle(shared: &Shared, ticket: u64, kind: AckKind) {
 
 #[cfg(test)]
 mod tests {
+    use common::wire::BatchItem;
+
     use super::*;
-    use crate::service::test_items::item;
 
     #[test]
     fn budgets_become_deadlines_on_this_clock_from_arrival() {
-        let mut budgeted = item("a", "r", 0, 1, 1);
+        let mut budgeted = BatchItem::new("a", "r", 0, 1, 1);
         // The sender's clock is a minute behind: its absolute deadline would look long gone.
         budgeted.deadline_ms = 1_000;
         budgeted.budget_ms = 5_000;
-        let mut legacy = item("b", "r", 0, 1, 1);
+        let mut legacy = BatchItem::new("b", "r", 0, 1, 1);
         legacy.deadline_ms = 90_000;
-        let none = item("c", "r", 0, 1, 1);
+        let none = BatchItem::new("c", "r", 0, 1, 1);
         let mut batch = TokenBatch {
             token_ids: vec![1, 2, 3],
             items: vec![budgeted, legacy, none],

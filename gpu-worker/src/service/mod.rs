@@ -40,8 +40,6 @@ mod poison;
 mod replies;
 mod stages;
 mod status;
-#[cfg(test)]
-mod test_items;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};

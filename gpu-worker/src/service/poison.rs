@@ -381,17 +381,18 @@ pub(super) async fn answer_max_deliveries(
 
 #[cfg(test)]
 mod tests {
+    use common::wire::BatchItem;
+
     use super::*;
-    use crate::service::test_items::item;
 
     #[test]
     fn a_batch_splits_into_one_batch_per_request_keeping_their_tokens() {
         let batch = TokenBatch {
             token_ids: vec![1, 2, 3, 4, 5, 6],
             items: vec![
-                item("a", "_INBOX.x", 0, 2, 1),
-                item("a", "_INBOX.y", 0, 2, 2),
-                item("a", "_INBOX.x", 1, 2, 3),
+                BatchItem::new("a", "_INBOX.x", 0, 2, 1),
+                BatchItem::new("a", "_INBOX.y", 0, 2, 2),
+                BatchItem::new("a", "_INBOX.x", 1, 2, 3),
             ],
         };
         let parts = by_request(&batch);

@@ -156,18 +156,17 @@ mod tests {
     use common::wire::{EmbedReply, ReplyBundle};
 
     use crate::service::stages::{Via, stamp};
-    use crate::service::test_items::item;
 
     #[test]
     fn two_clients_with_the_same_id_get_their_own_vectors() {
         // Two clients both call their request "1"; a third request shares a client's
         // bundle subject.
-        let mut bundled = item("2", "_INBOX.a.2", 0, 1, 5);
+        let mut bundled = BatchItem::new("2", "_INBOX.a.2", 0, 1, 5);
         bundled.bundle_to = Some("_INBOX.a.bundle".into());
         let items = [
-            item("1", "_INBOX.a.1", 0, 2, 3),
-            item("1", "_INBOX.b.1", 0, 1, 4),
-            item("1", "_INBOX.a.1", 1, 2, 6),
+            BatchItem::new("1", "_INBOX.a.1", 0, 2, 3),
+            BatchItem::new("1", "_INBOX.b.1", 0, 1, 4),
+            BatchItem::new("1", "_INBOX.a.1", 1, 2, 6),
             bundled,
         ];
         let vectors: Vec<Vec<f32>> = (0..4).map(|k| vec![k as f32; 2]).collect();
@@ -205,10 +204,10 @@ mod tests {
     fn score_chunks_follow_document_order_and_the_message_size() {
         // Sorted by length in the batch, so documents arrive out of order.
         let items = [
-            item("a", "inbox.a", 2, 4, 5),
-            item("b", "inbox.b", 0, 1, 6),
-            item("a", "inbox.a", 0, 4, 7),
-            item("a", "inbox.a", 1, 4, 8),
+            BatchItem::new("a", "inbox.a", 2, 4, 5),
+            BatchItem::new("b", "inbox.b", 0, 1, 6),
+            BatchItem::new("a", "inbox.a", 0, 4, 7),
+            BatchItem::new("a", "inbox.a", 1, 4, 8),
         ];
         let scored: Vec<_> = (0..4)
             .map(|k| RerankScore::from_logits(k as f32, 0.0))

@@ -189,7 +189,6 @@ mod tests {
     use common::wire::ItemTimings;
 
     use super::*;
-    use crate::service::test_items::item;
 
     fn timed(offered: bool, tokenize_ms: f32, sent_ms: f32) -> BatchItem {
         BatchItem {
@@ -199,7 +198,7 @@ mod tests {
                 offered,
                 received: None,
             }),
-            ..item("r", "_INBOX.r", 0, 1, 10)
+            ..BatchItem::new("r", "_INBOX.r", 0, 1, 10)
         }
     }
 
@@ -227,7 +226,7 @@ mod tests {
         assert_eq!((timings.batch_sequences, timings.batch_tokens), (3, 30));
         assert_eq!(timings.model, "qwen3-tiny");
         // Items of an older tokenizer worker carry nothing: zero, not a failure.
-        let old = stamp(Via::Queue).timings(&[item("r", "_INBOX.r", 0, 1, 10)]);
+        let old = stamp(Via::Queue).timings(&[BatchItem::new("r", "_INBOX.r", 0, 1, 10)]);
         assert_eq!((old.tokenize_ms, old.tokenizer_ms), (0.0, 0.0));
     }
 
@@ -237,13 +236,13 @@ mod tests {
         let late = early + Duration::from_secs(5);
         let batch = |id: &str| TokenBatch {
             token_ids: vec![1],
-            items: vec![item(id, "_INBOX.r", 0, 1, 1)],
+            items: vec![BatchItem::new(id, "_INBOX.r", 0, 1, 1)],
         };
         let mut waiting = Waiting::new(Via::Queue);
         waiting.add(&batch("a"), late);
         waiting.add(&batch("a"), early);
         waiting.add(&batch("b"), late);
-        let probe = |id: &str| waiting.since(&item(id, "_INBOX.r", 0, 1, 1));
+        let probe = |id: &str| waiting.since(&BatchItem::new(id, "_INBOX.r", 0, 1, 1));
         assert_eq!(
             (probe("a"), probe("b"), probe("c")),
             (Some(early), Some(late), None)

@@ -240,7 +240,7 @@ fn a_batch_out_of_deliveries_is_answered_and_deleted() {
         // holding it) never reaches a worker on its last delivery.
         let inbox = nats.new_inbox();
         let mut replies = nats.subscribe(inbox.clone()).await.expect("subscribe");
-        let item = |index| queued_item("exhausted", &inbox, index, 2, 2);
+        let item = |index| BatchItem::new("exhausted", &inbox, index, 2, 2);
         let batch = TokenBatch {
             token_ids: vec![1, 2, 3, 4],
             items: vec![item(1), item(0)],
