@@ -1,10 +1,10 @@
 //! The clients users arrive with, against the real stack (nats-server, tokenizer and CPU GPU
 //! workers for the tiny model and its reranker, the gateway with an API key): the `cohere`
 //! SDK (`ClientV2.embed` with every embedding type, `rerank`) and `huggingface_hub`'s
-//! `InferenceClient.feature_extraction` and `.sentence_similarity`, every vector (and score)
-//! compared with golden.json (quantized ones with the reference quantization of the golden
-//! vectors); TEI's `/embed` and `/info`
-//! over HTTP with TEI's error body; `/v1/models` listing both models; CORS preflights over
+//! `InferenceClient.feature_extraction` and `.sentence_similarity` (at `/similarity` and at
+//! `/`), every vector and score compared with golden.json (quantized ones with the reference
+//! quantization of the golden vectors); TEI's `/embed` and `/info` over HTTP with TEI's error
+//! body; `/v1/models` listing both models; CORS preflights over
 //! HTTP (tests/tests/cors_browser.rs checks them from pages in headless Chromium).
 
 mod support;
@@ -49,6 +49,7 @@ out["hub_query"] = InferenceClient(model=base + "/embed", api_key=key).feature_e
     queries[0], prompt_name="query").tolist()
 out["similarity"] = InferenceClient(model=base + "/similarity", api_key=key).sentence_similarity(
     documents[0], other_sentences=documents[1:4])
+out["similarity_at_root"] = hub.sentence_similarity(documents[0], other_sentences=documents[1:4])
 print(json.dumps(out))
 "#;
 
@@ -218,6 +219,8 @@ async fn cohere_and_hub_clients_get_golden_vectors() {
         max_abs_diff(&similarity, &want) < 1e-5,
         "similarity {similarity:?} against golden {want:?}"
     );
+    // The same through `InferenceClient(base_url=...)`, which posts to `/`.
+    assert_eq!(floats(&out["similarity_at_root"]), similarity);
 
     // Rerank: the best two of the documents, highest first, scores in (0, 1).
     let ranked = out["rerank"].as_array().unwrap();

@@ -4,6 +4,7 @@
 //! Refusals answer TEI's `{error, error_type}` ([`super::tei_error`]).
 
 use axum::extract::State;
+use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use common::subjects::Task;
 use common::trace::RequestTrace;
@@ -15,7 +16,7 @@ use super::AppState;
 use super::models::{ModelCard, cards};
 use super::tei_error::{TeiError, TeiJson};
 use super::types::similarity::{SimilarityInputs, TeiSimilarityRequest};
-use super::types::tei::TeiEmbedRequest;
+use super::types::tei::{TeiEmbedRequest, TeiRootRequest};
 use crate::service::{Arrival, EmbedJob};
 
 /// `POST /embed`.
@@ -52,23 +53,32 @@ pub async fn embed(
     Ok(Json(items.iter().map(|item| item.vector.clone()).collect()))
 }
 
-/// `POST /`: `POST /embed` where TEI serves its model's default route.
+/// `POST /`: where TEI serves its model's default route and `huggingface_hub`'s
+/// `InferenceClient(base_url=...)` posts: `POST /embed` for texts, `POST /similarity` for an
+/// `inputs` object of sentences to compare.
 #[utoipa::path(
     post,
     path = "/",
     operation_id = "tei_embed_at_root",
     tag = "TEI",
-    summary = "Embed texts (TEI's default route, as `/embed`)",
+    summary = "Embed texts (TEI's default route, as `/embed`; an `inputs` object of sentences is compared as by `/similarity`)",
     request_body = TeiEmbedRequest,
-    responses((status = 200, description = "One vector per input, in input order", body = Vec<Vec<f32>>))
+    responses((status = 200, description = "One vector per input, in input order (for sentences: one similarity each)", body = Vec<Vec<f32>>))
 )]
 pub async fn embed_at_root(
     state: State<AppState>,
     trace: Extension<RequestTrace>,
     arrival: Extension<Arrival>,
-    request: TeiJson<TeiEmbedRequest>,
-) -> Result<Json<Vec<Vec<f32>>>, TeiError> {
-    embed(state, trace, arrival, request).await
+    TeiJson(request): TeiJson<TeiRootRequest>,
+) -> Result<Response, TeiError> {
+    Ok(match request {
+        TeiRootRequest::Embed(request) => embed(state, trace, arrival, TeiJson(request))
+            .await?
+            .into_response(),
+        TeiRootRequest::Similarity(request) => similarity(state, trace, arrival, TeiJson(request))
+            .await?
+            .into_response(),
+    })
 }
 
 /// `POST /similarity`: the cosine similarity of each sentence with the source sentence, all

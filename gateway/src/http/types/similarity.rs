@@ -77,8 +77,12 @@ impl RequestBody for TeiSimilarityRequest {
         let (mut inputs, mut parameters) = (None, None);
         while let Some(key) = fields.next_key::<Key>()? {
             match key {
-                Key::Inputs => inputs = fields.next_value_seed(Take(InputsField(limits)))?,
-                Key::Parameters => parameters = fields.next_value_seed(Take(ParametersField))?,
+                Key::Inputs => {
+                    inputs = fields.next_value_seed(Take(SimilarityInputsField(limits)))?
+                }
+                Key::Parameters => {
+                    parameters = fields.next_value_seed(Take(SimilarityParametersField))?
+                }
                 _ => fields.next_value::<IgnoredAny>().map(drop)?,
             }
         }
@@ -89,10 +93,10 @@ impl RequestBody for TeiSimilarityRequest {
     }
 }
 
-/// Reads `inputs`: an object with `source_sentence` and `sentences`.
-struct InputsField(Limits);
+/// Reads `inputs`: an object with `source_sentence` and `sentences` (also for `POST /`).
+pub(super) struct SimilarityInputsField(pub(super) Limits);
 
-impl<'de> Field<'de> for InputsField {
+impl<'de> Field<'de> for SimilarityInputsField {
     type Value = Option<SimilarityInputs>;
 
     fn unexpected(&self, kind: &str) -> ApiError {
@@ -140,10 +144,10 @@ impl<'de> Field<'de> for InputsField {
     }
 }
 
-/// Reads `parameters`: TEI's embedding options.
-struct ParametersField;
+/// Reads `parameters`: TEI's embedding options (also for `POST /`).
+pub(super) struct SimilarityParametersField;
 
-impl<'de> Field<'de> for ParametersField {
+impl<'de> Field<'de> for SimilarityParametersField {
     type Value = Option<SimilarityParameters>;
 
     fn unexpected(&self, kind: &str) -> ApiError {

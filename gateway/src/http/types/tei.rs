@@ -2,14 +2,18 @@
 
 use common::wire::{InputType, TruncationDirection};
 use serde::Deserialize;
-use serde::de::{IgnoredAny, MapAccess};
+use serde::de::{IgnoredAny, MapAccess, SeqAccess};
 use utoipa::ToSchema;
 
-use super::decode::{RequestBody, Take};
+use super::decode::{Field, RequestBody, Scalar, Take};
 use super::fields::{Choice, Dimensions, Flag, required};
 use super::limits::Limits;
 use super::schema;
+use super::similarity::{
+    SimilarityInputs, SimilarityInputsField, SimilarityParametersField, TeiSimilarityRequest,
+};
 use super::texts::TextOrTexts;
+use crate::http::error::ApiError;
 
 /// The spellings of `truncation_direction` (TEI writes `Left`/`Right`, `huggingface_hub`
 /// `left`/`right`).
@@ -70,6 +74,7 @@ enum Key {
     TruncationDirection,
     PromptName,
     Dimensions,
+    Parameters,
     #[serde(other)]
     Other,
 }
@@ -86,32 +91,132 @@ impl RequestBody for TeiEmbedRequest {
                         limits,
                     }))?
                 }
-                Key::Normalize => {
-                    request.normalize = fields.next_value_seed(Take(Flag("normalize")))?;
-                }
-                Key::Truncate => {
-                    request.truncate = fields.next_value_seed(Take(Flag("truncate")))?;
-                }
-                Key::TruncationDirection => {
-                    request.truncation_direction = fields.next_value_seed(Take(Choice {
-                        name: "truncation_direction",
-                        choices: TRUNCATION_DIRECTIONS,
-                        expected: "`Left` or `Right`",
-                    }))?;
-                }
-                Key::PromptName => {
-                    request.prompt_name = fields.next_value_seed(Take(Choice {
-                        name: "prompt_name",
-                        choices: PROMPT_NAMES,
-                        expected: "`query` or `document` (the prompts this model defines)",
-                    }))?;
-                }
-                Key::Dimensions => request.dimensions = fields.next_value_seed(Take(Dimensions))?,
-                Key::Other => fields.next_value::<IgnoredAny>().map(drop)?,
+                key => request.read_option(key, &mut fields)?,
             }
         }
         request.inputs = required("inputs", inputs)?;
         Ok(request)
+    }
+}
+
+impl TeiEmbedRequest {
+    /// Reads the value of `key`, one of the options (anything but `inputs`; unknown keys and
+    /// `parameters` are skipped).
+    fn read_option<'de, M: MapAccess<'de>>(
+        &mut self,
+        key: Key,
+        fields: &mut M,
+    ) -> Result<(), M::Error> {
+        match key {
+            Key::Normalize => self.normalize = fields.next_value_seed(Take(Flag("normalize")))?,
+            Key::Truncate => self.truncate = fields.next_value_seed(Take(Flag("truncate")))?,
+            Key::TruncationDirection => {
+                self.truncation_direction = fields.next_value_seed(Take(Choice {
+                    name: "truncation_direction",
+                    choices: TRUNCATION_DIRECTIONS,
+                    expected: "`Left` or `Right`",
+                }))?;
+            }
+            Key::PromptName => {
+                self.prompt_name = fields.next_value_seed(Take(Choice {
+                    name: "prompt_name",
+                    choices: PROMPT_NAMES,
+                    expected: "`query` or `document` (the prompts this model defines)",
+                }))?;
+            }
+            Key::Dimensions => self.dimensions = fields.next_value_seed(Take(Dimensions))?,
+            Key::Inputs | Key::Parameters | Key::Other => {
+                fields.next_value::<IgnoredAny>().map(drop)?
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The body of TEI's default route `POST /`: texts to embed, as `POST /embed` takes them, or
+/// sentences to compare, as `POST /similarity` does (where `huggingface_hub`'s
+/// `InferenceClient(base_url=...)` posts both), told apart by `inputs`: a string or a list
+/// embeds, an object compares.
+#[derive(Debug, Clone)]
+pub enum TeiRootRequest {
+    /// `inputs` is a string or a list of strings.
+    Embed(TeiEmbedRequest),
+    /// `inputs` is an object with `source_sentence` and `sentences`.
+    Similarity(TeiSimilarityRequest),
+}
+
+impl RequestBody for TeiRootRequest {
+    fn read<'de, M: MapAccess<'de>>(mut fields: M, limits: Limits) -> Result<Self, M::Error> {
+        let (mut inputs, mut parameters) = (None, None);
+        let mut embed = TeiEmbedRequest::default();
+        while let Some(key) = fields.next_key::<Key>()? {
+            match key {
+                Key::Inputs => inputs = fields.next_value_seed(Take(RootInputs(limits)))?,
+                Key::Parameters => {
+                    parameters = fields.next_value_seed(Take(SimilarityParametersField))?;
+                }
+                key => embed.read_option(key, &mut fields)?,
+            }
+        }
+        Ok(match required("inputs", inputs)? {
+            Inputs::Texts(texts) => Self::Embed(TeiEmbedRequest {
+                inputs: texts,
+                ..embed
+            }),
+            Inputs::Sentences(sentences) => Self::Similarity(TeiSimilarityRequest {
+                inputs: sentences,
+                parameters,
+            }),
+        })
+    }
+}
+
+/// What `inputs` of `POST /` holds.
+enum Inputs {
+    Texts(Vec<String>),
+    Sentences(SimilarityInputs),
+}
+
+/// Reads `inputs` of `POST /`: texts as `/embed` reads them, or an object as `/similarity`
+/// reads it.
+struct RootInputs(Limits);
+
+impl<'de> Field<'de> for RootInputs {
+    type Value = Option<Inputs>;
+
+    fn unexpected(&self, kind: &str) -> ApiError {
+        ApiError::field(
+            "inputs",
+            format!(
+                "inputs must be a string, a list of strings or an object with source_sentence \
+                 and sentences, got {kind}"
+            ),
+        )
+    }
+
+    fn scalar(self, value: Scalar<'_>) -> Result<Self::Value, ApiError> {
+        let texts = TextOrTexts {
+            name: "inputs",
+            limits: self.0,
+        };
+        match value {
+            Scalar::Null | Scalar::Text(_) => Ok(texts.scalar(value)?.map(Inputs::Texts)),
+            other => Err(self.unexpected(other.kind())),
+        }
+    }
+
+    fn list<S: SeqAccess<'de>>(self, items: S) -> Result<Self::Value, S::Error> {
+        let texts = TextOrTexts {
+            name: "inputs",
+            limits: self.0,
+        };
+        Ok(texts.list(items)?.map(Inputs::Texts))
+    }
+
+    fn object<M: MapAccess<'de>>(self, entries: M) -> Result<Self::Value, M::Error> {
+        Ok(SimilarityInputsField(self.0)
+            .object(entries)?
+            .map(Inputs::Sentences))
     }
 }
 
@@ -143,6 +248,48 @@ mod tests {
         assert_eq!(request.dimensions, Some(8));
         let request: TeiEmbedRequest = decode(br#"{"inputs": ["a", "b"]}"#, limits()).unwrap();
         assert_eq!(request.inputs, ["a", "b"]);
+    }
+
+    #[test]
+    fn the_root_route_embeds_texts_and_compares_sentences() {
+        let body = br#"{"normalize": false, "inputs": ["a", "b"], "prompt_name": "query"}"#;
+        let Ok(TeiRootRequest::Embed(request)) = decode(body, limits()) else {
+            panic!("texts are embedded");
+        };
+        assert_eq!(request.inputs, ["a", "b"]);
+        assert_eq!(request.normalize, Some(false));
+        assert_eq!(request.prompt_name, Some(InputType::Query));
+        let Ok(TeiRootRequest::Embed(request)) = decode(br#"{"inputs": "a"}"#, limits()) else {
+            panic!("a text is embedded");
+        };
+        assert_eq!(request.inputs, ["a"]);
+        let body = br#"{"parameters": {"prompt_name": "query"},
+            "inputs": {"source_sentence": "a", "sentences": ["b"]}}"#;
+        let Ok(TeiRootRequest::Similarity(request)) = decode(body, limits()) else {
+            panic!("sentences are compared");
+        };
+        assert_eq!(request.inputs.source_sentence, "a");
+        assert_eq!(request.inputs.sentences, ["b"]);
+        assert_eq!(
+            request.parameters.unwrap().prompt_name,
+            Some(InputType::Query)
+        );
+
+        let param = |body: &[u8]| match decode::<TeiRootRequest>(body, limits()) {
+            Err(ApiError::InvalidField { param, .. }) => param,
+            other => panic!("expected a field refusal, got {other:?}"),
+        };
+        assert_eq!(param(br#"{}"#), "inputs");
+        assert_eq!(param(br#"{"inputs": 3}"#), "inputs");
+        assert_eq!(param(br#"{"inputs": ["a", "b", "c", "d"]}"#), "inputs");
+        assert_eq!(
+            param(br#"{"inputs": {"sentences": ["b"]}}"#),
+            "inputs.source_sentence"
+        );
+        assert_eq!(
+            param(br#"{"inputs": {"source_sentence": "a", "sentences": ["b", "c", "d"]}}"#),
+            "inputs.sentences"
+        );
     }
 
     #[test]
