@@ -1,6 +1,7 @@
 //! Unit tests of the wire messages.
 
 use super::*;
+use crate::subjects::Task;
 
 #[test]
 fn request_round_trips_with_named_fields() {
