@@ -289,6 +289,7 @@ fn rename(error: ApiError) -> ApiError {
 mod tests {
     use super::*;
     use crate::http::types::decode;
+    use crate::http::types::decode::refused_param;
 
     fn limits() -> Limits {
         Limits {
@@ -316,10 +317,7 @@ mod tests {
 
     #[test]
     fn embed_refusals_name_the_field() {
-        let param = |body: &[u8]| match decode::<CohereEmbedRequest>(body, limits()) {
-            Err(ApiError::InvalidField { param, .. }) => param,
-            other => panic!("expected a field refusal, got {other:?}"),
-        };
+        let param = |body: &[u8]| refused_param(decode::<CohereEmbedRequest>(body, limits()));
         assert_eq!(
             param(br#"{"texts": ["a"], "output_dimension": 0}"#),
             "output_dimension"

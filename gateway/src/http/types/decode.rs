@@ -62,6 +62,16 @@ enum ModelKey {
     Other,
 }
 
+/// The field `result` refuses (for tests of the readers): panics on anything but a field
+/// refusal.
+#[cfg(test)]
+pub fn refused_param<T: std::fmt::Debug>(result: Result<T, ApiError>) -> String {
+    match result {
+        Err(ApiError::InvalidField { param, .. }) => param,
+        other => panic!("expected a field refusal, got {other:?}"),
+    }
+}
+
 /// Decodes `body` as a `T` within `limits`: the one way request bodies are read.
 pub fn decode<T: RequestBody>(body: &[u8], limits: Limits) -> Result<T, ApiError> {
     let text = std::str::from_utf8(body).map_err(|e| ApiError::InvalidUtf8 {

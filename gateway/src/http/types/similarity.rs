@@ -7,7 +7,7 @@ use serde::Deserialize;
 use serde::de::{IgnoredAny, MapAccess};
 use utoipa::ToSchema;
 
-use super::decode::{Field, RequestBody, Take, refuse};
+use super::decode::{Field, RequestBody, Scalar, Take, refuse};
 use super::fields::{Choice, Flag, Text, required};
 use super::limits::Limits;
 use super::tei::{PROMPT_NAMES, TRUNCATION_DIRECTIONS};
@@ -106,9 +106,9 @@ impl<'de> Field<'de> for SimilarityInputsField {
         )
     }
 
-    fn scalar(self, value: super::decode::Scalar<'_>) -> Result<Self::Value, ApiError> {
+    fn scalar(self, value: Scalar<'_>) -> Result<Self::Value, ApiError> {
         match value {
-            super::decode::Scalar::Null => Ok(None),
+            Scalar::Null => Ok(None),
             other => Err(self.unexpected(other.kind())),
         }
     }
@@ -157,9 +157,9 @@ impl<'de> Field<'de> for SimilarityParametersField {
         )
     }
 
-    fn scalar(self, value: super::decode::Scalar<'_>) -> Result<Self::Value, ApiError> {
+    fn scalar(self, value: Scalar<'_>) -> Result<Self::Value, ApiError> {
         match value {
-            super::decode::Scalar::Null => Ok(None),
+            Scalar::Null => Ok(None),
             other => Err(self.unexpected(other.kind())),
         }
     }
@@ -197,6 +197,7 @@ impl<'de> Field<'de> for SimilarityParametersField {
 mod tests {
     use super::*;
     use crate::http::types::decode;
+    use crate::http::types::decode::refused_param;
 
     fn limits() -> Limits {
         Limits {
@@ -227,10 +228,7 @@ mod tests {
 
     #[test]
     fn refusals_name_the_field() {
-        let param = |body: &[u8]| match decode::<TeiSimilarityRequest>(body, limits()) {
-            Err(ApiError::InvalidField { param, .. }) => param,
-            other => panic!("expected a field refusal, got {other:?}"),
-        };
+        let param = |body: &[u8]| refused_param(decode::<TeiSimilarityRequest>(body, limits()));
         assert_eq!(param(br#"{}"#), "inputs");
         assert_eq!(param(br#"{"inputs": ["a"]}"#), "inputs");
         assert_eq!(

@@ -223,8 +223,8 @@ impl<'de> Field<'de> for RootInputs {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::http::error::ApiError;
     use crate::http::types::decode;
+    use crate::http::types::decode::refused_param;
 
     fn limits() -> Limits {
         Limits {
@@ -275,10 +275,7 @@ mod tests {
             Some(InputType::Query)
         );
 
-        let param = |body: &[u8]| match decode::<TeiRootRequest>(body, limits()) {
-            Err(ApiError::InvalidField { param, .. }) => param,
-            other => panic!("expected a field refusal, got {other:?}"),
-        };
+        let param = |body: &[u8]| refused_param(decode::<TeiRootRequest>(body, limits()));
         assert_eq!(param(br#"{}"#), "inputs");
         assert_eq!(param(br#"{"inputs": 3}"#), "inputs");
         assert_eq!(param(br#"{"inputs": ["a", "b", "c", "d"]}"#), "inputs");
@@ -294,10 +291,7 @@ mod tests {
 
     #[test]
     fn refusals_name_the_field() {
-        let param = |body: &[u8]| match decode::<TeiEmbedRequest>(body, limits()) {
-            Err(ApiError::InvalidField { param, .. }) => param,
-            other => panic!("expected a field refusal, got {other:?}"),
-        };
+        let param = |body: &[u8]| refused_param(decode::<TeiEmbedRequest>(body, limits()));
         assert_eq!(param(br#"{"inputs": 3}"#), "inputs");
         assert_eq!(param(br#"{"inputs": ["a", 3]}"#), "inputs[1]");
         assert_eq!(

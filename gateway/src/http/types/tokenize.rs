@@ -401,6 +401,7 @@ mod tests {
 
     use super::*;
     use crate::http::types::decode;
+    use crate::http::types::decode::refused_param;
 
     const LIMITS: Limits = Limits {
         max_inputs: 2,
@@ -409,13 +410,6 @@ mod tests {
 
     fn read<T: RequestBody>(body: serde_json::Value) -> Result<T, ApiError> {
         decode(body.to_string().as_bytes(), LIMITS)
-    }
-
-    fn param<T: std::fmt::Debug>(result: Result<T, ApiError>) -> String {
-        match result {
-            Err(ApiError::InvalidField { param, .. }) => param,
-            other => panic!("expected a field refusal, got {other:?}"),
-        }
     }
 
     #[test]
@@ -430,17 +424,17 @@ mod tests {
         assert_eq!(request.prompt_name, Some(InputType::Query));
         assert_eq!(request.instruction.as_deref(), Some("find"));
         assert_eq!(
-            param(read::<TeiTokenizeRequest>(json!({"inputs": 1}))),
+            refused_param(read::<TeiTokenizeRequest>(json!({"inputs": 1}))),
             "inputs"
         );
         assert_eq!(
-            param(read::<TeiTokenizeRequest>(
+            refused_param(read::<TeiTokenizeRequest>(
                 json!({"inputs": ["a", "b", "c"]})
             )),
             "inputs"
         );
         assert_eq!(
-            param(read::<TeiTokenizeRequest>(
+            refused_param(read::<TeiTokenizeRequest>(
                 json!({"inputs": "a", "prompt_name": "x"})
             )),
             "prompt_name"
@@ -448,11 +442,11 @@ mod tests {
         // A text over the character limit is refused alone as in a list.
         let long = "x".repeat(101);
         assert_eq!(
-            param(read::<TeiTokenizeRequest>(json!({"inputs": long}))),
+            refused_param(read::<TeiTokenizeRequest>(json!({"inputs": long}))),
             "inputs[0]"
         );
         assert_eq!(
-            param(read::<TeiTokenizeRequest>(json!({"inputs": ["a", long]}))),
+            refused_param(read::<TeiTokenizeRequest>(json!({"inputs": ["a", long]}))),
             "inputs[1]"
         );
 
@@ -473,7 +467,7 @@ mod tests {
             (json!({}), "ids"),
         ] {
             assert_eq!(
-                param(read::<TeiDecodeRequest>(body.clone())),
+                refused_param(read::<TeiDecodeRequest>(body.clone())),
                 expected,
                 "{body}"
             );
@@ -491,16 +485,19 @@ mod tests {
         assert_eq!(request.return_token_strs, Some(true));
         assert_eq!(request.input_type, Some(InputType::Query));
         assert_eq!(
-            param(read::<VllmTokenizeRequest>(
+            refused_param(read::<VllmTokenizeRequest>(
                 json!({"messages": [{"role": "user", "content": "x"}]})
             )),
             "messages"
         );
-        assert_eq!(param(read::<VllmTokenizeRequest>(json!({}))), "prompt");
+        assert_eq!(
+            refused_param(read::<VllmTokenizeRequest>(json!({}))),
+            "prompt"
+        );
         let request: VllmDetokenizeRequest = read(json!({"tokens": [5, 6]})).unwrap();
         assert_eq!(request.tokens, [5, 6]);
         assert_eq!(
-            param(read::<VllmDetokenizeRequest>(json!({"tokens": ["a"]}))),
+            refused_param(read::<VllmDetokenizeRequest>(json!({"tokens": ["a"]}))),
             "tokens[0]"
         );
     }
