@@ -202,8 +202,8 @@ impl Operands {
 /// portable build's 128-bit vectors left `e^x` a tenth of a bf16 pass at 512 tokens).
 pub fn softmax(seen: &mut [f32], scale: f32) {
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx512f") {
-        // SAFETY: the CPU has avx512f (checked just above).
+    if super::wide() {
+        // SAFETY: the CPU has avx512f (`wide`).
         return unsafe { softmax_avx512(seen, scale) };
     }
     softmax_row(seen, scale)
@@ -316,7 +316,7 @@ mod tests {
 
     #[test]
     fn the_wide_softmax_matches_the_portable_one() {
-        if !std::arch::is_x86_feature_detected!("avx512f") {
+        if !crate::cpu::wide() {
             println!("skipped: no avx512f");
             return;
         }

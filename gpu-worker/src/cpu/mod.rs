@@ -180,6 +180,20 @@ fn check_cols(op: &'static str, what: &str, found: usize, expected: usize) -> Op
     Ok(())
 }
 
+/// Whether element-wise rows (softmax, norms, rope) run on 512-bit vectors: the CPU has
+/// avx512f (checked once by std). Their wide builds compute the same values as the portable
+/// ones.
+pub(crate) fn wide() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512f")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
 /// Dot product in eight independent lanes, so the compiler vectorizes it (inlined, so it
 /// takes its caller's vector width).
 #[inline(always)]

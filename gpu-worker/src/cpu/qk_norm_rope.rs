@@ -4,7 +4,8 @@
 use rayon::prelude::*;
 
 use super::PARALLEL_MIN_ELEMENTS;
-use super::rms_norm::{norm_in_place, wide};
+use super::rms_norm::norm_in_place;
+use super::wide;
 use crate::ops::AttentionShape;
 
 /// Rotary tables for positions `0..len`: `cos[p * half + i]`, `sin[..]` with angle

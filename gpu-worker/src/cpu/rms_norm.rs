@@ -4,7 +4,7 @@
 
 use rayon::prelude::*;
 
-use super::PARALLEL_MIN_ELEMENTS;
+use super::{PARALLEL_MIN_ELEMENTS, wide};
 
 /// `out[r] = x[r] / sqrt(mean(x[r]^2) + eps) * weight` for every row of width `weight.len()`.
 pub fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
@@ -45,18 +45,6 @@ pub fn add_rms_norm(
             .zip(delta.par_chunks_exact(cols))
             .zip(out.par_chunks_exact_mut(cols))
             .for_each(step);
-    }
-}
-
-/// Whether the rows run on 512-bit vectors (checked once by std).
-pub(super) fn wide() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::arch::is_x86_feature_detected!("avx512f")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
     }
 }
 
