@@ -35,6 +35,16 @@ pub async fn embed(
     Extension(arrival): Extension<Arrival>,
     TeiJson(request): TeiJson<TeiEmbedRequest>,
 ) -> Result<Json<Vec<Vec<f32>>>, TeiError> {
+    Ok(Json(vectors(&state, request, trace, arrival).await?))
+}
+
+/// The vectors of an `/embed` request, by the default embedding model, in input order.
+async fn vectors(
+    state: &AppState,
+    request: TeiEmbedRequest,
+    trace: RequestTrace,
+    arrival: Arrival,
+) -> Result<Vec<Vec<f32>>, TeiError> {
     let model = state.models.resolve(Task::Embed, None).await?;
     let job = EmbedJob {
         model,
@@ -50,7 +60,7 @@ pub async fn embed(
         arrival,
     };
     let items = state.service.embed(job).await?;
-    Ok(Json(items.iter().map(|item| item.vector.clone()).collect()))
+    Ok(items.iter().map(|item| item.vector.clone()).collect())
 }
 
 /// `POST /`: where TEI serves its model's default route and `huggingface_hub`'s
@@ -98,34 +108,24 @@ pub async fn similarity(
     Extension(arrival): Extension<Arrival>,
     TeiJson(request): TeiJson<TeiSimilarityRequest>,
 ) -> Result<Json<Vec<f32>>, TeiError> {
-    let model = state.models.resolve(Task::Embed, None).await?;
     let parameters = request.parameters.unwrap_or_default();
     let SimilarityInputs {
         source_sentence,
         sentences,
     } = request.inputs;
-    let texts: Vec<String> = std::iter::once(source_sentence).chain(sentences).collect();
-    let job = EmbedJob {
-        model,
-        texts,
-        input_type: parameters.prompt_name.unwrap_or(InputType::Document),
-        instruction: None,
-        dimensions: None,
-        truncate: parameters.truncate.or(state.config.truncate),
-        truncation_direction: parameters.truncation_direction,
+    let texts = TeiEmbedRequest {
+        inputs: std::iter::once(source_sentence).chain(sentences).collect(),
         normalize: Some(true),
-        priority: None,
-        trace,
-        arrival,
+        truncate: parameters.truncate,
+        truncation_direction: parameters.truncation_direction,
+        prompt_name: parameters.prompt_name,
+        dimensions: None,
     };
-    let items = state.service.embed(job).await?;
-    let Some((source, others)) = items.split_first() else {
+    let vectors = vectors(&state, texts, trace, arrival).await?;
+    let Some((source, others)) = vectors.split_first() else {
         return Ok(Json(Vec::new()));
     };
-    let scores = others
-        .iter()
-        .map(|item| cosine(&source.vector, &item.vector))
-        .collect();
+    let scores = others.iter().map(|other| cosine(source, other)).collect();
     Ok(Json(scores))
 }
 
