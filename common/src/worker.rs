@@ -75,12 +75,17 @@ pub async fn register_service(
 }
 
 /// The status of a worker of `kind` serving `model` that has done no work yet: loaded,
-/// healthy, started now, its id `{id_prefix}-` and a number of this process and start. The
-/// worker fills in what it knows of its device and model.
+/// healthy, started now, its id `{id_prefix}-` and 64 random bits in hex. The worker fills in
+/// what it knows of its device and model.
+///
+/// Ids must differ between workers, on every host: discovery keeps one status per id. (They
+/// were the start time in milliseconds XOR the process id, which collided for workers started
+/// a millisecond apart with neighbouring process ids, and one of them vanished from the
+/// gateway's view.)
 pub fn initial_status(id_prefix: &str, kind: WorkerKind, model: String) -> WorkerStatus {
     let started_ms = wire::now_ms();
     WorkerStatus {
-        worker_id: format!("{id_prefix}-{}", started_ms ^ u64::from(std::process::id())),
+        worker_id: format!("{id_prefix}-{:016x}", rand::random::<u64>()),
         kind,
         model,
         loaded: true,
@@ -128,5 +133,21 @@ pub async fn flush_at_shutdown(client: &async_nats::Client) {
         .is_err()
     {
         tracing::warn!("NATS unreachable at shutdown; unsent replies are lost");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn workers_started_together_get_different_ids() {
+        // Same prefix, same process, same millisecond: what neighbouring processes started
+        // together amounted to under the old scheme.
+        let ids: std::collections::HashSet<String> = (0..1000)
+            .map(|_| initial_status("tokenizer", WorkerKind::Tokenizer, "m".into()).worker_id)
+            .collect();
+        assert_eq!(ids.len(), 1000);
+        assert!(ids.iter().all(|id| id.starts_with("tokenizer-")));
     }
 }

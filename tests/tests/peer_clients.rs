@@ -310,8 +310,9 @@ async fn cohere_and_hub_clients_get_golden_vectors() {
 
     // /v1/models: both models, with kind, dimensions and input length.
     // A discovery's window (`status_wait_ms`) may miss a worker busy on a loaded machine:
-    // ask again until the reranker is heard, for at most 5 s.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    // ask again until the reranker and the embedding model's tokenizer (its input length)
+    // are heard, for at most 10 s.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     let models: Value = loop {
         let models: Value = http
             .get(format!("{base}/v1/models"))
@@ -322,8 +323,12 @@ async fn cohere_and_hub_clients_get_golden_vectors() {
             .json()
             .await
             .unwrap();
-        let listed = models["data"].as_array().unwrap().len();
-        if listed == 2 || tokio::time::Instant::now() > deadline {
+        let data = models["data"].as_array().unwrap();
+        let complete = data.len() == 2
+            && data
+                .iter()
+                .all(|model| !model["max_input_length"].is_null());
+        if complete || tokio::time::Instant::now() > deadline {
             break models;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -336,7 +341,7 @@ async fn cohere_and_hub_clients_get_golden_vectors() {
         embedding["dimensions"],
         floats(&documents[0]["embedding"]).len()
     );
-    assert_eq!(embedding["max_input_length"], max_length);
+    assert_eq!(embedding["max_input_length"], max_length, "{models}");
     let reranker = model(RERANK_MODEL).expect("the rerank model is listed");
     assert_eq!(reranker["kind"], "rerank");
     assert!(
