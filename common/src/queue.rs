@@ -178,6 +178,13 @@ pub async fn lane_stream_for(
 /// time ran out while it waited, whatever the workers' clocks say.
 pub const MESSAGE_TTL: &str = "Nats-TTL";
 
+/// Header counting the GPU workers whose device failed (a panic, a sticky device error, a
+/// hung pass) with the batch in their pass: set by a failing GPU worker when it puts the
+/// batch back in the queue, and by a tokenizer worker queueing a directly offered batch that
+/// the GPU worker which took it neither served nor handed back in time. The GPU workers run
+/// a marked batch apart and give it up after two failures (`gpu-worker`'s `poison` module).
+pub const FAILURES_HEADER: &str = "Qwen3-Embed-Failures";
+
 /// The TTL of a batch whose items have `budgets_ms` left (0: no deadline): the longest,
 /// in whole seconds rounded up (the header's unit); `None` when one item has no deadline
 /// (the batch then lives until `max_age`).

@@ -151,24 +151,38 @@ async fn with_the_direct_path_off_on_either_side_batches_go_through_the_work_que
     }
 }
 
+/// The `Nats-Msg-Id` header of a message's `headers`, if any.
+fn msg_id(headers: Option<&async_nats::HeaderMap>) -> Option<String> {
+    headers
+        .and_then(|headers| headers.get(async_nats::header::NATS_MESSAGE_ID))
+        .map(|id| id.as_str().to_string())
+}
+
+/// The `Qwen3-Embed-Failures` header of a message's `headers`, if any.
+fn failures(headers: &async_nats::HeaderMap) -> Option<String> {
+    headers
+        .get(common::queue::FAILURES_HEADER)
+        .map(|value| value.as_str().to_string())
+}
+
 /// A stand-in for GPU workers on the direct subject that answer every offer `busy`, or
-/// (`answer: None`) take it and never answer, as a worker that dies holding it. Counts the
-/// offers it saw.
+/// (`answer: None`) take it and never answer, as a worker that dies holding it. Returns
+/// the message ids of the offers it saw.
 async fn fake_direct_worker(
     client: async_nats::Client,
     answer: Option<DirectOutcome>,
-) -> tokio::task::JoinHandle<usize> {
+) -> tokio::task::JoinHandle<Vec<Option<String>>> {
     let mut offers = client
         .queue_subscribe("embed.direct", "gpu-workers".into())
         .await
         .unwrap();
     client.flush().await.unwrap();
     tokio::spawn(async move {
-        let mut seen = 0;
+        let mut seen = Vec::new();
         while let Ok(Some(offer)) =
             tokio::time::timeout(Duration::from_secs(3), offers.next()).await
         {
-            seen += 1;
+            seen.push(msg_id(offer.headers.as_ref()));
             if let (Some(outcome), Some(reply)) = (answer, offer.reply) {
                 let bytes = wire::encode(&DirectReply { outcome }).unwrap();
                 client.publish(reply, bytes.into()).await.unwrap();
@@ -199,10 +213,24 @@ async fn a_batch_no_gpu_worker_serves_directly_goes_to_the_work_queue() {
             nats,
         );
         wait_for_workers(&client).await;
+        // What is published to the work queue, seen as it is published (the GPU worker
+        // takes it out of the stream).
+        let mut published = client.subscribe("embed.batches").await.unwrap();
+        client.flush().await.unwrap();
 
         embed_case_with_ack(&client, &case, &format!("{answer:?}")).await;
         assert_eq!(queued_batches(&client).await, 1, "answer {answer:?}");
-        assert_eq!(fake.await.unwrap(), 1, "the one batch was offered first");
+        let offers = fake.await.unwrap();
+        assert_eq!(offers.len(), 1, "the one batch was offered first");
+        // Queued under the offer's message id (a GPU worker whose device failed on the
+        // offer queues its copy under it too: the stream keeps one). Unanswered, it counts
+        // one failed device; refused `busy`, none.
+        let queued = published.next().await.expect("the batch as published");
+        let headers = queued.headers.expect("a queued batch has headers");
+        assert!(offers[0].is_some(), "the offer carries its message id");
+        assert_eq!(msg_id(Some(&headers)), offers[0], "answer {answer:?}");
+        let expected = answer.is_none().then(|| "1".to_string());
+        assert_eq!(failures(&headers), expected, "answer {answer:?}");
 
         gpu.stop().await.unwrap();
         tokenizer.stop().await.unwrap();
@@ -235,10 +263,13 @@ fn golden_batch(case: &Value, reply_to: &str) -> TokenBatch {
     }
 }
 
-/// Offers `batch` on the direct subject and returns the GPU worker's answer.
-async fn offer(client: &async_nats::Client, batch: &TokenBatch) -> DirectOutcome {
+/// Offers `batch` on the direct subject as message `msg_id` (its `Nats-Msg-Id`, as the
+/// tokenizer workers send it) and returns the GPU worker's answer.
+async fn offer(client: &async_nats::Client, batch: &TokenBatch, msg_id: &str) -> DirectOutcome {
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(async_nats::header::NATS_MESSAGE_ID, msg_id);
     let answer = client
-        .request("embed.direct", wire::encode(batch).unwrap().into())
+        .request_with_headers("embed.direct", headers, wire::encode(batch).unwrap().into())
         .await
         .expect("a GPU worker answers the offer");
     wire::decode::<DirectReply>(&answer.payload)
@@ -259,7 +290,7 @@ async fn a_gpu_worker_answers_done_after_the_requests_replies() {
     let inbox = client.new_inbox();
     let mut replies = client.subscribe(inbox.clone()).await.unwrap();
     assert_eq!(
-        offer(&client, &golden_batch(&case, &inbox)).await,
+        offer(&client, &golden_batch(&case, &inbox), "ok-1").await,
         DirectOutcome::Done
     );
     let message = replies
@@ -277,7 +308,10 @@ async fn a_gpu_worker_answers_done_after_the_requests_replies() {
     // `invalid_request`, and the offer is done (queueing it would not help).
     let mut broken = golden_batch(&case, &inbox);
     broken.items[0].len += 1;
-    assert_eq!(offer(&client, &broken).await, DirectOutcome::Done);
+    assert_eq!(
+        offer(&client, &broken, "broken-1").await,
+        DirectOutcome::Done
+    );
     let message = replies.next().now_or_never().flatten().expect("an error");
     match wire::decode::<EmbedReply>(&message.payload).unwrap() {
         EmbedReply::Error(error) => assert_eq!(error.error.code, ErrorCode::InvalidRequest),
@@ -306,23 +340,23 @@ async fn a_worker_whose_device_fails_hands_its_offer_back_and_says_why() {
     wait_for_worker_counts(&client, 0, 1).await;
 
     // The pass panics: the worker puts the batch in the work queue itself, marked with
-    // one failed device (so a second failure elsewhere gives it up), and answers the offer
-    // `done`; its request gets no reply from this worker, not even an error.
+    // one failed device (so a second failure elsewhere gives it up) under the offer's
+    // message id (the tokenizer worker queues it under that id too if its wait ran out:
+    // the stream keeps one), and answers the offer `done`; its request gets no reply from
+    // this worker, not even an error.
     let inbox = client.new_inbox();
     let mut replies = client.subscribe(inbox.clone()).await.unwrap();
+    let mut published = client.subscribe("embed.batches").await.unwrap();
+    client.flush().await.unwrap();
     let offered = golden_batch(&case, &inbox);
-    assert_eq!(offer(&client, &offered).await, DirectOutcome::Done);
-    let js = jetstream::new(client.clone());
-    let stream = js.get_stream("EMBED_BATCHES").await.unwrap();
-    let queued = stream
-        .get_last_raw_message_by_subject("embed.batches")
-        .await;
-    let queued = queued.expect("the failed direct batch is in the work queue");
-    let failures = queued
-        .headers
-        .get("Qwen3-Embed-Failures")
-        .map(|value| value.as_str().to_string());
-    assert_eq!(failures.as_deref(), Some("1"), "{:?}", queued.headers);
+    assert_eq!(
+        offer(&client, &offered, "tokenizer-batch-7").await,
+        DirectOutcome::Done
+    );
+    let queued = published.next().await.expect("the failed direct batch");
+    let headers = queued.headers.expect("a queued batch has headers");
+    assert_eq!(failures(&headers).as_deref(), Some("1"), "{headers:?}");
+    assert_eq!(msg_id(Some(&headers)).as_deref(), Some("tokenizer-batch-7"));
     let stored: TokenBatch = wire::decode(&queued.payload).unwrap();
     assert_eq!(stored.token_ids, offered.token_ids);
     // While it leaves, the status subject says why, and it takes no more work.

@@ -6,7 +6,10 @@
 //! it soon takes it and answers `done` once its requests are answered. The batch stays here
 //! until then; when no worker takes it (`busy`, none listening, no answer in time: a worker
 //! that died holding it), it goes to the work queue. A worker that answered late may then
-//! have computed it too; requesters keep one vector per input.
+//! have computed it too; requesters keep one vector per input. A batch queued after a
+//! timeout is marked as one that failed a device, as the GPU worker whose device failed on
+//! it marks the copy it queues under the same message id: the stream keeps one of the two,
+//! and a poison input fails at most two workers on either path.
 //!
 //! A failed publish (the server restarting, a cluster electing a new stream leader, a
 //! memory stream lost with its server) is retried with backoff, re-creating the stream
@@ -31,7 +34,7 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream;
 use async_nats::{HeaderMap, RequestErrorKind};
 use bytes::Bytes;
-use common::queue::{MESSAGE_TTL, QueueConfig, batch_ttl, lane_stream_for};
+use common::queue::{FAILURES_HEADER, MESSAGE_TTL, QueueConfig, batch_ttl, lane_stream_for};
 use common::subjects::{Subjects, Task};
 use common::wire::{self, BatchItem, DirectOutcome, DirectReply, ErrorCode, ErrorReply, Priority};
 use common::worker::send_error;
@@ -135,9 +138,15 @@ async fn offer_or_queue(
         return fail(queue, batch.batch.items, "batch does not encode");
     };
     let subject = queue.subjects.direct_batches_for(queue.task);
+    // The GPU worker queues a batch its device failed on under this id, so that copy and
+    // the one queued here after a timeout are stored once.
+    let mut headers = HeaderMap::new();
+    headers.insert(async_nats::header::NATS_MESSAGE_ID, msg_id.as_str());
     let offer = async_nats::Request::new()
         .payload(payload)
+        .headers(headers)
         .timeout(Some(timeout));
+    let mut failures = 0;
     match queue.client.send_request(subject, offer).await {
         Ok(answer) => match wire::decode::<DirectReply>(&answer.payload) {
             Ok(DirectReply {
@@ -159,12 +168,18 @@ async fn offer_or_queue(
         Err(e) if e.kind() == RequestErrorKind::NoResponders => {
             tracing::debug!("no GPU worker takes direct batches; queueing the batch");
         }
-        Err(e) if e.kind() == RequestErrorKind::TimedOut => tracing::warn!(
-            ?timeout,
-            sequences = batch.batch.items.len(),
-            "no GPU worker finished a direct batch in time; queueing it (it may be computed \
-             twice)"
-        ),
+        Err(e) if e.kind() == RequestErrorKind::TimedOut => {
+            // The worker that took it neither served it nor handed it back: its device may
+            // have failed on it. Queued as the failing worker would queue it (one failed
+            // device), it runs apart and cannot fail more than one further worker.
+            failures = 1;
+            tracing::warn!(
+                ?timeout,
+                sequences = batch.batch.items.len(),
+                "no GPU worker finished a direct batch in time; queueing it as one that \
+                 failed a device (it may be computed twice)"
+            );
+        }
         Err(e) => tracing::warn!(error = %e, "direct batch not offered; queueing it"),
     }
     // The GPU worker that pulls it reports a direct-path fallback.
@@ -173,7 +188,7 @@ async fn offer_or_queue(
             timings.offered = true;
         }
     }
-    publish_to_queue(queue, Priority::Interactive, batch, msg_id).await
+    publish_to_queue(queue, Priority::Interactive, batch, msg_id, failures).await
 }
 
 /// Publishes interactive `batch` as message `msg_id` (its `Nats-Msg-Id`: the stream stores
@@ -181,7 +196,7 @@ async fn offer_or_queue(
 /// earliest deadline of its requests passes; then answers every request in it with
 /// `overloaded`.
 pub async fn publish_batch(queue: WorkQueue, batch: ReadyBatch, msg_id: String) -> Published {
-    publish_to_queue(&queue, Priority::Interactive, batch, msg_id).await
+    publish_to_queue(&queue, Priority::Interactive, batch, msg_id, 0).await
 }
 
 /// [`publish_batch`] for a batch of lane `lane`, to that lane's stream.
@@ -191,7 +206,7 @@ pub async fn publish_lane_batch(
     batch: ReadyBatch,
     msg_id: String,
 ) -> Published {
-    publish_to_queue(&queue, lane, batch, msg_id).await
+    publish_to_queue(&queue, lane, batch, msg_id, 0).await
 }
 
 /// The batch's message with each item's budget as it stands now, or `None` (logged) when
@@ -207,13 +222,15 @@ fn encode(batch: &mut ReadyBatch) -> Option<Bytes> {
     }
 }
 
-/// Publishes `batch` to the work queue as message `msg_id`, retrying as [`publish_batch`]
-/// says; each attempt carries the budgets left at its moment.
+/// Publishes `batch` to the work queue as message `msg_id`, marked with `failures` failed
+/// devices ([`FAILURES_HEADER`], when not 0), retrying as [`publish_batch`] says; each
+/// attempt carries the budgets left at its moment.
 async fn publish_to_queue(
     queue: &WorkQueue,
     lane: Priority,
     mut batch: ReadyBatch,
     msg_id: String,
+    failures: u32,
 ) -> Published {
     let give_up = give_up_at(&batch, Instant::now());
     let subject = queue.subjects.lane_batches(queue.task, lane);
@@ -226,6 +243,9 @@ async fn publish_to_queue(
         };
         let mut headers = HeaderMap::new();
         headers.insert(async_nats::header::NATS_MESSAGE_ID, msg_id.as_str());
+        if failures > 0 {
+            headers.insert(FAILURES_HEADER, failures.to_string().as_str());
+        }
         // The server drops the batch once every request's time ran out in the queue.
         if let Some(ttl) = batch_ttl(batch.batch.items.iter().map(|item| item.budget_ms)) {
             headers.insert(MESSAGE_TTL, ttl.as_str());

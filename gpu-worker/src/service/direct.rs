@@ -93,9 +93,15 @@ pub(super) async fn take_direct(
             continue;
         }
         lanes::log_taken(Priority::Interactive, &batch.items);
+        let msg_id = message
+            .headers
+            .as_ref()
+            .and_then(|headers| headers.get(async_nats::header::NATS_MESSAGE_ID))
+            .map(|id| id.as_str().to_string());
         let ticket = shared.hand.hold(Held::Direct {
             reply,
             payload: message.payload.clone(),
+            msg_id,
         });
         let taken = SystemTime::now();
         if taken_tx

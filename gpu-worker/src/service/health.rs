@@ -93,6 +93,10 @@ pub(super) enum Held {
         reply: async_nats::Subject,
         /// The batch as offered, to queue it when the device failed with it in its pass.
         payload: bytes::Bytes,
+        /// The offer's `Nats-Msg-Id` (the id the tokenizer worker queues the batch under
+        /// when the offer times out), so the copy queued here and the tokenizer worker's
+        /// are stored once.
+        msg_id: Option<String>,
     },
 }
 
@@ -175,8 +179,15 @@ async fn hand_back(shared: &Shared, entry: Entry) {
     match entry.held {
         Held::Queued(message) if on_device => requeue_failed(shared, &message).await,
         Held::Queued(message) => requeue(shared, &message).await,
-        Held::Direct { reply, payload } if on_device => {
-            let id = format!("failed-direct-{}", shared.client.new_inbox());
+        Held::Direct {
+            reply,
+            payload,
+            msg_id,
+        } if on_device => {
+            // Under the offer's id: if the tokenizer worker gave up waiting and queued the
+            // batch itself (also marked), the stream keeps one of the two copies.
+            let id =
+                msg_id.unwrap_or_else(|| format!("failed-direct-{}", shared.client.new_inbox()));
             let marks = Marks {
                 split: false,
                 failures: 1,
@@ -271,6 +282,7 @@ mod tests {
         Held::Direct {
             reply: async_nats::Subject::from(name),
             payload: bytes::Bytes::new(),
+            msg_id: None,
         }
     }
 

@@ -32,7 +32,7 @@ use std::sync::Arc;
 
 use async_nats::HeaderMap;
 use async_nats::jetstream::{self, AckKind};
-use common::queue::{MESSAGE_TTL, batch_ttl};
+use common::queue::{FAILURES_HEADER, MESSAGE_TTL, batch_ttl};
 use common::wire::{self, ErrorCode, ErrorReply, TokenBatch};
 use common::worker::send_error_in_order;
 use futures::StreamExt;
@@ -43,11 +43,6 @@ use super::health::Held;
 
 /// Header marking a batch split out of a redelivered one: it runs alone.
 pub(super) const SPLIT_HEADER: &str = "Qwen3-Embed-Split";
-
-/// Header counting the GPU workers whose device failed (a panic, a sticky device error, a
-/// hung pass) while the batch was in their pass; set by the failing worker when it puts the
-/// batch back in the queue.
-pub(super) const FAILURES_HEADER: &str = "Qwen3-Embed-Failures";
 
 /// Failed devices after which a batch is given up: one failure cannot tell a poison input
 /// from a failing device (the next worker may serve it); a second, in a pass the batch had
