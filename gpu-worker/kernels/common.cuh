@@ -80,3 +80,19 @@ __device__ float block_sum(float v, float* scratch) {
     __syncthreads();
     return warp_sum(lane < warps ? scratch[lane] : 0.f);
 }
+
+__device__ __forceinline__ float warp_max(float v) {
+    for (int offset = 16; offset > 0; offset >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, offset));
+    return v;
+}
+
+// Maximum over the block, returned to every thread; as block_sum (a maximum does not depend
+// on the order either way).
+__device__ float block_max(float v, float* scratch) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+    v = warp_max(v);
+    __syncthreads();  // a previous call may still be reading scratch
+    if (lane == 0) scratch[warp] = v;
+    __syncthreads();
+    return warp_max(lane < warps ? scratch[lane] : 0.f);
+}

@@ -7,6 +7,8 @@
 //! - [`ops`]: the backend contract (ops over a packed variable-length batch, weight views).
 //! - [`cpu`]: the CPU backend: f32 (exact against transformers) or bf16 weights and products.
 //! - [`cuda`]: the CUDA backend (bf16 weights, f32 residual stream, NVRTC-compiled kernels).
+//! - [`fp8`]: E4M3 numbers and row-wise quantization, for the FP8 path (its CPU twin is
+//!   [`cpu::fp8_twin`]).
 //! - [`engine`]: loading (the backend, and the head of the worker's task), the loaded model
 //!   the device thread runs (one job type in, one output type out), and the engine's errors.
 //! - [`device`]: the device thread that owns the model (a fatal pass ends it), and the
@@ -24,6 +26,7 @@ pub mod cpu;
 pub mod cuda;
 pub mod device;
 pub mod engine;
+pub mod fp8;
 pub mod load;
 pub mod model;
 pub mod ops;

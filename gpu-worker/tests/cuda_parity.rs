@@ -301,6 +301,26 @@ fn silu_mul_matches_cpu() {
     }
 }
 
+#[test]
+fn fp8_row_quantization_matches_cpu_bit_for_bit() {
+    let Some(gpu) = gpu() else { return };
+    let mut rng = StdRng::seed_from_u64(9);
+    for (rows, cols, range) in [(1, 1, 1.0), (5, 1024, 8.0), (33, 3072, 1e-3), (3, 50, 6e4)] {
+        let mut values = round_bf16(uniform(&mut rng, rows * cols, range));
+        // A zero row, and values in E4M3's subnormal range after scaling.
+        values[..cols].fill(0.0);
+        if cols > 1 {
+            values[cols * (rows - 1)] = bf16::from_f32(range * 1e-4).to_f32();
+        }
+        let x = gpu
+            .upload_tensor(rows, cols, &values, ActDtype::Bf16)
+            .unwrap();
+        let got = gpu.quantize_fp8_rows(&x).unwrap().to_host(&gpu).unwrap();
+        let want = gpu_worker::fp8::Fp8Rows::quantize(&values, cols);
+        assert_eq!(got, want, "fp8 rows {rows}x{cols} in +-{range}");
+    }
+}
+
 /// A fused q|k|v tensor of random bf16 values for `lengths`, on both backends.
 fn random_qkv(
     gpu: &CudaBackend,

@@ -23,6 +23,7 @@ pub mod attention_amx;
 pub mod attention_bf16;
 pub mod embed;
 pub mod exp;
+pub mod fp8_twin;
 pub mod last_rows;
 pub mod linear;
 pub mod linear_amx;

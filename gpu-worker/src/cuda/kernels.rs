@@ -90,6 +90,10 @@ kernel_registry! {
         /// Pooling head: final norm, truncation, L2 normalization where asked.
         pool,
     }
+    quantize_fp8 {
+        /// Row-wise (per-token) E4M3 quantization of bf16 activations.
+        quantize_fp8_rows,
+    }
 }
 
 impl Kernels {

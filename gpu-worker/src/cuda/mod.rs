@@ -9,7 +9,8 @@
 //! - `device`: start-up errors, library checks, cuBLAS set-up, the memory pool.
 //! - `tensor`, `layout`: device tensors, uploaded batch layouts.
 //! - One launcher per kernel, checking shapes before it launches: `embed`, `rms_norm`,
-//!   `add`, `linear` (cuBLAS), `qk_norm_rope`, `attention`, `silu_mul`, `last_rows`, `pool`.
+//!   `add`, `linear` (cuBLAS), `qk_norm_rope`, `attention`, `silu_mul`, `last_rows`, `pool`,
+//!   and `quantize_fp8` (per-token E4M3 rounding for the FP8 path still to come).
 //! - `row_path`: the choice between the one-warp-per-row vector kernels and the
 //!   one-block-per-row scalar kernels of `rms_norm` and `add`.
 //!
@@ -43,6 +44,7 @@ mod layout;
 mod linear;
 mod pool;
 mod qk_norm_rope;
+mod quantize_fp8;
 mod rms_norm;
 mod row_path;
 mod silu_mul;
@@ -63,6 +65,7 @@ pub use device::{CudaDeviceInfo, CudaError, is_available};
 use kernels::Kernels;
 pub use layout::CudaLayout;
 use memory::{MemoryPlan, OVERHEAD_BYTES};
+pub use quantize_fp8::CudaFp8Rows;
 use tensor::TensorData;
 pub use tensor::{ActDtype, CudaMatrix, CudaTable, CudaTensor, CudaVector};
 
@@ -230,6 +233,13 @@ impl CudaBackend {
             0 => None,
             tokens => Some(tokens),
         }
+    }
+
+    /// Rounds each row (token) of bf16 activation `x` to FP8 E4M3 with its own scale: the
+    /// operand of the coming FP8 products (`--dtype fp8`, issue 20), tested against its CPU
+    /// twin [`crate::fp8::Fp8Rows::quantize`].
+    pub fn quantize_fp8_rows(&self, x: &CudaTensor) -> OpResult<CudaFp8Rows> {
+        quantize_fp8::quantize_fp8_rows(self, x)
     }
 
     /// Uploads a host matrix as an activation of `dtype` (rounded to nearest for bf16).
