@@ -72,8 +72,8 @@ pub struct GpuWorkerConfig {
     /// Test only: milliseconds every forward pass is held on the device before it runs, to
     /// make the tiny test model as slow as a real one (lane ordering tests). 0: none.
     pub test_pass_delay_ms: u64,
-    /// Test only: what the device thread does (`abort`, `panic`, `hang`) when a batch
-    /// holds `fault_token_id`. Off when either is unset.
+    /// Test only: what the device thread does (`abort`, `panic`, `hang`, `device_fault`)
+    /// when a batch holds `fault_token_id`. Off when either is unset.
     pub fault: Option<FaultAction>,
     /// Test only: the token id that sets off `fault`.
     pub fault_token_id: Option<u32>,

@@ -30,6 +30,11 @@ pub enum FaultAction {
     Panic,
     /// Never finish the pass (as a hung device would).
     Hang,
+    /// Make the device fault, as a broken kernel or the hardware would: CUDA launches a
+    /// kernel that traps, leaving the context in a sticky error the pass then meets. The
+    /// CPU backend has no device to fault: there the pass panics saying so.
+    #[serde(rename = "device_fault")]
+    DeviceFault,
 }
 
 /// A test-only fault: the device thread does `action` when a batch holds `token_id`, so
@@ -43,8 +48,9 @@ pub struct FaultHook {
 }
 
 impl FaultHook {
-    /// Does the fault when `token_ids` hold the hook's token.
-    fn strike(&self, token_ids: &[u32]) {
+    /// Does the fault when `token_ids` hold the hook's token (`model`'s device faults for
+    /// [`FaultAction::DeviceFault`]).
+    fn strike(&self, token_ids: &[u32], model: &dyn DeviceModel) {
         if !token_ids.contains(&self.token_id) {
             return;
         }
@@ -59,6 +65,11 @@ impl FaultHook {
             FaultAction::Hang => loop {
                 std::thread::park();
             },
+            FaultAction::DeviceFault => {
+                if let Err(why) = model.provoke_fault() {
+                    panic!("fault hook: {why}");
+                }
+            }
         }
     }
 }
@@ -251,7 +262,7 @@ fn serve(
         clock.start(job.pass, job.token_ids.len());
         let result = catch_unwind(AssertUnwindSafe(|| {
             if let Some(fault) = fault {
-                fault.strike(&job.token_ids);
+                fault.strike(&job.token_ids, model);
             }
             model.compute(&job.token_ids, &job.lengths, &job.work)
         }));
@@ -343,6 +354,21 @@ mod tests {
             other => panic!("expected a lost device, got {other:?}"),
         }
         assert!(device.pass_in_progress().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_device_fault_on_the_cpu_loses_the_device_saying_it_needs_cuda() {
+        let device = start(Some(FaultHook {
+            token_id: 7,
+            action: FaultAction::DeviceFault,
+        }))
+        .await;
+        match device.run(1, vec![1, 7, 3], vec![3], embed(8)).await {
+            Err(EngineError::DeviceLost(reason)) => {
+                assert!(reason.contains("needs the CUDA backend"), "{reason}");
+            }
+            other => panic!("expected a lost device, got {other:?}"),
+        }
     }
 
     #[tokio::test]

@@ -81,6 +81,10 @@ pub trait DeviceCheck {
     /// Why the device can no longer compute, when it cannot (a sticky error that every
     /// later call would repeat); `None` when it is fine.
     fn lost(&self) -> Option<String>;
+
+    /// Makes the device fault as a broken kernel would, for the test-only fault hook;
+    /// `Err` (why) where there is no device to fault.
+    fn provoke_fault(&self) -> Result<(), String>;
 }
 
 impl DeviceCheck for CpuBackend {
@@ -88,11 +92,19 @@ impl DeviceCheck for CpuBackend {
     fn lost(&self) -> Option<String> {
         None
     }
+
+    fn provoke_fault(&self) -> Result<(), String> {
+        Err("`device_fault` needs the CUDA backend; the CPU has no device to fault".into())
+    }
 }
 
 impl DeviceCheck for CudaBackend {
     fn lost(&self) -> Option<String> {
         self.sticky_error().map(|e| e.to_string())
+    }
+
+    fn provoke_fault(&self) -> Result<(), String> {
+        self.launch_trap().map_err(|e| e.to_string())
     }
 }
 
@@ -320,6 +332,10 @@ pub trait DeviceModel {
         lengths: &[usize],
         work: &Work,
     ) -> Result<Output, EngineError>;
+
+    /// Makes the device fault (the test-only fault hook's `device_fault`); `Err` (why)
+    /// where the backend has no device to fault.
+    fn provoke_fault(&self) -> Result<(), String>;
 }
 
 /// A Qwen3 decoder and its head, loaded on backend `B`.
@@ -396,6 +412,10 @@ impl<B: Ops + DeviceCheck> DeviceModel for Loaded<B> {
     ) -> Result<Output, EngineError> {
         self.pass(token_ids, lengths, work)
             .map_err(|error| self.failure(error))
+    }
+
+    fn provoke_fault(&self) -> Result<(), String> {
+        self.backend.provoke_fault()
     }
 }
 

@@ -297,3 +297,73 @@ fn reranker_scores_match_transformers() {
     }
     println!("reranker: largest |logit diff| {max_logit:e}, largest |score diff| {max_score:e}");
 }
+
+/// The test-only fault hook's `device_fault` on the real device: a kernel traps, the context
+/// is left in a sticky error, and the device thread turns the pass into a lost device, as it
+/// would an illegal address or an Xid (then the worker leaves: `tests/tests/faults/device.rs`
+/// drives that path with a panic). Every later batch fails the same way.
+///
+/// The sticky error poisons the process's context for every test, so the test runs itself
+/// again in a child process (this binary, this test alone) and checks what the child said.
+#[test]
+fn a_sticky_device_error_loses_the_device_for_good() {
+    const CHILD: &str = "QWEN3_STICKY_ERROR_CHILD";
+    const NAME: &str = "a_sticky_device_error_loses_the_device_for_good";
+    if gpu().is_none() {
+        return;
+    }
+    if std::env::var_os(CHILD).is_none() {
+        let child = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", NAME, "--nocapture", "--test-threads=1"])
+            .env(CHILD, "1")
+            .output()
+            .expect("the test binary runs again");
+        let said = String::from_utf8_lossy(&child.stderr);
+        assert!(child.status.success(), "the child failed: {said}");
+        assert!(
+            said.contains("lost: "),
+            "the child did not get that far: {said}"
+        );
+        return;
+    }
+    sticky_error_in_this_process();
+}
+
+/// [`a_sticky_device_error_loses_the_device_for_good`]'s body, in its own process.
+fn sticky_error_in_this_process() {
+    use gpu_worker::device::{DeviceHandle, FaultAction, FaultHook};
+    use gpu_worker::engine::{BackendChoice, Dtype, EngineError, EngineOptions, Work};
+
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let options = EngineOptions {
+            backend: BackendChoice::Cuda,
+            dtype: Dtype::Auto,
+            ..EngineOptions::cpu()
+        };
+        let hook = FaultHook {
+            token_id: 7,
+            action: FaultAction::DeviceFault,
+        };
+        let task = common::subjects::Task::Embed;
+        let device = DeviceHandle::start(fixture::tiny_dir(), options, task, Some(hook))
+            .await
+            .expect("the tiny model loads on the GPU");
+        let embed = || Work::Embed {
+            dims: vec![8],
+            normalize: vec![true],
+        };
+        assert!(device.run(1, vec![1, 2, 3], vec![3], embed()).await.is_ok());
+        match device.run(2, vec![1, 7, 3], vec![3], embed()).await {
+            Err(EngineError::DeviceLost(reason)) => {
+                eprintln!("lost: {reason}");
+                assert!(reason.contains("CUDA_ERROR"), "{reason}");
+            }
+            other => panic!("expected a lost device, got {other:?}"),
+        }
+        match device.run(3, vec![1, 2, 3], vec![3], embed()).await {
+            Err(EngineError::DeviceLost(reason)) => assert!(reason.contains("has stopped")),
+            other => panic!("expected a lost device, got {other:?}"),
+        }
+    });
+}

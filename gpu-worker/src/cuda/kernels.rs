@@ -94,6 +94,10 @@ kernel_registry! {
         /// Row-wise (per-token) E4M3 quantization of bf16 activations.
         quantize_fp8_rows,
     }
+    fault {
+        /// Traps: the test-only fault hook's device fault.
+        trap,
+    }
 }
 
 impl Kernels {

@@ -202,6 +202,23 @@ impl CudaBackend {
         checked.err().filter(|e| device::is_sticky(e.0))
     }
 
+    /// Launches a kernel that traps (the test-only fault hook's `device_fault`): the context
+    /// is left in a sticky error, which the next call that waits for the stream reports.
+    pub fn launch_trap(&self) -> OpResult<()> {
+        let config = LaunchConfig {
+            grid_dim: (1, 1, 1),
+            block_dim: (1, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: trap() takes no arguments and touches no memory.
+        unsafe {
+            self.stream
+                .launch_builder(&self.kernels.trap)
+                .launch(config)
+        }?;
+        Ok(())
+    }
+
     /// Sizes the batch token budget once the model is loaded (see [`memory`]), for
     /// activations of `bytes_per_token` per token of a batch (the model's:
     /// [`memory::activation_bytes_per_token`]): `requested` (the batcher's budget) must fit
