@@ -6,8 +6,9 @@
 #      qwen3-tiny fixture against transformers' golden vectors, batch invariance, memory limits,
 #      and the tiny reranker against transformers' scores (cuda_model),
 #      and compute-sanitizer's four tools over the kernel tests,
-#   3. throughput of a random Qwen3-Embedding-0.6B: `gpu-worker bench --backend cuda` against
-#      PyTorch + transformers (bf16, SDPA) on the same workloads (torch_bench.py), and the
+#   3. throughput of a random Qwen3-Embedding-0.6B: `gpu-worker bench --backend cuda` (bf16, and
+#      fp8 on two workloads) against PyTorch + transformers (bf16, SDPA) on the same workloads
+#      (torch_bench.py), and the
 #      linear layers' rate against a large cuBLAS matrix product on the same card,
 #   4. the whole serving pipeline on the GPU (serve.sh): golden vectors through HTTP, then
 #      loadgen's bulk and online workloads on the 0.6B model.
@@ -148,17 +149,23 @@ say "generating the 0.6B model"
 if timeout "$(cap 120)" python3 "$here/tools/make-random-qwen3.py" --out "$model" \
     --tokenizer-dir "$here/fixture" >"$out/gen.log" 2>&1; then
     if [[ -x "$here/bin/gpu-worker" ]]; then
+        # bench DTYPE ARGS...
         bench() {
             say "gpu-worker bench $*"
-            timeout "$(cap 90)" "$here/bin/gpu-worker" bench --model "$model" --backend cuda --dtype bf16 "$@" \
+            local dtype=$1
+            shift
+            timeout "$(cap 90)" "$here/bin/gpu-worker" bench --model "$model" --backend cuda --dtype "$dtype" "$@" \
                 2>>"$out/bench.log" | tail -n 1 >>"$out/bench.log"
         }
-        bench --batch 32 --seq-len 512 --iters 10
-        bench --batch 1 --seq-len 16 --iters 200
-        bench --batch 32 --seq-len 32 --iters 100
+        bench bf16 --batch 32 --seq-len 512 --iters 10
+        bench bf16 --batch 1 --seq-len 16 --iters 200
+        bench bf16 --batch 32 --seq-len 32 --iters 100
         IFS=: read -r count low high <<<"$mixed"
-        bench --sequences "$count" --min-len "$low" --seq-len "$high" --batch "$count" \
+        bench bf16 --sequences "$count" --min-len "$low" --seq-len "$high" --batch "$count" \
             --batch-tokens "$budget" --iters 2
+        # FP8 products (compute capability 9.0 and newer; refused, and so absent, elsewhere).
+        bench fp8 --batch 32 --seq-len 512 --iters 10
+        bench fp8 --batch 1 --seq-len 16 --iters 200
     else
         note "bench: no gpu-worker binary in the bundle"
     fi
@@ -196,7 +203,8 @@ def runs(path):
                 continue
             mixed = r.get("workload") == "mixed" or r.get("sequences", r["batch"]) != r["batch"] \
                 or r.get("min_len", r["seq_len"]) != r["seq_len"]
-            found["mixed" if mixed else f"{r['batch']}x{r['seq_len']}"] = r
+            name = "mixed" if mixed else f"{r['batch']}x{r['seq_len']}"
+            found[name + (" fp8" if r.get("backend") == "cuda-fp8" else "")] = r
     return found
 
 ours, theirs = runs(sys.argv[1]), runs(sys.argv[2])
@@ -211,8 +219,8 @@ def ms(r):
     return f"{r['tokens'] / r['tokens_per_s'] * 1e3 if 'tokens' in r else r['ms_per_batch']:.3f}"
 
 print(f"{'workload':<10} {'cuda tok/s':>11} {'torch tok/s':>12} {'ratio':>6} {'cuda ms':>9} {'torch ms':>9}")
-for name in ("32x512", "1x16", "32x32", "mixed"):
-    a, b = ours.get(name), theirs.get(name)
+for name in ("32x512", "1x16", "32x32", "mixed", "32x512 fp8", "1x16 fp8"):
+    a, b = ours.get(name), theirs.get(name.removesuffix(" fp8"))
     ratio = f"{a['tokens_per_s'] / b['tokens_per_s']:.2f}" if a and b else "-"
     print(f"{name:<10} {rate(a):>11} {rate(b):>12} {ratio:>6} {ms(a):>9} {ms(b):>9}")
 try:

@@ -143,6 +143,10 @@ pub enum Dtype {
     /// bf16 weights and products, f32 accumulation (CPU: AMX tiles, else the avx512_bf16
     /// instructions when present, a portable loop otherwise).
     Bf16,
+    /// FP8 (E4M3) weights per output channel and activations per token in the matrix
+    /// products, f32 accumulation, bf16 elsewhere: the CUDA backend on compute capability
+    /// 9.0 or newer only.
+    Fp8,
 }
 
 /// The CPU's bf16 matrix path (the bf16 CPU backend only): the fastest this CPU runs, or
@@ -251,6 +255,13 @@ fn cpu_backend(options: &EngineOptions) -> Result<CpuBackend, EngineError> {
     Ok(match options.dtype {
         Dtype::Auto | Dtype::F32 => CpuBackend::F32,
         Dtype::Bf16 => CpuBackend::with_kernel(options.cpu_kernel.resolve()?),
+        Dtype::Fp8 => {
+            return Err(EngineError::Config(
+                "dtype fp8 needs the CUDA backend on compute capability 9.0 or newer; the CPU \
+                 backend computes in f32 or bf16"
+                    .into(),
+            ));
+        }
     })
 }
 
@@ -265,6 +276,7 @@ fn cuda_backend(options: &EngineOptions) -> Result<CudaBackend, EngineError> {
         options.device,
         CudaOptions {
             gpu_memory_fraction: options.gpu_memory_fraction,
+            fp8: options.dtype == Dtype::Fp8,
         },
     )
     .map_err(cuda_error)
@@ -473,6 +485,22 @@ mod tests {
                 }
                 other => panic!("expected a wrong-task input error, got {other:?}"),
             }
+        }
+    }
+
+    #[test]
+    fn fp8_on_the_cpu_is_refused_at_start_saying_what_it_needs() {
+        let options = EngineOptions {
+            dtype: Dtype::Fp8,
+            ..EngineOptions::cpu()
+        };
+        let dir = fixture("QWEN3_TINY_DIR", "qwen3-tiny");
+        match load(&dir, &options, Task::Embed) {
+            Err(EngineError::Config(why)) => {
+                assert!(why.contains("fp8 needs the CUDA backend"), "{why}")
+            }
+            Err(other) => panic!("expected a configuration error, got {other}"),
+            Ok(_) => panic!("fp8 loaded on the CPU"),
         }
     }
 

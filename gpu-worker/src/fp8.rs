@@ -53,6 +53,13 @@ pub fn e4m3_to_f32(code: u8) -> f32 {
     }
 }
 
+/// Whether a `(rows, cols)` weight matrix is held in FP8 by the FP8 path: both sides
+/// multiples of 16, as cuBLASLt's FP8 products need for their leading dimensions (the
+/// reranker's two-row yes/no head stays bf16). The CPU twin applies the same rule.
+pub fn fits(rows: usize, cols: usize) -> bool {
+    rows.is_multiple_of(16) && cols.is_multiple_of(16)
+}
+
 /// A row-major matrix in E4M3 with one f32 scale per row: value `(r, c)` is
 /// `e4m3_to_f32(codes[r * cols + c]) * scales[r]`.
 #[derive(Debug, Clone, PartialEq)]

@@ -269,7 +269,7 @@ pub trait Ops {
     /// A batch layout uploaded to the backend once per forward pass.
     type Layout;
 
-    /// Short name for logs and `/debug` (`cpu-f32`, `cuda-bf16`).
+    /// Short name for logs and `/debug` (`cpu-f32`, `cuda-bf16`, `cuda-fp8`).
     fn name(&self) -> String;
 
     /// What the backend runs on, for status reports. Backends with device memory override it.

@@ -213,6 +213,7 @@ fn memory_limits_are_errors_not_crashes() {
         0,
         CudaOptions {
             gpu_memory_fraction: half_gib,
+            ..CudaOptions::default()
         },
     );
     match tiny {
@@ -232,7 +233,8 @@ fn memory_limits_are_errors_not_crashes() {
         CudaBackend::new(
             0,
             CudaOptions {
-                gpu_memory_fraction: 0.0
+                gpu_memory_fraction: 0.0,
+                ..CudaOptions::default()
             }
         )
         .is_err()
@@ -366,4 +368,47 @@ fn sticky_error_in_this_process() {
             other => panic!("expected a lost device, got {other:?}"),
         }
     });
+}
+
+/// `dtype = fp8` on the real device (compute capability 9.0 and newer): the qwen3-tiny cases
+/// stay within the FP8 CPU twin's accuracy of transformers (`golden_fp8_twin.rs`, worst
+/// cosine 0.99915) and close to the twin itself.
+#[test]
+fn fp8_vectors_match_transformers_and_the_cpu_twin() {
+    use gpu_worker::cpu::fp8_twin::Fp8Twin;
+    let Some(bf16_gpu) = gpu() else { return };
+    if bf16_gpu.device().compute_capability.0 < 9 {
+        eprintln!("skipped: FP8 products need compute capability 9.0");
+        return;
+    }
+    drop(bf16_gpu);
+    let options = CudaOptions {
+        fp8: true,
+        ..CudaOptions::default()
+    };
+    let gpu = CudaBackend::new(0, options).expect("a Hopper device runs FP8 products");
+    assert_eq!(gpu.name(), "cuda-fp8");
+    let model = load(&gpu);
+    let twin = gpu_worker::model::load(&fixture::tiny_dir(), &Fp8Twin).expect("fixture loads");
+    let hidden = model.config().hidden_size;
+    let golden = fixture::golden();
+    for case in golden["cases"].as_array().unwrap() {
+        let ids = fixture::ids(&case["input_ids"]);
+        let got = embed_one(&gpu, &model, &ids, hidden);
+        let layout = BatchLayout::from_lengths(&[ids.len()]).unwrap();
+        let twin_vector = twin
+            .embed(&Fp8Twin, &ids, &layout, &[hidden])
+            .unwrap()
+            .remove(0);
+        let (to_golden, to_twin) = (
+            fixture::cosine(&got, &fixture::floats(&case["embedding"])),
+            fixture::cosine(&got, &twin_vector),
+        );
+        eprintln!(
+            "{}: fp8 cosine to transformers {to_golden:.6}, to the twin {to_twin:.6}",
+            case["id"]
+        );
+        assert!(to_golden >= 0.998, "{}: {to_golden}", case["id"]);
+        assert!(to_twin >= 0.998, "{}: {to_twin}", case["id"]);
+    }
 }

@@ -282,6 +282,55 @@ fn linear_matches_cpu() {
     }
 }
 
+/// The backend on device 0 with FP8 products, or `None` (after saying why) without a device
+/// or on one older than compute capability 9.0.
+fn fp8_gpu() -> Option<CudaBackend> {
+    let gpu = gpu()?;
+    let (major, _) = gpu.device().compute_capability;
+    if major < 9 {
+        eprintln!("skipped: FP8 products need compute capability 9.0");
+        return None;
+    }
+    let options = CudaOptions {
+        fp8: true,
+        ..CudaOptions::default()
+    };
+    Some(CudaBackend::new(0, options).expect("a Hopper device runs FP8 products"))
+}
+
+#[test]
+fn fp8_linear_matches_its_cpu_twin() {
+    use gpu_worker::cpu::fp8_twin::Fp8Twin;
+    let Some(gpu) = fp8_gpu() else { return };
+    let mut rng = StdRng::seed_from_u64(10);
+    // FP8 holds matrices with both sides multiples of 16; (17 x 32) stays bf16 on both.
+    for (rows, k, n) in [
+        (1, 32, 64),
+        (5, 96, 48),
+        (130, 1024, 3072),
+        (67, 3072, 1024),
+        (3, 32, 17),
+    ] {
+        let weight = Weight::new(&[n, k], &uniform(&mut rng, n * k, 0.05));
+        let views = [weight.view()];
+        let (x_cpu, x_gpu) = both(
+            &gpu,
+            rows,
+            k,
+            uniform(&mut rng, rows * k, 1.0),
+            ActDtype::Bf16,
+        );
+        let matrix = gpu.matrix(&views).unwrap();
+        assert_eq!(matrix.is_fp8(), gpu_worker::fp8::fits(n, k), "{n}x{k}");
+        let want = Fp8Twin
+            .linear(&x_cpu, &Fp8Twin.matrix(&views).unwrap())
+            .unwrap();
+        let got = gpu.linear(&x_gpu, &matrix).unwrap();
+        let what = format!("fp8 linear {rows}x{k} @ ({n}x{k})^T");
+        assert_close(&what, &gpu.to_host(&got).unwrap(), &want.data, BF16);
+    }
+}
+
 #[test]
 fn silu_mul_matches_cpu() {
     let Some(gpu) = gpu() else { return };

@@ -61,7 +61,7 @@ pub struct WorkerStatus {
     pub model: String,
     /// Whether the model (or tokenizer) is loaded and work is accepted.
     pub loaded: bool,
-    /// Compute backend (`cpu-f32`, `cuda-bf16`); tokenizer workers leave it empty.
+    /// Compute backend (`cpu-f32`, `cuda-bf16`, `cuda-fp8`); tokenizer workers leave it empty.
     #[serde(default)]
     pub backend: Option<String>,
     /// Device description (name, compute capability, threads).

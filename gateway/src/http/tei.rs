@@ -236,6 +236,7 @@ fn dtype_of_backend(backend: &str) -> String {
         "f32" => "float32".into(),
         "bf16" => "bfloat16".into(),
         "f16" => "float16".into(),
+        "fp8" => "float8_e4m3fn".into(),
         other => other.into(),
     }
 }
@@ -248,6 +249,7 @@ mod tests {
     fn backends_name_their_dtype() {
         assert_eq!(dtype_of_backend("cpu-f32"), "float32");
         assert_eq!(dtype_of_backend("cuda-bf16"), "bfloat16");
+        assert_eq!(dtype_of_backend("cuda-fp8"), "float8_e4m3fn");
         assert_eq!(dtype_of_backend("cuda-f16"), "float16");
     }
 }

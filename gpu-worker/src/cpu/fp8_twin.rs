@@ -10,7 +10,7 @@
 //! a serving mode: on a CPU it is slower than f32 and less exact.
 
 use super::{CpuBackend, CpuLayout, CpuMatrix, CpuTensor, EmbeddingTable, MatrixValues};
-use crate::fp8::Fp8Rows;
+use crate::fp8::{Fp8Rows, fits};
 use crate::ops::{
     AttentionShape, BatchLayout, OpError, OpResult, Ops, QkNorms, Queries, TensorView,
 };
@@ -33,10 +33,13 @@ impl Ops for Fp8Twin {
         "cpu-fp8-twin".into()
     }
 
-    /// Stacks the parts in f32, then rounds each output channel (row) to E4M3 with its own
-    /// scale and keeps the dequantized values.
+    /// Stacks the parts in f32, then (where the FP8 path holds it in FP8, [`fits`]) rounds
+    /// each output channel (row) to E4M3 with its own scale and keeps the dequantized values.
     fn matrix(&self, parts: &[TensorView<'_>]) -> OpResult<CpuMatrix> {
         let stacked = F32.matrix(parts)?;
+        if !fits(stacked.rows, stacked.cols) {
+            return Ok(stacked);
+        }
         let MatrixValues::F32(values) = &stacked.values else {
             return Err(OpError::Weight(
                 "the f32 backend stacked a non-f32 matrix".into(),

@@ -39,6 +39,19 @@ pub enum CudaError {
         /// Minor compute capability.
         minor: u32,
     },
+    /// FP8 products were asked for on a device without them.
+    #[error(
+        "{name} has compute capability {major}.{minor}; FP8 products (dtype fp8) need 9.0 \
+         (Hopper) or newer: use dtype bf16"
+    )]
+    Fp8Unsupported {
+        /// Device name.
+        name: String,
+        /// Major compute capability.
+        major: u32,
+        /// Minor compute capability.
+        minor: u32,
+    },
     /// The kernels did not compile.
     #[error(transparent)]
     Compile(#[from] CompileError),

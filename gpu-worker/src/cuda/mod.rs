@@ -42,6 +42,7 @@ mod embed;
 mod last_rows;
 mod layout;
 mod linear;
+mod linear_fp8;
 mod pool;
 mod qk_norm_rope;
 mod quantize_fp8;
@@ -66,8 +67,8 @@ use kernels::Kernels;
 pub use layout::CudaLayout;
 use memory::{MemoryPlan, OVERHEAD_BYTES};
 pub use quantize_fp8::CudaFp8Rows;
-use tensor::TensorData;
 pub use tensor::{ActDtype, CudaMatrix, CudaTable, CudaTensor, CudaVector};
+use tensor::{MatrixData, TensorData};
 
 /// cuBLAS workspace, owned by the backend so that its memory is counted (32 MiB is what
 /// NVIDIA recommends for Hopper).
@@ -79,12 +80,17 @@ pub struct CudaOptions {
     /// Share of the device's total memory this worker may hold, in `(0, 1]`: CUDA context,
     /// weights and activations together (see [`memory`]).
     pub gpu_memory_fraction: f64,
+    /// FP8 products (`dtype = fp8`): every matrix whose sides are multiples of 16 is held in
+    /// E4M3 with a scale per output feature and multiplied through cuBLASLt with activations
+    /// rounded to E4M3 per token. Needs compute capability 9.0 (Hopper) or newer.
+    pub fp8: bool,
 }
 
 impl Default for CudaOptions {
     fn default() -> Self {
         Self {
             gpu_memory_fraction: 0.9,
+            fp8: false,
         }
     }
 }
@@ -98,6 +104,8 @@ pub struct CudaBackend {
     blas: CudaBlas,
     /// cuBLAS workspace set on `blas`; held so it lives as long as the handle.
     _workspace: CudaSlice<u8>,
+    /// cuBLASLt for the FP8 products, when [`CudaOptions::fp8`] asked for them.
+    fp8: Option<linear_fp8::Fp8Products>,
     kernels: Kernels,
     device: CudaDeviceInfo,
     target: Target,
@@ -150,14 +158,26 @@ impl CudaBackend {
             device::keep_freed_memory_pooled(&ctx, share_bytes)?;
         }
 
+        if options.fp8 && major < 9 {
+            return Err(CudaError::Fp8Unsupported {
+                name: device.name,
+                major,
+                minor,
+            });
+        }
         let stream = ctx.default_stream();
         let (blas, workspace) = device::cublas(&stream, CUBLAS_WORKSPACE_BYTES)?;
+        let fp8 = options
+            .fp8
+            .then(|| linear_fp8::Fp8Products::new(&stream, CUBLAS_WORKSPACE_BYTES))
+            .transpose()?;
 
         Ok(Self {
             ctx,
             stream,
             blas,
             _workspace: workspace,
+            fp8,
             kernels,
             device,
             target,
@@ -373,7 +393,11 @@ impl Ops for CudaBackend {
     type Layout = CudaLayout;
 
     fn name(&self) -> String {
-        "cuda-bf16".into()
+        if self.fp8.is_some() {
+            "cuda-fp8".into()
+        } else {
+            "cuda-bf16".into()
+        }
     }
 
     fn device_info(&self) -> DeviceInfo {
@@ -394,7 +418,6 @@ impl Ops for CudaBackend {
         };
         let cols = first.shape.get(1).copied().unwrap_or(0);
         let mut rows = 0;
-        let mut values = Vec::new();
         for part in parts {
             if part.shape.len() != 2 || part.shape[1] != cols {
                 return Err(OpError::Weight(format!(
@@ -403,9 +426,18 @@ impl Ops for CudaBackend {
                 )));
             }
             rows += part.shape[0];
-            values.extend(tensor::to_bf16(part));
         }
-        let data = self.upload_weight(&first.name, &values)?;
+        let data = if self.fp8.is_some() && crate::fp8::fits(rows, cols) {
+            let values: Vec<f32> = parts.iter().flat_map(|part| part.to_f32()).collect();
+            let quantized = crate::fp8::Fp8Rows::quantize(&values, cols);
+            MatrixData::Fp8 {
+                codes: self.upload_weight(&first.name, &quantized.codes)?,
+                scales: self.upload_weight(&first.name, &quantized.scales)?,
+            }
+        } else {
+            let values: Vec<bf16> = parts.iter().flat_map(tensor::to_bf16).collect();
+            MatrixData::Bf16(self.upload_weight(&first.name, &values)?)
+        };
         Ok(CudaMatrix { rows, cols, data })
     }
 

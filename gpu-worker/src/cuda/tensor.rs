@@ -2,7 +2,8 @@
 //!
 //! Activations come in two element types: the residual stream is f32 (it accumulates every
 //! layer's output, so it is kept exact to f32 rounding), everything a matrix product reads or
-//! writes is bf16. Weights are bf16, norm vectors f32.
+//! writes is bf16. Weights are bf16 (or, with `--dtype fp8`, the matrices FP8 products can
+//! read are E4M3 with a scale per output feature), norm vectors f32.
 
 use cudarc::driver::CudaSlice;
 use half::bf16;
@@ -96,14 +97,34 @@ fn dtype_error(op: &'static str, what: &str, expected: ActDtype) -> OpError {
     }
 }
 
-/// A weight matrix `(out, in)` in bf16 on the device (used as `x @ w^T`).
+/// A weight matrix `(out, in)` on the device (used as `x @ w^T`).
 #[derive(Debug)]
 pub struct CudaMatrix {
     /// Output features.
     pub(super) rows: usize,
     /// Input features.
     pub(super) cols: usize,
-    pub(super) data: CudaSlice<bf16>,
+    pub(super) data: MatrixData,
+}
+
+impl CudaMatrix {
+    /// Whether the products read it in FP8 (E4M3 with a scale per output feature).
+    pub fn is_fp8(&self) -> bool {
+        matches!(self.data, MatrixData::Fp8 { .. })
+    }
+}
+
+/// The stored values of a [`CudaMatrix`].
+#[derive(Debug)]
+pub(super) enum MatrixData {
+    /// bf16, row-major.
+    Bf16(CudaSlice<bf16>),
+    /// E4M3 codes, row-major, and one f32 scale per row (output feature): the `--dtype fp8`
+    /// weights, quantized at load ([`crate::fp8::Fp8Rows`]).
+    Fp8 {
+        codes: CudaSlice<u8>,
+        scales: CudaSlice<f32>,
+    },
 }
 
 /// A norm weight vector in f32 on the device.
