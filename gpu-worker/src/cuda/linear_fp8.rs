@@ -30,8 +30,17 @@ unsafe impl Send for Fp8Products {}
 unsafe impl Sync for Fp8Products {}
 
 impl Fp8Products {
-    /// Creates the handle and a workspace of `workspace_bytes` on `stream`.
+    /// Creates the handle and a workspace of `workspace_bytes` on `stream`; fails (never
+    /// panics) when `libcublasLt.so.13` cannot be loaded.
     pub(super) fn new(stream: &Arc<CudaStream>, workspace_bytes: usize) -> Result<Self, CudaError> {
+        // SAFETY: only tries to dlopen the library; nothing is called through it.
+        if !unsafe { sys::is_culib_present() } {
+            return Err(CudaError::LibraryMissing {
+                library: "libcublasLt.so.13 (for dtype fp8)",
+                hint: "pip install nvidia-cublas==13.0.* and put its nvidia/cu13/lib on \
+                       LD_LIBRARY_PATH",
+            });
+        }
         let handle =
             lt::create_handle().map_err(|e| CudaError::Cublas(format!("cuBLASLt: {e}")))?;
         let workspace = match stream.alloc_zeros::<u8>(workspace_bytes) {
