@@ -61,6 +61,8 @@ kernel_registry! {
         add_vec8,
     }
     qk_norm_rope {
+        /// The batch's rotary cos/sin table, once per forward pass.
+        rope_table,
         /// Per-head q/k RMSNorm and rotary embedding, in place.
         qk_norm_rope,
     }

@@ -1,5 +1,7 @@
 //! A batch layout uploaded once per forward pass: what the kernels index by.
 
+use std::sync::OnceLock;
+
 use cudarc::driver::CudaSlice;
 
 use super::{CudaBackend, attention};
@@ -21,6 +23,9 @@ pub struct CudaLayout {
     pub(super) tiles_all: CudaSlice<u32>,
     /// Attention tiles of last-row-only attention: one per sequence.
     pub(super) tiles_last: CudaSlice<u32>,
+    /// The rotary table (cos, then sin, for positions up to the longest sequence), built by
+    /// the first layer's `qk_norm_rope` and read by every later one.
+    pub(super) rope: OnceLock<CudaSlice<f32>>,
 }
 
 impl CudaLayout {
@@ -35,6 +40,7 @@ impl CudaLayout {
             tiles_all: gpu.upload(OP, &attention::tiles(&layout.cu_seqlens))?,
             tiles_last: gpu.upload(OP, &attention::tiles(&cu_last_rows))?,
             cu_last_rows: gpu.upload(OP, &cu_last_rows)?,
+            rope: OnceLock::new(),
             host: layout.clone(),
         })
     }

@@ -1,6 +1,6 @@
 //! Launcher of `kernels/qk_norm_rope.cu` (CPU twin: `cpu/qk_norm_rope.rs`).
 
-use cudarc::driver::{LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
 
 use super::{
     CudaBackend, CudaLayout, CudaTensor, CudaVector, check_cols, check_rows, int, shape_error,
@@ -43,12 +43,21 @@ pub(super) fn qk_norm_rope(
         block_dim: (THREADS, 1, 1),
         shared_mem_bytes: 0,
     };
+    let table_rows = int(OP, "longest sequence", layout.host.max_len())?;
+    let rope = match layout.rope.get() {
+        Some(rope) => rope,
+        None => {
+            let built = rope_table(gpu, table_rows, head_dim, norms.rope_theta)?;
+            layout.rope.get_or_init(|| built)
+        }
+    };
     let data = qkv.bf16_mut(OP, "qkv")?;
     // SAFETY: qk_norm_rope(bf16* qkv, const unsigned* positions, const float* q_norm, const
-    // float* k_norm, int row_stride, int num_q_heads, int num_k_heads, int head_dim, float
-    // eps, float theta): qkv holds (rows, row_stride) with q and k heads at its start,
-    // positions one per row, both norms head_dim values, head_dim even and <= 256 (checked);
-    // one block per row.
+    // float* k_norm, const float* rope, int table_rows, int row_stride, int num_q_heads, int
+    // num_k_heads, int head_dim, float eps): qkv holds (rows, row_stride) with q and k heads
+    // at its start, positions one per row (each below the longest sequence, table_rows),
+    // both norms head_dim values, rope 2 * table_rows * head_dim / 2 values, head_dim even
+    // and <= 256 (checked); one block per row.
     unsafe {
         gpu.stream
             .launch_builder(&gpu.kernels.qk_norm_rope)
@@ -56,13 +65,44 @@ pub(super) fn qk_norm_rope(
             .arg(&layout.positions)
             .arg(&norms.q_norm.data)
             .arg(&norms.k_norm.data)
+            .arg(rope)
+            .arg(&table_rows)
             .arg(&row_stride)
             .arg(&num_q_heads)
             .arg(&num_k_heads)
             .arg(&head_dim)
             .arg(&norms.eps)
-            .arg(&norms.rope_theta)
             .launch(config)
     }?;
     Ok(())
+}
+
+/// The rotary table for positions below `table_rows`: cos then sin, `table_rows * head_dim
+/// / 2` values each.
+fn rope_table(
+    gpu: &CudaBackend,
+    table_rows: i32,
+    head_dim: i32,
+    theta: f32,
+) -> OpResult<CudaSlice<f32>> {
+    const OP: &str = "rope_table";
+    let half = head_dim as usize / 2;
+    let mut rope = gpu.alloc::<f32>(OP, 2 * table_rows as usize * half)?;
+    let config = LaunchConfig {
+        grid_dim: (table_rows as u32, 1, 1),
+        block_dim: ((half.div_ceil(32) * 32) as u32, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    // SAFETY: rope_table(float* rope, int table_rows, int head_dim, float theta): rope holds
+    // 2 * table_rows * head_dim / 2 values; one block per position.
+    unsafe {
+        gpu.stream
+            .launch_builder(&gpu.kernels.rope_table)
+            .arg(&mut rope)
+            .arg(&table_rows)
+            .arg(&head_dim)
+            .arg(&theta)
+            .launch(config)
+    }?;
+    Ok(rope)
 }
