@@ -135,6 +135,11 @@ impl CudaBackend {
             return Err(no_device(format!("the driver sees {count} device(s)")));
         }
         let ctx = CudaContext::new(device_ordinal)?;
+        // SAFETY: every allocation, kernel, copy and product of the backend is queued on one
+        // stream (`stream` below), so stream order alone orders each buffer's uses and its
+        // free; no buffer is used on another stream. Without this, cudarc creates and later
+        // destroys two events for every allocation: two per op output (issue 20).
+        unsafe { ctx.disable_event_tracking() };
         let (major, minor) = ctx.compute_capability()?;
         let (major, minor) = (major as u32, minor as u32);
         let device = CudaDeviceInfo {
