@@ -64,35 +64,40 @@ __device__ __forceinline__ long long row_of_warp() {
     return (long long)blockIdx.x * blockDim.y + threadIdx.y;
 }
 
-__device__ __forceinline__ float warp_sum(float v) {
-    for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
+// The two reductions of the kernels, as function objects for warp_reduce and block_reduce.
+struct Add {
+    __device__ __forceinline__ float operator()(float a, float b) const { return a + b; }
+};
+struct Max {
+    __device__ __forceinline__ float operator()(float a, float b) const { return fmaxf(a, b); }
+};
+
+// `op` over the warp's 32 values, returned to every lane (a butterfly: the same order of
+// operations in every lane).
+template <typename Op>
+__device__ __forceinline__ float warp_reduce(float v, Op op) {
+    for (int offset = 16; offset > 0; offset >>= 1) v = op(v, __shfl_xor_sync(0xffffffffu, v, offset));
     return v;
 }
 
-// Sum over the block, returned to every thread. `scratch` is 32 floats of shared memory;
-// blockDim.x must be a multiple of 32. The order of additions depends only on blockDim.x,
+// `op` over the block, returned to every thread; lanes past the block's warps count as 0, the
+// identity of Add and of Max over magnitudes. `scratch` is 32 floats of shared memory;
+// blockDim.x must be a multiple of 32. The order of operations depends only on blockDim.x,
 // never on the batch, so a row's result does not depend on what it is batched with.
-__device__ float block_sum(float v, float* scratch) {
+template <typename Op>
+__device__ float block_reduce(float v, float* scratch, Op op) {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
-    v = warp_sum(v);
+    v = warp_reduce(v, op);
     __syncthreads();  // a previous call may still be reading scratch
     if (lane == 0) scratch[warp] = v;
     __syncthreads();
-    return warp_sum(lane < warps ? scratch[lane] : 0.f);
+    return warp_reduce(lane < warps ? scratch[lane] : 0.f, op);
 }
 
-__device__ __forceinline__ float warp_max(float v) {
-    for (int offset = 16; offset > 0; offset >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, offset));
-    return v;
-}
+__device__ __forceinline__ float warp_sum(float v) { return warp_reduce(v, Add()); }
 
-// Maximum over the block, returned to every thread; as block_sum (a maximum does not depend
-// on the order either way).
-__device__ float block_max(float v, float* scratch) {
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
-    v = warp_max(v);
-    __syncthreads();  // a previous call may still be reading scratch
-    if (lane == 0) scratch[warp] = v;
-    __syncthreads();
-    return warp_max(lane < warps ? scratch[lane] : 0.f);
-}
+// Sum over the block, returned to every thread (see block_reduce).
+__device__ float block_sum(float v, float* scratch) { return block_reduce(v, scratch, Add()); }
+
+// Largest magnitude over the block of non-negative `v`, returned to every thread.
+__device__ float block_max(float v, float* scratch) { return block_reduce(v, scratch, Max()); }

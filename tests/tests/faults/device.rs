@@ -172,13 +172,6 @@ async fn poison_input_under_load(fault: &str, extra_env: &[(&'static str, &'stat
             text("doc_passage"),
         ],
         input_type: InputType::Document,
-        instruction: None,
-        dimensions: None,
-        truncate: None,
-        deadline_ms: None,
-        timeout_ms: None,
-        ack: false,
-        bundle_to: None,
         ..Default::default()
     };
     let mut replies = publish_for_replies(&stack.nats, "embed.requests", &request, None).await;
