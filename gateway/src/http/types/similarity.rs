@@ -8,9 +8,11 @@ use serde::de::{IgnoredAny, MapAccess};
 use utoipa::ToSchema;
 
 use super::decode::{Field, RequestBody, Scalar, Take, refuse};
-use super::fields::{Choice, Flag, Text, required};
+use super::fields::{Flag, Text, required};
 use super::limits::Limits;
-use super::tei::{PROMPT_NAMES, TRUNCATION_DIRECTIONS};
+use super::tei::{
+    PROMPT_NAMES, TRUNCATION_DIRECTIONS, prompt_name_field, truncation_direction_field,
+};
 use super::texts::Documents;
 use crate::http::error::ApiError;
 
@@ -169,22 +171,17 @@ impl<'de> Field<'de> for SimilarityParametersField {
         while let Some(key) = entries.next_key::<Key>()? {
             match key {
                 Key::PromptName => {
-                    parameters.prompt_name = entries.next_value_seed(Take(Choice {
-                        name: "parameters.prompt_name",
-                        choices: PROMPT_NAMES,
-                        expected: "`query` or `document` (the prompts this model defines)",
-                    }))?;
+                    parameters.prompt_name = entries
+                        .next_value_seed(Take(prompt_name_field("parameters.prompt_name")))?;
                 }
                 Key::Truncate => {
                     parameters.truncate =
                         entries.next_value_seed(Take(Flag("parameters.truncate")))?;
                 }
                 Key::TruncationDirection => {
-                    parameters.truncation_direction = entries.next_value_seed(Take(Choice {
-                        name: "parameters.truncation_direction",
-                        choices: TRUNCATION_DIRECTIONS,
-                        expected: "`Left` or `Right`",
-                    }))?;
+                    parameters.truncation_direction = entries.next_value_seed(Take(
+                        truncation_direction_field("parameters.truncation_direction"),
+                    ))?;
                 }
                 _ => entries.next_value::<IgnoredAny>().map(drop)?,
             }

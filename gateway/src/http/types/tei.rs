@@ -31,6 +31,25 @@ pub const PROMPT_NAMES: &[(&str, InputType)] = &[
     ("document", InputType::Document),
 ];
 
+/// Reads a prompt name (`query`, `document`) in the field called `name`.
+pub fn prompt_name_field(name: &'static str) -> Choice<InputType> {
+    Choice {
+        name,
+        choices: PROMPT_NAMES,
+        expected: "`query` or `document` (the prompts this model defines)",
+    }
+}
+
+/// Reads a truncation direction as TEI spells it (`Left`, `Right`; lower case too) in the
+/// field called `name`.
+pub fn truncation_direction_field(name: &'static str) -> Choice<TruncationDirection> {
+    Choice {
+        name,
+        choices: TRUNCATION_DIRECTIONS,
+        expected: "`Left` or `Right`",
+    }
+}
+
 /// A request to embed texts, in TEI's shape. Other fields are ignored; `null` counts as
 /// absent.
 #[derive(Debug, Clone, Default, ToSchema)]
@@ -111,18 +130,12 @@ impl TeiEmbedRequest {
             Key::Normalize => self.normalize = fields.next_value_seed(Take(Flag("normalize")))?,
             Key::Truncate => self.truncate = fields.next_value_seed(Take(Flag("truncate")))?,
             Key::TruncationDirection => {
-                self.truncation_direction = fields.next_value_seed(Take(Choice {
-                    name: "truncation_direction",
-                    choices: TRUNCATION_DIRECTIONS,
-                    expected: "`Left` or `Right`",
-                }))?;
+                self.truncation_direction = fields
+                    .next_value_seed(Take(truncation_direction_field("truncation_direction")))?;
             }
             Key::PromptName => {
-                self.prompt_name = fields.next_value_seed(Take(Choice {
-                    name: "prompt_name",
-                    choices: PROMPT_NAMES,
-                    expected: "`query` or `document` (the prompts this model defines)",
-                }))?;
+                self.prompt_name =
+                    fields.next_value_seed(Take(prompt_name_field("prompt_name")))?;
             }
             Key::Dimensions => self.dimensions = fields.next_value_seed(Take(Dimensions))?,
             Key::Inputs | Key::Parameters | Key::Other => {

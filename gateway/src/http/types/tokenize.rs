@@ -13,7 +13,7 @@ use super::embeddings::INPUT_TYPES;
 use super::fields::{Choice, Flag, Text, required};
 use super::limits::Limits;
 use super::schema;
-use super::tei::PROMPT_NAMES;
+use super::tei::{PROMPT_NAMES, prompt_name_field};
 use super::texts::TextOrTexts;
 use crate::http::error::ApiError;
 use common::subjects::Task;
@@ -141,11 +141,8 @@ impl RequestBody for TeiTokenizeRequest {
                         fields.next_value_seed(Take(Flag("add_special_tokens")))?;
                 }
                 Key::PromptName => {
-                    request.prompt_name = fields.next_value_seed(Take(Choice {
-                        name: "prompt_name",
-                        choices: PROMPT_NAMES,
-                        expected: "`query` or `document` (the prompts this model defines)",
-                    }))?;
+                    request.prompt_name =
+                        fields.next_value_seed(Take(prompt_name_field("prompt_name")))?;
                 }
                 Key::Instruction => {
                     request.instruction =
