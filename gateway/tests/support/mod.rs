@@ -16,6 +16,8 @@
 
 #![allow(dead_code)]
 
+pub mod models;
+
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
