@@ -4,8 +4,9 @@
 //! with f32 accumulation, applies both scale vectors ("outer vector" scaling) and writes
 //! bf16. CPU twin: `cpu/fp8_twin.rs` (the same roundings, f32 products).
 
+use std::collections::HashMap;
 use std::ffi::c_void;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use cudarc::cublaslt::result::{self as lt, CublasError};
 use cudarc::cublaslt::sys;
@@ -16,11 +17,14 @@ use super::tensor::TensorData;
 use super::{CudaBackend, CudaError, CudaTensor, quantize_fp8};
 use crate::ops::{OpError, OpResult};
 
-/// cuBLASLt's handle and workspace for the FP8 products; made only when the backend runs
-/// FP8.
+/// cuBLASLt's handle and workspace for the FP8 products, and the algorithm chosen for each
+/// product shape so far; made only when the backend runs FP8.
 pub(super) struct Fp8Products {
     handle: sys::cublasLtHandle_t,
     workspace: CudaSlice<u8>,
+    /// cuBLASLt's choice by `(out, rows, in)`: asking its heuristic costs host time on every
+    /// product (seven per layer), the answer depends only on the shape.
+    algorithms: Mutex<HashMap<(usize, usize, usize), sys::cublasLtMatmulAlgo_t>>,
 }
 
 // SAFETY: a cuBLASLt handle may be used from any thread, one call at a time; the backend
@@ -51,7 +55,11 @@ impl Fp8Products {
                 return Err(e.into());
             }
         };
-        Ok(Self { handle, workspace })
+        Ok(Self {
+            handle,
+            workspace,
+            algorithms: Mutex::default(),
+        })
     }
 }
 
@@ -165,33 +173,51 @@ pub(super) fn linear_fp8(
             }
         };
         describe().map_err(failed)?;
-        let preference = Owned {
-            raw: lt::create_matmul_pref().map_err(failed)?,
-            destroy: lt::destroy_matmul_pref,
+        let shape = (m, n, k);
+        let cached = products
+            .algorithms
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .get(&shape)
+            .copied();
+        let algorithm = match cached {
+            Some(algorithm) => algorithm,
+            None => {
+                let preference = Owned {
+                    raw: lt::create_matmul_pref().map_err(failed)?,
+                    destroy: lt::destroy_matmul_pref,
+                };
+                // SAFETY: the attribute is a u64 byte count.
+                unsafe {
+                lt::set_matmul_pref_attribute(
+                    preference.raw,
+                    sys::cublasLtMatmulPreferenceAttributes_t::CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+                    (&(workspace_bytes as u64) as *const u64).cast(),
+                    size_of::<u64>(),
+                )
+            }
+            .map_err(failed)?;
+                // SAFETY: every object is live; C and D share the output layout (beta is 0).
+                let heuristic = unsafe {
+                    lt::get_matmul_algo_heuristic(
+                        products.handle,
+                        desc.raw,
+                        a_layout.raw,
+                        b_layout.raw,
+                        d_layout.raw,
+                        d_layout.raw,
+                        preference.raw,
+                    )
+                }
+                .map_err(failed)?;
+                products
+                    .algorithms
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner())
+                    .insert(shape, heuristic.algo);
+                heuristic.algo
+            }
         };
-        // SAFETY: the attribute is a u64 byte count.
-        unsafe {
-            lt::set_matmul_pref_attribute(
-                preference.raw,
-                sys::cublasLtMatmulPreferenceAttributes_t::CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
-                (&(workspace_bytes as u64) as *const u64).cast(),
-                size_of::<u64>(),
-            )
-        }
-        .map_err(failed)?;
-        // SAFETY: every object is live; C and D share the output layout (beta is 0).
-        let heuristic = unsafe {
-            lt::get_matmul_algo_heuristic(
-                products.handle,
-                desc.raw,
-                a_layout.raw,
-                b_layout.raw,
-                d_layout.raw,
-                d_layout.raw,
-                preference.raw,
-            )
-        }
-        .map_err(failed)?;
         let (alpha, beta) = (1.0f32, 0.0f32);
         // SAFETY: A holds m * k codes (k x m, ld k), B n * k codes (k x n, ld k), the scales m
         // and n floats, D n * m bf16 values (m x n, ld m): the buffers' lengths. The workspace is
@@ -210,7 +236,7 @@ pub(super) fn linear_fp8(
                 d_layout.raw,
                 d as *mut c_void,
                 d_layout.raw,
-                &heuristic.algo,
+                &algorithm,
                 workspace as *mut c_void,
                 workspace_bytes,
                 stream.cu_stream() as *mut _,
