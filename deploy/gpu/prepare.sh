@@ -2,7 +2,7 @@
 # Prepares gpu-bundle/ (ignored by git) for a GPU machine, which has no Rust toolchain and no
 # network: release binary and test executables of gpu-worker (stripped), the qwen3-tiny
 # fixture and reranker fixture, make-random-qwen3.py, the kernel sources, the scripts that run
-# there (check.sh, torch_bench.py, serve.sh, check_golden.py), and for serve.sh an xz archive of
+# there (check.sh, check-large.sh, torch_bench.py, serve.sh, check_golden.py), and for serve.sh an xz archive of
 # the other binaries (gateway, tokenizer-worker, loadgen, nats-server), deploy/local/run.sh, the
 # configuration and the tokenizer. Run it here, then on the GPU machine, from the repository root with gpu-bundle
 # carried along:  bash gpu-bundle/check.sh
@@ -48,9 +48,9 @@ cp "$shared"/fixtures/qwen3-tiny/{config.json,golden.json,model.safetensors} "$b
 cp "$shared"/fixtures/qwen3-tiny-reranker/{config.json,golden_rerank.json,model.safetensors} "$bundle/reranker/"
 cp "$shared/tools/make-random-qwen3.py" "$bundle/tools/"
 cp gpu-worker/kernels/* "$bundle/kernels/"
-cp deploy/gpu/check.sh deploy/gpu/torch_bench.py deploy/gpu/serve.sh bench/peers/check_golden.py \
-    bench/model_flops.py "$bundle/"
-chmod +x "$bundle/check.sh" "$bundle/serve.sh"
+cp deploy/gpu/check.sh deploy/gpu/check-large.sh deploy/gpu/torch_bench.py deploy/gpu/serve.sh \
+    bench/peers/check_golden.py bench/model_flops.py "$bundle/"
+chmod +x "$bundle/check.sh" "$bundle/check-large.sh" "$bundle/serve.sh"
 
 # What serve.sh needs besides, compressed (about 60 MiB as it is): check.sh unpacks it into the
 # bundle (bin/, deploy/, fixture/). deploy/local/run.sh starts the stack there as it does here.
