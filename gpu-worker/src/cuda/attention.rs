@@ -71,16 +71,17 @@ pub(super) fn attention(
     check_cols(OP, "kv", kv.cols, shape.qkv_width())?;
     let (cu_q, tiles, q_rows) = match queries {
         Queries::All => (
-            &layout.cu_seqlens,
-            &layout.tiles_all,
+            layout.cu_seqlens(),
+            layout.tiles_all(),
             layout.host.num_rows(),
         ),
         Queries::LastOnly => (
-            &layout.cu_last_rows,
-            &layout.tiles_last,
+            layout.cu_last_rows(),
+            layout.tiles_last(),
             layout.host.num_seqs(),
         ),
     };
+    let cu_k = layout.cu_seqlens();
     check_rows(OP, "q", q.rows, q_rows)?;
     check_rows(OP, "kv", kv.rows, layout.host.num_rows())?;
     let q_data = q.bf16(OP, "q")?;
@@ -117,9 +118,9 @@ pub(super) fn attention(
             .arg(q_data)
             .arg(kv_data)
             .arg(&mut out)
-            .arg(cu_q)
-            .arg(&layout.cu_seqlens)
-            .arg(tiles)
+            .arg(&cu_q)
+            .arg(&cu_k)
+            .arg(&tiles)
             .arg(&stride)
             .arg(&stride)
             .arg(&k_offset)

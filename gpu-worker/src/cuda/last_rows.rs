@@ -18,6 +18,7 @@ pub(super) fn last_rows(
     let (rows, cols) = (layout.host.num_seqs(), x.cols);
     let config = per_row(OP, rows, cols)?;
     let cols_arg = int(OP, "cols", cols)?;
+    let last = layout.last_rows();
     let data = match &x.data {
         TensorData::F32(input) => {
             let mut out = gpu.alloc::<f32>(OP, rows * cols)?;
@@ -28,7 +29,7 @@ pub(super) fn last_rows(
                 gpu.stream
                     .launch_builder(&gpu.kernels.last_rows_f32)
                     .arg(input)
-                    .arg(&layout.last_rows)
+                    .arg(&last)
                     .arg(&mut out)
                     .arg(&cols_arg)
                     .launch(config)
@@ -42,7 +43,7 @@ pub(super) fn last_rows(
                 gpu.stream
                     .launch_builder(&gpu.kernels.last_rows_bf16)
                     .arg(input)
-                    .arg(&layout.last_rows)
+                    .arg(&last)
                     .arg(&mut out)
                     .arg(&cols_arg)
                     .launch(config)

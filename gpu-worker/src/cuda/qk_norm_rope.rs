@@ -51,6 +51,7 @@ pub(super) fn qk_norm_rope(
             layout.rope.get_or_init(|| built)
         }
     };
+    let positions = layout.positions();
     let data = qkv.bf16_mut(OP, "qkv")?;
     // SAFETY: qk_norm_rope(bf16* qkv, const unsigned* positions, const float* q_norm, const
     // float* k_norm, const float* rope, int table_rows, int row_stride, int num_q_heads, int
@@ -62,7 +63,7 @@ pub(super) fn qk_norm_rope(
         gpu.stream
             .launch_builder(&gpu.kernels.qk_norm_rope)
             .arg(data)
-            .arg(&layout.positions)
+            .arg(&positions)
             .arg(&norms.q_norm.data)
             .arg(&norms.k_norm.data)
             .arg(rope)
