@@ -146,34 +146,55 @@ mod tests {
     use super::*;
     use crate::ops::Dtype;
 
-    #[test]
-    fn products_read_both_operands_rounded_to_e4m3_per_row() {
-        // Two output channels of different magnitude, two tokens.
-        let w = [1.0f32, 0.3, -0.7, 100.0, -250.0, 17.0];
-        let bytes: Vec<u8> = w.iter().flat_map(|v| v.to_le_bytes()).collect();
-        let view = TensorView {
+    /// An f32 weight `(rows, cols)` of `values`, as a checkpoint view's bytes.
+    fn bytes(values: &[f32]) -> Vec<u8> {
+        values.iter().flat_map(|v| v.to_le_bytes()).collect()
+    }
+
+    fn view(bytes: &[u8], rows: usize, cols: usize) -> TensorView<'_> {
+        TensorView {
             name: "w".into(),
             dtype: Dtype::F32,
-            shape: vec![2, 3],
-            data: &bytes,
-        };
-        let matrix = Fp8Twin.matrix(&[view]).unwrap();
-        let x = CpuTensor::new(2, 3, vec![0.11, -2.0, 0.5, 3.0, 0.01, -1.5]).unwrap();
+            shape: vec![rows, cols],
+            data: bytes,
+        }
+    }
+
+    #[test]
+    fn products_read_both_operands_rounded_to_e4m3_per_row() {
+        // 16 output channels of growing magnitude (the FP8 path holds 16 x 16), two tokens.
+        let (n, k) = (16, 16);
+        let w: Vec<f32> = (0..n * k)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) * (1 + i / k) as f32 * 0.013)
+            .collect();
+        let w_bytes = bytes(&w);
+        let matrix = Fp8Twin.matrix(&[view(&w_bytes, n, k)]).unwrap();
+        let x_values: Vec<f32> = (0..2 * k).map(|i| (i as f32 * 0.7).sin()).collect();
+        let x = CpuTensor::new(2, k, x_values).unwrap();
         let got = Fp8Twin.linear(&x, &matrix).unwrap();
 
-        let wq = Fp8Rows::quantize(&w, 3).dequantize();
-        let xq = Fp8Rows::quantize(&x.data, 3).dequantize();
+        let wq = Fp8Rows::quantize(&w, k).dequantize();
+        let xq = Fp8Rows::quantize(&x.data, k).dequantize();
         for r in 0..2 {
-            for c in 0..2 {
-                let want: f32 = (0..3).map(|k| xq[r * 3 + k] * wq[c * 3 + k]).sum();
-                let got = got.data[r * 2 + c];
+            for c in 0..n {
+                let want: f32 = (0..k).map(|i| xq[r * k + i] * wq[c * k + i]).sum();
+                let got = got.data[r * n + c];
                 assert!(
                     (got - want).abs() <= 1e-5 * want.abs().max(1.0),
                     "{got} vs {want}"
                 );
             }
         }
-        // And the rounding is visible: 0.3 is no E4M3 multiple of its row's scale.
-        assert_ne!(wq[1], 0.3);
+        // The rounding is visible: the weights are not all E4M3 multiples of their scales.
+        assert_ne!(wq, w);
+    }
+
+    #[test]
+    fn a_matrix_the_fp8_path_keeps_in_bf16_stays_unrounded() {
+        // (2, 3): not multiples of 16, as the reranker's yes/no head.
+        let w = [1.0f32, 0.3, -0.7, 100.0, -250.0, 17.0];
+        let w_bytes = bytes(&w);
+        let matrix = Fp8Twin.matrix(&[view(&w_bytes, 2, 3)]).unwrap();
+        assert!(matches!(&matrix.values, MatrixValues::F32(values) if values[..] == w[..]));
     }
 }
