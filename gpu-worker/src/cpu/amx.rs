@@ -19,7 +19,7 @@
 
 use rayon::prelude::*;
 
-use super::aligned::Aligned;
+use super::aligned::{Aligned, Kept};
 use super::pack_bf16::{HALF, Kernel, PANEL, pack_activations_strided};
 
 /// Pairs of input features one tile step reduces over (a tile row is 16 words).
@@ -462,9 +462,9 @@ const KEEP_MAX_WORDS: usize = 4 << 20;
 const KEEP_BUFFERS: usize = 2;
 
 thread_local! {
-    /// The last packed-activation buffers a thread gave back, for its next packs: fresh ones
-    /// come zeroed from the system (page faults and zeroing were 2% of a bf16 pass).
-    static KEPT_ROWS: std::cell::RefCell<Vec<Aligned<u32>>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// The last packed-activation buffers a thread gave back, for its next packs (page
+    /// faults and zeroing of fresh ones were 2% of a bf16 pass).
+    static KEPT_ROWS: std::cell::RefCell<Kept<u32>> = const { std::cell::RefCell::new(Kept::new()) };
 }
 
 /// Packed activation rows ([`pack_blocked`]) in a buffer on loan from the thread's kept one,
@@ -477,16 +477,7 @@ pub struct PackedRows {
 impl PackedRows {
     /// A buffer of at least `len` words, its values unspecified.
     fn take(len: usize) -> Self {
-        let kept = KEPT_ROWS.with_borrow_mut(|kept| {
-            // The smallest that fits, leaving the larger ones for larger packs.
-            let fits = kept
-                .iter()
-                .enumerate()
-                .filter(|(_, buffer)| buffer.len() >= len);
-            let (smallest, _) = fits.min_by_key(|(_, buffer)| buffer.len())?;
-            Some(kept.swap_remove(smallest))
-        });
-        let buffer = kept.unwrap_or_else(|| Aligned::zeroed(len));
+        let buffer = KEPT_ROWS.with_borrow_mut(|kept| kept.take(len, len));
         Self { buffer, len }
     }
 
@@ -523,14 +514,7 @@ impl std::ops::Deref for PackedRows {
 impl Drop for PackedRows {
     fn drop(&mut self) {
         let buffer = std::mem::replace(&mut self.buffer, Aligned::zeroed(0));
-        if buffer.len() <= KEEP_MAX_WORDS {
-            KEPT_ROWS.with_borrow_mut(|kept| {
-                kept.push(buffer);
-                // The largest ones serve the most packs.
-                kept.sort_by_key(|buffer| std::cmp::Reverse(buffer.len()));
-                kept.truncate(KEEP_BUFFERS);
-            });
-        }
+        KEPT_ROWS.with_borrow_mut(|kept| kept.give_back(buffer, KEEP_BUFFERS, KEEP_MAX_WORDS));
     }
 }
 

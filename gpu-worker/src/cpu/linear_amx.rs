@@ -18,7 +18,7 @@ use std::ops::Range;
 
 use rayon::prelude::*;
 
-use super::aligned::Aligned;
+use super::aligned::{Aligned, Kept};
 use super::amx::{self, Blocked, Start, TILE_ROWS, Tiles};
 use super::linear_bf16::{OutPtr, silu_mul_into};
 use super::pack_bf16::{CHUNK_WORDS, Kernel, PANEL, PackedBf16, pack_activations_strided};
@@ -156,11 +156,14 @@ fn worker(rows: usize, count: usize) -> (Tiles, Accumulators) {
     (tiles, Accumulators::take(count, padded * PANEL))
 }
 
+/// Accumulator buffers a thread keeps: the fused MLP holds two at once.
+const KEEP_ACCUMULATORS: usize = 2;
+
 thread_local! {
-    /// Accumulators a thread used before, kept for its next projection: at most
-    /// `PART_ROWS * PANEL` values each, they are reused rather than zeroed afresh (zeroing
-    /// them was 2% of a bf16 pass).
-    static KEPT: std::cell::RefCell<Vec<Aligned<f32>>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// Accumulators a thread used before, kept for its next projection (zeroing fresh ones
+    /// was 2% of a bf16 pass). Fresh ones hold a whole part, `PART_ROWS * PANEL` values, so
+    /// they serve every later projection.
+    static KEPT: std::cell::RefCell<Kept<f32>> = const { std::cell::RefCell::new(Kept::new()) };
 }
 
 /// Accumulator buffers on loan from the thread's [`KEPT`] ones, given back on drop. Their
@@ -170,13 +173,13 @@ struct Accumulators(Vec<Aligned<f32>>);
 impl Accumulators {
     /// `count` buffers of at least `len` values.
     fn take(count: usize, len: usize) -> Self {
-        let mut kept = KEPT.with_borrow_mut(std::mem::take);
-        kept.retain(|buffer| buffer.len() >= len);
-        kept.truncate(count);
-        while kept.len() < count {
-            kept.push(Aligned::zeroed(len.max(PART_ROWS * PANEL)));
-        }
-        Self(kept)
+        KEPT.with_borrow_mut(|kept| {
+            Self(
+                (0..count)
+                    .map(|_| kept.take(len, PART_ROWS * PANEL))
+                    .collect(),
+            )
+        })
     }
 }
 
@@ -184,8 +187,8 @@ impl Drop for Accumulators {
     fn drop(&mut self) {
         let buffers = std::mem::take(&mut self.0);
         KEPT.with_borrow_mut(|kept| {
-            if kept.len() < 2 {
-                kept.extend(buffers);
+            for buffer in buffers {
+                kept.give_back(buffer, KEEP_ACCUMULATORS, usize::MAX);
             }
         });
     }
