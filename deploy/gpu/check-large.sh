@@ -24,6 +24,11 @@ cap() {
 }
 say() { echo "[$((SECONDS - started))s] $*" >&2; }
 
+# The executables, unpacked as check.sh unpacks them (when it has not already).
+[[ -x $here/bin/gpu-worker ]] ||
+    python3 -W ignore::DeprecationWarning -m tarfile -e "$here/serve.tar.xz" "$here" ||
+    echo "serve.tar.xz did not unpack"
+
 # The CUDA libraries, found as check.sh finds them.
 libdirs=$(python3 - <<'PY'
 import glob, os

@@ -66,8 +66,8 @@ export RUST_BACKTRACE=1
 
 note "== $(date -u +%FT%TZ) on $(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1 | head -n 1)"
 note "LD_LIBRARY_PATH=$LD_LIBRARY_PATH"
-# serve.sh's binaries, run.sh, configuration and tokenizer (packed by prepare.sh to fit the carry
-# limit).
+# The gpu-worker binary and test executables, and serve.sh's binaries, run.sh, configuration and
+# tokenizer (packed by prepare.sh to fit the carry limit).
 python3 -W ignore::DeprecationWarning -m tarfile -e "$here/serve.tar.xz" "$here" || note "serve.tar.xz did not unpack"
 
 # --- 1. Kernels compile with this machine's NVRTC (no warnings) -----------------------------

@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Prepares gpu-bundle/ (ignored by git) for a GPU machine, which has no Rust toolchain and no
-# network: release binary and test executables of gpu-worker (stripped), the qwen3-tiny
-# fixture and reranker fixture, make-random-qwen3.py, the kernel sources, the scripts that run
-# there (check.sh, check-large.sh, torch_bench.py, serve.sh, check_golden.py), and for serve.sh an xz archive of
-# the other binaries (gateway, tokenizer-worker, loadgen, nats-server), deploy/local/run.sh, the
-# configuration and the tokenizer. Run it here, then on the GPU machine, from the repository root with gpu-bundle
-# carried along:  bash gpu-bundle/check.sh
+# network: the qwen3-tiny fixture and reranker fixture, make-random-qwen3.py, the kernel
+# sources, the scripts that run there (check.sh, check-large.sh, torch_bench.py, serve.sh,
+# check_golden.py), and an xz archive (serve.tar.xz) of the release binary and test executables
+# of gpu-worker (stripped), the other binaries (gateway, tokenizer-worker, loadgen,
+# nats-server), deploy/local/run.sh, the configuration and the tokenizer. Run it here, then on
+# the GPU machine, from the repository root with gpu-bundle carried along:
+#   bash gpu-bundle/check.sh
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -29,19 +30,23 @@ for line in sys.stdin:
 ')
 
 rm -rf "$bundle"
-mkdir -p "$bundle/bin" "$bundle/tests" "$bundle/fixture" "$bundle/reranker" "$bundle/tools" "$bundle/kernels"
+mkdir -p "$bundle/fixture" "$bundle/reranker" "$bundle/tools" "$bundle/kernels"
+# The executables travel compressed in serve.tar.xz with serve.sh's (below): about a third of
+# their size, which keeps the bundle under the carry limit.
+staging=$(mktemp -d)
+trap 'rm -rf "$staging"' EXIT
+mkdir -p "$staging/bin" "$staging/tests" "$staging/fixture" "$staging/deploy/local"
 if [[ -x target/release/gpu-worker ]]; then
-    cp target/release/gpu-worker "$bundle/bin/"
+    cp target/release/gpu-worker "$staging/bin/"
 else
     echo "prepare: target/release/gpu-worker was not built; check.sh will skip the benchmark" >&2
 fi
 while read -r name path; do
-    cp "$path" "$bundle/tests/$name"
+    cp "$path" "$staging/tests/$name"
 done <<<"$executables"
 for test in cuda_parity cuda_model cuda_kernels_compile; do
-    [[ -x "$bundle/tests/$test" ]] || { echo "prepare: test executable $test missing" >&2; exit 1; }
+    [[ -x "$staging/tests/$test" ]] || { echo "prepare: test executable $test missing" >&2; exit 1; }
 done
-strip "$bundle"/bin/* "$bundle"/tests/* 2>/dev/null || true
 
 # The model files; the tokenizer travels in serve.tar.xz below (the benchmarks use random ids).
 cp "$shared"/fixtures/qwen3-tiny/{config.json,golden.json,model.safetensors} "$bundle/fixture/"
@@ -52,18 +57,16 @@ cp deploy/gpu/check.sh deploy/gpu/check-large.sh deploy/gpu/torch_bench.py deplo
     bench/peers/check_golden.py bench/model_flops.py "$bundle/"
 chmod +x "$bundle/check.sh" "$bundle/check-large.sh" "$bundle/serve.sh"
 
-# What serve.sh needs besides, compressed (about 60 MiB as it is): check.sh unpacks it into the
-# bundle (bin/, deploy/, fixture/). deploy/local/run.sh starts the stack there as it does here.
-staging=$(mktemp -d)
-trap 'rm -rf "$staging"' EXIT
-mkdir -p "$staging/bin" "$staging/fixture" "$staging/deploy/local"
+# What serve.sh needs besides, compressed with the executables above (about 80 MiB as they
+# are): check.sh and check-large.sh unpack it into the bundle (bin/, tests/, deploy/,
+# fixture/). deploy/local/run.sh starts the stack there as it does here.
 cp target/release/gateway target/release/tokenizer-worker target/release/loadgen .venv/bin/nats-server \
     "$staging/bin/"
-strip "$staging"/bin/{gateway,tokenizer-worker,loadgen} 2>/dev/null || true
+strip "$staging"/bin/{gpu-worker,gateway,tokenizer-worker,loadgen} "$staging"/tests/* 2>/dev/null || true
 cp -r deploy/config "$staging/deploy/config"
 cp deploy/local/run.sh "$staging/deploy/local/"
 cp "$shared"/fixtures/qwen3-tiny/{tokenizer.json,tokenizer_config.json} "$staging/fixture/"
-tar -C "$staging" -cf - bin deploy fixture | xz -T0 -6 >"$bundle/serve.tar.xz"
+tar -C "$staging" -cf - bin tests deploy fixture | xz -T0 -6 >"$bundle/serve.tar.xz"
 
 size_mib=$(du -sm "$bundle" | cut -f1)
 echo "prepare: $bundle is ${size_mib} MiB:"
