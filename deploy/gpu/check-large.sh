@@ -14,44 +14,8 @@ out=${OUT:-$here/out}
 mkdir -p "$out"
 log="$out/large.log"
 : >"$log"
-started=$SECONDS
-total=360
-cap() {
-    local t=$1 left=$((total - (SECONDS - started)))
-    ((left < t)) && t=$left
-    ((t < 1)) && t=1
-    echo "$t"
-}
-say() { echo "[$((SECONDS - started))s] $*" >&2; }
-
-# The executables, unpacked as check.sh unpacks them (when it has not already).
-[[ -x $here/bin/gpu-worker ]] ||
-    python3 -W ignore::DeprecationWarning -m tarfile -e "$here/serve.tar.xz" "$here" ||
-    echo "serve.tar.xz did not unpack"
-
-# The CUDA libraries, found as check.sh finds them.
-libdirs=$(python3 - <<'PY'
-import glob, os
-try:
-    import nvidia
-    roots = list(nvidia.__path__)
-except ImportError:
-    roots = []
-roots += ["/usr/local/cuda/lib64", "/usr/local/cuda/targets/x86_64-linux/lib"]
-found = []
-for name in ("libnvrtc.so.13", "libcublas.so.13", "libcublasLt.so.13"):
-    for root in roots:
-        hits = sorted(glob.glob(os.path.join(root, "**", name), recursive=True))
-        if hits:
-            found.append(os.path.dirname(hits[0]))
-            break
-print(":".join(dict.fromkeys(found)))
-PY
-)
-for driver_dir in /usr/local/nvidia/lib64 /usr/lib/x86_64-linux-gnu; do
-    [[ -e $driver_dir/libcuda.so.1 ]] && libdirs="$libdirs:$driver_dir" && break
-done
-export LD_LIBRARY_PATH="$libdirs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+# shellcheck source=deploy/gpu/common.sh
+source "$here/common.sh"
 
 for preset in 4b 8b; do
     model=/tmp/qwen3-$preset-random

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Prepares gpu-bundle/ (ignored by git) for a GPU machine, which has no Rust toolchain and no
 # network: the qwen3-tiny fixture and reranker fixture, make-random-qwen3.py, the kernel
-# sources, the scripts that run there (check.sh, check-large.sh, torch_bench.py, serve.sh,
+# sources, the scripts that run there (check.sh, check-large.sh, common.sh, torch_bench.py, serve.sh,
 # check_golden.py), and an xz archive (serve.tar.xz) of the release binary and test executables
 # of gpu-worker (stripped), the other binaries (gateway, tokenizer-worker, loadgen,
 # nats-server), deploy/local/run.sh, the configuration and the tokenizer. Run it here, then on
@@ -53,8 +53,8 @@ cp "$shared"/fixtures/qwen3-tiny/{config.json,golden.json,model.safetensors} "$b
 cp "$shared"/fixtures/qwen3-tiny-reranker/{config.json,golden_rerank.json,model.safetensors} "$bundle/reranker/"
 cp "$shared/tools/make-random-qwen3.py" "$bundle/tools/"
 cp gpu-worker/kernels/* "$bundle/kernels/"
-cp deploy/gpu/check.sh deploy/gpu/check-large.sh deploy/gpu/torch_bench.py deploy/gpu/serve.sh \
-    bench/peers/check_golden.py bench/model_flops.py "$bundle/"
+cp deploy/gpu/check.sh deploy/gpu/check-large.sh deploy/gpu/common.sh deploy/gpu/torch_bench.py \
+    deploy/gpu/serve.sh bench/peers/check_golden.py bench/model_flops.py "$bundle/"
 chmod +x "$bundle/check.sh" "$bundle/check-large.sh" "$bundle/serve.sh"
 
 # What serve.sh needs besides, compressed with the executables above (about 80 MiB as they
