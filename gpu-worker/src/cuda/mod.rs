@@ -10,7 +10,8 @@
 //! - `tensor`, `layout`: device tensors, uploaded batch layouts.
 //! - One launcher per kernel, checking shapes before it launches: `embed`, `rms_norm`,
 //!   `add`, `linear` (cuBLAS), `qk_norm_rope`, `attention`, `silu_mul`, `last_rows`, `pool`,
-//!   and `quantize_fp8` (per-token E4M3 rounding for the FP8 path still to come).
+//!   `quantize_fp8` (per-token E4M3 rounding; the FP8 products are `linear_fp8`), and `fault`
+//!   (the test-only fault hook's trapping kernel).
 //! - `row_path`: the choice between the one-warp-per-row vector kernels and the
 //!   one-block-per-row scalar kernels of `rms_norm` and `add`.
 //!
@@ -39,6 +40,7 @@ mod add;
 mod attention;
 mod device;
 mod embed;
+mod fault;
 mod last_rows;
 mod layout;
 mod linear;
@@ -227,23 +229,6 @@ impl CudaBackend {
         checked.err().filter(|e| device::is_sticky(e.0))
     }
 
-    /// Launches a kernel that traps (the test-only fault hook's `device_fault`): the context
-    /// is left in a sticky error, which the next call that waits for the stream reports.
-    pub fn launch_trap(&self) -> OpResult<()> {
-        let config = LaunchConfig {
-            grid_dim: (1, 1, 1),
-            block_dim: (1, 1, 1),
-            shared_mem_bytes: 0,
-        };
-        // SAFETY: trap() takes no arguments and touches no memory.
-        unsafe {
-            self.stream
-                .launch_builder(&self.kernels.trap)
-                .launch(config)
-        }?;
-        Ok(())
-    }
-
     /// Sizes the batch token budget once the model is loaded (see [`memory`]), for
     /// activations of `bytes_per_token` per token of a batch (the model's:
     /// [`memory::activation_bytes_per_token`]): `requested` (the batcher's budget) must fit
@@ -275,13 +260,6 @@ impl CudaBackend {
             0 => None,
             tokens => Some(tokens),
         }
-    }
-
-    /// Rounds each row (token) of bf16 activation `x` to FP8 E4M3 with its own scale: the
-    /// operand of the coming FP8 products (`--dtype fp8`, issue 20), tested against its CPU
-    /// twin [`crate::fp8::Fp8Rows::quantize`].
-    pub fn quantize_fp8_rows(&self, x: &CudaTensor) -> OpResult<CudaFp8Rows> {
-        quantize_fp8::quantize_fp8_rows(self, x)
     }
 
     /// Uploads a host matrix as an activation of `dtype` (rounded to nearest for bf16).

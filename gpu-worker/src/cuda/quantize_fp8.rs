@@ -31,6 +31,15 @@ impl CudaFp8Rows {
     }
 }
 
+impl CudaBackend {
+    /// Rounds each row (token) of bf16 activation `x` to FP8 E4M3 with its own scale: the
+    /// operand of the FP8 products (`dtype = fp8`), tested against its CPU twin
+    /// [`Fp8Rows::quantize`].
+    pub fn quantize_fp8_rows(&self, x: &CudaTensor) -> OpResult<CudaFp8Rows> {
+        quantize_fp8_rows(self, x)
+    }
+}
+
 /// Each row of bf16 `x` scaled to its largest magnitude and rounded to E4M3.
 pub(super) fn quantize_fp8_rows(gpu: &CudaBackend, x: &CudaTensor) -> OpResult<CudaFp8Rows> {
     const OP: &str = "quantize_fp8_rows";
