@@ -46,18 +46,20 @@ impl CudaLayout {
     /// Uploads `layout`.
     pub(super) fn new(gpu: &CudaBackend, layout: &BatchLayout) -> OpResult<Self> {
         let cu_last_rows = layout.cu_last_rows();
-        let parts: [Vec<u32>; ARRAYS] = [
-            layout.cu_seqlens.clone(),
-            cu_last_rows.clone(),
-            layout.positions.clone(),
-            layout.last_rows.clone(),
-            attention::tiles(&layout.cu_seqlens),
-            attention::tiles(&cu_last_rows),
+        let tiles_all = attention::tiles(&layout.cu_seqlens);
+        let tiles_last = attention::tiles(&cu_last_rows);
+        let parts: [&[u32]; ARRAYS] = [
+            &layout.cu_seqlens,
+            &cu_last_rows,
+            &layout.positions,
+            &layout.last_rows,
+            &tiles_all,
+            &tiles_last,
         ];
-        let mut packed = Vec::with_capacity(parts.iter().map(Vec::len).sum());
+        let mut packed = Vec::with_capacity(parts.iter().map(|part| part.len()).sum());
         let ranges = parts.map(|part| {
             let start = packed.len();
-            packed.extend_from_slice(&part);
+            packed.extend_from_slice(part);
             start..packed.len()
         });
         Ok(Self {
