@@ -4,8 +4,10 @@
 //! `skipped: no CUDA device` and returns. The fixture is read from `QWEN3_TINY_DIR`, else
 //! from `../shared/fixtures/qwen3-tiny`.
 
+mod cuda_support;
 mod fixture;
 
+use cuda_support::{fp8_gpu, gpu};
 use gpu_worker::cpu::CpuBackend;
 use gpu_worker::cuda::memory::activation_bytes_per_token;
 use gpu_worker::cuda::{ActDtype, CudaBackend, CudaOptions};
@@ -13,18 +15,6 @@ use gpu_worker::model::ModelError;
 use gpu_worker::model::qwen3::{Qwen3, TracePoint};
 use gpu_worker::model::rerank::Reranker;
 use gpu_worker::ops::{BatchLayout, OpError, Ops};
-
-/// The backend on device 0, or `None` (after saying so) without a device.
-fn gpu() -> Option<CudaBackend> {
-    if !gpu_worker::cuda::is_available() {
-        eprintln!("skipped: no CUDA device");
-        return None;
-    }
-    Some(
-        CudaBackend::new(0, CudaOptions::default())
-            .unwrap_or_else(|e| panic!("a CUDA device is present but the backend fails: {e}")),
-    )
-}
 
 fn load(gpu: &CudaBackend) -> Qwen3<CudaBackend> {
     gpu_worker::model::load(&fixture::tiny_dir(), gpu).expect("fixture loads on the GPU")
@@ -376,17 +366,7 @@ fn sticky_error_in_this_process() {
 #[test]
 fn fp8_vectors_match_transformers_and_the_cpu_twin() {
     use gpu_worker::cpu::fp8_twin::Fp8Twin;
-    let Some(bf16_gpu) = gpu() else { return };
-    if bf16_gpu.device().compute_capability.0 < 9 {
-        eprintln!("skipped: FP8 products need compute capability 9.0");
-        return;
-    }
-    drop(bf16_gpu);
-    let options = CudaOptions {
-        fp8: true,
-        ..CudaOptions::default()
-    };
-    let gpu = CudaBackend::new(0, options).expect("a Hopper device runs FP8 products");
+    let Some(gpu) = fp8_gpu() else { return };
     assert_eq!(gpu.name(), "cuda-fp8");
     let model = load(&gpu);
     let twin = gpu_worker::model::load(&fixture::tiny_dir(), &Fp8Twin).expect("fixture loads");

@@ -6,8 +6,11 @@
 //! results are compared with `|got - want| <= atol + rtol * |want|` and the first mismatches
 //! are printed. Without a CUDA device every test prints `skipped: no CUDA device` and returns.
 
+mod cuda_support;
+
+use cuda_support::{fp8_gpu, gpu};
 use gpu_worker::cpu::{CpuBackend, CpuTensor};
-use gpu_worker::cuda::{ActDtype, CudaBackend, CudaOptions, CudaTensor};
+use gpu_worker::cuda::{ActDtype, CudaBackend, CudaTensor};
 use gpu_worker::ops::{AttentionShape, BatchLayout, Dtype, Ops, QkNorms, Queries, TensorView};
 use half::bf16;
 use rand::rngs::StdRng;
@@ -16,18 +19,6 @@ use rand::{Rng, SeedableRng};
 // ---------------------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------------------
-
-/// The backend on device 0, or `None` (after saying so) without a device.
-fn gpu() -> Option<CudaBackend> {
-    if !gpu_worker::cuda::is_available() {
-        eprintln!("skipped: no CUDA device");
-        return None;
-    }
-    Some(
-        CudaBackend::new(0, CudaOptions::default())
-            .unwrap_or_else(|e| panic!("a CUDA device is present but the backend fails: {e}")),
-    )
-}
 
 /// Comparison tolerance: `atol + rtol * |want|`.
 #[derive(Debug, Clone, Copy)]
@@ -280,22 +271,6 @@ fn linear_matches_cpu() {
         let what = format!("linear {rows}x{k} @ ({n}x{k})^T");
         assert_close(&what, &gpu.to_host(&got).unwrap(), &want.data, BF16);
     }
-}
-
-/// The backend on device 0 with FP8 products, or `None` (after saying why) without a device
-/// or on one older than compute capability 9.0.
-fn fp8_gpu() -> Option<CudaBackend> {
-    let gpu = gpu()?;
-    let (major, _) = gpu.device().compute_capability;
-    if major < 9 {
-        eprintln!("skipped: FP8 products need compute capability 9.0");
-        return None;
-    }
-    let options = CudaOptions {
-        fp8: true,
-        ..CudaOptions::default()
-    };
-    Some(CudaBackend::new(0, options).expect("a Hopper device runs FP8 products"))
 }
 
 #[test]

@@ -1,0 +1,33 @@
+//! The CUDA backend as the CUDA tests open it: on device 0, or `None` (after printing why the
+//! test is skipped) where there is none, or where FP8 products cannot run.
+
+#![allow(dead_code)]
+
+use gpu_worker::cuda::{CudaBackend, CudaOptions};
+
+/// The bf16 backend on device 0, or `None` (after saying so) without a device.
+pub fn gpu() -> Option<CudaBackend> {
+    if !gpu_worker::cuda::is_available() {
+        eprintln!("skipped: no CUDA device");
+        return None;
+    }
+    Some(
+        CudaBackend::new(0, CudaOptions::default())
+            .unwrap_or_else(|e| panic!("a CUDA device is present but the backend fails: {e}")),
+    )
+}
+
+/// The backend on device 0 with FP8 products, or `None` (after saying why) without a device
+/// or on one older than compute capability 9.0.
+pub fn fp8_gpu() -> Option<CudaBackend> {
+    let (major, _) = gpu()?.device().compute_capability;
+    if major < 9 {
+        eprintln!("skipped: FP8 products need compute capability 9.0");
+        return None;
+    }
+    let options = CudaOptions {
+        fp8: true,
+        ..CudaOptions::default()
+    };
+    Some(CudaBackend::new(0, options).expect("a Hopper device runs FP8 products"))
+}
