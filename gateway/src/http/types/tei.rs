@@ -194,6 +194,16 @@ enum Inputs {
 /// reads it.
 struct RootInputs(Limits);
 
+impl RootInputs {
+    /// The reader of texts, as `/embed` reads `inputs`.
+    fn texts(&self) -> TextOrTexts {
+        TextOrTexts {
+            name: "inputs",
+            limits: self.0,
+        }
+    }
+}
+
 impl<'de> Field<'de> for RootInputs {
     type Value = Option<Inputs>;
 
@@ -208,22 +218,14 @@ impl<'de> Field<'de> for RootInputs {
     }
 
     fn scalar(self, value: Scalar<'_>) -> Result<Self::Value, ApiError> {
-        let texts = TextOrTexts {
-            name: "inputs",
-            limits: self.0,
-        };
         match value {
-            Scalar::Null | Scalar::Text(_) => Ok(texts.scalar(value)?.map(Inputs::Texts)),
+            Scalar::Null | Scalar::Text(_) => Ok(self.texts().scalar(value)?.map(Inputs::Texts)),
             other => Err(self.unexpected(other.kind())),
         }
     }
 
     fn list<S: SeqAccess<'de>>(self, items: S) -> Result<Self::Value, S::Error> {
-        let texts = TextOrTexts {
-            name: "inputs",
-            limits: self.0,
-        };
-        Ok(texts.list(items)?.map(Inputs::Texts))
+        Ok(self.texts().list(items)?.map(Inputs::Texts))
     }
 
     fn object<M: MapAccess<'de>>(self, entries: M) -> Result<Self::Value, M::Error> {
