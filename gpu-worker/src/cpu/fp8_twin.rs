@@ -146,7 +146,7 @@ mod tests {
     use super::*;
     use crate::ops::Dtype;
 
-    /// An f32 weight `(rows, cols)` of `values`, as a checkpoint view's bytes.
+    /// `values` as the bytes of an f32 checkpoint tensor.
     fn bytes(values: &[f32]) -> Vec<u8> {
         values.iter().flat_map(|v| v.to_le_bytes()).collect()
     }
