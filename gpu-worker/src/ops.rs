@@ -256,6 +256,11 @@ pub struct QkNorms<'a, V> {
     pub rope_theta: f32,
 }
 
+/// The decoder layers of a pass ([`Ops::pass`]): from the embedded tokens `(rows, hidden)`
+/// and the uploaded layout to the last rows' hidden states `(sequences, hidden)`.
+pub type Decoder<'a, B> =
+    dyn Fn(<B as Ops>::Tensor, &<B as Ops>::Layout) -> OpResult<<B as Ops>::Tensor> + 'a;
+
 /// The ops the Qwen3 forward pass needs. Activations are row-major `(rows, cols)` matrices.
 pub trait Ops {
     /// An activation matrix held by the backend.
@@ -347,6 +352,20 @@ pub trait Ops {
         down: &Self::Matrix,
     ) -> OpResult<Self::Tensor> {
         self.linear(&self.linear_silu_mul(x, gate_up)?, down)
+    }
+    /// One forward pass: uploads `layout`, gathers `token_ids` from `table`, and runs
+    /// `decoder` over the embedded tokens; returns what `decoder` returns (the last rows'
+    /// hidden states). Backends that record a pass once and replay it for later batches of
+    /// the same shape (CUDA graphs) override it; by default it runs `decoder` directly.
+    fn pass(
+        &self,
+        table: &Self::Table,
+        token_ids: &[u32],
+        layout: &BatchLayout,
+        decoder: &Decoder<'_, Self>,
+    ) -> OpResult<Self::Tensor> {
+        let device_layout = self.layout(layout)?;
+        decoder(self.embed(table, token_ids)?, &device_layout)
     }
     /// The last row of every sequence, `(num_seqs, cols)`.
     fn last_rows(&self, x: &Self::Tensor, layout: &Self::Layout) -> OpResult<Self::Tensor>;

@@ -9,7 +9,7 @@
 use super::ModelError;
 use super::config::Qwen3Config;
 use super::weights::Weights;
-use crate::ops::{AttentionShape, BatchLayout, Ops, QkNorms, Queries};
+use crate::ops::{AttentionShape, BatchLayout, OpResult, Ops, QkNorms, Queries};
 
 /// Weights of one decoder layer, in the backend's format.
 struct DecoderLayer<B: Ops> {
@@ -219,17 +219,22 @@ impl<B: Ops> Qwen3<B> {
 
     /// Runs the decoder over a packed batch and returns the hidden state of each sequence's
     /// last token after the final layer, before the final norm: `(sequences, hidden)`, on the
-    /// backend.
+    /// backend. The backend may replay a recorded pass ([`Ops::pass`]).
     pub fn last_hidden(
         &self,
         backend: &B,
         token_ids: &[u32],
         layout: &BatchLayout,
     ) -> Result<B::Tensor, ModelError> {
-        self.last_hidden_traced(backend, token_ids, layout, &mut |_, _| {})
+        self.check_batch(token_ids, layout)?;
+        let decoder = |x: B::Tensor, device_layout: &B::Layout| {
+            self.decode(backend, x, device_layout, &mut |_, _| {})
+        };
+        Ok(backend.pass(&self.embed_tokens, token_ids, layout, &decoder)?)
     }
 
-    /// [`Self::last_hidden`], reporting intermediate activations to `trace` (for tests).
+    /// [`Self::last_hidden`], reporting intermediate activations to `trace` (for tests); never
+    /// replayed.
     pub fn last_hidden_traced(
         &self,
         backend: &B,
@@ -238,14 +243,25 @@ impl<B: Ops> Qwen3<B> {
         trace: &mut Tracer<'_, B>,
     ) -> Result<B::Tensor, ModelError> {
         self.check_batch(token_ids, layout)?;
+        let device_layout = backend.layout(layout)?;
+        // 1. Token embeddings: (T,) -> (T, hidden).
+        let x = backend.embed(&self.embed_tokens, token_ids)?;
+        trace(TracePoint::Embeddings, &x);
+        Ok(self.decode(backend, x, &device_layout, trace)?)
+    }
+
+    /// The decoder layers over embedded tokens `x` `(T, hidden)`: the residual stream of each
+    /// sequence's last token after the final layer, `(S, hidden)`.
+    fn decode(
+        &self,
+        backend: &B,
+        mut x: B::Tensor,
+        device_layout: &B::Layout,
+        trace: &mut Tracer<'_, B>,
+    ) -> OpResult<B::Tensor> {
         let c = &self.config;
         let eps = c.rms_norm_eps;
         let shape = self.attention_shape();
-        let device_layout = backend.layout(layout)?;
-
-        // 1. Token embeddings: (T,) -> (T, hidden).
-        let mut x = backend.embed(&self.embed_tokens, token_ids)?;
-        trace(TracePoint::Embeddings, &x);
         let first = self
             .layers
             .first()
@@ -265,17 +281,17 @@ impl<B: Ops> Qwen3<B> {
                 eps,
                 rope_theta: c.rope_theta,
             };
-            backend.qk_norm_rope(&mut qkv, &norms, &device_layout, shape)?;
+            backend.qk_norm_rope(&mut qkv, &norms, device_layout, shape)?;
             trace(TracePoint::QkRope(i), &qkv);
             // 4. Causal GQA inside each sequence: (T, H * D). Only the last token of each
             //    sequence matters after the final layer, so there it alone is queried, and the
             //    residual stream shrinks to those rows: (S, H * D).
             let attn = if is_last {
-                let q_last = backend.last_rows(&qkv, &device_layout)?;
-                x = backend.last_rows(&x, &device_layout)?;
-                backend.attention(&q_last, &qkv, &device_layout, Queries::LastOnly, shape)?
+                let q_last = backend.last_rows(&qkv, device_layout)?;
+                x = backend.last_rows(&x, device_layout)?;
+                backend.attention(&q_last, &qkv, device_layout, Queries::LastOnly, shape)?
             } else {
-                backend.attention(&qkv, &qkv, &device_layout, Queries::All, shape)?
+                backend.attention(&qkv, &qkv, device_layout, Queries::All, shape)?
             };
             trace(TracePoint::Attention(i), &attn);
             // 5. Output projection and residual, fused with the MLP's input norm.
