@@ -65,6 +65,9 @@ __device__ __forceinline__ void attention_tile(
     const int head = blockIdx.y, kv_head = head / group;
     const int q_start = (int)cu_q[seq], q_len = (int)cu_q[seq + 1] - q_start;
     const int k_start = (int)cu_k[seq], k_len = (int)cu_k[seq + 1] - k_start;
+    // A tile past its sequence's rows pads a recorded pass's tile list (cuda/graphs.rs): no
+    // work. The whole block leaves together, before any barrier.
+    if (first_row >= q_len) return;
     const int diagonal = k_len - q_len;  // query row i sees keys 0..=diagonal + i
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int group_id = lane >> 2, quad = lane & 3;

@@ -38,6 +38,10 @@ pub struct GpuWorkerConfig {
     /// Share of the device's memory this worker may use (Ray Serve's fractional `num_gpus`:
     /// two workers with 0.5 share one card).
     pub gpu_memory_fraction: f64,
+    /// CUDA graphs: batches of up to this many tokens (padding included) are padded to one
+    /// of a few fixed shapes, recorded once per shape and replayed with one launch; larger
+    /// ones run op by op. 0 (the default until a GPU run has verified them): none.
+    pub cuda_graph_max_tokens: usize,
     /// Batches held at once: one computing plus the ones staged behind it.
     pub max_batches_in_hand: usize,
     /// Queued batches taken in one pull and merged into one forward pass (within
@@ -89,6 +93,7 @@ impl GpuWorkerConfig {
             device: self.device,
             gpu_memory_fraction: self.gpu_memory_fraction,
             max_batch_tokens: Some(self.max_batch_tokens),
+            cuda_graph_max_tokens: self.cuda_graph_max_tokens,
         }
     }
 
@@ -121,6 +126,7 @@ impl Default for GpuWorkerConfig {
             cpu_kernel: CpuKernel::Auto,
             device: 0,
             gpu_memory_fraction: 0.9,
+            cuda_graph_max_tokens: 0,
             max_batches_in_hand: 2,
             merge_batches: 16,
             max_batch_tokens: 32768,

@@ -215,6 +215,8 @@ pub struct EngineOptions {
     /// Largest batch in tokens the worker must accept; refused at start when the memory
     /// share cannot hold it (CUDA). `None`: whatever the share leaves.
     pub max_batch_tokens: Option<usize>,
+    /// Largest batch in tokens run as a recorded CUDA graph; 0: none (CUDA).
+    pub cuda_graph_max_tokens: usize,
 }
 
 impl EngineOptions {
@@ -227,6 +229,7 @@ impl EngineOptions {
             device: 0,
             gpu_memory_fraction: 1.0,
             max_batch_tokens: None,
+            cuda_graph_max_tokens: 0,
         }
     }
 }
@@ -277,6 +280,7 @@ fn cuda_backend(options: &EngineOptions) -> Result<CudaBackend, EngineError> {
         CudaOptions {
             gpu_memory_fraction: options.gpu_memory_fraction,
             fp8: options.dtype == Dtype::Fp8,
+            graph_max_tokens: options.cuda_graph_max_tokens,
         },
     )
     .map_err(cuda_error)

@@ -6,7 +6,9 @@
 //! one batch. The activations of a forward pass peak at the end of a decoder layer, and that
 //! peak is linear in the batch's token count (attention keeps no `T x T` matrix), so the share
 //! divides into a token budget. Batches over the budget are refused with
-//! `OpError::OutOfMemory` before any work.
+//! `OpError::OutOfMemory` before any work. With CUDA graphs on, the activations of the
+//! largest recorded pass (`graph_tokens` tokens) are set aside first: recorded passes keep
+//! their activations in graph memory, apart from the batches run op by op.
 
 use crate::model::config::Qwen3Config;
 
@@ -55,6 +57,8 @@ pub struct MemoryPlan {
     pub bytes_per_token: u64,
     /// Largest batch, in tokens, this worker accepts.
     pub max_batch_tokens: usize,
+    /// Tokens of activations set aside for recorded passes (CUDA graphs; 0 without).
+    pub graph_tokens: usize,
 }
 
 impl MemoryPlan {
@@ -62,7 +66,8 @@ impl MemoryPlan {
     /// weights. `requested` is the batcher's token budget, if known: it must fit. Without
     /// it, the budget is all the share has left. The device must also have the activations'
     /// memory free now (`free_bytes`, measured with the weights loaded): another process may
-    /// hold more than its own share.
+    /// hold more than its own share. `graph_tokens` tokens of activations are set aside for
+    /// recorded passes before the budget is counted.
     pub fn new(
         gpu_memory_fraction: f64,
         total_bytes: u64,
@@ -70,6 +75,7 @@ impl MemoryPlan {
         bytes_per_token: u64,
         free_bytes: u64,
         requested: Option<usize>,
+        graph_tokens: usize,
     ) -> Result<Self, String> {
         let share_bytes = share_bytes(gpu_memory_fraction, total_bytes)?;
         let for_activations = share_bytes
@@ -86,7 +92,18 @@ impl MemoryPlan {
                     total_bytes as f64 / GIB,
                 )
             })?;
-        let fits = usize::try_from(for_activations / bytes_per_token).unwrap_or(usize::MAX);
+        let fits = usize::try_from(for_activations / bytes_per_token)
+            .unwrap_or(usize::MAX)
+            .saturating_sub(graph_tokens);
+        if fits == 0 {
+            return Err(format!(
+                "the {:.2} GiB share (gpu_memory_fraction {gpu_memory_fraction}) leaves {:.2} GiB \
+                 after weights and overhead, all of it taken by the activations of recorded \
+                 passes of {graph_tokens} tokens (cuda_graph_max_tokens)",
+                share_bytes as f64 / GIB,
+                for_activations as f64 / GIB,
+            ));
+        }
         let max_batch_tokens = match requested {
             Some(tokens) if tokens > fits => {
                 return Err(format!(
@@ -101,7 +118,7 @@ impl MemoryPlan {
             Some(tokens) => tokens.max(1),
             None => fits,
         };
-        let needed = max_batch_tokens as u64 * bytes_per_token;
+        let needed = (max_batch_tokens + graph_tokens) as u64 * bytes_per_token;
         if needed > free_bytes {
             return Err(format!(
                 "batches of {max_batch_tokens} tokens need {:.2} GiB of activations, but only \
@@ -118,6 +135,7 @@ impl MemoryPlan {
             weight_bytes,
             bytes_per_token,
             max_batch_tokens,
+            graph_tokens,
         })
     }
 }
@@ -161,26 +179,34 @@ mod tests {
     #[test]
     fn the_share_divides_into_a_token_budget() {
         let per_token = activation_bytes_per_token(&qwen3_0_6b());
-        let plan = MemoryPlan::new(0.5, 80 * GIB, 2 * GIB, per_token, 60 * GIB, None).unwrap();
+        let plan = MemoryPlan::new(0.5, 80 * GIB, 2 * GIB, per_token, 60 * GIB, None, 0).unwrap();
         assert_eq!(plan.share_bytes, 40 * GIB);
         assert_eq!(
             plan.max_batch_tokens as u64,
             (40 * GIB - OVERHEAD_BYTES - 2 * GIB) / per_token
         );
-        let asked = MemoryPlan::new(0.5, 80 * GIB, 2 * GIB, per_token, 60 * GIB, Some(16384));
+        let asked = MemoryPlan::new(0.5, 80 * GIB, 2 * GIB, per_token, 60 * GIB, Some(16384), 0);
         assert_eq!(asked.unwrap().max_batch_tokens, 16384);
+        // Recorded passes' activations come off the budget first.
+        let graphs = MemoryPlan::new(0.5, 80 * GIB, 2 * GIB, per_token, 60 * GIB, None, 2048);
+        assert_eq!(
+            graphs.unwrap().max_batch_tokens,
+            plan.max_batch_tokens - 2048
+        );
     }
 
     #[test]
     fn plans_that_cannot_fit_are_refused_with_the_numbers() {
         let per_token = 50_000;
-        let too_many = MemoryPlan::new(0.5, 8 * GIB, GIB / 4, per_token, 8 * GIB, Some(1 << 20));
+        let too_many = MemoryPlan::new(0.5, 8 * GIB, GIB / 4, per_token, 8 * GIB, Some(1 << 20), 0);
         assert!(too_many.unwrap_err().contains("at most"));
-        let no_room = MemoryPlan::new(0.1, 8 * GIB, GIB, per_token, 8 * GIB, None);
+        let no_room = MemoryPlan::new(0.1, 8 * GIB, GIB, per_token, 8 * GIB, None, 0);
         assert!(no_room.unwrap_err().contains("gpu_memory_fraction 0.1"));
-        let busy = MemoryPlan::new(0.9, 8 * GIB, GIB, per_token, GIB / 8, None);
+        let busy = MemoryPlan::new(0.9, 8 * GIB, GIB, per_token, GIB / 8, None, 0);
         assert!(busy.unwrap_err().contains("free"));
         assert!(share_bytes(0.0, GIB).is_err());
+        let all_for_graphs = MemoryPlan::new(0.5, 8 * GIB, GIB, per_token, 8 * GIB, None, 1 << 20);
+        assert!(all_for_graphs.unwrap_err().contains("recorded passes"));
         assert!(share_bytes(1.5, GIB).is_err());
     }
 }

@@ -12,6 +12,8 @@
 //!   `add`, `linear` (cuBLAS), `qk_norm_rope`, `attention`, `silu_mul`, `last_rows`, `pool`,
 //!   `quantize_fp8` (per-token E4M3 rounding; the FP8 products are `linear_fp8`), and `fault`
 //!   (the test-only fault hook's trapping kernel).
+//! - [`graphs`]: CUDA graphs, small batches padded to a few fixed shapes, each recorded once
+//!   and replayed with one launch.
 //! - `row_path`: the choice between the one-warp-per-row vector kernels and the
 //!   one-block-per-row scalar kernels of `rms_norm` and `add`.
 //!
@@ -33,6 +35,7 @@
 //! no CUDA headers (see [`compile`]). Compute capability 8.0 or newer.
 
 pub mod compile;
+pub mod graphs;
 pub mod kernels;
 pub mod memory;
 
@@ -41,6 +44,7 @@ mod attention;
 mod device;
 mod embed;
 mod fault;
+
 mod last_rows;
 mod layout;
 mod linear;
@@ -61,7 +65,8 @@ use cudarc::driver::{CudaContext, CudaSlice, CudaStream, DeviceRepr, LaunchConfi
 use half::bf16;
 
 use crate::ops::{
-    AttentionShape, BatchLayout, DeviceInfo, OpError, OpResult, Ops, QkNorms, Queries, TensorView,
+    AttentionShape, BatchLayout, Decoder, DeviceInfo, OpError, OpResult, Ops, QkNorms, Queries,
+    TensorView,
 };
 use compile::Target;
 pub use device::{CudaDeviceInfo, CudaError, is_available};
@@ -86,6 +91,9 @@ pub struct CudaOptions {
     /// E4M3 with a scale per output feature and multiplied through cuBLASLt with activations
     /// rounded to E4M3 per token. Needs compute capability 9.0 (Hopper) or newer.
     pub fp8: bool,
+    /// Largest batch, in tokens (padding included), run as a CUDA graph (`graphs`); 0 runs
+    /// every pass op by op. The memory plan sets this many tokens of activations aside.
+    pub graph_max_tokens: usize,
 }
 
 impl Default for CudaOptions {
@@ -93,6 +101,7 @@ impl Default for CudaOptions {
         Self {
             gpu_memory_fraction: 0.9,
             fp8: false,
+            graph_max_tokens: 0,
         }
     }
 }
@@ -101,7 +110,8 @@ impl Default for CudaOptions {
 /// stream, and only the host copies of `to_host` and `pool` wait for the device.
 pub struct CudaBackend {
     ctx: Arc<CudaContext>,
-    /// The one stream every kernel, copy and product runs on.
+    /// The one stream every kernel, copy and product runs on: the backend's own, since the
+    /// legacy default stream cannot be captured into a graph.
     stream: Arc<CudaStream>,
     blas: CudaBlas,
     /// cuBLAS workspace set on `blas`; held so it lives as long as the handle.
@@ -109,6 +119,8 @@ pub struct CudaBackend {
     /// cuBLASLt for the FP8 products, when [`CudaOptions::fp8`] asked for them.
     fp8: Option<linear_fp8::Fp8Products>,
     kernels: Kernels,
+    /// Recorded passes for small batches, when [`CudaOptions::graph_max_tokens`] asks.
+    graphs: Option<graphs::Graphs>,
     device: CudaDeviceInfo,
     target: Target,
     gpu_memory_fraction: f64,
@@ -172,7 +184,7 @@ impl CudaBackend {
                 minor,
             });
         }
-        let stream = ctx.default_stream();
+        let stream = ctx.new_stream()?;
         let (blas, workspace) = device::cublas(&stream, CUBLAS_WORKSPACE_BYTES)?;
         let fp8 = options
             .fp8
@@ -186,6 +198,8 @@ impl CudaBackend {
             _workspace: workspace,
             fp8,
             kernels,
+            graphs: (options.graph_max_tokens > 0)
+                .then(|| graphs::Graphs::new(options.graph_max_tokens)),
             device,
             target,
             gpu_memory_fraction: options.gpu_memory_fraction,
@@ -233,7 +247,8 @@ impl CudaBackend {
     /// activations of `bytes_per_token` per token of a batch (the model's:
     /// [`memory::activation_bytes_per_token`]): `requested` (the batcher's budget) must fit
     /// the share, or without it the budget is all the share leaves. From then on a larger
-    /// batch is refused with `OpError::OutOfMemory`.
+    /// batch is refused with `OpError::OutOfMemory`. With CUDA graphs on, the activations of
+    /// the largest recorded pass are set aside first.
     pub fn plan_memory(
         &self,
         bytes_per_token: u64,
@@ -247,6 +262,7 @@ impl CudaBackend {
             bytes_per_token,
             free as u64,
             requested,
+            self.graphs.as_ref().map_or(0, graphs::Graphs::max_tokens),
         )
         .map_err(CudaError::Memory)?;
         self.max_batch_tokens
@@ -503,6 +519,22 @@ impl Ops for CudaBackend {
 
     fn silu_mul(&self, gate_up: &CudaTensor) -> OpResult<CudaTensor> {
         silu_mul::silu_mul(self, gate_up)
+    }
+
+    fn pass(
+        &self,
+        table: &CudaTable,
+        token_ids: &[u32],
+        layout: &BatchLayout,
+        decoder: &Decoder<'_, Self>,
+    ) -> OpResult<CudaTensor> {
+        if let Some(graphs) = &self.graphs
+            && let Some(replayed) = graphs.run(self, table, token_ids, layout, decoder)
+        {
+            return replayed;
+        }
+        let device_layout = self.layout(layout)?;
+        decoder(self.embed(table, token_ids)?, &device_layout)
     }
 
     fn last_rows(&self, x: &CudaTensor, layout: &CudaLayout) -> OpResult<CudaTensor> {

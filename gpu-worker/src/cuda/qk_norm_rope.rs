@@ -43,7 +43,7 @@ pub(super) fn qk_norm_rope(
         block_dim: (THREADS, 1, 1),
         shared_mem_bytes: 0,
     };
-    let table_rows = int(OP, "longest sequence", layout.host.max_len())?;
+    let table_rows = int(OP, "rotary positions", layout.rope_rows)?;
     let rope = match layout.rope.get() {
         Some(rope) => rope,
         None => {
@@ -56,9 +56,9 @@ pub(super) fn qk_norm_rope(
     // SAFETY: qk_norm_rope(bf16* qkv, const unsigned* positions, const float* q_norm, const
     // float* k_norm, const float* rope, int table_rows, int row_stride, int num_q_heads, int
     // num_k_heads, int head_dim, float eps): qkv holds (rows, row_stride) with q and k heads
-    // at its start, positions one per row (each below the longest sequence, table_rows),
-    // both norms head_dim values, rope 2 * table_rows * head_dim / 2 values, head_dim even
-    // and <= 256 (checked); one block per row.
+    // at its start, positions one per row (each below table_rows: the layout's rope_rows
+    // cover its longest sequence), both norms head_dim values, rope 2 * table_rows *
+    // head_dim / 2 values, head_dim even and <= 256 (checked); one block per row.
     unsafe {
         gpu.stream
             .launch_builder(&gpu.kernels.qk_norm_rope)

@@ -31,3 +31,14 @@ pub fn fp8_gpu() -> Option<CudaBackend> {
     };
     Some(CudaBackend::new(0, options).expect("a Hopper device runs FP8 products"))
 }
+
+/// The bf16 backend on device 0 running batches of up to `max_tokens` tokens as CUDA graphs,
+/// or `None` (after saying so) without a device.
+pub fn graphs_gpu(max_tokens: usize) -> Option<CudaBackend> {
+    gpu()?;
+    let options = CudaOptions {
+        graph_max_tokens: max_tokens,
+        ..CudaOptions::default()
+    };
+    Some(CudaBackend::new(0, options).expect("the device runs CUDA graphs"))
+}
