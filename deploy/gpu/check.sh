@@ -4,7 +4,8 @@
 #   1. every kernel compiles with the machine's NVRTC,
 #   2. the CUDA tests: each kernel against its CPU twin (cuda_parity), the model on the
 #      qwen3-tiny fixture against transformers' golden vectors, batch invariance, memory limits,
-#      and the tiny reranker against transformers' scores (cuda_model),
+#      and the tiny reranker against transformers' scores (cuda_model), CUDA graphs' replays
+#      against golden vectors and passes run op by op (cuda_graphs),
 #      and compute-sanitizer's four tools over the kernel tests,
 #   3. throughput of a random Qwen3-Embedding-0.6B: `gpu-worker bench --backend cuda` (bf16, and
 #      fp8 on two workloads) against PyTorch + transformers (bf16, SDPA) on the same workloads
@@ -46,7 +47,7 @@ note "kernels (NVRTC, sm_80 + sm_90 + sm_90a): $kernels"
 # --- 2. CUDA tests, each in its own process: a sticky device error (an illegal address, say)
 #        poisons the whole process's context, and must not hide the tests after it ---------------
 parity=pass
-for suite in cuda_parity cuda_model; do
+for suite in cuda_parity cuda_model cuda_graphs; do
     say "$suite"
     log="$out/$suite.log"
     : >"$log"
@@ -123,6 +124,9 @@ if timeout "$(cap 120)" python3 "$here/tools/make-random-qwen3.py" --out "$model
         bench bf16 --batch 32 --seq-len 512 --iters 10
         bench bf16 --batch 1 --seq-len 16 --iters 200
         bench bf16 --batch 32 --seq-len 32 --iters 100
+        # The same small batches replayed as CUDA graphs (recorded in the warm-up pass).
+        bench bf16 --batch 1 --seq-len 16 --iters 200 --cuda-graph-max-tokens 2048
+        bench bf16 --batch 32 --seq-len 32 --iters 100 --cuda-graph-max-tokens 2048
         IFS=: read -r count low high <<<"$mixed"
         bench bf16 --sequences "$count" --min-len "$low" --seq-len "$high" --batch "$count" \
             --batch-tokens "$budget" --iters 2
@@ -167,7 +171,8 @@ def runs(path):
             mixed = r.get("workload") == "mixed" or r.get("sequences", r["batch"]) != r["batch"] \
                 or r.get("min_len", r["seq_len"]) != r["seq_len"]
             name = "mixed" if mixed else f"{r['batch']}x{r['seq_len']}"
-            found[name + (" fp8" if r.get("backend") == "cuda-fp8" else "")] = r
+            name += " fp8" if r.get("backend") == "cuda-fp8" else ""
+            found[name + (" graph" if r.get("cuda_graph_max_tokens") else "")] = r
     return found
 
 ours, theirs = runs(sys.argv[1]), runs(sys.argv[2])
@@ -181,11 +186,12 @@ def ms(r):
         return "n/a"
     return f"{r['tokens'] / r['tokens_per_s'] * 1e3 if 'tokens' in r else r['ms_per_batch']:.3f}"
 
-print(f"{'workload':<10} {'cuda tok/s':>11} {'torch tok/s':>12} {'ratio':>6} {'cuda ms':>9} {'torch ms':>9}")
-for name in ("32x512", "1x16", "32x32", "mixed", "32x512 fp8", "1x16 fp8"):
-    a, b = ours.get(name), theirs.get(name.removesuffix(" fp8"))
+print(f"{'workload':<11} {'cuda tok/s':>11} {'torch tok/s':>12} {'ratio':>6} {'cuda ms':>9} {'torch ms':>9}")
+for name in ("32x512", "1x16", "1x16 graph", "32x32", "32x32 graph", "mixed", "32x512 fp8",
+             "1x16 fp8"):
+    a, b = ours.get(name), theirs.get(name.split(" ")[0])
     ratio = f"{a['tokens_per_s'] / b['tokens_per_s']:.2f}" if a and b else "-"
-    print(f"{name:<10} {rate(a):>11} {rate(b):>12} {ratio:>6} {ms(a):>9} {ms(b):>9}")
+    print(f"{name:<11} {rate(a):>11} {rate(b):>12} {ratio:>6} {ms(a):>9} {ms(b):>9}")
 try:
     sys.path.insert(0, sys.argv[4])
     from model_flops import linear_flops, load_config

@@ -44,7 +44,7 @@ fi
 while read -r name path; do
     cp "$path" "$staging/tests/$name"
 done <<<"$executables"
-for test in cuda_parity cuda_model cuda_kernels_compile; do
+for test in cuda_parity cuda_model cuda_graphs cuda_kernels_compile; do
     [[ -x "$staging/tests/$test" ]] || { echo "prepare: test executable $test missing" >&2; exit 1; }
 done
 

@@ -49,6 +49,9 @@ pub struct BenchArgs {
     /// Share of the device's memory the benchmark may take.
     #[arg(long, default_value_t = 0.9)]
     pub gpu_memory_fraction: f64,
+    /// CUDA graphs for batches of up to this many tokens, padding included (0: none).
+    #[arg(long, default_value_t = 0)]
+    pub cuda_graph_max_tokens: usize,
     /// Seed of the synthetic token ids.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -65,6 +68,9 @@ pub struct BenchReport {
     pub device: String,
     /// Precision.
     pub dtype: Dtype,
+    /// Largest batch run as a recorded CUDA graph (0: none); the untimed warm-up pass
+    /// records them.
+    pub cuda_graph_max_tokens: usize,
     /// Most sequences per batch.
     pub batch: usize,
     /// Longest sequence.
@@ -170,6 +176,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<BenchReport> {
             device: args.device,
             gpu_memory_fraction: args.gpu_memory_fraction,
             max_batch_tokens: Some(max_tokens),
+            cuda_graph_max_tokens: args.cuda_graph_max_tokens,
         },
         Task::Embed,
     )?;
@@ -203,6 +210,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<BenchReport> {
         backend: info.backend,
         device: info.device.description,
         dtype: args.dtype,
+        cuda_graph_max_tokens: args.cuda_graph_max_tokens,
         batch: args.batch,
         seq_len: args.seq_len,
         min_len,
