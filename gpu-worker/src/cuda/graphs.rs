@@ -326,11 +326,15 @@ fn record(
             .memcpy_dtod(last.f32("graph", "last rows")?, &mut out)?;
         Ok(())
     })();
-    // The capture must end whatever happened inside it, or the stream stays capturing.
+    // The capture must end whatever happened inside it, or the stream stays capturing. A
+    // drop during a failed capture records its error on the context, and cudarc checks that
+    // before every call, `end_capture` included: take it out first.
+    let dropped = gpu.ctx.check_err();
     let graph = gpu
         .stream
         .end_capture(CUgraphInstantiate_flags::CUDA_GRAPH_INSTANTIATE_FLAG_AUTO_FREE_ON_LAUNCH);
     recorded.map_err(|e| Failure::Graph(format!("an op during capture: {e}")))?;
+    dropped.map_err(|e| Failure::Graph(format!("freeing during capture: {e}")))?;
     let graph = graph
         .map_err(capture)?
         .ok_or_else(|| Failure::Graph("the capture recorded nothing".into()))?;
