@@ -9,6 +9,8 @@
 #      requests of 32, concurrency 8) and its online workload (concurrency 1, 32, 128).
 # Usage: serve.sh MODEL_0_6B_DIR SECONDS_LEFT [BACKEND] (BACKEND cpu tries the script on a
 # machine without a GPU). Logs go to $OUT/serve.log, one summary line per check to stdout.
+# Settings reach the workers through the environment (QWEN3_EMBED__GPU__CUDA_GRAPH_MAX_TOKENS,
+# say); a worker that had to turn CUDA graphs off is reported.
 set -uo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -91,3 +93,8 @@ for r in runs:
 PY
 fi
 stop_stack
+echo "serve: cuda_graph_max_tokens ${QWEN3_EMBED__GPU__CUDA_GRAPH_MAX_TOKENS:-as configured}"
+if grep -q "CUDA graphs turned off" "$log"; then
+    echo "serve: a worker turned CUDA graphs off:"
+    grep -h "CUDA graphs turned off" "$log" | head -n 2 | sed 's/^/  /'
+fi
