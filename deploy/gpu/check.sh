@@ -9,8 +9,9 @@
 #      and compute-sanitizer's four tools over the kernel tests,
 #   3. throughput of a random Qwen3-Embedding-0.6B: `gpu-worker bench --backend cuda` (bf16, and
 #      fp8 on two workloads) against PyTorch + transformers (bf16, SDPA) on the same workloads
-#      (torch_bench.py), and the
-#      linear layers' rate against a large cuBLAS matrix product on the same card,
+#      (torch_bench.py), the time per op from CUDA events (`bench --profile`, mixed and 1 x 16),
+#      CUDA graphs' small-batch rows, and the linear layers' rate against a large cuBLAS
+#      matrix product on the same card,
 #   4. the whole serving pipeline on the GPU (serve.sh), CUDA graphs on: golden vectors through
 #      HTTP, then loadgen's bulk and online workloads on the 0.6B model.
 # Steps 1-4 took 137 s on an H200 before the sanitizer step was added, steps 1-3 83-98 s on an
@@ -130,6 +131,10 @@ if timeout "$(cap 120)" python3 "$here/tools/make-random-qwen3.py" --out "$model
         IFS=: read -r count low high <<<"$mixed"
         bench bf16 --sequences "$count" --min-len "$low" --seq-len "$high" --batch "$count" \
             --batch-tokens "$budget" --iters 2
+        # Time per op from CUDA events (there is no nsys), op by op: the mixed workload, 1 x 16.
+        bench bf16 --sequences "$count" --min-len "$low" --seq-len "$high" --batch "$count" \
+            --batch-tokens "$budget" --iters 1 --profile
+        bench bf16 --batch 1 --seq-len 16 --iters 50 --profile
         # FP8 products (compute capability 9.0 and newer; refused, and so absent, elsewhere).
         bench fp8 --batch 32 --seq-len 512 --iters 10
         bench fp8 --batch 1 --seq-len 16 --iters 200
@@ -174,7 +179,8 @@ def runs(path):
                 or r.get("min_len", r["seq_len"]) != r["seq_len"]
             name = "mixed" if mixed else f"{r['batch']}x{r['seq_len']}"
             name += " fp8" if r.get("backend") == "cuda-fp8" else ""
-            found[name + (" graph" if r.get("cuda_graph_max_tokens") else "")] = r
+            name += " graph" if r.get("cuda_graph_max_tokens") else ""
+            found[name + (" profile" if "ops" in r else "")] = r
     return found
 
 ours, theirs = runs(sys.argv[1]), runs(sys.argv[2])
@@ -203,6 +209,14 @@ try:
           f"{100 * gemm / peak:.0f}% of the measured {peak:.0f} TFLOP/s bf16 matmul")
 except (ImportError, KeyError, OSError, ValueError) as e:
     print(f"gemm: n/a ({e!r})")
+# Time per op (CUDA events), the largest first, as shares of the ops' sum.
+for name, r in ours.items():
+    if name.endswith(" profile"):
+        total = sum(op["ms"] for op in r["ops"]) or 1.0
+        ops = sorted(r["ops"], key=lambda op: -op["ms"])
+        shares = ", ".join(f"{op['op']} {100 * op['ms'] / total:.1f}%" for op in ops[:8])
+        per_pass = total / r["iters"]
+        print(f"ops {name.removesuffix(' profile')} ({per_pass:.3f} ms of ops a pass): {shares}")
 PY
     echo "${serving:-serve: not run}"
 } | tee -a "$summary"

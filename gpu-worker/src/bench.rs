@@ -1,12 +1,15 @@
-//! `gpu-worker bench`: forward-pass throughput on synthetic batches, one JSON line out.
+//! `gpu-worker bench`: forward-pass throughput on synthetic batches, one JSON line out
+//! (with `--profile`, the time per op too, and its table on stderr).
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Instant;
 
 use common::subjects::Task;
 use serde::Serialize;
 
 use crate::engine::{self, BackendChoice, CpuKernel, Dtype, EngineOptions, Work};
+use crate::profile::{OpTime, OpTimes};
 
 /// Settings of a benchmark run.
 #[derive(Debug, Clone, clap::Args)]
@@ -52,6 +55,10 @@ pub struct BenchArgs {
     /// CUDA graphs for batches of up to this many tokens, padding included (0: none).
     #[arg(long, default_value_t = 0)]
     pub cuda_graph_max_tokens: usize,
+    /// Times every op of the timed passes (CUDA events, or the clock on the CPU; see
+    /// `profile`): passes run op by op, so not with --cuda-graph-max-tokens.
+    #[arg(long)]
+    pub profile: bool,
     /// Seed of the synthetic token ids.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -89,6 +96,9 @@ pub struct BenchReport {
     pub ms_per_batch: f64,
     /// Tokens per second.
     pub tokens_per_s: f64,
+    /// With `--profile`: time per op over the timed passes, in the order the ops first ran.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ops: Option<Vec<OpTime>>,
 }
 
 /// Reproducible pseudo-random numbers (a 64-bit linear congruential generator), so that
@@ -167,19 +177,25 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<BenchReport> {
         (1..=args.seq_len).contains(&min_len) && args.seq_len <= max_tokens,
         "need 1 <= --min-len <= --seq-len <= --batch-tokens"
     );
-    let model = engine::load(
-        &args.model,
-        &EngineOptions {
-            backend: args.backend,
-            dtype: args.dtype,
-            cpu_kernel: args.cpu_kernel,
-            device: args.device,
-            gpu_memory_fraction: args.gpu_memory_fraction,
-            max_batch_tokens: Some(max_tokens),
-            cuda_graph_max_tokens: args.cuda_graph_max_tokens,
-        },
-        Task::Embed,
-    )?;
+    anyhow::ensure!(
+        !(args.profile && args.cuda_graph_max_tokens > 0),
+        "--profile times ops one by one; CUDA graphs replay them as one (drop one of the two)"
+    );
+    let options = EngineOptions {
+        backend: args.backend,
+        dtype: args.dtype,
+        cpu_kernel: args.cpu_kernel,
+        device: args.device,
+        gpu_memory_fraction: args.gpu_memory_fraction,
+        max_batch_tokens: Some(max_tokens),
+        cuda_graph_max_tokens: args.cuda_graph_max_tokens,
+    };
+    let times = Arc::new(OpTimes::default());
+    let model = if args.profile {
+        engine::load_profiled(&args.model, &options, Task::Embed, &times)?
+    } else {
+        engine::load(&args.model, &options, Task::Embed)?
+    };
     let info = model.info();
     let batches = workload(
         args.seed,
@@ -200,6 +216,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<BenchReport> {
         Ok(())
     };
     pass()?;
+    times.clear();
     let start = Instant::now();
     for _ in 0..args.iters {
         pass()?;
@@ -220,6 +237,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<BenchReport> {
         iters: args.iters,
         ms_per_batch: seconds * 1e3 / (args.iters * batches.len()) as f64,
         tokens_per_s: (tokens * args.iters) as f64 / seconds,
+        ops: args.profile.then(|| times.snapshot()),
     })
 }
 

@@ -6,6 +6,7 @@
 //! and, when a pass fails, asks the backend whether its device can still be trusted.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use common::subjects::Task;
 use common::wire::ErrorCode;
@@ -20,6 +21,7 @@ use crate::model::qwen3::Qwen3;
 use crate::model::rerank::{AnswerTokens, RerankHead};
 use crate::model::{self, ModelError};
 use crate::ops::{BatchLayout, DeviceInfo, OpError, Ops};
+use crate::profile::{OpTimes, Profiled};
 
 /// What can go wrong in the engine, by what the worker does about it.
 #[derive(Debug, thiserror::Error)]
@@ -318,6 +320,25 @@ pub fn load(
     }
     let loaded = Loaded::new(cuda_backend(options)?, dir, task).map_err(load_error)?;
     plan_memory(&loaded.backend, loaded.model.config(), options)?;
+    Ok(Box::new(loaded))
+}
+
+/// [`load`] with every op of the forward pass timed into `times` (`bench --profile`; see
+/// [`crate::profile`]).
+pub fn load_profiled(
+    dir: &Path,
+    options: &EngineOptions,
+    task: Task,
+    times: &Arc<OpTimes>,
+) -> Result<Box<dyn DeviceModel>, EngineError> {
+    if !uses_cuda(options) {
+        let backend = Profiled::new(cpu_backend(options)?, times.clone());
+        let loaded = Loaded::new(backend, dir, task).map_err(load_error)?;
+        return Ok(Box::new(loaded));
+    }
+    let backend = Profiled::new(cuda_backend(options)?, times.clone());
+    let loaded = Loaded::new(backend, dir, task).map_err(load_error)?;
+    plan_memory(loaded.backend.inner(), loaded.model.config(), options)?;
     Ok(Box::new(loaded))
 }
 

@@ -18,7 +18,7 @@
 //!   can no longer compute.
 //! - [`load`]: the work in hand and the measured pace, for taking direct offers.
 //! - [`config`]: the worker's settings.
-//! - [`mod@bench`]: the `bench` subcommand.
+//! - [`mod@bench`]: the `bench` subcommand; [`profile`]: its time per op (`--profile`).
 
 pub mod bench;
 pub mod config;
@@ -30,4 +30,5 @@ pub mod fp8;
 pub mod load;
 pub mod model;
 pub mod ops;
+pub mod profile;
 pub mod service;

@@ -73,6 +73,9 @@ fn main() -> anyhow::Result<()> {
     telemetry::init(args.log_format);
     if let Some(Command::Bench(bench_args)) = &args.command {
         let report = bench::run(bench_args)?;
+        if let Some(ops) = &report.ops {
+            eprint!("{}", gpu_worker::profile::table(ops));
+        }
         println!("{}", serde_json::to_string(&report)?);
         return Ok(());
     }

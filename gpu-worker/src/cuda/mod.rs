@@ -14,6 +14,7 @@
 //!   (the test-only fault hook's trapping kernel).
 //! - [`graphs`]: CUDA graphs, small batches padded to a few fixed shapes, each recorded once
 //!   and replayed with one launch.
+//! - `clock`: CUDA events as the op profiler's clock (`crate::profile`).
 //! - `row_path`: the choice between the one-warp-per-row vector kernels and the
 //!   one-block-per-row scalar kernels of `rms_norm` and `add`.
 //!
@@ -41,6 +42,7 @@ pub mod memory;
 
 mod add;
 mod attention;
+mod clock;
 mod device;
 mod embed;
 mod fault;
