@@ -6,9 +6,9 @@
 //! # Padding
 //! A batch of `rows` tokens in `seqs` sequences gets padding sequences whose rows are never
 //! read back: the sequence count rises to the next power of two above `seqs` (so there is
-//! always at least one padding sequence), the token count to the next step (16, 24, 32, 48,
-//! 64, .., powers of two and the midpoints between them) that holds the batch and one token
-//! for each padding sequence. The padding sequences hold one token each but the last, which
+//! always at least one padding sequence), the token count to the next step (16, 20, 24, 28,
+//! 32, 40, 48, 56, 64, 80, ..: four to each doubling) that holds the batch and one token for
+//! each padding sequence. The padding sequences hold one token each but the last, which
 //! takes the rest. Attention never crosses sequences and every other op is row by row, so
 //! the real sequences' rows are those of the unpadded batch, up to cuBLAS choosing another
 //! algorithm for another row count (the batch-invariance bound of `tests/cuda_parity.rs`).
@@ -42,8 +42,9 @@ use crate::ops::{BatchLayout, Decoder, OpError, OpResult};
 /// The smallest bucket, in tokens.
 const MIN_TOKENS: usize = 16;
 
-/// Recordings kept; beyond it the least recently used one is dropped.
-const MAX_RECORDINGS: usize = 64;
+/// Recordings kept; beyond it the least recently used one is dropped. Traffic of short
+/// queries at a steady concurrency meets a few dozen shapes.
+const MAX_RECORDINGS: usize = 128;
 
 /// The fixed shape a small batch is padded to, and the key of its recording.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -112,12 +113,11 @@ impl Bucket {
     }
 }
 
-/// The smallest power of two or midpoint between two (`3 * 2^k`) at or above `n`: padding
-/// adds at most a third of the batch.
+/// The smallest multiple of an eighth of `n`'s power of two at or above `n`: four steps to
+/// each doubling (5/8, 6/8, 7/8 and 8/8 of it), so padding adds at most a quarter.
 fn token_step(n: usize) -> usize {
-    let power = n.next_power_of_two();
-    let midpoint = power / 2 + power / 4;
-    if n <= midpoint { midpoint } else { power }
+    let eighth = (n.next_power_of_two() / 8).max(1);
+    n.div_ceil(eighth) * eighth
 }
 
 /// The recordings of one backend.
@@ -352,65 +352,27 @@ mod tests {
     use super::*;
 
     #[test]
-    fn token_steps_are_powers_of_two_and_their_midpoints() {
-        let steps: Vec<usize> = [16, 17, 24, 25, 33, 48, 49, 100, 4096, 4097]
+    fn token_steps_are_four_to_each_doubling() {
+        let steps: Vec<usize> = [16, 17, 24, 25, 33, 48, 49, 100, 1056, 4096, 4097]
             .map(token_step)
             .into();
-        assert_eq!(steps, [16, 24, 24, 32, 48, 48, 64, 128, 4096, 6144]);
+        assert_eq!(steps, [16, 20, 24, 28, 40, 48, 56, 112, 1280, 4096, 5120]);
+        for n in 16..5000 {
+            let step = token_step(n);
+            assert!(step >= n && 4 * step < 5 * n, "{n} -> {step}");
+        }
     }
 
     #[test]
     fn a_bucket_leaves_room_for_a_padding_sequence_and_its_tokens() {
-        let b = |rows, seqs| Bucket::of(rows, seqs, 4096);
-        assert_eq!(
-            b(5, 1),
-            Some(Bucket {
-                tokens: 16,
-                seqs: 2
-            })
-        );
-        assert_eq!(
-            b(16, 1),
-            Some(Bucket {
-                tokens: 24,
-                seqs: 2
-            })
-        );
-        assert_eq!(
-            b(15, 2),
-            Some(Bucket {
-                tokens: 24,
-                seqs: 4
-            })
-        );
-        assert_eq!(
-            b(15, 3),
-            Some(Bucket {
-                tokens: 16,
-                seqs: 4
-            })
-        );
-        assert_eq!(
-            b(16, 3),
-            Some(Bucket {
-                tokens: 24,
-                seqs: 4
-            })
-        );
-        assert_eq!(
-            b(1024, 32),
-            Some(Bucket {
-                tokens: 1536,
-                seqs: 64
-            })
-        );
-        assert_eq!(
-            b(4000, 8),
-            Some(Bucket {
-                tokens: 4096,
-                seqs: 16
-            })
-        );
+        let b = |rows, seqs| Bucket::of(rows, seqs, 4096).map(|b| (b.tokens, b.seqs));
+        assert_eq!(b(5, 1), Some((16, 2)));
+        assert_eq!(b(16, 1), Some((20, 2)));
+        assert_eq!(b(15, 2), Some((20, 4)));
+        assert_eq!(b(15, 3), Some((16, 4)));
+        assert_eq!(b(16, 3), Some((20, 4)));
+        assert_eq!(b(1024, 32), Some((1280, 64)));
+        assert_eq!(b(4000, 8), Some((4096, 16)));
         assert_eq!(b(4090, 8), None);
         assert_eq!(Bucket::of(16, 1, 16), None);
     }
