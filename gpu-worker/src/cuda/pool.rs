@@ -33,10 +33,14 @@ pub(super) fn pool(
     }
     let config = per_row(OP, last.rows, last.cols)?;
     let cols = int(OP, "cols", last.cols)?;
-    let kept: Vec<u32> = dims.iter().map(|&d| d as u32).collect();
-    let kept = gpu.upload(OP, &kept)?;
-    let flags: Vec<u32> = normalize.iter().map(|&n| u32::from(n)).collect();
-    let flags = gpu.upload(OP, &flags)?;
+    // Each row's size, then its normalize flag: one host-to-device copy.
+    let options: Vec<u32> = dims
+        .iter()
+        .map(|&d| d as u32)
+        .chain(normalize.iter().map(|&n| u32::from(n)))
+        .collect();
+    let options = gpu.upload(OP, &options)?;
+    let (kept, flags) = (options.slice(..last.rows), options.slice(last.rows..));
     let mut out = gpu.alloc::<f32>(OP, last.rows * last.cols)?;
     // SAFETY: pool(const float* last, const float* w, const unsigned* dims, const unsigned*
     // normalize, float* out, int cols, float eps): last and out hold (rows, cols), w holds
