@@ -79,8 +79,10 @@ kernel_registry! {
         attention_d256,
     }
     silu_mul {
-        /// SwiGLU of a fused gate|up tensor.
+        /// SwiGLU of a fused gate|up tensor, one block per row.
         silu_mul,
+        /// SwiGLU, one warp per row with 16-byte accesses (widths a multiple of 8).
+        silu_mul_vec8,
     }
     last_rows {
         /// Last row of every sequence, f32.

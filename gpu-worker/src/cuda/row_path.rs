@@ -1,6 +1,6 @@
-//! The choice between the two forms of the row-wise kernels `rms_norm`, `add_rms_norm` and
-//! `add` (see `rms_norm.rs`): one warp per row with 16-byte accesses (`*_vec8`), or one block
-//! per row with scalar accesses.
+//! The choice between the two forms of the row-wise kernels `rms_norm`, `add_rms_norm`, `add`
+//! (see `rms_norm.rs`) and `silu_mul`: one warp per row with 16-byte accesses (`*_vec8`), or
+//! one block per row with scalar accesses.
 
 use cudarc::driver::{CudaSlice, DevicePtr, LaunchConfig};
 
