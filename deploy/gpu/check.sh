@@ -10,7 +10,7 @@
 #   3. throughput of a random Qwen3-Embedding-0.6B: `gpu-worker bench --backend cuda` (bf16, and
 #      fp8 on two workloads) against PyTorch + transformers (bf16, SDPA) on the same workloads
 #      (torch_bench.py), the time per op from CUDA events (`bench --profile`, mixed and 1 x 16),
-#      CUDA graphs' small-batch rows, and the linear layers' rate against a large cuBLAS
+#      CUDA graphs' small-batch rows, the MLP in token chunks, and the linear layers' rate against a large cuBLAS
 #      matrix product on the same card,
 #   4. the whole serving pipeline on the GPU (serve.sh), CUDA graphs on: golden vectors through
 #      HTTP, then loadgen's bulk and online workloads on the 0.6B model.
@@ -131,6 +131,12 @@ if timeout "$(cap 120)" python3 "$here/tools/make-random-qwen3.py" --out "$model
         IFS=: read -r count low high <<<"$mixed"
         bench bf16 --sequences "$count" --min-len "$low" --seq-len "$high" --batch "$count" \
             --batch-tokens "$budget" --iters 2
+        # The MLP in token chunks whose intermediate values can stay in L2, against the whole
+        # batch's (the mixed row above).
+        for chunk in 1024 2048; do
+            bench bf16 --sequences "$count" --min-len "$low" --seq-len "$high" --batch "$count" \
+                --batch-tokens "$budget" --iters 2 --mlp-chunk-tokens "$chunk"
+        done
         # Time per op from CUDA events (there is no nsys), op by op: the mixed workload, 1 x 16.
         bench bf16 --sequences "$count" --min-len "$low" --seq-len "$high" --batch "$count" \
             --batch-tokens "$budget" --iters 1 --profile
@@ -180,6 +186,7 @@ def runs(path):
             name = "mixed" if mixed else f"{r['batch']}x{r['seq_len']}"
             name += " fp8" if r.get("backend") == "cuda-fp8" else ""
             name += " graph" if r.get("cuda_graph_max_tokens") else ""
+            name += f" chunk{r['mlp_chunk_tokens']}" if r.get("mlp_chunk_tokens") else ""
             found[name + (" profile" if "ops" in r else "")] = r
     return found
 
@@ -194,12 +201,12 @@ def ms(r):
         return "n/a"
     return f"{r['tokens'] / r['tokens_per_s'] * 1e3 if 'tokens' in r else r['ms_per_batch']:.3f}"
 
-print(f"{'workload':<11} {'cuda tok/s':>11} {'torch tok/s':>12} {'ratio':>6} {'cuda ms':>9} {'torch ms':>9}")
-for name in ("32x512", "1x16", "1x16 graph", "32x32", "32x32 graph", "mixed", "32x512 fp8",
-             "1x16 fp8"):
+print(f"{'workload':<16} {'cuda tok/s':>11} {'torch tok/s':>12} {'ratio':>6} {'cuda ms':>9} {'torch ms':>9}")
+for name in ("32x512", "1x16", "1x16 graph", "32x32", "32x32 graph", "mixed", "mixed chunk1024",
+             "mixed chunk2048", "32x512 fp8", "1x16 fp8"):
     a, b = ours.get(name), theirs.get(name.split(" ")[0])
     ratio = f"{a['tokens_per_s'] / b['tokens_per_s']:.2f}" if a and b else "-"
-    print(f"{name:<11} {rate(a):>11} {rate(b):>12} {ratio:>6} {ms(a):>9} {ms(b):>9}")
+    print(f"{name:<16} {rate(a):>11} {rate(b):>12} {ratio:>6} {ms(a):>9} {ms(b):>9}")
 try:
     sys.path.insert(0, sys.argv[4])
     from model_flops import linear_flops, load_config

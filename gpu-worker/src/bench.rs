@@ -55,6 +55,10 @@ pub struct BenchArgs {
     /// CUDA graphs for batches of up to this many tokens, padding included (0: none).
     #[arg(long, default_value_t = 0)]
     pub cuda_graph_max_tokens: usize,
+    /// CUDA: runs the MLP over this many tokens at a time, so that its intermediate values
+    /// can stay in L2 (0: over the whole batch).
+    #[arg(long, default_value_t = 0)]
+    pub mlp_chunk_tokens: usize,
     /// Times every op of the timed passes (CUDA events, or the clock on the CPU; see
     /// `profile`): passes run op by op, so not with --cuda-graph-max-tokens.
     #[arg(long)]
@@ -78,6 +82,8 @@ pub struct BenchReport {
     /// Largest batch run as a recorded CUDA graph (0: none); the untimed warm-up pass
     /// records them.
     pub cuda_graph_max_tokens: usize,
+    /// Tokens of the MLP's chunks (0: the whole batch).
+    pub mlp_chunk_tokens: usize,
     /// Most sequences per batch.
     pub batch: usize,
     /// Longest sequence.
@@ -189,6 +195,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<BenchReport> {
         gpu_memory_fraction: args.gpu_memory_fraction,
         max_batch_tokens: Some(max_tokens),
         cuda_graph_max_tokens: args.cuda_graph_max_tokens,
+        cuda_mlp_chunk_tokens: args.mlp_chunk_tokens,
     };
     let times = Arc::new(OpTimes::default());
     let model = if args.profile {
@@ -228,6 +235,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<BenchReport> {
         device: info.device.description,
         dtype: args.dtype,
         cuda_graph_max_tokens: args.cuda_graph_max_tokens,
+        mlp_chunk_tokens: args.mlp_chunk_tokens,
         batch: args.batch,
         seq_len: args.seq_len,
         min_len,

@@ -94,6 +94,7 @@ impl GpuWorkerConfig {
             gpu_memory_fraction: self.gpu_memory_fraction,
             max_batch_tokens: Some(self.max_batch_tokens),
             cuda_graph_max_tokens: self.cuda_graph_max_tokens,
+            cuda_mlp_chunk_tokens: 0,
         }
     }
 

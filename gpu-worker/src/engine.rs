@@ -219,6 +219,8 @@ pub struct EngineOptions {
     pub max_batch_tokens: Option<usize>,
     /// Largest batch in tokens run as a recorded CUDA graph; 0: none (CUDA).
     pub cuda_graph_max_tokens: usize,
+    /// Tokens of the MLP's chunks (CUDA; `bench --mlp-chunk-tokens`); 0: the whole batch.
+    pub cuda_mlp_chunk_tokens: usize,
 }
 
 impl EngineOptions {
@@ -232,6 +234,7 @@ impl EngineOptions {
             gpu_memory_fraction: 1.0,
             max_batch_tokens: None,
             cuda_graph_max_tokens: 0,
+            cuda_mlp_chunk_tokens: 0,
         }
     }
 }
@@ -283,6 +286,7 @@ fn cuda_backend(options: &EngineOptions) -> Result<CudaBackend, EngineError> {
             gpu_memory_fraction: options.gpu_memory_fraction,
             fp8: options.dtype == Dtype::Fp8,
             graph_max_tokens: options.cuda_graph_max_tokens,
+            mlp_chunk_tokens: options.cuda_mlp_chunk_tokens,
         },
     )
     .map_err(cuda_error)

@@ -8,7 +8,7 @@
 
 mod cuda_support;
 
-use cuda_support::{fp8_gpu, gpu};
+use cuda_support::{chunked_mlp_gpu, fp8_gpu, gpu};
 use gpu_worker::cpu::{CpuBackend, CpuTensor};
 use gpu_worker::cuda::{ActDtype, CudaBackend, CudaTensor};
 use gpu_worker::ops::{AttentionShape, BatchLayout, Dtype, Ops, QkNorms, Queries, TensorView};
@@ -270,6 +270,60 @@ fn linear_matches_cpu() {
         let got = gpu.linear(&x_gpu, &gpu.matrix(&views).unwrap()).unwrap();
         let what = format!("linear {rows}x{k} @ ({n}x{k})^T");
         assert_close(&what, &gpu.to_host(&got).unwrap(), &want.data, BF16);
+    }
+}
+
+#[test]
+fn an_mlp_in_token_chunks_matches_the_cpu_and_the_whole_batch() {
+    let (Some(gpu), Some(chunked)) = (gpu(), chunked_mlp_gpu(7)) else {
+        return;
+    };
+    let mut rng = StdRng::seed_from_u64(12);
+    // 30 rows in chunks of 7, 7, 7, 7 and 2; a width of 40 takes silu_mul's vector kernel,
+    // 36 its scalar one.
+    for (rows, hidden, inner) in [(30, 96, 40), (9, 64, 36), (5, 64, 40)] {
+        let gate_up = [
+            Weight::new(&[inner, hidden], &uniform(&mut rng, inner * hidden, 0.1)),
+            Weight::new(&[inner, hidden], &uniform(&mut rng, inner * hidden, 0.1)),
+        ];
+        let down = Weight::new(&[hidden, inner], &uniform(&mut rng, hidden * inner, 0.1));
+        let gate_up: Vec<TensorView<'_>> = gate_up.iter().map(Weight::view).collect();
+        let values = uniform(&mut rng, rows * hidden, 1.0);
+        let (x_cpu, x_gpu) = both(&gpu, rows, hidden, values.clone(), ActDtype::Bf16);
+        let cpu = &CpuBackend::F32;
+        let want = cpu
+            .mlp(
+                &x_cpu,
+                &cpu.matrix(&gate_up).unwrap(),
+                &cpu.matrix(&[down.view()]).unwrap(),
+            )
+            .unwrap();
+        let whole = gpu
+            .mlp(
+                &x_gpu,
+                &gpu.matrix(&gate_up).unwrap(),
+                &gpu.matrix(&[down.view()]).unwrap(),
+            )
+            .unwrap();
+        let x_chunked = chunked
+            .upload_tensor(rows, hidden, &round_bf16(values), ActDtype::Bf16)
+            .unwrap();
+        let got = chunked
+            .mlp(
+                &x_chunked,
+                &chunked.matrix(&gate_up).unwrap(),
+                &chunked.matrix(&[down.view()]).unwrap(),
+            )
+            .unwrap();
+        let got = chunked.to_host(&got).unwrap();
+        let what = format!("mlp {rows}x{hidden}, inner {inner}, chunks of 7");
+        assert_close(&what, &got, &want.data, BF16);
+        assert_close(
+            &format!("{what} against the whole batch"),
+            &got,
+            &gpu.to_host(&whole).unwrap(),
+            BF16,
+        );
     }
 }
 

@@ -15,6 +15,7 @@
 //! - [`graphs`]: CUDA graphs, small batches padded to a few fixed shapes, each recorded once
 //!   and replayed with one launch.
 //! - `clock`: CUDA events as the op profiler's clock (`crate::profile`).
+//! - `mlp`: the MLP in token chunks (gate|up and SwiGLU kept in L2), when asked.
 //! - `row_path`: the choice between the one-warp-per-row vector kernels and the
 //!   one-block-per-row scalar kernels of `rms_norm` and `add`.
 //!
@@ -51,6 +52,7 @@ mod last_rows;
 mod layout;
 mod linear;
 mod linear_fp8;
+mod mlp;
 mod pool;
 mod qk_norm_rope;
 mod quantize_fp8;
@@ -96,6 +98,8 @@ pub struct CudaOptions {
     /// Largest batch, in tokens (padding included), run as a CUDA graph (`graphs`); 0 runs
     /// every pass op by op. The memory plan sets this many tokens of activations aside.
     pub graph_max_tokens: usize,
+    /// Runs the MLP over this many tokens at a time (`mlp`); 0 runs it over the whole batch.
+    pub mlp_chunk_tokens: usize,
 }
 
 impl Default for CudaOptions {
@@ -104,6 +108,7 @@ impl Default for CudaOptions {
             gpu_memory_fraction: 0.9,
             fp8: false,
             graph_max_tokens: 0,
+            mlp_chunk_tokens: 0,
         }
     }
 }
@@ -123,6 +128,8 @@ pub struct CudaBackend {
     kernels: Kernels,
     /// Recorded passes for small batches, when [`CudaOptions::graph_max_tokens`] asks.
     graphs: Option<graphs::Graphs>,
+    /// [`CudaOptions::mlp_chunk_tokens`].
+    mlp_chunk_tokens: usize,
     device: CudaDeviceInfo,
     target: Target,
     gpu_memory_fraction: f64,
@@ -202,6 +209,7 @@ impl CudaBackend {
             kernels,
             graphs: (options.graph_max_tokens > 0)
                 .then(|| graphs::Graphs::new(options.graph_max_tokens)),
+            mlp_chunk_tokens: options.mlp_chunk_tokens,
             device,
             target,
             gpu_memory_fraction: options.gpu_memory_fraction,
@@ -537,6 +545,13 @@ impl Ops for CudaBackend {
         }
         let device_layout = self.layout(layout)?;
         decoder(self.embed(table, token_ids)?, &device_layout)
+    }
+
+    fn mlp(&self, x: &CudaTensor, gate_up: &CudaMatrix, down: &CudaMatrix) -> OpResult<CudaTensor> {
+        match self.mlp_chunk_tokens {
+            chunk if chunk > 0 && x.rows > chunk => mlp::mlp_chunked(self, x, gate_up, down, chunk),
+            _ => self.linear(&self.linear_silu_mul(x, gate_up)?, down),
+        }
     }
 
     fn last_rows(&self, x: &CudaTensor, layout: &CudaLayout) -> OpResult<CudaTensor> {

@@ -32,6 +32,17 @@ pub fn fp8_gpu() -> Option<CudaBackend> {
     Some(CudaBackend::new(0, options).expect("a Hopper device runs FP8 products"))
 }
 
+/// The bf16 backend on device 0 running the MLP over `chunk` tokens at a time, or `None`
+/// (after saying so) without a device.
+pub fn chunked_mlp_gpu(chunk: usize) -> Option<CudaBackend> {
+    gpu()?;
+    let options = CudaOptions {
+        mlp_chunk_tokens: chunk,
+        ..CudaOptions::default()
+    };
+    Some(CudaBackend::new(0, options).expect("the device runs a chunked MLP"))
+}
+
 /// The bf16 backend on device 0 running batches of up to `max_tokens` tokens as CUDA graphs,
 /// or `None` (after saying so) without a device.
 pub fn graphs_gpu(max_tokens: usize) -> Option<CudaBackend> {
