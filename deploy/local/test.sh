@@ -19,4 +19,4 @@ cargo build --workspace --bins --locked
 cargo test --workspace --locked
 # The GPU tests again, uncaptured, so their "skipped: no CUDA device" lines show where there is
 # no GPU (cargo hides the output of passing tests).
-cargo test -p gpu-worker --locked --test cuda_parity --test cuda_model -- --nocapture 2>&1 | grep -E "skipped|test result"
+cargo test -p gpu-worker --locked --test cuda_parity --test cuda_model --test cuda_graphs -- --nocapture 2>&1 | grep -E "skipped|test result"
