@@ -6,7 +6,8 @@
 #   a. qwen3-tiny: bench/peers/check_golden.py through both HTTP APIs (every golden case in one
 #      batch, then alone; cosine >= 0.999),
 #   b. the 0.6B model check.sh generated: loadgen's bulk workload (documents of 32-512 tokens in
-#      requests of 32, concurrency 8) and its online workload (concurrency 1, 32, 128).
+#      requests of 32, concurrency 8) and its online workload (concurrency 1, 32, 128), with
+#      the gateway's per-stage means at concurrency 1 (where a lone request's time goes).
 # Usage: serve.sh MODEL_0_6B_DIR SECONDS_LEFT [BACKEND] (BACKEND cpu tries the script on a
 # machine without a GPU). Logs go to $OUT/serve.log, one summary line per check to stdout.
 # Settings reach the workers through the environment (QWEN3_EMBED__GPU__CUDA_GRAPH_MAX_TOKENS,
@@ -51,6 +52,43 @@ start_stack() {
     return 1
 }
 
+# The gateway's Prometheus metrics.
+metrics() {
+    python3 -c "import urllib.request; print(urllib.request.urlopen('$url/metrics', timeout=5).read().decode())" \
+        2>>"$log"
+}
+
+# Mean time per request of each stage between two scrapes of /metrics (BEFORE AFTER): the
+# change of each histogram's sum over the change of its count, over all label sets (for HTTP,
+# the embedding routes only).
+stage_means() {
+    python3 - "$1" "$2" <<'PY'
+import re, sys
+
+def totals(path):
+    found = {}
+    for line in open(path):
+        m = re.match(r"(embed_[a-z_]+)_(sum|count)(\{[^}]*\})? ([0-9.eE+-]+)$", line.strip())
+        if not m or (m.group(1).startswith("embed_http") and "embeddings" not in (m.group(3) or "")):
+            continue
+        key = (m.group(1), m.group(2))
+        found[key] = found.get(key, 0.0) + float(m.group(4))
+    return found
+
+before, after = totals(sys.argv[1]), totals(sys.argv[2])
+parts = []
+for name, label in [("embed_http_request_duration_seconds", "http"),
+                    ("embed_stage_tokenize_seconds", "tokenize"),
+                    ("embed_stage_queue_wait_seconds", "queue wait"),
+                    ("embed_stage_forward_seconds", "forward"),
+                    ("embed_stage_assembly_seconds", "assembly")]:
+    count = after.get((name, "count"), 0) - before.get((name, "count"), 0)
+    total = after.get((name, "sum"), 0) - before.get((name, "sum"), 0)
+    parts.append(f"{label} {1e3 * total / count:.3f}" if count > 0 else f"{label} n/a")
+print("serve: c=1 stage means (ms): " + ", ".join(parts))
+PY
+}
+
 # a. The tiny model's vectors through HTTP.
 echo "== serving pipeline, qwen3-tiny" >>"$log"
 if start_stack "$here/fixture"; then
@@ -76,7 +114,14 @@ if start_stack "$model"; then
     }
     loadgen --workload bulk --docs 8000 --batch 32 --concurrency 8 --warmup 2 ||
         echo "serve: bulk workload failed (see serve.log)"
-    loadgen --workload online --concurrency 1,32,128 --duration 5 --warmup 1 ||
+    before=$(mktemp)
+    after=$(mktemp)
+    metrics >"$before"
+    loadgen --workload online --concurrency 1 --duration 5 --warmup 1 ||
+        echo "serve: online workload failed at concurrency 1 (see serve.log)"
+    metrics >"$after"
+    stage_means "$before" "$after"
+    loadgen --workload online --concurrency 32,128 --duration 5 --warmup 1 ||
         echo "serve: online workload failed (see serve.log)"
     cat "$runs" >>"$log"
     python3 - "$runs" <<'PY'
