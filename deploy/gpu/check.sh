@@ -6,16 +6,16 @@
 #      qwen3-tiny fixture against transformers' golden vectors, batch invariance, memory limits,
 #      and the tiny reranker against transformers' scores (cuda_model), CUDA graphs' replays
 #      against golden vectors and passes run op by op (cuda_graphs),
-#      and compute-sanitizer's four tools over the kernel tests,
 #   3. throughput of a random Qwen3-Embedding-0.6B: `gpu-worker bench --backend cuda` (bf16, and
 #      fp8 on two workloads) against PyTorch + transformers (bf16, SDPA) on the same workloads
-#      (torch_bench.py), the time per op from CUDA events (`bench --profile`, mixed and 1 x 16),
-#      CUDA graphs' small-batch rows, the MLP in token chunks, and the linear layers' rate against a large cuBLAS
-#      matrix product on the same card,
+#      (torch_bench.py), the time per op from CUDA events (`bench --profile`, mixed and
+#      1 x 16), CUDA graphs' small-batch rows, the MLP in token chunks, and the linear layers'
+#      rate against a large cuBLAS matrix product on the same card,
 #   4. the whole serving pipeline on the GPU (serve.sh), CUDA graphs on: golden vectors through
-#      HTTP, then loadgen's bulk and online workloads on the 0.6B model.
-# Steps 1-4 took 137 s on an H200 before the sanitizer step was added, steps 1-3 83-98 s on an
-# H100 (every step has a timeout; the whole stays under 6 minutes). Full logs go to $OUT
+#      HTTP, then loadgen's bulk and online workloads on the 0.6B model,
+#   5. compute-sanitizer's four tools over the kernel tests, in the time left.
+# Steps 1-4 took 137 s on an H200 before this session's rows were added, steps 1-3 83-98 s on
+# an H100 (every step has a timeout; the whole stays under 6 minutes). Full logs go to $OUT
 # (8 files); a short table is printed last.
 #
 # Usage (device tool, from the repository root, carrying gpu-bundle):  bash gpu-bundle/check.sh
@@ -74,30 +74,6 @@ for suite in cuda_parity cuda_model cuda_graphs; do
     grep -E "panicked|lowest cosine|largest|drifts|outside" "$log" | head -n 15 | sed 's/^/  /' |
         tee -a "$summary"
 done
-
-# --- 2b. compute-sanitizer over the kernel tests: memcheck, racecheck, synccheck, and initcheck
-#         with bulk-copy (TMA) stores tracked, which cuBLAS's Hopper kernels write through
-#         (without it, initcheck reported their outputs as never written). Output goes to
-#         cuda_parity.log: $OUT brings back 8 files at most. ---------------------------------------
-sanitizer=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
-sanitized=()
-if [[ -x $sanitizer ]]; then
-    for tool in memcheck racecheck synccheck "initcheck --check-bulk-copy yes"; do
-        say "compute-sanitizer $tool"
-        echo "=== compute-sanitizer --tool $tool" >>"$out/cuda_parity.log"
-        # shellcheck disable=SC2086 # $tool holds the tool and its options
-        if timeout "$(cap 60)" "$sanitizer" --tool $tool --error-exitcode 1 --print-limit 5 \
-            "$here/tests/cuda_parity" --test-threads=1 >>"$out/cuda_parity.log" 2>&1; then
-            sanitized+=("${tool%% *} pass")
-        else
-            sanitized+=("${tool%% *} FAIL")
-        fi
-    done
-else
-    sanitized+=("not found")
-fi
-sanitizers=$(IFS=,; echo "${sanitized[*]}")
-note "compute-sanitizer (cuda_parity): $sanitizers"
 
 # --- 3. Throughput on a random 0.6B model ------------------------------------------------------
 # Workloads: fixed batches (no padding either side): 32 x 512 for throughput, 1 x 16 and 32 x 32
@@ -159,6 +135,31 @@ say "serving pipeline"
 # With CUDA graphs for batches of up to 2,048 tokens: the golden check through HTTP covers
 # replays, and the online workload is made of small batches (the bare rows above give both).
 serving=$(QWEN3_EMBED__GPU__CUDA_GRAPH_MAX_TOKENS=2048 bash "$here/serve.sh" "$model" "$(cap 150)" 2>&1)
+
+# --- 5. compute-sanitizer over the kernel tests (last: it takes what time the steps before
+#         left, and the checks and numbers above matter more): memcheck, racecheck, synccheck, and initcheck
+#         with bulk-copy (TMA) stores tracked, which cuBLAS's Hopper kernels write through
+#         (without it, initcheck reported their outputs as never written). Output goes to
+#         cuda_parity.log: $OUT brings back 8 files at most. ---------------------------------------
+sanitizer=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
+sanitized=()
+if [[ -x $sanitizer ]]; then
+    for tool in memcheck racecheck synccheck "initcheck --check-bulk-copy yes"; do
+        say "compute-sanitizer $tool"
+        echo "=== compute-sanitizer --tool $tool" >>"$out/cuda_parity.log"
+        # shellcheck disable=SC2086 # $tool holds the tool and its options
+        if timeout "$(cap 60)" "$sanitizer" --tool $tool --error-exitcode 1 --print-limit 5 \
+            "$here/tests/cuda_parity" --test-threads=1 >>"$out/cuda_parity.log" 2>&1; then
+            sanitized+=("${tool%% *} pass")
+        else
+            sanitized+=("${tool%% *} FAIL")
+        fi
+    done
+else
+    sanitized+=("not found")
+fi
+sanitizers=$(IFS=,; echo "${sanitized[*]}")
+note "compute-sanitizer (cuda_parity): $sanitizers"
 
 # --- Table ---------------------------------------------------------------------------------------
 {
