@@ -10,7 +10,7 @@ use cuda_support::{gpu, graphs_gpu};
 use gpu_worker::cuda::CudaBackend;
 use gpu_worker::cuda::graphs::Bucket;
 use gpu_worker::model::qwen3::Qwen3;
-use gpu_worker::ops::BatchLayout;
+use gpu_worker::ops::{BatchLayout, Ops};
 
 /// Largest recorded batch in these tests: every group of fixture cases (the longest case
 /// has 2,011 tokens) is recorded.
@@ -138,4 +138,31 @@ fn a_recorded_small_batch_agrees_with_a_large_one_run_op_by_op() {
         recorded >= 3,
         "only {recorded} cases are small enough to record"
     );
+}
+
+#[test]
+fn two_models_on_one_backend_never_replay_each_other() {
+    let (Some(eager), Some(graphs)) = (gpu(), graphs_gpu(MAX_TOKENS)) else {
+        return;
+    };
+    let load_both = |gpu: &CudaBackend| {
+        [fixture::tiny_dir(), fixture::reranker_dir()]
+            .map(|dir| gpu_worker::model::load(&dir, gpu).expect("fixture loads on the GPU"))
+    };
+    let (eager_models, graph_models) = (load_both(&eager), load_both(&graphs));
+    let ids: Vec<u32> = (0..12).map(|i| 1000 + 31 * i).collect();
+    let layout = BatchLayout::from_lengths(&[ids.len()]).unwrap();
+    // The same batch through both models in turn: one bucket, two recordings.
+    for round in 0..3 {
+        for (model, (eager_model, graph_model)) in
+            eager_models.iter().zip(&graph_models).enumerate()
+        {
+            let want = eager.to_host(&eager_model.last_hidden(&eager, &ids, &layout).unwrap());
+            let got = graphs.to_host(&graph_model.last_hidden(&graphs, &ids, &layout).unwrap());
+            // Hidden states before the final norm: not unit vectors, so compared by direction;
+            // another model's would point elsewhere.
+            let cos = fixture::cosine(&got.unwrap(), &want.unwrap());
+            assert!(cos >= 0.999, "round {round}, model {model}: cosine {cos}");
+        }
+    }
 }

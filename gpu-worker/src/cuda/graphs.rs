@@ -36,7 +36,7 @@ use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
 
 use super::attention::ROWS_PER_TILE;
 use super::tensor::TensorData;
-use super::{CudaBackend, CudaLayout, CudaTable, CudaTensor, embed, shape_error};
+use super::{CudaBackend, CudaLayout, CudaTable, CudaTensor, embed, row_path, shape_error};
 use crate::ops::{BatchLayout, Decoder, OpError, OpResult};
 
 /// The smallest bucket, in tokens.
@@ -130,7 +130,9 @@ pub(super) struct Graphs {
 struct State {
     /// False once a recording or a replay failed: passes run op by op.
     enabled: bool,
-    recordings: HashMap<Bucket, Recording>,
+    /// By bucket and model: the embedding table's device address tells the models a backend
+    /// holds apart, so one never replays another's pass.
+    recordings: HashMap<(Bucket, u64), Recording>,
     /// Counts replays, to find the least recently used recording.
     clock: u64,
 }
@@ -241,7 +243,8 @@ impl State {
         let padded = bucket.pad_layout(layout)?;
         let ids = bucket.pad_ids(token_ids);
         self.clock += 1;
-        let recording = match self.recordings.remove(&bucket) {
+        let key = (bucket, row_path::address(gpu, &table.data));
+        let recording = match self.recordings.remove(&key) {
             Some(mut recording) => {
                 gpu.stream
                     .memcpy_htod(&ids, &mut recording.ids)
@@ -256,7 +259,7 @@ impl State {
                 record(gpu, bucket, table, &ids, &padded, decoder)?
             }
         };
-        let recording = self.recordings.entry(bucket).or_insert(recording);
+        let recording = self.recordings.entry(key).or_insert(recording);
         recording.last_used = self.clock;
         recording
             .graph
@@ -281,9 +284,9 @@ impl State {
             .recordings
             .iter()
             .min_by_key(|(_, recording)| recording.last_used)
-            .map(|(bucket, _)| *bucket);
-        if let Some(bucket) = oldest {
-            self.recordings.remove(&bucket);
+            .map(|(key, _)| *key);
+        if let Some(key) = oldest {
+            self.recordings.remove(&key);
         }
     }
 }

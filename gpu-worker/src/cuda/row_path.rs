@@ -44,7 +44,7 @@ pub(super) fn choose(cols: usize, addresses: &[u64]) -> RowPath {
     }
 }
 
-/// The device address of a buffer, for [`choose`].
+/// The device address of a buffer, for [`choose`] (and to tell buffers apart).
 pub(super) fn address<T>(gpu: &CudaBackend, data: &CudaSlice<T>) -> u64 {
     // The returned guard records a read event when streams are synchronized by cudarc; nothing
     // is read here, and the launch that follows records its own.
