@@ -60,7 +60,8 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 0)]
     pub mlp_chunk_tokens: usize,
     /// Times every op of the timed passes (CUDA events, or the clock on the CPU; see
-    /// `profile`): passes run op by op, so not with --cuda-graph-max-tokens.
+    /// `profile`): passes run op by op, so not with --cuda-graph-max-tokens (nor
+    /// --mlp-chunk-tokens).
     #[arg(long)]
     pub profile: bool,
     /// Seed of the synthetic token ids.
@@ -186,6 +187,11 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<BenchReport> {
     anyhow::ensure!(
         !(args.profile && args.cuda_graph_max_tokens > 0),
         "--profile times ops one by one; CUDA graphs replay them as one (drop one of the two)"
+    );
+    anyhow::ensure!(
+        !(args.profile && args.mlp_chunk_tokens > 0),
+        "--profile times the MLP as its two products and SwiGLU over the whole batch; drop \
+         --mlp-chunk-tokens or --profile"
     );
     let options = EngineOptions {
         backend: args.backend,
