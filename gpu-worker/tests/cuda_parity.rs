@@ -298,30 +298,23 @@ fn an_mlp_in_token_chunks_matches_the_cpu_and_the_whole_batch() {
                 &cpu.matrix(&[down.view()]).unwrap(),
             )
             .unwrap();
-        let whole = gpu
-            .mlp(
-                &x_gpu,
-                &gpu.matrix(&gate_up).unwrap(),
-                &gpu.matrix(&[down.view()]).unwrap(),
-            )
-            .unwrap();
+        // The MLP of `x` on a CUDA backend, back on the host.
+        let mlp = |gpu: &CudaBackend, x: &CudaTensor| {
+            let gate_up = gpu.matrix(&gate_up).unwrap();
+            let out = gpu.mlp(x, &gate_up, &gpu.matrix(&[down.view()]).unwrap());
+            gpu.to_host(&out.unwrap()).unwrap()
+        };
+        let whole = mlp(&gpu, &x_gpu);
         let x_chunked = chunked
             .upload_tensor(rows, hidden, &round_bf16(values), ActDtype::Bf16)
             .unwrap();
-        let got = chunked
-            .mlp(
-                &x_chunked,
-                &chunked.matrix(&gate_up).unwrap(),
-                &chunked.matrix(&[down.view()]).unwrap(),
-            )
-            .unwrap();
-        let got = chunked.to_host(&got).unwrap();
+        let got = mlp(&chunked, &x_chunked);
         let what = format!("mlp {rows}x{hidden}, inner {inner}, chunks of 7");
         assert_close(&what, &got, &want.data, BF16);
         assert_close(
             &format!("{what} against the whole batch"),
             &got,
-            &gpu.to_host(&whole).unwrap(),
+            &whole,
             BF16,
         );
     }

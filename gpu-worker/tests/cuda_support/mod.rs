@@ -25,31 +25,35 @@ pub fn fp8_gpu() -> Option<CudaBackend> {
         eprintln!("skipped: FP8 products need compute capability 9.0");
         return None;
     }
-    let options = CudaOptions {
+    gpu_with(CudaOptions {
         fp8: true,
         ..CudaOptions::default()
-    };
-    Some(CudaBackend::new(0, options).expect("a Hopper device runs FP8 products"))
+    })
 }
 
 /// The bf16 backend on device 0 running the MLP over `chunk` tokens at a time, or `None`
 /// (after saying so) without a device.
 pub fn chunked_mlp_gpu(chunk: usize) -> Option<CudaBackend> {
-    gpu()?;
-    let options = CudaOptions {
+    gpu_with(CudaOptions {
         mlp_chunk_tokens: chunk,
         ..CudaOptions::default()
-    };
-    Some(CudaBackend::new(0, options).expect("the device runs a chunked MLP"))
+    })
 }
 
 /// The bf16 backend on device 0 running batches of up to `max_tokens` tokens as CUDA graphs,
 /// or `None` (after saying so) without a device.
 pub fn graphs_gpu(max_tokens: usize) -> Option<CudaBackend> {
-    gpu()?;
-    let options = CudaOptions {
+    gpu_with(CudaOptions {
         graph_max_tokens: max_tokens,
         ..CudaOptions::default()
-    };
-    Some(CudaBackend::new(0, options).expect("the device runs CUDA graphs"))
+    })
+}
+
+/// The backend on device 0 with `options`, or `None` (after saying so) without a device.
+fn gpu_with(options: CudaOptions) -> Option<CudaBackend> {
+    gpu()?;
+    Some(
+        CudaBackend::new(0, options)
+            .unwrap_or_else(|e| panic!("the device refuses the backend {options:?}: {e}")),
+    )
 }
