@@ -187,6 +187,12 @@ impl Graphs {
         self.max_tokens
     }
 
+    /// What the device's description says of graphs (`/debug`, the worker's status; taken
+    /// once at start: a later failure shows in the log).
+    pub(super) fn describe(&self) -> String {
+        format!("CUDA graphs up to {} tokens", self.max_tokens)
+    }
+
     /// Runs a pass through its bucket's recording (recording it first if needed). `None`
     /// when the batch has no bucket or graphs are off: the caller runs it op by op.
     pub(super) fn run(

@@ -413,8 +413,13 @@ impl Ops for CudaBackend {
         let (major, minor) = self.device.compute_capability;
         DeviceInfo {
             description: format!(
-                "{} (cuda:{}, compute capability {major}.{minor}, kernels {})",
-                self.device.name, self.device.ordinal, self.target
+                "{} (cuda:{}, compute capability {major}.{minor}, kernels {}{})",
+                self.device.name,
+                self.device.ordinal,
+                self.target,
+                self.graphs
+                    .as_ref()
+                    .map_or(String::new(), |graphs| format!(", {}", graphs.describe()))
             ),
             memory_used: self.memory_used().ok(),
             memory_total: Some(self.device.total_memory),
