@@ -3,14 +3,16 @@
 // final norm left them); f32 in, f32 out. CPU twin: src/cpu/pool.rs.
 #include "common.cuh"
 
-// One block per row. Only the first dims[r] values of output row r are written.
+// One block per row. Output row r holds its dims[r] values, from out[offsets[r]] (the rows
+// packed back to back: only the values asked for are copied to the host).
 extern "C" __global__ void pool(const float* __restrict__ last, const float* __restrict__ w,
                                 const unsigned int* __restrict__ dims,
-                                const unsigned int* __restrict__ normalize, float* __restrict__ out,
+                                const unsigned int* __restrict__ normalize,
+                                const unsigned int* __restrict__ offsets, float* __restrict__ out,
                                 int cols, float eps) {
     __shared__ float scratch[32];
     const float* x = last + (size_t)blockIdx.x * cols;
-    float* o = out + (size_t)blockIdx.x * cols;
+    float* o = out + offsets[blockIdx.x];
     const int kept = (int)dims[blockIdx.x];
     float squares = 0.f;
     for (int c = threadIdx.x; c < cols; c += blockDim.x) squares += x[c] * x[c];
