@@ -120,6 +120,7 @@ if timeout "$(cap 120)" python3 "$here/tools/make-random-qwen3.py" --out "$model
         # FP8 products (compute capability 9.0 and newer; refused, and so absent, elsewhere).
         bench fp8 --batch 32 --seq-len 512 --iters 10
         bench fp8 --batch 1 --seq-len 16 --iters 200
+        bench fp8 --batch 1 --seq-len 16 --iters 200 --cuda-graph-max-tokens 2048
     else
         note "bench: no gpu-worker binary in the bundle"
     fi
@@ -204,7 +205,7 @@ def ms(r):
 
 print(f"{'workload':<16} {'cuda tok/s':>11} {'torch tok/s':>12} {'ratio':>6} {'cuda ms':>9} {'torch ms':>9}")
 for name in ("32x512", "1x16", "1x16 graph", "32x32", "32x32 graph", "mixed", "mixed chunk1024",
-             "mixed chunk2048", "32x512 fp8", "1x16 fp8"):
+             "mixed chunk2048", "32x512 fp8", "1x16 fp8", "1x16 fp8 graph"):
     a, b = ours.get(name), theirs.get(name.split(" ")[0])
     ratio = f"{a['tokens_per_s'] / b['tokens_per_s']:.2f}" if a and b else "-"
     print(f"{name:<16} {rate(a):>11} {rate(b):>12} {ratio:>6} {ms(a):>9} {ms(b):>9}")
