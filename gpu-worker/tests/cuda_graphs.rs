@@ -166,3 +166,24 @@ fn two_models_on_one_backend_never_replay_each_other() {
         }
     }
 }
+
+#[test]
+fn lone_queries_are_recorded_before_they_come() {
+    let Some(graphs) = graphs_gpu(2048) else {
+        return;
+    };
+    let model = load(&graphs);
+    let recorded = gpu_worker::engine::record_query_graphs(&graphs, &model, 2048)
+        .expect("graphs stay on while queries are recorded");
+    // One per single-sequence bucket up to 512 tokens: 16, 20, 24, 28, 32, 40, .., 512.
+    assert_eq!(recorded, 21);
+    let cases = fixture::case_ids(&fixture::golden());
+    for ids in cases.iter().filter(|ids| ids.len() < 512) {
+        embed(&graphs, &model, ids, &[ids.len()]);
+    }
+    assert_eq!(
+        graphs.recorded_graphs(),
+        Some(recorded),
+        "a lone query needed a recording of its own"
+    );
+}

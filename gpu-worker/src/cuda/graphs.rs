@@ -193,6 +193,12 @@ impl Graphs {
         format!("CUDA graphs up to {} tokens", self.max_tokens)
     }
 
+    /// Recordings held, or `None` once graphs were turned off.
+    pub(super) fn recorded(&self) -> Option<usize> {
+        let state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        state.enabled.then_some(state.recordings.len())
+    }
+
     /// Runs a pass through its bucket's recording (recording it first if needed). `None`
     /// when the batch has no bucket or graphs are off: the caller runs it op by op.
     pub(super) fn run(

@@ -280,6 +280,11 @@ impl CudaBackend {
         Ok(plan)
     }
 
+    /// CUDA graphs recorded so far; `None` without graphs or once they were turned off.
+    pub fn recorded_graphs(&self) -> Option<usize> {
+        self.graphs.as_ref()?.recorded()
+    }
+
     /// The planned batch token budget, once [`Self::plan_memory`] has run.
     pub fn max_batch_tokens(&self) -> Option<usize> {
         match self.max_batch_tokens.load(Ordering::Relaxed) {
