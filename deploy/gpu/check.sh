@@ -6,14 +6,15 @@
 #      qwen3-tiny fixture against transformers' golden vectors, batch invariance, memory limits,
 #      and the tiny reranker against transformers' scores (cuda_model), CUDA graphs' replays
 #      against golden vectors and passes run op by op (cuda_graphs),
-#   3. throughput of a random Qwen3-Embedding-0.6B: `gpu-worker bench --backend cuda` (bf16, and
-#      fp8 on two workloads) against PyTorch + transformers (bf16, SDPA) on the same workloads
-#      (torch_bench.py), the time per op from CUDA events (`bench --profile`, mixed and
-#      1 x 16), CUDA graphs' small-batch rows, the MLP in token chunks, and the linear layers'
-#      rate against a large cuBLAS matrix product on the same card,
+#   3. throughput of a random Qwen3-Embedding-0.6B: `gpu-worker bench --backend cuda` (bf16: 32 x
+#      512, 1 x 16 and 32 x 32 op by op and as CUDA graphs, the mixed workload) against PyTorch
+#      + transformers (bf16, SDPA) on the same workloads (torch_bench.py), and the linear
+#      layers' rate against a large cuBLAS matrix product on the same card,
 #   4. the whole serving pipeline on the GPU (serve.sh), CUDA graphs on: golden vectors through
 #      HTTP, then loadgen's bulk and online workloads on the 0.6B model,
-#   5. compute-sanitizer's four tools over the kernel tests, in the time left.
+#   5. in the time left, more rows: FP8 (32 x 512, 1 x 16 with and without graphs), the time
+#      per op from CUDA events (`bench --profile`, mixed and 1 x 16), the MLP in token chunks,
+#   6. compute-sanitizer's four tools over the kernel tests, in the time left.
 # Steps 1-4 took 137 s on an H200 before this session's rows were added, steps 1-3 83-98 s on
 # an H100 (every step has a timeout; the whole stays under 6 minutes). Full logs go to $OUT
 # (8 files); a short table is printed last.
@@ -83,52 +84,37 @@ done
 # sentence-transformers does (sorted longest first, 32 a batch, padded to the longest).
 model=/tmp/qwen3-0.6b-random
 mixed=4096:16:512
+IFS=: read -r count low high <<<"$mixed"
 budget=32768
 say "generating the 0.6B model"
 : >"$out/bench.log"
 : >"$out/torch.log"
-if timeout "$(cap 120)" python3 "$here/tools/make-random-qwen3.py" --out "$model" \
-    --tokenizer-dir "$here/fixture" >"$out/gen.log" 2>&1; then
-    if [[ -x "$here/bin/gpu-worker" ]]; then
-        # bench DTYPE ARGS...
-        bench() {
-            say "gpu-worker bench $*"
-            local dtype=$1
-            shift
-            timeout "$(cap 90)" "$here/bin/gpu-worker" bench --model "$model" --backend cuda --dtype "$dtype" "$@" \
-                2>>"$out/bench.log" | tail -n 1 >>"$out/bench.log"
-        }
-        bench bf16 --batch 32 --seq-len 512 --iters 10
-        bench bf16 --batch 1 --seq-len 16 --iters 200
-        bench bf16 --batch 32 --seq-len 32 --iters 100
-        # The same small batches replayed as CUDA graphs (recorded in the warm-up pass).
-        bench bf16 --batch 1 --seq-len 16 --iters 200 --cuda-graph-max-tokens 2048
-        bench bf16 --batch 32 --seq-len 32 --iters 100 --cuda-graph-max-tokens 2048
-        IFS=: read -r count low high <<<"$mixed"
-        bench bf16 --sequences "$count" --min-len "$low" --seq-len "$high" --batch "$count" \
-            --batch-tokens "$budget" --iters 2
-        # The MLP in token chunks whose intermediate values can stay in L2, against the whole
-        # batch's (the mixed row above).
-        for chunk in 1024 2048; do
-            bench bf16 --sequences "$count" --min-len "$low" --seq-len "$high" --batch "$count" \
-                --batch-tokens "$budget" --iters 2 --mlp-chunk-tokens "$chunk"
-        done
-        # Time per op from CUDA events (there is no nsys), op by op: the mixed workload, 1 x 16.
-        bench bf16 --sequences "$count" --min-len "$low" --seq-len "$high" --batch "$count" \
-            --batch-tokens "$budget" --iters 1 --profile
-        bench bf16 --batch 1 --seq-len 16 --iters 50 --profile
-        # FP8 products (compute capability 9.0 and newer; refused, and so absent, elsewhere).
-        bench fp8 --batch 32 --seq-len 512 --iters 10
-        bench fp8 --batch 1 --seq-len 16 --iters 200
-        bench fp8 --batch 1 --seq-len 16 --iters 200 --cuda-graph-max-tokens 2048
-    else
-        note "bench: no gpu-worker binary in the bundle"
-    fi
+generated=no
+timeout "$(cap 120)" python3 "$here/tools/make-random-qwen3.py" --out "$model" \
+    --tokenizer-dir "$here/fixture" >"$out/gen.log" 2>&1 && generated=yes
+[[ $generated == yes ]] || note "bench: make-random-qwen3.py failed (see gen.log)"
+[[ -x "$here/bin/gpu-worker" ]] || note "bench: no gpu-worker binary in the bundle"
+# bench DTYPE ARGS...: one `gpu-worker bench` row into bench.log.
+bench() {
+    [[ $generated == yes && -x "$here/bin/gpu-worker" ]] || return 0
+    say "gpu-worker bench $*"
+    local dtype=$1
+    shift
+    timeout "$(cap 90)" "$here/bin/gpu-worker" bench --model "$model" --backend cuda --dtype "$dtype" "$@" \
+        2>>"$out/bench.log" | tail -n 1 >>"$out/bench.log"
+}
+mixed_args=(--sequences "$count" --min-len "$low" --seq-len "$high" --batch "$count" --batch-tokens "$budget")
+bench bf16 --batch 32 --seq-len 512 --iters 10
+bench bf16 --batch 1 --seq-len 16 --iters 200
+bench bf16 --batch 32 --seq-len 32 --iters 100
+# The same small batches replayed as CUDA graphs (recorded in the warm-up pass).
+bench bf16 --batch 1 --seq-len 16 --iters 200 --cuda-graph-max-tokens 2048
+bench bf16 --batch 32 --seq-len 32 --iters 100 --cuda-graph-max-tokens 2048
+bench bf16 "${mixed_args[@]}" --iters 2
+if [[ $generated == yes ]]; then
     say "torch bench"
     timeout "$(cap 150)" python3 "$here/torch_bench.py" --model "$model" --peak --iters 2 --config 32x512 \
         --config 1x16 --config 32x32 --mixed "$mixed" --batch-size 32 >"$out/torch.log" 2>&1
-else
-    note "bench: make-random-qwen3.py failed (see gen.log)"
 fi
 
 # --- 4. The serving pipeline on the GPU ----------------------------------------------------------
@@ -137,7 +123,20 @@ say "serving pipeline"
 # replays, and the online workload is made of small batches (the bare rows above give both).
 serving=$(QWEN3_EMBED__GPU__CUDA_GRAPH_MAX_TOKENS=2048 bash "$here/serve.sh" "$model" "$(cap 150)" 2>&1)
 
-# --- 5. compute-sanitizer over the kernel tests (last: it takes what time the steps before
+# --- 5. More rows, in the time left: FP8, time per op, the MLP in chunks ------------------------
+# FP8 products (compute capability 9.0 and newer; refused, and so absent, elsewhere).
+bench fp8 --batch 32 --seq-len 512 --iters 10
+bench fp8 --batch 1 --seq-len 16 --iters 200 --cuda-graph-max-tokens 2048
+bench fp8 --batch 1 --seq-len 16 --iters 200
+# Time per op from CUDA events (there is no nsys), op by op: the mixed workload, 1 x 16.
+bench bf16 "${mixed_args[@]}" --iters 1 --profile
+bench bf16 --batch 1 --seq-len 16 --iters 50 --profile
+# The MLP in token chunks whose intermediate values can stay in L2, against the whole batch's
+# (the mixed row of step 3).
+bench bf16 "${mixed_args[@]}" --iters 2 --mlp-chunk-tokens 2048
+bench bf16 "${mixed_args[@]}" --iters 2 --mlp-chunk-tokens 1024
+
+# --- 6. compute-sanitizer over the kernel tests (last: it takes what time the steps before
 #         left, and the checks and numbers above matter more): memcheck, racecheck, synccheck, and initcheck
 #         with bulk-copy (TMA) stores tracked, which cuBLAS's Hopper kernels write through
 #         (without it, initcheck reported their outputs as never written). Output goes to
