@@ -17,7 +17,7 @@
 //! - `clock`: CUDA events as the op profiler's clock (`crate::profile`).
 //! - `mlp`: the MLP in token chunks (gate|up and SwiGLU kept in L2), when asked.
 //! - `row_path`: the choice between the one-warp-per-row vector kernels and the
-//!   one-block-per-row scalar kernels of `rms_norm` and `add`.
+//!   one-block-per-row scalar kernels of `rms_norm`, `add` and `silu_mul`.
 //!
 //! # Numerics
 //! The residual stream is f32: embeddings widen exactly from bf16, and every layer's output
@@ -47,7 +47,6 @@ mod clock;
 mod device;
 mod embed;
 mod fault;
-
 mod last_rows;
 mod layout;
 mod linear;
