@@ -8,6 +8,7 @@
 
 use std::time::Duration;
 
+use async_nats::HeaderMap;
 use async_nats::jetstream::{self, consumer::pull, stream};
 use serde::Deserialize;
 
@@ -185,6 +186,19 @@ pub const MESSAGE_TTL: &str = "Nats-TTL";
 /// a marked batch apart and give it up after two failures (`gpu-worker`'s `poison` module).
 pub const FAILURES_HEADER: &str = "Qwen3-Embed-Failures";
 
+/// The headers of queued batch message `msg_id` (its `Nats-Msg-Id`, so that a batch
+/// published twice is stored once) marked with `failures` failed devices
+/// ([`FAILURES_HEADER`], absent when 0): how a tokenizer worker queues a batch and how a
+/// failing GPU worker puts one back.
+pub fn batch_headers(msg_id: &str, failures: u32) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    headers.insert(async_nats::header::NATS_MESSAGE_ID, msg_id);
+    if failures > 0 {
+        headers.insert(FAILURES_HEADER, failures.to_string().as_str());
+    }
+    headers
+}
+
 /// The TTL of a batch whose items have `budgets_ms` left (0: no deadline): the longest,
 /// in whole seconds rounded up (the header's unit); `None` when one item has no deadline
 /// (the batch then lives until `max_age`).
@@ -273,6 +287,21 @@ pub async fn lane_consumer_for(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn batch_headers_carry_the_id_and_a_failure_count_only_when_there_is_one() {
+        let plain = batch_headers("b-1", 0);
+        assert_eq!(
+            plain
+                .get(async_nats::header::NATS_MESSAGE_ID)
+                .unwrap()
+                .as_str(),
+            "b-1"
+        );
+        assert!(plain.get(FAILURES_HEADER).is_none());
+        let marked = batch_headers("b-2", 2);
+        assert_eq!(marked.get(FAILURES_HEADER).unwrap().as_str(), "2");
+    }
 
     #[tokio::test]
     async fn setup_is_retried_until_it_succeeds_or_patience_runs_out() {

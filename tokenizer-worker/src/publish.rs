@@ -34,7 +34,7 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream;
 use async_nats::{HeaderMap, RequestErrorKind};
 use bytes::Bytes;
-use common::queue::{FAILURES_HEADER, MESSAGE_TTL, QueueConfig, batch_ttl, lane_stream_for};
+use common::queue::{MESSAGE_TTL, QueueConfig, batch_headers, batch_ttl, lane_stream_for};
 use common::subjects::{Subjects, Task};
 use common::wire::{self, BatchItem, DirectOutcome, DirectReply, ErrorCode, ErrorReply, Priority};
 use common::worker::send_error;
@@ -223,7 +223,7 @@ fn encode(batch: &mut ReadyBatch) -> Option<Bytes> {
 }
 
 /// Publishes `batch` to the work queue as message `msg_id`, marked with `failures` failed
-/// devices ([`FAILURES_HEADER`], when not 0), retrying as [`publish_batch`] says; each
+/// devices ([`common::queue::FAILURES_HEADER`], when not 0), retrying as [`publish_batch`] says; each
 /// attempt carries the budgets left at its moment.
 async fn publish_to_queue(
     queue: &WorkQueue,
@@ -241,11 +241,7 @@ async fn publish_to_queue(
         let Some(payload) = encode(&mut batch) else {
             return fail(queue, batch.batch.items, "batch does not encode");
         };
-        let mut headers = HeaderMap::new();
-        headers.insert(async_nats::header::NATS_MESSAGE_ID, msg_id.as_str());
-        if failures > 0 {
-            headers.insert(FAILURES_HEADER, failures.to_string().as_str());
-        }
+        let mut headers = batch_headers(&msg_id, failures);
         // The server drops the batch once every request's time ran out in the queue.
         if let Some(ttl) = batch_ttl(batch.batch.items.iter().map(|item| item.budget_ms)) {
             headers.insert(MESSAGE_TTL, ttl.as_str());

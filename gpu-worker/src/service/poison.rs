@@ -32,7 +32,7 @@ use std::sync::Arc;
 
 use async_nats::HeaderMap;
 use async_nats::jetstream::{self, AckKind};
-use common::queue::{FAILURES_HEADER, MESSAGE_TTL, batch_ttl};
+use common::queue::{FAILURES_HEADER, MESSAGE_TTL, batch_headers, batch_ttl};
 use common::wire::{self, ErrorCode, ErrorReply, TokenBatch};
 use common::worker::send_error_in_order;
 use futures::StreamExt;
@@ -75,14 +75,10 @@ impl Marks {
 
     /// The marks as headers, beside message id `id`.
     fn headers(self, id: &str) -> HeaderMap {
-        let mut headers = HeaderMap::new();
+        let mut headers = batch_headers(id, self.failures);
         if self.split {
             headers.insert(SPLIT_HEADER, "1");
         }
-        if self.failures > 0 {
-            headers.insert(FAILURES_HEADER, self.failures.to_string().as_str());
-        }
-        headers.insert(async_nats::header::NATS_MESSAGE_ID, id);
         headers
     }
 }
