@@ -12,14 +12,19 @@ pub(super) fn embed(
     table: &CudaTable,
     token_ids: &[u32],
 ) -> OpResult<CudaTensor> {
-    const OP: &str = "embed";
-    if let Some(bad) = token_ids.iter().find(|&&id| id as usize >= table.rows) {
-        return Err(shape_error(
-            OP,
+    check_ids(table, token_ids)?;
+    gather(gpu, table, &gpu.upload("embed", token_ids)?)
+}
+
+/// Refuses token ids outside the table, which [`gather`] must never see.
+pub(super) fn check_ids(table: &CudaTable, token_ids: &[u32]) -> OpResult<()> {
+    match token_ids.iter().find(|&&id| id as usize >= table.rows) {
+        Some(bad) => Err(shape_error(
+            "embed",
             format!("token id {bad} outside the table of {} rows", table.rows),
-        ));
+        )),
+        None => Ok(()),
     }
-    gather(gpu, table, &gpu.upload(OP, token_ids)?)
 }
 
 /// [`embed`] of token ids already on the device, every one below the table's rows (the

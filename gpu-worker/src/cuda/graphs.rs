@@ -245,13 +245,7 @@ impl State {
         layout: &BatchLayout,
         decoder: &Decoder<'_, CudaBackend>,
     ) -> Result<CudaTensor, Failure> {
-        if let Some(bad) = token_ids.iter().find(|&&id| id as usize >= table.rows) {
-            return Err(shape_error(
-                "embed",
-                format!("token id {bad} outside the table of {} rows", table.rows),
-            )
-            .into());
-        }
+        embed::check_ids(table, token_ids)?;
         let padded = bucket.pad_layout(layout)?;
         let ids = bucket.pad_ids(token_ids);
         self.clock += 1;

@@ -23,7 +23,7 @@ pub(super) struct Fp8Products {
     handle: sys::cublasLtHandle_t,
     workspace: CudaSlice<u8>,
     /// cuBLASLt's choice by `(out, rows, in)`: asking its heuristic costs host time on every
-    /// product (seven per layer), the answer depends only on the shape.
+    /// product (four per layer), the answer depends only on the shape.
     algorithms: Mutex<HashMap<(usize, usize, usize), sys::cublasLtMatmulAlgo_t>>,
 }
 
@@ -112,6 +112,44 @@ unsafe fn set<T>(
     }
 }
 
+/// cuBLASLt's first choice of algorithm for the product `desc` over the A, B and D `layouts`
+/// (C shares D's: beta is 0), within `workspace_bytes` of workspace.
+fn heuristic(
+    products: &Fp8Products,
+    desc: &Owned<sys::cublasLtMatmulDesc_t>,
+    [a, b, d]: [&Owned<sys::cublasLtMatrixLayout_t>; 3],
+    workspace_bytes: usize,
+) -> Result<sys::cublasLtMatmulAlgo_t, CublasError> {
+    let preference = Owned {
+        raw: lt::create_matmul_pref()?,
+        destroy: lt::destroy_matmul_pref,
+    };
+    let max_workspace = workspace_bytes as u64;
+    use sys::cublasLtMatmulPreferenceAttributes_t::CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES;
+    // SAFETY: the attribute is a u64 byte count, read for its size only.
+    unsafe {
+        lt::set_matmul_pref_attribute(
+            preference.raw,
+            CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+            (&max_workspace as *const u64).cast(),
+            size_of::<u64>(),
+        )
+    }?;
+    // SAFETY: every object is live.
+    let found = unsafe {
+        lt::get_matmul_algo_heuristic(
+            products.handle,
+            desc.raw,
+            a.raw,
+            b.raw,
+            d.raw,
+            d.raw,
+            preference.raw,
+        )
+    }?;
+    Ok(found.algo)
+}
+
 /// `(rows, in) @ (out, in)^T = (rows, out)` in bf16, `x` rounded to FP8 per token first, the
 /// weight given as its E4M3 `codes` `(out, in)` and per-feature `scales`.
 pub(super) fn linear_fp8(
@@ -183,39 +221,15 @@ pub(super) fn linear_fp8(
         let algorithm = match cached {
             Some(algorithm) => algorithm,
             None => {
-                let preference = Owned {
-                    raw: lt::create_matmul_pref().map_err(failed)?,
-                    destroy: lt::destroy_matmul_pref,
-                };
-                // SAFETY: the attribute is a u64 byte count.
-                unsafe {
-                lt::set_matmul_pref_attribute(
-                    preference.raw,
-                    sys::cublasLtMatmulPreferenceAttributes_t::CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
-                    (&(workspace_bytes as u64) as *const u64).cast(),
-                    size_of::<u64>(),
-                )
-            }
-            .map_err(failed)?;
-                // SAFETY: every object is live; C and D share the output layout (beta is 0).
-                let heuristic = unsafe {
-                    lt::get_matmul_algo_heuristic(
-                        products.handle,
-                        desc.raw,
-                        a_layout.raw,
-                        b_layout.raw,
-                        d_layout.raw,
-                        d_layout.raw,
-                        preference.raw,
-                    )
-                }
-                .map_err(failed)?;
+                let layouts = [&a_layout, &b_layout, &d_layout];
+                let algorithm =
+                    heuristic(products, &desc, layouts, workspace_bytes).map_err(failed)?;
                 products
                     .algorithms
                     .lock()
                     .unwrap_or_else(|poisoned| poisoned.into_inner())
-                    .insert(shape, heuristic.algo);
-                heuristic.algo
+                    .insert(shape, algorithm);
+                algorithm
             }
         };
         let (alpha, beta) = (1.0f32, 0.0f32);
