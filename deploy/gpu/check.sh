@@ -13,7 +13,8 @@
 #   4. the whole serving pipeline on the GPU (serve.sh), CUDA graphs on: golden vectors through
 #      HTTP, then loadgen's bulk and online workloads on the 0.6B model,
 #   5. in the time left, more rows: FP8 (32 x 512, 1 x 16 with and without graphs), the time
-#      per op from CUDA events (`bench --profile`, mixed and 1 x 16), the MLP in token chunks,
+#      per op from CUDA events (`bench --profile`, mixed and 1 x 16), the q head norms in the
+#      attention kernel (`--fuse-q-norm-rope`, mixed and 1 x 16 graph), the MLP in token chunks,
 #   6. compute-sanitizer's four tools over the kernel tests, in the time left.
 # Steps 1-4 took 137 s on an H200 before this session's rows were added, steps 1-3 83-98 s on
 # an H100 (every step has a timeout; the whole stays under 6 minutes). Full logs go to $OUT
@@ -123,7 +124,7 @@ say "serving pipeline"
 # replays, and the online workload is made of small batches (the bare rows above give both).
 serving=$(QWEN3_EMBED__GPU__CUDA_GRAPH_MAX_TOKENS=2048 bash "$here/serve.sh" "$model" "$(cap 150)" 2>&1)
 
-# --- 5. More rows, in the time left: FP8, time per op, the MLP in chunks ------------------------
+# --- 5. More rows, in the time left: FP8, time per op, fused q norms, the MLP in chunks ---------
 # FP8 products (compute capability 9.0 and newer; refused, and so absent, elsewhere).
 bench fp8 --batch 32 --seq-len 512 --iters 10
 bench fp8 --batch 1 --seq-len 16 --iters 200 --cuda-graph-max-tokens 2048
@@ -131,6 +132,10 @@ bench fp8 --batch 1 --seq-len 16 --iters 200
 # Time per op from CUDA events (there is no nsys), op by op: the mixed workload, 1 x 16.
 bench bf16 "${mixed_args[@]}" --iters 1 --profile
 bench bf16 --batch 1 --seq-len 16 --iters 50 --profile
+# The q head norms and rotary embedding applied by the attention kernel as it loads q, against
+# the mixed and 1 x 16 graph rows of step 3.
+bench bf16 "${mixed_args[@]}" --iters 2 --fuse-q-norm-rope
+bench bf16 --batch 1 --seq-len 16 --iters 200 --cuda-graph-max-tokens 2048 --fuse-q-norm-rope
 # The MLP in token chunks whose intermediate values can stay in L2, against the whole batch's
 # (the mixed row of step 3).
 bench bf16 "${mixed_args[@]}" --iters 2 --mlp-chunk-tokens 2048
@@ -188,6 +193,7 @@ def runs(path):
             name += " fp8" if r.get("backend") == "cuda-fp8" else ""
             name += " graph" if r.get("cuda_graph_max_tokens") else ""
             name += f" chunk{r['mlp_chunk_tokens']}" if r.get("mlp_chunk_tokens") else ""
+            name += " fuseq" if r.get("fuse_q_norm_rope") else ""
             found[name + (" profile" if "ops" in r else "")] = r
     return found
 
@@ -203,8 +209,9 @@ def ms(r):
     return f"{r['tokens'] / r['tokens_per_s'] * 1e3 if 'tokens' in r else r['ms_per_batch']:.3f}"
 
 print(f"{'workload':<16} {'cuda tok/s':>11} {'torch tok/s':>12} {'ratio':>6} {'cuda ms':>9} {'torch ms':>9}")
-for name in ("32x512", "1x16", "1x16 graph", "32x32", "32x32 graph", "mixed", "mixed chunk1024",
-             "mixed chunk2048", "32x512 fp8", "1x16 fp8", "1x16 fp8 graph"):
+for name in ("32x512", "1x16", "1x16 graph", "1x16 graph fuseq", "32x32", "32x32 graph", "mixed",
+             "mixed fuseq", "mixed chunk1024", "mixed chunk2048", "32x512 fp8", "1x16 fp8",
+             "1x16 fp8 graph"):
     a, b = ours.get(name), theirs.get(name.split(" ")[0])
     ratio = f"{a['tokens_per_s'] / b['tokens_per_s']:.2f}" if a and b else "-"
     print(f"{name:<16} {rate(a):>11} {rate(b):>12} {ratio:>6} {ms(a):>9} {ms(b):>9}")

@@ -12,6 +12,12 @@
 // table holds (sequence, first row) pairs. Each of the WARPS warps owns 16 query rows. The
 // head width is a template parameter D (16, 32, ..., 256); a narrower head (any even width)
 // is zero-padded up to D in registers and shared memory.
+//
+// The `_rope` entry points (NORM_ROPE) take raw query heads: each warp applies the q head
+// RMSNorm and the rotary embedding to its rows as it loads them (norm_rope_head, the
+// arithmetic of qk_norm_rope, so the same bits), staged through shared memory. Keys arrive
+// normalized (qk_norm_rope over the k heads alone): a block reads every key up to its rows,
+// so normalizing keys here would repeat the work once per query tile and head.
 #include "common.cuh"
 
 #define WARPS 4
@@ -49,17 +55,21 @@ __device__ __forceinline__ unsigned int load_pair(const bf16* p, bool valid) {
     return valid ? *reinterpret_cast<const unsigned int*>(p) : 0u;
 }
 
-template <int D, int KEYS>
+template <int D, int KEYS, bool NORM_ROPE>
 __device__ __forceinline__ void attention_tile(
     const bf16* __restrict__ q, const bf16* __restrict__ kv, bf16* __restrict__ out,
     const unsigned int* __restrict__ cu_q, const unsigned int* __restrict__ cu_k,
     const unsigned int* __restrict__ tiles, int q_stride, int kv_stride, int k_offset, int v_offset,
-    int out_stride, int head_dim, int group, float scale) {
-    // Keys and values of one tile, row-major [key][dim]. Rows are padded by 8 elements (16
-    // bytes): the fragment reads of a warp then hit 32 distinct banks, and rows stay 16-byte
-    // aligned for vector stores and ldmatrix.
-    __shared__ __align__(16) bf16 k_tile[KEYS][D + 8];
-    __shared__ __align__(16) bf16 v_tile[KEYS][D + 8];
+    int out_stride, int head_dim, int group, float scale, const unsigned int* __restrict__ positions,
+    const float* __restrict__ q_norm, const float* __restrict__ rope, int table_rows, float eps) {
+    // Keys ([0]) and values ([1]) of one tile, row-major [key][dim]. Rows are padded by 8
+    // elements (16 bytes): the fragment reads of a warp then hit 32 distinct banks, and rows
+    // stay 16-byte aligned for vector stores and ldmatrix. Before the first tile, the same
+    // memory stages the normalized query rows of NORM_ROPE (2 * KEYS >= ROWS rows).
+    __shared__ __align__(16) bf16 kv_smem[2][KEYS][D + 8];
+    bf16 (*k_tile)[D + 8] = kv_smem[0];
+    bf16 (*v_tile)[D + 8] = kv_smem[1];
+    static_assert(2 * KEYS >= ROWS, "the key and value tiles stage a block's query rows");
 
     const int seq = (int)tiles[2 * blockIdx.x], first_row = (int)tiles[2 * blockIdx.x + 1];
     const int head = blockIdx.y, kv_head = head / group;
@@ -81,15 +91,47 @@ __device__ __forceinline__ void attention_tile(
 
     // 1. This warp's 16 query rows as A fragments, kept in registers for the whole pass.
     unsigned int q_frag[D / 16][4];
-    const bf16* q_a = q + (size_t)(q_start + row_a) * q_stride + (size_t)head * head_dim;
-    const bf16* q_b = q + (size_t)(q_start + row_b) * q_stride + (size_t)head * head_dim;
+    if (NORM_ROPE) {
+        // Normalized and rotated row by row into shared memory (zero past the sequence and
+        // the head), then read as fragments. Query row i of the sequence is its key row
+        // diagonal + i, whose position the rotation takes.
+        bf16* staged = &kv_smem[0][0][0] + (size_t)(16 * warp) * (D + 8);
+        if (warp_active) {
+            const int half = head_dim / 2;
+            for (int r = 0; r < 16; ++r) {
+                bf16* staged_row = staged + (size_t)r * (D + 8);
+                const int row = warp_row + r;
+                if (row < q_len) {
+                    const size_t position = positions[k_start + diagonal + row];
+                    norm_rope_head(q + (size_t)(q_start + row) * q_stride + (size_t)head * head_dim, staged_row,
+                                   q_norm, rope + position * half, rope + ((size_t)table_rows + position) * half,
+                                   head_dim, eps);
+                }
+                for (int d = (row < q_len ? head_dim : 0) + lane; d < D; d += 32) staged_row[d] = 0;
+            }
+            __syncwarp();
+        }
+        const bf16* staged_a = staged + (size_t)group_id * (D + 8);
+        const bf16* staged_b = staged_a + (size_t)8 * (D + 8);
 #pragma unroll
-    for (int kk = 0; kk < D / 16; ++kk) {
-        const int d = kk * 16 + 2 * quad;
-        q_frag[kk][0] = load_pair(q_a + d, row_a < q_len && d < head_dim);
-        q_frag[kk][1] = load_pair(q_b + d, row_b < q_len && d < head_dim);
-        q_frag[kk][2] = load_pair(q_a + d + 8, row_a < q_len && d + 8 < head_dim);
-        q_frag[kk][3] = load_pair(q_b + d + 8, row_b < q_len && d + 8 < head_dim);
+        for (int kk = 0; kk < D / 16; ++kk) {
+            const int d = kk * 16 + 2 * quad;
+            q_frag[kk][0] = load_pair(staged_a + d, warp_active);
+            q_frag[kk][1] = load_pair(staged_b + d, warp_active);
+            q_frag[kk][2] = load_pair(staged_a + d + 8, warp_active);
+            q_frag[kk][3] = load_pair(staged_b + d + 8, warp_active);
+        }
+    } else {
+        const bf16* q_a = q + (size_t)(q_start + row_a) * q_stride + (size_t)head * head_dim;
+        const bf16* q_b = q + (size_t)(q_start + row_b) * q_stride + (size_t)head * head_dim;
+#pragma unroll
+        for (int kk = 0; kk < D / 16; ++kk) {
+            const int d = kk * 16 + 2 * quad;
+            q_frag[kk][0] = load_pair(q_a + d, row_a < q_len && d < head_dim);
+            q_frag[kk][1] = load_pair(q_b + d, row_b < q_len && d < head_dim);
+            q_frag[kk][2] = load_pair(q_a + d + 8, row_a < q_len && d + 8 < head_dim);
+            q_frag[kk][3] = load_pair(q_b + d + 8, row_b < q_len && d + 8 < head_dim);
+        }
     }
 
     // Online softmax state in log2 units (scores scaled by scale * log2(e)): running maxima
@@ -232,44 +274,28 @@ __device__ __forceinline__ void attention_tile(
     }
 }
 
-// Entry points, one per padded head width (the launcher picks the smallest D >= head_dim).
-// KEYS shrinks for D = 256 to keep both tiles within the 48 KiB of static shared memory.
-extern "C" __global__ void __launch_bounds__(THREADS)
-attention_d16(const bf16* q, const bf16* kv, bf16* out, const unsigned int* cu_q, const unsigned int* cu_k,
-              const unsigned int* tiles, int q_stride, int kv_stride, int k_offset, int v_offset,
-              int out_stride, int head_dim, int group, float scale) {
-    attention_tile<16, 64>(q, kv, out, cu_q, cu_k, tiles, q_stride, kv_stride, k_offset, v_offset, out_stride,
-                           head_dim, group, scale);
-}
+// Entry points, one per padded head width (the launcher picks the smallest D >= head_dim), each
+// with its `_rope` twin that normalizes and rotates the query rows itself. KEYS shrinks for
+// D = 256 to keep both tiles within the 48 KiB of static shared memory. Every entry point takes
+// the same arguments; positions, q_norm, rope, table_rows and eps are read by the twins only.
+#define ATTENTION_ENTRY(name, D, KEYS, NORM_ROPE)                                                           \
+    extern "C" __global__ void __launch_bounds__(THREADS)                                                   \
+    name(const bf16* q, const bf16* kv, bf16* out, const unsigned int* cu_q, const unsigned int* cu_k,      \
+         const unsigned int* tiles, int q_stride, int kv_stride, int k_offset, int v_offset, int out_stride, \
+         int head_dim, int group, float scale, const unsigned int* positions, const float* q_norm,          \
+         const float* rope, int table_rows, float eps) {                                                   \
+        attention_tile<D, KEYS, NORM_ROPE>(q, kv, out, cu_q, cu_k, tiles, q_stride, kv_stride, k_offset,    \
+                                           v_offset, out_stride, head_dim, group, scale, positions, q_norm, \
+                                           rope, table_rows, eps);                                         \
+    }
 
-extern "C" __global__ void __launch_bounds__(THREADS)
-attention_d32(const bf16* q, const bf16* kv, bf16* out, const unsigned int* cu_q, const unsigned int* cu_k,
-              const unsigned int* tiles, int q_stride, int kv_stride, int k_offset, int v_offset,
-              int out_stride, int head_dim, int group, float scale) {
-    attention_tile<32, 64>(q, kv, out, cu_q, cu_k, tiles, q_stride, kv_stride, k_offset, v_offset, out_stride,
-                           head_dim, group, scale);
-}
-
-extern "C" __global__ void __launch_bounds__(THREADS)
-attention_d64(const bf16* q, const bf16* kv, bf16* out, const unsigned int* cu_q, const unsigned int* cu_k,
-              const unsigned int* tiles, int q_stride, int kv_stride, int k_offset, int v_offset,
-              int out_stride, int head_dim, int group, float scale) {
-    attention_tile<64, 64>(q, kv, out, cu_q, cu_k, tiles, q_stride, kv_stride, k_offset, v_offset, out_stride,
-                           head_dim, group, scale);
-}
-
-extern "C" __global__ void __launch_bounds__(THREADS)
-attention_d128(const bf16* q, const bf16* kv, bf16* out, const unsigned int* cu_q, const unsigned int* cu_k,
-               const unsigned int* tiles, int q_stride, int kv_stride, int k_offset, int v_offset,
-               int out_stride, int head_dim, int group, float scale) {
-    attention_tile<128, 64>(q, kv, out, cu_q, cu_k, tiles, q_stride, kv_stride, k_offset, v_offset, out_stride,
-                            head_dim, group, scale);
-}
-
-extern "C" __global__ void __launch_bounds__(THREADS)
-attention_d256(const bf16* q, const bf16* kv, bf16* out, const unsigned int* cu_q, const unsigned int* cu_k,
-               const unsigned int* tiles, int q_stride, int kv_stride, int k_offset, int v_offset,
-               int out_stride, int head_dim, int group, float scale) {
-    attention_tile<256, 32>(q, kv, out, cu_q, cu_k, tiles, q_stride, kv_stride, k_offset, v_offset, out_stride,
-                            head_dim, group, scale);
-}
+ATTENTION_ENTRY(attention_d16, 16, 64, false)
+ATTENTION_ENTRY(attention_d32, 32, 64, false)
+ATTENTION_ENTRY(attention_d64, 64, 64, false)
+ATTENTION_ENTRY(attention_d128, 128, 64, false)
+ATTENTION_ENTRY(attention_d256, 256, 32, false)
+ATTENTION_ENTRY(attention_rope_d16, 16, 64, true)
+ATTENTION_ENTRY(attention_rope_d32, 32, 64, true)
+ATTENTION_ENTRY(attention_rope_d64, 64, 64, true)
+ATTENTION_ENTRY(attention_rope_d128, 128, 64, true)
+ATTENTION_ENTRY(attention_rope_d256, 256, 32, true)

@@ -1,5 +1,6 @@
 // Helpers shared by every kernel in this folder: bf16 <-> f32 conversion, 16-byte loads and
-// stores of eight values, and sums across a warp or a block. Self-contained on purpose: the
+// stores of eight values, sums across a warp or a block, and the q/k head norm with rotary
+// embedding that two kernels apply. Self-contained on purpose: the
 // kernels include no CUDA header, so NVRTC needs no include path at run time
 // (src/cuda/compile.rs passes this file in memory).
 #pragma once
@@ -101,3 +102,39 @@ __device__ float block_sum(float v, float* scratch) { return block_reduce(v, scr
 
 // Largest magnitude over the block of non-negative `v`, returned to every thread.
 __device__ float block_max(float v, float* scratch) { return block_reduce(v, scratch, Max()); }
+
+// head_dim / 2 at most for norm_rope_head (head_dim <= 256, checked by the launchers).
+#define MAX_HALF 128
+#define PAIRS_PER_LANE (MAX_HALF / 32)
+
+// One head of one row, by one warp: RMSNorm over its head_dim values with weight `w`, then the
+// rotary embedding (rotate-half layout) with this position's `cos_row` and `sin_row` (half
+// values each, from rope_table). Reads `src`, writes bf16 to `dst`, which may be `src`: each
+// lane writes only the values it read. Lane l holds the pairs (i, i + head_dim / 2) for
+// i = l, l + 32, ... All arithmetic in f32. qk_norm_rope applies it in place to q and k heads;
+// attention applies it to query rows as it loads them (src/cuda/attention.rs), with the same
+// arithmetic in the same order, so both give the same bits.
+__device__ __forceinline__ void norm_rope_head(const bf16* src, bf16* dst, const float* __restrict__ w,
+                                               const float* __restrict__ cos_row,
+                                               const float* __restrict__ sin_row, int head_dim, float eps) {
+    const int half = head_dim / 2, lane = threadIdx.x & 31;
+    float lo[PAIRS_PER_LANE], hi[PAIRS_PER_LANE];
+    float squares = 0.f;
+#pragma unroll
+    for (int j = 0; j < PAIRS_PER_LANE; ++j) {
+        const int i = lane + 32 * j;
+        lo[j] = i < half ? bf16_to_f32(src[i]) : 0.f;
+        hi[j] = i < half ? bf16_to_f32(src[i + half]) : 0.f;
+        squares += lo[j] * lo[j] + hi[j] * hi[j];
+    }
+    const float inv_rms = 1.f / sqrtf(warp_sum(squares) / (float)head_dim + eps);
+#pragma unroll
+    for (int j = 0; j < PAIRS_PER_LANE; ++j) {
+        const int i = lane + 32 * j;
+        if (i < half) {
+            const float a = w[i] * (lo[j] * inv_rms), b = w[i + half] * (hi[j] * inv_rms);
+            dst[i] = f32_to_bf16(a * cos_row[i] - b * sin_row[i]);
+            dst[i + half] = f32_to_bf16(b * cos_row[i] + a * sin_row[i]);
+        }
+    }
+}

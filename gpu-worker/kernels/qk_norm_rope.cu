@@ -6,10 +6,6 @@
 // CPU twin: src/cpu/qk_norm_rope.rs.
 #include "common.cuh"
 
-// head_dim / 2 at most (head_dim <= 256, checked by the launcher).
-#define MAX_HALF 128
-#define PAIRS_PER_LANE (MAX_HALF / 32)
-
 // The rotary table of a batch, built once per forward pass and read by every layer: for
 // positions p < table_rows and i < half, cos(p * inv_freq[i]) at rope[p * half + i] and the sine
 // at rope[(table_rows + p) * half + i]. One block per position.
@@ -27,8 +23,9 @@ extern "C" __global__ void rope_table(float* __restrict__ rope, int table_rows, 
 }
 
 // One block per row. The row starts with num_q_heads q heads then num_k_heads k heads, each
-// head_dim wide; warp w handles heads w, w + warps, ... Lane l holds the rotary pairs
-// (i, i + head_dim / 2) for i = l, l + 32, ... cos and sin come from the batch's rope_table.
+// head_dim wide (num_q_heads is 0 when attention normalizes q itself and `qkv` points at the
+// first k head); warp w handles heads w, w + warps, ... (norm_rope_head, common.cuh) with cos
+// and sin from the batch's rope_table.
 extern "C" __global__ void qk_norm_rope(bf16* __restrict__ qkv, const unsigned int* __restrict__ positions,
                                         const float* __restrict__ q_norm, const float* __restrict__ k_norm,
                                         const float* __restrict__ rope, int table_rows, int row_stride,
@@ -38,29 +35,10 @@ extern "C" __global__ void qk_norm_rope(bf16* __restrict__ qkv, const unsigned i
     const float* cos_row = rope + position * half;
     const float* sin_row = rope + ((size_t)table_rows + position) * half;
 
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+    const int warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
     bf16* row = qkv + (size_t)blockIdx.x * row_stride;
     for (int h = warp; h < num_q_heads + num_k_heads; h += warps) {
         bf16* head = row + (size_t)h * head_dim;
-        const float* w = h < num_q_heads ? q_norm : k_norm;
-        float lo[PAIRS_PER_LANE], hi[PAIRS_PER_LANE];
-        float squares = 0.f;
-#pragma unroll
-        for (int j = 0; j < PAIRS_PER_LANE; ++j) {
-            const int i = lane + 32 * j;
-            lo[j] = i < half ? bf16_to_f32(head[i]) : 0.f;
-            hi[j] = i < half ? bf16_to_f32(head[i + half]) : 0.f;
-            squares += lo[j] * lo[j] + hi[j] * hi[j];
-        }
-        const float inv_rms = 1.f / sqrtf(warp_sum(squares) / (float)head_dim + eps);
-#pragma unroll
-        for (int j = 0; j < PAIRS_PER_LANE; ++j) {
-            const int i = lane + 32 * j;
-            if (i < half) {
-                const float a = w[i] * (lo[j] * inv_rms), b = w[i + half] * (hi[j] * inv_rms);
-                head[i] = f32_to_bf16(a * cos_row[i] - b * sin_row[i]);
-                head[i + half] = f32_to_bf16(b * cos_row[i] + a * sin_row[i]);
-            }
-        }
+        norm_rope_head(head, head, h < num_q_heads ? q_norm : k_norm, cos_row, sin_row, head_dim, eps);
     }
 }

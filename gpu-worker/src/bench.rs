@@ -59,9 +59,13 @@ pub struct BenchArgs {
     /// can stay in L2 (0: over the whole batch).
     #[arg(long, default_value_t = 0)]
     pub mlp_chunk_tokens: usize,
+    /// CUDA: the attention kernel normalizes and rotates the q heads as it loads them, so
+    /// `qk_norm_rope` reads and writes the k heads alone.
+    #[arg(long)]
+    pub fuse_q_norm_rope: bool,
     /// Times every op of the timed passes (CUDA events, or the clock on the CPU; see
     /// `profile`): passes run op by op, so not with --cuda-graph-max-tokens (nor
-    /// --mlp-chunk-tokens).
+    /// --mlp-chunk-tokens or --fuse-q-norm-rope).
     #[arg(long)]
     pub profile: bool,
     /// Seed of the synthetic token ids.
@@ -85,6 +89,8 @@ pub struct BenchReport {
     pub cuda_graph_max_tokens: usize,
     /// Tokens of the MLP's chunks (0: the whole batch).
     pub mlp_chunk_tokens: usize,
+    /// Whether the attention kernel normalized and rotated the q heads.
+    pub fuse_q_norm_rope: bool,
     /// Most sequences per batch.
     pub batch: usize,
     /// Longest sequence.
@@ -193,6 +199,11 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<BenchReport> {
         "--profile times the MLP as its two products and SwiGLU over the whole batch; drop \
          --mlp-chunk-tokens or --profile"
     );
+    anyhow::ensure!(
+        !(args.profile && args.fuse_q_norm_rope),
+        "--profile times q/k norms and attention as two ops; drop --fuse-q-norm-rope or \
+         --profile"
+    );
     let options = EngineOptions {
         backend: args.backend,
         dtype: args.dtype,
@@ -202,6 +213,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<BenchReport> {
         max_batch_tokens: Some(max_tokens),
         cuda_graph_max_tokens: args.cuda_graph_max_tokens,
         cuda_mlp_chunk_tokens: args.mlp_chunk_tokens,
+        cuda_fuse_q_norm_rope: args.fuse_q_norm_rope,
     };
     let times = Arc::new(OpTimes::default());
     let model = if args.profile {
@@ -242,6 +254,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<BenchReport> {
         dtype: args.dtype,
         cuda_graph_max_tokens: args.cuda_graph_max_tokens,
         mlp_chunk_tokens: args.mlp_chunk_tokens,
+        fuse_q_norm_rope: args.fuse_q_norm_rope,
         batch: args.batch,
         seq_len: args.seq_len,
         min_len,

@@ -95,6 +95,7 @@ impl GpuWorkerConfig {
             max_batch_tokens: Some(self.max_batch_tokens),
             cuda_graph_max_tokens: self.cuda_graph_max_tokens,
             cuda_mlp_chunk_tokens: 0,
+            cuda_fuse_q_norm_rope: false,
         }
     }
 

@@ -336,6 +336,21 @@ pub trait Ops {
         queries: Queries,
         shape: AttentionShape,
     ) -> OpResult<Self::Tensor>;
+    /// A layer's self-attention from its fused q|k|v projection: [`Self::qk_norm_rope`], then
+    /// [`Self::attention`] of every row (`Queries::All`) or of each sequence's last row
+    /// (`Queries::LastOnly`) over all rows ([`attend`]). Backends that fuse the steps
+    /// override it; by default they run one after the other.
+    fn self_attention(
+        &self,
+        mut qkv: Self::Tensor,
+        norms: &QkNorms<'_, Self::Vector>,
+        layout: &Self::Layout,
+        queries: Queries,
+        shape: AttentionShape,
+    ) -> OpResult<Self::Tensor> {
+        self.qk_norm_rope(&mut qkv, norms, layout, shape)?;
+        attend(self, &qkv, layout, queries, shape)
+    }
     /// SwiGLU on a fused gate|up tensor `(rows, 2 * n)`: `silu(gate) * up`, `(rows, n)`.
     fn silu_mul(&self, gate_up: &Self::Tensor) -> OpResult<Self::Tensor>;
     /// The MLP's first half, `silu_mul(linear(x, gate_up))`. Backends that fuse the two
@@ -393,6 +408,24 @@ pub struct DeviceInfo {
     pub memory_used: Option<u64>,
     /// Device memory in total, bytes.
     pub memory_total: Option<u64>,
+}
+
+/// [`Ops::attention`] of a fused q|k|v tensor whose q and k heads are normalized and rotated,
+/// over itself: every row, or (`Queries::LastOnly`) each sequence's last row.
+pub fn attend<B: Ops + ?Sized>(
+    backend: &B,
+    qkv: &B::Tensor,
+    layout: &B::Layout,
+    queries: Queries,
+    shape: AttentionShape,
+) -> OpResult<B::Tensor> {
+    match queries {
+        Queries::All => backend.attention(qkv, qkv, layout, queries, shape),
+        Queries::LastOnly => {
+            let q = backend.last_rows(qkv, layout)?;
+            backend.attention(&q, qkv, layout, queries, shape)
+        }
+    }
 }
 
 /// Which rows of each sequence the attention computes.

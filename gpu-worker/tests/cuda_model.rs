@@ -7,7 +7,7 @@
 mod cuda_support;
 mod fixture;
 
-use cuda_support::{fp8_gpu, gpu};
+use cuda_support::{fp8_gpu, fused_q_norm_rope_gpu, gpu};
 use gpu_worker::cpu::CpuBackend;
 use gpu_worker::cuda::memory::activation_bytes_per_token;
 use gpu_worker::cuda::{ActDtype, CudaBackend, CudaOptions};
@@ -170,6 +170,32 @@ fn batch_composition_barely_changes_vectors() {
     // Our kernels are batch-invariant by construction; only cuBLAS's choice of algorithm by
     // row count can move a bit. 0 means bit-identical vectors.
     eprintln!("largest change from batching: {worst:.3e}");
+}
+
+#[test]
+fn q_norms_in_the_attention_kernel_give_the_same_vectors() {
+    let (Some(gpu), Some(fused)) = (gpu(), fused_q_norm_rope_gpu()) else {
+        return;
+    };
+    let golden = fixture::golden();
+    let cases = fixture::case_ids(&golden);
+    let (unfused_model, fused_model) = (load(&gpu), load(&fused));
+    let hidden = fused_model.config().hidden_size;
+    let all: Vec<usize> = (0..cases.len()).collect();
+    let (packed, layout) = fixture::pack(&cases, &all);
+    let dims = vec![hidden; cases.len()];
+    let want = unfused_model.embed(&gpu, &packed, &layout, &dims).unwrap();
+    let got = fused_model.embed(&fused, &packed, &layout, &dims).unwrap();
+    for (i, case) in golden["cases"].as_array().unwrap().iter().enumerate() {
+        let cosine = fixture::cosine(&got[i], &fixture::floats(&case["embedding"]));
+        assert!(cosine >= MIN_COSINE, "case {}: cosine {cosine}", case["id"]);
+        // The same arithmetic in another kernel: the same bits (cuda_parity checks the op).
+        assert_eq!(
+            got[i], want[i],
+            "case {}: fused and unfused differ",
+            case["id"]
+        );
+    }
 }
 
 #[test]

@@ -8,7 +8,7 @@
 
 mod cuda_support;
 
-use cuda_support::{chunked_mlp_gpu, fp8_gpu, gpu};
+use cuda_support::{chunked_mlp_gpu, fp8_gpu, fused_q_norm_rope_gpu, gpu};
 use gpu_worker::cpu::{CpuBackend, CpuTensor};
 use gpu_worker::cuda::{ActDtype, CudaBackend, CudaTensor};
 use gpu_worker::ops::{AttentionShape, BatchLayout, Dtype, Ops, QkNorms, Queries, TensorView};
@@ -523,6 +523,82 @@ fn attention_matches_cpu() {
             .unwrap();
         let what = format!("attention last rows {shape:?} lengths {lengths:?}");
         assert_close(&what, &gpu.to_host(&got).unwrap(), &want.data, BF16);
+    }
+}
+
+#[test]
+fn q_norms_in_the_attention_kernel_give_the_unfused_bits() {
+    let (Some(gpu), Some(fused)) = (gpu(), fused_q_norm_rope_gpu()) else {
+        return;
+    };
+    let mut rng = StdRng::seed_from_u64(15);
+    let cases: [(AttentionShape, &[usize]); 5] = [
+        (shape(4, 2, 16), LENGTHS),
+        (shape(16, 8, 128), &[1, 3, 64, 65, 130, 700]),
+        // Padded head widths: 40 -> 64, 96 -> 128; and the widest head, 32-key tiles.
+        (shape(3, 1, 40), LENGTHS),
+        (shape(4, 1, 96), &[129, 2]),
+        (shape(2, 1, 256), &[1, 31, 33, 100]),
+    ];
+    let cpu = &CpuBackend::F32;
+    for (shape, lengths) in cases {
+        let (layout, qkv_cpu, qkv_gpu) = random_qkv(&gpu, &mut rng, lengths, shape);
+        let qkv_host = gpu.to_host(&qkv_gpu).unwrap();
+        let q_norm = Weight::norm(&mut rng, shape.head_dim);
+        let k_norm = Weight::norm(&mut rng, shape.head_dim);
+        let (rope_theta, eps) = (1e6, 1e-6);
+        let cpu_norm_weights = (
+            cpu.vector(q_norm.view()).unwrap(),
+            cpu.vector(k_norm.view()).unwrap(),
+        );
+        let cpu_norms = QkNorms {
+            q_norm: &cpu_norm_weights.0,
+            k_norm: &cpu_norm_weights.1,
+            eps,
+            rope_theta,
+        };
+        let cpu_layout = cpu.layout(&layout).unwrap();
+        // The self-attention of the same q|k|v on `backend`, back on the host.
+        let run = |backend: &CudaBackend, queries: Queries| {
+            let weights = (
+                backend.vector(q_norm.view()).unwrap(),
+                backend.vector(k_norm.view()).unwrap(),
+            );
+            let norms = QkNorms {
+                q_norm: &weights.0,
+                k_norm: &weights.1,
+                eps,
+                rope_theta,
+            };
+            let qkv = backend
+                .upload_tensor(
+                    layout.num_rows(),
+                    shape.qkv_width(),
+                    &qkv_host,
+                    ActDtype::Bf16,
+                )
+                .unwrap();
+            let device_layout = backend.layout(&layout).unwrap();
+            let out = backend
+                .self_attention(qkv, &norms, &device_layout, queries, shape)
+                .unwrap();
+            backend.to_host(&out).unwrap()
+        };
+        for queries in [Queries::All, Queries::LastOnly] {
+            let want = cpu
+                .self_attention(qkv_cpu.clone(), &cpu_norms, &cpu_layout, queries, shape)
+                .unwrap();
+            let (unfused, got) = (run(&gpu, queries), run(&fused, queries));
+            let what = format!("self-attention {queries:?} {shape:?} lengths {lengths:?}");
+            assert_close(&what, &got, &want.data, BF16);
+            // norm_rope_head is one function for both kernels: the same arithmetic on the
+            // same values, so the same bits.
+            let differ = got.iter().zip(&unfused).filter(|(a, b)| a != b).count();
+            assert_eq!(
+                differ, 0,
+                "{what}: {differ} values differ from the unfused kernels"
+            );
+        }
     }
 }
 

@@ -2,11 +2,14 @@
 
 use half::bf16;
 
-use cudarc::driver::{LaunchConfig, PushKernelArg};
+use cudarc::driver::{DevicePtr, LaunchConfig, PushKernelArg};
 
+use super::qk_norm_rope::{self, check_head_dim};
 use super::tensor::TensorData;
-use super::{CudaBackend, CudaLayout, CudaTensor, check_cols, check_rows, int, shape_error};
-use crate::ops::{AttentionShape, OpResult, Queries};
+use super::{
+    CudaBackend, CudaLayout, CudaTensor, CudaVector, check_cols, check_rows, int, shape_error,
+};
+use crate::ops::{AttentionShape, OpResult, QkNorms, Queries};
 
 /// Query rows per block: `ROWS` in `kernels/attention.cu` (4 warps of 16 rows).
 pub(super) const ROWS_PER_TILE: u32 = 64;
@@ -28,7 +31,9 @@ pub(super) fn tiles(cu_q: &[u32]) -> Vec<u32> {
 }
 
 /// Causal GQA of the q heads of `q` over the k/v heads of `kv` (both bf16 fused q|k|v),
-/// into `(q rows, num_heads * head_dim)` bf16.
+/// into `(q rows, num_heads * head_dim)` bf16. With `raw_q`, the q heads have not been
+/// normalized and rotated: the kernel does it with `raw_q.q_norm` as it loads them (the k
+/// heads must have been, by `qk_norm_rope` with `Heads::KeyOnly`).
 pub(super) fn attention(
     gpu: &CudaBackend,
     q: &CudaTensor,
@@ -36,6 +41,7 @@ pub(super) fn attention(
     layout: &CudaLayout,
     queries: Queries,
     shape: AttentionShape,
+    raw_q: Option<&QkNorms<'_, CudaVector>>,
 ) -> OpResult<CudaTensor> {
     const OP: &str = "attention";
     let AttentionShape {
@@ -50,13 +56,22 @@ pub(super) fn attention(
         ));
     }
     let k = &gpu.kernels;
-    let by_width = [
-        (16, &k.attention_d16),
-        (32, &k.attention_d32),
-        (64, &k.attention_d64),
-        (128, &k.attention_d128),
-        (256, &k.attention_d256),
-    ];
+    let by_width = match raw_q {
+        None => [
+            (16, &k.attention_d16),
+            (32, &k.attention_d32),
+            (64, &k.attention_d64),
+            (128, &k.attention_d128),
+            (256, &k.attention_d256),
+        ],
+        Some(_) => [
+            (16, &k.attention_rope_d16),
+            (32, &k.attention_rope_d32),
+            (64, &k.attention_rope_d64),
+            (128, &k.attention_rope_d128),
+            (256, &k.attention_rope_d256),
+        ],
+    };
     let Some((_, kernel)) = by_width
         .into_iter()
         .find(|&(width, _)| head_dim <= width)
@@ -94,6 +109,21 @@ pub(super) fn attention(
     let head_dim_arg = int(OP, "head_dim", head_dim)?;
     let group = int(OP, "group", num_heads / num_kv_heads)?;
     let scale = shape.scale();
+    // What the `_rope` entry points read to normalize and rotate q; the others ignore it (a
+    // null q_norm and rope, no positions).
+    let positions = layout.positions();
+    let (q_norm, rope, table_rows, eps) = match raw_q {
+        Some(norms) => {
+            check_head_dim(OP, head_dim)?;
+            check_cols(OP, "q_norm", norms.q_norm.len(), head_dim)?;
+            let (rope, table_rows) = qk_norm_rope::rope(gpu, layout, head_dim, norms.rope_theta)?;
+            // The guards these return record nothing: the backend turned event tracking off.
+            let (q_norm, _) = norms.q_norm.data.device_ptr(&gpu.stream);
+            let (rope, _) = rope.device_ptr(&gpu.stream);
+            (q_norm, rope, table_rows, norms.eps)
+        }
+        None => (0, 0, 0, 0.0),
+    };
     let config = LaunchConfig {
         grid_dim: (
             int(OP, "tiles", tiles.len() / 2)? as u32,
@@ -104,9 +134,14 @@ pub(super) fn attention(
         shared_mem_bytes: 0,
     };
     let mut out = gpu.alloc::<bf16>(OP, q_rows * shape.q_width())?;
-    // SAFETY: attention_dN(const bf16* q, const bf16* kv, bf16* out, const unsigned* cu_q,
-    // const unsigned* cu_k, const unsigned* tiles, int q_stride, int kv_stride, int k_offset,
-    // int v_offset, int out_stride, int head_dim, int group, float scale). q and kv hold
+    // SAFETY: attention_dN and attention_rope_dN(const bf16* q, const bf16* kv, bf16* out,
+    // const unsigned* cu_q, const unsigned* cu_k, const unsigned* tiles, int q_stride, int
+    // kv_stride, int k_offset, int v_offset, int out_stride, int head_dim, int group, float
+    // scale, const unsigned* positions, const float* q_norm, const float* rope, int
+    // table_rows, float eps). For the `_rope` kernels, positions holds one per key row, each
+    // below table_rows (the layout's rope_rows cover its longest sequence), q_norm head_dim
+    // values and rope 2 * table_rows * head_dim / 2, head_dim <= 256 (checked); the others
+    // read none of the five (null pointers). q and kv hold
     // (rows, qkv width) rows as grouped by cu_q and the layout's cu_seqlens (checked), every
     // sequence has at least as many keys as queries (both prefix sums come from one layout),
     // the tiles cover exactly the query rows, head_dim is even and at most the kernel's
@@ -129,6 +164,11 @@ pub(super) fn attention(
             .arg(&head_dim_arg)
             .arg(&group)
             .arg(&scale)
+            .arg(&positions)
+            .arg(&q_norm)
+            .arg(&rope)
+            .arg(&table_rows)
+            .arg(&eps)
             .launch(config)
     }?;
     Ok(CudaTensor {

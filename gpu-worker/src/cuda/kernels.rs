@@ -77,6 +77,17 @@ kernel_registry! {
         attention_d128,
         /// ... up to 256 wide.
         attention_d256,
+        /// Causal GQA normalizing and rotating raw query heads as it loads them, heads up to
+        /// 16 wide.
+        attention_rope_d16,
+        /// ... up to 32 wide.
+        attention_rope_d32,
+        /// ... up to 64 wide.
+        attention_rope_d64,
+        /// ... up to 128 wide.
+        attention_rope_d128,
+        /// ... up to 256 wide.
+        attention_rope_d256,
     }
     silu_mul {
         /// SwiGLU of a fused gate|up tensor, one block per row.

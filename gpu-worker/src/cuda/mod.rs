@@ -68,14 +68,15 @@ use cudarc::driver::{CudaContext, CudaSlice, CudaStream, DeviceRepr, LaunchConfi
 use half::bf16;
 
 use crate::ops::{
-    AttentionShape, BatchLayout, Decoder, DeviceInfo, OpError, OpResult, Ops, QkNorms, Queries,
-    TensorView,
+    self, AttentionShape, BatchLayout, Decoder, DeviceInfo, OpError, OpResult, Ops, QkNorms,
+    Queries, TensorView,
 };
 use compile::Target;
 pub use device::{CudaDeviceInfo, CudaError, is_available};
 use kernels::Kernels;
 pub use layout::CudaLayout;
 use memory::{MemoryPlan, OVERHEAD_BYTES};
+use qk_norm_rope::Heads;
 pub use quantize_fp8::CudaFp8Rows;
 pub use tensor::{ActDtype, CudaMatrix, CudaTable, CudaTensor, CudaVector};
 use tensor::{MatrixData, TensorData};
@@ -99,6 +100,9 @@ pub struct CudaOptions {
     pub graph_max_tokens: usize,
     /// Runs the MLP over this many tokens at a time (`mlp`); 0 runs it over the whole batch.
     pub mlp_chunk_tokens: usize,
+    /// Normalizes and rotates the q heads in the attention kernel as it loads them
+    /// (`Ops::self_attention`), so `qk_norm_rope` reads and writes the k heads alone.
+    pub fuse_q_norm_rope: bool,
 }
 
 impl Default for CudaOptions {
@@ -108,6 +112,7 @@ impl Default for CudaOptions {
             fp8: false,
             graph_max_tokens: 0,
             mlp_chunk_tokens: 0,
+            fuse_q_norm_rope: false,
         }
     }
 }
@@ -129,6 +134,8 @@ pub struct CudaBackend {
     graphs: Option<graphs::Graphs>,
     /// [`CudaOptions::mlp_chunk_tokens`].
     mlp_chunk_tokens: usize,
+    /// [`CudaOptions::fuse_q_norm_rope`].
+    fuse_q_norm_rope: bool,
     device: CudaDeviceInfo,
     target: Target,
     gpu_memory_fraction: f64,
@@ -209,6 +216,7 @@ impl CudaBackend {
             graphs: (options.graph_max_tokens > 0)
                 .then(|| graphs::Graphs::new(options.graph_max_tokens)),
             mlp_chunk_tokens: options.mlp_chunk_tokens,
+            fuse_q_norm_rope: options.fuse_q_norm_rope,
             device,
             target,
             gpu_memory_fraction: options.gpu_memory_fraction,
@@ -522,7 +530,7 @@ impl Ops for CudaBackend {
         layout: &CudaLayout,
         shape: AttentionShape,
     ) -> OpResult<()> {
-        qk_norm_rope::qk_norm_rope(self, qkv, norms, layout, shape)
+        qk_norm_rope::qk_norm_rope(self, qkv, norms, layout, shape, Heads::QueryAndKey)
     }
 
     fn attention(
@@ -533,7 +541,28 @@ impl Ops for CudaBackend {
         queries: Queries,
         shape: AttentionShape,
     ) -> OpResult<CudaTensor> {
-        attention::attention(self, q, kv, layout, queries, shape)
+        attention::attention(self, q, kv, layout, queries, shape, None)
+    }
+
+    fn self_attention(
+        &self,
+        mut qkv: CudaTensor,
+        norms: &QkNorms<'_, CudaVector>,
+        layout: &CudaLayout,
+        queries: Queries,
+        shape: AttentionShape,
+    ) -> OpResult<CudaTensor> {
+        if !self.fuse_q_norm_rope {
+            self.qk_norm_rope(&mut qkv, norms, layout, shape)?;
+            return ops::attend(self, &qkv, layout, queries, shape);
+        }
+        qk_norm_rope::qk_norm_rope(self, &mut qkv, norms, layout, shape, Heads::KeyOnly)?;
+        let last = match queries {
+            Queries::All => None,
+            Queries::LastOnly => Some(self.last_rows(&qkv, layout)?),
+        };
+        let q = last.as_ref().unwrap_or(&qkv);
+        attention::attention(self, q, &qkv, layout, queries, shape, Some(norms))
     }
 
     fn silu_mul(&self, gate_up: &CudaTensor) -> OpResult<CudaTensor> {

@@ -225,6 +225,9 @@ pub struct EngineOptions {
     pub cuda_graph_max_tokens: usize,
     /// Tokens of the MLP's chunks (CUDA; `bench --mlp-chunk-tokens`); 0: the whole batch.
     pub cuda_mlp_chunk_tokens: usize,
+    /// The q head norms and rotary embedding applied by the attention kernel (CUDA; `bench
+    /// --fuse-q-norm-rope`).
+    pub cuda_fuse_q_norm_rope: bool,
 }
 
 impl EngineOptions {
@@ -239,6 +242,7 @@ impl EngineOptions {
             max_batch_tokens: None,
             cuda_graph_max_tokens: 0,
             cuda_mlp_chunk_tokens: 0,
+            cuda_fuse_q_norm_rope: false,
         }
     }
 }
@@ -291,6 +295,7 @@ fn cuda_backend(options: &EngineOptions) -> Result<CudaBackend, EngineError> {
             fp8: options.dtype == Dtype::Fp8,
             graph_max_tokens: options.cuda_graph_max_tokens,
             mlp_chunk_tokens: options.cuda_mlp_chunk_tokens,
+            fuse_q_norm_rope: options.cuda_fuse_q_norm_rope,
         },
     )
     .map_err(cuda_error)

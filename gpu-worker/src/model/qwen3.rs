@@ -9,7 +9,7 @@
 use super::ModelError;
 use super::config::Qwen3Config;
 use super::weights::Weights;
-use crate::ops::{AttentionShape, BatchLayout, OpResult, Ops, QkNorms, Queries};
+use crate::ops::{self, AttentionShape, BatchLayout, OpResult, Ops, QkNorms, Queries};
 
 /// Weights of one decoder layer, in the backend's format.
 struct DecoderLayer<B: Ops> {
@@ -227,9 +227,8 @@ impl<B: Ops> Qwen3<B> {
         layout: &BatchLayout,
     ) -> Result<B::Tensor, ModelError> {
         self.check_batch(token_ids, layout)?;
-        let decoder = |x: B::Tensor, device_layout: &B::Layout| {
-            self.decode(backend, x, device_layout, &mut |_, _| {})
-        };
+        let decoder =
+            |x: B::Tensor, device_layout: &B::Layout| self.decode(backend, x, device_layout, None);
         Ok(backend.pass(&self.embed_tokens, token_ids, layout, &decoder)?)
     }
 
@@ -247,18 +246,26 @@ impl<B: Ops> Qwen3<B> {
         // 1. Token embeddings: (T,) -> (T, hidden).
         let x = backend.embed(&self.embed_tokens, token_ids)?;
         trace(TracePoint::Embeddings, &x);
-        Ok(self.decode(backend, x, &device_layout, trace)?)
+        Ok(self.decode(backend, x, &device_layout, Some(trace))?)
     }
 
     /// The decoder layers over embedded tokens `x` `(T, hidden)`: the residual stream of each
-    /// sequence's last token after the final layer, `(S, hidden)`.
+    /// sequence's last token after the final layer, `(S, hidden)`. A traced pass runs the
+    /// self-attention's steps one by one, so that `trace` sees q and k normalized and
+    /// rotated; an untraced one lets the backend fuse them ([`Ops::self_attention`]).
     fn decode(
         &self,
         backend: &B,
         mut x: B::Tensor,
         device_layout: &B::Layout,
-        trace: &mut Tracer<'_, B>,
+        mut trace: Option<&mut Tracer<'_, B>>,
     ) -> OpResult<B::Tensor> {
+        let traced = trace.is_some();
+        let mut trace = |point: TracePoint, tensor: &B::Tensor| {
+            if let Some(trace) = trace.as_mut() {
+                trace(point, tensor);
+            }
+        };
         let c = &self.config;
         let eps = c.rms_norm_eps;
         let shape = self.attention_shape();
@@ -274,24 +281,28 @@ impl<B: Ops> Qwen3<B> {
             // 2. Fused projection: (T, hidden) -> (T, (H + 2 KV) * D).
             let mut qkv = backend.linear(&h, &layer.qkv_proj)?;
             trace(TracePoint::QkvProj(i), &qkv);
-            // 3. Per-head RMSNorm of q and k, then rotary embedding, in place.
+            // 3. Per-head RMSNorm of q and k, then rotary embedding; 4. causal GQA inside each
+            //    sequence: (T, H * D). Only the last token of each sequence matters after the
+            //    final layer, so there it alone is queried, and the residual stream shrinks to
+            //    those rows: (S, H * D).
             let norms = QkNorms {
                 q_norm: &layer.q_norm,
                 k_norm: &layer.k_norm,
                 eps,
                 rope_theta: c.rope_theta,
             };
-            backend.qk_norm_rope(&mut qkv, &norms, device_layout, shape)?;
-            trace(TracePoint::QkRope(i), &qkv);
-            // 4. Causal GQA inside each sequence: (T, H * D). Only the last token of each
-            //    sequence matters after the final layer, so there it alone is queried, and the
-            //    residual stream shrinks to those rows: (S, H * D).
-            let attn = if is_last {
-                let q_last = backend.last_rows(&qkv, device_layout)?;
+            let queries = if is_last {
                 x = backend.last_rows(&x, device_layout)?;
-                backend.attention(&q_last, &qkv, device_layout, Queries::LastOnly, shape)?
+                Queries::LastOnly
             } else {
-                backend.attention(&qkv, &qkv, device_layout, Queries::All, shape)?
+                Queries::All
+            };
+            let attn = if traced {
+                backend.qk_norm_rope(&mut qkv, &norms, device_layout, shape)?;
+                trace(TracePoint::QkRope(i), &qkv);
+                ops::attend(backend, &qkv, device_layout, queries, shape)?
+            } else {
+                backend.self_attention(qkv, &norms, device_layout, queries, shape)?
             };
             trace(TracePoint::Attention(i), &attn);
             // 5. Output projection and residual, fused with the MLP's input norm.

@@ -49,6 +49,15 @@ pub fn graphs_gpu(max_tokens: usize) -> Option<CudaBackend> {
     })
 }
 
+/// The bf16 backend on device 0 whose attention kernel normalizes and rotates the q heads
+/// itself, or `None` (after saying so) without a device.
+pub fn fused_q_norm_rope_gpu() -> Option<CudaBackend> {
+    gpu_with(CudaOptions {
+        fuse_q_norm_rope: true,
+        ..CudaOptions::default()
+    })
+}
+
 /// The backend on device 0 with `options`, or `None` (after saying so) without a device.
 fn gpu_with(options: CudaOptions) -> Option<CudaBackend> {
     gpu()?;
