@@ -1,4 +1,4 @@
-# Sourced by check.sh and check-large.sh on the GPU machine: the step clock, each step's
+# Sourced by check.sh, check-large.sh and check-torch.sh on the GPU machine: the step clock, each step's
 # timeout cut so that the whole script ends within 6 minutes, the CUDA libraries on the
 # library path, and the unpacked executables.
 #

@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Prepares gpu-bundle/ (ignored by git) for a GPU machine, which has no Rust toolchain and no
 # network: the qwen3-tiny fixture and reranker fixture, make-random-qwen3.py, the kernel
-# sources, the scripts that run there (check.sh, check-large.sh, common.sh, torch_bench.py, serve.sh,
-# check_golden.py), and an xz archive (serve.tar.xz) of the release binary and test executables
-# of gpu-worker (stripped), the other binaries (gateway, tokenizer-worker, loadgen,
-# nats-server), deploy/local/run.sh, the configuration and the tokenizer. Run it here, then on
-# the GPU machine, from the repository root with gpu-bundle carried along:
+# sources, the scripts that run there (check.sh, check-large.sh, check-torch.sh, common.sh,
+# torch_bench.py, serve.sh, check_golden.py), and an xz archive (serve.tar.xz) of the release
+# binary and test executables of gpu-worker (stripped), the other binaries (gateway,
+# tokenizer-worker, loadgen, nats-server), deploy/local/run.sh, the configuration and the
+# tokenizer. Run it here, then on the GPU machine, from the repository root with gpu-bundle
+# carried along:
 #   bash gpu-bundle/check.sh
 set -euo pipefail
 
@@ -44,7 +45,7 @@ fi
 while read -r name path; do
     cp "$path" "$staging/tests/$name"
 done <<<"$executables"
-for test in cuda_parity cuda_model cuda_graphs cuda_kernels_compile; do
+for test in cuda_parity cuda_model cuda_graphs cuda_large_shape cuda_kernels_compile; do
     [[ -x "$staging/tests/$test" ]] || { echo "prepare: test executable $test missing" >&2; exit 1; }
 done
 
@@ -53,12 +54,12 @@ cp "$shared"/fixtures/qwen3-tiny/{config.json,golden.json,model.safetensors} "$b
 cp "$shared"/fixtures/qwen3-tiny-reranker/{config.json,golden_rerank.json,model.safetensors} "$bundle/reranker/"
 cp "$shared/tools/make-random-qwen3.py" "$bundle/tools/"
 cp gpu-worker/kernels/* "$bundle/kernels/"
-cp deploy/gpu/check.sh deploy/gpu/check-large.sh deploy/gpu/common.sh deploy/gpu/torch_bench.py \
+cp deploy/gpu/check.sh deploy/gpu/check-large.sh deploy/gpu/check-torch.sh deploy/gpu/common.sh deploy/gpu/torch_bench.py \
     deploy/gpu/serve.sh bench/peers/check_golden.py bench/model_flops.py "$bundle/"
-chmod +x "$bundle/check.sh" "$bundle/check-large.sh" "$bundle/serve.sh"
+chmod +x "$bundle/check.sh" "$bundle/check-large.sh" "$bundle/check-torch.sh" "$bundle/serve.sh"
 
 # What serve.sh needs besides, compressed with the executables above (about 80 MiB as they
-# are): check.sh and check-large.sh unpack it into the bundle (bin/, tests/, deploy/,
+# are): the check scripts (common.sh) unpack it into the bundle (bin/, tests/, deploy/,
 # fixture/). deploy/local/run.sh starts the stack there as it does here.
 cp target/release/gateway target/release/tokenizer-worker target/release/loadgen .venv/bin/nats-server \
     "$staging/bin/"

@@ -13,11 +13,19 @@ MIN --seq-len MAX`: the same N lengths (the same generator and seed), batched as
 sentence-transformers' encode() batches them: sorted longest first, --batch-size sequences a
 batch, each left-padded to its longest.
 
-Needs torch with CUDA and transformers (the GPU machine's image has both).
+With --compile it runs PyTorch's strongest configuration that needs no network instead (rows
+named torch-compile-bf16): the model through torch.compile, with mode="reduce-overhead" (CUDA
+graphs, one per shape) for the fixed batches, and for --mixed the sequences sorted longest
+first and batched by a padded-token budget (--budget-tokens, as a length-aware server batches)
+through a compilation with dynamic shapes. Compiling happens in the untimed warm-up.
+
+Needs torch with CUDA and transformers (the GPU machine's image has both); --device cpu runs
+the same code on the CPU, to check the script where there is no GPU.
 """
 import argparse
 import itertools
 import json
+import time
 
 import torch
 from transformers import AutoModel
@@ -26,16 +34,16 @@ from transformers import AutoModel
 PAD_ID = 151643
 
 
-def load(model_dir):
+def load(model_dir, device):
     kwargs = dict(attn_implementation="sdpa")
     try:  # transformers >= 5 names the argument dtype, 4.x torch_dtype
         model = AutoModel.from_pretrained(model_dir, dtype=torch.bfloat16, **kwargs)
     except TypeError:
         model = AutoModel.from_pretrained(model_dir, torch_dtype=torch.bfloat16, **kwargs)
-    return model.cuda().eval()
+    return model.to(device).eval()
 
 
-def batch(batch_size, seq_len, min_len_fraction, generator):
+def batch(batch_size, seq_len, min_len_fraction, generator, device):
     ids = torch.randint(0, 150_000, (batch_size, seq_len), generator=generator)
     low = max(1, int(seq_len * min_len_fraction))
     lengths = torch.randint(low, seq_len + 1, (batch_size,), generator=generator)
@@ -45,7 +53,7 @@ def batch(batch_size, seq_len, min_len_fraction, generator):
     for row, length in enumerate(lengths.tolist()):
         mask[row, seq_len - length:] = 1
         ids[row, : seq_len - length] = PAD_ID
-    return ids.cuda(), mask.cuda()
+    return ids.to(device), mask.to(device)
 
 
 MASK64 = (1 << 64) - 1
@@ -61,9 +69,15 @@ def lcg_lengths(seed, count, low, high):
     return lengths
 
 
-def timed(embed, iters):
-    """Milliseconds per call of `embed`, after one warm-up call."""
-    embed()
+def timed(embed, iters, device, warmups=1):
+    """Milliseconds per call of `embed`, after `warmups` untimed calls."""
+    for _ in range(warmups):
+        embed()
+    if device == "cpu":
+        start = time.perf_counter()
+        for _ in range(iters):
+            embed()
+        return (time.perf_counter() - start) * 1e3 / iters
     torch.cuda.synchronize()
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     start.record()
@@ -74,19 +88,38 @@ def timed(embed, iters):
     return start.elapsed_time(end) / iters
 
 
-def mixed(model, spec, batch_size, iters, seed, generator):
+def device_name(device):
+    return "cpu" if device == "cpu" else torch.cuda.get_device_name()
+
+
+def by_count(lengths, batch_size):
+    """sentence-transformers' batches of lengths sorted longest first: batch_size at a time."""
+    return [lengths[first:first + batch_size] for first in range(0, len(lengths), batch_size)]
+
+
+def by_budget(lengths, budget):
+    """Batches of lengths sorted longest first holding at most `budget` tokens once padded to
+    their first (longest) length, one sequence at least."""
+    batches, first = [], 0
+    while first < len(lengths):
+        count = max(1, budget // lengths[first])
+        batches.append(lengths[first:first + count])
+        first += count
+    return batches
+
+
+def mixed(model, spec, batching, batching_fields, iters, seed, generator, device, backend):
     count, low, high = (int(v) for v in spec.split(":"))
     lengths = sorted(lcg_lengths(seed, count, low, high), reverse=True)
     batches = []
-    for first in range(0, count, batch_size):
-        rows = lengths[first:first + batch_size]
+    for rows in batching(lengths):
         width = rows[0]
         ids = torch.randint(0, 150_000, (len(rows), width), generator=generator)
         mask = torch.zeros(len(rows), width, dtype=torch.long)
         for row, length in enumerate(rows):
             mask[row, width - length:] = 1
             ids[row, : width - length] = PAD_ID
-        batches.append((ids.cuda(), mask.cuda()))
+        batches.append((ids.to(device), mask.to(device)))
 
     @torch.inference_mode()
     def embed():
@@ -94,18 +127,19 @@ def mixed(model, spec, batch_size, iters, seed, generator):
             last = model(input_ids=ids, attention_mask=mask).last_hidden_state[:, -1]
             torch.nn.functional.normalize(last.float(), dim=-1)
 
-    ms = timed(embed, iters)
+    ms = timed(embed, iters, device)
     tokens = sum(lengths)
     padded = sum(int(mask.numel()) for _, mask in batches)
     print(json.dumps({
-        "backend": "torch-sdpa-bf16",
+        "backend": backend,
         "torch": torch.__version__,
-        "device": torch.cuda.get_device_name(),
+        "device": device_name(device),
         "workload": "mixed",
         "sequences": count,
         "min_len": low,
         "seq_len": high,
-        "batch_size": batch_size,
+        **batching_fields,
+        "batches": len(batches),
         "tokens": tokens,
         "padded_tokens": padded,
         "iters": iters,
@@ -134,6 +168,11 @@ def main():
     parser.add_argument("--mixed", action="append", default=[],
                         help="SEQUENCES:MIN:MAX, the mixed workload; repeatable")
     parser.add_argument("--batch-size", type=int, default=32, help="sequences per batch of --mixed")
+    parser.add_argument("--compile", action="store_true",
+                        help="PyTorch's strongest: torch.compile, and --mixed batched by --budget-tokens")
+    parser.add_argument("--budget-tokens", type=int, default=32_768,
+                        help="padded tokens per batch of --mixed with --compile")
+    parser.add_argument("--device", default="cuda", help="cuda, or cpu to check the script")
     parser.add_argument("--iters", type=int, default=10, help="timed iterations after one warm-up")
     parser.add_argument("--min-len-fraction", type=float, default=1.0,
                         help="draw lengths from [F*L, L] and left-pad (default 1.0: no padding)")
@@ -144,24 +183,28 @@ def main():
 
     if args.peak:
         peak()
-    model = load(args.model)
+    model = load(args.model, args.device)
+    backend = "torch-compile-bf16" if args.compile else "torch-sdpa-bf16"
+    # reduce-overhead records a CUDA graph per shape; its trees need a few calls to record.
+    fixed = torch.compile(model, mode="reduce-overhead") if args.compile else model
+    warmups = 3 if args.compile else 1
     generator = torch.Generator().manual_seed(args.seed)
     for config in args.config:
         batch_size, seq_len = (int(v) for v in config.split("x"))
-        ids, mask = batch(batch_size, seq_len, args.min_len_fraction, generator)
+        ids, mask = batch(batch_size, seq_len, args.min_len_fraction, generator, args.device)
 
         @torch.inference_mode()
         def embed():
-            last = model(input_ids=ids, attention_mask=mask).last_hidden_state[:, -1]
+            last = fixed(input_ids=ids, attention_mask=mask).last_hidden_state[:, -1]
             return torch.nn.functional.normalize(last.float(), dim=-1)
 
         # Small batches take milliseconds: repeat them for at least 65,536 tokens (at most 200 times).
         iters = max(args.iters, min(200, 65_536 // (batch_size * seq_len)))
-        ms = timed(embed, iters)
+        ms = timed(embed, iters, args.device, warmups)
         print(json.dumps({
-            "backend": "torch-sdpa-bf16",
+            "backend": backend,
             "torch": torch.__version__,
-            "device": torch.cuda.get_device_name(),
+            "device": device_name(args.device),
             "batch": batch_size,
             "seq_len": seq_len,
             "iters": iters,
@@ -169,8 +212,17 @@ def main():
             "tokens_per_s": int(mask.sum()) / (ms / 1e3),
             "padded_tokens_per_s": batch_size * seq_len / (ms / 1e3),
         }), flush=True)
+    if args.compile:
+        bulk = torch.compile(model, dynamic=True)
+        batching = lambda lengths: by_budget(lengths, args.budget_tokens)  # noqa: E731
+        batching_fields = {"budget_tokens": args.budget_tokens}
+    else:
+        bulk = model
+        batching = lambda lengths: by_count(lengths, args.batch_size)  # noqa: E731
+        batching_fields = {"batch_size": args.batch_size}
     for spec in args.mixed:
-        mixed(model, spec, args.batch_size, args.iters, args.seed, generator)
+        mixed(bulk, spec, batching, batching_fields, args.iters, args.seed, generator, args.device,
+              backend)
 
 
 if __name__ == "__main__":
