@@ -18,12 +18,10 @@
 set -uo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-out=${OUT:-$here/out}
-mkdir -p "$out"
-log="$out/large.log"
-: >"$log"
 # shellcheck source=deploy/gpu/common.sh
 source "$here/common.sh"
+log="$out/large.log"
+: >"$log"
 rows="$out/large.jsonl"
 : >"$rows"
 

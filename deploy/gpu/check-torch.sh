@@ -15,12 +15,10 @@
 set -uo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-out=${OUT:-$here/out}
-mkdir -p "$out"
-log="$out/torch-compile.log"
-: >"$log"
 # shellcheck source=deploy/gpu/common.sh
 source "$here/common.sh"
+log="$out/torch-compile.log"
+: >"$log"
 
 model=/tmp/qwen3-0.6b-random
 mixed=4096:16:512

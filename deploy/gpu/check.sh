@@ -24,12 +24,10 @@
 set -uo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-out=${OUT:-$here/out}
-mkdir -p "$out"
-summary="$out/summary.txt"
-: >"$summary"
 # shellcheck source=deploy/gpu/common.sh
 source "$here/common.sh"
+summary="$out/summary.txt"
+: >"$summary"
 note() { echo "$*" | tee -a "$summary"; }
 export QWEN3_TINY_DIR="$here/fixture" QWEN3_TINY_RERANKER_DIR="$here/reranker"
 export RUST_BACKTRACE=1

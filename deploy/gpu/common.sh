@@ -1,8 +1,12 @@
-# Sourced by check.sh, check-large.sh and check-torch.sh on the GPU machine: the step clock, each step's
-# timeout cut so that the whole script ends within 6 minutes, the CUDA libraries on the
-# library path, and the unpacked executables.
+# Sourced by check.sh, check-large.sh and check-torch.sh on the GPU machine: the folder for
+# logs, the step clock, each step's timeout cut so that the whole script ends within 6
+# minutes, the CUDA libraries on the library path, and the unpacked executables.
 #
 # Needs `here` (the bundle's folder) set by the caller.
+
+# Logs go to $OUT (the device tool brings that folder back), else the bundle's out/.
+out=${OUT:-$here/out}
+mkdir -p "$out"
 
 started=$SECONDS
 say() { echo "[$((SECONDS - started))s] $*" >&2; }

@@ -13,7 +13,6 @@ use std::path::{Path, PathBuf};
 use cuda_support::gpu;
 use gpu_worker::cpu::CpuBackend;
 use gpu_worker::ops::{BatchLayout, Ops};
-use rand::{Rng, SeedableRng};
 
 /// bf16 products keep a vector within this cosine of the f32 pass's (the bound; the
 /// 0.6B shape with random weights gives 0.99998 on the CPU's bf16 pass).
@@ -41,15 +40,7 @@ fn a_large_shape_on_cuda_follows_the_cpu_f32_pass() {
     let Some(gpu) = gpu() else { return };
     let dir = PathBuf::from(dir);
     let (config, _) = gpu_worker::model::open(&dir).expect("the model opens");
-    let mut rng = rand::rngs::StdRng::seed_from_u64(4);
-    let ids: Vec<Vec<u32>> = [5, 33, 128]
-        .iter()
-        .map(|&n| {
-            (0..n)
-                .map(|_| rng.random_range(0..config.vocab_size as u32))
-                .collect()
-        })
-        .collect();
+    let ids = fixture::random_sequences(config.vocab_size, &[5, 33, 128], 4);
     let on_gpu = vectors(&gpu, &dir, &ids);
     drop(gpu);
     let on_cpu = vectors(&CpuBackend::F32, &dir, &ids);

@@ -69,22 +69,13 @@ fn fp8_vectors_stay_close_to_transformers_and_to_the_bf16_pass() {
 #[test]
 #[ignore = "needs a model directory in $QWEN3_FP8_SHAPE_DIR"]
 fn fp8_on_a_real_model_shape_stays_close_to_the_f32_pass() {
-    use rand::{Rng, SeedableRng};
     let Some(dir) = std::env::var_os("QWEN3_FP8_SHAPE_DIR") else {
         panic!("set QWEN3_FP8_SHAPE_DIR to a model directory");
     };
     let dir = std::path::PathBuf::from(dir);
     let lengths = [8, 16, 64, 200];
-    let mut rng = rand::rngs::StdRng::seed_from_u64(3);
     let (config, _) = gpu_worker::model::open(&dir).expect("the model opens");
-    let ids: Vec<Vec<u32>> = lengths
-        .iter()
-        .map(|&n| {
-            (0..n)
-                .map(|_| rng.random_range(0..config.vocab_size as u32))
-                .collect()
-        })
-        .collect();
+    let ids = fixture::random_sequences(config.vocab_size, &lengths, 3);
     fn vectors<B: Ops>(backend: &B, dir: &std::path::Path, ids: &[Vec<u32>]) -> Vec<Vec<f32>> {
         let model = gpu_worker::model::load(dir, backend).expect("the model loads");
         let hidden = model.config().hidden_size;
