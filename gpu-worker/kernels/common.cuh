@@ -1,8 +1,8 @@
 // Helpers shared by every kernel in this folder: bf16 <-> f32 conversion, 16-byte loads and
 // stores of eight values, sums across a warp or a block, and the q/k head norm with rotary
-// embedding that two kernels apply. Self-contained on purpose: the
-// kernels include no CUDA header, so NVRTC needs no include path at run time
-// (src/cuda/compile.rs passes this file in memory).
+// embedding that two kernels apply. Self-contained on purpose: the kernels include no CUDA
+// header, so NVRTC needs no include path at run time (src/cuda/compile.rs passes this file in
+// memory).
 #pragma once
 
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
