@@ -13,6 +13,8 @@
 #   --host is the gateway's bind address: 127.0.0.1 (this machine only) by default; 0.0.0.0
 #   serves every interface, which the production profile allows only with API keys
 #   (QWEN3_EMBED_API_KEYS or QWEN3_EMBED__GATEWAY__API_KEYS_FILE).
+#   Model directories and --nats-auth-dir are relative to where run.sh is started (a --model
+#   that is no directory there, nor in the repository, is a hub id).
 #   --model may be given more than once. The first is the default embedding model (requests
 #   without a `model` field, the seed API); each further one gets a pool of its own
 #   (--tokenizer-workers tokenizer and --gpu-workers GPU workers) serving it on subjects of
@@ -31,7 +33,6 @@
 # names the nats-server binary (default .venv/bin/nats-server).
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/../.." && pwd)
-cd "$repo"
 
 models=()        # --model, in order: the first is the default
 host=127.0.0.1
@@ -45,7 +46,7 @@ rerank_models=() # --rerank-model, in order: the first is the default
 secure=""        # on, off, or empty: the profile decides
 nats_auth_dir="" # where the NATS seeds are (or are written)
 
-usage() { sed -n '2,31p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,33p' "$0" | sed 's/^# \{0,1\}//'; }
 while (($#)); do
   case "$1" in
     --model) models+=("$2"); shift 2 ;;
@@ -65,6 +66,16 @@ while (($#)); do
   esac
 done
 ((${#models[@]})) || models=("Qwen/Qwen3-Embedding-0.6B")
+# Paths on the command line are relative to where run.sh was started: a model directory
+# there (else a directory of the repository, else a hub id) and --nats-auth-dir.
+for i in "${!models[@]}"; do
+  if [[ -d ${models[i]} ]]; then models[i]=$(cd "${models[i]}" && pwd); fi
+done
+for i in "${!rerank_models[@]}"; do
+  if [[ -d ${rerank_models[i]} ]]; then rerank_models[i]=$(cd "${rerank_models[i]}" && pwd); fi
+done
+if [[ -n $nats_auth_dir && $nats_auth_dir != /* ]]; then nats_auth_dir=$PWD/$nats_auth_dir; fi
+cd "$repo"
 
 config_dir="$repo/deploy/config"
 [[ -f "$config_dir/$profile.toml" ]] || { echo "run.sh: no profile $config_dir/$profile.toml" >&2; exit 2; }

@@ -304,16 +304,19 @@ fn two_models_are_served_each_by_its_own_pool() {
             std::process::id(),
             free_port()
         ));
-        let second = second_model_dir(&base_dir);
+        second_model_dir(&base_dir);
         let auth_dir = base_dir.join("nats-auth");
-        let mut launcher = Launcher::start_with(
+        // Started where the second model and the seeds lie, named by relative paths, as an
+        // operator in that directory would (run.sh itself works from the repository).
+        let mut launcher = Launcher::start_in(
+            &base_dir,
             free_port(),
             &[
                 "--model",
-                second.to_str().expect("UTF-8 path"),
+                SECOND_MODEL,
                 "--secure",
                 "--nats-auth-dir",
-                auth_dir.to_str().expect("UTF-8 path"),
+                "nats-auth",
             ],
         );
         let ready = launcher.wait_ready().await;

@@ -76,6 +76,12 @@ impl Launcher {
 
     /// [`Launcher::start`] with more arguments for run.sh.
     pub fn start_with(port: u16, extra_args: &[&str]) -> Self {
+        Self::start_in(&repo_root(), port, extra_args)
+    }
+
+    /// [`Launcher::start_with`], run.sh started in `dir` (where relative paths among its
+    /// arguments lie).
+    pub fn start_in(dir: &Path, port: u16, extra_args: &[&str]) -> Self {
         for name in ["gateway", "tokenizer-worker", "gpu-worker", "nats-auth"] {
             binary(name);
         }
@@ -100,6 +106,7 @@ impl Launcher {
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
             )
             .envs(FAULT_ENV.iter().chain(ENV).copied())
+            .current_dir(dir)
             .stdin(Stdio::null())
             .stdout(File::create(&stdout).expect("create run.sh's stdout file"))
             .stderr(File::create(&stderr).expect("create run.sh's stderr file"))
