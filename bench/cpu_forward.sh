@@ -12,8 +12,10 @@
 # .venv-bench/bin/pip install torch transformers numpy safetensors).
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
-cd "$repo"
 model=${1:-/tmp/qwen3-0.6b-random}
+# MODEL_DIR is relative to where this is started.
+if [[ $model != /* ]]; then model=$PWD/$model; fi
+cd "$repo"
 iters=${2:-3}
 dtypes=${3:-f32 bf16}
 python=.venv-bench/bin/python

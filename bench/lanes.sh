@@ -14,6 +14,8 @@
 # (default 8). Runs `cargo build --release --bins` first.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
+# MODEL is relative to where this is started.
+if [[ -n ${MODEL:-} && $MODEL != /* ]]; then MODEL=$PWD/$MODEL; fi
 cd "$repo"
 query_s=${1:-30}
 docs_per_request=${2:-32}

@@ -27,7 +27,6 @@
 # Needs: bench/peers/setup.sh (run here when the venvs are missing), the Rust toolchain.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
-cd "$repo"
 
 quick=0
 bulk_docs=""
@@ -45,6 +44,9 @@ while (($#)); do
     *) echo "run-all.sh: unknown argument $1" >&2; exit 2 ;;
   esac
 done
+# --results is relative to where run-all.sh is started.
+if [[ -n $results && $results != /* ]]; then results=$PWD/$results; fi
+cd "$repo"
 
 if ((quick)); then
   online=(--concurrency 1,8 --duration 2 --warmup 1)

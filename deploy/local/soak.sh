@@ -10,7 +10,6 @@
 #                        [--model DIR] [--profile production] [--max-growth 5] [--out soak.csv]
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/../.." && pwd)
-cd "$repo"
 
 minutes=10
 warmup_minutes=2
@@ -37,6 +36,10 @@ while (($#)); do
   esac
 done
 [[ -d "$model" ]] || { echo "soak.sh: no model directory $model (pass --model)" >&2; exit 2; }
+# --model and --out are relative to where soak.sh is started.
+model=$(cd "$model" && pwd)
+if [[ -n $out && $out != /* ]]; then out=$PWD/$out; fi
+cd "$repo"
 duration_s=$(python3 -c "print(int(float('$minutes') * 60))")
 warmup_s=$(python3 -c "print(int(float('$warmup_minutes') * 60))")
 ((warmup_s < duration_s)) || { echo "soak.sh: the warm-up must be shorter than the run" >&2; exit 2; }
