@@ -60,8 +60,41 @@ impl ConfigSource {
                 .build()
                 .and_then(|empty| empty.try_deserialize::<T>())
                 .map_err(|e| ConfigError(format!("[{section}]: {e}"))),
-            Err(e) => Err(ConfigError(format!("[{section}]: {e}"))),
+            Err(e) => Err(ConfigError(explain::<T>(&settings, section, &e))),
         }
+    }
+}
+
+/// The message of a section that does not deserialize. For a value that names no variant of
+/// an enum, the `config` crate says neither which key holds it nor which values are allowed;
+/// serde does both, so the section is read again as JSON for its message (used only when it
+/// finds the same value, so it never points at a key `config` accepted).
+fn explain<T: DeserializeOwned>(
+    settings: &config::Config,
+    section: &str,
+    error: &config::ConfigError,
+) -> String {
+    let plain = format!("[{section}]: {error}");
+    let message = error.to_string();
+    let Some(value) = message
+        .split("does not have variant constructor ")
+        .nth(1)
+        .and_then(|rest| rest.split(" for key").next())
+    else {
+        return plain;
+    };
+    let Ok(json) = settings.get::<serde_json::Value>(section) else {
+        return plain;
+    };
+    match serde_path_to_error::deserialize::<_, T>(json) {
+        Err(e)
+            if e.inner()
+                .to_string()
+                .contains(&format!("unknown variant `{value}`")) =>
+        {
+            format!("[{section}] {}: {}", e.path(), e.inner())
+        }
+        _ => plain,
     }
 }
 
@@ -130,6 +163,60 @@ mod tests {
                 .to_string()
                 .contains("nope.toml")
         );
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[derive(Debug, serde::Deserialize)]
+    #[serde(rename_all = "lowercase")]
+    enum Kind {
+        Alpha,
+        Beta,
+        Gamma,
+    }
+
+    #[derive(Debug, serde::Deserialize)]
+    struct WithKind {
+        #[serde(default)]
+        #[allow(dead_code)]
+        port: u16,
+        #[allow(dead_code)]
+        kind: Kind,
+    }
+
+    /// `default.toml` holding `text` in a fresh directory, as a source.
+    fn source_with(text: &str, tag: &str) -> (ConfigSource, PathBuf) {
+        let dir =
+            std::env::temp_dir().join(format!("qwen3-embed-config-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("default.toml"), text).unwrap();
+        let source = ConfigSource {
+            config_dir: Some(dir.clone()),
+            profile: None,
+        };
+        (source, dir)
+    }
+
+    #[test]
+    fn an_unknown_enum_value_names_its_key_and_the_allowed_values() {
+        let (source, dir) = source_with("[svc]\nport = 1\nkind = \"delta\"\n", "enum");
+        let message = source.load::<WithKind>("svc").unwrap_err().to_string();
+        assert_eq!(
+            message,
+            "configuration error: [svc] kind: unknown variant `delta`, expected one of `alpha`, \
+             `beta`, `gamma`"
+        );
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn other_errors_keep_the_config_crates_message() {
+        let (source, dir) = source_with("[svc]\nport = \"many\"\nkind = \"alpha\"\n", "type");
+        let message = source.load::<WithKind>("svc").unwrap_err().to_string();
+        assert!(
+            message.starts_with("configuration error: [svc]: "),
+            "{message}"
+        );
+        assert!(message.contains("many"), "{message}");
         std::fs::remove_dir_all(dir).unwrap();
     }
 }
