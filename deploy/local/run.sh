@@ -13,8 +13,9 @@
 #   --host is the gateway's bind address: 127.0.0.1 (this machine only) by default; 0.0.0.0
 #   serves every interface, which the production profile allows only with API keys
 #   (QWEN3_EMBED_API_KEYS or QWEN3_EMBED__GATEWAY__API_KEYS_FILE).
-#   Model directories and --nats-auth-dir are relative to where run.sh is started (a --model
-#   that is no directory there, nor in the repository, is a hub id).
+#   Paths (model directories, --nats-auth-dir, and the two variables below) are relative to
+#   where run.sh is started (a --model that is no directory there, nor in the repository, is
+#   a hub id).
 #   --model may be given more than once. The first is the default embedding model (requests
 #   without a `model` field, the seed API); each further one gets a pool of its own
 #   (--tokenizer-workers tokenizer and --gpu-workers GPU workers) serving it on subjects of
@@ -46,7 +47,7 @@ rerank_models=() # --rerank-model, in order: the first is the default
 secure=""        # on, off, or empty: the profile decides
 nats_auth_dir="" # where the NATS seeds are (or are written)
 
-usage() { sed -n '2,33p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,34p' "$0" | sed 's/^# \{0,1\}//'; }
 while (($#)); do
   case "$1" in
     --model) models+=("$2"); shift 2 ;;
@@ -66,15 +67,19 @@ while (($#)); do
   esac
 done
 ((${#models[@]})) || models=("Qwen/Qwen3-Embedding-0.6B")
-# Paths on the command line are relative to where run.sh was started: a model directory
-# there (else a directory of the repository, else a hub id) and --nats-auth-dir.
+# Paths given to run.sh are relative to where it was started: a model directory there (else
+# a directory of the repository, else a hub id), --nats-auth-dir, QWEN3_EMBED_BIN_DIR and
+# NATS_SERVER.
 for i in "${!models[@]}"; do
   if [[ -d ${models[i]} ]]; then models[i]=$(cd "${models[i]}" && pwd); fi
 done
 for i in "${!rerank_models[@]}"; do
   if [[ -d ${rerank_models[i]} ]]; then rerank_models[i]=$(cd "${rerank_models[i]}" && pwd); fi
 done
-if [[ -n $nats_auth_dir && $nats_auth_dir != /* ]]; then nats_auth_dir=$PWD/$nats_auth_dir; fi
+absolute() { if [[ $1 == /* ]]; then echo "$1"; else echo "$PWD/$1"; fi; }
+if [[ -n $nats_auth_dir ]]; then nats_auth_dir=$(absolute "$nats_auth_dir"); fi
+if [[ -n ${QWEN3_EMBED_BIN_DIR:-} ]]; then QWEN3_EMBED_BIN_DIR=$(absolute "$QWEN3_EMBED_BIN_DIR"); fi
+if [[ -n ${NATS_SERVER:-} ]]; then NATS_SERVER=$(absolute "$NATS_SERVER"); fi
 cd "$repo"
 
 config_dir="$repo/deploy/config"
