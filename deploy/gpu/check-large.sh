@@ -27,12 +27,9 @@ rows="$out/large.jsonl"
 
 # bench DTYPE ARGS...: one `gpu-worker bench` row of $model, tagged with $preset, into large.jsonl.
 bench() {
-    local dtype=$1
-    shift
-    say "$preset $dtype $*"
+    say "$preset $*"
     local line
-    line=$(timeout "$(cap 90)" "$here/bin/gpu-worker" bench --model "$model" --backend cuda \
-        --dtype "$dtype" "$@" 2>>"$log" | tail -n 1)
+    line=$(bench_line "$model" "$@" 2>>"$log")
     [[ $line == \{* ]] && echo "{\"preset\": \"$preset\", ${line#\{}" >>"$rows"
 }
 

@@ -37,8 +37,7 @@ for shape in "--batch 1 --seq-len 16 --iters 200 --cuda-graph-max-tokens 2048" \
     "--sequences $count --min-len $low --seq-len $high --batch $count --batch-tokens $budget --iters 2"; do
     say "gpu-worker bench $shape"
     # shellcheck disable=SC2086 # $shape holds several arguments
-    timeout "$(cap 90)" "$here/bin/gpu-worker" bench --model "$model" --backend cuda --dtype bf16 $shape \
-        2>>"$log" | tail -n 1 >>"$ours"
+    bench_line "$model" bf16 $shape 2>>"$log" >>"$ours"
 done
 say "torch bench --compile"
 theirs="$out/torch-compile-theirs.jsonl"

@@ -97,10 +97,7 @@ timeout "$(cap 120)" python3 "$here/tools/make-random-qwen3.py" --out "$model" \
 bench() {
     [[ $generated == yes && -x "$here/bin/gpu-worker" ]] || return 0
     say "gpu-worker bench $*"
-    local dtype=$1
-    shift
-    timeout "$(cap 90)" "$here/bin/gpu-worker" bench --model "$model" --backend cuda --dtype "$dtype" "$@" \
-        2>>"$out/bench.log" | tail -n 1 >>"$out/bench.log"
+    bench_line "$model" "$@" 2>>"$out/bench.log" >>"$out/bench.log"
 }
 mixed_args=(--sequences "$count" --min-len "$low" --seq-len "$high" --batch "$count" --batch-tokens "$budget")
 bench bf16 --batch 32 --seq-len 512 --iters 10

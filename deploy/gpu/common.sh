@@ -45,6 +45,16 @@ for driver_dir in /usr/local/nvidia/lib64 /usr/lib/x86_64-linux-gnu; do
 done
 export LD_LIBRARY_PATH="$libdirs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 
+# bench_line MODEL DTYPE ARGS...: `gpu-worker bench` of MODEL on the CUDA backend in DTYPE, for
+# at most 90 s: its last line (the JSON report, or nothing useful when it failed) on stdout,
+# its log on stderr.
+bench_line() {
+    local model=$1 dtype=$2
+    shift 2
+    timeout "$(cap 90)" "$here/bin/gpu-worker" bench --model "$model" --backend cuda --dtype "$dtype" "$@" |
+        tail -n 1
+}
+
 # The gpu-worker binary and test executables, and serve.sh's binaries, run.sh, configuration
 # and tokenizer (packed by prepare.sh to fit the carry limit), unless a script before this one
 # unpacked them.
