@@ -425,6 +425,24 @@ fn shape(num_heads: usize, num_kv_heads: usize, head_dim: usize) -> AttentionSha
     }
 }
 
+/// The q and k head-norm weights on `backend`.
+fn norm_weights<B: Ops>(backend: &B, q_norm: &Weight, k_norm: &Weight) -> (B::Vector, B::Vector) {
+    (
+        backend.vector(q_norm.view()).unwrap(),
+        backend.vector(k_norm.view()).unwrap(),
+    )
+}
+
+/// The q/k norms and rotary constants of the head-norm tests (Qwen3's epsilon and theta).
+fn qk_norms<V>((q_norm, k_norm): &(V, V)) -> QkNorms<'_, V> {
+    QkNorms {
+        q_norm,
+        k_norm,
+        eps: 1e-6,
+        rope_theta: 1e6,
+    }
+}
+
 #[test]
 fn qk_norm_rope_matches_cpu() {
     let Some(gpu) = gpu() else { return };
@@ -440,17 +458,8 @@ fn qk_norm_rope_matches_cpu() {
         let (layout, mut qkv_cpu, mut qkv_gpu) = random_qkv(&gpu, &mut rng, lengths, shape);
         let q_norm = Weight::norm(&mut rng, shape.head_dim);
         let k_norm = Weight::norm(&mut rng, shape.head_dim);
-        let (rope_theta, eps) = (1e6, 1e-6);
-        let (q_cpu, k_cpu) = (
-            CpuBackend::F32.vector(q_norm.view()).unwrap(),
-            CpuBackend::F32.vector(k_norm.view()).unwrap(),
-        );
-        let cpu_norms = QkNorms {
-            q_norm: &q_cpu,
-            k_norm: &k_cpu,
-            eps,
-            rope_theta,
-        };
+        let cpu_weights = norm_weights(&CpuBackend::F32, &q_norm, &k_norm);
+        let cpu_norms = qk_norms(&cpu_weights);
         CpuBackend::F32
             .qk_norm_rope(
                 &mut qkv_cpu,
@@ -459,16 +468,8 @@ fn qk_norm_rope_matches_cpu() {
                 shape,
             )
             .unwrap();
-        let (q_gpu, k_gpu) = (
-            gpu.vector(q_norm.view()).unwrap(),
-            gpu.vector(k_norm.view()).unwrap(),
-        );
-        let gpu_norms = QkNorms {
-            q_norm: &q_gpu,
-            k_norm: &k_gpu,
-            eps,
-            rope_theta,
-        };
+        let gpu_weights = norm_weights(&gpu, &q_norm, &k_norm);
+        let gpu_norms = qk_norms(&gpu_weights);
         gpu.qk_norm_rope(
             &mut qkv_gpu,
             &gpu_norms,
@@ -546,30 +547,13 @@ fn q_norms_in_the_attention_kernel_give_the_unfused_bits() {
         let qkv_host = gpu.to_host(&qkv_gpu).unwrap();
         let q_norm = Weight::norm(&mut rng, shape.head_dim);
         let k_norm = Weight::norm(&mut rng, shape.head_dim);
-        let (rope_theta, eps) = (1e6, 1e-6);
-        let cpu_norm_weights = (
-            cpu.vector(q_norm.view()).unwrap(),
-            cpu.vector(k_norm.view()).unwrap(),
-        );
-        let cpu_norms = QkNorms {
-            q_norm: &cpu_norm_weights.0,
-            k_norm: &cpu_norm_weights.1,
-            eps,
-            rope_theta,
-        };
+        let cpu_weights = norm_weights(cpu, &q_norm, &k_norm);
+        let cpu_norms = qk_norms(&cpu_weights);
         let cpu_layout = cpu.layout(&layout).unwrap();
         // The self-attention of the same q|k|v on `backend`, back on the host.
         let run = |backend: &CudaBackend, queries: Queries| {
-            let weights = (
-                backend.vector(q_norm.view()).unwrap(),
-                backend.vector(k_norm.view()).unwrap(),
-            );
-            let norms = QkNorms {
-                q_norm: &weights.0,
-                k_norm: &weights.1,
-                eps,
-                rope_theta,
-            };
+            let weights = norm_weights(backend, &q_norm, &k_norm);
+            let norms = qk_norms(&weights);
             let qkv = backend
                 .upload_tensor(
                     layout.num_rows(),
